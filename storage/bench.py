@@ -1,0 +1,277 @@
+"""Storage benchmark: `python -m storage.bench [--repeats 5] [--bars 1000000]` prints a markdown table.
+
+Measures what the issue sets targets for, each as the median of several runs on fresh files:
+
+- upsert throughput for 1,000,000 new bars (target >= 750,000 bars/s), for a batch half of which overlaps
+  stored keys with revised values, and for a batch that repeats stored bars unchanged (a refresh's overlap);
+  the cache's way (plain INSERT of new keys by anti-join + UPDATE of changed keys, from Arrow) beside the
+  textbook INSERT .. ON CONFLICT DO UPDATE from a pandas DataFrame and from Arrow;
+- reading an aligned panel of 3 assets x 50,000 bars, connection included (target < 100 ms): read_panel beside
+  the same alignment done by a DuckDB ASOF JOIN, and a plain query + pandas pivot + forward fill.
+
+Not a test: timings depend on the machine, which the table names.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from storage import cache
+from storage.validation import validate_bars
+
+UPSERT_TARGET_BARS_PER_SECOND = 750_000
+PANEL_TARGET_MS = 100.0
+PANEL_SYMBOLS = ("BTC", "SPY", "AAPL")
+KEY = {"symbol": "BTC", "source": "demo", "interval": "1m"}
+
+_ON_CONFLICT = """
+INSERT INTO bars BY NAME
+SELECT $symbol AS symbol, $source AS source, $interval AS interval, ts, open, high, low, close, volume,
+       now() AS ingested_at
+FROM incoming
+ON CONFLICT (symbol, source, interval, ts) DO UPDATE SET
+    open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+    volume = excluded.volume, ingested_at = excluded.ingested_at
+"""
+
+
+def synthetic_bars(n: int, start: str = "2000-01-01", seed: int = 0) -> pd.DataFrame:
+    """n one-minute bars of a random walk, already in validate_bars form."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 1e-3, n)))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    return pd.DataFrame(
+        {
+            "ts": pd.date_range(start, periods=n, freq="1min", tz="UTC").as_unit("us"),
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.0005,
+            "low": np.minimum(open_, close) * 0.9995,
+            "close": close,
+            "volume": rng.uniform(1.0, 100.0, n),
+        }
+    )
+
+
+def median_seconds(run: Callable[[], float], repeats: int) -> float:
+    return statistics.median(run() for _ in range(repeats))
+
+
+# --- upserts ------------------------------------------------------------------------------------------------
+
+
+def _cache_way(con, bars: pd.DataFrame) -> None:
+    cache.write_bars(con, bars, **KEY)
+
+
+def _on_conflict_pandas(con, bars: pd.DataFrame) -> None:
+    con.register("incoming", bars)
+    con.execute(_ON_CONFLICT, KEY)
+    con.unregister("incoming")
+
+
+def _on_conflict_arrow(con, bars: pd.DataFrame) -> None:
+    con.register("incoming", pa.Table.from_pandas(bars, preserve_index=False))
+    con.execute(_ON_CONFLICT, KEY)
+    con.unregister("incoming")
+
+
+UPSERT_WAYS: dict[str, Callable] = {
+    "anti-join INSERT + changed-only UPDATE, Arrow (the cache)": _cache_way,
+    "INSERT .. ON CONFLICT DO UPDATE, pandas": _on_conflict_pandas,
+    "INSERT .. ON CONFLICT DO UPDATE, Arrow": _on_conflict_arrow,
+}
+
+
+def time_upsert(way: Callable, stored: pd.DataFrame | None, batch: pd.DataFrame, workdir: Path) -> tuple[float, float]:
+    """Seconds for one batch (connect, transaction, commit) and for the CHECKPOINT after it, on a fresh file."""
+    db_path = workdir / f"upsert-{time.monotonic_ns()}.duckdb"
+    if stored is not None:
+        cache.commit_batch(stored, **KEY, db_path=db_path)
+        cache.checkpoint(db_path)
+    started = time.perf_counter()
+    with cache.connect(db_path) as con:
+        con.execute("BEGIN TRANSACTION")
+        way(con, batch)
+        con.execute("COMMIT")
+        batch_done = time.perf_counter()
+        con.execute("CHECKPOINT")
+    checkpoint_done = time.perf_counter()
+    for leftover in workdir.glob(db_path.name + "*"):
+        leftover.unlink()
+    return batch_done - started, checkpoint_done - batch_done
+
+
+def upsert_rows(n_bars: int, repeats: int, workdir: Path) -> list[dict]:
+    fresh = synthetic_bars(n_bars)
+    # Half the batch revises stored bars (every close moved a little), half is new.
+    half = n_bars // 2
+    revised = fresh.copy()
+    revised.loc[:, ["close", "high"]] = revised[["close", "high"]].to_numpy() * 1.0001
+    cases = {
+        f"{n_bars:,} new bars": (None, fresh),
+        f"{n_bars:,} bars, {half:,} revise stored ones": (fresh.iloc[:half], revised),
+        f"{n_bars:,} bars, all stored unchanged": (fresh, fresh),
+    }
+    rows = []
+    for case, (stored, batch) in cases.items():
+        # The ways take turns within each repeat, so a change in the machine's load hits them all alike.
+        timings: dict[str, list[tuple[float, float]]] = {name: [] for name in UPSERT_WAYS}
+        for _ in range(repeats):
+            for way_name, way in UPSERT_WAYS.items():
+                timings[way_name].append(time_upsert(way, stored, batch, workdir))
+        for way_name, way_timings in timings.items():
+            batch_s = statistics.median(t[0] for t in way_timings)
+            checkpoint_s = statistics.median(t[0] + t[1] for t in way_timings)
+            rows.append(
+                {
+                    "case": case,
+                    "way": way_name,
+                    "batch (s)": batch_s,
+                    "bars/s": n_bars / batch_s,
+                    "bars/s incl. CHECKPOINT": n_bars / checkpoint_s,
+                }
+            )
+    validate_s = median_seconds(lambda: _seconds(lambda: validate_bars(fresh, "bench")), repeats)
+    rows.append({"case": f"{n_bars:,} new bars", "way": "validate_bars alone (before any write)",
+                 "batch (s)": validate_s, "bars/s": n_bars / validate_s, "bars/s incl. CHECKPOINT": float("nan")})
+    return rows
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+# --- panel reads --------------------------------------------------------------------------------------------
+
+_ASOF_PANEL = """
+WITH wanted AS (
+    SELECT unnest($symbols) AS symbol, generate_subscripts($symbols, 1) - 1 AS asset
+),
+chosen AS (
+    SELECT wanted.asset, bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume
+    FROM bars JOIN wanted ON bars.symbol = wanted.symbol
+    WHERE bars.source = 'demo' AND bars.interval = '1m'
+),
+clock AS (SELECT DISTINCT ts FROM chosen),
+grid AS (SELECT wanted.asset, clock.ts FROM clock CROSS JOIN wanted)
+SELECT grid.ts, coalesce(chosen.ts = grid.ts, false) AS observed,
+       coalesce(CASE WHEN chosen.ts = grid.ts THEN chosen.open ELSE chosen.close END, 'NaN'::DOUBLE) AS open,
+       coalesce(CASE WHEN chosen.ts = grid.ts THEN chosen.high ELSE chosen.close END, 'NaN'::DOUBLE) AS high,
+       coalesce(CASE WHEN chosen.ts = grid.ts THEN chosen.low ELSE chosen.close END, 'NaN'::DOUBLE) AS low,
+       coalesce(chosen.close, 'NaN'::DOUBLE) AS close,
+       CASE WHEN chosen.ts = grid.ts THEN chosen.volume ELSE 0.0 END AS volume
+FROM grid ASOF LEFT JOIN chosen ON grid.asset = chosen.asset AND grid.ts >= chosen.ts
+ORDER BY grid.ts, grid.asset
+"""
+
+
+def _panel_by_asof_join(db_path: Path) -> np.ndarray:
+    with cache.connect(db_path, read_only=True) as con:
+        columns = con.execute(_ASOF_PANEL, {"symbols": list(PANEL_SYMBOLS)}).fetchnumpy()
+    return np.asarray(columns["close"]).reshape(-1, len(PANEL_SYMBOLS))
+
+
+def _panel_by_pandas_pivot(db_path: Path) -> np.ndarray:
+    with cache.connect(db_path, read_only=True) as con:
+        long = cache.query_frame(
+            con, "SELECT symbol, ts, close FROM bars WHERE source = 'demo' AND interval = '1m' "
+            "AND symbol IN (SELECT unnest($symbols))", {"symbols": list(PANEL_SYMBOLS)}
+        )
+    return long.pivot(index="ts", columns="symbol", values="close")[list(PANEL_SYMBOLS)].ffill().to_numpy()
+
+
+def panel_rows(n_bars: int, repeats: int, workdir: Path) -> list[dict]:
+    """3 assets x n_bars one-minute bars; SPY and AAPL miss every 7th bar, so alignment has work to do."""
+    db_path = workdir / "panel.duckdb"
+    for seed, symbol in enumerate(PANEL_SYMBOLS):
+        bars = synthetic_bars(n_bars, start="2024-01-01", seed=seed)
+        if seed:
+            bars = bars[np.arange(n_bars) % 7 != seed].reset_index(drop=True)
+        cache.commit_batch(bars, symbol, "demo", "1m", db_path)
+    cache.checkpoint(db_path)
+
+    def read_panel() -> np.ndarray:
+        return cache.read_panel(PANEL_SYMBOLS, "1m", db_path=db_path).close
+
+    reference = read_panel()
+    assert np.array_equal(_panel_by_asof_join(db_path), reference, equal_nan=True), "ASOF variant disagrees"
+    ways = {
+        "read_panel: one query + numpy as-of (the cache)": read_panel,
+        "DuckDB ASOF JOIN over the (tick x asset) grid": lambda: _panel_by_asof_join(db_path),
+        "plain query + pandas pivot + ffill (close only)": lambda: _panel_by_pandas_pivot(db_path),
+    }
+    for way in ways.values():
+        way()  # warm the file cache: the app reads a file it has read before
+    timings: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, way in ways.items():
+            timings[name].append(_seconds(way))
+    case = f"{len(PANEL_SYMBOLS)} assets x {n_bars:,} bars"
+    return [{"case": case, "way": name, "median (ms)": 1000 * statistics.median(t)} for name, t in timings.items()]
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"DuckDB {duckdb.__version__}, pandas {pd.__version__}, pyarrow {pa.__version__}"
+    )
+
+
+def markdown(rows: list[dict], formats: dict[str, str]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [formats.get(c, "{}").format(row[c]) if c in formats else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m storage.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is shown")
+    parser.add_argument("--panel-repeats", type=int, default=21, help="runs per panel read; the median is shown")
+    parser.add_argument("--bars", type=int, default=1_000_000, help="bars per upsert batch")
+    parser.add_argument("--panel-bars", type=int, default=50_000, help="bars per asset in the panel read")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
+
+    with tempfile.TemporaryDirectory(prefix="storage-bench-") as tmp:
+        workdir = Path(tmp)
+        upserts = upsert_rows(args.bars, args.repeats, workdir)
+        panels = panel_rows(args.panel_bars, args.panel_repeats, workdir)
+
+    print(f"Machine: {machine()}")
+    print(f"Load average (1 min) before / after the run: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
+    print(f"Upserts: median of {args.repeats} runs, each on a fresh file; panel reads: median of {args.panel_repeats}.\n")
+    print(f"### Upsert (target >= {UPSERT_TARGET_BARS_PER_SECOND:,} new bars/s)\n")
+    print(markdown(upserts, {"batch (s)": "{:.3f}", "bars/s": "{:,.0f}", "bars/s incl. CHECKPOINT": "{:,.0f}"}))
+    print(f"\n### Panel read, connection included (target < {PANEL_TARGET_MS:.0f} ms)\n")
+    print(markdown(panels, {"median (ms)": "{:.1f}"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""Bring the cache up to date: `run_refresh` (the app's "Refresh now") and `python -m storage.refresh` (the CLI).
+
+    python -m storage.refresh --symbols BTC SPY AAPL --interval 1d --source yfinance
+    python -m storage.refresh --symbols BTC --interval 1h --source ccxt --exchange bybit
+    python -m storage.refresh --source csv --path prices.csv --symbol SPY --interval 1h
+
+For each symbol: fetch only what is new (from the newest stored bar minus `overlap` bars, so a revised last bar
+is corrected; the first fetch goes back `lookback`), validate, upsert as one transaction together with its
+refresh_log row, and report one line. A symbol that fails is logged as 'error' and leaves its stored bars
+untouched; the other symbols still go ahead. The run ends with a CHECKPOINT.
+
+Only one refresh runs at a time (storage/locks.py: the refresh lock next to the database); a second one stops at
+once with RefreshBusyError, which the CLI turns into exit code 75 (EX_TEMPFAIL) and a line naming the holder.
+Exit codes: 0 every symbol ok or skipped, 1 some symbol failed, 2 bad arguments, 75 another refresh is running.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage.cache import (
+    RefreshLogEntry,
+    UpsertResult,
+    checkpoint,
+    commit_batch,
+    has_bars,
+    last_bar_ts,
+    log_refresh,
+)
+from storage.config import INTERVAL_SECONDS, check_interval, check_source, check_symbol, resolve_db_path
+from storage.locks import CacheBusyError, LockHolder, RefreshBusyError, refresh_lock
+from storage.sources.base import SourceError
+from storage.validation import validate_bars
+
+FILE_SOURCES: tuple[str, ...] = ("csv", "parquet")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 75  # 75 = EX_TEMPFAIL: try again later
+DEFAULT_SYMBOLS: tuple[str, ...] = ("BTC", "SPY", "AAPL")
+
+# How far back the first fetch of a series goes when --lookback is not given. The intraday values stay inside
+# what yfinance serves (1m: about a week; up to 90m: about 60 days; 1h: about 730 days). The demo source ignores
+# this and returns its whole synthetic history.
+DEFAULT_LOOKBACK: dict[str, pd.Timedelta] = {
+    "1m": pd.Timedelta(days=7),
+    "5m": pd.Timedelta(days=59),
+    "15m": pd.Timedelta(days=59),
+    "30m": pd.Timedelta(days=59),
+    "1h": pd.Timedelta(days=729),
+    "4h": pd.Timedelta(days=729),
+    "1d": pd.Timedelta(days=3650),
+}
+
+DST_SHIFT_US = 3600 * 1_000_000
+
+# progress(fraction done in [0, 1], message): matches st.progress(value, text=...).
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class RefreshRequest:
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    interval: str = "1d"
+    source: str = "demo"
+    db_path: Path | None = None  # None: $REGIME_DB, then data/bars.duckdb
+    exchange: str = "bybit"  # ccxt only
+    path: Path | None = None  # csv/parquet only: the file to import (for exactly one symbol)
+    overlap: int = 3  # bars re-fetched before the newest stored one
+    lookback: pd.Timedelta | None = None  # first fetch only; None: DEFAULT_LOOKBACK (demo: everything)
+    command: str = "run_refresh"  # what refresh_log records as the command
+    source_options: Mapping[str, Any] = field(default_factory=dict)  # extra get_source options (e.g. demo seed)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.symbols, str):
+            object.__setattr__(self, "symbols", (self.symbols,))
+        object.__setattr__(self, "symbols", tuple(check_symbol(s) for s in self.symbols))
+        if not self.symbols:
+            raise ValueError("a refresh needs at least one symbol")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ValueError(f"symbols repeat: {list(self.symbols)}")
+        check_interval(self.interval)
+        check_source(self.source)
+        if not isinstance(self.overlap, int) or self.overlap < 0:
+            raise ValueError(f"overlap must be a whole number of bars >= 0, got {self.overlap!r}")
+        if self.lookback is not None and pd.Timedelta(self.lookback) <= pd.Timedelta(0):
+            raise ValueError(f"lookback must be a positive duration, got {self.lookback!r}")
+        if self.source in FILE_SOURCES:
+            if self.path is None:
+                raise ValueError(f"--source {self.source} imports a file: give it with --path FILE")
+            if len(self.symbols) != 1:
+                raise ValueError(f"a {self.source} file holds one symbol: give exactly one --symbol")
+        elif self.path is not None:
+            raise ValueError(f"--path is only for --source csv or parquet, not {self.source}")
+
+    @property
+    def is_file_import(self) -> bool:
+        return self.source in FILE_SOURCES
+
+
+@dataclass(frozen=True)
+class SymbolResult:
+    symbol: str
+    interval: str
+    source: str
+    outcome: str  # 'ok' | 'error' | 'skipped'
+    message: str  # one line
+    fetched: int = 0
+    inserted: int = 0
+    updated: int = 0
+    last_ts: pd.Timestamp | None = None
+
+    def line(self) -> str:
+        return f"{self.symbol} {self.interval} {self.source}: {self.outcome}: {self.message}"
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    request: RefreshRequest
+    results: tuple[SymbolResult, ...]
+
+    @property
+    def failed(self) -> tuple[SymbolResult, ...]:
+        return tuple(r for r in self.results if r.outcome == "error")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_FAILED
+
+
+def run_refresh(
+    request: RefreshRequest,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> RefreshReport:
+    """Refresh every symbol of request under the refresh lock; raises RefreshBusyError if another job holds it.
+
+    progress is called before and after each symbol; cancel is asked before each symbol, and the symbols not
+    yet started are then reported (and logged) as skipped.
+    """
+    db_path = resolve_db_path(request.db_path)
+    with refresh_lock(db_path, request.command) as holder:
+        return refresh_locked(request, db_path, holder, progress, cancel)
+
+
+def refresh_locked(
+    request: RefreshRequest,
+    db_path: Path,
+    holder: LockHolder,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> RefreshReport:
+    """run_refresh's body, for callers that already hold the refresh lock."""
+    report = progress or (lambda fraction, message: None)
+    source = None if request.is_file_import else _make_source(request)
+    results: list[SymbolResult] = []
+    total = len(request.symbols)
+    for done, symbol in enumerate(request.symbols):
+        started = pd.Timestamp.now(tz="UTC")
+        if cancel is not None and cancel():
+            result = SymbolResult(symbol, request.interval, request.source, "skipped", "cancelled before it started")
+            _log_outcome(request, db_path, holder, symbol, started, result)
+        else:
+            report(done / total, f"{symbol}: fetching {request.interval} bars from {request.source}")
+            result = _refresh_symbol(request, db_path, holder, source, symbol, started)
+        results.append(result)
+        report((done + 1) / total, result.line())
+    try:
+        checkpoint(db_path)
+    except CacheBusyError as error:  # the bars are committed (in the WAL); the next writer folds them in
+        print(f"warning: refresh finished without a checkpoint: {error}", file=sys.stderr)
+    return RefreshReport(request, tuple(results))
+
+
+class _UnavailableSource:
+    """Stands in for a source that could not be built (e.g. an unknown exchange): every symbol reports why."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def fetch(self, symbol, interval, start=None, end=None):
+        raise self.error
+
+
+def _make_source(request: RefreshRequest):
+    from storage.sources import get_source  # the fetching sources import slowly: only when asked for
+
+    options = dict(request.source_options)
+    if request.source == "ccxt":
+        options.setdefault("exchange", request.exchange)
+    try:
+        return get_source(request.source, **options)
+    except Exception as error:
+        return _UnavailableSource(error)
+
+
+def _refresh_symbol(request, db_path, holder, source, symbol, started) -> SymbolResult:
+    interval = request.interval
+    try:
+        if request.is_file_import:
+            frame, origin = _read_file(request), str(request.path)
+        else:
+            last_stored = last_bar_ts(symbol, request.source, interval, db_path)
+            frame = source.fetch(symbol, interval, start=_fetch_start(request, last_stored))
+            origin = f"{request.source}:{symbol} {interval}"
+            if len(frame) == 0 and last_stored is not None:
+                result = SymbolResult(
+                    symbol, interval, request.source, "skipped", f"no new bars after {last_stored.isoformat()}"
+                )
+                _log_outcome(request, db_path, holder, symbol, started, result)
+                return result
+            if len(frame) == 0:
+                raise SourceError(symbol, f"{request.source} returned no {interval} bars", "check the symbol")
+        bars = validate_bars(frame, origin)
+        _check_spacing_and_clock(bars, interval, origin)
+        stored = commit_batch(
+            bars,
+            symbol,
+            request.source,
+            interval,
+            db_path,
+            log=lambda result: _log_entry(request, holder, symbol, started, "ok", result.written),
+        )
+    except Exception as error:  # one symbol failing must not stop the others; the log says what happened
+        result = SymbolResult(symbol, interval, request.source, "error", _one_line(error))
+        _log_outcome(request, db_path, holder, symbol, started, result)
+        return result
+    return SymbolResult(
+        symbol,
+        interval,
+        request.source,
+        "ok",
+        _describe(len(bars), stored, bars["ts"].iloc[-1]),
+        fetched=len(bars),
+        inserted=stored.inserted,
+        updated=stored.updated,
+        last_ts=bars["ts"].iloc[-1],
+    )
+
+
+def _fetch_start(request: RefreshRequest, last: pd.Timestamp | None) -> pd.Timestamp | None:
+    if last is not None:
+        return last - request.overlap * pd.Timedelta(seconds=INTERVAL_SECONDS[request.interval])
+    lookback = request.lookback
+    if lookback is None:
+        if request.source == "demo":
+            return None  # the demo's whole synthetic history
+        lookback = DEFAULT_LOOKBACK[request.interval]
+    return pd.Timestamp.now(tz="UTC") - pd.Timedelta(lookback)
+
+
+def _read_file(request: RefreshRequest) -> pd.DataFrame:
+    from storage.sources.files import read_bar_file
+
+    return read_bar_file(request.path)
+
+
+def _check_spacing_and_clock(bars: pd.DataFrame, interval: str, origin: str) -> None:
+    """Bars closer together than the interval, or opening in the future, mean the wrong file or interval."""
+    ts_us = bars["ts"].to_numpy(dtype="datetime64[us]").view("int64")
+    bar_us = INTERVAL_SECONDS[interval] * 1_000_000
+    if INTERVAL_SECONDS[interval] >= 86_400:
+        bar_us -= DST_SHIFT_US  # daily bars stamped at local midnight come 23 h apart across a DST change
+    gaps = np.diff(ts_us)
+    if len(gaps) and gaps.min() < bar_us:
+        at = int(np.argmin(gaps)) + 1
+        raise ValueError(
+            f"{origin}: bars at {bars['ts'].iloc[at - 1].isoformat()} and {bars['ts'].iloc[at].isoformat()} are "
+            f"{gaps.min() / 1e6:g} s apart, less than one {interval} bar: is this {interval} data?"
+        )
+    now = pd.Timestamp.now(tz="UTC")
+    if bars["ts"].iloc[-1] > now:
+        raise ValueError(
+            f"{origin}: the last bar opens at {bars['ts'].iloc[-1].isoformat()}, after now ({now.isoformat()}): "
+            "check the file's time zone"
+        )
+
+
+def _describe(fetched: int, stored: UpsertResult, last: pd.Timestamp) -> str:
+    return (
+        f"{fetched:,} bars fetched, {stored.inserted:,} new, {stored.updated:,} revised; "
+        f"last bar {last:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    text = "; ".join(line.strip(" -") for line in str(error).splitlines() if line.strip())
+    known = (SourceError, ValueError, OSError)
+    return text if isinstance(error, known) else f"{type(error).__name__}: {text}"
+
+
+def _log_entry(request, holder, symbol, started, outcome, rows, error=None) -> RefreshLogEntry:
+    return RefreshLogEntry(
+        started_at=started,
+        finished_at=pd.Timestamp.now(tz="UTC"),
+        who=holder.identity,
+        command=request.command,
+        outcome=outcome,
+        row_count=rows,
+        symbol=symbol,
+        source=request.source,
+        interval=request.interval,
+        path=None if request.path is None else str(request.path),
+        error=error,
+    )
+
+
+def _log_outcome(request, db_path, holder, symbol, started, result: SymbolResult) -> None:
+    """Log an error or skipped symbol in its own short write; if even that fails, the report still says why."""
+    entry = _log_entry(request, holder, symbol, started, result.outcome, 0, error=result.message)
+    try:
+        log_refresh(entry, db_path)
+    except Exception as error:  # e.g. the cache is busy: the symbol's own line already explains the failure
+        print(f"warning: could not record {symbol} in refresh_log: {_one_line(error)}", file=sys.stderr)
+
+
+# --- seeding the demo market --------------------------------------------------------------------------------
+
+DEMO_SEED_INTERVALS: tuple[str, ...] = ("1d", "1h")
+# A second process that wants to seed waits for the first one's seeding (a few seconds) instead of failing.
+SEED_LOCK_WAIT_SECONDS = 120.0
+
+
+def seed_demo_if_empty(db_path=None, progress: ProgressCallback | None = None) -> bool:
+    """If the cache holds no bars at all, store the demo market (BTC, SPY, AAPL; 1d and 1h) as source "demo".
+
+    Returns whether this call seeded. Safe when several processes call it at once: the refresh lock makes them
+    take turns, and each checks again for bars once it holds the lock.
+    """
+    path = resolve_db_path(db_path)
+    if has_bars(path):
+        return False
+    from storage.sources.demo import DEMO_SYMBOLS
+
+    with refresh_lock(path, "seed demo market", wait_seconds=SEED_LOCK_WAIT_SECONDS) as holder:
+        if has_bars(path):
+            return False
+        seeded = False
+        for step, interval in enumerate(DEMO_SEED_INTERVALS):
+            request = RefreshRequest(
+                symbols=DEMO_SYMBOLS, interval=interval, source="demo", db_path=path, command="seed demo market"
+            )
+
+            def scaled(fraction: float, message: str, step=step) -> None:
+                if progress is not None:
+                    progress((step + fraction) / len(DEMO_SEED_INTERVALS), message)
+
+            report = refresh_locked(request, path, holder, scaled)
+            seeded |= any(r.outcome == "ok" for r in report.results)
+        return seeded
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def _duration(text: str) -> pd.Timedelta:
+    try:
+        value = pd.Timedelta(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write e.g. 30d, 12h or 90min") from None
+    if value <= pd.Timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m storage.refresh",
+        description="Fetch new bars into the DuckDB cache, or import a CSV/Parquet file.",
+        epilog="Exit codes: 0 ok, 1 some symbol failed, 2 bad arguments, 75 another refresh is running.",
+    )
+    parser.add_argument(
+        "--symbols", "--symbol", dest="symbols", nargs="+", metavar="SYMBOL",
+        help=f"symbols to refresh (default: {' '.join(DEFAULT_SYMBOLS)}; one symbol for a file import)",
+    )
+    parser.add_argument("--interval", default="1d", choices=list(INTERVAL_SECONDS), help="bar size (default 1d)")
+    parser.add_argument(
+        "--source", default="demo", choices=["demo", "yfinance", "ccxt", "csv", "parquet"],
+        help="where the bars come from (default demo)",
+    )
+    parser.add_argument("--exchange", default="bybit", help="ccxt exchange id (default bybit)")
+    parser.add_argument("--db", type=Path, help="cache file (default: $REGIME_DB, then data/bars.duckdb)")
+    parser.add_argument("--path", type=Path, help="the CSV/Parquet file to import (--source csv|parquet)")
+    parser.add_argument(
+        "--overlap", type=_non_negative_int, default=3,
+        help="bars to fetch again before the newest stored one, to pick up revisions (default 3)",
+    )
+    parser.add_argument(
+        "--lookback", type=_duration,
+        help="how far back the FIRST fetch of a series goes, e.g. 365d (default depends on the interval)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    is_file = args.source in FILE_SOURCES
+    if is_file and not args.symbols:
+        parser.error(f"--source {args.source} needs --symbol SYMBOL (the symbol the file holds)")
+    try:
+        request = RefreshRequest(
+            symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
+            interval=args.interval,
+            source=args.source,
+            db_path=args.db,
+            exchange=args.exchange,
+            path=args.path,
+            overlap=args.overlap,
+            lookback=args.lookback,
+            command="python -m storage.refresh " + shlex.join(sys.argv[1:] if argv is None else argv),
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        report = run_refresh(request)
+    except RefreshBusyError as error:
+        print(f"refresh not started: {error}", file=sys.stderr)
+        return EXIT_BUSY
+    for result in report.results:
+        print(result.line(), file=sys.stderr if result.outcome == "error" else sys.stdout)
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Import bars from a CSV or Parquet file (a path, raw bytes, or an uploaded file object): `read_bar_file`.
+
+Files are untrusted input, so they are parsed by pandas under a size limit, never handed to DuckDB's reader,
+and every rejection says what was wrong and where. Layouts recognised (column names case-insensitive):
+
+- plain:        ts, open, high, low, close, volume
+- Yahoo-style:  Date or Datetime, Open, High, Low, Close, [Adj Close], Volume (Adj Close is ignored: bars are
+                unadjusted everywhere in this product); also the three-row header that yfinance's
+                `download(...).to_csv()` writes (Price/Ticker/Date)
+- exchange kline: open time (unix s/ms/us), open, high, low, close, volume, ... with or without a header,
+                e.g. Binance's 12-column kline CSV without header
+- 1-minute Bitcoin history: Timestamp (unix seconds), Open, High, Low, Close, Volume (or Volume_(BTC))
+- Parquet with any of the same column sets (a timestamp index is used as ts)
+
+Timestamps: text with a zone or offset is converted to UTC; NAIVE TIMESTAMPS ARE TAKEN AS UTC. Unix epochs
+are read as seconds, milliseconds, microseconds or nanoseconds by their magnitude.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+
+from storage.sources.base import BAR_COLUMNS
+from storage.validation import BarValidationError, Problem, validate_bars
+
+MAX_FILE_BYTES = 200 * 1024 * 1024
+
+# Normalised header name (lower case, runs of spaces/dashes as "_") -> our column; first match wins.
+TS_ALIASES: tuple[str, ...] = (
+    "ts", "timestamp", "datetime", "date", "time", "open_time", "opentime", "date_time", "unix", "unix_timestamp",
+)
+VALUE_ALIASES: dict[str, tuple[str, ...]] = {
+    "open": ("open",),
+    "high": ("high",),
+    "low": ("low",),
+    "close": ("close",),
+    "volume": ("volume", "vol", "volume_(btc)", "volume_btc"),
+}
+# Epoch magnitude -> unit: seconds ~1.7e9 today, milliseconds ~1.7e12, microseconds ~1.7e15, nanoseconds ~1.7e18.
+EPOCH_UNIT_LIMITS: tuple[tuple[float, str], ...] = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
+DELIMITERS = (",", ";", "\t", "|")
+HEAD_CHARS = 64 * 1024
+
+# Magic bytes of files people upload by mistake, so the error can say what the file looks like.
+_KNOWN_BINARY: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook or a zipped file?): unzip it or export as CSV"),
+    (b"\x1f\x8b", "a gzip archive: decompress it first"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel/Office document: export it as CSV"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"SQLite format 3", "an SQLite database"),
+    (b"DUCK", "a DuckDB database"),
+)
+
+
+class BarFileError(BarValidationError):
+    """A file that cannot be read as bars at all (too big, binary, empty, unknown layout).
+
+    A BarValidationError, so callers catch one type for "these bars cannot be imported"; the message is the
+    single reason rather than a list of broken rules.
+    """
+
+    def __init__(self, origin: str, reason: str):
+        self.origin = origin
+        self.reason = reason
+        self.problems = (Problem(reason, 0),)
+        ValueError.__init__(self, f"{origin}: {reason}")
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    frame: pd.DataFrame  # raw columns, names as in the file
+    row_numbers: np.ndarray  # how to name each row in messages
+    row_label: str  # "line" for text files, "row" for Parquet
+    has_header: bool
+
+
+def read_bar_file(
+    source: str | os.PathLike | bytes | BinaryIO,
+    max_bytes: int = MAX_FILE_BYTES,
+    origin: str | None = None,
+) -> pd.DataFrame:
+    """Read a CSV or Parquet file of bars and return validated BAR_COLUMNS (see validate_bars).
+
+    source: a path, the file's bytes, or a binary file object (e.g. Streamlit's UploadedFile, whose .name is
+        used as the origin). origin: the name quoted in error messages (default: the file name).
+    Naive timestamps are taken as UTC. Raises BarFileError for a file that cannot be read as bars and
+    BarValidationError for bars that break a rule; both name the origin. The detected layout is recorded
+    in the result's attrs["layout"].
+    """
+    data, origin = _read_limited(source, max_bytes, origin)
+    if not data or data.isspace():
+        raise BarFileError(origin, "the file is empty")
+    if data[:4] == b"PAR1":
+        parsed = _parse_parquet(data, origin)
+        file_kind = "parquet"
+    else:
+        parsed = _parse_csv(_decode_text(data, origin), origin)
+        file_kind = "csv"
+    frame, layout = _to_bar_columns(parsed, origin)
+    bars = validate_bars(frame, origin, row_numbers=parsed.row_numbers, row_label=parsed.row_label)
+    bars.attrs["layout"] = f"{file_kind}: {layout}"
+    return bars
+
+
+# --- bytes in -----------------------------------------------------------------------------------------------
+
+
+def _read_limited(source, max_bytes: int, origin: str | None) -> tuple[bytes, str]:
+    limit_text = f"{max_bytes / 1024 / 1024:.0f} MB" if max_bytes >= 1024 * 1024 else f"{max_bytes} bytes"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        origin = origin or "uploaded file"
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        origin = origin or path.name
+        if not path.is_file():
+            raise BarFileError(origin, f"no such file: {path}")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise BarFileError(origin, f"the file is {size / 1024 / 1024:.1f} MB, over the {limit_text} limit")
+        data = path.read_bytes()
+    elif hasattr(source, "read"):
+        origin = origin or Path(str(getattr(source, "name", "") or "uploaded file")).name
+        data = source.read(max_bytes + 1)  # one byte more than allowed tells us it is too big
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+    else:
+        raise TypeError(f"read_bar_file takes a path, bytes or a binary file object, not {type(source).__name__}")
+    if len(data) > max_bytes:
+        raise BarFileError(origin, f"the file is over the {limit_text} limit")
+    return data, origin
+
+
+def _decode_text(data: bytes, origin: str) -> str:
+    for magic, what in _KNOWN_BINARY:
+        if data.startswith(magic):
+            raise BarFileError(origin, f"not a CSV or Parquet file: it looks like {what}")
+    head = data[:65536]
+    if b"\x00" in head:
+        raise BarFileError(origin, "not a CSV or Parquet file: it contains binary data (NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        # Spreadsheets on Windows often save cp1252; accept it when the text is otherwise clean.
+        text = data.decode("cp1252", errors="replace")
+        control = sum(1 for ch in text[:65536] if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\r\n\t"))
+        if control > 0.01 * min(len(text), 65536):
+            raise BarFileError(
+                origin, f"not a CSV or Parquet file: byte {error.start} is not text (neither UTF-8 nor cp1252)"
+            ) from None
+        return text
+
+
+# --- parsing ------------------------------------------------------------------------------------------------
+
+
+def _parse_parquet(data: bytes, origin: str) -> _Parsed:
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as error:  # pyarrow raises several types for corrupt files; all mean the same here
+        raise BarFileError(origin, f"the Parquet file cannot be read: {error}") from error
+    if isinstance(frame.index, pd.DatetimeIndex) or frame.index.name is not None:
+        frame = frame.reset_index()  # e.g. a yfinance frame saved with its Date index
+    frame.columns = [str(c) for c in frame.columns]
+    return _Parsed(frame, np.arange(1, len(frame) + 1), "row", has_header=True)
+
+
+def _parse_csv(text: str, origin: str) -> _Parsed:
+    head = text[:HEAD_CHARS].splitlines()[:200]  # enough to find the header without splitting a 200 MB text
+    first_index = next((i for i, line in enumerate(head) if line.strip()), None)
+    if first_index is None:
+        raise BarFileError(origin, "the file is empty")
+    delimiter = _sniff_delimiter(head[first_index : first_index + 20])
+    first_fields = [f.strip().strip('"') for f in head[first_index].split(delimiter)]
+    has_header = not all(_is_number(f) for f in first_fields if f)
+
+    header_lines = 1 if has_header else 0
+    options: dict = {"header": 0 if has_header else None}
+    if has_header and first_fields[0].lower() == "price" and _first_field(head, first_index + 1, delimiter) == "ticker":
+        # yfinance's download().to_csv(): "Price,Close,..." / "Ticker,SPY,..." / "Date,,,...", then data.
+        ts_name = _first_field(head, first_index + 2, delimiter) or "date"
+        options = {"header": None, "names": [ts_name, *first_fields[1:]]}
+        header_lines = 3
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=delimiter,
+            skiprows=first_index + (3 if header_lines == 3 else 0),
+            index_col=False,  # never turn a first column into the index when rows have an extra field
+            skip_blank_lines=False,  # keep blank lines so row positions map back to line numbers
+            low_memory=False,
+            skipinitialspace=True,
+            **options,
+        )
+    except (pd.errors.ParserError, ValueError) as error:
+        raise BarFileError(origin, f"the CSV cannot be parsed: {error}") from error
+    # Line number of each data row in the original file (1-based), then drop the blank lines.
+    numbers = np.arange(len(frame)) + first_index + header_lines + 1
+    blank = frame.isna().all(axis=1).to_numpy()
+    if blank.any():
+        frame = frame.loc[~blank].reset_index(drop=True)
+        numbers = numbers[~blank]
+    if len(frame) == 0:
+        raise BarFileError(origin, "the file has a header but no data rows" if has_header else "the file is empty")
+    if not has_header:
+        frame.columns = [f"column {i + 1}" for i in range(frame.shape[1])]
+    return _Parsed(frame, numbers, "line", has_header)
+
+
+def _sniff_delimiter(sample: list[str]) -> str:
+    sample = [line for line in sample if line.strip()]
+    best, best_count = ",", 0
+    for delimiter in DELIMITERS:
+        counts = {line.count(delimiter) for line in sample}
+        # The delimiter splits every sampled line into the same number of fields.
+        if len(counts) == 1 and (count := counts.pop()) > best_count:
+            best, best_count = delimiter, count
+    return best
+
+
+def _first_field(lines: list[str], index: int, delimiter: str) -> str:
+    if index >= len(lines):
+        return ""
+    return lines[index].split(delimiter)[0].strip().strip('"').lower()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- columns ------------------------------------------------------------------------------------------------
+
+
+def _normalise_name(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def _to_bar_columns(parsed: _Parsed, origin: str) -> tuple[pd.DataFrame, str]:
+    frame = parsed.frame
+    if not parsed.has_header:
+        return _headerless_kline(frame, origin)
+
+    by_name: dict[str, str] = {}
+    for column in frame.columns:
+        by_name.setdefault(_normalise_name(column), column)
+    found = ", ".join(map(str, frame.columns[:15])) + (" ..." if frame.shape[1] > 15 else "")
+
+    ts_column = next((by_name[a] for a in TS_ALIASES if a in by_name), None)
+    mapping = {
+        ours: next((by_name[a] for a in aliases if a in by_name), None) for ours, aliases in VALUE_ALIASES.items()
+    }
+    missing = [ours for ours, column in mapping.items() if column is None]
+    if ts_column is None and len(missing) == len(VALUE_ALIASES):
+        raise BarFileError(
+            origin,
+            f"layout not recognised: no timestamp column ({', '.join(TS_ALIASES[:6])}, ...) and no "
+            f"open/high/low/close/volume columns among: {found}",
+        )
+    if ts_column is None:
+        raise BarFileError(
+            origin, f"no timestamp column: expected one of {', '.join(TS_ALIASES[:7])} (found: {found})"
+        )
+    if missing:
+        raise BarFileError(origin, f"missing column(s) {', '.join(missing)} (found: {found})")
+
+    ts, unit = _timestamps(frame[ts_column], origin)
+    out = pd.DataFrame({"ts": ts, **{ours: frame[column] for ours, column in mapping.items()}})
+    layout = _describe_layout(_normalise_name(ts_column), set(by_name), unit)
+    return out, layout
+
+
+def _headerless_kline(frame: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, str]:
+    """No header: an exchange kline file, open time first, then open, high, low, close, volume."""
+    if frame.shape[1] < 6:
+        raise BarFileError(
+            origin,
+            f"layout not recognised: no header and only {frame.shape[1]} column(s); a file without a header "
+            "must be an exchange kline file (open time, open, high, low, close, volume, ...)",
+        )
+    ts, unit = _timestamps(frame.iloc[:, 0], origin)
+    if unit is None:
+        raise BarFileError(origin, "layout not recognised: no header, and the first column is not a unix time")
+    out = pd.DataFrame({"ts": ts, **{name: frame.iloc[:, i + 1] for i, name in enumerate(BAR_COLUMNS[1:])}})
+    return out, f"kline without header ({frame.shape[1]} columns, open time in {unit})"
+
+
+def _describe_layout(ts_name: str, names: set[str], unit: str | None) -> str:
+    if unit is not None:
+        kind = "1-minute Bitcoin history" if ts_name == "timestamp" and unit == "s" else "kline"
+        return f"{kind} (unix time in {unit})"
+    if ts_name in ("date", "datetime"):
+        return "Yahoo-style" + (" (Adj Close ignored)" if "adj_close" in names else "")
+    return "plain ts/open/high/low/close/volume"
+
+
+def _timestamps(column: pd.Series, origin: str) -> tuple[pd.Series, str | None]:
+    """Unix epochs (numbers) become UTC timestamps, unit by magnitude; anything else passes through for
+    validate_bars to parse. Returns the column and the epoch unit (None when not epochs)."""
+    if pd.api.types.is_bool_dtype(column.dtype) or not pd.api.types.is_numeric_dtype(column.dtype):
+        return column, None
+    values = column.to_numpy(dtype="float64", na_value=np.nan)
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return column, None  # all empty: validate_bars reports the missing timestamps
+    magnitude = np.abs(finite)
+    unit = next(u for limit, u in EPOCH_UNIT_LIMITS if magnitude.max() < limit)
+    smallest_unit = next(u for limit, u in EPOCH_UNIT_LIMITS if magnitude.min() < limit)
+    if unit != smallest_unit:
+        raise BarValidationError(
+            origin,
+            [Problem(f"unix times in different units (from {smallest_unit} to {unit}) in one file", len(finite))],
+        )
+    # Whole numbers go through int64 so that milliseconds keep their exact value.
+    if pd.api.types.is_integer_dtype(column.dtype):
+        stamps = pd.to_datetime(column, unit=unit, utc=True)
+    elif np.all(finite == np.round(finite)):
+        stamps = pd.to_datetime(pd.Series(values).round().astype("Int64"), unit=unit, utc=True)
+    else:
+        stamps = pd.to_datetime(pd.Series(values), unit=unit, utc=True)
+    return stamps.dt.as_unit("us"), unit

@@ -1,0 +1,318 @@
+"""One gate every bar passes before it reaches the cache: `validate_bars`.
+
+Sources and file imports hand in whatever they parsed; this module either returns the normalised frame
+(exactly BAR_COLUMNS, ts as datetime64[us, UTC], float64 prices and volume, sorted by ts, unique) or raises
+BarValidationError naming the origin, the rows and the rule broken. Problems are collected rule by rule (with
+a few example rows each) instead of stopping at the first, so a user fixes a file in one round trip.
+
+Everything is vectorised: the checks are numpy masks over whole columns, and only the handful of rows that
+end up quoted in a message are ever formatted.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from storage.sources.base import BAR_COLUMNS
+
+PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
+VALUE_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
+
+# A message lists at most this many broken rules, each with at most this many example rows: enough to see
+# the pattern, short enough to read in an error banner.
+MAX_RULES_SHOWN = 5
+MAX_EXAMPLES_PER_RULE = 3
+
+# A timestamp string carries a zone when it ends in Z, UTC/GMT or a +hh:mm / -hhmm offset after the time.
+_AWARE_TEXT = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule: how many rows break it and a few of them, already formatted."""
+
+    rule: str
+    count: int
+    examples: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        if self.count == 0:  # a rule about the whole input (missing columns, no rows): no rows to count
+            return self.rule
+        rows = "row" if self.count == 1 else "rows"
+        text = f"{self.rule}: {self.count} {rows}"
+        if self.examples:
+            text += ", e.g. " + "; ".join(self.examples)
+            if self.count > len(self.examples):
+                text += "; ..."
+        return text
+
+
+class BarValidationError(ValueError):
+    """Bars that break a rule. `origin` says where they came from, `problems` what is wrong."""
+
+    def __init__(self, origin: str, problems: Sequence[Problem]):
+        self.origin = origin
+        self.problems = tuple(problems)
+        shown = self.problems[:MAX_RULES_SHOWN]
+        lines = [f"{origin}: invalid bars ({len(self.problems)} rule{'s' if len(self.problems) != 1 else ''} broken)"]
+        lines += [f"  - {p.describe()}" for p in shown]
+        if len(self.problems) > len(shown):
+            lines.append(f"  - ... and {len(self.problems) - len(shown)} more rule(s)")
+        super().__init__("\n".join(lines))
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        return tuple(p.rule for p in self.problems)
+
+
+def validate_bars(
+    frame: pd.DataFrame,
+    origin: str,
+    *,
+    row_numbers: Sequence[int] | np.ndarray | None = None,
+    row_label: str = "row",
+) -> pd.DataFrame:
+    """Normalise `frame` to BAR_COLUMNS or raise BarValidationError.
+
+    origin: where the bars came from, quoted in every message ("prices.csv", "yfinance:SPY").
+    row_numbers: how to name each row of `frame` in messages, e.g. the original line numbers of a CSV file;
+        by default the 1-based data row. row_label is the word printed before it ("row", "line").
+
+    Rules: the six columns exist (extra columns are dropped); the frame has rows; ts parses as a timestamp and
+    is all zone-aware or all naive (naive timestamps are taken as UTC); prices and volume are numbers, finite,
+    prices > 0, high >= low, open and close inside [low, high], volume >= 0. Rows are sorted by ts; a repeated
+    timestamp with identical values is dropped, one with different values is an error.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{origin}: expected a pandas DataFrame of bars, got {type(frame).__name__}")
+    if "ts" not in frame.columns and frame.index.name == "ts":
+        frame = frame.reset_index()
+
+    if frame.shape[1] == 0:
+        raise BarValidationError(origin, [Problem("empty input: no columns and no rows", 0)])
+    missing = [c for c in BAR_COLUMNS if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns[:12])) + (" ..." if frame.shape[1] > 12 else "")
+        raise BarValidationError(origin, [Problem(f"missing column(s) {', '.join(missing)} (found: {found})", 0)])
+    if len(frame) == 0:
+        raise BarValidationError(origin, [Problem("no data rows (empty or header only)", 0)])
+
+    labels = _row_labels(len(frame), row_numbers, row_label)
+    problems: list[Problem] = []
+
+    ts, ts_problems = _parse_timestamps(frame["ts"], labels)
+    problems += ts_problems
+    values, reported, value_problems = _parse_values(frame, labels)
+    problems += value_problems
+    problems += _check_bar_rules(values, reported, labels)
+    if problems:
+        raise BarValidationError(origin, problems)
+
+    out = pd.DataFrame({"ts": ts, **{c: values[c] for c in VALUE_COLUMNS}})
+    return _sort_and_deduplicate(out, labels, origin)
+
+
+# --- row naming ---------------------------------------------------------------------------------------------
+
+
+def _row_labels(n: int, row_numbers, row_label: str) -> tuple[np.ndarray, str]:
+    if row_numbers is None:
+        numbers = np.arange(1, n + 1)
+    else:
+        numbers = np.asarray(row_numbers)
+        if numbers.shape != (n,):
+            raise ValueError(f"row_numbers has {numbers.shape} entries for {n} rows")
+    return numbers, row_label
+
+
+def _examples(mask: np.ndarray, labels, describe) -> tuple[int, tuple[str, ...]]:
+    """Count rows where mask holds and format the first few with describe(position)."""
+    numbers, word = labels
+    positions = np.flatnonzero(mask)
+    shown = tuple(f"{word} {numbers[i]} ({describe(i)})" for i in positions[:MAX_EXAMPLES_PER_RULE])
+    return len(positions), shown
+
+
+# --- timestamps ---------------------------------------------------------------------------------------------
+
+
+def _parse_timestamps(raw: pd.Series, labels) -> tuple[pd.Series, list[Problem]]:
+    dtype = raw.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        ts = raw.dt.tz_convert("UTC")
+    elif pd.api.types.is_datetime64_dtype(dtype):
+        ts = raw.dt.tz_localize("UTC")  # naive means UTC, by contract
+    elif pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+        return raw, [
+            Problem(
+                "ts is numeric: convert unix epochs to timestamps first (read_bar_file does this for files)",
+                len(raw),
+            )
+        ]
+    else:
+        return _parse_timestamp_objects(raw, labels)
+    ts = ts.dt.as_unit("us")
+    problems = []
+    missing = ts.isna().to_numpy()
+    if missing.any():
+        count, shown = _examples(missing, labels, lambda i: "empty")
+        problems.append(Problem("missing timestamp", count, shown))
+    return ts, problems
+
+
+def _parse_timestamp_objects(raw: pd.Series, labels) -> tuple[pd.Series, list[Problem]]:
+    """Strings or datetime objects: zone-awareness must be consistent; everything is parsed as UTC."""
+    try:
+        # Fast path: pandas parses consistent ISO 8601 text (all naive, or all with one offset) in one go and
+        # raises on anything else, which the careful path below then explains.
+        parsed = pd.to_datetime(raw, format="ISO8601")
+        if not parsed.isna().any():
+            utc = parsed.dt.tz_convert("UTC") if parsed.dt.tz is not None else parsed.dt.tz_localize("UTC")
+            return utc.dt.as_unit("us"), []
+    except (ValueError, TypeError, OverflowError):
+        pass
+    return _parse_timestamps_carefully(raw, labels)
+
+
+def _parse_timestamps_carefully(raw: pd.Series, labels) -> tuple[pd.Series, list[Problem]]:
+    present = raw.notna().to_numpy()
+    if pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty"):
+        text = raw.astype("string").str.strip()
+        aware = text.str.contains(_AWARE_TEXT, na=False).to_numpy()
+    else:
+        text = raw
+        aware = raw.map(lambda x: getattr(x, "tzinfo", None) is not None).to_numpy(dtype=bool)
+
+    problems: list[Problem] = []
+    aware_rows = aware & present
+    naive_rows = ~aware & present
+    if aware_rows.any() and naive_rows.any():
+        # Quote the minority kind: those are the rows the user most likely has to fix.
+        odd = naive_rows if naive_rows.sum() <= aware_rows.sum() else aware_rows
+        kind = "naive" if odd is naive_rows else "zone-aware"
+        count, shown = _examples(odd, labels, lambda i: f"{kind} {raw.iloc[i]!r}")
+        problems.append(Problem("mixed zone-aware and naive timestamps", count, shown))
+
+    ts = _to_utc(text)
+    unreadable = ts.isna().to_numpy() & present
+    if unreadable.any():
+        count, shown = _examples(unreadable, labels, lambda i: repr(raw.iloc[i]))
+        problems.append(Problem("unreadable timestamp", count, shown))
+    if (~present).any():
+        count, shown = _examples(~present, labels, lambda i: "empty")
+        problems.append(Problem("missing timestamp", count, shown))
+    return ts.dt.as_unit("us"), problems
+
+
+def _to_utc(values: pd.Series) -> pd.Series:
+    """ISO 8601 first (fast and unambiguous); otherwise let pandas infer one format from the data."""
+    iso = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+    if not (iso.isna() & values.notna()).any():
+        return iso
+    try:
+        inferred = pd.to_datetime(values, utc=True, errors="coerce")
+    except (ValueError, TypeError):
+        return iso
+    return inferred if inferred.isna().sum() < iso.isna().sum() else iso
+
+
+# --- prices and volume --------------------------------------------------------------------------------------
+
+
+def _parse_values(frame: pd.DataFrame, labels) -> tuple[dict[str, np.ndarray], np.ndarray, list[Problem]]:
+    """Columns as float64 arrays, plus a mask of rows already reported (text, NaN, infinity)."""
+    values: dict[str, np.ndarray] = {}
+    reported = np.zeros(len(frame), dtype=bool)
+    problems: list[Problem] = []
+    for column in VALUE_COLUMNS:
+        raw = frame[column]
+        if pd.api.types.is_bool_dtype(raw.dtype):
+            problems.append(Problem(f"{column} holds true/false values, not numbers", len(raw)))
+            values[column] = np.full(len(raw), np.nan)
+            reported[:] = True
+            continue
+        if pd.api.types.is_numeric_dtype(raw.dtype):
+            numbers = raw.to_numpy(dtype="float64", na_value=np.nan)
+            text_rows = np.zeros(len(raw), dtype=bool)
+        else:
+            numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            text_rows = np.isnan(numbers) & raw.notna().to_numpy()
+            if text_rows.any():
+                # Text "nan" or blanks parse to NaN on purpose: they are reported as missing, not as text.
+                blank_or_nan = raw.astype("string").str.strip().str.lower().isin(["nan", ""]).fillna(False)
+                text_rows &= ~blank_or_nan.to_numpy(dtype=bool)
+            if text_rows.any():
+                count, shown = _examples(text_rows, labels, lambda i, r=raw: repr(r.iloc[i]))
+                problems.append(Problem(f"non-numeric text in {column}", count, shown))
+        missing = np.isnan(numbers) & ~text_rows
+        if missing.any():
+            count, shown = _examples(missing, labels, lambda i: "NaN")
+            problems.append(Problem(f"missing value (NaN) in {column}", count, shown))
+        infinite = np.isinf(numbers)
+        if infinite.any():
+            count, shown = _examples(infinite, labels, lambda i, v=numbers: f"{v[i]}")
+            problems.append(Problem(f"infinite value in {column}", count, shown))
+        reported |= text_rows | missing | infinite
+        values[column] = numbers
+    return values, reported, problems
+
+
+def _check_bar_rules(values: dict[str, np.ndarray], reported: np.ndarray, labels) -> list[Problem]:
+    """OHLC consistency, on rows whose numbers are usable (the others were already reported)."""
+    o, h, l, c, v = (values[k] for k in VALUE_COLUMNS)
+    usable = ~reported
+    problems: list[Problem] = []
+
+    def rule(name: str, mask: np.ndarray, describe) -> None:
+        mask = mask & usable
+        if mask.any():
+            count, shown = _examples(mask, labels, describe)
+            problems.append(Problem(name, count, shown))
+
+    with np.errstate(invalid="ignore"):
+        non_positive = (o <= 0) | (h <= 0) | (l <= 0) | (c <= 0)
+        rule(
+            "non-positive price",
+            non_positive,
+            lambda i: f"open={o[i]:g} high={h[i]:g} low={l[i]:g} close={c[i]:g}",
+        )
+        rule("high below low", h < l, lambda i: f"high={h[i]:g} < low={l[i]:g}")
+        rule("open outside [low, high]", (o < l) | (o > h), lambda i: f"open={o[i]:g}, low={l[i]:g} high={h[i]:g}")
+        rule("close outside [low, high]", (c < l) | (c > h), lambda i: f"close={c[i]:g}, low={l[i]:g} high={h[i]:g}")
+        rule("negative volume", v < 0, lambda i: f"volume={v[i]:g}")
+    return problems
+
+
+# --- order and duplicates -----------------------------------------------------------------------------------
+
+
+def _sort_and_deduplicate(out: pd.DataFrame, labels, origin: str) -> pd.DataFrame:
+    numbers, word = labels
+    ts_ns = out["ts"].to_numpy(dtype="datetime64[us]").view("int64")
+    if len(ts_ns) > 1 and np.all(ts_ns[1:] > ts_ns[:-1]):
+        return out.reset_index(drop=True)  # the common case: already sorted and unique
+
+    order = np.argsort(ts_ns, kind="stable")
+    ts_sorted = ts_ns[order]
+    same_as_previous = np.zeros(len(order), dtype=bool)
+    same_as_previous[1:] = ts_sorted[1:] == ts_sorted[:-1]
+    if same_as_previous.any():
+        block = np.column_stack([out[c].to_numpy() for c in VALUE_COLUMNS])[order]
+        differs = np.zeros(len(order), dtype=bool)
+        differs[1:] = np.any(block[1:] != block[:-1], axis=1)
+        conflicting = same_as_previous & differs
+        if conflicting.any():
+            positions = np.flatnonzero(conflicting)
+            shown = tuple(
+                f"{out['ts'].iloc[order[i]].isoformat()} at {word}s {numbers[order[i - 1]]} and {numbers[order[i]]}"
+                for i in positions[:MAX_EXAMPLES_PER_RULE]
+            )
+            raise BarValidationError(
+                origin, [Problem("duplicate timestamp with different values", len(positions), shown)]
+            )
+    keep = order[~same_as_previous]
+    return out.iloc[keep].reset_index(drop=True)
