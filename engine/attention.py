@@ -1,0 +1,138 @@
+"""Level 2: cross-asset lead-lag attention.
+
+At bar t a query from target asset i attends to the keys of EVERY source asset j at bars t-k, k = 0..K. The
+softmax runs jointly over (source, lag), so alpha[target, source, lag] is a lead-lag map: "to read asset i now,
+look at asset j k bars ago". Nothing at a bar later than t is ever visible (strictly causal).
+
+Masking:
+  * a key at a closed bar of its market (mask False), or before the first bar, gets weight exactly 0;
+  * a target whose market is closed at t gets NO weights (all zeros) and the layer adds nothing to its stream
+    there: a closed bar's output is its input, the same rule as the SSM block's.
+An open target always has at least one valid key (its own bar at lag 0), so its weights sum to 1.
+
+Keys learn two additive embeddings, a lag embedding (so lag 0 and lag 5 of the same asset are told apart) and a
+source-asset embedding; they are added while the unfolded keys are copied into the head-major layout anyway.
+
+Implementation: the last K bars are prepended (zeros, or the step state's cache), then unfold gives K+1 shifted
+views of K and V; window slot w holds bar t-K+w, i.e. lag K-w. Step mode is this same forward with T=1 and the
+cache as history, so the two modes cannot drift apart.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.ssm import PerAssetRMSNorm
+
+if TYPE_CHECKING:
+    from engine.model import ModelConfig
+
+
+@dataclass
+class AttentionLayerState:
+    """The last K bars an attention layer must see again at the next bar, oldest first."""
+
+    keys: Tensor  # (B, K, A, M)
+    values: Tensor  # (B, K, A, M)
+    key_mask: Tensor  # (B, K, A) bool; False = closed bar or before the first bar
+
+
+@dataclass
+class AttentionWeights:
+    """alpha[target, source, lag], lag 0 = the same bar."""
+
+    mean: Tensor  # (B, T, A_tgt, A_src, K+1) averaged over heads
+    per_head: Tensor | None  # (B, T, A_tgt, heads, A_src, K+1) when asked
+
+
+class LeadLagAttention(nn.Module):
+    """Pre-norm residual multi-head attention across assets and the last K bars."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        M, H = config.d_model, config.n_heads
+        if M % H != 0:
+            raise ValueError(f"LeadLagAttention: d_model={M} must be divisible by n_heads={H}")
+        self.n_heads, self.head_dim, self.max_lag = H, M // H, config.max_lag
+        self.norm = PerAssetRMSNorm(config.n_assets, M, shared=True)  # one gain for all assets: weights are shared
+        self.qkv = nn.Linear(M, 3 * M, bias=False)
+        self.out_proj = nn.Linear(M, M, bias=False)
+        # Small random init: lags and sources start nearly interchangeable and the data decides.
+        self.lag_embedding = nn.Parameter(0.02 * torch.randn(config.max_lag + 1, H, self.head_dim))  # (K+1, H, dh)
+        self.source_embedding = nn.Parameter(0.02 * torch.randn(config.n_assets, H, self.head_dim))  # (A, H, dh)
+        self.dropout = config.dropout
+
+    def init_state(self, batch: int, n_assets: int, d_model: int, *, device=None, dtype=None) -> AttentionLayerState:
+        K = self.max_lag
+        zeros = torch.zeros(batch, K, n_assets, d_model, device=device, dtype=dtype)
+        no_bars = torch.zeros(batch, K, n_assets, dtype=torch.bool, device=device)  # "before the first bar": masked
+        return AttentionLayerState(zeros, zeros.clone(), no_bars)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        state: AttentionLayerState | None = None,
+        *,
+        return_state: bool = False,
+        need_weights: bool = False,
+        per_head: bool = False,
+    ) -> tuple[Tensor, AttentionLayerState | None, AttentionWeights | None]:
+        """x (B, T, A, M), mask (B, T, A) bool -> (x (B, T, A, M), state or None, weights or None)."""
+        batch, length, A, M = x.shape
+        H, dh, K = self.n_heads, self.head_dim, self.max_lag
+        q, k, v = self.qkv(self.norm(x)).split(M, dim=-1)  # (B, T, A, M) each
+        if state is None:
+            state = self.init_state(batch, A, M, device=x.device, dtype=k.dtype)
+        keys = torch.cat([state.keys, k], dim=1)  # (B, K+T, A, M)
+        values = torch.cat([state.values, v], dim=1)
+        key_mask = torch.cat([state.key_mask, mask], dim=1)  # (B, K+T, A)
+
+        # K+1 shifted views: slot w of bar t holds bar t-K+w (lag K-w). Heads go in front so that scores and the
+        # weighted sum are two batched matmuls over (B, T, H).
+        W = K + 1
+        key_windows = keys.unfold(1, W, 1).view(batch, length, A, H, dh, W).permute(0, 1, 3, 4, 2, 5)
+        keys_h = (key_windows + self._key_embeddings()).reshape(batch, length, H, dh, A * W)  # (B, T, H, dh, A_src*W)
+        value_windows = values.unfold(1, W, 1).view(batch, length, A, H, dh, W).permute(0, 1, 3, 2, 5, 4)
+        values_h = value_windows.reshape(batch, length, H, A * W, dh)  # (B, T, H, A_src*W, dh)
+        key_valid = key_mask.unfold(1, W, 1).reshape(batch, length, 1, 1, A * W)  # (B, T, 1, 1, A_src*W)
+
+        q_h = q.view(batch, length, A, H, dh).transpose(2, 3) / math.sqrt(dh)  # (B, T, H, A_tgt, dh)
+        scores = q_h @ keys_h  # (B, T, H, A_tgt, A_src*W)
+        # Softmax in float32 even under bf16 autocast. finfo.min (not -inf) keeps a row with no valid key finite;
+        # exp(min - max) is exactly 0 whenever the row has a valid key, so masked keys get exactly 0.
+        softmax_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+        scores = torch.where(key_valid, scores.to(softmax_dtype), torch.finfo(softmax_dtype).min)
+        weights = F.softmax(scores, dim=-1)  # jointly over (source, lag)
+        weights = weights * mask[:, :, None, :, None]  # closed targets attend to nothing
+        attended = (weights if weights.dtype == values_h.dtype else weights.to(values_h.dtype)) @ values_h
+        # attended (B, T, H, A_tgt, dh) is exactly 0 at closed targets and out_proj has no bias, so the layer adds
+        # exactly nothing to a closed bar's stream without another mask multiply.
+        out = self.out_proj(attended.transpose(2, 3).reshape(batch, length, A, M))
+
+        new_state = None
+        if return_state:
+            new_state = AttentionLayerState(*(_last_bars(t, K) for t in (keys, values, key_mask)))
+        attention = None
+        if need_weights:
+            in_lag_order = weights.view(batch, length, H, A, A, W).flip(-1)  # (B, T, H, A_tgt, A_src, K+1), lag 0 first
+            attention = AttentionWeights(in_lag_order.mean(dim=2), in_lag_order.transpose(2, 3) if per_head else None)
+        return x + F.dropout(out, self.dropout, self.training), new_state, attention
+
+    def _key_embeddings(self) -> Tensor:
+        """Lag + source-asset embeddings laid out like the key windows: (H, dh, A_src, K+1), slot w = lag K-w."""
+        lag = self.lag_embedding.flip(0).permute(1, 2, 0)  # (H, dh, W)
+        source = self.source_embedding.permute(1, 2, 0)  # (H, dh, A)
+        return source.unsqueeze(-1) + lag.unsqueeze(-2)
+
+
+def _last_bars(history: Tensor, n: int) -> Tensor:
+    """history (B, n+T, ...) -> its last n bars. Copied after a long window, so the state does not keep the whole
+    window alive; a view in step mode (T=1), where the window is only n+1 bars and every op counts."""
+    tail = history[:, history.shape[1] - n :]
+    return tail.clone() if history.shape[1] > n + 1 else tail

@@ -1,0 +1,59 @@
+"""Multi-task forecast heads, one set per asset and horizon: return quantiles, P(up) logit, log volatility."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.ssm import PerAssetLinear
+
+if TYPE_CHECKING:
+    from engine.model import ModelConfig
+
+
+def quantile_offset_matrix(n_quantiles: int, anchor: int) -> Tensor:
+    """(Q, Q) matrix M of 0/+1/-1 such that q = raw[anchor] + softplus(raw) @ M is monotone_quantiles' result:
+    column i > anchor sums the gaps anchor+1..i, column i < anchor subtracts the gaps i..anchor-1, column anchor
+    is all zeros (so slot `anchor` is exactly the raw median)."""
+    matrix = torch.zeros(n_quantiles, n_quantiles)
+    for i in range(n_quantiles):
+        for j in range(n_quantiles):
+            if anchor < j <= i:
+                matrix[j, i] = 1.0
+            elif i <= j < anchor:
+                matrix[j, i] = -1.0
+    return matrix
+
+
+def monotone_quantiles(raw: Tensor, anchor: int, offsets: Tensor | None = None) -> Tensor:
+    """Turn free outputs into quantiles that cannot cross.
+
+    raw (..., Q) -> (..., Q): slot `anchor` (the level nearest the median) is taken as is; each level above it is
+    the previous one plus softplus(raw) >= 0, each level below it the next one minus softplus(raw). Anchoring at the
+    median keeps the centre of the fan free of the offsets' positivity bias. The cumulative sums are one small
+    matmul with quantile_offset_matrix (pass it as `offsets` to skip rebuilding it): in step mode every op counts.
+    """
+    if offsets is None:
+        offsets = quantile_offset_matrix(raw.shape[-1], anchor).to(raw)
+    return raw[..., anchor : anchor + 1] + F.softplus(raw) @ offsets
+
+
+class ForecastHeads(nn.Module):
+    """x (..., A, M) -> quantiles (..., A, H, Q), direction_logit (..., A, H), log_vol (..., A, H)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_horizons, self.n_quantiles = len(config.horizons), len(config.quantiles)
+        self.anchor = min(range(self.n_quantiles), key=lambda i: abs(config.quantiles[i] - 0.5))
+        # Per-asset heads: BTC and AAPL returns live on different scales and tails.
+        self.proj = PerAssetLinear(config.n_assets, config.d_model, self.n_horizons * (self.n_quantiles + 2))
+        # A constant, not a weight: kept out of checkpoints (persistent=False), rebuilt from the config.
+        self.register_buffer("offsets", quantile_offset_matrix(self.n_quantiles, self.anchor), persistent=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raw = self.proj(x).unflatten(-1, (self.n_horizons, self.n_quantiles + 2))  # (..., A, H, Q+2)
+        Q = self.n_quantiles
+        quantiles = monotone_quantiles(raw[..., :Q], self.anchor, self.offsets.to(raw.dtype))
+        return quantiles, raw[..., Q], raw[..., Q + 1]

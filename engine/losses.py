@@ -1,0 +1,117 @@
+"""Multi-task training losses, each averaged over the entries a target-valid mask allows.
+
+Targets (all (B, A, T, H), one slot per asset, bar and horizon):
+  ret    realised forward return over the horizon          -> pinball loss on the return quantiles
+  up     1.0 if that return was > 0 else 0.0               -> BCE with logits on the direction logit
+  vol    realised volatility over the horizon (a noisy proxy of the true one) -> QLIKE on variance
+  valid  bool: the target exists (inside the data, market open at the forecast bar, ...)
+Invalid entries may hold anything, NaN included: they are replaced before any arithmetic, so neither the loss nor
+its gradient sees them.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+TARGET_KEYS = ("ret", "up", "vol", "valid")
+
+# exp(-2 * log_vol) must stay finite in float32: vols outside e^-20 .. e^20 are far beyond any return scale.
+LOG_VOL_BOUND = 20.0
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    quantile: float = 1.0
+    direction: float = 1.0
+    volatility: float = 1.0
+
+
+class Forecasts(Protocol):
+    """What multitask_loss reads from a model output (engine.model.ModelOutput satisfies it)."""
+
+    quantiles: Tensor  # (B, A, T, H, Q)
+    direction_logit: Tensor  # (B, A, T, H)
+    log_vol: Tensor  # (B, A, T, H)
+    quantile_levels: tuple[float, ...]
+
+
+def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Mean over valid entries; 0 (still differentiable) when nothing is valid."""
+    values = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return values.sum() / valid.sum().clamp_min(1)
+
+
+def pinball_loss(quantiles: Tensor, target: Tensor, levels: Sequence[float], valid: Tensor) -> Tensor:
+    """Quantile (pinball) loss, summed over levels, averaged over valid entries.
+
+    quantiles (..., Q), target (...), valid (...) bool. For level tau and error e = y - q the loss is
+    max(tau * e, (tau - 1) * e): minimised in expectation exactly at the tau-quantile of y.
+    """
+    tau = torch.as_tensor(levels, dtype=quantiles.dtype, device=quantiles.device)  # (Q,)
+    error = _where_valid(target, valid).unsqueeze(-1) - quantiles  # (..., Q)
+    per_level = torch.maximum(tau * error, (tau - 1) * error)
+    return masked_mean(per_level.sum(dim=-1), valid)
+
+
+def direction_loss(logits: Tensor, up: Tensor, valid: Tensor) -> Tensor:
+    """Binary cross-entropy with logits for P(return > 0); logits, up, valid (...)."""
+    per_entry = F.binary_cross_entropy_with_logits(logits, _where_valid(up.to(logits.dtype), valid), reduction="none")
+    return masked_mean(per_entry, valid)
+
+
+def volatility_loss(log_vol: Tensor, realised_vol: Tensor, valid: Tensor) -> Tensor:
+    """QLIKE on variance: sigma2_proxy / sigma2_hat + log sigma2_hat (dropping terms free of the forecast).
+
+    Why QLIKE: realised volatility is a noisy proxy of the true one. Patton (2011) shows only losses of the
+    QLIKE/MSE-on-variance family rank forecasts the same under an unbiased noisy proxy as under the truth; MSE on
+    log-vol does not. QLIKE is also scale-free (BTC and SPY weigh alike) and punishes under-predicting risk more
+    than over-predicting it. Its minimiser is sigma2_hat = E[proxy variance].
+    log_vol, realised_vol, valid (...).
+    """
+    log_vol = log_vol.clamp(-LOG_VOL_BOUND, LOG_VOL_BOUND)
+    proxy_variance = _where_valid(realised_vol.to(log_vol.dtype), valid).square()
+    per_entry = proxy_variance * torch.exp(-2.0 * log_vol) + 2.0 * log_vol
+    return masked_mean(per_entry, valid)
+
+
+def multitask_loss(
+    output: Forecasts, targets: Mapping[str, Tensor], weights: LossWeights
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of the three task losses -> (total scalar, {'quantile', 'direction', 'volatility'} scalars)."""
+    valid = _checked_targets(output, targets)
+    parts = {
+        "quantile": pinball_loss(output.quantiles, targets["ret"], output.quantile_levels, valid),
+        "direction": direction_loss(output.direction_logit, targets["up"], valid),
+        "volatility": volatility_loss(output.log_vol, targets["vol"], valid),
+    }
+    total = (
+        weights.quantile * parts["quantile"]
+        + weights.direction * parts["direction"]
+        + weights.volatility * parts["volatility"]
+    )
+    return total, parts
+
+
+def _where_valid(target: Tensor, valid: Tensor) -> Tensor:
+    return torch.where(valid, target, torch.zeros((), dtype=target.dtype, device=target.device))
+
+
+def _checked_targets(output: Forecasts, targets: Mapping[str, Tensor]) -> Tensor:
+    missing = [key for key in TARGET_KEYS if key not in targets]
+    if missing:
+        raise ValueError(f"multitask_loss: targets lack {missing}; expected keys {list(TARGET_KEYS)}")
+    shape = tuple(output.direction_logit.shape)  # (B, A, T, H)
+    for key in TARGET_KEYS:
+        if tuple(targets[key].shape) != shape:
+            raise ValueError(
+                f"multitask_loss: targets['{key}'] has shape {tuple(targets[key].shape)}, "
+                f"expected (batch, assets, time, horizons) = {shape} like the model output"
+            )
+    if targets["valid"].dtype != torch.bool:
+        raise ValueError(f"multitask_loss: targets['valid'] must be bool, got {targets['valid'].dtype}")
+    return targets["valid"]

@@ -1,0 +1,374 @@
+"""The hierarchical hybrid model: per-asset selective-SSM streams, cross-asset lead-lag attention, multi-task heads.
+
+    x (B, A, T, F) --per-asset input projection--> (B, T, A, d_model)
+      --layer_pattern, e.g. ssm, attn, ssm, attn-->      Level 1: SSM layers before the first attention, one stream
+                                                         per asset; Level 2: the first attention, across assets and
+                                                         lags; Level 3: the rest, on the mixed streams
+      --final RMSNorm, heads--> quantiles (B, A, T, H, Q), direction_logit (B, A, T, H), log_vol (B, A, T, H)
+
+The same weights run over a whole window (`forward`) or one new bar at a time (`step`, O(1) per bar); both give
+the same numbers, and `forward(..., state=s, return_state=True)` continues from and hands back a step state, so a
+long history can be processed in chunks or used to warm the state for live stepping.
+
+Closed market bars (mask False) are inert: features there are ignored (NaN allowed), the SSM state is carried,
+the bar is not a key for attention, and no layer adds anything to that asset's stream. The heads still emit
+numbers at closed bars: those are not forecasts, and the target-valid mask must exclude them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.attention import AttentionLayerState, LeadLagAttention
+from engine.heads import ForecastHeads
+from engine.losses import LossWeights
+from engine.ssm import PerAssetLinear, PerAssetRMSNorm, SelectiveSSMBlock, SSMDiagnostics, SSMLayerState
+
+LAYER_KINDS = ("ssm", "attn")
+
+
+@dataclass
+class ModelConfig:
+    n_assets: int = 3
+    n_features: int = 16  # input features per asset per bar
+    d_model: int = 64
+    d_state: int = 16  # N, SSM state size per channel
+    expand: int = 2  # d_inner = expand * d_model
+    d_conv: int = 4
+    dt_rank: int | None = None  # rank of the Delta projection; None -> ceil(d_model / 16)
+    dt_min: float = 1e-3  # softplus(dt bias) starts log-uniform in [dt_min, dt_max]
+    dt_max: float = 1e-1
+    dt_clamp_min: float = 1e-4  # Delta at open bars stays in [dt_clamp_min, dt_clamp_max]
+    dt_clamp_max: float = 1.0  # one bar of Delta=1 already forgets 63% of the slowest S4D state
+    n_heads: int = 4
+    max_lag: int = 8  # K: attention sees lags 0..K
+    # Level 1 = the SSM layers before the first "attn"; Level 3 = what follows it. Per-asset SSM layers cost
+    # ~98k parameters each at the defaults, so two of them (plus attention and heads) keep the model in the
+    # 100k-300k range that trains on two CPU cores; lengthen the pattern for a GPU.
+    layer_pattern: tuple[str, ...] = ("ssm", "attn", "ssm", "attn")
+    shared_ssm: bool = False  # True: one set of SSM weights for all assets plus a learned asset embedding
+    horizons: tuple[int, ...] = (1, 5, 20)  # bars ahead
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    dropout: float = 0.1
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back; keep tuples so configs compare equal after a round trip.
+        self.layer_pattern = tuple(self.layer_pattern)
+        self.horizons = tuple(int(h) for h in self.horizons)
+        self.quantiles = tuple(float(q) for q in self.quantiles)
+        if isinstance(self.loss_weights, dict):
+            self.loss_weights = LossWeights(**self.loss_weights)
+        if self.dt_rank is None:
+            self.dt_rank = math.ceil(self.d_model / 16)
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"ModelConfig: {message}")
+
+        for name in ("n_assets", "n_features", "d_model", "d_state", "expand", "d_conv", "dt_rank", "n_heads"):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_lag < 0:
+            fail(f"max_lag must be >= 0, got {self.max_lag}")
+        if self.d_model % self.n_heads:
+            fail(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0 < self.dt_min <= self.dt_max:
+            fail(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        if not 0 < self.dt_clamp_min <= self.dt_min or self.dt_clamp_max < self.dt_max:
+            fail(f"the Delta clamp [{self.dt_clamp_min}, {self.dt_clamp_max}] must contain [dt_min, dt_max]")
+        bad_layers = [kind for kind in self.layer_pattern if kind not in LAYER_KINDS]
+        if not self.layer_pattern or bad_layers:
+            fail(f"layer_pattern must be a non-empty sequence of {LAYER_KINDS}, got {self.layer_pattern}")
+        if not self.horizons or min(self.horizons) < 1:
+            fail(f"horizons must be positive bar counts, got {self.horizons}")
+        q = self.quantiles
+        if not q or any(not 0 < level < 1 for level in q) or any(a >= b for a, b in zip(q, q[1:])):
+            fail(f"quantiles must be strictly increasing levels in (0, 1), got {q}")
+        if not 0 <= self.dropout < 1:
+            fail(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def embedding_dim(self) -> int:
+        return 2 * self.d_state + self.d_inner  # see engine.ssm.regime_embedding
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (tuples become lists in JSON; from_dict restores them)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class Diagnostics:
+    """What the model 'sees', per bar. Asset-major (B, A, T, .) like the forecasts, except attention."""
+
+    embeddings: Tensor | None  # (B, A, T, 2N + d_inner) regime embedding from the last Level-1 SSM layer's h_t
+    delta: Tensor | None  # (B, A, T, d_inner) that layer's Delta_t; 0 at closed bars
+    effective_lookback: Tensor | None  # (B, A, T, d_inner) half-life in bars of each channel's slowest state
+    attention: Tensor | None  # (B, T, A_tgt, A_src, K+1) first attention layer, averaged over heads
+    attention_by_layer: dict[int, Tensor]  # layer index -> (B, T, A_tgt, A_src, K+1)
+    attention_per_head: dict[int, Tensor] | None = None  # layer index -> (B, T, A_tgt, heads, A_src, K+1)
+
+
+@dataclass
+class StepState:
+    """Per-layer memory for step mode, in layer order (SSMLayerState or AttentionLayerState)."""
+
+    layers: list[SSMLayerState | AttentionLayerState]
+
+    @property
+    def batch_size(self) -> int:
+        first = self.layers[0]
+        return (first.ssm_state if isinstance(first, SSMLayerState) else first.keys).shape[0]
+
+    def detach(self) -> StepState:
+        """The same state cut from autograd (for truncated backprop through long histories)."""
+        detached = []
+        for layer in self.layers:
+            kind = type(layer)
+            detached.append(kind(**{f.name: getattr(layer, f.name).detach() for f in fields(layer)}))
+        return StepState(detached)
+
+
+@dataclass
+class ModelOutput:
+    quantiles: Tensor  # (B, A, T, H, Q), non-decreasing along Q
+    direction_logit: Tensor  # (B, A, T, H)
+    log_vol: Tensor  # (B, A, T, H)
+    quantile_levels: tuple[float, ...]
+    horizons: tuple[int, ...]
+    diagnostics: Diagnostics | None = None
+    state: StepState | None = None
+
+
+class HybridModel(nn.Module):
+    """Per-asset input projection -> layers in config.layer_pattern -> final norm -> per-asset heads (see module doc)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        A = config.n_assets
+        self.input_proj = PerAssetLinear(A, config.n_features, config.d_model)
+        # With shared SSM weights the streams would be interchangeable; an asset embedding tells them apart.
+        self.asset_embedding = nn.Parameter(torch.zeros(A, config.d_model)) if config.shared_ssm else None
+        self.layers = nn.ModuleList(
+            SelectiveSSMBlock(config) if kind == "ssm" else LeadLagAttention(config) for kind in config.layer_pattern
+        )
+        self.final_norm = PerAssetRMSNorm(A, config.d_model)
+        self.heads = ForecastHeads(config)
+        self.diagnostic_ssm_layer = self._last_level1_ssm(config.layer_pattern)
+        self.first_attention_layer = next((i for i, k in enumerate(config.layer_pattern) if k == "attn"), None)
+
+    @staticmethod
+    def _last_level1_ssm(pattern: tuple[str, ...]) -> int | None:
+        """The last SSM before the first attention (the last SSM of all if the pattern starts with attention)."""
+        ssm_layers = [i for i, kind in enumerate(pattern) if kind == "ssm"]
+        first_attention = pattern.index("attn") if "attn" in pattern else len(pattern)
+        level1 = [i for i in ssm_layers if i < first_attention]
+        return (level1 or ssm_layers or [None])[-1]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ----- full sequence ----------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        *,
+        return_diagnostics: bool = False,
+        attention_per_head: bool = False,
+        state: StepState | None = None,
+        return_state: bool = False,
+    ) -> ModelOutput:
+        """x (B, A, T, F), mask (B, A, T) bool, True = bar observed -> ModelOutput over all T bars.
+
+        state: continue from a StepState (from init_state, step or an earlier forward) instead of an empty past.
+        return_state: also hand back the state after the last bar, ready for step() or the next chunk.
+        """
+        self._check_inputs(x, mask, state, where="forward")
+        mask_t = mask.transpose(1, 2)  # (B, T, A)
+        h = self._embed(x.transpose(1, 2), mask_t)  # (B, T, A, M)
+        new_layers, ssm_diag, attention, per_head = [], None, {}, {}
+        for i, layer in enumerate(self.layers):
+            layer_state = None if state is None else state.layers[i]
+            if isinstance(layer, SelectiveSSMBlock):
+                want = return_diagnostics and i == self.diagnostic_ssm_layer
+                h, new_state, diag = layer(h, mask_t, layer_state, return_state=return_state, return_diagnostics=want)
+                ssm_diag = diag if want else ssm_diag
+            else:
+                h, new_state, weights = layer(
+                    h, mask_t, layer_state, return_state=return_state,
+                    need_weights=return_diagnostics, per_head=attention_per_head,
+                )
+                if weights is not None:
+                    attention[i] = weights.mean
+                    per_head[i] = weights.per_head
+            new_layers.append(new_state)
+        quantiles, direction_logit, log_vol = self.heads(self.final_norm(h))  # (B, T, A, H[, Q])
+        return ModelOutput(
+            quantiles=quantiles.transpose(1, 2),
+            direction_logit=direction_logit.transpose(1, 2),
+            log_vol=log_vol.transpose(1, 2),
+            quantile_levels=self.config.quantiles,
+            horizons=self.config.horizons,
+            diagnostics=self._diagnostics(ssm_diag, attention, per_head if attention_per_head else None)
+            if return_diagnostics
+            else None,
+            state=StepState(new_layers) if return_state else None,
+        )
+
+    # ----- one bar at a time ------------------------------------------------------------------------------------
+
+    def init_state(
+        self, batch: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> StepState:
+        """The state before the first bar: empty conv buffers, zero SSM states, no attention history."""
+        reference = next(self.parameters())
+        device = reference.device if device is None else device
+        dtype = reference.dtype if dtype is None else dtype
+        c = self.config
+        layers: list[SSMLayerState | AttentionLayerState] = []
+        for layer in self.layers:
+            if isinstance(layer, SelectiveSSMBlock):
+                d_total = c.n_assets * c.d_inner
+                layers.append(SSMLayerState(
+                    torch.zeros(batch, d_total, c.d_conv - 1, device=device, dtype=dtype),
+                    torch.zeros(batch, d_total, c.d_state, device=device, dtype=dtype),
+                ))
+            else:
+                layers.append(layer.init_state(batch, c.n_assets, c.d_model, device=device, dtype=dtype))
+        return StepState(layers)
+
+    def step(
+        self, x_t: Tensor, mask_t: Tensor, state: StepState, *, return_diagnostics: bool = False
+    ) -> tuple[ModelOutput, StepState]:
+        """One new bar: x_t (B, A, F), mask_t (B, A) bool -> (ModelOutput with T=1, the state after this bar)."""
+        self._check_inputs(x_t.unsqueeze(2), mask_t.unsqueeze(2), state, where="step")
+        h = self._embed(x_t, mask_t)  # (B, A, M)
+        new_layers, ssm_diag, attention = [], None, {}
+        for i, (layer, layer_state) in enumerate(zip(self.layers, state.layers)):
+            if isinstance(layer, SelectiveSSMBlock):
+                want = return_diagnostics and i == self.diagnostic_ssm_layer
+                h, new_state, diag = layer.step(h, mask_t, layer_state, return_diagnostics=want)
+                ssm_diag = diag if want else ssm_diag
+            else:
+                # Attention's forward with T=1 and the cached K bars IS its step: one code path for both modes.
+                h_seq, new_state, weights = layer(
+                    h.unsqueeze(1), mask_t.unsqueeze(1), layer_state, return_state=True, need_weights=return_diagnostics
+                )
+                h = h_seq.squeeze(1)
+                if weights is not None:
+                    attention[i] = weights.mean
+            new_layers.append(new_state)
+        quantiles, direction_logit, log_vol = self.heads(self.final_norm(h))  # (B, A, H[, Q])
+        diagnostics = None
+        if return_diagnostics:
+            if ssm_diag is not None:  # back to the layers' (B, T=1, A, .) layout
+                d = ssm_diag
+                ssm_diag = SSMDiagnostics(d.embeddings.unsqueeze(1), d.delta.unsqueeze(1),
+                                          d.effective_lookback.unsqueeze(1))
+            diagnostics = self._diagnostics(ssm_diag, attention, None)
+        output = ModelOutput(
+            quantiles=quantiles.unsqueeze(2),  # (B, A, T=1, H, Q)
+            direction_logit=direction_logit.unsqueeze(2),
+            log_vol=log_vol.unsqueeze(2),
+            quantile_levels=self.config.quantiles,
+            horizons=self.config.horizons,
+            diagnostics=diagnostics,
+        )
+        return output, StepState(new_layers)
+
+    # ----- the hidden attention of the selective SSM ------------------------------------------------------------
+
+    @torch.no_grad()
+    def implicit_attention(self, x: Tensor, mask: Tensor, asset: int, t: int, *, reduce: bool = False) -> Tensor:
+        """How much bar t of `asset` draws on each past bar s <= t through the last Level-1 SSM layer.
+
+        x (B, A, T, F), mask (B, A, T) -> alpha (B, d_inner, t+1), or with reduce=True (B, t+1): the mean over
+        channels of |alpha|, a per-asset summary for plotting. See SelectiveSSMBlock.implicit_attention.
+        """
+        self._check_inputs(x, mask, None, where="implicit_attention")
+        if not 0 <= asset < self.config.n_assets:
+            raise ValueError(f"implicit_attention: asset={asset} is outside 0..{self.config.n_assets - 1}")
+        if not 0 <= t < x.shape[2]:
+            raise ValueError(f"implicit_attention: t={t} is outside the window 0..{x.shape[2] - 1}")
+        if self.diagnostic_ssm_layer is None:
+            raise ValueError("implicit_attention: layer_pattern has no SSM layer")
+        mask_t = mask[:, :, : t + 1].transpose(1, 2)  # (B, t+1, A)
+        h = self._embed(x[:, :, : t + 1].transpose(1, 2), mask_t)
+        for layer in self.layers[: self.diagnostic_ssm_layer]:
+            h = layer(h, mask_t)[0]
+        alpha = self.layers[self.diagnostic_ssm_layer].implicit_attention(h, mask_t, asset)  # (B, Di, t+1)
+        return alpha.abs().mean(dim=1) if reduce else alpha
+
+    # ----- helpers ----------------------------------------------------------------------------------------------
+
+    def _embed(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (..., A, F) features, mask (..., A) -> (..., A, M). Closed bars' features are ignored (NaN allowed)."""
+        x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        h = self.input_proj(x)
+        return h if self.asset_embedding is None else h + self.asset_embedding
+
+    def _diagnostics(
+        self, ssm_diag: SSMDiagnostics | None, attention: dict[int, Tensor], per_head: dict[int, Tensor] | None
+    ) -> Diagnostics:
+        def asset_major(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.transpose(1, 2)  # (B, T, A, .) -> (B, A, T, .)
+
+        first = attention.get(self.first_attention_layer) if self.first_attention_layer is not None else None
+        return Diagnostics(
+            embeddings=asset_major(ssm_diag.embeddings) if ssm_diag else None,
+            delta=asset_major(ssm_diag.delta) if ssm_diag else None,
+            effective_lookback=asset_major(ssm_diag.effective_lookback) if ssm_diag else None,
+            attention=first,
+            attention_by_layer=attention,
+            attention_per_head=per_head,
+        )
+
+    def _check_inputs(self, x: Tensor, mask: Tensor, state: StepState | None, *, where: str) -> None:
+        """x (B, A, T, F), mask (B, A, T): raise ValueError saying what is wrong and where."""
+        c = self.config
+        if x.dim() != 4 or x.shape[1] != c.n_assets or x.shape[3] != c.n_features:
+            raise ValueError(
+                f"HybridModel.{where}: x must be (batch, assets={c.n_assets}, time, features={c.n_features}), "
+                f"got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"HybridModel.{where}: x must be a float tensor, got {x.dtype}")
+        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:3]):
+            raise ValueError(
+                f"HybridModel.{where}: mask must be bool (batch, assets, time) = {tuple(x.shape[:3])}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        finite = torch.isfinite(x)
+        if not finite.all():  # the common all-finite case costs one pass; NaN at closed bars is allowed
+            bad = mask.unsqueeze(-1) & ~finite
+            if bad.any():
+                b, a, t, f = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"HybridModel.{where}: non-finite feature at an open bar: batch {b}, asset {a}, bar {t}, "
+                    f"feature {f} (mark the bar closed in the mask, or fill the feature)"
+                )
+        if state is not None:
+            if len(state.layers) != len(self.layers):
+                raise ValueError(f"HybridModel.{where}: state has {len(state.layers)} layers, model {len(self.layers)}")
+            if state.batch_size != x.shape[0]:
+                raise ValueError(f"HybridModel.{where}: state is for batch {state.batch_size}, x has {x.shape[0]}")

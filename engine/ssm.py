@@ -1,0 +1,314 @@
+"""Level 1 of the model: one selective-SSM (Mamba-1) block that runs every asset's own stream at once.
+
+Why Mamba-1 and not Mamba-2: Mamba-1 gives every channel its own step Delta_t and every (channel, state) its own
+decay A, so the "effective lookback" the dashboard shows exists per channel, and the implicit attention of a
+channel is well defined. Mamba-2's scalar-A-per-head form pays off through large matmuls on GPUs, which a
+d_inner=128 model on two CPU cores never reaches.
+
+Why one wide layer: the A assets' streams are independent here (cross-asset mixing is the attention's job), so
+their channels are stacked into D_total = A * d_inner and every per-asset weight carries a leading asset axis.
+One batched matmul per projection, one depthwise conv and ONE scan (B and C in G = A groups, channel d reads group
+d // d_inner) then serve all assets instead of A separate layers.
+
+Closed market bars (mask False) carry the stream over unchanged:
+  * the block's input there is zeroed, so the causal conv sees zeros for closed bars: its window spans the last
+    d_conv bars of the common clock, not the last d_conv bars the asset traded;
+  * Delta is forced to 0, so h_t = exp(0 * A) h_{t-1} + 0 = h_{t-1} exactly;
+  * the block adds nothing to the residual stream there, so a closed bar's output is its input.
+
+Layout inside the model is (batch, time, asset, feature): (B, T, A, d_inner) reshapes to the scan's (B, T, D_total)
+as a free view.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.scan import scan_dtype, selective_scan
+
+if TYPE_CHECKING:
+    from engine.model import ModelConfig
+
+LN2 = math.log(2.0)
+
+
+class PerAssetLinear(nn.Module):
+    """y[..., a, :] = x[..., a, :] @ W[a] + b[a]: one weight matrix per asset, applied in one batched matmul.
+
+    With n_assets=1 and shared=True it is an ordinary Linear broadcast over every asset.
+    """
+
+    def __init__(self, n_assets: int, in_features: int, out_features: int, *, bias: bool = True, shared: bool = False):
+        super().__init__()
+        n_weights = 1 if shared else n_assets
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default init range
+        self.weight = nn.Parameter(torch.empty(n_weights, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_weights, out_features).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (..., A, in) -> (..., A, out)
+        if self.weight.shape[0] == 1:
+            y = x @ self.weight[0]
+        elif x.dim() == 3:  # step mode (B, A, in): the asset axis is already next to the front
+            by_asset = x.transpose(0, 1)  # (A, B, in)
+            if self.bias is not None:
+                return torch.baddbmm(self.bias.unsqueeze(1), by_asset, self.weight).transpose(0, 1)
+            return torch.bmm(by_asset, self.weight).transpose(0, 1)
+        else:
+            # One bmm with the asset axis as its batch: (A, rows, in) @ (A, in, out). Cheaper than einsum's
+            # dispatch, which matters in step mode where every op is a few microseconds of overhead.
+            by_asset = x.movedim(-2, 0)  # (A, ..., in)
+            y = torch.bmm(by_asset.reshape(by_asset.shape[0], -1, by_asset.shape[-1]), self.weight)
+            y = y.view(*by_asset.shape[:-1], y.shape[-1]).movedim(0, -2)
+        return y if self.bias is None else y + self.bias
+
+
+class PerAssetRMSNorm(nn.Module):
+    """RMSNorm over the last axis with a gain per asset (one shared gain when shared=True)."""
+
+    def __init__(self, n_assets: int, dim: int, *, eps: float = 1e-6, shared: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1 if shared else n_assets, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (..., A, dim)
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
+
+
+@dataclass
+class SSMLayerState:
+    """What one SSM layer must remember to take the next bar in O(1)."""
+
+    conv_buffer: Tensor  # (B, D_total, d_conv - 1): the last d_conv-1 conv inputs, oldest first
+    ssm_state: Tensor  # (B, D_total, N): h after the last bar
+
+
+@dataclass
+class SSMDiagnostics:
+    """Per-bar readouts of one SSM layer, in the model's internal (B, T, A, .) layout."""
+
+    embeddings: Tensor  # (B, T, A, 2N + d_inner), see regime_embedding
+    delta: Tensor  # (B, T, A, d_inner); 0 at closed bars
+    effective_lookback: Tensor  # (B, T, A, d_inner) bars; NaN at closed bars
+
+
+@dataclass
+class ScanInputs:
+    """Everything the scan consumes, per asset, before the assets are stacked."""
+
+    u: Tensor  # (B, T, A, d_inner) conv+SiLU output
+    delta: Tensor  # (B, T, A, d_inner), clamped, 0 at closed bars
+    A: Tensor  # (A_assets * d_inner, N), negative
+    B: Tensor  # (B, T, A, N)
+    C: Tensor  # (B, T, A, N)
+    gate: Tensor  # (B, T, A, d_inner) the z branch, before SiLU
+
+
+def regime_embedding(h: Tensor) -> Tensor:
+    """Summarise an SSM state into a fixed-size regime vector.
+
+    h (..., d_inner, N) -> (..., 2N + d_inner) = concat of
+      * mean over channels for each state n   (N):  the signed memory at timescale n (S4D-real init: |A_n| = n+1),
+      * RMS over channels for each state n    (N):  how much energy sits at that timescale,
+      * mean over states for each channel d   (d_inner): what each channel currently remembers.
+    At the defaults (N=16, d_inner=128) that is 160 dims, within the 256 the dashboard's PCA expects.
+    """
+    per_state_mean = h.mean(dim=-2)
+    per_state_rms = h.pow(2).mean(dim=-2).sqrt()
+    per_channel_mean = h.mean(dim=-1)
+    return torch.cat([per_state_mean, per_state_rms, per_channel_mean], dim=-1)
+
+
+class SelectiveSSMBlock(nn.Module):
+    """Pre-norm residual Mamba-1 mixer over every asset's stream: x + out_proj(SSM(conv(in_proj(norm(x))))*SiLU(z))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        A, M, Di, N = config.n_assets, config.d_model, config.d_inner, config.d_state
+        shared = config.shared_ssm
+        n_weights = 1 if shared else A
+        self.n_assets, self.d_inner, self.d_state, self.d_conv = A, Di, N, config.d_conv
+        self.dt_rank = config.dt_rank
+        self.dt_clamp = (config.dt_clamp_min, config.dt_clamp_max)
+
+        self.norm = PerAssetRMSNorm(A, M, shared=shared)
+        self.in_proj = PerAssetLinear(A, M, 2 * Di, bias=False, shared=shared)  # main branch u and gate z
+        # Depthwise causal conv: one kernel per channel, so per-asset weights come for free in the stacked channels.
+        conv_bound = 1.0 / math.sqrt(config.d_conv)
+        self.conv_weight = nn.Parameter(torch.empty(n_weights * Di, config.d_conv).uniform_(-conv_bound, conv_bound))
+        self.conv_bias = nn.Parameter(torch.empty(n_weights * Di).uniform_(-conv_bound, conv_bound))
+        self.x_proj = PerAssetLinear(A, Di, self.dt_rank + 2 * N, bias=False, shared=shared)  # low-rank dt, B, C
+        self.dt_proj = PerAssetLinear(A, self.dt_rank, Di, bias=True, shared=shared)
+        self._init_dt(config)
+        # S4D-real: A_n = -(n+1) for every channel, a ladder of timescales from 1 bar to ~1/N of a bar per unit Delta.
+        a_init = torch.arange(1, N + 1, dtype=torch.float32).repeat(n_weights * Di, 1)  # (n_weights*Di, N)
+        self.A_log = nn.Parameter(torch.log(a_init))
+        self.D = nn.Parameter(torch.ones(n_weights, Di))  # skip connection u -> y
+        self.out_proj = PerAssetLinear(A, Di, M, bias=False, shared=shared)
+        self.dropout = config.dropout
+
+    def _init_dt(self, config: ModelConfig) -> None:
+        """Mamba's init: softplus(bias) log-uniform in [dt_min, dt_max]: every channel starts at its own timescale."""
+        with torch.no_grad():
+            dt_std = self.dt_rank**-0.5
+            self.dt_proj.weight.uniform_(-dt_std, dt_std)
+            u = torch.rand_like(self.dt_proj.bias)
+            dt = torch.exp(u * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min))
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+
+    # ----- parameters expanded to every asset -------------------------------------------------------------------
+
+    def decay_rates(self) -> Tensor:
+        """A = -exp(A_log), (A_assets * d_inner, N): negative by construction, whatever the optimiser does."""
+        A = -torch.exp(self.A_log)
+        return A.repeat(self.n_assets, 1) if A.shape[0] != self.n_assets * self.d_inner else A
+
+    def _conv_params(self) -> tuple[Tensor, Tensor]:
+        repeats = self.n_assets * self.d_inner // self.conv_weight.shape[0]
+        if repeats == 1:
+            return self.conv_weight, self.conv_bias
+        return self.conv_weight.repeat(repeats, 1), self.conv_bias.repeat(repeats)
+
+    # ----- the pieces of the forward pass -----------------------------------------------------------------------
+
+    def _selection(self, u: Tensor, open_bars: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Input-dependent Delta, B, C. u (..., A, Di), open_bars (..., A, 1) -> (..., A, Di), (..., A, N) x2."""
+        dt_low, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # softplus keeps Delta > 0; the clamp keeps exp(Delta*A) well away from 0/1 underflow and the scan stable.
+        delta = F.softplus(self.dt_proj(dt_low)).clamp(*self.dt_clamp)
+        return delta * open_bars, B, C
+
+    def _causal_conv(self, u_in: Tensor, state: SSMLayerState | None) -> tuple[Tensor, Tensor]:
+        """Depthwise causal conv over time. u_in (B, T, D_total) -> (conv output (B, T, D_total), new buffer).
+
+        Written as d_conv shifted multiply-adds rather than F.conv1d: the same numbers, but its backward is a few
+        elementwise ops, where the CPU backward of a depthwise conv1d took ~40x the forward's time (measured).
+        Before the first bar the conv sees zeros, exactly as at closed bars.
+        """
+        batch, length, channels = u_in.shape
+        K = self.d_conv
+        if state is not None:
+            history = state.conv_buffer.transpose(1, 2).to(u_in.dtype)  # (B, K-1, D)
+        else:
+            history = u_in.new_zeros(batch, K - 1, channels)
+        padded = torch.cat([history, u_in], dim=1)  # (B, K-1+T, D); bar t's window is padded[t : t+K]
+        weight, bias = self._conv_params()  # (D, K), (D,)
+        out = torch.addcmul(bias, padded[:, K - 1 :], weight[:, K - 1])
+        for k in range(K - 1):
+            out = torch.addcmul(out, padded[:, k : k + length], weight[:, k])
+        # A copy, not a view: a view would keep the whole (B, K-1+T, D) window alive inside the returned state.
+        return out, padded[:, padded.shape[1] - (K - 1) :].transpose(1, 2).clone()
+
+    def scan_inputs(self, x: Tensor, mask: Tensor, state: SSMLayerState | None = None) -> tuple[ScanInputs, Tensor]:
+        """x (B, T, A, M), mask (B, T, A) -> (ScanInputs, the conv buffer after the last bar (B, D_total, d_conv-1))."""
+        batch, length, A, _ = x.shape
+        Di = self.d_inner
+        open_bars = mask.unsqueeze(-1).to(x.dtype)  # (B, T, A, 1)
+        u_in, z = self.in_proj(self.norm(x)).split(Di, dim=-1)  # (B, T, A, Di) each
+        u_in = u_in * open_bars  # closed bars feed zeros to the conv
+        conv_out, conv_buffer = self._causal_conv(u_in.reshape(batch, length, A * Di), state)  # (B, T, D_total)
+        u = F.silu(conv_out).view(batch, length, A, Di)
+        delta, B, C = self._selection(u, open_bars)
+        return ScanInputs(u, delta, self.decay_rates(), B, C, z), conv_buffer
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        state: SSMLayerState | None = None,
+        *,
+        return_state: bool = False,
+        return_diagnostics: bool = False,
+    ) -> tuple[Tensor, SSMLayerState | None, SSMDiagnostics | None]:
+        """x (B, T, A, M), mask (B, T, A) bool -> (x (B, T, A, M), state or None, diagnostics or None)."""
+        batch, length, A, _ = x.shape
+        Di = self.d_inner
+        s, conv_buffer = self.scan_inputs(x, mask, state)
+        dtype = scan_dtype(s.u)  # float32 under bf16 autocast; float64 stays float64
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            result = selective_scan(
+                s.u.reshape(batch, length, A * Di).to(dtype),
+                s.delta.reshape(batch, length, A * Di).to(dtype),
+                s.A.to(dtype),
+                s.B.to(dtype),  # (B, T, G=A, N): channel d reads asset d // d_inner
+                s.C.to(dtype),
+                None if state is None else state.ssm_state.to(dtype),
+                return_states=return_diagnostics,
+            )
+        y = result.y.reshape(batch, length, A, Di).to(x.dtype) + s.u * self.D  # (B, T, A, Di)
+        out = self.out_proj(y * F.silu(s.gate)) * mask.unsqueeze(-1).to(x.dtype)  # nothing added at closed bars
+        new_state = None
+        if return_state:
+            new_state = SSMLayerState(conv_buffer, result.last_state)
+        diagnostics = None
+        if return_diagnostics:
+            h = result.states.reshape(batch, length, A, Di, self.d_state)  # (B, T, A, Di, N)
+            diagnostics = self._diagnostics(h, s.delta, mask)
+        return x + F.dropout(out, self.dropout, self.training), new_state, diagnostics
+
+    def step(
+        self, x: Tensor, mask: Tensor, state: SSMLayerState, *, return_diagnostics: bool = False
+    ) -> tuple[Tensor, SSMLayerState, SSMDiagnostics | None]:
+        """One new bar in O(1): x (B, A, M), mask (B, A) -> (x (B, A, M), new state, diagnostics without T axis)."""
+        batch, A, _ = x.shape
+        Di, N = self.d_inner, self.d_state
+        open_bars = mask.unsqueeze(-1).to(x.dtype)  # (B, A, 1)
+        u_in, z = self.in_proj(self.norm(x)).split(Di, dim=-1)  # (B, A, Di)
+        window = torch.cat([state.conv_buffer, (u_in * open_bars).reshape(batch, A * Di, 1)], dim=-1)  # (B, D, d_conv)
+        weight, bias = self._conv_params()
+        u = F.silu((window * weight).sum(-1) + bias).view(batch, A, Di)  # the conv at its newest position
+        delta, B, C = self._selection(u, open_bars)  # (B, A, Di), (B, A, N), (B, A, N)
+        # One step of the recurrence. Only elementwise ops (which autocast leaves alone), in the scan's dtype.
+        dtype = scan_dtype(u)
+        if u.dtype != dtype:  # under bf16 autocast the recurrence still runs in float32
+            u, delta, B, C = (t.to(dtype) for t in (u, delta, B, C))
+        h = state.ssm_state.view(batch, A, Di, N)
+        decay = torch.exp(delta.unsqueeze(-1) * self.decay_rates().view(A, Di, N))
+        h = torch.addcmul(decay * h, (delta * u).unsqueeze(-1), B.unsqueeze(-2))  # (B, A, Di, N)
+        y = (h * C.unsqueeze(-2)).sum(-1) + u * self.D  # (B, A, Di)
+        out = self.out_proj(y * F.silu(z)) * open_bars
+        new_state = SSMLayerState(window[..., 1:], h.reshape(batch, A * Di, N))
+        diagnostics = None
+        if return_diagnostics:
+            full = self._diagnostics(h.unsqueeze(1), delta.unsqueeze(1), mask.unsqueeze(1))
+            diagnostics = SSMDiagnostics(full.embeddings[:, 0], full.delta[:, 0], full.effective_lookback[:, 0])
+        return x + F.dropout(out, self.dropout, self.training), new_state, diagnostics
+
+    def _diagnostics(self, h: Tensor, delta: Tensor, mask: Tensor) -> SSMDiagnostics:
+        """h (B, T, A, Di, N), delta (B, T, A, Di), mask (B, T, A) -> readouts in (B, T, A, .) layout."""
+        # Half-life of each channel's SLOWEST state (smallest |A|): the longest memory that channel can hold if
+        # Delta stayed at its current value. Closed bars take no step, so the half-life is undefined there (NaN).
+        slowest = self.decay_rates().abs().amin(dim=-1).view(self.n_assets, self.d_inner)  # (A, Di)
+        with torch.autocast(device_type=delta.device.type, enabled=False):
+            delta = delta.to(scan_dtype(delta))
+            lookback = LN2 / (delta * slowest.to(delta.dtype))
+            lookback = torch.where(mask.unsqueeze(-1), lookback, torch.full_like(lookback, float("nan")))
+            return SSMDiagnostics(regime_embedding(h), delta, lookback)
+
+    def implicit_attention(self, x: Tensor, mask: Tensor, asset: int) -> Tensor:
+        """The SSM's hidden attention of the LAST bar t = T-1 over bars s <= t, for one asset.
+
+        alpha[d, s] = sum_n C_t[n] * exp(A[d, n] * sum_{r=s+1..t} Delta_r[d]) * B_s[n] * Delta_s[d],
+        so that y_t[d] = sum_s alpha[d, s] * u_s[d] (the scan output from a zero state). The decay is taken in log
+        space: the exponent is A (negative) times a suffix sum of Delta (non-negative), so exp only ever sees
+        non-positive numbers and cannot overflow, however long the sequence.
+        x (B, T, A, M), mask (B, T, A) -> alpha (B, d_inner, T)
+        """
+        s, _ = self.scan_inputs(x, mask)
+        dtype = scan_dtype(s.u)
+        delta = s.delta[:, :, asset].to(dtype)  # (B, T, Di)
+        B = s.B[:, :, asset].to(dtype)  # (B, T, N)
+        C_t = s.C[:, -1, asset].to(dtype)  # (B, N)
+        A = s.A.view(self.n_assets, self.d_inner, self.d_state)[asset].to(dtype)  # (Di, N)
+        # suffix[s] = sum_{r=s+1..t} Delta_r, built as a reversed cumulative sum shifted by one (no cancellation).
+        through_end = delta.flip(1).cumsum(1).flip(1)  # (B, T, Di): sum_{r=s..t}
+        suffix = torch.cat([through_end[:, 1:], torch.zeros_like(through_end[:, :1])], dim=1)
+        log_decay = suffix.unsqueeze(-1) * A  # (B, T, Di, N), all <= 0
+        alpha = torch.einsum("bn,btdn,btn->bdt", C_t, torch.exp(log_decay), B) * delta.transpose(1, 2)
+        return alpha  # (B, Di, T)
