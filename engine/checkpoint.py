@@ -1,0 +1,200 @@
+"""Checkpoints: safetensors weights plus one JSON manifest, and a registry of runs the app can list.
+
+Nothing here unpickles: weights go through safetensors, everything else is JSON. A checkpoint records the data it
+was trained on (a fingerprint) so it can refuse a panel it does not fit and so diagnostics can be cached per
+(checkpoint, data) pair.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+RUNS_ENV_VAR = "REGIME_RUNS"
+DEFAULT_RUNS_DIR = Path("data") / "runs"
+DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_checkpoint"
+WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "manifest.json"
+REGISTRY_FILE = "registry.jsonl"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, corrupt, or not fitting the data it is asked to run on."""
+
+
+@dataclass(frozen=True)
+class DataFingerprint:
+    """What a model was trained on: enough to refuse a misfit and to key cached diagnostics."""
+
+    symbols: tuple[str, ...]
+    interval: str
+    first_ts: str
+    last_ts: str
+    n_rows: int
+    content_hash: str
+    sources: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, *, symbols, interval: str, ts, arrays: dict[str, np.ndarray], sources=()) -> "DataFingerprint":
+        digest = hashlib.sha256()
+        digest.update(json.dumps([list(symbols), interval]).encode())
+        digest.update(np.asarray(ts, dtype="datetime64[us]").astype(np.int64).tobytes())
+        for name in sorted(arrays):
+            # NaN bytes are canonical under numpy, so equal data always hashes equal.
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(arrays[name], dtype=np.float64).tobytes())
+        ts = np.asarray(ts, dtype="datetime64[us]")
+        return cls(
+            symbols=tuple(symbols), interval=interval,
+            first_ts=str(ts[0]) if len(ts) else "", last_ts=str(ts[-1]) if len(ts) else "",
+            n_rows=int(len(ts)), content_hash=digest.hexdigest()[:16], sources=tuple(sources),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataFingerprint":
+        return cls(**{**data, "symbols": tuple(data["symbols"]), "sources": tuple(data.get("sources", ()))})
+
+
+@dataclass
+class Manifest:
+    run_id: str
+    model_config: dict[str, Any]
+    feature_names: list[str]
+    scaler: dict[str, Any]
+    fingerprint: DataFingerprint
+    created_at: str
+    device: str
+    scores: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=1, default=_json_default, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        data = json.loads(text)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format {data.get('format_version')} is not {FORMAT_VERSION}: retrain it")
+        data["fingerprint"] = DataFingerprint.from_dict(data["fingerprint"])
+        return cls(**data)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def resolve_runs_dir(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(RUNS_ENV_VAR, DEFAULT_RUNS_DIR))
+
+
+def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], manifest: Manifest) -> Path:
+    """Write weights and manifest atomically (temporary names, then os.replace); refuse non-finite weights."""
+    directory = Path(directory)
+    bad = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save weights with NaN or infinite values in: {', '.join(bad[:5])}")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
+    weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
+    manifest_tmp = directory / (MANIFEST_FILE + ".tmp")
+    save_file(tensors, str(weights_tmp), metadata={"run_id": manifest.run_id})
+    manifest_tmp.write_text(manifest.to_json())
+    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    os.replace(manifest_tmp, directory / MANIFEST_FILE)
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Manifest]:
+    directory = Path(directory)
+    manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
+    if not manifest_path.exists() or not weights_path.exists():
+        raise CheckpointError(f"{directory} is not a checkpoint: it needs {MANIFEST_FILE} and {WEIGHTS_FILE}")
+    try:
+        manifest = Manifest.from_json(manifest_path.read_text())
+        weights = load_file(str(weights_path), device="cpu")
+    except (json.JSONDecodeError, KeyError, TypeError, OSError) as error:
+        raise CheckpointError(f"checkpoint {directory} is unreadable: {error}") from error
+    except Exception as error:  # safetensors raises its own SafetensorError for corrupt files
+        raise CheckpointError(f"checkpoint weights in {weights_path} are corrupt: {error}") from error
+    return weights, manifest
+
+
+def check_fits(manifest: Manifest, *, symbols, interval: str, feature_names) -> None:
+    """Refuse, with the reason, a checkpoint whose inputs differ from the panel it is asked to run on."""
+    fp = manifest.fingerprint
+    problems = []
+    if tuple(symbols) != tuple(fp.symbols):
+        problems.append(f"it was trained on symbols {', '.join(fp.symbols)} but the panel has {', '.join(symbols)}")
+    if interval != fp.interval:
+        problems.append(f"it was trained on {fp.interval} bars but the panel is {interval}")
+    if list(feature_names) != list(manifest.feature_names):
+        problems.append("its input features differ from the ones computed now (retrain after a feature change)")
+    if problems:
+        raise CheckpointError(f"checkpoint {manifest.run_id} does not fit this data: " + "; ".join(problems) + ".")
+
+
+def new_run_id(prefix: str = "run") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid() % 10000:04d}"
+
+
+def register_run(runs_dir: str | os.PathLike, manifest: Manifest, path: str | os.PathLike) -> None:
+    """Append one line per finished run; a file lock keeps concurrent trainers from interleaving lines."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "run_id": manifest.run_id, "path": str(path), "created_at": manifest.created_at, "device": manifest.device,
+        "symbols": list(manifest.fingerprint.symbols), "interval": manifest.fingerprint.interval,
+        "span": [manifest.fingerprint.first_ts, manifest.fingerprint.last_ts],
+        "data_hash": manifest.fingerprint.content_hash, "scores": manifest.scores,
+    }
+    with FileLock(str(runs_dir / (REGISTRY_FILE + ".lock")), timeout=10):
+        with open(runs_dir / REGISTRY_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, default=_json_default) + "\n")
+
+
+def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = True) -> list[dict]:
+    """Registered runs, newest first, then the shipped demo checkpoint; unreadable lines are skipped."""
+    runs: list[dict] = []
+    registry = resolve_runs_dir(runs_dir) / REGISTRY_FILE
+    if registry.exists():
+        for line in registry.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if Path(entry.get("path", "")).joinpath(MANIFEST_FILE).exists():
+                runs.append(entry)
+    runs.sort(key=lambda e: e.get("created_at", ""), reverse=True)
+    if include_demo and (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).exists():
+        manifest = Manifest.from_json((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
+        runs.append({
+            "run_id": manifest.run_id, "path": str(DEMO_CHECKPOINT_DIR), "created_at": manifest.created_at,
+            "device": manifest.device, "symbols": list(manifest.fingerprint.symbols),
+            "interval": manifest.fingerprint.interval,
+            "span": [manifest.fingerprint.first_ts, manifest.fingerprint.last_ts],
+            "data_hash": manifest.fingerprint.content_hash, "scores": manifest.scores, "demo": True,
+        })
+    return runs

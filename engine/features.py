@@ -1,0 +1,366 @@
+"""Per-asset input features, computed causally on each asset's own bars, and their train-only normalisation.
+
+The panel (from storage) puts every asset on one union clock. An equity has no bar on a Saturday, so storage
+forward-fills its prices there and says so in `observed`. Indicators computed on those forward-filled copies would be
+wrong (a flat weekend is not a quiet market), so every indicator here runs on the asset's OWN bars only and is then
+carried forward to the rows where its market is closed, with `mask` False there.
+
+Causality: every feature at row t uses rows <= t only (pandas rolling/ewm look backwards; the scatter onto the union
+clock forward-fills). The scaler is fitted on a given row range and stores plain lists so it can travel in a JSON
+checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+PRICE_FIELDS = ("open", "high", "low", "close")
+PANEL_FIELDS = PRICE_FIELDS + ("volume",)
+
+
+class PanelLike(Protocol):
+    """The aligned panel storage hands over (storage.cache.Panel has this shape)."""
+
+    ts: pd.DatetimeIndex  # (T,) union clock of bar opens, UTC
+    symbols: tuple[str, ...]  # (A,)
+    fields: Mapping[str, np.ndarray]  # 'open','high','low','close','volume' -> float64 (T, A)
+    observed: np.ndarray  # bool (T, A): the asset had its own bar at exactly this ts
+
+
+@dataclass(frozen=True)
+class ArrayPanel:
+    """A PanelLike built straight from numpy arrays (tests, imports, the demo market)."""
+
+    ts: pd.DatetimeIndex
+    symbols: tuple[str, ...]
+    fields: Mapping[str, np.ndarray]
+    observed: np.ndarray
+
+
+def check_panel(panel: PanelLike) -> None:
+    """Raise ValueError naming the field, asset and time of the first thing that breaks the panel contract."""
+    n_rows, n_assets = len(panel.ts), len(panel.symbols)
+    if n_assets == 0:
+        raise ValueError("panel has no symbols")
+    if not isinstance(panel.ts, pd.DatetimeIndex) or panel.ts.tz is None:
+        raise ValueError("panel.ts must be a timezone-aware (UTC) DatetimeIndex")
+    if not panel.ts.is_monotonic_increasing or panel.ts.has_duplicates:
+        raise ValueError("panel.ts must be strictly increasing")
+    observed = np.asarray(panel.observed)
+    if observed.shape != (n_rows, n_assets) or observed.dtype != bool:
+        raise ValueError(f"panel.observed must be bool with shape {(n_rows, n_assets)}, got {observed.dtype} {observed.shape}")
+    for name in PANEL_FIELDS:
+        if name not in panel.fields:
+            raise ValueError(f"panel.fields is missing {name!r} (has {sorted(panel.fields)})")
+        values = np.asarray(panel.fields[name])
+        if values.shape != (n_rows, n_assets):
+            raise ValueError(f"panel.fields[{name!r}] has shape {values.shape}, expected {(n_rows, n_assets)}")
+        bad_prices = observed & ~(np.isfinite(values) & ((values > 0) if name in PRICE_FIELDS else (values >= 0)))
+        if bad_prices.any():
+            row, col = np.argwhere(bad_prices)[0]
+            raise ValueError(
+                f"panel.fields[{name!r}] for {panel.symbols[col]} at {panel.ts[row]} is {values[row, col]!r}: "
+                "observed bars need finite positive prices and non-negative volume"
+            )
+
+
+def own_bars(panel: PanelLike, asset: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """(union rows of the asset's own bars (n,), its OHLCV on those bars as a DataFrame (n, 5))."""
+    rows = np.flatnonzero(np.asarray(panel.observed)[:, asset])
+    frame = pd.DataFrame({name: np.asarray(panel.fields[name])[rows, asset] for name in PANEL_FIELDS})
+    return rows, frame
+
+
+def own_bar_log_returns(panel: PanelLike) -> np.ndarray:
+    """(A, T) log return from the asset's previous own close to this one; NaN where closed and at its first bar."""
+    out = np.full((len(panel.symbols), len(panel.ts)), np.nan)
+    for asset in range(len(panel.symbols)):
+        rows, bars = own_bars(panel, asset)
+        out[asset, rows[1:]] = np.diff(np.log(bars["close"].to_numpy()))
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    formula: str
+    why: str
+    # Flags and sin/cos already live in a fixed small range; standardising them per asset would only turn a
+    # constant column (BTC is always open) into 0/0.
+    standardise: bool = True
+
+
+FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec("ret_1", "log(c_t / c_{t-1})", "the latest move; the raw material of every forecast"),
+    FeatureSpec("ret_5", "log(c_t / c_{t-5})", "short-term momentum / reversal"),
+    FeatureSpec("ret_20", "log(c_t / c_{t-20})", "monthly-scale trend (20 bars)"),
+    FeatureSpec("hl_range", "log(h_t / l_t)", "intrabar range: a volatility estimate that uses the high and low"),
+    FeatureSpec("log_volume_z", "(log1p(v_t) - mean_50) / std_50 over own bars, 0 when std is 0",
+                "activity relative to the asset's own recent normal; raw volume levels differ by orders of magnitude"),
+    FeatureSpec("realised_vol_20", "sqrt(mean(ret_1^2) over 20 bars)", "volatility regime"),
+    FeatureSpec("rsi_14", "(RSI_14 - 50) / 50, Wilder smoothing", "overbought / oversold, bounded to [-1, 1]"),
+    FeatureSpec("macd", "(EMA_12(c) - EMA_26(c)) / c_t", "trend strength, scaled by price so assets compare"),
+    FeatureSpec("macd_hist", "(MACD - EMA_9(MACD)) / c_t", "trend acceleration"),
+    FeatureSpec("bollinger_pos", "(c_t - SMA_20) / (2 std_20), 0 when std is 0",
+                "where the close sits in its 20-bar band: +-1 at the bands"),
+    FeatureSpec("atr_14_rel", "ATR_14 (Wilder) / c_t", "volatility including gaps between bars"),
+    FeatureSpec("hour_sin", "sin(2 pi hour / 24)", "intraday seasonality (constant on daily bars)", standardise=False),
+    FeatureSpec("hour_cos", "cos(2 pi hour / 24)", "intraday seasonality (constant on daily bars)", standardise=False),
+    FeatureSpec("dow_sin", "sin(2 pi weekday / 7)", "day-of-week effects", standardise=False),
+    FeatureSpec("dow_cos", "cos(2 pi weekday / 7)", "day-of-week effects", standardise=False),
+    FeatureSpec("market_open", "1 if the asset had its own bar at t else 0",
+                "tells the model the other features are carried, not fresh", standardise=False),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
+# The features computed from the asset's own bars; the rest come from the clock and the observed flag.
+INDICATOR_NAMES: tuple[str, ...] = FEATURE_NAMES[: FEATURE_NAMES.index("hour_sin")]
+
+
+def features_table() -> pd.DataFrame:
+    """The FEATURES table as a frame, for the Model page and the docs."""
+    return pd.DataFrame([vars(spec) for spec in FEATURES])
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    volume_window: int = 50
+    volume_min_periods: int = 20
+    vol_window: int = 20
+    rsi_period: int = 14
+    macd_fast: int = 12
+    macd_slow: int = 26
+    macd_signal: int = 9
+    bollinger_window: int = 20
+    bollinger_width: float = 2.0
+    atr_period: int = 14
+    # Robust clipping: training values are winsorised at these quantiles before mean/std, and so is every value
+    # transformed later, so one flash crash cannot blow up a standardised input.
+    clip_quantile: float = 0.005
+
+
+def _safe_ratio(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
+    """numerator / denominator, 0 where the denominator is 0 (a flat window), NaN where either is NaN (warm-up)."""
+    ratio = numerator / denominator.where(denominator != 0)
+    return ratio.where(~(denominator == 0), 0.0)
+
+
+def _indicator_frame(bars: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """Price/volume indicators on ONE asset's own consecutive bars; every window looks backwards only."""
+    close, high, low = bars["close"], bars["high"], bars["low"]
+    log_close = np.log(close)
+    ret_1 = log_close.diff()
+
+    log_volume = np.log1p(bars["volume"])
+    volume_rolling = log_volume.rolling(config.volume_window, min_periods=config.volume_min_periods)
+    log_volume_z = _safe_ratio(log_volume - volume_rolling.mean(), volume_rolling.std(ddof=0))
+
+    realised_vol = np.sqrt((ret_1**2).rolling(config.vol_window, min_periods=config.vol_window).mean())
+
+    # Wilder's smoothing is an EMA with alpha = 1/period.
+    delta = close.diff()
+    gain = delta.clip(lower=0).ewm(alpha=1 / config.rsi_period, adjust=False, min_periods=config.rsi_period).mean()
+    loss = (-delta.clip(upper=0)).ewm(alpha=1 / config.rsi_period, adjust=False, min_periods=config.rsi_period).mean()
+    # (RSI - 50) / 50 = (gain - loss) / (gain + loss); a window with no move at all is neutral (0).
+    rsi_scaled = _safe_ratio(gain - loss, gain + loss)
+
+    ema_fast = close.ewm(span=config.macd_fast, adjust=False, min_periods=config.macd_slow).mean()
+    ema_slow = close.ewm(span=config.macd_slow, adjust=False, min_periods=config.macd_slow).mean()
+    macd_line = ema_fast - ema_slow
+    macd_signal = macd_line.ewm(span=config.macd_signal, adjust=False, min_periods=config.macd_signal).mean()
+
+    band = close.rolling(config.bollinger_window, min_periods=config.bollinger_window)
+    bollinger_pos = _safe_ratio(close - band.mean(), config.bollinger_width * band.std(ddof=0))
+
+    previous_close = close.shift(1)
+    true_range = pd.concat([high - low, (high - previous_close).abs(), (low - previous_close).abs()], axis=1).max(
+        axis=1, skipna=False
+    )
+    atr = true_range.ewm(alpha=1 / config.atr_period, adjust=False, min_periods=config.atr_period).mean()
+
+    return pd.DataFrame(
+        {
+            "ret_1": ret_1,
+            "ret_5": log_close.diff(5),
+            "ret_20": log_close.diff(20),
+            "hl_range": np.log(high / low),
+            "log_volume_z": log_volume_z,
+            "realised_vol_20": realised_vol,
+            "rsi_14": rsi_scaled,
+            "macd": macd_line / close,
+            "macd_hist": (macd_line - macd_signal) / close,
+            "bollinger_pos": bollinger_pos,
+            "atr_14_rel": atr / close,
+        }
+    )
+
+
+def _calendar_columns(ts: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+    hour = ts.hour.to_numpy() + ts.minute.to_numpy() / 60.0
+    weekday = ts.day_of_week.to_numpy().astype(float)
+    return {
+        "hour_sin": np.sin(2 * np.pi * hour / 24),
+        "hour_cos": np.cos(2 * np.pi * hour / 24),
+        "dow_sin": np.sin(2 * np.pi * weekday / 7),
+        "dow_cos": np.cos(2 * np.pi * weekday / 7),
+    }
+
+
+@dataclass(frozen=True)
+class RawFeatures:
+    values: np.ndarray  # float64 (A, T, F), unnormalised; NaN before an asset's first warmed-up bar
+    mask: np.ndarray  # bool (A, T): own bar at t AND every feature warmed up
+    names: tuple[str, ...]  # (F,)
+
+
+def compute_raw_features(panel: PanelLike, config: FeatureConfig = FeatureConfig()) -> RawFeatures:
+    check_panel(panel)
+    n_assets, n_rows = len(panel.symbols), len(panel.ts)
+    values = np.full((n_assets, n_rows, len(FEATURES)), np.nan)
+    observed = np.asarray(panel.observed).T  # (A, T)
+    for asset in range(n_assets):
+        rows, bars = own_bars(panel, asset)
+        if len(rows) == 0:
+            continue
+        indicators = _indicator_frame(bars, config)[list(INDICATOR_NAMES)].to_numpy()  # (n_own, F_ind)
+        # Scatter onto the union clock and carry the last own-bar value across closed rows (ffill looks back only).
+        on_clock = np.full((n_rows, len(INDICATOR_NAMES)), np.nan)
+        on_clock[rows] = indicators
+        values[asset, :, : len(INDICATOR_NAMES)] = pd.DataFrame(on_clock).ffill().to_numpy()
+    for name, column in _calendar_columns(panel.ts).items():
+        values[:, :, FEATURE_NAMES.index(name)] = column[None, :]
+    values[:, :, FEATURE_NAMES.index("market_open")] = observed.astype(float)
+    warmed_up = np.isfinite(values).all(axis=2)
+    return RawFeatures(values=values, mask=observed & warmed_up, names=FEATURE_NAMES)
+
+
+@dataclass(frozen=True)
+class FeatureScaler:
+    """Per (asset, feature) winsorising bounds, mean and std, fitted on a training span only."""
+
+    symbols: tuple[str, ...]
+    names: tuple[str, ...]
+    lower: np.ndarray  # (A, F)
+    upper: np.ndarray  # (A, F)
+    mean: np.ndarray  # (A, F)
+    std: np.ndarray  # (A, F)
+    fit_rows: tuple[int, int]  # [start, stop) of the rows it was fitted on, for the checkpoint's record
+
+    @classmethod
+    def fit(
+        cls,
+        raw: RawFeatures,
+        symbols: Sequence[str],
+        fit_rows: range,
+        config: FeatureConfig = FeatureConfig(),
+    ) -> "FeatureScaler":
+        n_assets, n_rows, n_features = raw.values.shape
+        if fit_rows.step != 1 or not 0 <= fit_rows.start < fit_rows.stop <= n_rows:
+            raise ValueError(f"fit_rows {fit_rows} must be a contiguous range inside [0, {n_rows})")
+        standardise = np.array([spec.standardise for spec in FEATURES])
+        lower = np.full((n_assets, n_features), -np.inf)
+        upper = np.full((n_assets, n_features), np.inf)
+        mean = np.zeros((n_assets, n_features))
+        std = np.ones((n_assets, n_features))
+        for asset in range(n_assets):
+            usable = raw.mask[asset, fit_rows.start : fit_rows.stop]
+            if not usable.any():
+                raise ValueError(
+                    f"{symbols[asset]} has no warmed-up bars in the fit rows {fit_rows.start}..{fit_rows.stop - 1}: "
+                    "start the training span later or load more history"
+                )
+            sample = raw.values[asset, fit_rows.start : fit_rows.stop][usable][:, standardise]  # (n, F_std)
+            low, high = np.quantile(sample, [config.clip_quantile, 1 - config.clip_quantile], axis=0)
+            clipped = np.clip(sample, low, high)
+            spread = clipped.std(axis=0)
+            lower[asset, standardise], upper[asset, standardise] = low, high
+            mean[asset, standardise] = clipped.mean(axis=0)
+            # A feature that never moved in training (volume of an index) carries no information: centre it only.
+            std[asset, standardise] = np.where(spread > 1e-12, spread, 1.0)
+        return cls(tuple(symbols), raw.names, lower, upper, mean, std, (fit_rows.start, fit_rows.stop))
+
+    def transform(self, raw: RawFeatures) -> np.ndarray:
+        """float32 (A, T, F): winsorised, standardised; 0 (the training mean) where no value exists yet."""
+        if tuple(raw.names) != self.names:
+            raise ValueError(f"features {list(raw.names)} do not match the scaler's {list(self.names)}")
+        if raw.values.shape[0] != len(self.symbols):
+            raise ValueError(f"features have {raw.values.shape[0]} assets, the scaler {len(self.symbols)}")
+        clipped = np.clip(raw.values, self.lower[:, None, :], self.upper[:, None, :])
+        scaled = (clipped - self.mean[:, None, :]) / self.std[:, None, :]
+        return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        """Plain lists and numbers only: json.dumps-able for the checkpoint (infinite bounds become None)."""
+
+        def listed(array: np.ndarray) -> list:
+            return [[None if not np.isfinite(v) else float(v) for v in row] for row in array]
+
+        return {
+            "symbols": list(self.symbols),
+            "names": list(self.names),
+            "lower": listed(self.lower),
+            "upper": listed(self.upper),
+            "mean": listed(self.mean),
+            "std": listed(self.std),
+            "fit_rows": list(self.fit_rows),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureScaler":
+        required = ("symbols", "names", "lower", "upper", "mean", "std", "fit_rows")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ValueError(f"scaler dict is missing {missing}")
+        shape = (len(data["symbols"]), len(data["names"]))
+
+        def array(key: str, none_as: float) -> np.ndarray:
+            values = np.array([[none_as if v is None else v for v in row] for row in data[key]], dtype=float)
+            if values.shape != shape:
+                raise ValueError(f"scaler {key!r} has shape {values.shape}, expected {shape} (assets, features)")
+            return values
+
+        std = array("std", np.nan)
+        if not (np.isfinite(std) & (std > 0)).all():
+            raise ValueError("scaler 'std' must be finite and positive everywhere")
+        return cls(
+            symbols=tuple(data["symbols"]),
+            names=tuple(data["names"]),
+            lower=array("lower", -np.inf),
+            upper=array("upper", np.inf),
+            mean=array("mean", np.nan),
+            std=std,
+            fit_rows=tuple(int(v) for v in data["fit_rows"]),
+        )
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Model-ready features: what engine/dataset.py windows and the model reads."""
+
+    values: np.ndarray  # float32 (A, T, F), standardised
+    mask: np.ndarray  # bool (A, T): True = fresh own bar with warmed-up features; False = closed/carried or warm-up
+    names: tuple[str, ...]  # (F,)
+    scaler: FeatureScaler
+    symbols: tuple[str, ...] = field(default=())
+    ts: pd.DatetimeIndex | None = None
+
+
+def build_feature_set(
+    panel: PanelLike,
+    fit_rows: range,
+    config: FeatureConfig = FeatureConfig(),
+    scaler: FeatureScaler | None = None,
+) -> FeatureSet:
+    """Features for the whole panel, normalised with a scaler fitted on fit_rows (or the one given, e.g. from a
+    checkpoint, whose symbols must match the panel's)."""
+    raw = compute_raw_features(panel, config)
+    symbols = tuple(panel.symbols)
+    if scaler is None:
+        scaler = FeatureScaler.fit(raw, symbols, fit_rows, config)
+    elif scaler.symbols != symbols:
+        raise ValueError(f"scaler was fitted for {list(scaler.symbols)}, panel has {list(symbols)}")
+    return FeatureSet(
+        values=scaler.transform(raw), mask=raw.mask, names=raw.names, scaler=scaler, symbols=symbols, ts=panel.ts
+    )
