@@ -40,3 +40,8 @@ def base_layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
         template="plotly_white",
     )
     return fig
+
+# Backtest charts: the strategy against its buy-and-hold benchmark, and the shading of the out-of-sample span.
+STRATEGY_COLOUR = "#2CA02C"
+BENCHMARK_COLOUR = "#7F7F7F"
+OUT_OF_SAMPLE_FILL = "rgba(31, 119, 180, 0.08)"

@@ -1,0 +1,238 @@
+"""Backtest charts and the metrics table: strategy against buy-and-hold, always on the same bars.
+
+Every time series chart shades the out-of-sample span (where each forecast came from a fit on earlier bars only)
+so an in-sample stretch can never pass for a result. Returns are the portfolio's net returns: costs included.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from engine import metrics
+from engine.backtest import BacktestResult
+from engine.figures.style import (
+    BENCHMARK_COLOUR,
+    OUT_OF_SAMPLE_FILL,
+    STRATEGY_COLOUR,
+    TIME_AXIS_TITLE,
+    base_layout,
+    label_synthetic,
+)
+from engine.sweep import SweepResult
+
+STRATEGY_NAME = "strategy (net of costs)"
+BENCHMARK_NAME = "buy and hold"
+MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def result_times(result: BacktestResult) -> pd.DatetimeIndex:
+    """The backtest's bar times as a UTC DatetimeIndex (the inputs keep naive UTC datetime64)."""
+    return pd.DatetimeIndex(result.inputs.ts).tz_localize("UTC")
+
+
+def shade_out_of_sample(fig: go.Figure, times: pd.DatetimeIndex, out_of_sample_start) -> go.Figure:
+    """Shade [out_of_sample_start, last bar] and label it; nothing when the start is unknown or after the data."""
+    if out_of_sample_start is None or len(times) == 0:
+        return fig
+    start = pd.Timestamp(out_of_sample_start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    if start > times[-1]:
+        return fig
+    fig.add_vrect(
+        x0=max(start, times[0]), x1=times[-1], fillcolor=OUT_OF_SAMPLE_FILL, line_width=0, layer="below",
+        annotation_text="out of sample", annotation_position="top left", annotation_font_size=10,
+    )
+    return fig
+
+
+def _time_chart(fig: go.Figure, title: str, y_title: str, times, out_of_sample_start, synthetic: bool) -> go.Figure:
+    base_layout(fig, title)
+    fig.update_xaxes(title_text=TIME_AXIS_TITLE)
+    fig.update_yaxes(title_text=y_title)
+    shade_out_of_sample(fig, times, out_of_sample_start)
+    return label_synthetic(fig, synthetic)
+
+
+def equity_chart(result: BacktestResult, out_of_sample_start=None, *, synthetic: bool) -> go.Figure:
+    """Portfolio equity (starting at 1) of the strategy and of buy-and-hold on the same bars."""
+    times = result_times(result)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=times, y=result.benchmark.equity, mode="lines", name=BENCHMARK_NAME,
+                             line=dict(color=BENCHMARK_COLOUR, width=1.3)))
+    fig.add_trace(go.Scatter(x=times, y=result.equity, mode="lines", name=STRATEGY_NAME,
+                             line=dict(color=STRATEGY_COLOUR, width=1.6)))
+    title = f"Equity: strategy vs buy and hold · {', '.join(_selected(result))}"
+    return _time_chart(fig, title, "equity (start = 1)", times, out_of_sample_start, synthetic)
+
+
+def drawdown_chart(result: BacktestResult, out_of_sample_start=None, *, synthetic: bool) -> go.Figure:
+    """Drawdown from the running peak of compounded equity, strategy and buy-and-hold."""
+    times = result_times(result)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=times, y=result.benchmark.drawdown, mode="lines", name=BENCHMARK_NAME,
+                             line=dict(color=BENCHMARK_COLOUR, width=1.0)))
+    fig.add_trace(go.Scatter(x=times, y=result.drawdown, mode="lines", name=STRATEGY_NAME, fill="tozeroy",
+                             line=dict(color=STRATEGY_COLOUR, width=1.0)))
+    fig = _time_chart(fig, "Drawdown", "drawdown", times, out_of_sample_start, synthetic)
+    fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+def rolling_sharpe(returns: np.ndarray, window: int, periods_per_year: float) -> np.ndarray:
+    """(T,) annualised Sharpe of the trailing `window` bars (sample std); NaN until the window is full or while
+    the window has no variance (a flat strategy has no Sharpe ratio, not zero)."""
+    if window < 2:
+        raise ValueError(f"rolling_sharpe: window must be at least 2 bars, got {window}")
+    series = pd.Series(np.asarray(returns, dtype=np.float64))
+    mean = series.rolling(window).mean()
+    std = series.rolling(window).std(ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharpe = (mean / std.where(std > 1e-12)) * math.sqrt(periods_per_year)
+    return sharpe.to_numpy()
+
+
+def rolling_sharpe_chart(
+    result: BacktestResult, window: int, out_of_sample_start=None, *, synthetic: bool
+) -> go.Figure:
+    """Trailing-window annualised Sharpe of the strategy and of buy-and-hold."""
+    times = result_times(result)
+    year = result.metrics.periods_per_year
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=times, y=rolling_sharpe(result.benchmark.net_returns, window, year), mode="lines",
+                             name=BENCHMARK_NAME, line=dict(color=BENCHMARK_COLOUR, width=1.0)))
+    fig.add_trace(go.Scatter(x=times, y=rolling_sharpe(result.portfolio_net_returns, window, year), mode="lines",
+                             name=STRATEGY_NAME, line=dict(color=STRATEGY_COLOUR, width=1.4)))
+    fig.add_hline(y=0.0, line_width=0.8, line_color="#999999")
+    title = f"Rolling Sharpe ratio · {window}-bar window, annualised with {year:,.0f} bars/year"
+    return _time_chart(fig, title, "Sharpe ratio (annualised)", times, out_of_sample_start, synthetic)
+
+
+def monthly_returns(result: BacktestResult) -> pd.DataFrame:
+    """Compounded net strategy return per calendar month (UTC): years as rows, Jan..Dec as columns, NaN = no bars."""
+    returns = pd.Series(result.portfolio_net_returns, index=result_times(result))
+    grouped = (1.0 + returns).groupby([returns.index.year, returns.index.month]).prod() - 1.0
+    table = grouped.unstack()
+    table = table.reindex(columns=range(1, 13))
+    table.index.name, table.columns = "year", list(MONTH_NAMES)
+    return table
+
+
+def monthly_returns_heatmap(result: BacktestResult, *, synthetic: bool) -> go.Figure:
+    table = monthly_returns(result)
+    values = table.to_numpy()
+    text = np.where(np.isnan(values), "", np.vectorize(lambda v: f"{v:+.1%}")(np.nan_to_num(values)))
+    limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.01
+    fig = go.Figure(go.Heatmap(
+        z=values, x=list(table.columns), y=[str(y) for y in table.index], text=text, texttemplate="%{text}",
+        colorscale="RdYlGn", zmid=0.0, zmin=-limit, zmax=limit, colorbar=dict(title="return", tickformat=".0%"),
+        hovertemplate="%{y} %{x}: %{z:.2%}<extra></extra>",
+    ))
+    base_layout(fig, "Monthly net returns of the strategy (UTC months)", height=max(260, 60 + 34 * len(table)))
+    fig.update_yaxes(autorange="reversed", type="category", title_text="year")
+    return label_synthetic(fig, synthetic)
+
+
+def sweep_heatmap(result: SweepResult, metric: str = "sharpe", *, synthetic: bool) -> go.Figure:
+    """One metric over the grid of two parameters; every cell is a trial counted by the deflated Sharpe ratio."""
+    if metric not in result.metrics:
+        raise ValueError(f"sweep_heatmap: the sweep computed {sorted(result.metrics)}, not {metric!r}")
+    grid = result.metrics[metric]  # (len(values_y), len(values_x))
+    x = [_tick(v) for v in result.values_x]
+    y = [_tick(v) for v in result.values_y] if result.param_y is not None else [""]
+    fig = go.Figure(go.Heatmap(
+        z=grid, x=x, y=y, colorscale="Viridis", colorbar=dict(title=metric),
+        text=np.where(np.isnan(grid), "", np.vectorize(lambda v: f"{v:.2f}")(np.nan_to_num(grid))),
+        texttemplate="%{text}",
+        hovertemplate=f"{result.param_x}=%{{x}}<br>{result.param_y}=%{{y}}<br>{metric}=%{{z:.3f}}<extra></extra>",
+    ))
+    title = f"Sweep: {metric} over {result.param_x} x {result.param_y} ({result.n_settings} settings, all counted as trials)"
+    base_layout(fig, title, height=460)
+    fig.update_xaxes(title_text=result.param_x, type="category")
+    fig.update_yaxes(title_text=result.param_y or "", type="category")
+    return label_synthetic(fig, synthetic)
+
+
+def _tick(value) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _selected(result: BacktestResult) -> list[str]:
+    return list(result.asset_metrics) or list(result.inputs.symbols)
+
+
+# --------------------------------------------------------------------------------------------- metrics table
+# (field of PerformanceSummary, label, how to format, what it means). Annualised rows say which clock they used.
+METRIC_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("total_return", "Total return", "pct", "Compounded net return over the span."),
+    ("cagr", "CAGR", "pct", "Compound annual growth rate, annualised with {year}."),
+    ("annualised_volatility", "Volatility (annual)", "pct", "Sample std of bar returns x sqrt({year})."),
+    ("sharpe", "Sharpe ratio", "num", "Mean / std of bar returns x sqrt({year}); risk-free rate 0."),
+    ("sortino", "Sortino ratio", "num", "Mean / downside deviation x sqrt({year})."),
+    ("max_drawdown", "Max drawdown", "pct", "Deepest fall of compounded equity from its running peak."),
+    ("max_drawdown_duration_bars", "Longest drawdown (bars)", "int", "Most bars spent below a previous peak."),
+    ("calmar", "Calmar ratio", "num", "CAGR / |max drawdown|."),
+    ("probabilistic_sharpe", "PSR (vs 0)", "pct", "Probability that the true Sharpe ratio exceeds 0 (Bailey & "
+     "Lopez de Prado), from the bar returns' skew and kurtosis."),
+    ("turnover", "Turnover (annual)", "num", "Sum of |position change| per year, {year}."),
+    ("exposure", "Exposure", "pct", "Share of bars with a position in any selected asset."),
+    ("n_trades", "Trades", "int", "Runs of same-side positions, over all assets."),
+    ("win_rate", "Win rate", "pct", "Share of trades with a positive net return."),
+    ("profit_factor", "Profit factor", "num", "Sum of winning trade returns / |sum of losing ones|."),
+    ("average_trade", "Average trade", "pct", "Mean net return per trade."),
+)
+
+
+def format_metric(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if kind == "pct":
+        return f"{value:.2%}"
+    if kind == "int":
+        return f"{int(value):,}"
+    return f"{value:.3f}"
+
+
+def metric_help(periods_per_year: float) -> dict[str, str]:
+    """Label -> tooltip text, with the annualisation filled in."""
+    year = f"{periods_per_year:,.0f} bars/year"
+    return {label: text.format(year=year) for _, label, _, text in METRIC_ROWS}
+
+
+def metrics_table(result: BacktestResult, trials: metrics.TrialCounter | int | None = None) -> pd.DataFrame:
+    """Strategy and buy-and-hold side by side, formatted; with `trials`, the deflated Sharpe ratio as the last row.
+
+    Columns: metric, strategy, buy and hold, meaning (the tooltip text, with the annualisation used).
+    """
+    help_text = metric_help(result.metrics.periods_per_year)
+    strategy, benchmark = result.metrics.as_dict(), result.benchmark.metrics.as_dict()
+    rows = [
+        {"metric": label, "strategy": format_metric(strategy[name], kind),
+         "buy and hold": format_metric(benchmark[name], kind), "meaning": help_text[label]}
+        for name, label, kind, _ in METRIC_ROWS
+    ]
+    if trials is not None:
+        n_trials = trials.n_trials if isinstance(trials, metrics.TrialCounter) else int(trials)
+        benchmark_trials = 1  # buy and hold is one fixed rule, tried once
+        rows.append({
+            "metric": f"DSR ({n_trials} trials)",
+            "strategy": format_metric(result.deflated_sharpe(trials), "pct"),
+            "buy and hold": format_metric(metrics.deflated_sharpe_ratio(result.benchmark.net_returns,
+                                                                        benchmark_trials), "pct"),
+            "meaning": (f"Deflated Sharpe ratio: the PSR against the best Sharpe ratio {n_trials} skill-less trials "
+                        "would show by luck; every distinct setting tried this session counts as a trial."),
+        })
+    return pd.DataFrame(rows)
+
+
+def trades_table(result: BacktestResult) -> pd.DataFrame:
+    """The trade list, newest first, with side as a word."""
+    frame = result.trades_frame()
+    frame["side"] = frame["side"].map({1: "long", -1: "short"})
+    return frame.sort_values("entry_ts", ascending=False, ignore_index=True)
