@@ -1,17 +1,21 @@
 """Entry point: `streamlit run app.py`.
 
-Builds the navigation over pages/ and the shared frame (sidebar and status line) that every page shows.
+Builds the navigation over views/ and the shared frame (sidebar and status line) that every page shows.
+
+The page scripts live in views/, not pages/: a folder named pages/ beside the main script switches Streamlit into
+its old auto-discovery mode for the first run of a server and for every AppTest run, and a shared link that opens
+a page directly would then run that page without this frame (tests/app/test_layout.py guards it).
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from pages.frame import render_frame
+from views.frame import render_frame
 
 st.set_page_config(page_title="Cross-asset regime dashboard", page_icon=":material/monitoring:", layout="wide")
 
 PAGES = [
-    st.Page("pages/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
+    st.Page("views/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
 ]
 
 navigation = st.navigation(PAGES)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class RefreshRequest:
     db_path: Path | None = None  # None: $REGIME_DB, then data/bars.duckdb
     exchange: str = "bybit"  # ccxt only
     path: Path | None = None  # csv/parquet only: the file to import (for exactly one symbol)
+    path_label: str | None = None  # how messages name that file (default: the path itself)
     overlap: int = 3  # bars re-fetched before the newest stored one
     lookback: pd.Timedelta | None = None  # first fetch only; None: DEFAULT_LOOKBACK (demo: everything)
     command: str = "run_refresh"  # what refresh_log records as the command
@@ -207,7 +209,7 @@ def _refresh_symbol(request, db_path, holder, source, symbol, started) -> Symbol
     interval = request.interval
     try:
         if request.is_file_import:
-            frame, origin = _read_file(request), str(request.path)
+            frame, origin = _read_file(request), request.path_label or str(request.path)
         else:
             last_stored = last_bar_ts(symbol, request.source, interval, db_path)
             frame = source.fetch(symbol, interval, start=_fetch_start(request, last_stored))
@@ -261,7 +263,7 @@ def _fetch_start(request: RefreshRequest, last: pd.Timestamp | None) -> pd.Times
 def _read_file(request: RefreshRequest) -> pd.DataFrame:
     from storage.sources.files import read_bar_file
 
-    return read_bar_file(request.path)
+    return read_bar_file(request.path, origin=request.path_label or str(request.path))
 
 
 def _check_spacing_and_clock(bars: pd.DataFrame, interval: str, origin: str) -> None:
@@ -357,6 +359,34 @@ def seed_demo_if_empty(db_path=None, progress: ProgressCallback | None = None) -
             report = refresh_locked(request, path, holder, scaled)
             seeded |= any(r.outcome == "ok" for r in report.results)
         return seeded
+
+
+def import_uploaded_file(
+    file_name: str, data: bytes, symbol: str, interval: str, db_path=None, progress: ProgressCallback | None = None
+) -> RefreshReport:
+    """Import an upload (bytes, e.g. from the app) exactly as `--source csv|parquet --path FILE` would: under the
+    refresh lock, validated, spacing-checked, in one transaction, and logged.
+
+    The bytes go to a private temporary folder under the upload's own base name, so every message names the file
+    the user chose. Raises ValueError for a bad symbol, interval or an oversized upload (before anything is written).
+    """
+    from storage.sources.files import MAX_FILE_BYTES
+
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(
+            f"{file_name}: {len(data) / 1024 / 1024:.0f} MB is over the {MAX_FILE_BYTES / 1024 / 1024:.0f} MB "
+            "import limit; split the file or import it with python -m storage.refresh --source csv --path FILE"
+        )
+    base_name = Path(file_name).name or "upload.csv"
+    source = "parquet" if data[:4] == b"PAR1" else "csv"
+    with tempfile.TemporaryDirectory(prefix="regime-import-") as folder:
+        path = Path(folder) / base_name
+        path.write_bytes(data)
+        request = RefreshRequest(
+            symbols=(symbol,), interval=interval, source=source, path=path, path_label=base_name, db_path=db_path,
+            command=f"app: import {base_name}",
+        )
+        return run_refresh(request, progress=progress)
 
 
 # --- the command line ---------------------------------------------------------------------------------------

@@ -5,26 +5,25 @@ import pandas as pd
 import streamlit as st
 
 from engine.figures.prices import price_chart
-from pages.frame import clear_cached_reads, current_selection, load_summary
-from storage.cache import CacheBusyError, read_bars, upsert_bars
-from storage.config import INTERVAL_SECONDS, InvalidNameError, check_interval, check_symbol
-from storage.refresh import RefreshRequest, run_refresh
-from storage.sources.base import SourceError
-from storage.sources.files import read_bar_file
-from storage.validation import BarValidationError
-
-MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+from storage.cache import read_bars
+from storage.config import INTERVAL_SECONDS
+from storage.locks import CacheBusyError, RefreshBusyError
+from storage.refresh import RefreshRequest, import_uploaded_file, run_refresh
+from views.frame import clear_cached_reads, current_selection, load_summary, show_refresh_report
 
 selection = current_selection()
 st.title("Data")
 
 summary = load_summary(selection.db_path)
+known_symbols = sorted(set(summary["symbol"])) if not summary.empty else []
 st.subheader("Cache contents")
 if summary.empty:
     st.info("The cache holds no bars yet. Import a file or fetch from a source below.")
 else:
     table = summary.copy()
-    table["freshness"] = table["stale"].map({True: "stale", False: "fresh"})
+    # The demo market is a fixed synthetic span: "stale" would be noise there, so it is labelled for what it is.
+    is_demo = table["source"] == "demo"
+    table["freshness"] = table["stale"].map({True: "stale", False: "fresh"}).where(~is_demo, "synthetic, fixed span")
     st.dataframe(
         table.drop(columns=["stale"]), hide_index=True, width="stretch",
         column_config={
@@ -33,7 +32,7 @@ else:
             "last_refresh": st.column_config.DatetimeColumn("last refresh (UTC)", format="YYYY-MM-DD HH:mm"),
         },
     )
-    stale = table[table["stale"]]
+    stale = table[table["stale"] & ~is_demo]
     for row in stale.itertuples():
         st.warning(f"{row.symbol} ({row.source}, {row.interval}) is stale: last bar {row.last_ts:%Y-%m-%d %H:%M} UTC.")
 
@@ -57,47 +56,46 @@ for symbol in selection.symbols:
     )
 
 st.subheader("Refresh now")
+st.caption("Fetches only what is new since the last stored bar (a few bars of overlap), validates it, and stores it "
+           "in one transaction per symbol. The same job runs on a schedule with `python -m storage.refresh`.")
 with st.form("refresh"):
-    refresh_symbols = st.multiselect("Symbols", options=sorted(set(summary["symbol"])) if not summary.empty else [],
-                                     default=list(selection.symbols))
+    refresh_symbols = st.multiselect("Symbols", options=known_symbols, default=list(selection.symbols),
+                                     accept_new_options=True,
+                                     help="Type a new symbol (e.g. MSFT, ETH) to fetch it for the first time.")
     refresh_source = st.selectbox("Source", ["demo", "yfinance", "ccxt"],
                                   help="demo regenerates the synthetic market; yfinance and ccxt need the internet.")
     refresh_exchange = st.text_input("Exchange (ccxt)", value="bybit")
     submitted = st.form_submit_button("Refresh now", type="primary")
 if submitted:
     progress = st.progress(0.0, text="Starting…")
-
-    def on_progress(done: int, total: int, message: str) -> None:
-        progress.progress(done / max(total, 1), text=message)
-
-    request = RefreshRequest(symbols=tuple(refresh_symbols), interval=selection.interval, source=refresh_source,
-                             exchange=refresh_exchange, db_path=selection.db_path)
-    report = run_refresh(request, progress=on_progress)
-    clear_cached_reads()
-    for line in report.lines():
-        (st.error if line.startswith("FAILED") else st.success)(line)
+    try:
+        request = RefreshRequest(symbols=tuple(refresh_symbols), interval=selection.interval, source=refresh_source,
+                                 exchange=refresh_exchange, db_path=selection.db_path, command="app: refresh now")
+        report = run_refresh(request, progress=lambda fraction, message: progress.progress(fraction, text=message))
+    except (ValueError, RefreshBusyError, CacheBusyError) as error:
+        st.error(f"Nothing was refreshed: {error}")
+    else:
+        clear_cached_reads()
+        show_refresh_report(report)
 
 st.subheader("Import a CSV or Parquet file")
 st.caption("Yahoo-style, exchange kline (unix s/ms), the 1-minute Bitcoin history layout, or ts/open/high/low/close/volume. "
-           "Naive timestamps are read as UTC.")
+           "Naive timestamps are read as UTC. The file is validated before anything is stored.")
 with st.form("import"):
     upload = st.file_uploader("File", type=["csv", "parquet", "pq", "txt"])
-    import_symbol = st.text_input("Symbol", value="")
-    import_interval = st.selectbox("Interval", list(INTERVAL_SECONDS), index=list(INTERVAL_SECONDS).index("1d"))
+    import_symbol = st.text_input("Symbol", value="", key="import_symbol", help="The symbol to store these bars under, e.g. MSFT.")
+    import_interval = st.selectbox("Interval", list(INTERVAL_SECONDS), index=list(INTERVAL_SECONDS).index("1d"),
+                                   key="import_interval")
     do_import = st.form_submit_button("Import")
 if do_import:
     if upload is None:
         st.error("Choose a file to import.")
     else:
         try:
-            check_symbol(import_symbol)
-            check_interval(import_interval)
-            frame = read_bar_file(upload, max_bytes=MAX_UPLOAD_BYTES, origin=upload.name)
-            source = "parquet" if upload.name.lower().endswith((".parquet", ".pq")) else "csv"
-            written = upsert_bars(frame, symbol=import_symbol, source=source, interval=import_interval,
-                                  db_path=selection.db_path)
-        except (InvalidNameError, BarValidationError, SourceError, CacheBusyError) as error:
+            report = import_uploaded_file(upload.name, upload.getvalue(), import_symbol, import_interval,
+                                          selection.db_path)
+        except (ValueError, RefreshBusyError, CacheBusyError) as error:
             st.error(f"Nothing was imported. {error}")
         else:
             clear_cached_reads()
-            st.success(f"Imported {written:,} bars of {import_symbol} ({import_interval}) from {upload.name}.")
+            show_refresh_report(report, nothing_stored="Nothing was imported.")

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from storage.cache import CacheBusyError, cache_summary, seed_demo_if_empty
+from storage.cache import cache_summary
+from storage.locks import CacheBusyError
+from storage.refresh import seed_demo_if_empty
 from storage.config import INTERVAL_SECONDS, resolve_db_path
 from storage.sources.demo import DEMO_SYMBOLS
 
@@ -96,6 +98,18 @@ def _status_line(summary: pd.DataFrame, selection: Selection) -> None:
         st.warning("**Synthetic demo data**: generated with planted regimes and a planted lead-lag; not market prices.",
                    icon=":material/science:")
     st.caption(f"Data source: {label} · last bar {newest:%Y-%m-%d %H:%M} UTC")
+
+
+def show_refresh_report(report, nothing_stored: str = "Nothing was stored.") -> None:
+    """One message per symbol of a refresh or import: success, skipped (info) or failure with its reason."""
+    for result in report.results:
+        text = f"**{result.symbol}** ({result.interval}, {result.source}): {result.message}"
+        if result.outcome == "ok":
+            st.success(text)
+        elif result.outcome == "skipped":
+            st.info(text)
+        else:
+            st.error(f"{nothing_stored} {text}")
 
 
 def current_selection() -> Selection:

@@ -1,0 +1,59 @@
+"""AppTest fixtures: every test runs the real app script against its own DuckDB file.
+
+Seeding the demo market takes about a second, so one seeded cache is built per session and copied for each test
+that wants a populated cache; tests that check the empty-cache path get a fresh path instead.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from storage.refresh import seed_demo_if_empty
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def seeded_cache_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("seeded") / "bars.duckdb"
+    assert seed_demo_if_empty(db_path=path)
+    return path
+
+
+@pytest.fixture
+def seeded_db(tmp_path, seeded_cache_template, monkeypatch) -> Path:
+    path = tmp_path / "bars.duckdb"
+    shutil.copy(seeded_cache_template, path)
+    monkeypatch.setenv("REGIME_DB", str(path))
+    monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
+    return path
+
+
+@pytest.fixture
+def empty_db(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "bars.duckdb"
+    monkeypatch.setenv("REGIME_DB", str(path))
+    monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
+    return path
+
+
+def open_page(page: str | None = None, **query) -> AppTest:
+    """Run app.py (the navigation and shared frame), then switch to `page` (a path like "views/data.py")."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    return at
+
+
+def figure_specs(at: AppTest) -> list[dict]:
+    """The Plotly figures on the page as JSON dicts (AppTest returns them as unknown elements with .proto.spec)."""
+    import json
+
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
