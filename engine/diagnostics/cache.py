@@ -1,0 +1,170 @@
+"""Diagnostics cached on disk per (checkpoint, data, settings), so the app shows them without rerunning the model.
+
+An entry is a folder holding arrays.npz (plain numeric arrays; loaded with allow_pickle=False) and meta.json (the
+key, the labels that are not arrays, the npz file's SHA-256). Nothing is trusted on the way back in: an entry whose
+JSON does not parse, whose key differs, whose hash does not match its arrays, or whose arrays have the wrong shapes
+is recomputed and overwritten, never used. Entries are written to a temporary folder and renamed into place under
+a file lock, so a reader never sees half an entry and two writers do not interleave.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from engine.checkpoint import DataFingerprint
+from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig, compute_diagnostics
+from engine.diagnostics.regimes import RegimeResult
+from engine.features import FeatureSet
+from engine.inference import InferenceResult
+from engine.model import HybridModel
+
+DEFAULT_CACHE_DIR = Path("data") / "diagnostics"
+CACHE_ENV_VAR = "REGIME_DIAGNOSTICS"
+CACHE_FORMAT = 1
+ARRAYS_FILE = "arrays.npz"
+META_FILE = "meta.json"
+
+_INFERENCE_ARRAYS = ("mask", "quantiles", "prob_up", "volatility", "embeddings", "lookback", "attention")
+_REGIME_ARRAYS = ("projections", "labels", "explained_variance_ratio", "transition_matrix", "transition_counts")
+
+
+def resolve_cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CACHE_ENV_VAR, DEFAULT_CACHE_DIR))
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    run_id: str
+    data_hash: str
+    fit_rows: tuple[int, int]
+    settings: dict
+
+    def as_dict(self) -> dict:
+        return {"format": CACHE_FORMAT, "run_id": self.run_id, "data_hash": self.data_hash,
+                "fit_rows": list(self.fit_rows), "settings": self.settings}
+
+    def folder_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        safe_run = re.sub(r"[^A-Za-z0-9_.-]", "_", self.run_id)[:80]
+        return f"{safe_run}-{self.data_hash}-{digest}"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(directory: Path, bundle: DiagnosticsBundle, key: CacheKey) -> None:
+    """Write one entry atomically into `directory` (replacing what was there)."""
+    inference, regimes = bundle.inference, bundle.regimes
+    arrays = {f"inference.{name}": getattr(inference, name) for name in _INFERENCE_ARRAYS}
+    arrays |= {f"regimes.{name}": getattr(regimes, name) for name in _REGIME_ARRAYS}
+    arrays["lead_lag"] = bundle.lead_lag
+    arrays["ts_us"] = inference.ts.as_unit("us").asi8  # epoch microseconds, UTC
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    try:
+        np.savez(staging / ARRAYS_FILE, **{name: np.ascontiguousarray(a) for name, a in arrays.items()})
+        meta = {
+            "key": key.as_dict(),
+            "symbols": list(inference.symbols),
+            "horizons": list(inference.horizons),
+            "quantile_levels": list(inference.quantile_levels),
+            "fit_rows": list(regimes.fit_rows),
+            "shapes": {name: list(a.shape) for name, a in arrays.items()},
+            "arrays_sha256": _file_sha256(staging / ARRAYS_FILE),
+        }
+        (staging / META_FILE).write_text(json.dumps(meta, indent=1))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+class CacheMiss(Exception):
+    """Why a cache entry could not be used (missing, corrupt, or made for something else)."""
+
+
+def load_bundle(directory: Path, key: CacheKey) -> DiagnosticsBundle:
+    """The entry in `directory`, or CacheMiss saying why it cannot be trusted."""
+    meta_path, arrays_path = directory / META_FILE, directory / ARRAYS_FILE
+    if not meta_path.exists() or not arrays_path.exists():
+        raise CacheMiss("no entry")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheMiss(f"meta.json is unreadable: {error}") from error
+    if not isinstance(meta, dict) or meta.get("key") != json.loads(json.dumps(key.as_dict())):
+        raise CacheMiss("the entry was made for another checkpoint, data or settings")
+    if _file_sha256(arrays_path) != meta.get("arrays_sha256"):
+        raise CacheMiss("arrays.npz does not match its recorded hash (corrupt or edited)")
+    try:
+        with np.load(arrays_path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        shapes = meta["shapes"]
+        if set(shapes) != set(arrays) or any(list(arrays[n].shape) != shapes[n] for n in arrays):
+            raise CacheMiss("array shapes differ from the recorded ones")
+        inference = InferenceResult(
+            ts=pd.DatetimeIndex(pd.to_datetime(arrays["ts_us"], unit="us", utc=True), name="ts"),
+            symbols=tuple(meta["symbols"]),
+            horizons=tuple(int(h) for h in meta["horizons"]),
+            quantile_levels=tuple(float(q) for q in meta["quantile_levels"]),
+            **{name: arrays[f"inference.{name}"] for name in _INFERENCE_ARRAYS},
+        )
+        regimes = RegimeResult(**{name: arrays[f"regimes.{name}"] for name in _REGIME_ARRAYS},
+                               fit_rows=tuple(int(r) for r in meta["fit_rows"]))
+    except CacheMiss:
+        raise
+    except (KeyError, TypeError, ValueError, OSError) as error:
+        raise CacheMiss(f"the entry is malformed: {error}") from error
+    return DiagnosticsBundle(inference, regimes, arrays["lead_lag"])
+
+
+def load_or_compute_diagnostics(
+    model: HybridModel,
+    features: FeatureSet,
+    fit_rows: range,
+    *,
+    run_id: str,
+    fingerprint: DataFingerprint,
+    config: DiagnosticsConfig = DiagnosticsConfig(),
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[DiagnosticsBundle, str]:
+    """The cached bundle for (run_id, data, settings) if it is sound, else computed now and cached.
+
+    -> (bundle, "cached") or (bundle, "computed: <why the cache was not used>").
+    """
+    if tuple(fingerprint.symbols) != tuple(features.symbols) or fingerprint.n_rows != len(features.ts):
+        raise ValueError(
+            f"the fingerprint describes {list(fingerprint.symbols)} x {fingerprint.n_rows} rows, the features "
+            f"{list(features.symbols)} x {len(features.ts)}: pass the fingerprint of this panel (engine.panel_data.panel_fingerprint)"
+        )
+    key = CacheKey(run_id, fingerprint.content_hash, (fit_rows.start, fit_rows.stop), config.identity())
+    root = resolve_cache_dir(cache_dir)
+    directory = root / key.folder_name()
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / (key.folder_name() + ".lock")), timeout=600):
+        try:
+            return load_bundle(directory, key), "cached"
+        except CacheMiss as miss:
+            reason = str(miss)
+        bundle = compute_diagnostics(model, features, fit_rows, config)
+        save_bundle(directory, bundle, key)
+    return bundle, f"computed: {reason}"

@@ -1,0 +1,90 @@
+"""The lead-lag map: cross-asset attention weights alpha[target, source, lag] averaged over time.
+
+Only bars where the TARGET's market is open count: a closed target attends to nothing (its weights are all zero,
+see engine/attention.py), and averaging those zeros in would make a weekday-only equity look inattentive.
+The rolling map is a trailing window of union-clock rows, so each bar's map uses that bar and earlier ones only.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _check(attention: np.ndarray, target_open: np.ndarray) -> None:
+    if attention.ndim != 4 or attention.shape[1] != attention.shape[2]:
+        raise ValueError(f"attention must be (time, targets, sources, lags) with targets == sources, got {attention.shape}")
+    if target_open.shape != (attention.shape[1], attention.shape[0]):
+        raise ValueError(
+            f"target_open must be (assets, time) = {(attention.shape[1], attention.shape[0])}, got {target_open.shape}"
+        )
+
+
+def lead_lag_map(attention: np.ndarray, target_open: np.ndarray, rows: range | None = None) -> np.ndarray:
+    """attention (T, A, A, K+1), target_open (A, T) bool -> (A_tgt, A_src, K+1) mean over the target's open bars
+    in `rows` (default: all). NaN for a target with no open bar there."""
+    attention, target_open = np.asarray(attention), np.asarray(target_open, dtype=bool)
+    _check(attention, target_open)
+    span = slice(None) if rows is None else slice(rows.start, rows.stop)
+    weights = attention[span].astype(np.float64)  # (n, A, A, K+1)
+    open_t = target_open[:, span].T.astype(np.float64)  # (n, A)
+    total = np.einsum("tisk,ti->isk", weights, open_t)
+    count = open_t.sum(axis=0)  # (A,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count[:, None, None] > 0, total / count[:, None, None], np.nan)
+
+
+def rolling_lead_lag(attention: np.ndarray, target_open: np.ndarray, window: int) -> np.ndarray:
+    """(T, A, A, K+1): at row t the mean over the target's open bars among rows t-window+1..t; NaN if none."""
+    attention, target_open = np.asarray(attention), np.asarray(target_open, dtype=bool)
+    _check(attention, target_open)
+    if window < 1:
+        raise ValueError(f"rolling_lead_lag: window must be >= 1 bar, got {window}")
+    open_t = target_open.T  # (T, A)
+    masked = np.where(open_t[:, :, None, None], attention, 0.0).astype(np.float64)
+    # Trailing sums as differences of cumulative sums (float64: 26k rows of values <= 1 lose nothing).
+    cumulative = np.concatenate([np.zeros((1,) + masked.shape[1:]), np.cumsum(masked, axis=0)])
+    counts = np.concatenate([np.zeros((1, open_t.shape[1])), np.cumsum(open_t, axis=0)])
+    end = np.arange(1, len(attention) + 1)
+    begin = np.maximum(end - window, 0)
+    total = cumulative[end] - cumulative[begin]
+    count = (counts[end] - counts[begin])[:, :, None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+
+
+def strongest_pairs(
+    weights: np.ndarray, symbols: Sequence[str], top: int = 5, *, cross_asset_only: bool = True
+) -> pd.DataFrame:
+    """The `top` largest entries of a lead-lag map (A, A, K+1) as a table: target, source, lag, weight.
+
+    cross_asset_only: leave out an asset attending to itself, which dominates every map and says nothing of who
+    leads whom."""
+    weights = np.asarray(weights)
+    n_assets = len(symbols)
+    if weights.ndim != 3 or weights.shape[:2] != (n_assets, n_assets):
+        raise ValueError(f"weights must be ({n_assets}, {n_assets}, lags) for symbols {list(symbols)}, got {weights.shape}")
+    target, source, lag = np.meshgrid(np.arange(n_assets), np.arange(n_assets), np.arange(weights.shape[2]),
+                                      indexing="ij")
+    frame = pd.DataFrame({
+        "target": np.asarray(symbols, dtype=object)[target.ravel()],
+        "source": np.asarray(symbols, dtype=object)[source.ravel()],
+        "lag": lag.ravel(),
+        "weight": weights.ravel(),
+    })
+    if cross_asset_only:
+        frame = frame[frame["target"] != frame["source"]]
+    frame = frame.dropna(subset=["weight"])
+    return frame.sort_values("weight", ascending=False, kind="stable").head(top).reset_index(drop=True)
+
+
+def strongest_source(weights: np.ndarray, symbols: Sequence[str], target: str) -> tuple[str, int, float]:
+    """The (source, lag, weight) with the largest cross-asset weight for one target in a lead-lag map."""
+    if target not in symbols:
+        raise ValueError(f"target {target!r} is not one of {list(symbols)}")
+    i = list(symbols).index(target)
+    row = np.array(weights[i], dtype=float)  # (A_src, K+1)
+    row[i] = -np.inf  # not itself
+    source, lag = np.unravel_index(np.nanargmax(row), row.shape)
+    return symbols[source], int(lag), float(row[source, lag])

@@ -1,0 +1,125 @@
+"""Regimes from the model's per-asset SSM state: PCA for the scatter, clusters for the labels, their transitions.
+
+Everything is fitted on the TRAINING span only (the asset's open bars there) and then applied bar by bar: a bar's
+projection and label are functions of that bar's embedding alone, and the embedding is causal, so a label never
+uses a later bar (no smoothing, no Viterbi path). A closed bar's embedding is the last open bar's (the SSM state is
+carried), so its label is too; bars before an asset's first fresh bar get no label (-1).
+
+Cluster numbers from k-means or a mixture are arbitrary; they are renumbered by the first principal coordinate of
+their centre, so the same data always gives the same numbering and colours stay put across reruns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.mixture import GaussianMixture
+from sklearn.preprocessing import StandardScaler
+
+NO_LABEL = -1
+
+
+@dataclass(frozen=True)
+class RegimeConfig:
+    n_regimes: int = 3
+    n_components: int = 3  # principal components kept for the scatter and the clustering
+    method: Literal["kmeans", "gmm"] = "kmeans"
+    seed: int = 0
+    max_fit_bars: int = 20_000  # cluster fits use at most this many training bars (evenly thinned): bounded cost
+
+    def __post_init__(self) -> None:
+        if self.n_regimes < 1:
+            raise ValueError(f"RegimeConfig: n_regimes must be >= 1, got {self.n_regimes}")
+        if self.n_components < 1:
+            raise ValueError(f"RegimeConfig: n_components must be >= 1, got {self.n_components}")
+        if self.method not in ("kmeans", "gmm"):
+            raise ValueError(f"RegimeConfig: method must be 'kmeans' or 'gmm', got {self.method!r}")
+        if self.max_fit_bars < 1:
+            raise ValueError(f"RegimeConfig: max_fit_bars must be >= 1, got {self.max_fit_bars}")
+
+
+@dataclass(frozen=True)
+class RegimeResult:
+    projections: np.ndarray  # float32 (A, T, n_components): PCA coordinates of each bar's embedding
+    labels: np.ndarray  # int64 (A, T): regime 0..n_regimes-1, NO_LABEL before the asset's first fresh bar
+    explained_variance_ratio: np.ndarray  # (A, n_components), on the training span
+    transition_matrix: np.ndarray  # (A, K, K): P(label at next open bar = j | label now = i); NaN rows never visited
+    transition_counts: np.ndarray  # int64 (A, K, K)
+    fit_rows: tuple[int, int]  # [start, stop) of the training rows everything was fitted on
+
+
+def _check_inputs(embeddings: np.ndarray, mask: np.ndarray, fit_rows: range) -> None:
+    if embeddings.ndim != 3:
+        raise ValueError(f"embeddings must be (assets, time, dims), got shape {embeddings.shape}")
+    if mask.shape != embeddings.shape[:2]:
+        raise ValueError(f"mask has shape {mask.shape}, embeddings {embeddings.shape[:2]} (assets, time)")
+    if fit_rows.step != 1 or not 0 <= fit_rows.start < fit_rows.stop <= embeddings.shape[1]:
+        raise ValueError(f"fit_rows {fit_rows} must be a contiguous range inside [0, {embeddings.shape[1]})")
+
+
+def _clusterer(config: RegimeConfig):
+    if config.method == "kmeans":
+        return KMeans(n_clusters=config.n_regimes, n_init=4, random_state=config.seed)
+    return GaussianMixture(n_components=config.n_regimes, covariance_type="full", n_init=2,
+                           random_state=config.seed, reg_covar=1e-4)
+
+
+def _thin(rows: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` rows, evenly spread over the span (the clusters should see the whole training period)."""
+    if len(rows) <= limit:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+
+
+def transition_counts(labels: np.ndarray, open_bars: np.ndarray, n_regimes: int) -> np.ndarray:
+    """labels, open_bars (T,) -> (K, K) counts of label i at one open bar followed by label j at the next."""
+    seen = labels[open_bars & (labels >= 0)]
+    counts = np.zeros((n_regimes, n_regimes), dtype=np.int64)
+    np.add.at(counts, (seen[:-1], seen[1:]), 1)
+    return counts
+
+
+def row_normalise(counts: np.ndarray) -> np.ndarray:
+    totals = counts.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+
+
+def fit_regimes(
+    embeddings: np.ndarray, mask: np.ndarray, fit_rows: range, config: RegimeConfig = RegimeConfig()
+) -> RegimeResult:
+    """embeddings (A, T, E), mask (A, T) bool fresh bars -> projections, labels and transitions per asset."""
+    embeddings, mask = np.asarray(embeddings), np.asarray(mask, dtype=bool)
+    _check_inputs(embeddings, mask, fit_rows)
+    n_assets, n_rows, n_dims = embeddings.shape
+    k, n_components = config.n_regimes, min(config.n_components, n_dims)
+    projections = np.zeros((n_assets, n_rows, n_components), dtype=np.float32)
+    labels = np.full((n_assets, n_rows), NO_LABEL, dtype=np.int64)
+    explained = np.zeros((n_assets, n_components))
+    counts = np.zeros((n_assets, k, k), dtype=np.int64)
+    for asset in range(n_assets):
+        train = np.flatnonzero(mask[asset, fit_rows.start : fit_rows.stop]) + fit_rows.start
+        if len(train) < max(k, n_components) + 1:
+            raise ValueError(
+                f"asset {asset} has {len(train)} fresh bars in the training rows {fit_rows.start}..{fit_rows.stop - 1}: "
+                f"too few to fit {n_components} components and {k} regimes"
+            )
+        # Standardise first: embedding dims mix state means and RMS values on different scales.
+        scaler = StandardScaler().fit(embeddings[asset, train])
+        pca = PCA(n_components=n_components, random_state=config.seed).fit(scaler.transform(embeddings[asset, train]))
+        coords = pca.transform(scaler.transform(embeddings[asset])).astype(np.float32)  # (T, n_components)
+        clusterer = _clusterer(config).fit(coords[_thin(train, config.max_fit_bars)])
+        raw = clusterer.predict(coords)  # (T,)
+        centres = clusterer.cluster_centers_ if config.method == "kmeans" else clusterer.means_
+        renumber = np.empty(k, dtype=np.int64)
+        renumber[np.argsort(centres[:, 0], kind="stable")] = np.arange(k)
+        started = np.cumsum(mask[asset]) > 0  # from the first fresh bar on, the state means something
+        labels[asset] = np.where(started, renumber[raw], NO_LABEL)
+        projections[asset] = coords
+        explained[asset] = pca.explained_variance_ratio_
+        counts[asset] = transition_counts(labels[asset], mask[asset], k)
+    return RegimeResult(projections, labels, explained, row_normalise(counts), counts,
+                        (fit_rows.start, fit_rows.stop))
