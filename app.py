@@ -16,6 +16,7 @@ st.set_page_config(page_title="Cross-asset regime dashboard", page_icon=":materi
 
 PAGES = [
     st.Page("views/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
+    st.Page("views/backtest.py", title="Backtest", icon=":material/query_stats:", url_path="backtest"),
 ]
 
 navigation = st.navigation(PAGES)

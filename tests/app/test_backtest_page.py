@@ -1,0 +1,64 @@
+"""The Backtest page, run through the real app (navigation and frame) on the seeded demo cache."""
+from __future__ import annotations
+
+import pytest
+
+from tests.app.conftest import figure_specs, open_page
+
+PAGE = "views/backtest.py"
+
+
+@pytest.fixture
+def page(seeded_db):
+    at = open_page(PAGE)
+    assert not at.exception, at.exception
+    return at
+
+
+def metric_values(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_the_page_says_which_forecaster_drives_it_and_that_the_data_is_synthetic(page):
+    captions = " ".join(c.value for c in page.caption)
+    assert "logistic regression" in captions and "out-of-sample" in captions
+    titles = [spec["layout"]["title"]["text"] for spec in figure_specs(page)]
+    assert any(t.startswith("Equity") for t in titles) and "Drawdown" in titles
+    assert any(t.startswith("Rolling Sharpe") for t in titles) and any(t.startswith("Monthly") for t in titles)
+    for spec in figure_specs(page):
+        notes = [a.get("text", "") for a in spec["layout"].get("annotations", [])]
+        assert "SYNTHETIC DEMO DATA" in notes, spec["layout"]["title"]["text"]
+
+
+def test_metrics_state_the_annualisation_and_count_each_distinct_setting_as_a_trial(page):
+    sharpe = next(m for m in page.metric if m.label == "Sharpe ratio")
+    assert "365 bars/year" in sharpe.help  # daily BTC sets the panel clock
+    assert "DSR (1 trials)" in metric_values(page)
+    before = metric_values(page)["Sharpe ratio"]
+    page.slider(key="bt_threshold").set_value(0.1).run()
+    assert not page.exception, page.exception
+    values = metric_values(page)
+    assert "DSR (2 trials)" in values
+    assert values["Sharpe ratio"] != before
+    page.slider(key="bt_threshold").set_value(0.02).run()  # back to a setting already tried: no new trial
+    assert "DSR (2 trials)" in metric_values(page)
+
+
+def test_costs_lower_the_strategy_and_every_chart_has_download_buttons(page):
+    low_cost = page.dataframe[0].value  # the metrics table
+    page.slider(key="bt_commission").set_value(20.0).run()
+    high_cost = page.dataframe[0].value
+    total = lambda table: float(table.set_index("metric").loc["Total return", "strategy"].rstrip("%"))
+    assert total(high_cost) < total(low_cost)
+    labels = [b.label for b in page.get("download_button")]
+    assert labels.count("HTML") == 4 and "Export report (HTML)" in labels
+
+
+def test_a_sweep_draws_a_heatmap_and_counts_its_cells_as_trials(page):
+    page.button(key="bt_run_sweep").click().run()
+    assert not page.exception, page.exception
+    heatmaps = [s for s in figure_specs(page) if s["layout"]["title"]["text"].startswith("Sweep")]
+    assert len(heatmaps) == 1 and heatmaps[0]["data"][0]["type"] == "heatmap"
+    page.slider(key="bt_threshold").set_value(0.035).run()
+    n_trials = int(next(label for label in metric_values(page) if label.startswith("DSR")).split("(")[1].split()[0])
+    assert n_trials >= 7 * 6  # the 7 x 6 grid of threshold x max_position, plus the settings tried by hand

@@ -1,0 +1,247 @@
+"""Backtest page: strategy sliders that rerun alone (st.fragment), equity vs buy-and-hold, drawdown, rolling Sharpe,
+monthly returns, metrics with PSR/DSR over the trials tried, the trades, a two-parameter sweep, and the report export.
+
+Only layout lives here: forecasts come from engine.backtest_inputs, accounting from engine.backtest, charts from
+engine.figures.backtest, the report from engine.report.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import pandas as pd
+import streamlit as st
+
+from engine.backtest import StrategyConfig, run_backtest
+from engine.backtest_inputs import FORECASTERS, backtest_inputs_from_forecasts
+from engine.figures import backtest as charts
+from engine.figures.export import browser_unavailable_reason
+from engine.metrics import TrialCounter
+from engine.report import ReportContent, report_html, report_pdf
+from engine.sweep import sweep
+from views.export_widgets import chart_with_downloads
+from views.frame import current_selection, load_summary
+from storage.cache import read_panel
+from storage.locks import CacheBusyError
+
+FORECAST_HORIZONS = (1, 5, 20)
+# The grids a sweep may run over: two sliders at a time, every cell counted as a trial.
+SWEEP_GRIDS = {
+    "threshold": (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1),
+    "max_position": (0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+    "commission_bps": (0.0, 1.0, 2.0, 5.0, 10.0, 20.0),
+    "slippage_bps": (0.0, 1.0, 2.0, 5.0, 10.0),
+    "holding_horizon": (1, 2, 5, 10, 20),
+    "vol_target": (None, 0.1, 0.2, 0.3, 0.5),
+}
+SWEEP_METRICS = ("sharpe", "cagr", "max_drawdown", "calmar", "turnover")
+
+selection = current_selection()
+st.title("Backtest")
+if not selection.symbols:
+    st.info("Choose one or more symbols in the sidebar.")
+    st.stop()
+
+
+@st.cache_data(show_spinner="Running the walk-forward forecaster (refitted on the past of every fold)…", max_entries=8)
+def load_forecasts(db_path: str, symbols: tuple[str, ...], interval: str, forecaster: str, freshness: tuple):
+    """(panel, forecasts); `freshness` (the last bar of each series) only keys the cache."""
+    del freshness
+    panel = read_panel(list(symbols), interval, db_path=db_path)
+    return panel, FORECASTERS[forecaster](panel, FORECAST_HORIZONS)
+
+
+summary = load_summary(selection.db_path)
+spans = summary[summary["symbol"].isin(selection.symbols) & (summary["interval"] == selection.interval)].copy()
+missing = sorted(set(selection.symbols) - set(spans["symbol"]))
+if missing:
+    st.warning(f"No {selection.interval} bars cached for {', '.join(missing)}: fetch or import them on the Data page.")
+    st.stop()
+synthetic = "demo" in set(spans["source"])
+
+top = st.columns([2, 1])
+forecaster = top[0].selectbox(
+    "Forecaster", list(FORECASTERS), key="bt_forecaster", bind="query-params",
+    help="What produces P(up) and the volatility the strategy trades on. The model takes over once its inference "
+         "runs over the panel; until then a walk-forward baseline drives the page.",
+)
+horizon = top[1].selectbox("Forecast horizon (bars)", FORECAST_HORIZONS, key="bt_horizon", bind="query-params")
+freshness = tuple(spans.sort_values("symbol")[["symbol", "last_ts"]].itertuples(index=False, name=None))
+try:
+    panel, forecasts = load_forecasts(selection.db_path, selection.symbols, selection.interval, forecaster, freshness)
+except CacheBusyError as error:
+    st.warning(str(error))
+    st.stop()
+except ValueError as error:
+    st.error(f"No backtest for this selection: {error}")
+    st.stop()
+st.caption(f"**Forecasts:** {forecasts.description}. Only out-of-sample bars are backtested.")
+
+# The inputs live in the session so the work they cache (held signals, the benchmark) survives slider moves.
+inputs_key = (selection.db_path, selection.symbols, selection.interval, forecaster, horizon, freshness)
+if st.session_state.get("bt_inputs_key") != inputs_key:
+    st.session_state["bt_inputs"] = backtest_inputs_from_forecasts(
+        panel, forecasts.prob_up, forecasts.predicted_vol, forecasts.horizons, horizon, selection.interval,
+        start=forecasts.out_of_sample_start,
+    )
+    st.session_state["bt_inputs_key"] = inputs_key
+inputs = st.session_state["bt_inputs"]
+trials_key = (selection.db_path, selection.symbols, selection.interval, forecaster, freshness)
+if st.session_state.get("bt_trials_key") != trials_key:  # trials count per data span
+    st.session_state["bt_trials"] = TrialCounter()
+    st.session_state["bt_trials_key"] = trials_key
+    st.session_state.pop("bt_sweep", None)
+    st.session_state.pop("bt_report_figures", None)
+trials: TrialCounter = st.session_state["bt_trials"]
+# The charts of the current view, shared by both fragments; the report reads it when its button is clicked.
+report_figures: dict = st.session_state.setdefault("bt_report_figures", {})
+
+
+def share_url() -> str:
+    base = urlsplit(st.context.url or "")
+    return urlunsplit((base.scheme, base.netloc, base.path, urlencode(st.query_params.to_dict(), doseq=True), ""))
+
+
+def data_spans_table() -> pd.DataFrame:
+    table = spans[["symbol", "source", "interval", "rows", "first_ts", "last_ts", "stale"]].copy()
+    table["freshness"] = table.pop("stale").map({True: "stale", False: "fresh"})
+    backtested = pd.DatetimeIndex(inputs.ts).tz_localize("UTC")
+    table["backtested span (UTC)"] = f"{backtested[0]:%Y-%m-%d %H:%M} .. {backtested[-1]:%Y-%m-%d %H:%M}"
+    return table
+
+
+def strategy_sliders() -> StrategyConfig:
+    left, right = st.columns(2)
+    with left:
+        threshold = st.slider("Threshold |P(up) - 0.5|", 0.0, 0.2, 0.02, 0.005, key="bt_threshold", bind="query-params",
+                              help="Trade long above 0.5 + threshold, short (if allowed) below 0.5 - threshold.")
+        max_position = st.slider("Maximum position", 0.1, 2.0, 1.0, 0.05, key="bt_max_position", bind="query-params",
+                                 help="Cap on |position| as a fraction of each asset's sleeve.")
+        long_short = st.toggle("Long/short (off: long or flat only)", True, key="bt_long_short", bind="query-params")
+        vol_target = st.slider("Volatility target (annual, 0 = off)", 0.0, 0.6, 0.0, 0.05, key="bt_vol_target",
+                               bind="query-params", help="Size x target / predicted annualised volatility.")
+    with right:
+        commission = st.slider("Commission (bps)", 0.0, 20.0, 1.0, 0.5, key="bt_commission", bind="query-params")
+        slippage = st.slider("Slippage (bps)", 0.0, 20.0, 2.0, 0.5, key="bt_slippage", bind="query-params")
+        holding = st.slider("Holding horizon (bars)", 1, 20, 1, 1, key="bt_holding", bind="query-params",
+                            help="Re-decide every this many of the asset's open bars; positions are held between.")
+        assets = st.multiselect("Assets", list(inputs.symbols), list(inputs.symbols), key="bt_assets",
+                                bind="query-params")
+    if not assets:
+        st.info("Choose at least one asset to backtest.")
+        st.stop()
+    weight_columns = st.columns(len(assets))
+    weights = {}
+    for column, symbol in zip(weight_columns, assets):
+        with column:
+            weights[symbol] = st.slider(f"Weight {symbol}", 0.0, 1.0, 1.0, 0.05, key=f"bt_weight_{symbol}",
+                                        help="Starting share of capital; weights are normalised to sum to 1.")
+    if sum(weights.values()) <= 0:
+        st.info("Give at least one asset a positive weight.")
+        st.stop()
+    return StrategyConfig(
+        threshold=threshold, max_position=max_position, long_short=long_short,
+        vol_target=vol_target or None, holding_horizon=int(holding), commission_bps=commission,
+        slippage_bps=slippage, weights=tuple(weights.get(symbol, 0.0) for symbol in inputs.symbols),
+    )
+
+
+def headline_metrics(result, n_trials: int) -> None:
+    help_text = charts.metric_help(result.metrics.periods_per_year)
+    annualisation = f" Annualisation: {result.annualisation}"
+    m, b = result.metrics, result.benchmark.metrics
+    dsr = result.deflated_sharpe(trials)
+    cells = [
+        ("Sharpe ratio", charts.format_metric(m.sharpe, "num"), f"B&H {charts.format_metric(b.sharpe, 'num')}"),
+        ("CAGR", charts.format_metric(m.cagr, "pct"), f"B&H {charts.format_metric(b.cagr, 'pct')}"),
+        ("Max drawdown", charts.format_metric(m.max_drawdown, "pct"), f"B&H {charts.format_metric(b.max_drawdown, 'pct')}"),
+        ("PSR (vs 0)", charts.format_metric(m.probabilistic_sharpe, "pct"), None),
+        (f"DSR ({n_trials} trials)", charts.format_metric(dsr, "pct"), None),
+    ]
+    help_text[cells[-1][0]] = ("Deflated Sharpe ratio: PSR against the best Sharpe that this many skill-less trials "
+                               "would reach by luck. Every distinct setting tried this session is a trial.")
+    for column, (label, value, delta) in zip(st.columns(len(cells)), cells):
+        column.metric(label, value, delta, delta_color="off", help=help_text[label] + annualisation)
+
+
+@st.fragment
+def strategy_view() -> None:
+    config = strategy_sliders()
+    result = run_backtest(inputs, config)
+    st.session_state["bt_last_config"] = config
+    trials.record((horizon, config), result.sharpe_per_period)
+    headline_metrics(result, trials.n_trials)
+    st.caption(f"Annualisation: {result.annualisation}")
+
+    oos = forecasts.out_of_sample_start
+    window = max(20, int(result.metrics.periods_per_year // 4))  # about three months of bars
+    figures = {
+        "Equity vs buy and hold": charts.equity_chart(result, oos, synthetic=synthetic),
+        "Drawdown": charts.drawdown_chart(result, oos, synthetic=synthetic),
+        "Rolling Sharpe ratio": charts.rolling_sharpe_chart(result, window, oos, synthetic=synthetic),
+        "Monthly returns": charts.monthly_returns_heatmap(result, synthetic=synthetic),
+    }
+    for name, fig in figures.items():
+        chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
+
+    st.subheader("Metrics")
+    table = charts.metrics_table(result, trials)
+    st.dataframe(table, hide_index=True, width="stretch", key="bt_metrics_table")
+    st.subheader("Trades")
+    trades = charts.trades_table(result)
+    st.dataframe(trades, hide_index=True, width="stretch", height=280)
+
+    report_figures.update(figures)
+    settings = {"forecaster": forecaster, "forecast horizon (bars)": horizon, **asdict(config)}
+    n_trials_now = trials.n_trials
+
+    def content() -> ReportContent:
+        # Built on click (on Streamlit's download thread) from the figures shown now, the sweep included.
+        return ReportContent(
+            title=f"Backtest · {', '.join(config_assets(config))} · {selection.interval}",
+            figures=dict(report_figures), tables={"Metrics": table, "Trades (latest 200)": trades.head(200)},
+            settings=settings, data_spans=data_spans_table(), synthetic=synthetic, checkpoint_id=None,
+            share_url=url, notes=[forecasts.description, f"Annualisation: {result.annualisation}",
+                                  f"Trials counted: {n_trials_now}"],
+        )
+
+    url = share_url()
+    st.subheader("Export report")
+    buttons = st.columns([1, 1, 2], vertical_alignment="center")
+    buttons[0].download_button("Export report (HTML)", data=lambda: report_html(content()),
+                               file_name="backtest-report.html", mime="text/html", key="bt_export_html",
+                               on_click="ignore", type="primary", icon=":material/description:")
+    if browser_unavailable_reason() is None:
+        buttons[1].download_button("Export report (PDF)", data=lambda: report_pdf(content()),
+                                   file_name="backtest-report.pdf", mime="application/pdf", key="bt_export_pdf",
+                                   on_click="ignore", icon=":material/picture_as_pdf:")
+    else:
+        buttons[1].caption(browser_unavailable_reason())
+
+
+def config_assets(config: StrategyConfig) -> list[str]:
+    return [s for s, w in zip(inputs.symbols, config.normalised_weights(len(inputs.symbols))) if w > 0]
+
+
+@st.fragment
+def sweep_view() -> None:
+    st.subheader("Parameter sweep")
+    st.caption("Every cell is a backtest with the other sliders as set above, and every cell counts as a trial "
+               "for the deflated Sharpe ratio.")
+    names = list(SWEEP_GRIDS)
+    columns = st.columns(3)
+    param_x = columns[0].selectbox("Across", names, index=0, key="bt_sweep_x")
+    param_y = columns[1].selectbox("Down", [n for n in names if n != param_x], index=1, key="bt_sweep_y")
+    metric = columns[2].selectbox("Metric", SWEEP_METRICS, key="bt_sweep_metric")
+    if st.button("Run sweep", key="bt_run_sweep"):
+        base = st.session_state.get("bt_last_config", StrategyConfig())
+        result = sweep(inputs, base, param_x, SWEEP_GRIDS[param_x], param_y, SWEEP_GRIDS[param_y],
+                       metric_names=SWEEP_METRICS, trials=trials)
+        st.session_state["bt_sweep"] = charts.sweep_heatmap(result, metric, synthetic=synthetic)
+        report_figures["Parameter sweep"] = st.session_state["bt_sweep"]
+    if st.session_state.get("bt_sweep") is not None:
+        chart_with_downloads(st.session_state["bt_sweep"], key="sweep", file_stem="backtest-sweep")
+
+
+strategy_view()
+sweep_view()
