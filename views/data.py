@@ -29,7 +29,7 @@ else:
         column_config={
             "first_ts": st.column_config.DatetimeColumn("first bar (UTC)", format="YYYY-MM-DD HH:mm"),
             "last_ts": st.column_config.DatetimeColumn("last bar (UTC)", format="YYYY-MM-DD HH:mm"),
-            "last_refresh": st.column_config.DatetimeColumn("last refresh (UTC)", format="YYYY-MM-DD HH:mm"),
+            "last_refresh_at": st.column_config.DatetimeColumn("last refresh (UTC)", format="YYYY-MM-DD HH:mm"),
         },
     )
     stale = table[table["stale"] & ~is_demo]
@@ -45,7 +45,7 @@ for symbol in selection.symbols:
         st.info(f"No {selection.interval} bars cached for {symbol}. Fetch or import them below.")
         continue
     try:
-        bars = read_bars(symbol, selection.interval, db_path=selection.db_path)
+        bars = read_bars(symbol, selection.interval, start=selection.start, end=selection.end, db_path=selection.db_path)
     except CacheBusyError as error:
         st.warning(str(error))
         continue

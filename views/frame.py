@@ -1,23 +1,31 @@
-"""The shared frame every page shows: sidebar selections (bound to the URL) and the data status line.
+"""The shared frame every page shows: sidebar selections (bound to the URL) and the status line.
 
-Pages read the current selection with `current_selection()`; nothing here computes anything worth testing
-on its own, it only calls storage and lays out widgets.
+The sidebar holds symbols, interval, date range and checkpoint. Each widget is bound to the URL's query
+parameters, so a view can be shared as a link; "Reset to defaults" clears them. The status line says where the
+data comes from, how fresh it is, which checkpoint and device are in use, and, loudly, when the data is the
+synthetic demo. Pages read the selection with `current_selection()`; nothing here computes anything worth testing
+on its own: it only calls storage and engine and lays out widgets.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import streamlit as st
 
+from engine.checkpoint import list_runs
+from engine.runtime import device_label
 from storage.cache import cache_summary
+from storage.config import INTERVAL_SECONDS, resolve_db_path
 from storage.locks import CacheBusyError
 from storage.refresh import seed_demo_if_empty
-from storage.config import INTERVAL_SECONDS, resolve_db_path
 from storage.sources.demo import DEMO_SYMBOLS
 
 DEFAULT_INTERVAL = "1d"
 SUMMARY_TTL_SECONDS = 30
+SELECTION_KEYS = ("symbols", "interval", "dates", "checkpoint")
+SYNTHETIC_BANNER = ("**Synthetic demo data**: generated with planted regimes and a planted lead-lag "
+                    "(see storage/sources/DEMO.md); not market prices.")
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,13 @@ class Selection:
     symbols: tuple[str, ...]
     interval: str
     db_path: str
+    start: pd.Timestamp | None = None  # UTC, inclusive
+    end: pd.Timestamp | None = None  # UTC, exclusive (the day after the last chosen date)
+    checkpoint: dict | None = None  # a run entry from engine.checkpoint.list_runs (path, run_id, symbols, ...)
+    sources: dict[str, str] = field(default_factory=dict)  # symbol -> the source its bars are read from
+    synthetic: bool = False  # any shown series comes from the demo market
+    device: str = ""
+    last_bar: pd.Timestamp | None = None
 
 
 @st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
@@ -32,8 +47,19 @@ def load_summary(db_path: str) -> pd.DataFrame:
     return cache_summary(db_path=db_path)
 
 
+@st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
+def load_runs(runs_marker: str) -> list[dict]:
+    del runs_marker  # only part of the cache key: a new run (Model page) clears this cache
+    return list_runs()
+
+
+@st.cache_resource(show_spinner=False)
+def load_device_label() -> str:
+    return device_label()
+
+
 def clear_cached_reads() -> None:
-    """After a write (refresh, import) every cached read is out of date."""
+    """After a write (refresh, import, training) every cached read is out of date."""
     st.cache_data.clear()
 
 
@@ -50,6 +76,33 @@ def _seed_once(db_path: str) -> None:
         clear_cached_reads()
 
 
+def _reset_selection(defaults: dict) -> None:
+    # Bound widgets own their query parameters, so the reset sets the widgets (and through them the URL) rather
+    # than clearing the URL; what was not chosen explicitly follows from the new symbols and interval.
+    for key in SELECTION_KEYS:
+        st.session_state.pop(key, None)
+    for key, value in defaults.items():
+        st.session_state[key] = value
+
+
+def _default_interval(runs: list[dict], known_intervals: list[str]) -> str:
+    """The shipped demo checkpoint's interval when the cache has it, so a new user sees the model at once."""
+    demo = next((run for run in runs if run.get("demo")), None)
+    if demo and demo.get("interval") in known_intervals:
+        return demo["interval"]
+    return DEFAULT_INTERVAL if DEFAULT_INTERVAL in known_intervals else (known_intervals or [DEFAULT_INTERVAL])[0]
+
+
+def _fitting_runs(runs: list[dict], symbols: tuple[str, ...], interval: str) -> list[dict]:
+    """Runs trained on exactly these symbols (in this order) at this interval: the model's assets are fixed."""
+    return [run for run in runs if tuple(run.get("symbols", ())) == symbols and run.get("interval") == interval]
+
+
+def _run_label(run: dict) -> str:
+    tag = "demo checkpoint" if run.get("demo") else run.get("created_at", "")[:16].replace("T", " ")
+    return f"{run['run_id']} ({tag})"
+
+
 def render_frame() -> Selection:
     db_path = str(resolve_db_path())
     try:
@@ -57,47 +110,99 @@ def render_frame() -> Selection:
         summary = load_summary(db_path)
     except CacheBusyError as error:
         st.warning(f"The cache is busy: {error}. The page will show data once the writer finishes.")
-        summary = pd.DataFrame()
+        summary = pd.DataFrame(columns=["symbol", "source", "interval", "rows", "first_ts", "last_ts"])
+    runs = load_runs(str(st.session_state.get("_runs_version", 0)))
 
-    known_symbols = sorted(set(summary["symbol"])) if not summary.empty else list(DEMO_SYMBOLS)
-    known_intervals = [i for i in INTERVAL_SECONDS if summary.empty or i in set(summary["interval"])]
+    known_symbols = sorted(set(summary["symbol"])) or list(DEMO_SYMBOLS)
+    known_intervals = [i for i in INTERVAL_SECONDS if i in set(summary["interval"])] or [DEFAULT_INTERVAL]
     default_symbols = [s for s in DEMO_SYMBOLS if s in known_symbols] or known_symbols[:3]
 
     with st.sidebar:
         st.markdown("### Selection")
         symbols = st.multiselect(
             "Symbols", options=known_symbols, default=default_symbols, key="symbols", bind="query-params",
-            help="Assets to show; add more with the Data page (import or fetch).",
+            help="Assets to show; add more on the Data page (import or fetch). The model runs on the symbols its "
+                 "checkpoint was trained on, in that order.",
         )
+        default_interval = _default_interval(runs, known_intervals)
         interval = st.selectbox(
-            "Interval", options=known_intervals or [DEFAULT_INTERVAL],
-            index=(known_intervals.index(DEFAULT_INTERVAL) if DEFAULT_INTERVAL in known_intervals else 0),
+            "Interval", options=known_intervals, index=known_intervals.index(default_interval),
             key="interval", bind="query-params",
         )
+        shown = summary[summary["symbol"].isin(symbols) & (summary["interval"] == interval)]
+        start, end = _date_range(shown)
+        fitting = _fitting_runs(runs, tuple(symbols), interval)
+        checkpoint = None
+        if fitting:
+            labels = [_run_label(run) for run in fitting]
+            chosen = st.selectbox("Checkpoint", labels, key="checkpoint", bind="query-params",
+                                  help="Trained runs that fit these symbols and this interval (Model page).")
+            checkpoint = fitting[labels.index(chosen)]
+        else:
+            st.caption("No checkpoint fits these symbols at this interval: train one on the Model page.")
+        st.button("Reset to defaults", on_click=_reset_selection, icon=":material/restart_alt:",
+                  kwargs={"defaults": {"symbols": default_symbols, "interval": default_interval,
+                                       "dates": _full_span(summary, default_symbols, default_interval)}})
         st.caption(f"Cache: `{db_path}`")
 
-    selection = Selection(tuple(symbols), interval, db_path)
+    sources = _sources_shown(shown)
+    selection = Selection(
+        symbols=tuple(symbols), interval=interval, db_path=db_path, start=start, end=end, checkpoint=checkpoint,
+        sources=sources, synthetic="demo" in sources.values(), device=load_device_label(),
+        last_bar=shown["last_ts"].max() if not shown.empty else None,
+    )
     st.session_state["selection"] = selection
-    _status_line(summary, selection)
+    _status_line(selection)
     return selection
 
 
-def _status_line(summary: pd.DataFrame, selection: Selection) -> None:
+def _date_range(shown: pd.DataFrame) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    if shown.empty or shown["first_ts"].isna().all():
+        return None, None
+    first = shown["first_ts"].min().date()
+    last = shown["last_ts"].max().date()
+    picked = st.date_input(
+        "Date range (UTC)", value=(first, last), min_value=first, max_value=last, key="dates", bind="query-params",
+        help="Charts, forecasts and backtests use the bars in this span; models still warm up on earlier bars.",
+    )
+    if not isinstance(picked, (tuple, list)) or len(picked) != 2:
+        return None, None  # half-picked range while the user clicks: keep the whole span
+    lo, hi = picked
+    return (pd.Timestamp(lo, tz="UTC"), pd.Timestamp(hi, tz="UTC") + pd.Timedelta(days=1))
+
+
+def _full_span(summary: pd.DataFrame, symbols: list[str], interval: str):
+    rows = summary[summary["symbol"].isin(symbols) & (summary["interval"] == interval)]
+    if rows.empty or rows["first_ts"].isna().all():
+        return None
+    return (rows["first_ts"].min().date(), rows["last_ts"].max().date())
+
+
+def _sources_shown(shown: pd.DataFrame) -> dict[str, str]:
+    """The source each symbol is read from: the first in storage's preference order that has bars."""
+    from storage.cache import SOURCE_PREFERENCE
+
+    sources: dict[str, str] = {}
+    for symbol, rows in shown.groupby("symbol"):
+        have = set(rows.loc[rows["rows"] > 0, "source"])
+        sources[symbol] = next((s for s in SOURCE_PREFERENCE if s in have), "")
+    return sources
+
+
+def _status_line(selection: Selection) -> None:
     if st.session_state.pop("_seeded_demo", False):
         st.info("The cache was empty, so it was seeded with the **synthetic demo market** (BTC, SPY, AAPL). "
                 "Import files or fetch real data on the Data page.")
-    if summary.empty:
-        return
-    shown = summary[summary["symbol"].isin(selection.symbols) & (summary["interval"] == selection.interval)]
-    if shown.empty:
-        return
-    sources = sorted(set(shown["source"]))
-    newest = shown["last_ts"].max()
-    label = ", ".join(sources)
-    if "demo" in sources:
-        st.warning("**Synthetic demo data**: generated with planted regimes and a planted lead-lag; not market prices.",
-                   icon=":material/science:")
-    st.caption(f"Data source: {label} · last bar {newest:%Y-%m-%d %H:%M} UTC")
+    if selection.synthetic:
+        st.warning(SYNTHETIC_BANNER, icon=":material/science:")
+    parts = []
+    if selection.sources:
+        parts.append("data: " + ", ".join(f"{s} ({src})" for s, src in selection.sources.items()))
+    if selection.last_bar is not None and not pd.isna(selection.last_bar):
+        parts.append(f"last bar {selection.last_bar:%Y-%m-%d %H:%M} UTC")
+    parts.append(f"checkpoint: {selection.checkpoint['run_id']}" if selection.checkpoint else "checkpoint: none")
+    parts.append(f"device: {selection.device}")
+    st.caption(" · ".join(parts))
 
 
 def show_refresh_report(report, nothing_stored: str = "Nothing was stored.") -> None:
@@ -114,3 +219,12 @@ def show_refresh_report(report, nothing_stored: str = "Nothing was stored.") -> 
 
 def current_selection() -> Selection:
     return st.session_state["selection"]
+
+
+def date_span_text(selection: Selection) -> str:
+    if selection.start is None:
+        return "whole span"
+    last_day = (selection.end - pd.Timedelta(days=1)).date()
+    return f"{selection.start.date():%Y-%m-%d} .. {last_day:%Y-%m-%d} (UTC)"
+
+
