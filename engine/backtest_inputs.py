@@ -31,7 +31,7 @@ MARKETS = ("crypto", "equities")
 # ------------------------------------------------------------------------------------------------ the panel side
 def infer_markets(panel: PanelLike) -> tuple[str, ...]:
     """Per asset, "crypto" when it has an own bar on a Saturday or Sunday (UTC), else "equities"."""
-    weekend = np.asarray(panel.ts.dayofweek >= 5)  # (T,)
+    weekend = np.asarray(panel.ts.day_of_week >= 5)  # (T,)
     observed = np.asarray(panel.observed)  # (T, A)
     return tuple("crypto" if (observed[:, a] & weekend).any() else "equities" for a in range(len(panel.symbols)))
 

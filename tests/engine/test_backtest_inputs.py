@@ -1,0 +1,111 @@
+"""Forecasts on the panel clock become backtest inputs: the right horizon, per-bar volatility, each asset's clock."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.backtest import StrategyConfig, run_backtest
+from engine.backtest_inputs import backtest_inputs_from_forecasts, baseline_forecasts, infer_markets
+from engine.features import ArrayPanel
+
+HORIZONS = (1, 5)
+
+
+def mixed_panel(n_days: int = 400, seed: int = 0) -> ArrayPanel:
+    """Daily bars: A trades every day, B on weekdays only (its close carried over weekends)."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2023-01-02", periods=n_days, freq="1D", tz="UTC")
+    observed = np.ones((n_days, 2), dtype=bool)
+    observed[:, 1] = ts.day_of_week < 5
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (n_days, 2)), axis=0))
+    for t in range(1, n_days):  # closed bars carry the last close, as storage's panel does
+        if not observed[t, 1]:
+            close[t, 1] = close[t - 1, 1]
+    fields = {name: close.copy() for name in ("open", "high", "low", "close")}
+    fields["volume"] = np.where(observed, 1.0, 0.0)
+    return ArrayPanel(ts=ts, symbols=("A", "B"), fields=fields, observed=observed)
+
+
+def forecasts(panel, value=0.6, vol=0.05):
+    shape = (len(panel.symbols), len(panel.ts), len(HORIZONS))
+    prob = np.full(shape, value)
+    prob[:, :, 1] = 1 - value  # a different number at horizon 5, to see which one is picked
+    return prob, np.full(shape, vol)
+
+
+def test_weekend_bars_make_an_asset_crypto_and_set_its_annualisation():
+    panel = mixed_panel()
+    assert infer_markets(panel) == ("crypto", "equities")
+    prob, vol = forecasts(panel)
+    inputs = backtest_inputs_from_forecasts(panel, prob, vol, HORIZONS, 5, "1d")
+    np.testing.assert_array_equal(inputs.bars_per_year, [365.0, 252.0])
+    assert "365 days" in inputs.describe_annualisation() and "252 sessions" in inputs.describe_annualisation()
+
+
+def test_the_chosen_horizon_is_traded_and_its_volatility_scaled_to_one_bar():
+    panel = mixed_panel()
+    prob, vol = forecasts(panel, vol=0.05)
+    inputs = backtest_inputs_from_forecasts(panel, prob, vol, HORIZONS, 5, "1d")
+    assert inputs.horizon == 5
+    np.testing.assert_allclose(inputs.prob_up, 0.4)
+    np.testing.assert_allclose(inputs.pred_vol, 0.05 / np.sqrt(5))
+    np.testing.assert_array_equal(inputs.tradable, panel.observed)
+
+
+def test_returns_are_close_to_close_and_zero_while_a_market_is_closed():
+    panel = mixed_panel()
+    prob, vol = forecasts(panel)
+    inputs = backtest_inputs_from_forecasts(panel, prob, vol, HORIZONS, 1, "1d")
+    close = panel.fields["close"]
+    assert np.isnan(inputs.returns[0]).all()
+    np.testing.assert_allclose(inputs.returns[1:], close[1:] / close[:-1] - 1)
+    assert np.all(inputs.returns[1:][~panel.observed[1:, 1], 1] == 0.0)
+
+
+def test_start_trims_to_the_out_of_sample_bars():
+    panel = mixed_panel()
+    prob, vol = forecasts(panel)
+    inputs = backtest_inputs_from_forecasts(panel, prob, vol, HORIZONS, 1, "1d", start=panel.ts[100])
+    assert inputs.n_bars == len(panel.ts) - 100
+    assert pd.Timestamp(inputs.ts[0]).tz_localize("UTC") == panel.ts[100]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(prob_up=np.zeros((2, 10, 2))), "prob_up has shape"),
+        (dict(horizon=20), "horizon 20 is not among"),
+        (dict(markets=("crypto", "bonds")), "markets must give one of"),
+        (dict(start="2099-01-01"), "is after the last bar"),
+    ],
+)
+def test_bad_forecasts_are_refused_with_what_was_wrong(change, message):
+    panel = mixed_panel()
+    prob, vol = forecasts(panel)
+    arguments = dict(panel=panel, prob_up=prob, predicted_vol=vol, horizons=HORIZONS, horizon=1, interval="1d")
+    with pytest.raises(ValueError, match=message):
+        backtest_inputs_from_forecasts(**{**arguments, **change})
+
+
+def test_baseline_forecasts_exist_only_out_of_sample_and_ignore_the_future():
+    panel = mixed_panel(n_days=500)
+    result = baseline_forecasts(panel, HORIZONS)
+    first = panel.ts.get_loc(result.out_of_sample_start)
+    assert np.isnan(result.prob_up[:, :first]).all()
+    assert np.isfinite(result.prob_up[0, first:]).all()  # the 24/7 asset gets a forecast on every later bar
+    assert "logistic" in result.description
+
+    # Changing prices after a bar cannot change the forecasts made at or before it.
+    cut = first + 60
+    changed_close = panel.fields["close"].copy()
+    changed_close[cut + 1 :] *= 1.5
+    fields = {**panel.fields, **{name: changed_close for name in ("open", "high", "low", "close")}}
+    changed = baseline_forecasts(ArrayPanel(panel.ts, panel.symbols, fields, panel.observed), HORIZONS)
+    # The folds refit on later training spans that include the change, so compare within the first test span.
+    np.testing.assert_allclose(changed.prob_up[:, first : cut + 1], result.prob_up[:, first : cut + 1])
+
+    inputs = backtest_inputs_from_forecasts(panel, result.prob_up, result.predicted_vol, HORIZONS, 1, "1d",
+                                            start=result.out_of_sample_start)
+    backtest = run_backtest(inputs, StrategyConfig(vol_target=0.2))
+    assert backtest.metrics.n_bars == inputs.n_bars and backtest.metrics.n_trades > 0

@@ -1,0 +1,92 @@
+"""Backtest charts show what the result holds: strategy and buy-and-hold on the same bars, out-of-sample shaded."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.backtest import StrategyConfig, run_backtest
+from engine.figures import backtest as charts
+from engine.figures.style import SYNTHETIC_NOTE
+from engine.sweep import sweep
+from tests.engine.test_backtest import make_inputs, random_inputs
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_backtest(random_inputs(seed=3, n_bars=24 * 90), StrategyConfig(threshold=0.01))
+
+
+def notes(fig) -> list[str]:
+    return [a.text for a in fig.layout.annotations]
+
+
+def test_equity_chart_draws_both_curves_and_shades_from_the_out_of_sample_start(result):
+    times = charts.result_times(result)
+    fig = charts.equity_chart(result, times[500], synthetic=True)
+    by_name = {trace.name: trace for trace in fig.data}
+    np.testing.assert_allclose(by_name[charts.STRATEGY_NAME].y, result.equity)
+    np.testing.assert_allclose(by_name[charts.BENCHMARK_NAME].y, result.benchmark.equity)
+    (shade,) = fig.layout.shapes
+    assert pd.Timestamp(shade.x0) == times[500] and pd.Timestamp(shade.x1) == times[-1]
+    assert "out of sample" in notes(fig) and SYNTHETIC_NOTE.upper() in notes(fig)
+
+
+def test_no_shading_when_the_out_of_sample_start_is_unknown_and_no_label_on_real_data(result):
+    fig = charts.drawdown_chart(result, None, synthetic=False)
+    assert not fig.layout.shapes and SYNTHETIC_NOTE.upper() not in notes(fig)
+    assert max(np.nanmax(trace.y) for trace in fig.data) <= 0
+
+
+def test_rolling_sharpe_matches_a_direct_computation_and_is_undefined_while_flat():
+    rng = np.random.default_rng(0)
+    returns = rng.normal(0.001, 0.01, 300)
+    returns[:50] = 0.0
+    rolled = charts.rolling_sharpe(returns, 30, 252)
+    window = returns[200:230]
+    assert rolled[229] == pytest.approx(window.mean() / window.std(ddof=1) * np.sqrt(252))
+    assert np.isnan(rolled[:29]).all() and np.isnan(rolled[49])  # not full yet; a flat window has no Sharpe
+    with pytest.raises(ValueError, match="at least 2 bars"):
+        charts.rolling_sharpe(returns, 1, 252)
+
+
+def test_monthly_returns_compound_the_bars_of_each_utc_month():
+    n_bars = 24 * 70  # hourly from 2024-01-01: January, February, part of March
+    returns = np.full(n_bars, 0.0)
+    returns[5] = 0.10  # January
+    returns[24 * 31 + 3] = -0.05  # February
+    inputs = make_inputs(returns, prob_up=np.full(n_bars, 0.9), **{})
+    result = run_backtest(inputs, StrategyConfig(commission_bps=0.0, slippage_bps=0.0, threshold=0.0))
+    table = charts.monthly_returns(result)
+    net = pd.Series(result.portfolio_net_returns, index=charts.result_times(result))
+    assert table.loc[2024, "Jan"] == pytest.approx((1 + net["2024-01"]).prod() - 1)
+    assert table.loc[2024, "Feb"] == pytest.approx(-0.05)
+    assert np.isnan(table.loc[2024, "Apr"])
+    fig = charts.monthly_returns_heatmap(result, synthetic=False)
+    assert fig.data[0].type == "heatmap" and list(fig.data[0].x)[:3] == ["Jan", "Feb", "Mar"]
+
+
+def test_sweep_heatmap_lays_the_grid_out_with_values_as_ticks():
+    inputs = random_inputs(seed=1)
+    grid = sweep(inputs, StrategyConfig(), "threshold", [0.0, 0.05], "vol_target", [None, 0.2, 0.4])
+    fig = charts.sweep_heatmap(grid, "sharpe", synthetic=False)
+    heat = fig.data[0]
+    assert list(heat.x) == ["0", "0.05"] and list(heat.y) == ["off", "0.2", "0.4"]
+    np.testing.assert_array_equal(np.asarray(heat.z, dtype=float), grid.metrics["sharpe"])
+    with pytest.raises(ValueError, match="not 'sortino'"):
+        charts.sweep_heatmap(grid, "sortino", synthetic=False)
+
+
+def test_metrics_table_puts_buy_and_hold_beside_the_strategy_and_states_the_annualisation(result):
+    table = charts.metrics_table(result, trials=5).set_index("metric")
+    assert table.loc["Sharpe ratio", "strategy"] == f"{result.metrics.sharpe:.3f}"
+    assert table.loc["Sharpe ratio", "buy and hold"] == f"{result.benchmark.metrics.sharpe:.3f}"
+    assert "8,760 bars/year" in table.loc["Sharpe ratio", "meaning"]
+    assert table.loc["DSR (5 trials)", "strategy"] == f"{result.deflated_sharpe(5):.2%}"
+    assert charts.format_metric(None, "pct") == "n/a"
+
+
+def test_trades_table_names_sides_and_lists_newest_first(result):
+    trades = charts.trades_table(result)
+    assert set(trades["side"]) <= {"long", "short"} and len(trades) == len(result.trades)
+    assert trades["entry_ts"].is_monotonic_decreasing
