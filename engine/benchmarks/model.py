@@ -20,6 +20,7 @@ from torch import nn
 import engine.ssm as ssm_module
 from engine.model import HybridModel, ModelConfig
 from engine.runtime import configure_cpu_threads, device_label, pick_device
+from engine.benchmarks.scan import median_ms
 from engine.scan import selective_scan_reference
 from engine.ssm import SelectiveSSMBlock
 
@@ -27,24 +28,6 @@ LAYER_BATCH = 8
 LAYER_LENGTHS = (1024, 4096)
 D_MODEL, D_STATE, EXPAND, N_HEADS = 64, 16, 2, 4
 MODEL_BATCH, MODEL_LENGTH, MODEL_ASSETS = 32, 512, 3
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, *, budget_s: float = 3.0, max_reps: int = 20) -> float:
-    """Median wall time of fn after one warm-up call: at least 3 timed calls, more while within budget_s."""
-    def synchronise() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    synchronise()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < 3 or (len(times) < max_reps and time.perf_counter() - started < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        synchronise()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def forward_and_backward_ms(layer: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
