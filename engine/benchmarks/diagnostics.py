@@ -1,0 +1,82 @@
+"""Diagnostics speed: everything the model views need for 3 assets x 20,000 hourly bars (the demo market, SYNTHETIC).
+
+"full diagnostics" = inference over every bar in state-carrying chunks (forecasts, embeddings, look-back, attention)
++ PCA and regime labels fitted on the first half + the lead-lag map + look-back per regime. Budget (from the
+issue): at most 10 s on this 2-core CPU, which other engineers share: a figure taken while they run is an upper
+bound, so the row says how many threads it used. A random-initialised default model costs exactly what a trained
+one does. Run: python -m engine.benchmarks.diagnostics [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+
+from engine.diagnostics import compute_diagnostics, hidden_attention, load_or_compute_diagnostics
+from engine.diagnostics.bundle import DiagnosticsConfig
+from engine.features import build_feature_set
+from engine.inference import InferenceConfig, run_inference
+from engine.model import HybridModel, ModelConfig
+from engine.panel_data import demo_panel
+from engine.runtime import configure_cpu_threads, device_label, pick_device
+
+N_BARS = 20_000
+BUDGET_S = 10.0
+
+
+def _seconds(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+def rows(device: torch.device | str) -> list[dict]:
+    device = torch.device(device)
+    loaded = demo_panel("1h")
+    features_s, features = _seconds(lambda: build_feature_set(loaded.panel, range(0, N_BARS // 2)))
+    features = replace(features, values=features.values[:, :N_BARS].copy(), mask=features.mask[:, :N_BARS].copy(),
+                       ts=features.ts[:N_BARS])
+    torch.manual_seed(0)
+    model = HybridModel(ModelConfig(n_assets=3, n_features=features.values.shape[2])).to(device)
+    config = DiagnosticsConfig(inference=InferenceConfig(device=str(device)))
+    fit_rows = range(0, N_BARS // 2)
+    threads = f"{torch.get_num_threads()} torch threads, shared CPU" if device.type == "cpu" else device_label(device)
+    run_inference(model, replace(features, values=features.values[:, :256], mask=features.mask[:, :256],
+                                 ts=features.ts[:256]), config.inference)  # warm-up
+    inference_s, _ = _seconds(lambda: run_inference(model, features, config.inference))
+    full_s, _ = _seconds(lambda: compute_diagnostics(model, features, fit_rows, config))
+    with tempfile.TemporaryDirectory() as cache_dir:
+        args = dict(run_id="bench", fingerprint=replace(loaded.fingerprint(), n_rows=N_BARS), config=config,
+                    cache_dir=cache_dir)
+        load_or_compute_diagnostics(model.cpu(), features, fit_rows, **args)
+        cached_s, (_, status) = _seconds(lambda: load_or_compute_diagnostics(model, features, fit_rows, **args))
+    hidden_s, _ = _seconds(lambda: hidden_attention(model, features, "SPY", N_BARS - 1))
+    case = f"3 assets x {N_BARS:,} hourly bars"
+    return [
+        dict(case=f"features ({case}, demo 1h)", seconds=features_s, budget_s="-", note="pandas, once per panel"),
+        dict(case=f"inference only ({case})", seconds=inference_s, budget_s="-", note=threads),
+        dict(case=f"full diagnostics ({case})", seconds=full_s, budget_s=BUDGET_S,
+             within_budget="yes" if full_s <= BUDGET_S else "NO", note=threads),
+        dict(case=f"diagnostics from the disk cache ({case})", seconds=cached_s, budget_s="-", note=status),
+        dict(case=f"hidden attention of one bar over {N_BARS:,} past bars", seconds=hidden_s, budget_s="-",
+             note="on demand, exact over the whole history"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from engine.bench import format_table
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    args = parser.parse_args(argv)
+    configure_cpu_threads()
+    device = pick_device(args.device)
+    print(f"# diagnostics benchmark on {device_label(device)}\n")
+    print(format_table(rows(device)))
+
+
+if __name__ == "__main__":
+    main()
