@@ -9,6 +9,7 @@ one does. Run: python -m engine.benchmarks.diagnostics [--device cpu|cuda]
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -43,7 +44,9 @@ def rows(device: torch.device | str) -> list[dict]:
     model = HybridModel(ModelConfig(n_assets=3, n_features=features.values.shape[2])).to(device)
     config = DiagnosticsConfig(inference=InferenceConfig(device=str(device)))
     fit_rows = range(0, N_BARS // 2)
-    threads = f"{torch.get_num_threads()} torch threads, shared CPU" if device.type == "cpu" else device_label(device)
+    threads = device_label(device)
+    if device.type == "cpu":
+        threads = f"{torch.get_num_threads()} torch threads, shared CPU (load average {os.getloadavg()[0]:.1f} at start)"
     run_inference(model, replace(features, values=features.values[:, :256], mask=features.mask[:, :256],
                                  ts=features.ts[:256]), config.inference)  # warm-up
     inference_s, _ = _seconds(lambda: run_inference(model, features, config.inference))

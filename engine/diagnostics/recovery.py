@@ -26,12 +26,11 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from engine.baselines import BaselineConfig, BaselineInput, MarkovRegime, walk_forward_baselines
-from engine.checkpoint import CheckpointError, Manifest, check_fits, load_checkpoint
+from engine.checkpoint import CheckpointError
 from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig, compute_diagnostics
+from engine.diagnostics.for_run import run_on_panel
 from engine.diagnostics.lead_lag import strongest_source
 from engine.diagnostics.regimes import RegimeConfig
-from engine.features import FeatureScaler, build_feature_set
-from engine.model import HybridModel, ModelConfig
 from engine.panel_data import LoadedPanel
 from engine.scores import Predictions, diebold_mariano, squared_errors
 from engine.targets import Targets, compute_targets
@@ -180,14 +179,6 @@ class RecoveryReport:
         return "\n\n".join(str(claim) for claim in self.claims)
 
 
-def load_model(run_dir: str | Path) -> tuple[HybridModel, Manifest]:
-    """The checkpoint's model (eval mode) and manifest; safetensors + JSON only."""
-    weights, manifest = load_checkpoint(run_dir)
-    model = HybridModel(ModelConfig.from_dict(manifest.model_config))
-    model.load_state_dict(weights)
-    return model.eval(), manifest
-
-
 def evaluate_recovery(
     run_dir: str | Path, loaded: LoadedPanel, truth: PlantedTruth, *, lag: int | None = None, n_regimes: int = 3
 ) -> RecoveryReport:
@@ -199,7 +190,8 @@ def evaluate_recovery(
     training span only and applied forward, so both methods are judged alike. Forecasts (claim 4) are the run's
     out-of-sample record: every fold's test span, each forecast by the model of its fold.
     """
-    model, manifest = load_model(run_dir)
+    run = run_on_panel(run_dir, loaded)
+    model, manifest, features, fit_rows = run.model, run.manifest, run.features, run.fit_rows
     panel = loaded.panel
     fingerprint = loaded.fingerprint()
     if fingerprint.content_hash != manifest.fingerprint.content_hash:
@@ -207,12 +199,7 @@ def evaluate_recovery(
             f"run {manifest.run_id} was trained on data {manifest.fingerprint.content_hash}, this panel is "
             f"{fingerprint.content_hash}: recovery is measured on the training data's own panel"
         )
-    check_fits(manifest, symbols=panel.symbols, interval=loaded.interval, feature_names=manifest.feature_names)
     train_config = TrainConfig.from_dict(manifest.training["config"])
-    scaler = FeatureScaler.from_dict(manifest.scaler)
-    features = build_feature_set(panel, range(*scaler.fit_rows), train_config.features, scaler=scaler)
-    last_fold = manifest.training["folds"][-1]
-    fit_rows = range(*last_fold["train"])
     bundle = compute_diagnostics(model, features, fit_rows, DiagnosticsConfig(RegimeConfig(n_regimes=n_regimes)))
 
     symbols = tuple(panel.symbols)

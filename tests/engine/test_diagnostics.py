@@ -310,3 +310,43 @@ def test_a_fingerprint_of_other_data_is_refused(small_model, demo_features, tmp_
     with pytest.raises(ValueError, match="fingerprint describes"):
         load_or_compute_diagnostics(small_model, features, range(0, 300), run_id="r",
                                     fingerprint=loaded.fingerprint(), cache_dir=tmp_path)
+
+
+# ----- from a checkpoint folder ----------------------------------------------------------------------------------
+
+
+def write_checkpoint(directory, model, loaded, features):
+    from engine.checkpoint import Manifest, save_checkpoint
+
+    manifest = Manifest(
+        run_id="hand-made", model_config=model.config.to_dict(), feature_names=list(features.names),
+        scaler=features.scaler.to_dict(), fingerprint=loaded.fingerprint(), created_at="2026-12-01T00:00:00Z",
+        device="cpu", training={"config": {"features": {}}},
+    )
+    save_checkpoint(directory, model.state_dict(), manifest)
+    return manifest
+
+
+def test_diagnostics_for_a_checkpoint_use_its_scaler_and_training_rows_and_are_cached(small_model, tmp_path):
+    from engine.checkpoint import CheckpointError
+    from engine.diagnostics.for_run import diagnostics_for_run, run_on_panel
+
+    loaded = demo_panel("1d")
+    features = build_feature_set(loaded.panel, range(0, 700))
+    write_checkpoint(tmp_path / "run", small_model, loaded, features)
+    run = run_on_panel(tmp_path / "run", loaded)
+    assert run.fit_rows == range(0, 700)
+    np.testing.assert_array_equal(run.features.values, features.values)
+    bundle, status = diagnostics_for_run(tmp_path / "run", loaded, cache_dir=tmp_path / "cache")
+    assert status.startswith("computed") and bundle.regimes.fit_rows == (0, 700)
+    _, status = diagnostics_for_run(tmp_path / "run", loaded, cache_dir=tmp_path / "cache")
+    assert status == "cached"
+    with pytest.raises(CheckpointError, match="trained on symbols BTC, SPY, AAPL but the panel has BTC, SPY"):
+        run_on_panel(tmp_path / "run", demo_panel("1d", symbols=("BTC", "SPY")))
+    other = HybridModel(ModelConfig(n_assets=3, n_features=16, d_model=8, d_state=4, n_heads=2, max_lag=4))
+    manifest = write_checkpoint(tmp_path / "bad", other, loaded, features)
+    from engine.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "bad", small_model.state_dict(), manifest)  # weights of another shape
+    with pytest.raises(CheckpointError, match="do not fit the model its manifest describes"):
+        run_on_panel(tmp_path / "bad", loaded)
