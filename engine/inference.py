@@ -26,7 +26,6 @@ LOOKBACK_LEVELS: tuple[float, ...] = (0.25, 0.5, 0.75)
 @dataclass(frozen=True)
 class InferenceConfig:
     chunk_size: int = 2048  # bars per forward call: ~1.5 s per 20k bars at 2048 on two cores (1024 is ~2x slower)
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -100,9 +99,10 @@ def check_features_fit_model(model: HybridModel, features: FeatureSet) -> None:
 def run_inference(
     model: HybridModel, features: FeatureSet, config: InferenceConfig = InferenceConfig()
 ) -> InferenceResult:
-    """Forecasts and diagnostics for every bar of the panel, in chunks carrying the model state."""
+    """Forecasts and diagnostics for every bar of the panel, in chunks carrying the model state; the model runs on
+    the device it is on (only one chunk at a time is moved there)."""
     check_features_fit_model(model, features)
-    device = torch.device(config.device)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout: the same input always gives the same diagnostics
     try:

@@ -19,7 +19,7 @@ import torch
 from engine.diagnostics import compute_diagnostics, hidden_attention, load_or_compute_diagnostics
 from engine.diagnostics.bundle import DiagnosticsConfig
 from engine.features import build_feature_set
-from engine.inference import InferenceConfig, run_inference
+from engine.inference import run_inference
 from engine.model import HybridModel, ModelConfig
 from engine.panel_data import demo_panel
 from engine.runtime import configure_cpu_threads, device_label, pick_device
@@ -42,7 +42,7 @@ def rows(device: torch.device | str) -> list[dict]:
                        ts=features.ts[:N_BARS])
     torch.manual_seed(0)
     model = HybridModel(ModelConfig(n_assets=3, n_features=features.values.shape[2])).to(device)
-    config = DiagnosticsConfig(inference=InferenceConfig(device=str(device)))
+    config = DiagnosticsConfig()
     fit_rows = range(0, N_BARS // 2)
     threads = device_label(device)
     if device.type == "cpu":
@@ -54,7 +54,7 @@ def rows(device: torch.device | str) -> list[dict]:
     with tempfile.TemporaryDirectory() as cache_dir:
         args = dict(run_id="bench", fingerprint=replace(loaded.fingerprint(), n_rows=N_BARS), config=config,
                     cache_dir=cache_dir)
-        load_or_compute_diagnostics(model.cpu(), features, fit_rows, **args)
+        load_or_compute_diagnostics(model, features, fit_rows, **args)
         cached_s, (_, status) = _seconds(lambda: load_or_compute_diagnostics(model, features, fit_rows, **args))
     hidden_s, _ = _seconds(lambda: hidden_attention(model, features, "SPY", N_BARS - 1))
     case = f"3 assets x {N_BARS:,} hourly bars"

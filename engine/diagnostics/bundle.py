@@ -29,7 +29,7 @@ class DiagnosticsConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def identity(self) -> dict:
-        """What changes the numbers (the cache key); the device and chunking do not, beyond float rounding."""
+        """What changes the numbers (the cache key); chunking does not, beyond float rounding."""
         return {"regimes": asdict(self.regimes)}
 
 

@@ -51,12 +51,13 @@ def hidden_attention(
         raise ValueError(f"symbol {symbol!r} is not in the features ({', '.join(features.symbols)})")
     t = bar_index(features.ts, at)
     asset = features.symbols.index(symbol)
-    x = torch.from_numpy(np.ascontiguousarray(features.values[:, : t + 1])).unsqueeze(0)  # (1, A, t+1, F)
-    mask = torch.from_numpy(np.ascontiguousarray(features.mask[:, : t + 1])).unsqueeze(0)  # (1, A, t+1)
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(features.values[:, : t + 1])).unsqueeze(0).to(device)  # (1, A, t+1, F)
+    mask = torch.from_numpy(np.ascontiguousarray(features.mask[:, : t + 1])).unsqueeze(0).to(device)  # (1, A, t+1)
     was_training = model.training
     model.eval()
     try:
-        weight = model.implicit_attention(x, mask, asset, t, reduce=True)[0].double().numpy()  # (t+1,)
+        weight = model.implicit_attention(x, mask, asset, t, reduce=True)[0].double().cpu().numpy()  # (t+1,)
     finally:
         model.train(was_training)
     lag = t - np.arange(t + 1)
