@@ -1,0 +1,111 @@
+"""The app in a real browser: every page opens, a slider move updates the metrics (a fragment rerun, which AppTest
+cannot simulate), and Export report downloads a report that holds the view. Timings are printed, never asserted."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.browser.conftest import PAGE_TIMEOUT_MS, app_pages, screenshot, streamlit_server, wait_until_idle
+
+pytestmark = pytest.mark.browser
+
+TIMINGS: list[tuple[str, float]] = []
+
+
+def timed(label: str, action) -> None:
+    start = time.perf_counter()
+    action()
+    TIMINGS.append((label, time.perf_counter() - start))
+
+
+def metric_value(page, label: str) -> str:
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    return metric.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def test_the_app_in_a_browser(browser, app_dirs, capsys):
+    with streamlit_server(app_dirs["db"], app_dirs["runs"], app_dirs["log"]) as server:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+
+        def first_load():
+            page.goto(server.url)
+            wait_until_idle(page)
+            page.get_by_text("Cache contents").first.wait_for()
+
+        timed("first load (empty cache, demo seeded)", first_load)
+        assert app_dirs["db"].exists()
+
+        for title, url_path in app_pages():
+            def open_page(url_path=url_path):
+                page.goto(f"{server.url}/{url_path}")
+                wait_until_idle(page)
+            timed(f"open {title} by URL", open_page)
+            assert page.locator('[data-testid="stException"]').count() == 0, f"{title} shows an exception"
+            assert page.get_by_text("Page not found").count() == 0, f"{title}: no page at /{url_path}"
+            screenshot(page, url_path or "home")
+
+        page.goto(server.url)  # the default page (Data)
+        wait_until_idle(page)
+
+        def switch_to_backtest():
+            page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Backtest").first.click()
+            page.wait_for_url("**/backtest**")
+            wait_until_idle(page)
+            page.get_by_text("Export report", exact=True).first.wait_for()
+
+        timed("page switch Data -> Backtest", switch_to_backtest)
+
+        before = metric_value(page, "Sharpe ratio")
+        thumb = page.locator('[data-testid="stSlider"]').filter(has_text="Threshold").locator('input[type="range"]')
+
+        def move_slider():
+            thumb.focus()
+            thumb.press("ArrowRight")  # one step: 0.02 -> 0.025
+            page.wait_for_function(
+                """([label, before]) => [...document.querySelectorAll('[data-testid="stMetric"]')]
+                       .some(m => m.innerText.includes(label) &&
+                                  m.querySelector('[data-testid="stMetricValue"]').innerText !== before)""",
+                arg=["Sharpe ratio", before], timeout=PAGE_TIMEOUT_MS,
+            )
+            wait_until_idle(page)
+
+        timed("slider move -> updated metrics", move_slider)
+        assert metric_value(page, "Sharpe ratio") != before
+        assert "bt_threshold=0.025" in page.url  # the slider is bound to the URL: the view can be shared
+        # Every distinct threshold the slider passed through was run, so each is a trial (0.02 and 0.025).
+        dsr_label = page.locator('[data-testid="stMetric"]').filter(has_text="DSR (").first.inner_text()
+        assert int(dsr_label.split("DSR (")[1].split()[0]) >= 2, dsr_label
+        screenshot(page, "backtest-after-slider")
+
+        with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download_info:
+            page.get_by_role("button", name="Export report (HTML)").click()
+        report_path = app_dirs["downloads"] / "report.html"
+        download_info.value.save_as(report_path)
+        report = report_path.read_text(encoding="utf-8")
+        assert report.startswith("<!DOCTYPE html>") and "Backtest" in report
+        assert report.count('class="plotly-graph-div"') >= 4  # equity, drawdown, rolling Sharpe, monthly
+        assert "threshold" in report and "0.025" in report and "SYNTHETIC DEMO DATA" in report
+        assert "bt_threshold=0.025" in report  # the shareable URL of this view
+        context.close()
+
+    # A later cold start: a new server process over the now-seeded cache, a new browser session.
+    with streamlit_server(app_dirs["db"], app_dirs["runs"], app_dirs["log"]) as server:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+
+        def cold_start():
+            page.goto(f"{server.url}/backtest")
+            wait_until_idle(page)
+            page.get_by_text("Export report", exact=True).first.wait_for()
+
+        timed("later cold start (new server, seeded cache) -> Backtest", cold_start)
+        context.close()
+
+    with capsys.disabled():
+        print("\n\nbrowser timings (wall seconds, this machine; not asserted)")
+        print(f"{'step':<60}{'seconds':>10}")
+        for label, seconds in TIMINGS:
+            print(f"{label:<60}{seconds:>10.2f}")
