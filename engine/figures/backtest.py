@@ -123,7 +123,7 @@ def monthly_returns(result: BacktestResult) -> pd.DataFrame:
 def monthly_returns_heatmap(result: BacktestResult, *, synthetic: bool) -> go.Figure:
     table = monthly_returns(result)
     values = table.to_numpy()
-    text = np.where(np.isnan(values), "", np.vectorize(lambda v: f"{v:+.1%}")(np.nan_to_num(values)))
+    text = _cell_text(values, "{:+.1%}")
     limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.01
     fig = go.Figure(go.Heatmap(
         z=values, x=list(table.columns), y=[str(y) for y in table.index], text=text, texttemplate="%{text}",
@@ -144,7 +144,7 @@ def sweep_heatmap(result: SweepResult, metric: str = "sharpe", *, synthetic: boo
     y = [_tick(v) for v in result.values_y] if result.param_y is not None else [""]
     fig = go.Figure(go.Heatmap(
         z=grid, x=x, y=y, colorscale="Viridis", colorbar=dict(title=metric),
-        text=np.where(np.isnan(grid), "", np.vectorize(lambda v: f"{v:.2f}")(np.nan_to_num(grid))),
+        text=_cell_text(grid, "{:.2f}"),
         texttemplate="%{text}",
         hovertemplate=f"{result.param_x}=%{{x}}<br>{result.param_y}=%{{y}}<br>{metric}=%{{z:.3f}}<extra></extra>",
     ))
@@ -153,6 +153,11 @@ def sweep_heatmap(result: SweepResult, metric: str = "sharpe", *, synthetic: boo
     fig.update_xaxes(title_text=result.param_x, type="category")
     fig.update_yaxes(title_text=result.param_y or "", type="category")
     return label_synthetic(fig, synthetic)
+
+
+def _cell_text(values: np.ndarray, template: str) -> np.ndarray:
+    """Heatmap cell labels; empty where the value is undefined."""
+    return np.where(np.isnan(values), "", np.vectorize(template.format)(np.nan_to_num(values)))
 
 
 def _tick(value) -> str:
