@@ -198,3 +198,69 @@ def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = Tr
             "data_hash": manifest.fingerprint.content_hash, "scores": manifest.scores, "demo": True,
         })
     return runs
+
+
+# ----- resumable training state (weights + AdamW moments), same rules: safetensors and JSON only ---------------------
+
+TRAINING_STATE_TENSORS = "state.safetensors"
+TRAINING_STATE_JSON = "state.json"
+
+
+def save_training_state(directory: str | os.PathLike, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                        best_weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Everything an epoch boundary needs to continue: current and best weights, the optimiser's per-parameter
+    tensors, and JSON for the rest (counters, the optimiser's hyper-parameters). Non-finite weights are refused."""
+    directory = Path(directory)
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors.update({f"best.{k}": v for k, v in best_weights.items()})
+    bad = [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save a training state with NaN or infinite values in: {', '.join(bad[:5])}")
+    opt = optimizer.state_dict()
+    for index, per_param in opt["state"].items():
+        for key, value in per_param.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_tensors, tmp_json = directory / (TRAINING_STATE_TENSORS + ".tmp"), directory / (TRAINING_STATE_JSON + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp_tensors))
+    tmp_json.write_text(json.dumps({"meta": meta, "param_groups": opt["param_groups"]}, default=_json_default,
+                                   allow_nan=False))
+    os.replace(tmp_tensors, directory / TRAINING_STATE_TENSORS)
+    os.replace(tmp_json, directory / TRAINING_STATE_JSON)
+    return directory
+
+
+def load_training_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore the optimiser in place; return (current weights, best weights, meta)."""
+    directory = Path(directory)
+    try:
+        tensors = load_file(str(directory / TRAINING_STATE_TENSORS), device="cpu")
+        saved = json.loads((directory / TRAINING_STATE_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"training state in {directory} is unreadable: {error}") from error
+    except Exception as error:  # SafetensorError
+        raise CheckpointError(f"training state in {directory} is corrupt: {error}") from error
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    best = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            per_param.setdefault(int(index), {})[key] = value
+    device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+    optimizer.load_state_dict({"state": {i: {k: (v if k == "step" else v.to(device)) for k, v in s.items()}
+                                         for i, s in per_param.items()},
+                               "param_groups": saved["param_groups"]})
+    return weights, best, saved["meta"]
+
+
+def update_manifest_scores(directory: str | os.PathLike, scores: dict[str, Any]) -> Manifest:
+    """Replace the scores in a checkpoint's manifest (atomically), leaving the weights untouched."""
+    directory = Path(directory)
+    manifest = Manifest.from_json((directory / MANIFEST_FILE).read_text())
+    manifest.scores = scores
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, directory / MANIFEST_FILE)
+    return manifest

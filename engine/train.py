@@ -1,0 +1,127 @@
+"""Command line: train the hybrid model walk-forward, write a checkpoint, score it against the baselines.
+
+The shipped demo checkpoint (assets/demo_checkpoint) is made by exactly this command (SYNTHETIC data):
+
+    .venv/bin/python -m engine.train --demo 1d --out assets/demo_checkpoint --run-id demo-1d --no-register
+
+Cached real data:
+
+    .venv/bin/python -m engine.train --db data/bars.duckdb --symbols BTC SPY AAPL --interval 1d --folds 4
+
+A cancelled run (Ctrl-C) keeps its last finished epoch: run the same command with --resume to continue.
+Training details (folds, purge, early stopping, seeds, the final model) are in engine/training.py.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import threading
+from pathlib import Path
+
+from engine.checkpoint import CheckpointError, new_run_id, register_run, resolve_runs_dir
+from engine.progress import ConsoleProgressBar
+from engine.runtime import configure_cpu_threads
+from engine.training import TrainConfig, TrainingError, train_panel
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n\n")[0])
+    data = p.add_argument_group("data (one of --demo or --symbols/--interval)")
+    data.add_argument("--demo", choices=("1d", "1h"), help="train on the synthetic demo market at this interval")
+    data.add_argument("--variant", default="planted", choices=("planted", "null"), help="demo variant")
+    data.add_argument("--demo-seed", type=int, default=7, help="demo market seed")
+    data.add_argument("--db", help="DuckDB bar cache (default: the app's cache)")
+    data.add_argument("--symbols", nargs="+")
+    data.add_argument("--interval")
+    data.add_argument("--start")
+    data.add_argument("--end")
+    run = p.add_argument_group("training")
+    run.add_argument("--folds", type=int, default=defaults.n_folds)
+    run.add_argument("--mode", choices=("expanding", "rolling"), default=defaults.fold_mode)
+    run.add_argument("--min-train", type=int, default=defaults.min_train, help="rows in the first training span")
+    run.add_argument("--val-size", type=int, default=defaults.val_size)
+    run.add_argument("--test-size", type=int, default=defaults.test_size)
+    run.add_argument("--epochs", type=int, default=defaults.max_epochs, help="most epochs per fold")
+    run.add_argument("--patience", type=int, default=defaults.patience)
+    run.add_argument("--lr", type=float, default=defaults.lr)
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run.add_argument("--window", type=int, default=defaults.window)
+    run.add_argument("--stride", type=int, default=defaults.stride)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, at most 4)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="run directory (default: <runs dir>/<run id>)")
+    out.add_argument("--run-id")
+    out.add_argument("--runs-dir", help="registry directory (default: $REGIME_RUNS or data/runs)")
+    out.add_argument("--no-register", action="store_true", help="do not list the run in the registry")
+    out.add_argument("--no-evaluate", action="store_true", help="skip scoring against the baselines")
+    out.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return dataclasses.replace(
+        TrainConfig(), n_folds=args.folds, fold_mode=args.mode, min_train=args.min_train, val_size=args.val_size,
+        test_size=args.test_size, max_epochs=args.epochs, patience=args.patience, lr=args.lr,
+        batch_size=args.batch_size, window=args.window, stride=args.stride, seed=args.seed, device=args.device,
+        threads=configure_cpu_threads(args.threads),
+    )
+
+
+def load_data(args: argparse.Namespace):
+    from engine.panel_data import cached_panel, demo_panel
+
+    if args.demo and (args.symbols or args.interval or args.db):
+        raise ValueError("choose --demo OR --symbols/--interval (cached data), not both")
+    if args.demo:
+        return demo_panel(args.demo, args.variant, args.demo_seed)
+    if not (args.symbols and args.interval):
+        raise ValueError("no data chosen: pass --demo 1d, or --symbols ... --interval ... [--db PATH]")
+    return cached_panel(args.symbols, args.interval, db_path=args.db, start=args.start, end=args.end)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume and not args.out:
+        print("train: --resume needs --out (the run directory to continue)", file=sys.stderr)
+        return 2
+    cancel = threading.Event()
+    try:
+        loaded = load_data(args)
+        config = config_from_args(args)
+        run_id = args.run_id or new_run_id("demo" if args.demo else "run")
+        run_dir = Path(args.out) if args.out else resolve_runs_dir(args.runs_dir) / run_id
+        if loaded.synthetic:
+            print(f"training on {loaded.label}", file=sys.stderr)
+        try:
+            result = train_panel(loaded, config, run_dir, run_id=run_id, progress=ConsoleProgressBar(),
+                                 cancel=cancel, resume=args.resume)
+        except KeyboardInterrupt:
+            # The loop only sees Ctrl-C between steps through this flag when run in a thread; here the interrupt
+            # lands mid-step, and the last finished epoch is what --resume continues from.
+            print(f"\ninterrupted: rerun with --resume --out {run_dir} to continue", file=sys.stderr)
+            return 130
+        if result.outcome != "finished":
+            print(result.message, file=sys.stderr)
+            return 1
+        print(result.message, file=sys.stderr)
+        if not args.no_evaluate:
+            from engine.evaluate import evaluate_run, wide_table
+
+            table = evaluate_run(run_dir, loaded)
+            print(wide_table(table, horizon=1).to_string(float_format="{:.4g}".format))
+        if not args.no_register:
+            from engine.evaluate import read_manifest
+
+            register_run(resolve_runs_dir(args.runs_dir), read_manifest(run_dir), run_dir)
+    except (TrainingError, CheckpointError, ValueError) as error:
+        print(f"train: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

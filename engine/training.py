@@ -1,0 +1,686 @@
+"""The walk-forward training loop: one model per fold, trained on the past, stopped early on validation, scored on
+the test span that follows; the run's out-of-sample record is every fold's test-span forecasts.
+
+Per fold (engine/splits.py gives the spans, purged by the longest target reach):
+  features  scaler fitted on the fold's training rows only (engine.features.build_feature_set)
+  windows   training rows cut into overlapping windows; targets reaching past the training span are masked
+            (engine.dataset.make_windows purges at the span's end)
+  training  AdamW, gradient clipping, early stopping on the validation loss; a step whose loss or gradient is not
+            finite is skipped and counted, and `max_bad_steps` of them in a row stop the run (TrainingDiverged)
+  forecast  the best-on-validation weights run over the whole history up to the end of the test span (causal, so a
+            forecast at row t uses rows <= t); the test rows are kept
+
+The final model of a run is the LAST fold's model: it is trained on the most history (everything before its
+validation span), chosen on the validation span just before the last test span, and its test forecasts are part of
+the out-of-sample record, so the checkpoint's scores describe exactly the weights it ships. (Retraining on all but
+the last test span would give weights no honest validation span was left to stop.)
+
+Repeatability: every fold seeds its initial weights, and every epoch seeds its shuffle and dropout, from
+(seed, fold, epoch) alone. A CPU run with the same config, data and thread count repeats exactly, and a run resumed
+from an epoch's saved state continues as if it had never stopped.
+
+Resuming: after every epoch the fold's state (current and best weights, AdamW moments, counters) is written as
+safetensors + JSON under <run_dir>/resume; a finished fold leaves its test forecasts under <run_dir>/folds.
+Nothing is unpickled on the way back in. Both folders are removed once the run's checkpoint is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from engine.checkpoint import (
+    CheckpointError, DataFingerprint, Manifest, load_training_state, new_run_id, save_checkpoint,
+    save_training_state,
+)
+from engine.dataset import Windows, make_windows
+from engine.features import FeatureConfig, FeatureSet, PanelLike, build_feature_set
+from engine.losses import multitask_loss
+from engine.model import HybridModel, ModelConfig
+from engine.progress import CancelCheck, ProgressCallback, TrainingProgress, as_cancel_check, eta_seconds
+from engine.runtime import configure_cpu_threads, device_label, pick_device
+from engine.scores import DEFAULT_QUANTILE_LEVELS, Predictions, concat_predictions
+from engine.splits import Fold, walk_forward
+from engine.targets import Targets, compute_targets
+
+PREDICTIONS_FILE = "predictions.npz"
+RESUME_DIR = "resume"
+FOLDS_DIR = "folds"
+
+
+def default_model_config() -> ModelConfig:
+    """Small enough to train a demo run in minutes on two cores; n_assets/n_features are set from the data."""
+    return ModelConfig(
+        d_model=32, d_state=8, expand=2, n_heads=4, max_lag=8, layer_pattern=("ssm", "attn", "ssm"),
+        quantiles=DEFAULT_QUANTILE_LEVELS, dropout=0.1,
+    )
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=default_model_config)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    # walk-forward folds (engine.splits.walk_forward), in union-clock rows
+    n_folds: int = 3
+    fold_mode: Literal["expanding", "rolling"] = "expanding"
+    min_train: int = 800
+    val_size: int = 180
+    test_size: int = 240
+    purge: int | None = None  # None: the panel's longest target reach (Targets.max_reach), at least the max horizon
+    # windows and optimisation
+    window: int = 128
+    stride: int = 16
+    batch_size: int = 16
+    max_epochs: int = 30
+    patience: int = 5  # epochs without a better validation loss before the fold stops
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient before training stops
+    seed: int = 0
+    device: str | None = None  # None: CUDA when present, else CPU
+    threads: int | None = None  # torch CPU threads; None: leave as the process configured them
+    predict_chunk: int = 2048  # bars per forward call when forecasting a long history
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if isinstance(self.features, dict):
+            self.features = FeatureConfig(**self.features)
+        for name in ("n_folds", "min_train", "val_size", "test_size", "window", "stride", "batch_size",
+                     "max_epochs", "patience", "max_bad_steps", "predict_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig: {name} must be a positive integer, got {value!r}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig: {name} must be > 0, got {getattr(self, name)!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.window > self.min_train:
+            raise ValueError(f"TrainConfig: window {self.window} is longer than the shortest training span "
+                             f"min_train {self.min_train}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig.from_dict: unknown keys {unknown}")
+        return cls(**data)
+
+    def digest(self) -> str:
+        """A short hash of the whole config: a resumed run must use the config it started with."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on; the message says why and what to try."""
+
+
+class TrainingDiverged(TrainingError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class FoldSummary:
+    fold: int
+    train: tuple[int, int]  # [start, stop) rows
+    val: tuple[int, int]
+    test: tuple[int, int]
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    skipped_steps: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    outcome: Literal["finished", "cancelled"]
+    run_dir: Path
+    message: str
+    model: HybridModel | None = None  # the final model (last fold), None when cancelled
+    manifest: Manifest | None = None
+    predictions: Predictions | None = None  # every fold's test span, joined
+    folds: list[FoldSummary] = field(default_factory=list)
+    skipped_steps: int = 0
+    seconds: float = 0.0
+
+
+# ----- data for one fold ------------------------------------------------------------------------------------------
+
+
+def loss_targets(targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """engine.dataset's target names -> engine.losses' names."""
+    return {"ret": targets["log_return"], "up": targets["direction"], "vol": targets["realised_vol"],
+            "valid": targets["valid"]}
+
+
+def span_targets(targets: Targets, feature_set: FeatureSet, span: range) -> dict[str, Tensor]:
+    """Targets (1, A, span.stop, H) for a forward pass over rows [0, span.stop), valid only inside `span`, at fresh
+    bars, and only where the target stays inside the span (so a validation loss never reads a test-span price)."""
+    purged = targets.until(span.stop)
+    valid = purged.valid[:, : span.stop] & feature_set.mask[:, : span.stop, None]  # (A, T, H)
+    in_span = np.zeros(span.stop, dtype=bool)
+    in_span[span.start:] = True
+    valid = valid & in_span[None, :, None]
+
+    def tensor(array: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.where(valid, np.nan_to_num(array[:, : span.stop]), 0.0).astype(np.float32))[None]
+
+    return {"ret": tensor(purged.log_return), "up": tensor(purged.direction.astype(np.float32)),
+            "vol": tensor(purged.realised_vol), "valid": torch.from_numpy(valid)[None]}
+
+
+def model_config_for(config: TrainConfig, feature_set: FeatureSet) -> ModelConfig:
+    n_assets, _, n_features = feature_set.values.shape
+    return dataclasses.replace(config.model, n_assets=n_assets, n_features=n_features)
+
+
+def make_folds(n_rows: int, targets: Targets, config: TrainConfig) -> list[Fold]:
+    """Walk-forward folds purged by the longest reach of any target (an equity's 20 bars span weekends)."""
+    max_horizon = max(config.model.horizons)
+    purge = max(config.purge or 0, targets.max_reach(), max_horizon)
+    return walk_forward(n_rows, config.n_folds, config.min_train, config.val_size, config.test_size, purge,
+                        mode=config.fold_mode, max_horizon=max_horizon)
+
+
+# ----- output scale --------------------------------------------------------------------------------------------------
+#
+# The heads forecast raw log returns (about 0.01 a day, 0.003 an hour), while a fresh head emits numbers of order 1.
+# Adam moves every weight by about lr per step whatever the gradient's size, so a median head in raw units jitters
+# by more than the whole signal. Training therefore runs the head's weights through a fixed per-column affine map
+# (torch parametrize): the median columns are multiplied by the asset's training-span return scale, which makes
+# Adam act as if the targets were standardised, and every head column starts at a sensible value (gaps between
+# quantiles and log-vol from the same scale). After training the map is baked into plain weights, so a checkpoint
+# is an ordinary HybridModel whose outputs are in raw units (what engine.inference and the app expect).
+# The quantile gaps and log-vol need no scaling: softplus of a very negative number is ~exp, already scale-free.
+
+
+def target_scale(targets: Targets, feature_set: FeatureSet, train: range) -> np.ndarray:
+    """(A, H) std of each asset's h-bar log return over the valid, purged targets of the training span."""
+    purged = targets.until(train.stop)
+    valid = purged.valid[:, train.start : train.stop] & feature_set.mask[:, train.start : train.stop, None]
+    values = np.where(valid, purged.log_return[:, train.start : train.stop], np.nan)
+    with np.errstate(invalid="ignore"):
+        scale = np.sqrt(np.nanmean(values**2, axis=1))  # (A, H), around zero: a drift does not shrink it
+    if not np.isfinite(scale).all() or (scale <= 0).any():
+        raise TrainingError(f"training rows {train.start}..{train.stop - 1} leave an asset without valid targets")
+    return scale
+
+
+class _ColumnAffine(nn.Module):
+    """w -> w * scale + shift, broadcast over the head's input axis; buffers, so nothing here is trained."""
+
+    def __init__(self, scale: Tensor, shift: Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w * self.scale + self.shift
+
+
+def scale_heads_for_training(model: HybridModel, scale: np.ndarray) -> None:
+    """Put the per-column affine maps on model.heads.proj (see the section comment). scale (A, H)."""
+    config = model.config
+    n_q, levels = len(config.quantiles), np.asarray(config.quantiles)
+    anchor = model.heads.anchor
+    z = np.asarray(stats_norm_ppf(levels))
+    width = n_q + 2
+    col_scale = np.ones((config.n_assets, len(config.horizons) * width))
+    col_shift = np.zeros_like(col_scale)
+    for j in range(len(config.horizons)):
+        s = scale[:, j : j + 1]  # (A, 1)
+        col_scale[:, j * width + anchor] = s[:, 0]
+        gaps = np.abs(np.diff(z))  # a normal fan as the starting point, one gap per non-anchor level
+        for k in range(n_q):
+            if k == anchor:
+                continue
+            gap = s[:, 0] * (gaps[k] if k < anchor else gaps[k - 1])
+            col_shift[:, j * width + k] = np.log(np.expm1(gap))  # softplus^-1
+        col_shift[:, j * width + n_q + 1] = np.log(s[:, 0])  # log-vol starts at the training scale
+    proj = model.heads.proj
+    as_tensor = lambda a: torch.as_tensor(a, dtype=proj.weight.dtype, device=proj.weight.device)  # noqa: E731
+    parametrize.register_parametrization(
+        proj, "weight", _ColumnAffine(as_tensor(col_scale)[:, None, :], torch.zeros((), device=proj.weight.device)))
+    parametrize.register_parametrization(proj, "bias", _ColumnAffine(as_tensor(col_scale), as_tensor(col_shift)))
+
+
+def bake_head_scale(model: HybridModel) -> None:
+    """Replace the parametrised head weights by the plain weights they stand for."""
+    proj = model.heads.proj
+    if parametrize.is_parametrized(proj):
+        parametrize.remove_parametrizations(proj, "weight", leave_parametrized=True)
+        parametrize.remove_parametrizations(proj, "bias", leave_parametrized=True)
+
+
+@dataclass
+class StandardisedOutput:
+    """A model output divided by the per-asset target scale, which is what the loss is taken on: the pinball loss of
+    BTC and of SPY then weigh alike, and the return task pulls on the shared layers as hard as the other two (in raw
+    units its loss is ~100x smaller than the direction loss). QLIKE only shifts by a constant."""
+
+    quantiles: Tensor  # (B, A, T, H, Q)
+    direction_logit: Tensor  # (B, A, T, H)
+    log_vol: Tensor
+    quantile_levels: tuple[float, ...]
+
+    @classmethod
+    def of(cls, output, scale: Tensor) -> "StandardisedOutput":
+        s = scale[None, :, None, :]  # (1, A, 1, H)
+        return cls(output.quantiles / s[..., None], output.direction_logit, output.log_vol - torch.log(s),
+                   tuple(output.quantile_levels))
+
+
+def standardised_targets(targets: Mapping[str, Tensor], scale: Tensor) -> dict[str, Tensor]:
+    s = scale[None, :, None, :]
+    return {**targets, "ret": targets["ret"] / s, "vol": targets["vol"] / s}
+
+
+def stats_norm_ppf(levels: np.ndarray) -> np.ndarray:
+    from scipy.stats import norm
+
+    return norm.ppf(levels)
+
+
+# ----- forecasting --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def forward_history(model: HybridModel, x: Tensor, mask: Tensor, stop: int, chunk: int):
+    """The model over rows [0, stop) of x (1, A, T, F), chunk by chunk, carrying its state -> the chunks' outputs."""
+    outputs, state = [], None
+    for start in range(0, stop, chunk):
+        end = min(start + chunk, stop)
+        out = model(x[:, :, start:end], mask[:, :, start:end], state=state, return_state=True)
+        state = out.state
+        outputs.append(out)
+    return outputs
+
+
+def forecast_span(model: HybridModel, feature_set: FeatureSet, span: range, device: torch.device,
+                  chunk: int = 2048) -> Predictions:
+    """Forecasts at every row of `span` from a causal pass over the whole history before it; NaN where the asset
+    had no fresh bar (closed market or warm-up), like the baselines."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.from_numpy(np.ascontiguousarray(feature_set.values))[None].to(device)  # (1, A, T, F)
+        mask = torch.from_numpy(np.ascontiguousarray(feature_set.mask))[None].to(device)  # (1, A, T)
+        outputs = forward_history(model, x, mask, span.stop, chunk)
+    finally:
+        model.train(was_training)
+    quantiles = torch.cat([o.quantiles[0] for o in outputs], dim=1)[:, span.start:].double().cpu().numpy()
+    logit = torch.cat([o.direction_logit[0] for o in outputs], dim=1)[:, span.start:].double().cpu()
+    log_vol = torch.cat([o.log_vol[0] for o in outputs], dim=1)[:, span.start:].double().cpu()
+    fresh = feature_set.mask[:, span.start : span.stop]  # (A, n)
+    levels = tuple(model.config.quantiles)
+    median = min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))
+
+    def only_fresh(array: np.ndarray) -> np.ndarray:
+        shape = fresh.shape + (1,) * (array.ndim - 2)
+        return np.where(fresh.reshape(shape), array, np.nan)
+
+    return Predictions(
+        rows=np.arange(span.start, span.stop),
+        horizons=tuple(model.config.horizons),
+        point=only_fresh(quantiles[..., median]),  # the median: what the pinball loss trains
+        quantiles=only_fresh(quantiles),
+        quantile_levels=levels,
+        prob_up=only_fresh(torch.sigmoid(logit).numpy()),
+        volatility=only_fresh(torch.exp(log_vol).numpy()),
+    )
+
+
+def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mapping[str, Tensor], stop: int,
+                    chunk: int, scale: Tensor) -> float:
+    """The training loss (standardised units) over the targets given, from a causal pass over rows [0, stop)."""
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = forward_history(model, x, mask, stop, chunk)
+    finally:
+        model.train(was_training)
+
+    joined = StandardisedOutput.of(StandardisedOutput(  # over the whole history
+        quantiles=torch.cat([o.quantiles for o in outputs], dim=2),
+        direction_logit=torch.cat([o.direction_logit for o in outputs], dim=2),
+        log_vol=torch.cat([o.log_vol for o in outputs], dim=2),
+        quantile_levels=outputs[0].quantile_levels), scale)
+    total, _ = multitask_loss(joined, standardised_targets(targets, scale), model.config.loss_weights)
+    return float(total)
+
+
+def predictions_to_arrays(pred: Predictions, prefix: str = "") -> dict[str, np.ndarray]:
+    """Plain arrays for np.savez (no pickle: every entry is numeric)."""
+    arrays = {"rows": pred.rows, "horizons": np.asarray(pred.horizons, dtype=np.int64),
+              "quantile_levels": np.asarray(pred.quantile_levels, dtype=np.float64)}
+    for name in ("point", "quantiles", "prob_up", "volatility"):
+        if getattr(pred, name) is not None:
+            arrays[name] = getattr(pred, name)
+    return {prefix + key: value for key, value in arrays.items()}
+
+
+def predictions_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str = "") -> Predictions:
+    def get(name):
+        return np.asarray(arrays[prefix + name]) if prefix + name in arrays else None
+
+    return Predictions(rows=get("rows"), horizons=tuple(int(h) for h in get("horizons")), point=get("point"),
+                       quantiles=get("quantiles"), quantile_levels=tuple(float(q) for q in get("quantile_levels")),
+                       prob_up=get("prob_up"), volatility=get("volatility"))
+
+
+def save_predictions(path: Path, pred: Predictions, fold_of_row: np.ndarray, ts_us: np.ndarray) -> None:
+    """The out-of-sample record next to the checkpoint: predictions plus the fold and UTC time of every row."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, fold=fold_of_row.astype(np.int64), ts_us=ts_us.astype(np.int64),
+                        **predictions_to_arrays(pred))
+    tmp.replace(path)
+
+
+def load_predictions(run_dir: str | Path) -> tuple[Predictions, np.ndarray, np.ndarray]:
+    """(predictions, fold per row, ts in epoch microseconds per row) of a finished run; never unpickles."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} has no {PREDICTIONS_FILE}: it is not a finished training run")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    return predictions_from_arrays(arrays), arrays["fold"], arrays["ts_us"]
+
+
+# ----- the loop -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FoldState:
+    """What an epoch boundary must remember to continue exactly."""
+
+    next_epoch: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    epochs_without_gain: int = 0
+    skipped_steps: int = 0
+    best_weights: dict[str, Tensor] | None = None
+
+
+def _seed_for(config: TrainConfig, fold: int, epoch: int) -> int:
+    return (config.seed * 1_000_003 + fold * 10_007 + epoch) % (2**63 - 1)
+
+
+def _state_path(run_dir: Path, fold: int) -> Path:
+    return run_dir / RESUME_DIR / f"fold_{fold}"
+
+
+def _save_fold_state(run_dir: Path, fold: int, model: HybridModel, optimizer: torch.optim.Optimizer,
+                     state: _FoldState, guard: dict[str, Any]) -> None:
+    meta = {key: getattr(state, key) for key in ("next_epoch", "best_val_loss", "best_epoch",
+                                                 "epochs_without_gain", "skipped_steps")}
+    best = state.best_weights or {}
+    save_training_state(_state_path(run_dir, fold), model.state_dict(), optimizer, best, {**meta, **guard})
+
+
+def _load_fold_state(run_dir: Path, fold: int, model: HybridModel, optimizer: torch.optim.Optimizer,
+                     guard: dict[str, Any]) -> _FoldState | None:
+    directory = _state_path(run_dir, fold)
+    if not directory.exists():
+        return None
+    weights, best, meta = load_training_state(directory, optimizer)
+    for key, expected in guard.items():
+        if meta.get(key) != expected:
+            raise CheckpointError(
+                f"cannot resume {run_dir}: its saved state was made with a different {key} "
+                f"({meta.get(key)!r}, now {expected!r}); start a new run instead"
+            )
+    model.load_state_dict(weights)
+    return _FoldState(next_epoch=int(meta["next_epoch"]), best_val_loss=float(meta["best_val_loss"] or math.inf),
+                      best_epoch=int(meta["best_epoch"]), epochs_without_gain=int(meta["epochs_without_gain"]),
+                      skipped_steps=int(meta["skipped_steps"]),
+                      best_weights=best or None)
+
+
+def train_walk_forward(
+    panel: PanelLike,
+    config: TrainConfig,
+    *,
+    interval: str,
+    fingerprint: DataFingerprint,
+    run_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | Any = None,
+    resume: bool = False,
+    run_id: str | None = None,
+) -> TrainResult:
+    """Train every fold (resuming finished epochs and folds from run_dir when asked), then write the checkpoint
+    (final = last fold's model), the out-of-sample predictions of every test span, and return them."""
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / RESUME_DIR).exists():
+        raise TrainingError(f"{run_dir} holds an unfinished run: pass resume=True (--resume) or choose another dir")
+    if config.threads is not None:
+        configure_cpu_threads(config.threads)
+    device = pick_device(config.device)
+    is_cancelled: CancelCheck = as_cancel_check(cancel)
+    notify = progress or (lambda event: None)
+    guard = {"config_digest": config.digest(), "data_hash": fingerprint.content_hash}
+
+    targets = compute_targets(panel, config.model.horizons)
+    folds = make_folds(len(panel.ts), targets, config)
+    summaries: list[FoldSummary] = []
+    fold_predictions: list[Predictions] = []
+    skipped_total = 0
+    model = feature_set = None
+    for fold in folds:
+        feature_set = build_feature_set(panel, fold.train, config.features)
+        outcome = _train_fold(fold, len(folds), feature_set, targets, config, device, run_dir, notify,
+                              is_cancelled, guard, skipped_total, started)
+        if outcome is None:
+            message = (f"cancelled during fold {fold.index + 1}/{len(folds)}; the last finished epoch is saved in "
+                       f"{run_dir / RESUME_DIR}: resume to continue")
+            notify(_event("cancelled", fold.index, len(folds), 0, config.max_epochs, 0, 1, started,
+                          skipped_total, message=message))
+            return TrainResult("cancelled", run_dir, message, folds=summaries, skipped_steps=skipped_total,
+                               seconds=time.monotonic() - started)
+        model, summary, prediction = outcome
+        summaries.append(summary)
+        fold_predictions.append(prediction)
+        skipped_total = sum(s.skipped_steps for s in summaries)
+
+    predictions = concat_predictions(fold_predictions)
+    fold_of_row = np.concatenate([np.full(len(p.rows), k) for k, p in enumerate(fold_predictions)])
+    ts_us = np.asarray(panel.ts[predictions.rows].as_unit("us").asi8)
+    manifest = Manifest(
+        run_id=run_id or new_run_id(),
+        model_config=model.config.to_dict(),
+        feature_names=list(feature_set.names),
+        scaler=feature_set.scaler.to_dict(),
+        fingerprint=fingerprint,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        device=device_label(device),
+        training={
+            "config": config.to_dict(),
+            "final_model": "last fold's best-on-validation weights",
+            "folds": [asdict(s) for s in summaries],
+            "fold_spans_utc": [_span_times(panel, f) for f in folds],
+            "skipped_steps": skipped_total,
+            "seconds": round(time.monotonic() - started, 1),
+            "torch_threads": torch.get_num_threads(),
+            "n_parameters": model.num_parameters(),
+        },
+    )
+    save_checkpoint(run_dir, model.state_dict(), manifest)
+    save_predictions(run_dir / PREDICTIONS_FILE, predictions, fold_of_row, ts_us)
+    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / FOLDS_DIR, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    message = f"trained {len(folds)} folds in {elapsed:.0f} s on {manifest.device}; checkpoint in {run_dir}"
+    notify(_event("done", len(folds) - 1, len(folds), config.max_epochs - 1, config.max_epochs, 1, 1, started,
+                  skipped_total, message=message))
+    return TrainResult("finished", run_dir, message, model=model, manifest=manifest, predictions=predictions,
+                       folds=summaries, skipped_steps=skipped_total, seconds=elapsed)
+
+
+def _span_times(panel: PanelLike, fold: Fold) -> dict[str, list[str]]:
+    return {name: [str(panel.ts[span.start]), str(panel.ts[span.stop - 1])]
+            for name, span in (("train", fold.train), ("val", fold.val), ("test", fold.test))}
+
+
+def _event(phase, fold, n_folds, epoch, n_epochs, step, steps_per_epoch, started, skipped, **extra):
+    event = TrainingProgress(phase=phase, fold=fold, n_folds=n_folds, epoch=epoch, n_epochs=n_epochs, step=step,
+                             steps_per_epoch=steps_per_epoch, skipped_steps=skipped,
+                             elapsed_s=time.monotonic() - started, **extra)
+    return dataclasses.replace(event, eta_s=eta_seconds(event.elapsed_s, event.fraction))
+
+
+def _finished_fold_path(run_dir: Path, fold: int) -> Path:
+    return run_dir / FOLDS_DIR / f"fold_{fold}"
+
+
+def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targets, config: TrainConfig,
+                device: torch.device, run_dir: Path, notify: ProgressCallback, is_cancelled: CancelCheck,
+                guard: dict[str, Any], skipped_before: int, started: float):
+    """-> (best model, summary, test-span predictions), or None when cancelled."""
+    fold_started = time.monotonic()
+    torch.manual_seed(_seed_for(config, fold.index, -1))
+    model = HybridModel(model_config_for(config, feature_set)).to(device)
+    scale = target_scale(targets, feature_set, fold.train)
+    scale_heads_for_training(model, scale)  # before the optimiser: it must hold the parametrised tensors
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    finished = _finished_fold_path(run_dir, fold.index)
+    if (finished / "summary.json").exists():  # a resumed run: this fold is done, take its results as they were
+        weights, best, meta = load_training_state(finished, optimizer)
+        model.load_state_dict(best)
+        bake_head_scale(model)
+        with np.load(finished / "test.npz", allow_pickle=False) as data:
+            prediction = predictions_from_arrays({k: data[k] for k in data.files})
+        return model, FoldSummary(**json.loads((finished / "summary.json").read_text())), prediction
+
+    windows = make_windows(feature_set, targets, fold.train, config.window, config.stride)
+    x_all = torch.from_numpy(np.ascontiguousarray(feature_set.values))[None].to(device)  # (1, A, T, F)
+    mask_all = torch.from_numpy(np.ascontiguousarray(feature_set.mask))[None].to(device)
+    val_targets = {k: v.to(device) for k, v in span_targets(targets, feature_set, fold.val).items()}
+    state = _load_fold_state(run_dir, fold.index, model, optimizer, guard) or _FoldState()
+    n_windows = windows.x.shape[0]
+    steps_per_epoch = math.ceil(n_windows / config.batch_size)
+    weights = model.config.loss_weights
+
+    for epoch in range(state.next_epoch, config.max_epochs):
+        epoch_seed = _seed_for(config, fold.index, epoch)
+        torch.manual_seed(epoch_seed)  # dropout draws
+        order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(epoch_seed))
+        losses, bad_in_a_row = [], 0
+        model.train()
+        for step, batch in enumerate(order.split(config.batch_size)):
+            if is_cancelled():
+                return None
+            x = windows.x[batch].to(device)  # (b, A, W, F)
+            mask = windows.mask[batch].to(device)  # (b, A, W)
+            batch_targets = {k: v.to(device) for k, v in loss_targets(
+                {k: t[batch] for k, t in windows.targets.items()}).items()}  # (b, A, W, H) each
+            loss, _ = multitask_loss(StandardisedOutput.of(model(x, mask), scale_t),
+                                     standardised_targets(batch_targets, scale_t), weights)
+            optimizer.zero_grad(set_to_none=True)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                finite = bool(torch.isfinite(grad_norm))
+            if not finite:
+                state.skipped_steps += 1
+                bad_in_a_row += 1
+                optimizer.zero_grad(set_to_none=True)
+                if bad_in_a_row >= config.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"training stopped: {bad_in_a_row} consecutive steps had a non-finite loss or gradient "
+                        f"(fold {fold.index + 1}, epoch {epoch + 1}, step {step + 1}); nothing from this epoch was "
+                        f"saved. Try a lower learning rate (now {config.lr}) or check the data for extreme values."
+                    )
+            else:
+                bad_in_a_row = 0
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            notify(_event("step", fold.index, n_folds, epoch, config.max_epochs, step + 1, steps_per_epoch,
+                          started, skipped_before + state.skipped_steps,
+                          train_loss=float(np.mean(losses)) if losses else None,
+                          best_val_loss=_finite_or_none(state.best_val_loss)))
+
+        val_loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
+                                   scale_t)
+        if math.isfinite(val_loss) and val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_epoch, state.epochs_without_gain = val_loss, epoch, 0
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.epochs_without_gain += 1
+        state.next_epoch = epoch + 1
+        stop = state.epochs_without_gain >= config.patience
+        _save_fold_state(run_dir, fold.index, model, optimizer, state, guard)
+        notify(_event("epoch", fold.index, n_folds, epoch, config.max_epochs, steps_per_epoch, steps_per_epoch,
+                      started, skipped_before + state.skipped_steps,
+                      train_loss=float(np.mean(losses)) if losses else None, val_loss=val_loss,
+                      best_val_loss=_finite_or_none(state.best_val_loss),
+                      message="early stop" if stop else ""))
+        if stop:
+            break
+
+    if state.best_weights is None:
+        raise TrainingError(f"fold {fold.index + 1}: no epoch gave a finite validation loss; nothing to keep")
+    model.load_state_dict(state.best_weights)
+    # The fold's record, so a resumed run does not train it again (parametrised, like the resume state).
+    save_training_state(finished, model.state_dict(), optimizer, state.best_weights, {})
+    bake_head_scale(model)
+    prediction = forecast_span(model, feature_set, fold.test, device, config.predict_chunk)
+    summary = FoldSummary(
+        fold=fold.index, train=(fold.train.start, fold.train.stop), val=(fold.val.start, fold.val.stop),
+        test=(fold.test.start, fold.test.stop), epochs_run=state.next_epoch, best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss, skipped_steps=state.skipped_steps,
+        seconds=round(time.monotonic() - fold_started, 2),
+    )
+    np.savez(finished / "test.npz", **predictions_to_arrays(prediction))
+    (finished / "summary.json").write_text(json.dumps(asdict(summary)))
+    notify(_event("fold", fold.index, n_folds, config.max_epochs - 1, config.max_epochs, steps_per_epoch,
+                  steps_per_epoch, started, skipped_before + state.skipped_steps, val_loss=state.best_val_loss,
+                  best_val_loss=state.best_val_loss, message=f"fold {fold.index + 1} done, best epoch "
+                                                             f"{state.best_epoch + 1}"))
+    return model, summary, prediction
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# ----- entry points for the CLI, the app and tests ------------------------------------------------------------------
+
+
+def quick_config(**overrides: Any) -> TrainConfig:
+    """A short run for tests and negative controls: on the 1d demo it trains 3 folds in well under a minute on two
+    CPU cores (measured in the report); pass overrides for anything else."""
+    base = dict(max_epochs=8, patience=3, batch_size=8, stride=32)
+    return TrainConfig(**{**base, **overrides})
+
+
+def train_panel(loaded, config: TrainConfig, run_dir: str | Path | None = None, **kwargs: Any) -> TrainResult:
+    """Train on an engine.panel_data.LoadedPanel; run_dir defaults to a new folder under the runs directory."""
+    from engine.checkpoint import resolve_runs_dir
+
+    run_id = kwargs.pop("run_id", None) or new_run_id()
+    run_dir = Path(run_dir) if run_dir is not None else resolve_runs_dir() / run_id
+    return train_walk_forward(loaded.panel, config, interval=loaded.interval, fingerprint=loaded.fingerprint(),
+                              run_dir=run_dir, run_id=run_id, **kwargs)

@@ -1,0 +1,195 @@
+"""The walk-forward training loop: repeatable, robust to non-finite steps, cancellable and resumable, leak-free."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import engine.training as training
+from engine.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
+from engine.features import ArrayPanel
+from engine.panel_data import demo_panel, panel_fingerprint
+from engine.runtime import configure_cpu_threads
+from engine.training import (
+    PREDICTIONS_FILE, RESUME_DIR, TrainConfig, TrainingDiverged, default_model_config, load_predictions,
+    train_walk_forward,
+)
+
+N_ROWS = 720
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    model = dataclasses.replace(default_model_config(), d_model=8, d_state=4, n_heads=2, max_lag=2)
+    base = dict(model=model, n_folds=2, min_train=300, val_size=80, test_size=80, window=64, stride=32,
+                batch_size=4, max_epochs=2, patience=2, threads=1)
+    return TrainConfig(**{**base, **overrides})
+
+
+def small_panel(n_rows: int = N_ROWS) -> ArrayPanel:
+    panel = demo_panel("1d").panel
+    return ArrayPanel(ts=panel.ts[:n_rows], symbols=panel.symbols,
+                      fields={k: v[:n_rows].copy() for k, v in panel.fields.items()},
+                      observed=panel.observed[:n_rows].copy())
+
+
+def train(panel, config, run_dir, **kwargs):
+    return train_walk_forward(panel, config, interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
+                              run_dir=run_dir, **kwargs)
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / WEIGHTS_FILE))
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    configure_cpu_threads(1)
+
+
+def test_two_cpu_runs_with_the_same_seed_give_identical_weights_and_another_seed_does_not(tmp_path):
+    panel = small_panel()
+    first = train(panel, tiny_config(), tmp_path / "a")
+    second = train(panel, tiny_config(), tmp_path / "b")
+    other_seed = train(panel, tiny_config(seed=1), tmp_path / "c")
+    assert first.outcome == second.outcome == "finished"
+    assert same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    assert not same_weights(weights(tmp_path / "a"), weights(tmp_path / "c"))
+    assert np.array_equal(first.predictions.quantiles, second.predictions.quantiles, equal_nan=True)
+    assert other_seed.outcome == "finished"
+
+
+def test_the_run_keeps_every_folds_test_forecasts_and_a_plain_model_checkpoint(tmp_path):
+    result = train(small_panel(), tiny_config(), tmp_path)
+    predictions, fold_of_row, ts_us = load_predictions(tmp_path)
+    folds = result.manifest.training["folds"]
+    expected_rows = np.concatenate([np.arange(*f["test"]) for f in folds])
+    assert np.array_equal(predictions.rows, expected_rows)
+    assert np.array_equal(np.unique(fold_of_row), np.arange(len(folds)))
+    assert len(ts_us) == len(expected_rows)
+    # a plain HybridModel state dict: no training-time parametrisation left in the file
+    assert set(weights(tmp_path)) == set(training.HybridModel(result.model.config).state_dict())
+    assert not (tmp_path / RESUME_DIR).exists()
+    # forecasts in raw return units: the h=1 80% interval is about as wide as the daily returns are
+    spread = np.nanmedian(predictions.quantiles[1, :, 0, -2] - predictions.quantiles[1, :, 0, 1])
+    assert 0.003 < spread < 0.2
+
+
+def _nan_loss_on(steps: set[int] | None, monkeypatch) -> list[int]:
+    """Make the training loss non-finite on the given training steps (None: on every step)."""
+    real = training.multitask_loss
+    calls = []
+
+    def loss_with_injected_nan(output, targets, weights):
+        total, parts = real(output, targets, weights)
+        if total.requires_grad:  # a training step, not a validation pass
+            calls.append(len(calls))
+            if steps is None or calls[-1] in steps:
+                total = total * float("nan")
+        return total, parts
+
+    monkeypatch.setattr(training, "multitask_loss", loss_with_injected_nan)
+    return calls
+
+
+def test_a_non_finite_loss_skips_the_step_and_is_counted(tmp_path, monkeypatch):
+    calls = _nan_loss_on({1, 4}, monkeypatch)
+    result = train(small_panel(), tiny_config(), tmp_path)
+    assert result.outcome == "finished"
+    assert result.skipped_steps == 2
+    assert sum(f.skipped_steps for f in result.folds) == 2
+    assert len(calls) > 5
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path).values())
+
+
+def test_persistent_non_finite_losses_stop_training_with_a_clear_error_and_save_nothing(tmp_path, monkeypatch):
+    _nan_loss_on(None, monkeypatch)
+    with pytest.raises(TrainingDiverged, match=r"consecutive steps had a non-finite loss"):
+        train(small_panel(), tiny_config(max_bad_steps=3), tmp_path)
+    assert not (tmp_path / WEIGHTS_FILE).exists()
+    assert not (tmp_path / MANIFEST_FILE).exists()
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_cancel_then_resume_finishes_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    panel, config = small_panel(), tiny_config(max_epochs=3, patience=3)
+    uninterrupted = train(panel, config, tmp_path / "whole")
+    events = []
+
+    def cancel_in_the_second_fold() -> bool:  # after its first epoch is saved, before the fold ends
+        return any(e.phase == "epoch" and e.fold == 1 for e in events)
+
+    cancelled = train(panel, config, tmp_path / "cut", cancel=cancel_in_the_second_fold, progress=events.append)
+    assert cancelled.outcome == "cancelled" and "resume" in cancelled.message
+    assert events[-1].phase == "cancelled"
+    assert not (tmp_path / "cut" / WEIGHTS_FILE).exists()
+    assert (tmp_path / "cut" / RESUME_DIR).exists()
+    with pytest.raises(training.TrainingError, match="unfinished run"):
+        train(panel, config, tmp_path / "cut")  # a fresh start over a half-done run is refused
+    resumed = train(panel, config, tmp_path / "cut", resume=True)
+    assert resumed.outcome == "finished"
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+    assert np.array_equal(uninterrupted.predictions.point, resumed.predictions.point, equal_nan=True)
+
+
+def test_a_threading_event_cancels_too(tmp_path):
+    import threading
+
+    event = threading.Event()
+    event.set()
+    result = train(small_panel(), tiny_config(), tmp_path, cancel=event)
+    assert result.outcome == "cancelled"
+
+
+def _perturbed(panel: ArrayPanel, from_row: int, seed: int = 3) -> ArrayPanel:
+    """The same panel with every price from `from_row` on moved by a random factor per bar."""
+    rng = np.random.default_rng(seed)
+    factor = np.exp(np.cumsum(rng.normal(0, 0.05, size=(len(panel.ts) - from_row, len(panel.symbols))), axis=0))
+    fields = {k: v.copy() for k, v in panel.fields.items()}
+    for name in ("open", "high", "low", "close"):
+        fields[name][from_row:] = fields[name][from_row:] * factor
+    return dataclasses.replace(panel, fields=fields)
+
+
+def test_training_never_sees_a_validation_or_test_target(tmp_path):
+    # One epoch, so the kept weights are that epoch's whatever the validation loss says: they may depend on the
+    # training span alone. Prices from the end of the training span on are rewritten; the weights must not move.
+    panel = small_panel()
+    config = tiny_config(n_folds=1, max_epochs=1)
+    train(panel, config, tmp_path / "base")
+    fold = training.make_folds(len(panel.ts), training.compute_targets(panel, config.model.horizons), config)[0]
+    train(_perturbed(panel, fold.train.stop), config, tmp_path / "future_moved")
+    assert same_weights(weights(tmp_path / "base"), weights(tmp_path / "future_moved"))
+    # The control: moving prices a few bars before the end of the training span does change them.
+    train(_perturbed(panel, fold.train.stop - 5), config, tmp_path / "train_moved")
+    assert not same_weights(weights(tmp_path / "base"), weights(tmp_path / "train_moved"))
+
+
+def test_the_train_command_registers_the_run(tmp_path):
+    from engine.train import main
+
+    runs = tmp_path / "runs"
+    code = main(["--demo", "1d", "--folds", "2", "--epochs", "1", "--min-train", "300", "--val-size", "80",
+                 "--test-size", "80", "--window", "64", "--stride", "128", "--threads", "1", "--no-evaluate",
+                 "--runs-dir", str(runs), "--out", str(tmp_path / "run"), "--run-id", "test-run"])
+    assert code == 0
+    listed = list_runs(runs, include_demo=False)
+    assert [entry["run_id"] for entry in listed] == ["test-run"]
+    assert listed[0]["interval"] == "1d" and listed[0]["symbols"] == ["BTC", "SPY", "AAPL"]
+    assert (tmp_path / "run" / PREDICTIONS_FILE).exists()
+
+
+def test_bad_configs_are_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="max_epochs"):
+        TrainConfig(max_epochs=0)
+    with pytest.raises(ValueError, match="window"):
+        TrainConfig(window=1000, min_train=500)
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainConfig.from_dict({"epochs": 3})
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
