@@ -18,10 +18,10 @@ import torch
 
 from engine.diagnostics import compute_diagnostics, hidden_attention, load_or_compute_diagnostics
 from engine.diagnostics.bundle import DiagnosticsConfig
-from engine.features import build_feature_set
+from engine.features import ArrayPanel, build_feature_set
 from engine.inference import run_inference
 from engine.model import HybridModel, ModelConfig
-from engine.panel_data import demo_panel
+from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import configure_cpu_threads, device_label, pick_device
 
 N_BARS = 20_000
@@ -34,12 +34,14 @@ def _seconds(fn) -> tuple[float, object]:
     return time.perf_counter() - started, value
 
 
+def first_rows(panel: ArrayPanel, n: int) -> ArrayPanel:
+    return ArrayPanel(panel.ts[:n], panel.symbols, {k: v[:n] for k, v in panel.fields.items()}, panel.observed[:n])
+
+
 def rows(device: torch.device | str) -> list[dict]:
     device = torch.device(device)
-    loaded = demo_panel("1h")
-    features_s, features = _seconds(lambda: build_feature_set(loaded.panel, range(0, N_BARS // 2)))
-    features = replace(features, values=features.values[:, :N_BARS].copy(), mask=features.mask[:, :N_BARS].copy(),
-                       ts=features.ts[:N_BARS])
+    panel = first_rows(demo_panel("1h").panel, N_BARS)
+    features_s, features = _seconds(lambda: build_feature_set(panel, range(0, N_BARS // 2)))
     torch.manual_seed(0)
     model = HybridModel(ModelConfig(n_assets=3, n_features=features.values.shape[2])).to(device)
     config = DiagnosticsConfig()
@@ -52,8 +54,7 @@ def rows(device: torch.device | str) -> list[dict]:
     inference_s, _ = _seconds(lambda: run_inference(model, features, config.inference))
     full_s, _ = _seconds(lambda: compute_diagnostics(model, features, fit_rows, config))
     with tempfile.TemporaryDirectory() as cache_dir:
-        args = dict(run_id="bench", fingerprint=replace(loaded.fingerprint(), n_rows=N_BARS), config=config,
-                    cache_dir=cache_dir)
+        args = dict(run_id="bench", fingerprint=panel_fingerprint(panel, "1h"), config=config, cache_dir=cache_dir)
         load_or_compute_diagnostics(model, features, fit_rows, **args)
         cached_s, (_, status) = _seconds(lambda: load_or_compute_diagnostics(model, features, fit_rows, **args))
     hidden_s, _ = _seconds(lambda: hidden_attention(model, features, "SPY", N_BARS - 1))
