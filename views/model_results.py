@@ -1,0 +1,114 @@
+"""The model's results for the current selection, loaded once and shared by the model views.
+
+Regimes, Lead-lag, Lookback, Forecasts and Overview all read the same thing: the selected checkpoint run over the
+selected symbols' cached bars. `model_view()` loads it (engine.diagnostics.for_run: checkpoint checks, features
+with the checkpoint's own scaler, the on-disk diagnostics cache), keeps it in st.cache_resource (one read-only
+copy per process: the arrays are large and never written to) and, when there is nothing to show, says why on the
+page and stops it: no checkpoint, a checkpoint that does not fit, a busy cache.
+
+The model always runs over the whole cached history (its state needs the warm-up); the sidebar's date range only
+chooses what is drawn (`ModelView.rows`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from engine.checkpoint import CheckpointError
+from engine.diagnostics import DiagnosticsBundle
+from engine.diagnostics.for_run import RunOnPanel, run_on_panel
+from engine.diagnostics.cache import load_or_compute_diagnostics
+from engine.panel_data import LoadedPanel, cached_panel
+from storage.locks import CacheBusyError
+from storage.sources.demo import PlantedTruth, demo_market
+from views.frame import Selection
+
+
+@dataclass(frozen=True)
+class ModelView:
+    loaded: LoadedPanel
+    run: RunOnPanel  # model, manifest, features (for the hidden attention of one bar)
+    bundle: DiagnosticsBundle
+    cache_status: str  # "cached" or "computed: why"
+    rows: range  # the union-clock rows inside the sidebar's date range
+    out_of_sample: list[tuple[pd.Timestamp, pd.Timestamp]]  # every walk-forward test span, UTC
+    truth: PlantedTruth | None  # the demo's planted structure when every asset is demo data
+
+    @property
+    def ts(self) -> pd.DatetimeIndex:
+        return self.bundle.inference.ts
+
+    @property
+    def run_id(self) -> str:
+        return self.run.manifest.run_id
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, freshness: str):
+    del freshness  # only keys the cache: new bars mean new results
+    loaded = cached_panel(symbols, interval, db_path=db_path)
+    run = run_on_panel(Path(run_path), loaded)
+    bundle, status = load_or_compute_diagnostics(
+        run.model, run.features, run.fit_rows, run_id=run.manifest.run_id, fingerprint=loaded.fingerprint(),
+    )
+    return loaded, run, bundle, status
+
+
+def _test_spans(manifest) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    spans = []
+    for fold in manifest.training.get("fold_spans_utc", []):
+        first, last = fold["test"]
+        spans.append((pd.Timestamp(first), pd.Timestamp(last)))
+    return spans
+
+
+def _planted_truth(selection: Selection) -> PlantedTruth | None:
+    if not selection.sources or set(selection.sources.values()) != {"demo"}:
+        return None
+    return demo_market(selection.interval).truth
+
+
+def _rows_in_range(ts: pd.DatetimeIndex, selection: Selection) -> range:
+    start = 0 if selection.start is None else int(ts.searchsorted(selection.start))
+    stop = len(ts) if selection.end is None else int(ts.searchsorted(selection.end))
+    return range(start, max(stop, start + 1)) if start < len(ts) else range(max(len(ts) - 1, 0), len(ts))
+
+
+def model_view(selection: Selection) -> ModelView:
+    """The results for the selection, or a message on the page saying why there are none (and the page stops)."""
+    if not selection.symbols:
+        st.info("Choose symbols in the sidebar.")
+        st.stop()
+    if selection.checkpoint is None:
+        st.info(
+            f"No checkpoint fits {', '.join(selection.symbols)} at {selection.interval}: a model runs on the symbols "
+            "and interval it was trained on. Choose the demo universe (BTC, SPY, AAPL) or train a model for this "
+            "selection on the Model page."
+        )
+        st.stop()
+    freshness = f"{selection.last_bar}"
+    try:
+        with st.spinner("Running the model over the cached history (once per checkpoint and data)…"):
+            loaded, run, bundle, status = _load(selection.checkpoint["path"], selection.db_path, selection.symbols,
+                                                selection.interval, freshness)
+    except CheckpointError as error:
+        st.error(f"This checkpoint cannot run on the selected data. {error}")
+        st.stop()
+    except CacheBusyError as error:
+        st.warning(f"The cache is busy ({error}); try again in a moment.")
+        st.stop()
+    except ValueError as error:
+        st.error(f"The model could not run on this selection: {error}")
+        st.stop()
+    ts = bundle.inference.ts
+    return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest),
+                     _planted_truth(selection))
+
+
+def asset_closes(view: ModelView, symbol: str) -> np.ndarray:
+    """(T,) close prices on the union clock (carried while the market is closed)."""
+    return np.asarray(view.loaded.panel.fields["close"])[:, view.loaded.symbols.index(symbol)]
