@@ -15,8 +15,10 @@ from views.frame import render_frame
 st.set_page_config(page_title="Cross-asset regime dashboard", page_icon=":material/monitoring:", layout="wide")
 
 PAGES = [
-    st.Page("views/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
+    st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),
+    st.Page("views/forecasts.py", title="Forecasts", icon=":material/insights:", url_path="forecasts"),
     st.Page("views/backtest.py", title="Backtest", icon=":material/query_stats:", url_path="backtest"),
+    st.Page("views/data.py", title="Data", icon=":material/database:", url_path="data"),
 ]
 
 navigation = st.navigation(PAGES)

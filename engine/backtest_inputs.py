@@ -190,4 +190,36 @@ def baseline_forecasts(
     )
 
 
+def model_forecasts(panel: PanelLike, run_dir, horizons: Sequence[int] = (1, 5, 20)) -> Forecasts:
+    """The trained model's walk-forward forecasts: every fold's model on its own test span, as training saved them.
+
+    Only those out-of-sample rows carry a forecast, so the backtest never trades on a bar the model learnt from.
+    Rows are matched to the panel by time, so a panel that has grown since training still lines up (newer bars have
+    no walk-forward forecast and are not traded).
+    """
+    from engine.training import load_predictions  # torch-heavy: only when the model drives the page
+
+    predictions, fold_of_row, ts_us = load_predictions(run_dir)
+    horizons = tuple(int(h) for h in horizons)
+    missing = [h for h in horizons if h not in predictions.horizons]
+    if missing or predictions.prob_up is None or predictions.volatility is None:
+        raise ValueError(f"the run in {run_dir} has no P(up)/volatility forecasts for horizons {missing or horizons}")
+    panel_us = np.asarray(panel.ts.as_unit("us").asi8)
+    where = np.searchsorted(panel_us, ts_us)
+    found = (where < len(panel_us)) & (panel_us[np.minimum(where, len(panel_us) - 1)] == ts_us)
+    if not found.any():
+        raise ValueError(f"none of the run's out-of-sample bars are in the selected panel ({panel.ts[0]} .. {panel.ts[-1]})")
+    shape = (len(panel.symbols), len(panel.ts), len(horizons))
+    prob_up, predicted_vol = np.full(shape, np.nan), np.full(shape, np.nan)
+    columns = [predictions.horizons.index(h) for h in horizons]
+    prob_up[:, where[found]] = predictions.prob_up[:, found][..., columns]
+    predicted_vol[:, where[found]] = predictions.volatility[:, found][..., columns]
+    first = panel.ts[where[found][0]]
+    return Forecasts(
+        prob_up=prob_up, predicted_vol=predicted_vol, horizons=horizons, out_of_sample_start=first,
+        description=(f"model: walk-forward out-of-sample forecasts of {int(fold_of_row.max()) + 1} folds, each fold's "
+                     f"model on its own test span only; from {first:%Y-%m-%d %H:%M} UTC"),
+    )
+
+
 FORECASTERS: Mapping[str, Forecaster] = {"logistic baseline": baseline_forecasts}

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.backtest import StrategyConfig, run_backtest
-from engine.backtest_inputs import FORECASTERS, backtest_inputs_from_forecasts
+from engine.backtest_inputs import FORECASTERS, backtest_inputs_from_forecasts, model_forecasts
 from engine.figures import backtest as charts
 from engine.figures.export import browser_unavailable_reason
 from engine.metrics import TrialCounter
@@ -43,11 +43,17 @@ if not selection.symbols:
     st.stop()
 
 
+MODEL_FORECASTER = "model (walk-forward)"
+
+
 @st.cache_data(show_spinner="Running the walk-forward forecaster (refitted on the past of every fold)…", max_entries=8)
-def load_forecasts(db_path: str, symbols: tuple[str, ...], interval: str, forecaster: str, freshness: tuple):
+def load_forecasts(db_path: str, symbols: tuple[str, ...], interval: str, forecaster: str, freshness: tuple,
+                   run_path: str | None):
     """(panel, forecasts); `freshness` (the last bar of each series) only keys the cache."""
     del freshness
     panel = read_panel(list(symbols), interval, db_path=db_path)
+    if forecaster == MODEL_FORECASTER:
+        return panel, model_forecasts(panel, run_path, FORECAST_HORIZONS)
     return panel, FORECASTERS[forecaster](panel, FORECAST_HORIZONS)
 
 
@@ -60,15 +66,21 @@ if missing:
 synthetic = "demo" in set(spans["source"])
 
 top = st.columns([2, 1])
+run_path = selection.checkpoint["path"] if selection.checkpoint else None
+forecaster_options = ([MODEL_FORECASTER] if run_path else []) + list(FORECASTERS)
 forecaster = top[0].selectbox(
-    "Forecaster", list(FORECASTERS), key="bt_forecaster", bind="query-params",
-    help="What produces P(up) and the volatility the strategy trades on. The model takes over once its inference "
-         "runs over the panel; until then a walk-forward baseline drives the page.",
+    "Forecaster", forecaster_options, key="bt_forecaster", bind="query-params",
+    help="What produces P(up) and the volatility the strategy trades on: the selected checkpoint's walk-forward "
+         "out-of-sample forecasts, or a walk-forward baseline. Either way every traded forecast was made by a "
+         "model fitted on earlier bars only.",
 )
+if run_path is None:
+    st.caption("No checkpoint fits this selection, so a baseline drives the backtest (train one on the Model page).")
 horizon = top[1].selectbox("Forecast horizon (bars)", FORECAST_HORIZONS, key="bt_horizon", bind="query-params")
 freshness = tuple(spans.sort_values("symbol")[["symbol", "last_ts"]].itertuples(index=False, name=None))
 try:
-    panel, forecasts = load_forecasts(selection.db_path, selection.symbols, selection.interval, forecaster, freshness)
+    panel, forecasts = load_forecasts(selection.db_path, selection.symbols, selection.interval, forecaster, freshness,
+                                      run_path if forecaster == MODEL_FORECASTER else None)
 except CacheBusyError as error:
     st.warning(str(error))
     st.stop()
@@ -200,7 +212,8 @@ def strategy_view() -> None:
         return ReportContent(
             title=f"Backtest · {', '.join(config_assets(config))} · {selection.interval}",
             figures=dict(report_figures), tables={"Metrics": table, "Trades (latest 200)": trades.head(200)},
-            settings=settings, data_spans=data_spans_table(), synthetic=synthetic, checkpoint_id=None,
+            settings=settings, data_spans=data_spans_table(), synthetic=synthetic,
+            checkpoint_id=selection.checkpoint["run_id"] if forecaster == MODEL_FORECASTER else None,
             share_url=url, notes=[forecasts.description, f"Annualisation: {result.annualisation}",
                                   f"Trials counted: {n_trials_now}"],
         )

@@ -145,7 +145,7 @@ def render_frame() -> Selection:
                                        "dates": _full_span(summary, default_symbols, default_interval)}})
         st.caption(f"Cache: `{db_path}`")
 
-    sources = _sources_shown(shown)
+    sources = {s: src for s, src in sorted(_sources_shown(shown).items(), key=lambda kv: symbols.index(kv[0]))}
     selection = Selection(
         symbols=tuple(symbols), interval=interval, db_path=db_path, start=start, end=end, checkpoint=checkpoint,
         sources=sources, synthetic="demo" in sources.values(), device=load_device_label(),

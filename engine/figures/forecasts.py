@@ -1,0 +1,87 @@
+"""Forecast charts: the out-of-sample fan against what happened, the latest multi-horizon fan, and calibration."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from engine.figures.backtest import shade_out_of_sample
+from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+from engine.forecast_review import LatestForecast, PastForecasts
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = 3000) -> go.Figure:
+    """The h-bar log-return band (outer quantiles), the median, and the realised return at every origin bar.
+
+    Every point is a walk-forward forecast, so the whole chart is out of sample; long spans keep the last max_points.
+    """
+    frame = past.frame.iloc[-max_points:]
+    levels = past.quantile_levels
+    lo, mid, hi = f"q{levels[0]:g}", f"q{levels[len(levels) // 2]:g}", f"q{levels[-1]:g}"
+    colour = asset_colour(past.symbol)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=frame.index, y=frame[hi], mode="lines", line=dict(width=0), showlegend=False,
+                             hoverinfo="skip", name=f"{hi}"))
+    fig.add_trace(go.Scatter(
+        x=frame.index, y=frame[lo], mode="lines", line=dict(width=0), fill="tonexty",
+        fillcolor=_rgba(colour, 0.22), name=f"{levels[0]:.0%}-{levels[-1]:.0%} band",
+    ))
+    fig.add_trace(go.Scatter(x=frame.index, y=frame[mid], mode="lines", line=dict(color=colour, width=1.2),
+                             name=f"median ({levels[len(levels) // 2]:.0%})"))
+    fig.add_trace(go.Scatter(x=frame.index, y=frame["realised"], mode="markers",
+                             marker=dict(size=3, color="#222222"), name="what happened"))
+    base_layout(fig, f"{past.symbol} · {past.horizon}-bar log return: walk-forward forecasts vs outcome")
+    fig.update_xaxes(title_text=TIME_AXIS_TITLE)
+    fig.update_yaxes(title_text=f"{past.horizon}-bar log return")
+    if len(frame):
+        shade_out_of_sample(fig, pd.DatetimeIndex(frame.index), frame.index[0])
+    return label_synthetic(fig, synthetic)
+
+
+def latest_fan_chart(latest: LatestForecast, recent: pd.Series, bar: pd.Timedelta, *, synthetic: bool) -> go.Figure:
+    """Recent closes, then the price quantiles at each horizon ahead of the last bar (a fan over the horizons)."""
+    colour = asset_colour(latest.symbol)
+    levels = [c[len("price_q"):] for c in latest.table.columns if c.startswith("price_q")]
+    horizons = latest.table.index.to_numpy()
+    ahead = [latest.made_at + int(h) * bar for h in horizons]
+    x = [latest.made_at, *ahead]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=recent.index, y=recent.to_numpy(), mode="lines", line=dict(color=colour, width=1.4),
+                             name=f"{latest.symbol} close"))
+    lo, hi, mid = levels[0], levels[-1], levels[len(levels) // 2]
+    fig.add_trace(go.Scatter(x=x, y=[latest.last_close, *latest.table[f"price_q{hi}"]], mode="lines",
+                             line=dict(width=0), showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=x, y=[latest.last_close, *latest.table[f"price_q{lo}"]], mode="lines",
+                             line=dict(width=0), fill="tonexty", fillcolor=_rgba(colour, 0.22),
+                             name=f"{float(lo):.0%}-{float(hi):.0%} of price"))
+    fig.add_trace(go.Scatter(x=x, y=[latest.last_close, *latest.table[f"price_q{mid}"]], mode="lines+markers",
+                             line=dict(color=colour, dash="dot"), name="median path",
+                             text=[""] + [f"{h} bars: P(up) {p:.0%}" for h, p in zip(horizons, latest.table["prob_up"])],
+                             hovertemplate="%{x}<br>%{y:.2f}<br>%{text}<extra></extra>"))
+    base_layout(fig, f"{latest.symbol} · forecast made at {latest.made_at:%Y-%m-%d %H:%M} UTC")
+    fig.update_xaxes(title_text=TIME_AXIS_TITLE)
+    fig.update_yaxes(title_text="price")
+    return label_synthetic(fig, synthetic)
+
+
+def calibration_chart(tables: dict[str, pd.DataFrame], horizon: int, *, synthetic: bool) -> go.Figure:
+    """Reliability diagram: forecast P(up) per bin against how often the return was up; the diagonal is perfect."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#999999", dash="dash"),
+                             name="perfectly calibrated"))
+    for symbol, table in tables.items():
+        used = table[table["count"] > 0]
+        fig.add_trace(go.Scatter(
+            x=used["mean_prob"], y=used["frequency"], mode="lines+markers", name=symbol,
+            line=dict(color=asset_colour(symbol)), marker=dict(size=np.clip(np.sqrt(used["count"]) * 1.5, 5, 18)),
+            customdata=used["count"], hovertemplate="P(up) %{x:.2f}<br>up %{y:.2f}<br>%{customdata} bars<extra></extra>",
+        ))
+    base_layout(fig, f"Calibration of P(up), {horizon}-bar horizon (out of sample)", height=380)
+    fig.update_xaxes(title_text="forecast P(up)", range=[0, 1])
+    fig.update_yaxes(title_text="observed frequency of up", range=[0, 1])
+    return label_synthetic(fig, synthetic)

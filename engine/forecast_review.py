@@ -1,0 +1,123 @@
+"""What the Forecasts and Overview views show, in numbers: the model's forecasts beside what happened.
+
+Past forecasts come from the run's walk-forward record (predictions.npz: each fold's model on its own test span), so
+every one shown against its outcome is out of sample. The latest forecast, for the bar after the last cached one, is
+the final model's (engine.inference over the whole cached history). Scores against the baselines are the ones
+`python -m engine.evaluate` wrote (scores.json in the run folder).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.evaluate import SCORES_JSON
+from engine.features import PanelLike
+from engine.inference import InferenceResult
+from engine.scores import Predictions, calibration_table, expected_calibration_error
+from engine.targets import compute_targets
+
+
+@dataclass(frozen=True)
+class PastForecasts:
+    """One asset's out-of-sample forecasts at one horizon beside the realised h-bar log return, keyed by origin ts."""
+
+    symbol: str
+    horizon: int
+    frame: pd.DataFrame  # index ts (UTC); q<level> columns, prob_up, volatility, realised (NaN until known)
+    quantile_levels: tuple[float, ...]
+
+    def calibration(self, n_bins: int = 10) -> pd.DataFrame:
+        known = self.frame.dropna(subset=["realised", "prob_up"])
+        return calibration_table(known["realised"].to_numpy() > 0, known["prob_up"].to_numpy(), n_bins)
+
+    def calibration_error(self, n_bins: int = 10) -> float:
+        known = self.frame.dropna(subset=["realised", "prob_up"])
+        if known.empty:
+            return float("nan")
+        return expected_calibration_error(known["realised"].to_numpy() > 0, known["prob_up"].to_numpy(), n_bins)
+
+    def coverage(self) -> float:
+        """Share of realised returns inside the outermost quantile band (e.g. 10-90 %)."""
+        lo, hi = f"q{self.quantile_levels[0]:g}", f"q{self.quantile_levels[-1]:g}"
+        known = self.frame.dropna(subset=["realised", lo, hi])
+        if known.empty:
+            return float("nan")
+        return float(((known["realised"] >= known[lo]) & (known["realised"] <= known[hi])).mean())
+
+
+def past_forecasts(panel: PanelLike, predictions: Predictions, ts_us: np.ndarray, symbol: str,
+                   horizon: int) -> PastForecasts:
+    """The run's walk-forward forecasts for `symbol` at `horizon`, matched to `panel` by time, with outcomes."""
+    if symbol not in panel.symbols:
+        raise ValueError(f"{symbol} is not in the panel ({', '.join(panel.symbols)})")
+    if horizon not in predictions.horizons or predictions.quantiles is None:
+        raise ValueError(f"the run has no quantile forecasts at horizon {horizon} (it has {predictions.horizons})")
+    asset, j = list(panel.symbols).index(symbol), predictions.horizons.index(horizon)
+    panel_us = np.asarray(panel.ts.as_unit("us").asi8)
+    where = np.searchsorted(panel_us, ts_us)
+    found = (where < len(panel_us)) & (panel_us[np.minimum(where, len(panel_us) - 1)] == ts_us)
+    rows = where[found]
+    realised = compute_targets(panel, (horizon,)).log_return[asset, :, 0]  # (T,), NaN where not yet known
+    columns = {f"q{level:g}": predictions.quantiles[asset, found, j, k]
+               for k, level in enumerate(predictions.quantile_levels)}
+    if predictions.prob_up is not None:
+        columns["prob_up"] = predictions.prob_up[asset, found, j]
+    if predictions.volatility is not None:
+        columns["volatility"] = predictions.volatility[asset, found, j]
+    columns["realised"] = realised[rows]
+    frame = pd.DataFrame(columns, index=pd.DatetimeIndex(panel.ts[rows], name="ts"))
+    frame = frame[np.isfinite(frame[f"q{predictions.quantile_levels[0]:g}"])]  # closed-market rows carry no forecast
+    return PastForecasts(symbol, horizon, frame, tuple(predictions.quantile_levels))
+
+
+@dataclass(frozen=True)
+class LatestForecast:
+    """The final model's forecast made at the asset's last open bar, for every horizon."""
+
+    symbol: str
+    made_at: pd.Timestamp  # the bar the forecast is made at (its close is the last known price)
+    last_close: float
+    table: pd.DataFrame  # index horizon; q<level> (log return), prob_up, volatility, price_q<level>
+
+
+def latest_forecast(inference: InferenceResult, closes: np.ndarray, symbol: str) -> LatestForecast:
+    """closes: (T,) the asset's close on the inference clock."""
+    asset = inference.symbols.index(symbol)
+    open_rows = np.flatnonzero(inference.mask[asset])
+    if len(open_rows) == 0:
+        raise ValueError(f"the model has no open bar of {symbol} to forecast from")
+    t = int(open_rows[-1])
+    last_close = float(closes[t])
+    table = pd.DataFrame(index=pd.Index(inference.horizons, name="horizon"))
+    for k, level in enumerate(inference.quantile_levels):
+        table[f"q{level:g}"] = inference.quantiles[asset, t, :, k]
+        table[f"price_q{level:g}"] = last_close * np.exp(inference.quantiles[asset, t, :, k])
+    table["prob_up"] = inference.prob_up[asset, t]
+    table["volatility"] = inference.volatility[asset, t]
+    return LatestForecast(symbol, inference.ts[t], last_close, table)
+
+
+def read_scores(run_dir: str | Path) -> pd.DataFrame | None:
+    """The long score table (model, asset, horizon, metric, value) evaluate wrote, or None if it never ran."""
+    path = Path(run_dir) / SCORES_JSON
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    return pd.DataFrame.from_records(payload["rows"])
+
+
+SCORE_COLUMNS = ("n", "pinball", "coverage_10_90", "mse", "hit_rate", "brier", "log_loss", "ece", "qlike",
+                 "dm_stat_mse", "dm_p_mse", "dm_p_pinball")
+
+
+def score_board(scores: pd.DataFrame, symbol: str, horizon: int) -> pd.DataFrame:
+    """One row per forecaster (the model first) for one asset and horizon; DM columns are the model vs that row."""
+    rows = scores[(scores["asset"] == symbol) & (scores["horizon"] == horizon)]
+    wide = rows.pivot_table(index="model", columns="metric", values="value", sort=False)
+    order = ["model"] + [m for m in wide.index if m != "model"]
+    columns = [c for c in SCORE_COLUMNS if c in wide.columns]
+    return wide.reindex(order)[columns].rename_axis("forecaster").reset_index()

@@ -1,0 +1,92 @@
+"""Forecasts page: the latest multi-horizon fan per asset, the walk-forward forecasts against what happened,
+calibration of P(up), and the score table against the baselines. Layout only: numbers come from
+engine.forecast_review, charts from engine.figures.forecasts."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine.figures import forecasts as charts
+from engine.forecast_review import latest_forecast, past_forecasts, read_scores, score_board
+from engine.training import load_predictions
+from storage.config import INTERVAL_SECONDS
+from views.export_widgets import chart_with_downloads
+from views.frame import current_selection
+from views.model_results import asset_closes, model_view
+
+selection = current_selection()
+st.title("Forecasts")
+view = model_view(selection)
+run_path = selection.checkpoint["path"]
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def walk_forward_record(path: str, run_id: str):
+    del run_id  # keys the cache: a retrained run in the same folder is a new record
+    predictions, folds, ts_us = load_predictions(path)
+    return predictions, folds, ts_us
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def scores_of(path: str, run_id: str):
+    del run_id
+    return read_scores(path)
+
+
+predictions, _, ts_us = walk_forward_record(run_path, view.run_id)
+horizons = list(predictions.horizons)
+horizon = st.segmented_control("Horizon (bars)", horizons, default=horizons[0], key="fc_horizon",
+                               bind="query-params") or horizons[0]
+bar = pd.Timedelta(seconds=INTERVAL_SECONDS[selection.interval])
+
+st.subheader("Latest forecast")
+st.caption("Made by the final model at each asset's last cached bar; the band is the outer quantile range of the "
+           "price at each horizon ahead.")
+columns = st.columns(len(selection.symbols))
+for column, symbol in zip(columns, selection.symbols):
+    with column:
+        latest = latest_forecast(view.bundle.inference, asset_closes(view, symbol), symbol)
+        row = latest.table.loc[horizon]
+        st.metric(f"{symbol} P(up), {horizon} bars", f"{row['prob_up']:.0%}",
+                  f"median {row[f'q{predictions.quantile_levels[len(predictions.quantile_levels) // 2]:g}']:+.2%}",
+                  delta_color="off", help="Probability that the log return over the next bars is positive, and the "
+                                          "median forecast log return.")
+        recent = pd.Series(asset_closes(view, symbol), index=view.ts).loc[:latest.made_at].iloc[-60:]
+        chart_with_downloads(charts.latest_fan_chart(latest, recent, bar, synthetic=selection.synthetic),
+                             key=f"fc_latest_{symbol}", file_stem=f"forecast-latest-{symbol}")
+
+st.subheader("Walk-forward forecasts against what happened")
+st.caption("Every point was forecast by a model trained only on bars before its test span (out of sample). The "
+           "band should hold the outcome about as often as its nominal coverage says.")
+calibration = {}
+for symbol in selection.symbols:
+    past = past_forecasts(view.loaded.panel, predictions, ts_us, symbol, horizon)
+    if selection.start is not None:
+        past = type(past)(past.symbol, past.horizon, past.frame.loc[selection.start:selection.end],
+                          past.quantile_levels)
+    if past.frame.empty:
+        st.info(f"No walk-forward forecasts of {symbol} fall in the selected dates: widen the date range.")
+        continue
+    calibration[symbol] = past.calibration()
+    chart_with_downloads(charts.past_fan_chart(past, synthetic=selection.synthetic), key=f"fc_past_{symbol}",
+                         file_stem=f"forecast-walk-forward-{symbol}")
+    st.caption(f"{symbol}: {len(past.frame.dropna(subset=['realised'])):,} scored forecasts; band coverage "
+               f"{past.coverage():.0%} (nominal {predictions.quantile_levels[-1] - predictions.quantile_levels[0]:.0%}); "
+               f"calibration error of P(up) {past.calibration_error():.3f}")
+if calibration:
+    chart_with_downloads(charts.calibration_chart(calibration, horizon, synthetic=selection.synthetic),
+                         key="fc_calibration", file_stem="forecast-calibration")
+
+st.subheader("Scores against the baselines")
+scores = scores_of(run_path, view.run_id)
+if scores is None:
+    st.info(f"This run has not been scored yet: `python -m engine.evaluate --run {run_path}` scores it against "
+            "every baseline on the same walk-forward test spans.")
+else:
+    st.caption("Same walk-forward test spans for every forecaster. Lower is better for every loss; the DM columns "
+               "test the model against that row (negative statistic: the model's loss is lower; small p: the "
+               "difference is unlikely to be luck).")
+    asset = st.selectbox("Asset", selection.symbols, key="fc_score_asset")
+    st.dataframe(score_board(scores, asset, horizon), hide_index=True, width="stretch",
+                 column_config={"dm_p_mse": st.column_config.NumberColumn("DM p (MSE)", format="%.4f"),
+                                "dm_p_pinball": st.column_config.NumberColumn("DM p (pinball)", format="%.4f")})
