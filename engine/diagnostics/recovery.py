@@ -57,10 +57,14 @@ def lead_lag_claim(
     records = []
     for follower in followers:
         source, found_lag, weight = strongest_source(weights, symbols, follower)
-        at_planted = float(weights[list(symbols).index(follower), list(symbols).index(leader), lag])
-        records.append({"target": follower, "strongest_source": source, "strongest_lag": found_lag,
-                        "weight": weight, f"weight_at_{leader}_lag{lag}": at_planted,
-                        "holds": source == leader and found_lag == lag})
+        row = weights[list(symbols).index(follower), list(symbols).index(leader)]  # (K+1,)
+        record = {"target": follower, "strongest_source": source, "strongest_lag": found_lag, "weight": weight,
+                  f"weight_at_{leader}_lag{lag}": float(row[lag])}
+        if lag >= 1:
+            # The map is read at the forecast origin t: the leader's return that moves the follower's NEXT bar
+            # (t+1) is the one at t+1-L, i.e. lag L-1 from t. Shown beside the claim, which stays at lag L.
+            record[f"weight_at_{leader}_lag{lag - 1}"] = float(row[lag - 1])
+        records.append({**record, "holds": source == leader and found_lag == lag})
     table = pd.DataFrame.from_records(records)
     return Claim("1 lead-lag", bool(table["holds"].all()), table)
 
