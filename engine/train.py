@@ -2,7 +2,7 @@
 
 The shipped demo checkpoint (assets/demo_checkpoint) is made by exactly this command (SYNTHETIC data):
 
-    .venv/bin/python -m engine.train --demo 1d --out assets/demo_checkpoint --run-id demo-1d --no-register
+    .venv/bin/python -m engine.train --demo 1h --out assets/demo_checkpoint --run-id demo-1h --no-register
 
 Cached real data:
 
@@ -22,11 +22,18 @@ from pathlib import Path
 from engine.checkpoint import CheckpointError, new_run_id, register_run, resolve_runs_dir
 from engine.progress import ConsoleProgressBar
 from engine.runtime import configure_cpu_threads
-from engine.training import TrainConfig, TrainingError, train_panel
+from engine.training import TrainConfig, TrainingError, demo_config, train_panel
+
+
+# command-line name -> TrainConfig field; every one defaults to the base config (demo_config for --demo)
+CONFIG_OPTIONS = {
+    "folds": "n_folds", "mode": "fold_mode", "min_train": "min_train", "val_size": "val_size",
+    "test_size": "test_size", "epochs": "max_epochs", "patience": "patience", "lr": "lr",
+    "batch_size": "batch_size", "window": "window", "stride": "stride", "seed": "seed", "device": "device",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n\n")[0])
     data = p.add_argument_group("data (one of --demo or --symbols/--interval)")
     data.add_argument("--demo", choices=("1d", "1h"), help="train on the synthetic demo market at this interval")
@@ -38,18 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--start")
     data.add_argument("--end")
     run = p.add_argument_group("training")
-    run.add_argument("--folds", type=int, default=defaults.n_folds)
-    run.add_argument("--mode", choices=("expanding", "rolling"), default=defaults.fold_mode)
-    run.add_argument("--min-train", type=int, default=defaults.min_train, help="rows in the first training span")
-    run.add_argument("--val-size", type=int, default=defaults.val_size)
-    run.add_argument("--test-size", type=int, default=defaults.test_size)
-    run.add_argument("--epochs", type=int, default=defaults.max_epochs, help="most epochs per fold")
-    run.add_argument("--patience", type=int, default=defaults.patience)
-    run.add_argument("--lr", type=float, default=defaults.lr)
-    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    run.add_argument("--window", type=int, default=defaults.window)
-    run.add_argument("--stride", type=int, default=defaults.stride)
-    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--folds", type=int)
+    run.add_argument("--mode", choices=("expanding", "rolling"))
+    run.add_argument("--min-train", type=int, help="rows in the first training span")
+    run.add_argument("--val-size", type=int)
+    run.add_argument("--test-size", type=int)
+    run.add_argument("--epochs", type=int, help="most epochs per fold")
+    run.add_argument("--patience", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--window", type=int)
+    run.add_argument("--stride", type=int)
+    run.add_argument("--seed", type=int)
     run.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, at most 4)")
     out = p.add_argument_group("output")
@@ -63,12 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return dataclasses.replace(
-        TrainConfig(), n_folds=args.folds, fold_mode=args.mode, min_train=args.min_train, val_size=args.val_size,
-        test_size=args.test_size, max_epochs=args.epochs, patience=args.patience, lr=args.lr,
-        batch_size=args.batch_size, window=args.window, stride=args.stride, seed=args.seed, device=args.device,
-        threads=configure_cpu_threads(args.threads),
-    )
+    """The base config (the tuned demo one for --demo), with every option given on the command line applied."""
+    base = demo_config(args.demo) if args.demo else TrainConfig()
+    given = {field: getattr(args, option) for option, field in CONFIG_OPTIONS.items()
+             if getattr(args, option) is not None}
+    return dataclasses.replace(base, **given, threads=configure_cpu_threads(args.threads))
 
 
 def load_data(args: argparse.Namespace):
