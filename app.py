@@ -18,7 +18,11 @@ PAGES = [
     st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),
     st.Page("views/forecasts.py", title="Forecasts", icon=":material/insights:", url_path="forecasts"),
     st.Page("views/backtest.py", title="Backtest", icon=":material/query_stats:", url_path="backtest"),
+    st.Page("views/regimes.py", title="Regimes", icon=":material/scatter_plot:", url_path="regimes"),
+    st.Page("views/lead_lag.py", title="Lead-lag", icon=":material/grid_on:", url_path="lead-lag"),
+    st.Page("views/lookback.py", title="Lookback", icon=":material/history:", url_path="lookback"),
     st.Page("views/data.py", title="Data", icon=":material/database:", url_path="data"),
+    st.Page("views/model.py", title="Model", icon=":material/model_training:", url_path="model"),
 ]
 
 navigation = st.navigation(PAGES)

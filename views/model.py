@@ -1,0 +1,158 @@
+"""Model page: train or retrain on the current selection in the background, with a progress bar that other pages
+do not wait for and a cancel button; resume a cancelled run; the list of checkpoints with their data, scores and
+device. Layout only: training is engine.training, the job runner engine.jobs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from engine.checkpoint import new_run_id, register_run, resolve_runs_dir
+from engine.jobs import JobRegistry
+from engine.panel_data import cached_panel
+from engine.train_settings import settings_for_panel
+from views.frame import clear_cached_reads, current_selection, load_runs
+
+JOB = "train"
+selection = current_selection()
+st.title("Model")
+st.caption(f"Training runs on **{selection.device}**. Walk-forward only: each fold trains on the past, stops early "
+           "on a later validation span, and forecasts a test span after that; the scores come from those test spans.")
+
+
+@st.cache_resource
+def job_registry() -> JobRegistry:
+    return JobRegistry()  # one per server process: every browser session sees the same training job
+
+
+def training_work(symbols, interval, db_path, n_folds, max_epochs, seed, run_dir: Path, resume: bool):
+    """The background job: train, score against the baselines, register the run."""
+    from engine.evaluate import evaluate_run, read_manifest
+    from engine.training import train_panel
+
+    def work(report, cancel):
+        loaded = cached_panel(symbols, interval, db_path=db_path)
+        config = settings_for_panel(loaded.panel, interval, n_folds=n_folds, max_epochs=max_epochs, seed=seed)
+        result = train_panel(loaded, config, run_dir, run_id=run_dir.name, progress=report, cancel=cancel.is_set,
+                             resume=resume)
+        if result.outcome != "finished":
+            return result
+        evaluate_run(run_dir, loaded)  # scores vs every baseline on the same test spans, into the run folder
+        register_run(resolve_runs_dir(), read_manifest(run_dir), run_dir)
+        return result
+
+    return work
+
+
+registry = job_registry()
+job = registry.get(JOB)
+
+st.subheader("Train on the current selection")
+if not selection.symbols:
+    st.info("Choose the symbols to train on in the sidebar.")
+else:
+    with st.form("train"):
+        st.markdown(f"Symbols **{', '.join(selection.symbols)}**, **{selection.interval}** bars, the whole cached "
+                    "history (the date range only changes what the other pages draw).")
+        left, middle, right = st.columns(3)
+        n_folds = left.number_input("Walk-forward folds", 1, 6, 3, key="train_folds")
+        max_epochs = middle.number_input("Most epochs per fold", 1, 100, 15, key="train_epochs",
+                                         help="Early stopping on the validation span usually ends a fold sooner.")
+        seed = right.number_input("Seed", 0, 10_000, 0, key="train_seed", help="The same seed repeats a CPU run.")
+        start = st.form_submit_button("Train", type="primary", icon=":material/model_training:",
+                                      disabled=bool(job and job.snapshot().running))
+    if start:
+        run_dir = resolve_runs_dir() / new_run_id()
+        try:
+            registry.start(JOB, training_work(selection.symbols, selection.interval, selection.db_path, int(n_folds),
+                                              int(max_epochs), int(seed), run_dir, resume=False),
+                           is_cancellation=lambda result: result.outcome == "cancelled")
+        except RuntimeError as error:
+            st.warning(str(error))
+        st.session_state["train_run_dir"] = str(run_dir)
+        st.session_state["train_request"] = (selection.symbols, selection.interval, selection.db_path,
+                                             int(n_folds), int(max_epochs), int(seed))
+        st.rerun()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(max(seconds, 0)))
+
+
+@st.fragment(run_every=1.0)
+def training_status() -> None:
+    """Polls the job once a second; only this fragment reruns, so the page and the other pages stay responsive."""
+    job = registry.get(JOB)
+    if job is None:
+        st.caption("No training job has run in this server session.")
+        return
+    snap = job.snapshot()
+    event = snap.progress
+    if snap.running:
+        if event is None:
+            st.progress(0.0, text="Loading the panel and computing features…")
+        else:
+            loss = f"loss {event.train_loss:.4f}" if event.train_loss is not None else ""
+            val = f" · val {event.val_loss:.4f}" if event.val_loss is not None else ""
+            st.progress(event.fraction, text=(f"fold {event.fold + 1}/{event.n_folds} · epoch {event.epoch + 1}/"
+                                              f"{event.n_epochs} · {loss}{val} · {_duration(event.elapsed_s)} elapsed, "
+                                              f"ETA {_duration(event.eta_s)}"))
+        if st.button("Cancel training", icon=":material/cancel:", key="train_cancel"):
+            job.cancel()
+        return
+    if snap.outcome == "done":
+        st.success(f"{snap.result.message}. Scored against the baselines and added to the checkpoints below.")
+        if st.session_state.get("_runs_seen") != snap.finished_at:
+            st.session_state["_runs_seen"] = snap.finished_at
+            st.session_state["_runs_version"] = st.session_state.get("_runs_version", 0) + 1
+            clear_cached_reads()
+            st.rerun(scope="app")
+    elif snap.outcome == "cancelled":
+        message = snap.result.message if snap.result is not None else "training was cancelled"
+        st.warning(f"Training was cancelled: {message}")
+        request = st.session_state.get("train_request")
+        if request and st.button("Resume", icon=":material/play_arrow:", key="train_resume"):
+            registry.forget(JOB)
+            registry.start(JOB, training_work(*request, Path(st.session_state["train_run_dir"]), resume=True),
+                           is_cancellation=lambda result: result.outcome == "cancelled")
+            st.rerun(scope="fragment")
+    else:
+        st.error(f"Training failed: {snap.error}. Nothing was saved as a checkpoint.")
+        with st.expander("Details"):
+            st.code(snap.details or "", language="text")
+
+
+training_status()
+
+st.subheader("Checkpoints")
+runs = load_runs(str(st.session_state.get("_runs_version", 0)))
+if not runs:
+    st.info("No checkpoints yet: train one above.")
+else:
+    def headline(run: dict) -> str:
+        assets = (run.get("scores") or {}).get("assets", {})
+        parts = []
+        for symbol, entry in assets.items():
+            p = (entry.get("vs_zero") or {}).get("dm_p_mse")
+            if p is not None:
+                parts.append(f"{symbol} p={p:.3f}")
+        return ", ".join(parts) or "not scored"
+
+    table = pd.DataFrame([{
+        "run": run["run_id"] + (" (shipped demo)" if run.get("demo") else ""),
+        "symbols": ", ".join(run.get("symbols", [])),
+        "interval": run.get("interval"),
+        "data span (UTC)": " .. ".join(s[:16] for s in run.get("span", [])),
+        "trained": run.get("created_at", "")[:16].replace("T", " "),
+        "device": run.get("device"),
+        "1-bar MSE vs zero (DM p)": headline(run),
+        "in use": bool(selection.checkpoint and selection.checkpoint["run_id"] == run["run_id"]),
+    } for run in runs])
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.caption("DM p: Diebold-Mariano test of the model's 1-bar squared error against the zero-return forecast on "
+               "the walk-forward test spans (small p: the model's edge is unlikely to be luck). The full tables are "
+               "on the Forecasts page.")
