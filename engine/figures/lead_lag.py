@@ -1,0 +1,124 @@
+"""Lead-lag view charts: for each target asset a source x lag heatmap of the cross-asset attention, and how a
+target's attention on each source moves over time.
+
+A lead-lag map is weights (A_tgt, A_src, K+1): the mean attention of target i on source j's bar `lag` bars back,
+over the target's open bars (engine.diagnostics.lead_lag). Each target's row sums to 1 over sources and lags. On the
+demo the planted lead (truth.leader moves truth.followers truth.lag_bars bars later) is boxed on the heatmap, so
+the reader can see whether the weight sits where it was planted.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine.figures.spans import shade_test_spans
+from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+
+PLANTED_MARK_COLOUR = "#D62728"
+PLANTED_MARK_NAME = "planted lead"  # the name every planted box carries (tests and the legend look for it)
+
+
+def _check_map(weights: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
+    weights = np.asarray(weights, dtype=float)
+    if weights.ndim != 3 or weights.shape[:2] != (len(symbols), len(symbols)):
+        raise ValueError(f"weights must be (targets, sources, lags) = ({len(symbols)}, {len(symbols)}, K+1) for "
+                         f"{list(symbols)}, got {weights.shape}")
+    return weights
+
+
+def planted_cells(truth, symbols: Sequence[str], max_lag: int) -> list[tuple[str, str, int]]:
+    """(target, source, lag) of every planted lead that the map can show: both assets present, lag within 0..K."""
+    if truth is None or truth.lag_bars is None or truth.leader not in symbols:
+        return []
+    return [(follower, truth.leader, int(truth.lag_bars)) for follower in truth.followers
+            if follower in symbols and truth.lag_bars <= max_lag]
+
+
+def lead_lag_heatmaps(
+    weights: np.ndarray,
+    symbols: Sequence[str],
+    *,
+    truth=None,
+    hide_self: bool = False,
+    span_text: str = "",
+    synthetic: bool,
+) -> go.Figure:
+    """One heatmap per target (columns of subplots): sources down, lags across, one colour scale for all.
+
+    hide_self blanks each target's attention on itself, which dominates every map, so the cross-asset cells get
+    the colour range; truth (the demo's PlantedTruth) boxes the planted (follower, leader, lag) cells."""
+    weights = _check_map(weights, symbols)
+    n_assets, n_lags = len(symbols), weights.shape[2]
+    shown = weights.copy()
+    if hide_self:
+        shown[np.arange(n_assets), np.arange(n_assets)] = np.nan
+    top = float(np.nanmax(shown)) if np.isfinite(shown).any() else 1.0
+    fig = make_subplots(rows=1, cols=n_assets, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"target {s}" for s in symbols])
+    lags = list(range(n_lags))
+    for target, symbol in enumerate(symbols):
+        text = np.where(np.isnan(shown[target]), "", np.vectorize("{:.3f}".format)(np.nan_to_num(shown[target])))
+        fig.add_trace(go.Heatmap(
+            z=shown[target], x=lags, y=list(symbols), coloraxis="coloraxis", text=text, texttemplate="%{text}",
+            name=f"target {symbol}",
+            hovertemplate=f"target {symbol}<br>source %{{y}}, lag %{{x}} bars<br>weight %{{z:.4f}}<extra></extra>",
+        ), row=1, col=target + 1)
+        fig.update_xaxes(title_text="lag (bars)", tickmode="array", tickvals=lags, row=1, col=target + 1)
+    for follower, leader, lag in planted_cells(truth, symbols, n_lags - 1):
+        column = list(symbols).index(follower) + 1
+        source = list(symbols).index(leader)
+        axis = "" if column == 1 else str(column)
+        fig.add_shape(type="rect", x0=lag - 0.5, x1=lag + 0.5, y0=source - 0.5, y1=source + 0.5,
+                      xref=f"x{axis}", yref=f"y{axis}", line=dict(color=PLANTED_MARK_COLOUR, width=3),
+                      name=PLANTED_MARK_NAME)
+        fig.add_annotation(x=lag, y=source, xref=f"x{axis}", yref=f"y{axis}", yshift=-14, showarrow=False,
+                           text="planted", font=dict(size=10, color=PLANTED_MARK_COLOUR), name=PLANTED_MARK_NAME)
+    if truth is not None and truth.lag_bars is not None and truth.lag_bars > n_lags - 1:
+        fig.add_annotation(text=f"planted lag {truth.lag_bars} bars is beyond the model's largest lag {n_lags - 1}",
+                           xref="paper", yref="paper", x=0.0, y=-0.25, showarrow=False, xanchor="left")
+    title = "Cross-asset attention by source and lag" + (f" · {span_text}" if span_text else "")
+    base_layout(fig, title + (" (self-attention hidden)" if hide_self else ""), 380)
+    fig.update_yaxes(title_text="source", type="category", autorange="reversed", row=1, col=1)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0.0, cmax=top, colorbar=dict(title="weight")))
+    return label_synthetic(fig, synthetic)
+
+
+def attention_over_time(
+    rolling: np.ndarray,
+    ts: pd.DatetimeIndex,
+    symbols: Sequence[str],
+    target: str,
+    *,
+    window: int,
+    rows: range | None = None,
+    marked_time=None,
+    out_of_sample: Sequence[tuple] = (),
+    synthetic: bool,
+) -> go.Figure:
+    """rolling (T, A, A, K+1), the trailing-window map at every bar -> the target's attention on each source,
+    summed over lags (its share of the target's attention), as one line per source over time."""
+    rolling = np.asarray(rolling)
+    if rolling.ndim != 4 or rolling.shape[0] != len(ts) or rolling.shape[1:3] != (len(symbols), len(symbols)):
+        raise ValueError(f"rolling must be (time, targets, sources, lags) = ({len(ts)}, {len(symbols)}, "
+                         f"{len(symbols)}, K+1), got {rolling.shape}")
+    if target not in symbols:
+        raise ValueError(f"target {target!r} is not one of {list(symbols)}")
+    span = slice(None) if rows is None else slice(rows.start, rows.stop)
+    times = pd.DatetimeIndex(ts[span])
+    share = rolling[span, list(symbols).index(target)].sum(axis=-1)  # (n, A_src)
+    fig = go.Figure()
+    for source, symbol in enumerate(symbols):
+        fig.add_trace(go.Scatter(x=times, y=share[:, source], mode="lines", name=f"on {symbol}",
+                                 line=dict(color=asset_colour(symbol, symbols), width=1.3),
+                                 hovertemplate=f"%{{x|%Y-%m-%d %H:%M}} UTC<br>on {symbol}: %{{y:.3f}}<extra></extra>"))
+    if marked_time is not None:
+        fig.add_vline(x=pd.Timestamp(marked_time), line_width=1, line_dash="dash", line_color="#444444")
+    base_layout(fig, f"Attention of {target} on each source over time (trailing {window}-bar window, all lags)")
+    fig.update_xaxes(title_text=TIME_AXIS_TITLE)
+    fig.update_yaxes(title_text="share of attention", rangemode="tozero")
+    shade_test_spans(fig, out_of_sample, times)
+    return label_synthetic(fig, synthetic)

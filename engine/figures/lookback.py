@@ -1,0 +1,124 @@
+"""Lookback view charts: an asset's effective look-back under its price, shaded by regime; the look-back's
+distribution per regime; and the SSM's hidden attention of one chosen bar over the bars before it.
+
+Effective look-back is the half-life ln 2 / (Delta_t |A|) in bars, the median over channels at each bar
+(engine.inference.InferenceResult.lookback_median, NaN while the asset's market is closed: no step is taken).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine.figures.regimes import regime_colour, regime_name
+from engine.figures.spans import shade_test_spans
+from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+
+REGIME_SHADE_OPACITY = 0.18
+
+
+def _regime_bands(fig: go.Figure, ts: pd.DatetimeIndex, labels: np.ndarray, height: float,
+                  names: Sequence[str] | None, row: int) -> None:
+    """Shade the look-back row by regime: one filled band per regime (0..height where the bar is in it).
+
+    Bands are traces, not rectangles, so a label that changes often costs no more than one that rarely does."""
+    for regime in np.unique(labels[labels >= 0]):
+        inside = labels == regime
+        # Extend each run by one bar so consecutive runs touch instead of leaving a one-bar gap between colours.
+        inside = inside | np.concatenate([[False], inside[:-1]])
+        fig.add_trace(go.Scatter(
+            x=ts, y=np.where(inside, height, np.nan), mode="lines", line=dict(width=0), fill="tozeroy",
+            fillcolor=_transparent(regime_colour(int(regime))), name=regime_name(int(regime), names),
+            legendgroup="regimes", hoverinfo="skip", connectgaps=False,
+        ), row=row, col=1)
+
+
+def _transparent(hex_colour: str) -> str:
+    red, green, blue = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red}, {green}, {blue}, {REGIME_SHADE_OPACITY})"
+
+
+def lookback_chart(
+    ts: pd.DatetimeIndex,
+    closes: np.ndarray,
+    lookback: np.ndarray,
+    symbol: str,
+    *,
+    labels: np.ndarray | None = None,
+    regime_names: Sequence[str] | None = None,
+    rows: range | None = None,
+    marked_time=None,
+    out_of_sample: Sequence[tuple] = (),
+    synthetic: bool,
+) -> go.Figure:
+    """Price (T,) on top, effective look-back (T,) in bars under it on the same time axis, the look-back row
+    shaded by regime labels (T,) when given; marked_time draws the bar picked for the hidden attention."""
+    for name, array in (("closes", closes), ("lookback", lookback), ("labels", labels)):
+        if array is not None and len(array) != len(ts):
+            raise ValueError(f"{name} has {len(array)} rows but the clock has {len(ts)}: pass one asset's row")
+    span = slice(None) if rows is None else slice(rows.start, rows.stop)
+    ts, closes, lookback = pd.DatetimeIndex(ts[span]), np.asarray(closes)[span], np.asarray(lookback, float)[span]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.05, row_heights=[0.55, 0.45])
+    colour = asset_colour(symbol)
+    fig.add_trace(go.Scatter(x=ts, y=closes, mode="lines", name=f"{symbol} close", line=dict(color=colour, width=1.2),
+                             hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>price %{y:,.2f}<extra></extra>"), row=1, col=1)
+    finite = lookback[np.isfinite(lookback)]
+    if labels is not None and finite.size:
+        _regime_bands(fig, ts, np.asarray(labels)[span], float(finite.max()) * 1.05, regime_names, row=2)
+    fig.add_trace(go.Scatter(x=ts, y=lookback, mode="lines", name="effective look-back", connectgaps=True,
+                             line=dict(color="#222222", width=1.0),
+                             hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>look-back %{y:.1f} bars<extra></extra>"),
+                  row=2, col=1)
+    if marked_time is not None:
+        fig.add_vline(x=pd.Timestamp(marked_time), line_width=1, line_dash="dash", line_color="#444444")
+    base_layout(fig, f"{symbol}: price and effective look-back (median half-life over channels)", 480)
+    fig.update_yaxes(title_text="price", row=1, col=1)
+    fig.update_yaxes(title_text="look-back (bars)", rangemode="tozero", row=2, col=1)
+    fig.update_xaxes(title_text=TIME_AXIS_TITLE, row=2, col=1)
+    shade_test_spans(fig, out_of_sample, ts, on_subplots=True)
+    return label_synthetic(fig, synthetic)
+
+
+def lookback_by_regime_chart(table: pd.DataFrame, symbols: Sequence[str], *, labels_from: str,
+                             synthetic: bool) -> go.Figure:
+    """Boxes of the look-back per (asset, regime) from engine.diagnostics.lookback_by_regime's table (symbol,
+    regime, regime_name, n_bars, p25, median, p75): the box is the middle half of the bars, the line the median."""
+    missing = {"symbol", "regime", "regime_name", "n_bars", "p25", "median", "p75"} - set(table.columns)
+    if missing:
+        raise ValueError(f"lookback_by_regime_chart: the table lacks columns {sorted(missing)}")
+    fig = go.Figure()
+    for symbol in symbols:
+        rows = table[(table["symbol"] == symbol) & (table["n_bars"] > 0)]
+        if rows.empty:
+            continue
+        fig.add_trace(go.Box(
+            x=rows["regime_name"], q1=rows["p25"], median=rows["median"], q3=rows["p75"],
+            lowerfence=rows["p25"], upperfence=rows["p75"], name=symbol,
+            marker_color=asset_colour(symbol, symbols), customdata=rows["n_bars"],
+            hovertemplate=f"{symbol} · %{{x}}<br>median %{{median:.1f}} bars<extra></extra>",
+        ))
+    base_layout(fig, f"Effective look-back per regime ({labels_from}); box = 25-75 % of bars, line = median", 400)
+    fig.update_layout(boxmode="group")
+    fig.update_xaxes(title_text="regime", type="category")
+    fig.update_yaxes(title_text="look-back (bars)", rangemode="tozero")
+    return label_synthetic(fig, synthetic)
+
+
+def hidden_attention_chart(frame: pd.DataFrame, symbol: str, *, synthetic: bool) -> go.Figure:
+    """engine.diagnostics.hidden_attention's frame (index ts of the past bars, columns lag, weight) as bars over the
+    lag: how much of the SSM output at the picked bar (lag 0) comes from each earlier bar."""
+    if not {"lag", "weight"} <= set(frame.columns) or frame.empty:
+        raise ValueError("hidden_attention_chart needs a non-empty frame with columns lag and weight")
+    at = pd.DatetimeIndex(frame.index)[frame["lag"].to_numpy().argmin()]
+    dates = pd.DatetimeIndex(frame.index).strftime("%Y-%m-%d %H:%M")
+    fig = go.Figure(go.Bar(
+        x=frame["lag"], y=frame["weight"], customdata=dates, marker_color=asset_colour(symbol), name=symbol,
+        hovertemplate="lag %{x} bars (%{customdata} UTC)<br>weight %{y:.3g}<extra></extra>",
+    ))
+    base_layout(fig, f"{symbol}: which past bars the SSM state draws on at {at:%Y-%m-%d %H:%M} UTC", 360)
+    fig.update_xaxes(title_text="lag (bars before the picked bar; hover for the date, UTC)")
+    fig.update_yaxes(title_text="hidden attention (mean |weight| over channels)", rangemode="tozero")
+    return label_synthetic(fig, synthetic)

@@ -1,0 +1,226 @@
+"""Regimes view charts: the PCA scatter of an asset's regime embeddings, the regime ribbon under its price (with
+the demo's planted regimes as a second ribbon), explained variance, and the regime transition matrix.
+
+Inputs are plain arrays on the panel's union clock (T rows), one asset at a time: what
+engine.diagnostics.RegimeResult holds for asset a is projections[a] (T, C), labels[a] (T,) and the mask row (T,).
+Only the asset's open bars are drawn: a closed bar repeats the last open bar's state, so it would stack copies.
+Cluster numbers are arbitrary (renumbered by the first principal coordinate), so a found regime's colour says
+nothing about which planted regime it matches; the adjusted Rand index is the comparison that ignores numbering.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sklearn.metrics import adjusted_rand_score
+
+from engine.diagnostics.regimes import NO_LABEL
+from engine.figures.spans import shade_test_spans
+from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+
+# Regime colours are not asset colours (those stay one per asset on every page): a separate qualitative set.
+REGIME_COLOURS = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#EECA3B", "#72B7B2", "#FF9DA6", "#9D755D")
+COLOUR_BY = ("regime", "date")
+
+
+def regime_colour(regime: int) -> str:
+    return REGIME_COLOURS[regime % len(REGIME_COLOURS)]
+
+
+def regime_name(regime: int, names: Sequence[str] | None) -> str:
+    if regime < 0:
+        return "none"
+    return names[regime] if names is not None and regime < len(names) else f"regime {regime}"
+
+
+def _rows(rows: range | None, n: int) -> np.ndarray:
+    """Boolean (n,) of the rows drawn."""
+    keep = np.zeros(n, dtype=bool)
+    keep[slice(None) if rows is None else slice(rows.start, rows.stop)] = True
+    return keep
+
+
+def _check_clock(ts: pd.DatetimeIndex, **arrays: np.ndarray) -> None:
+    for name, array in arrays.items():
+        if array is not None and len(array) != len(ts):
+            raise ValueError(f"{name} has {len(array)} rows but the clock has {len(ts)}: pass one asset's row")
+
+
+# ----------------------------------------------------------------------------------------------- the PCA scatter
+
+
+def regime_scatter(
+    projections: np.ndarray,
+    labels: np.ndarray,
+    open_bars: np.ndarray,
+    ts: pd.DatetimeIndex,
+    closes: np.ndarray,
+    symbol: str,
+    *,
+    colour_by: str = "regime",
+    regime_names: Sequence[str] | None = None,
+    explained: np.ndarray | None = None,
+    rows: range | None = None,
+    synthetic: bool,
+) -> go.Figure:
+    """PC1 against PC2 of one asset's embeddings (projections (T, C), labels/open_bars/closes (T,)), one point per
+    open bar in `rows`, coloured by regime (one trace each) or by date; hover shows the bar's date and price."""
+    projections, labels = np.asarray(projections), np.asarray(labels)
+    _check_clock(ts, projections=projections, labels=labels, open_bars=open_bars, closes=closes)
+    if colour_by not in COLOUR_BY:
+        raise ValueError(f"regime_scatter: colour_by must be one of {COLOUR_BY}, got {colour_by!r}")
+    keep = np.asarray(open_bars, dtype=bool) & (labels != NO_LABEL) & _rows(rows, len(ts))
+    x = projections[keep, 0]
+    y = projections[keep, 1] if projections.shape[1] > 1 else np.zeros_like(x)  # one component: a strip
+    when = pd.DatetimeIndex(ts[keep])
+    custom = np.stack([when.strftime("%Y-%m-%d %H:%M"), np.asarray(closes)[keep].astype(float)], axis=-1)
+    hover = "%{customdata[0]} UTC<br>price %{customdata[1]:,.2f}<br>PC1 %{x:.2f}, PC2 %{y:.2f}"
+    fig = go.Figure()
+    if colour_by == "regime":
+        for regime in np.unique(labels[keep]):
+            where = labels[keep] == regime
+            name = regime_name(int(regime), regime_names)
+            fig.add_trace(go.Scattergl(
+                x=x[where], y=y[where], mode="markers", name=name, customdata=custom[where],
+                marker=dict(size=5, color=regime_colour(int(regime)), opacity=0.7),
+                hovertemplate=hover + f"<br>{name}<extra></extra>",
+            ))
+    else:
+        seconds = when.asi8 / 1e9 if len(when) else np.array([])
+        ticks = pd.DatetimeIndex(np.linspace(seconds.min(), seconds.max(), 5) * 1e9, tz="UTC") if len(when) else []
+        fig.add_trace(go.Scattergl(
+            x=x, y=y, mode="markers", name="bars by date", customdata=custom, hovertemplate=hover + "<extra></extra>",
+            marker=dict(size=5, color=seconds, colorscale="Viridis", opacity=0.7, colorbar=dict(
+                title="date (UTC)", tickvals=[t.timestamp() for t in ticks],
+                ticktext=[f"{t:%Y-%m-%d}" for t in ticks])),
+        ))
+    base_layout(fig, f"{symbol}: regime embeddings, first two principal components ({len(x):,} open bars)", 460)
+    fig.update_xaxes(title_text=_component_title(0, explained))
+    fig.update_yaxes(title_text=_component_title(1, explained))
+    return label_synthetic(fig, synthetic)
+
+
+def _component_title(component: int, explained: np.ndarray | None) -> str:
+    if explained is None or component >= len(explained):
+        return f"PC{component + 1}"
+    return f"PC{component + 1} ({explained[component]:.0%} of training variance)"
+
+
+# ------------------------------------------------------------------------------------------- ribbon under price
+
+
+def _ribbon(labels: np.ndarray, ts: pd.DatetimeIndex, names: Sequence[str] | None, n_regimes: int, label: str):
+    """One-row heatmap of regime labels (T,); no label (-1) is left blank."""
+    z = np.where(labels >= 0, labels, np.nan).astype(float)[None, :]  # (1, T)
+    scale = []
+    for k in range(n_regimes):  # discrete steps: regime k fills [k/n, (k+1)/n) of the scale
+        scale += [(k / n_regimes, regime_colour(k)), ((k + 1) / n_regimes, regime_colour(k))]
+    text = np.array([[regime_name(int(v), names) for v in labels]])
+    return go.Heatmap(z=z, x=ts, y=[label], zmin=-0.5, zmax=n_regimes - 0.5, colorscale=scale, showscale=False,
+                      text=text, hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>%{text}<extra>" + label + "</extra>")
+
+
+def regime_timeline(
+    ts: pd.DatetimeIndex,
+    closes: np.ndarray,
+    labels: np.ndarray,
+    symbol: str,
+    *,
+    regime_names: Sequence[str] | None = None,
+    planted: np.ndarray | None = None,
+    planted_names: Sequence[str] | None = None,
+    rows: range | None = None,
+    out_of_sample: Sequence[tuple] = (),
+    synthetic: bool,
+) -> go.Figure:
+    """The asset's close (T,) with the found regime ribbon (T,) under it and, on the demo, the planted one."""
+    _check_clock(ts, closes=closes, labels=labels, planted=planted)
+    keep = _rows(rows, len(ts))
+    ts, closes, labels = pd.DatetimeIndex(ts[keep]), np.asarray(closes)[keep], np.asarray(labels)[keep]
+    n_ribbons = 1 if planted is None else 2
+    fig = make_subplots(rows=1 + n_ribbons, cols=1, shared_xaxes=True, vertical_spacing=0.03,
+                        row_heights=[0.7] + [0.3 / n_ribbons] * n_ribbons)
+    fig.add_trace(go.Scatter(x=ts, y=closes, mode="lines", name=f"{symbol} close",
+                             line=dict(color=asset_colour(symbol), width=1.2)), row=1, col=1)
+    n_found = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 1
+    fig.add_trace(_ribbon(labels, ts, regime_names, n_found, "found"), row=2, col=1)
+    if planted is not None:
+        planted = np.asarray(planted)[keep]
+        n_planted = max(int(planted.max()) + 1 if planted.size else 1, len(planted_names or ()))
+        fig.add_trace(_ribbon(planted, ts, planted_names, n_planted, "planted"), row=3, col=1)
+    base_layout(fig, f"{symbol}: price and regimes" + (" (found vs planted)" if planted is not None else ""), 480)
+    fig.update_yaxes(title_text="price", row=1, col=1)
+    fig.update_xaxes(title_text=TIME_AXIS_TITLE, row=1 + n_ribbons, col=1)
+    shade_test_spans(fig, out_of_sample, ts, on_subplots=True)
+    return label_synthetic(fig, synthetic)
+
+
+# ------------------------------------------------------------------------------------ variance and transitions
+
+
+def explained_variance_chart(explained: np.ndarray, symbols: Sequence[str], *, synthetic: bool) -> go.Figure:
+    """explained (A, C): each asset's share of training-span variance per principal component, grouped bars."""
+    explained = np.asarray(explained)
+    if explained.ndim != 2 or explained.shape[0] != len(symbols):
+        raise ValueError(f"explained must be (assets, components) = ({len(symbols)}, C), got {explained.shape}")
+    components = [f"PC{c + 1}" for c in range(explained.shape[1])]
+    fig = go.Figure()
+    for asset, symbol in enumerate(symbols):
+        fig.add_trace(go.Bar(x=components, y=explained[asset], name=symbol, marker_color=asset_colour(symbol, symbols),
+                             text=[f"{v:.0%}" for v in explained[asset]], textposition="outside",
+                             hovertemplate=f"{symbol} %{{x}}: %{{y:.1%}}<extra></extra>"))
+    base_layout(fig, "Explained variance of the regime embeddings (fitted on the training span)", 340)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="share of variance", tickformat=".0%", rangemode="tozero")
+    return label_synthetic(fig, synthetic)
+
+
+def transition_heatmap(
+    matrix: np.ndarray, counts: np.ndarray, symbol: str, *, regime_names: Sequence[str] | None = None,
+    synthetic: bool,
+) -> go.Figure:
+    """matrix (K, K): P(next open bar's regime = column | this bar's = row); counts (K, K) in the hover."""
+    matrix, counts = np.asarray(matrix, dtype=float), np.asarray(counts)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or counts.shape != matrix.shape:
+        raise ValueError(f"transition matrix {matrix.shape} and counts {counts.shape} must both be (K, K)")
+    names = [regime_name(k, regime_names) for k in range(matrix.shape[0])]
+    text = np.where(np.isnan(matrix), "", np.vectorize("{:.2f}".format)(np.nan_to_num(matrix)))
+    fig = go.Figure(go.Heatmap(
+        z=matrix, x=names, y=names, zmin=0.0, zmax=1.0, colorscale="Blues", text=text, texttemplate="%{text}",
+        customdata=counts, colorbar=dict(title="P(next)"),
+        hovertemplate="from %{y}<br>to %{x}<br>P = %{z:.3f} (%{customdata:,} bars)<extra></extra>",
+    ))
+    base_layout(fig, f"{symbol}: regime transitions between consecutive open bars", 380)
+    fig.update_xaxes(title_text="next regime", type="category")
+    fig.update_yaxes(title_text="regime now", type="category", autorange="reversed")
+    return label_synthetic(fig, synthetic)
+
+
+# --------------------------------------------------------------------------------- found vs planted (the demo)
+
+
+def planted_on_clock(ts: pd.DatetimeIndex, planted: pd.Series) -> np.ndarray:
+    """The planted regime (truth.regimes, indexed by UTC ts) at every row of `ts`; NO_LABEL where it has none."""
+    values = planted.reindex(ts).to_numpy(dtype=float)
+    return np.where(np.isnan(values), NO_LABEL, values).astype(np.int64)
+
+
+def adjusted_rand_by_asset(
+    labels: np.ndarray, planted: np.ndarray, open_bars: np.ndarray, symbols: Sequence[str], rows: range | None = None,
+) -> pd.DataFrame:
+    """labels, open_bars (A, T), planted (T,) -> symbol, n_bars, adjusted Rand index over the asset's open bars in
+    `rows` where both have a label (1 = the same partition, about 0 = no better than chance)."""
+    labels, open_bars, planted = np.asarray(labels), np.asarray(open_bars, dtype=bool), np.asarray(planted)
+    if labels.shape != open_bars.shape or labels.shape != (len(symbols), len(planted)):
+        raise ValueError(f"labels {labels.shape}, open_bars {open_bars.shape} must be (assets, time) = "
+                         f"({len(symbols)}, {len(planted)})")
+    span = _rows(rows, len(planted))
+    records = []
+    for asset, symbol in enumerate(symbols):
+        use = open_bars[asset] & span & (labels[asset] >= 0) & (planted >= 0)
+        ari = adjusted_rand_score(planted[use], labels[asset, use]) if use.sum() > 1 else float("nan")
+        records.append({"symbol": symbol, "n_bars": int(use.sum()), "adjusted_rand_index": float(ari)})
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,186 @@
+"""The Regimes, Lead-lag and Lookback pages, run through the real app on the seeded demo cache.
+
+A real checkpoint drives them: the quick demo settings cut to one fold and one epoch on the cached 1d demo bars
+(about two seconds on one thread), registered in the test's runs directory, so the pages run the whole path
+(checkpoint checks, features with its scaler, inference, diagnostics) rather than a stand-in.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+import numpy as np
+import pytest
+import streamlit as st
+
+from engine.checkpoint import MANIFEST_FILE, Manifest, register_run
+from engine.panel_data import cached_panel
+from engine.runtime import configure_cpu_threads
+from storage.sources.demo import DEMO_SYMBOLS
+from tests.app.conftest import figure_specs, open_page
+
+PAGES = ("views/regimes.py", "views/lead_lag.py", "views/lookback.py")
+INTERVAL = "1d"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(seeded_cache_template, tmp_path_factory):
+    from engine.training import quick_config, train_panel
+
+    configure_cpu_threads(1)
+    loaded = cached_panel(DEMO_SYMBOLS, INTERVAL, db_path=seeded_cache_template)
+    run_dir = tmp_path_factory.mktemp("views_run") / "run"
+    result = train_panel(loaded, quick_config(INTERVAL, max_epochs=1, n_folds=1), run_dir=run_dir,
+                         run_id="views-test-1d")
+    assert result.outcome == "finished", result.message
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def diagnostics_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("diagnostics")
+
+
+@pytest.fixture
+def with_run(seeded_db, tiny_run, diagnostics_dir, tmp_path, monkeypatch):
+    runs = tmp_path / "registered_runs"
+    monkeypatch.setenv("REGIME_RUNS", str(runs))
+    monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
+    register_run(runs, Manifest.from_json((tiny_run / MANIFEST_FILE).read_text()), tiny_run)
+    st.cache_data.clear()  # the frame caches the run list for 30 s: an earlier test's empty list would hide this run
+    return tiny_run
+
+
+def open_model_page(page: str, **query):
+    at = open_page(page, interval=INTERVAL, **query)
+    assert not at.exception, at.exception
+    return at
+
+
+def titles(at) -> list[str]:
+    return [spec["layout"]["title"]["text"] for spec in figure_specs(at)]
+
+
+def spec_titled(at, prefix: str) -> dict:
+    return next(spec for spec in figure_specs(at) if spec["layout"]["title"]["text"].startswith(prefix))
+
+
+def decoded(value) -> np.ndarray:
+    """An array of a figure spec: plotly packs numeric arrays as {"dtype", "bdata" (base64), "shape"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return array.reshape([int(n) for n in str(shape).split(",")]) if shape else array
+    return np.asarray(value, dtype=float)
+
+
+def trace_arrays(at, prefix: str, field: str) -> list[np.ndarray]:
+    return [decoded(trace[field]) for trace in spec_titled(at, prefix)["data"]]
+
+
+def all_text(at) -> str:
+    return " ".join(e.value for e in list(at.caption) + list(at.info) + list(at.markdown) + list(at.warning))
+
+
+# ----- no checkpoint -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_without_a_fitting_checkpoint_the_page_says_so_and_draws_nothing(seeded_db, page):
+    at = open_page(page, interval=INTERVAL, symbols=["BTC", "SPY"])  # no run is trained on these two alone
+    assert not at.exception, at.exception
+    assert any("No checkpoint fits BTC, SPY at 1d" in i.value for i in at.info)
+    assert figure_specs(at) == []
+
+
+# ----- with a checkpoint ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_chart_is_labelled_synthetic_and_has_download_buttons(with_run, page):
+    at = open_model_page(page)
+    specs = figure_specs(at)
+    assert specs, "the page drew no chart"
+    for spec in specs:
+        notes = [a.get("text", "") for a in spec["layout"].get("annotations", [])]
+        assert "SYNTHETIC DEMO DATA" in notes, spec["layout"]["title"]["text"]
+    html_buttons = [b for b in at.get("download_button") if b.label == "HTML"]
+    assert len(html_buttons) == len(specs)
+    assert "views-test-1d" in all_text(at)
+
+
+def test_regimes_slider_refits_and_the_planted_regimes_sit_beside_the_found(with_run):
+    at = open_model_page("views/regimes.py")
+    assert {"Number of regimes", "Asset", "Colour points by"} <= {w.label for w in
+                                                                   list(at.slider) + list(at.selectbox) + list(at.radio)}
+    timeline = spec_titled(at, "BTC: price and regimes (found vs planted)")
+    assert [t.get("y", [None])[0] for t in timeline["data"] if t["type"] == "heatmap"] == ["found", "planted"]
+    ari = at.dataframe[0].value
+    assert list(ari["symbol"]) == list(DEMO_SYMBOLS) and ari["n_bars"].gt(0).all()
+
+    assert trace_arrays(at, "BTC: regime transitions", "z")[0].shape == (3, 3)
+    at.slider(key="rg_k").set_value(5).run()
+    assert not at.exception, at.exception
+    assert trace_arrays(at, "BTC: regime transitions", "z")[0].shape == (5, 5)
+    assert not ari.equals(at.dataframe[0].value)
+
+
+def test_regimes_colour_toggle_and_asset_change_the_scatter(with_run):
+    at = open_model_page("views/regimes.py")
+    by_regime = spec_titled(at, "BTC: regime embeddings")
+    assert len(by_regime["data"]) == 3 and "price" in by_regime["data"][0]["hovertemplate"]
+    at.radio(key="rg_colour").set_value("date").run()
+    by_date = spec_titled(at, "BTC: regime embeddings")
+    assert len(by_date["data"]) == 1 and by_date["data"][0]["marker"]["colorbar"]["title"]["text"] == "date (UTC)"
+    at.selectbox(key="rg_asset").set_value("SPY").run()
+    assert not at.exception, at.exception
+    assert any(t.startswith("SPY: regime embeddings") for t in titles(at))
+
+
+def test_lead_lag_marks_the_planted_lead_and_the_window_changes_the_map(with_run):
+    at = open_model_page("views/lead_lag.py")
+    heatmaps = spec_titled(at, "Cross-asset attention")
+    boxes = [s for s in heatmaps["layout"].get("shapes", []) if s.get("name") == "planted lead"]
+    assert len(boxes) == 2  # SPY and AAPL follow BTC by one bar on the 1d demo
+    assert {b["x0"] + 0.5 for b in boxes} == {1.0}
+    pairs = at.dataframe[0].value
+    assert list(pairs.columns) == ["target", "source", "lag", "weight"] and len(pairs) == 5
+
+    whole_map = np.stack(trace_arrays(at, "Cross-asset attention", "z"))
+    at.toggle(key="ll_whole").set_value(False).run()
+    at.slider(key="ll_end").set_value(datetime(2019, 6, 1)).run()  # a window near the start
+    assert not at.exception, at.exception
+    window_map = np.stack(trace_arrays(at, "Cross-asset attention", "z"))
+    assert window_map.shape == whole_map.shape and not np.allclose(window_map, whole_map, equal_nan=True)
+    over_time = spec_titled(at, "Attention of AAPL on each source over time")
+    assert over_time["layout"]["xaxis"]["title"]["text"] == "time (UTC)"
+    assert any(s.get("line", {}).get("dash") == "dash" for s in over_time["layout"]["shapes"])  # the window's end
+
+
+def test_lookback_shows_price_and_lookback_per_asset_and_the_bar_picker_moves_the_hidden_attention(with_run):
+    at = open_model_page("views/lookback.py")
+    assert [t for t in titles(at) if "effective look-back" in t] == [
+        f"{s}: price and effective look-back (median half-life over channels)" for s in DEMO_SYMBOLS]
+    by_regime = spec_titled(at, "Effective look-back per regime")
+    assert [trace["name"] for trace in by_regime["data"]] == list(DEMO_SYMBOLS)
+
+    before_title = spec_titled(at, "BTC: which past bars")["layout"]["title"]["text"]
+    before = trace_arrays(at, "BTC: which past bars", "y")[0]
+    at.slider(key="lb_bar").set_value(datetime(2021, 6, 1)).run()
+    assert not at.exception, at.exception
+    after_title = spec_titled(at, "BTC: which past bars")["layout"]["title"]["text"]
+    assert "2021-06-01 00:00 UTC" in after_title and "2021" not in before_title
+    after = trace_arrays(at, "BTC: which past bars", "y")[0]
+    assert after.shape == before.shape and not np.allclose(after, before)
+
+
+def test_lookback_shading_switches_to_the_planted_regimes(with_run):
+    at = open_model_page("views/lookback.py")
+    at.radio(key="lb_regimes").set_value("planted (synthetic demo)").run()
+    assert not at.exception, at.exception
+    btc = spec_titled(at, "BTC: price and effective look-back")
+    bands = {trace["name"] for trace in btc["data"] if trace.get("fill") == "tozeroy"}
+    assert bands == {"calm uptrend", "volatile downtrend", "choppy mean-reverting"}
+    assert "Planted memory, longest first" in all_text(at)
+    assert json.dumps(spec_titled(at, "Effective look-back per regime")).count("calm uptrend") > 0

@@ -1,0 +1,89 @@
+"""Lookback page: how many bars of memory the model uses at each bar (effective look-back under the price, shaded by
+regime), its distribution per regime, and for one picked bar which past bars the SSM state draws on.
+
+Layout only: the look-back comes from views.model_results, the per-regime table from the bundle, the hidden
+attention of the picked bar from engine.diagnostics.hidden_attention (cached per bar), charts from
+engine.figures.lookback.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine.diagnostics import hidden_attention
+from engine.figures import lookback as charts
+from engine.figures.regimes import planted_on_clock
+from views.bar_picker import pick_bar
+from views.export_widgets import chart_with_downloads
+from views.frame import current_selection, date_span_text
+from views.model_results import asset_closes, model_view
+
+LAG_CHOICES = (20, 50, 100, 200, 500)
+REGIME_SOURCES = ("found in the embeddings", "planted (synthetic demo)")
+
+selection = current_selection()
+st.title("Lookback")
+view = model_view(selection)
+bundle, symbols, synthetic, ts = view.bundle, view.bundle.symbols, selection.synthetic, view.ts
+inference = bundle.inference
+
+
+@st.cache_data(show_spinner="Tracing which past bars the state draws on…", max_entries=64)
+def bar_attention(run_id: str, data_key: str, symbol: str, at: int, max_lag: int, _run) -> pd.DataFrame:
+    """hidden_attention of one bar; keyed by run, data, asset, bar and lags (the model is not hashed)."""
+    del run_id, data_key
+    return hidden_attention(_run.model, _run.features, symbol, at, max_lag=max_lag)
+
+
+controls = st.columns([1, 1])
+sources = REGIME_SOURCES if view.truth is not None else REGIME_SOURCES[:1]
+regime_source = controls[0].radio("Shade by regimes", sources, key="lb_regimes", horizontal=True)
+if regime_source == REGIME_SOURCES[1]:
+    shared = planted_on_clock(ts, view.truth.regimes)
+    labels_per_asset = [shared] * len(symbols)
+    names, labels_arg = view.truth.regime_names, shared
+else:
+    labels_per_asset, names, labels_arg = list(bundle.regimes.labels), None, None
+chosen = controls[1].multiselect("Assets", symbols, list(symbols), key="lb_assets")
+st.caption(f"Showing {date_span_text(selection)} of run `{view.run_id}`. Effective look-back is the half-life "
+           "ln 2 / (Δ·|A|) of the SSM's memory in bars, the median over channels; it is drawn on the asset's open "
+           "bars and carried across closed ones. Shaded spans are out of sample.")
+
+st.subheader("Which past bars the state draws on")
+pick = st.columns([3, 1])
+with pick[0]:
+    at = pick_bar("Bar", ts, view.rows, selection.interval, key="lb_bar",
+                  help="The bar whose SSM output is traced back over the bars before it.")
+max_lag = pick[1].select_slider("Lags shown", LAG_CHOICES, value=100, key="lb_max_lag")
+
+for symbol in chosen:
+    asset = symbols.index(symbol)
+    chart_with_downloads(charts.lookback_chart(
+        ts, asset_closes(view, symbol), inference.lookback_median[asset], symbol, labels=labels_per_asset[asset],
+        regime_names=names, rows=view.rows, marked_time=ts[at], out_of_sample=view.out_of_sample,
+        synthetic=synthetic,
+    ), key=f"lb_trace_{symbol}", file_stem=f"lookback-{symbol}")
+st.caption("Top: the price. Bottom: the look-back, shaded by regime. A longer look-back means the model keeps "
+           "older bars in its state; the dashed line marks the bar traced below.")
+
+for symbol in chosen:
+    try:
+        frame = bar_attention(view.run_id, f"{selection.db_path}|{selection.last_bar}", symbol, at, max_lag, view.run)
+    except ValueError as error:
+        st.warning(f"No hidden attention for {symbol} at {ts[at]:%Y-%m-%d %H:%M} UTC: {error}")
+        continue
+    if not inference.mask[symbols.index(symbol), at]:
+        st.caption(f"{symbol}'s market was closed at this bar: its state is the last open bar's.")
+    chart_with_downloads(charts.hidden_attention_chart(frame, symbol, synthetic=synthetic),
+                         key=f"lb_hidden_{symbol}", file_stem=f"hidden-attention-{symbol}")
+st.caption("Bar height: how strongly each earlier bar reaches the SSM output at the picked bar (the model's "
+           "implicit attention). Closed bars of an equity take no step and weigh 0.")
+
+st.subheader("Look-back per regime")
+table = bundle.lookback_by_regime(labels=labels_arg, regime_names=names, rows=view.rows)
+chart_with_downloads(charts.lookback_by_regime_chart(table, chosen, labels_from=regime_source, synthetic=synthetic),
+                     key="lb_by_regime", file_stem="lookback-by-regime")
+if view.truth is not None and view.truth.memory_order:
+    st.caption("Planted memory, longest first: " + " > ".join(view.truth.memory_order) +
+               ". With planted shading, the boxes should follow that order if the model's memory moves with it.")
+st.caption("Each box spans the middle half of the asset's open bars in that regime; the line is the median.")

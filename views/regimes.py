@@ -1,0 +1,99 @@
+"""Regimes page: each asset's regime embeddings (PCA scatter), the regime ribbon under its price, explained
+variance, the transition matrix, and on the demo the planted regimes beside the found ones.
+
+Layout only: the results come from views.model_results (one cached load per checkpoint and data), a different
+number of regimes is a cached refit with engine.diagnostics.fit_regimes on the training rows, and every chart is
+built by engine.figures.regimes.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.diagnostics import RegimeConfig, RegimeResult, fit_regimes
+from engine.figures import regimes as charts
+from views.export_widgets import chart_with_downloads
+from views.frame import current_selection, date_span_text
+from views.model_results import asset_closes, model_view
+
+MAX_REGIMES = 8
+
+selection = current_selection()
+st.title("Regimes")
+view = model_view(selection)
+bundle, symbols, synthetic = view.bundle, view.bundle.symbols, selection.synthetic
+
+
+@st.cache_data(show_spinner="Refitting the regimes on the training span…", max_entries=16)
+def refit_regimes(run_id: str, data_key: str, n_regimes: int, _bundle) -> RegimeResult:
+    """The bundle's regimes with another number of clusters; keyed by run, data and k (the arrays are not hashed)."""
+    del run_id, data_key  # only key the cache
+    fitted = _bundle.regimes
+    config = RegimeConfig(n_regimes=n_regimes, n_components=fitted.projections.shape[2])
+    return fit_regimes(_bundle.inference.embeddings, _bundle.inference.mask, range(*fitted.fit_rows), config)
+
+
+shipped_k = bundle.regimes.transition_matrix.shape[1]
+controls = st.columns([2, 2, 1])
+symbol = controls[0].selectbox("Asset", symbols, key="rg_asset", bind="query-params")
+n_regimes = controls[1].slider(
+    "Number of regimes", 2, MAX_REGIMES, shipped_k, key="rg_k", bind="query-params",
+    help="Clusters of the embeddings, fitted on the training span only; a change refits them (cached).",
+)
+colour_by = controls[2].radio("Colour points by", charts.COLOUR_BY, key="rg_colour", horizontal=False)
+
+try:
+    regimes = bundle.regimes if n_regimes == shipped_k else refit_regimes(
+        view.run_id, f"{selection.db_path}|{selection.last_bar}", n_regimes, bundle)
+except ValueError as error:
+    st.error(f"The regimes could not be refitted with {n_regimes} clusters: {error}")
+    st.stop()
+
+asset = symbols.index(symbol)
+mask, ts = bundle.inference.mask, view.ts
+closes = asset_closes(view, symbol)
+truth = view.truth
+planted = charts.planted_on_clock(ts, truth.regimes) if truth is not None else None
+fit_first, fit_last = ts[regimes.fit_rows[0]], ts[regimes.fit_rows[1] - 1]
+st.caption(
+    f"Showing {date_span_text(selection)} of run `{view.run_id}`. The PCA and the clusters were fitted on the "
+    f"training span only ({fit_first:%Y-%m-%d} .. {fit_last:%Y-%m-%d} UTC) and applied bar by bar, so a label "
+    "never uses a later bar. Regime numbers are arbitrary (sorted by the first component)."
+)
+
+left, right = st.columns([3, 2])
+with left:
+    chart_with_downloads(charts.regime_scatter(
+        regimes.projections[asset], regimes.labels[asset], mask[asset], ts, closes, symbol, colour_by=colour_by,
+        explained=regimes.explained_variance_ratio[asset], rows=view.rows, synthetic=synthetic,
+    ), key="rg_scatter", file_stem=f"regimes-scatter-{symbol}")
+    st.caption("Each point is one open bar's SSM state, projected on the two main directions of the training "
+               "states. Bars close together are states the model finds alike; hover for the bar's date and price.")
+with right:
+    chart_with_downloads(charts.transition_heatmap(regimes.transition_matrix[asset], regimes.transition_counts[asset],
+                                                   symbol, synthetic=synthetic),
+                         key="rg_transitions", file_stem=f"regimes-transitions-{symbol}")
+    st.caption("Row = regime now, column = regime at the next open bar. A heavy diagonal means persistent "
+               "regimes; a flickering clustering shows mass off it. Counted over the whole history.")
+
+chart_with_downloads(charts.regime_timeline(
+    ts, closes, regimes.labels[asset], symbol, planted=planted,
+    planted_names=truth.regime_names if truth is not None else None, rows=view.rows,
+    out_of_sample=view.out_of_sample, synthetic=synthetic,
+), key="rg_timeline", file_stem=f"regimes-timeline-{symbol}")
+st.caption("The ribbon under the price is the regime found at every bar" +
+           (", with the planted regimes of the synthetic demo under it." if planted is not None else ".") +
+           " Shaded spans are out of sample (walk-forward test folds).")
+
+if planted is not None:
+    st.subheader("Found vs planted")
+    agreement = charts.adjusted_rand_by_asset(regimes.labels, planted, mask, symbols, rows=view.rows)
+    st.dataframe(agreement, hide_index=True, width="content", key="rg_ari",
+                 column_config={"adjusted_rand_index": st.column_config.NumberColumn("adjusted Rand index",
+                                                                                     format="%.3f")})
+    st.caption("Adjusted Rand index between the found and the planted regimes on each asset's open bars in the "
+               "chosen dates: 1 = the same partition, about 0 = chance. It ignores the numbering of the regimes.")
+
+chart_with_downloads(charts.explained_variance_chart(regimes.explained_variance_ratio, symbols, synthetic=synthetic),
+                     key="rg_variance", file_stem="regimes-explained-variance")
+st.caption("How much of the training states' variance each principal component holds, per asset: the scatter "
+           "shows the first two.")
