@@ -71,7 +71,8 @@ target = st.selectbox("Target", symbols, index=len(symbols) - 1, key="ll_target"
 over_time_window = window if not whole else windows[min(2, len(windows) - 1)]
 rolling = rolling_map(view.run_id, f"{selection.db_path}|{selection.last_bar}", over_time_window, bundle)
 chart_with_downloads(charts.attention_over_time(
-    rolling, ts, symbols, target, window=over_time_window, rows=shown, marked_time=None if whole else ts[end],
+    rolling, ts, symbols, target, window=over_time_window, target_open=bundle.inference.mask[symbols.index(target)],
+    rows=shown, marked_time=None if whole else ts[end],
     out_of_sample=view.out_of_sample, synthetic=synthetic,
 ), key="ll_over_time", file_stem=f"lead-lag-over-time-{target}")
 st.caption("The target's share of attention on each source (all lags) over a trailing window at every bar; the "

@@ -59,7 +59,8 @@ max_lag = pick[1].select_slider("Lags shown", LAG_CHOICES, value=100, key="lb_ma
 for symbol in chosen:
     asset = symbols.index(symbol)
     chart_with_downloads(charts.lookback_chart(
-        ts, asset_closes(view, symbol), inference.lookback_median[asset], symbol, labels=labels_per_asset[asset],
+        ts, asset_closes(view, symbol), inference.lookback_median[asset], symbol, open_bars=inference.mask[asset],
+        labels=labels_per_asset[asset],
         regime_names=names, rows=view.rows, marked_time=ts[at], out_of_sample=view.out_of_sample,
         synthetic=synthetic,
     ), key=f"lb_trace_{symbol}", file_stem=f"lookback-{symbol}")

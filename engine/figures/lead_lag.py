@@ -94,13 +94,16 @@ def attention_over_time(
     target: str,
     *,
     window: int,
+    target_open: np.ndarray | None = None,
     rows: range | None = None,
     marked_time=None,
     out_of_sample: Sequence[tuple] = (),
     synthetic: bool,
 ) -> go.Figure:
     """rolling (T, A, A, K+1), the trailing-window map at every bar -> the target's attention on each source,
-    summed over lags (its share of the target's attention), as one line per source over time."""
+    summed over lags (its share of the target's attention), as one line per source over time.
+
+    With target_open (T,), only the target's open bars are drawn: the trailing map changes only there."""
     rolling = np.asarray(rolling)
     if rolling.ndim != 4 or rolling.shape[0] != len(ts) or rolling.shape[1:3] != (len(symbols), len(symbols)):
         raise ValueError(f"rolling must be (time, targets, sources, lags) = ({len(ts)}, {len(symbols)}, "
@@ -108,8 +111,10 @@ def attention_over_time(
     if target not in symbols:
         raise ValueError(f"target {target!r} is not one of {list(symbols)}")
     span = slice(None) if rows is None else slice(rows.start, rows.stop)
-    times = pd.DatetimeIndex(ts[span])
-    share = rolling[span, list(symbols).index(target)].sum(axis=-1)  # (n, A_src)
+    drawn = np.ones(len(ts), dtype=bool) if target_open is None else np.asarray(target_open, dtype=bool)
+    drawn = drawn[span]
+    times = pd.DatetimeIndex(ts[span])[drawn]
+    share = rolling[span, list(symbols).index(target)].sum(axis=-1)[drawn]  # (n, A_src)
     fig = go.Figure()
     for source, symbol in enumerate(symbols):
         fig.add_trace(go.Scatter(x=times, y=share[:, source], mode="lines", name=f"on {symbol}",

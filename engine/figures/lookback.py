@@ -13,32 +13,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.figures.regimes import regime_colour, regime_name
+from engine.figures.regimes import add_regime_bands
 from engine.figures.spans import shade_test_spans
 from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
 
 REGIME_SHADE_OPACITY = 0.18
-
-
-def _regime_bands(fig: go.Figure, ts: pd.DatetimeIndex, labels: np.ndarray, height: float,
-                  names: Sequence[str] | None, row: int) -> None:
-    """Shade the look-back row by regime: one filled band per regime (0..height where the bar is in it).
-
-    Bands are traces, not rectangles, so a label that changes often costs no more than one that rarely does."""
-    for regime in np.unique(labels[labels >= 0]):
-        inside = labels == regime
-        # Extend each run by one bar so consecutive runs touch instead of leaving a one-bar gap between colours.
-        inside = inside | np.concatenate([[False], inside[:-1]])
-        fig.add_trace(go.Scatter(
-            x=ts, y=np.where(inside, height, np.nan), mode="lines", line=dict(width=0), fill="tozeroy",
-            fillcolor=_transparent(regime_colour(int(regime))), name=regime_name(int(regime), names),
-            legendgroup="regimes", hoverinfo="skip", connectgaps=False,
-        ), row=row, col=1)
-
-
-def _transparent(hex_colour: str) -> str:
-    red, green, blue = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({red}, {green}, {blue}, {REGIME_SHADE_OPACITY})"
 
 
 def lookback_chart(
@@ -47,6 +26,7 @@ def lookback_chart(
     lookback: np.ndarray,
     symbol: str,
     *,
+    open_bars: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     regime_names: Sequence[str] | None = None,
     rows: range | None = None,
@@ -55,20 +35,25 @@ def lookback_chart(
     synthetic: bool,
 ) -> go.Figure:
     """Price (T,) on top, effective look-back (T,) in bars under it on the same time axis, the look-back row
-    shaded by regime labels (T,) when given; marked_time draws the bar picked for the hidden attention."""
-    for name, array in (("closes", closes), ("lookback", lookback), ("labels", labels)):
+    shaded by regime labels (T,) when given; marked_time draws the bar picked for the hidden attention.
+
+    With open_bars (T,), price and look-back are drawn at the asset's open bars only (a closed bar repeats the last
+    price and has no look-back): an hourly equity then costs a fifth of the points."""
+    for name, array in (("closes", closes), ("lookback", lookback), ("labels", labels), ("open_bars", open_bars)):
         if array is not None and len(array) != len(ts):
             raise ValueError(f"{name} has {len(array)} rows but the clock has {len(ts)}: pass one asset's row")
     span = slice(None) if rows is None else slice(rows.start, rows.stop)
     ts, closes, lookback = pd.DatetimeIndex(ts[span]), np.asarray(closes)[span], np.asarray(lookback, float)[span]
+    drawn = np.ones(len(ts), dtype=bool) if open_bars is None else np.asarray(open_bars, dtype=bool)[span]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.05, row_heights=[0.55, 0.45])
     colour = asset_colour(symbol)
-    fig.add_trace(go.Scatter(x=ts, y=closes, mode="lines", name=f"{symbol} close", line=dict(color=colour, width=1.2),
+    fig.add_trace(go.Scatter(x=ts[drawn], y=closes[drawn], mode="lines", name=f"{symbol} close", line=dict(color=colour, width=1.2),
                              hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>price %{y:,.2f}<extra></extra>"), row=1, col=1)
     finite = lookback[np.isfinite(lookback)]
     if labels is not None and finite.size:
-        _regime_bands(fig, ts, np.asarray(labels)[span], float(finite.max()) * 1.05, regime_names, row=2)
-    fig.add_trace(go.Scatter(x=ts, y=lookback, mode="lines", name="effective look-back", connectgaps=True,
+        add_regime_bands(fig, ts, np.asarray(labels)[span], regime_names, row=2, height=float(finite.max()) * 1.05,
+                         opacity=REGIME_SHADE_OPACITY)
+    fig.add_trace(go.Scatter(x=ts[drawn], y=lookback[drawn], mode="lines", name="effective look-back", connectgaps=True,
                              line=dict(color="#222222", width=1.0),
                              hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>look-back %{y:.1f} bars<extra></extra>"),
                   row=2, col=1)

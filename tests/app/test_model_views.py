@@ -115,7 +115,10 @@ def test_regimes_slider_refits_and_the_planted_regimes_sit_beside_the_found(with
     assert {"Number of regimes", "Asset", "Colour points by"} <= {w.label for w in
                                                                    list(at.slider) + list(at.selectbox) + list(at.radio)}
     timeline = spec_titled(at, "BTC: price and regimes (found vs planted)")
-    assert [t.get("y", [None])[0] for t in timeline["data"] if t["type"] == "heatmap"] == ["found", "planted"]
+    assert timeline["layout"]["yaxis2"]["title"]["text"] == "found"
+    assert timeline["layout"]["yaxis3"]["title"]["text"] == "planted"
+    planted_bands = {t["name"] for t in timeline["data"] if t.get("yaxis") == "y3" and t.get("fill") == "tozeroy"}
+    assert planted_bands == {"calm uptrend", "volatile downtrend", "choppy mean-reverting"}
     ari = at.dataframe[0].value
     assert list(ari["symbol"]) == list(DEMO_SYMBOLS) and ari["n_bars"].gt(0).all()
 
