@@ -19,6 +19,7 @@ from engine.figures.style import (
     STRATEGY_COLOUR,
     TIME_AXIS_TITLE,
     base_layout,
+    display_rows,
     label_synthetic,
 )
 from engine.sweep import SweepResult
@@ -59,10 +60,11 @@ def _time_chart(fig: go.Figure, title: str, y_title: str, times, out_of_sample_s
 def equity_chart(result: BacktestResult, out_of_sample_start=None, *, synthetic: bool) -> go.Figure:
     """Portfolio equity (starting at 1) of the strategy and of buy-and-hold on the same bars."""
     times = result_times(result)
+    rows = display_rows([result.benchmark.equity, result.equity])
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=times, y=result.benchmark.equity, mode="lines", name=BENCHMARK_NAME,
+    fig.add_trace(go.Scatter(x=times[rows], y=result.benchmark.equity[rows], mode="lines", name=BENCHMARK_NAME,
                              line=dict(color=BENCHMARK_COLOUR, width=1.3)))
-    fig.add_trace(go.Scatter(x=times, y=result.equity, mode="lines", name=STRATEGY_NAME,
+    fig.add_trace(go.Scatter(x=times[rows], y=result.equity[rows], mode="lines", name=STRATEGY_NAME,
                              line=dict(color=STRATEGY_COLOUR, width=1.6)))
     title = f"Equity: strategy vs buy and hold · {', '.join(_selected(result))}"
     return _time_chart(fig, title, "equity (start = 1)", times, out_of_sample_start, synthetic)
@@ -71,11 +73,12 @@ def equity_chart(result: BacktestResult, out_of_sample_start=None, *, synthetic:
 def drawdown_chart(result: BacktestResult, out_of_sample_start=None, *, synthetic: bool) -> go.Figure:
     """Drawdown from the running peak of compounded equity, strategy and buy-and-hold."""
     times = result_times(result)
+    rows = display_rows([result.benchmark.drawdown, result.drawdown])
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=times, y=result.benchmark.drawdown, mode="lines", name=BENCHMARK_NAME,
+    fig.add_trace(go.Scatter(x=times[rows], y=result.benchmark.drawdown[rows], mode="lines", name=BENCHMARK_NAME,
                              line=dict(color=BENCHMARK_COLOUR, width=1.0)))
-    fig.add_trace(go.Scatter(x=times, y=result.drawdown, mode="lines", name=STRATEGY_NAME, fill="tozeroy",
-                             line=dict(color=STRATEGY_COLOUR, width=1.0)))
+    fig.add_trace(go.Scatter(x=times[rows], y=result.drawdown[rows], mode="lines", name=STRATEGY_NAME,
+                             fill="tozeroy", line=dict(color=STRATEGY_COLOUR, width=1.0)))
     fig = _time_chart(fig, "Drawdown", "drawdown", times, out_of_sample_start, synthetic)
     fig.update_yaxes(tickformat=".0%")
     return fig
@@ -100,11 +103,14 @@ def rolling_sharpe_chart(
     """Trailing-window annualised Sharpe of the strategy and of buy-and-hold."""
     times = result_times(result)
     year = result.metrics.periods_per_year
+    benchmark = rolling_sharpe(result.benchmark.net_returns, window, year)
+    strategy = rolling_sharpe(result.portfolio_net_returns, window, year)
+    rows = display_rows([benchmark, strategy])
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=times, y=rolling_sharpe(result.benchmark.net_returns, window, year), mode="lines",
-                             name=BENCHMARK_NAME, line=dict(color=BENCHMARK_COLOUR, width=1.0)))
-    fig.add_trace(go.Scatter(x=times, y=rolling_sharpe(result.portfolio_net_returns, window, year), mode="lines",
-                             name=STRATEGY_NAME, line=dict(color=STRATEGY_COLOUR, width=1.4)))
+    fig.add_trace(go.Scatter(x=times[rows], y=benchmark[rows], mode="lines", name=BENCHMARK_NAME,
+                             line=dict(color=BENCHMARK_COLOUR, width=1.0)))
+    fig.add_trace(go.Scatter(x=times[rows], y=strategy[rows], mode="lines", name=STRATEGY_NAME,
+                             line=dict(color=STRATEGY_COLOUR, width=1.4)))
     fig.add_hline(y=0.0, line_width=0.8, line_color="#999999")
     title = f"Rolling Sharpe ratio · {window}-bar window, annualised with {year:,.0f} bars/year"
     return _time_chart(fig, title, "Sharpe ratio (annualised)", times, out_of_sample_start, synthetic)

@@ -1,6 +1,7 @@
 """One colour per asset across every page and export, and the labels every time axis carries."""
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 
 # Fixed colours for the default universe; further symbols take the next free colour in a stable order.
@@ -45,3 +46,29 @@ def base_layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
 STRATEGY_COLOUR = "#2CA02C"
 BENCHMARK_COLOUR = "#7F7F7F"
 OUT_OF_SAMPLE_FILL = "rgba(31, 119, 180, 0.08)"
+
+# Charts draw at most about this many points per series: a screen is ~1,500 px wide, and a Plotly trace of 13,000
+# hourly bars costs ~0.25 s to build and 1.3 MB to ship on every slider move.
+MAX_DISPLAY_POINTS = 2_000
+
+
+def display_rows(series: list, max_points: int = MAX_DISPLAY_POINTS) -> np.ndarray:
+    """Row indices to draw so that every series keeps its shape: per bucket of rows, each series' minimum and
+    maximum (a drawdown's trough or an equity peak never disappears), plus the first and last row."""
+    n = len(series[0]) if series else 0
+    if n <= max_points:
+        return np.arange(n)
+    buckets = max(max_points // (2 * max(len(series), 1)), 1)
+    edges = np.linspace(0, n, buckets + 1).astype(int)
+    keep = {0, n - 1}
+    for values in series:
+        values = np.asarray(values, dtype=np.float64)
+        filled = np.where(np.isfinite(values), values, np.nan)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            chunk = filled[lo:hi]
+            if hi > lo and np.isfinite(chunk).any():
+                keep.add(lo + int(np.nanargmin(chunk)))
+                keep.add(lo + int(np.nanargmax(chunk)))
+            elif hi > lo:
+                keep.add(lo)
+    return np.array(sorted(keep))

@@ -24,20 +24,29 @@ def seeded_cache_template(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def diagnostics_dir(tmp_path_factory) -> Path:
+    # Shared by every app test: entries are keyed by checkpoint, data and settings, so sharing is safe, and the
+    # demo checkpoint's diagnostics are computed once per test session instead of once per test.
+    return tmp_path_factory.mktemp("diagnostics")
+
+
 @pytest.fixture
-def seeded_db(tmp_path, seeded_cache_template, monkeypatch) -> Path:
+def seeded_db(tmp_path, seeded_cache_template, diagnostics_dir, monkeypatch) -> Path:
     path = tmp_path / "bars.duckdb"
     shutil.copy(seeded_cache_template, path)
     monkeypatch.setenv("REGIME_DB", str(path))
     monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
     return path
 
 
 @pytest.fixture
-def empty_db(tmp_path, monkeypatch) -> Path:
+def empty_db(tmp_path, diagnostics_dir, monkeypatch) -> Path:
     path = tmp_path / "bars.duckdb"
     monkeypatch.setenv("REGIME_DB", str(path))
     monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
     return path
 
 

@@ -10,7 +10,8 @@ PAGE = "views/backtest.py"
 
 @pytest.fixture
 def page(seeded_db):
-    at = open_page(PAGE)
+    # Daily bars: no shipped checkpoint fits them (the demo checkpoint is hourly), so the baseline drives the page.
+    at = open_page(PAGE, interval="1d")
     assert not at.exception, at.exception
     return at
 
@@ -62,3 +63,17 @@ def test_a_sweep_draws_a_heatmap_and_counts_its_cells_as_trials(page):
     page.slider(key="bt_threshold").set_value(0.035).run()
     n_trials = int(next(label for label in metric_values(page) if label.startswith("DSR")).split("(")[1].split()[0])
     assert n_trials >= 7 * 6  # the 7 x 6 grid of threshold x max_position, plus the settings tried by hand
+
+
+def test_the_selected_checkpoint_drives_the_backtest_with_its_walk_forward_forecasts(seeded_db):
+    at = open_page(PAGE, interval="1h")
+    assert not at.exception, at.exception
+    assert at.selectbox(key="bt_forecaster").value == "model (walk-forward)"
+    captions = " ".join(c.value for c in at.caption)
+    assert "model: walk-forward out-of-sample forecasts" in captions
+    sharpe = next(m for m in at.metric if m.label == "Sharpe ratio")
+    assert "8,760 bars/year" in sharpe.help  # hourly BTC sets the panel clock
+    model_sharpe = sharpe.value
+    at.selectbox(key="bt_forecaster").set_value("logistic baseline").run()
+    assert "logistic regression" in " ".join(c.value for c in at.caption)
+    assert next(m for m in at.metric if m.label == "Sharpe ratio").value != model_sharpe

@@ -58,10 +58,14 @@ class AppServer:
 
 
 @contextmanager
-def streamlit_server(db_path: Path, runs_dir: Path, log: Path):
-    """A running app; yields once /_stcore/health answers, stops the server (its process only) afterwards."""
+def streamlit_server(db_path: Path, runs_dir: Path, log: Path, diagnostics_dir: Path | None = None):
+    """A running app; yields once /_stcore/health answers, stops the server (its process only) afterwards.
+
+    Its diagnostics cache is a folder of its own (beside the DuckDB file unless given), so the first load computes
+    the model's diagnostics as a fresh clone would."""
     port = free_port()
-    env = {**os.environ, "REGIME_DB": str(db_path), "REGIME_RUNS": str(runs_dir), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "REGIME_DB": str(db_path), "REGIME_RUNS": str(runs_dir), "OMP_NUM_THREADS": "1",
+           "REGIME_DIAGNOSTICS": str(diagnostics_dir or db_path.parent / "diagnostics")}
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",

@@ -7,7 +7,7 @@ import pytest
 
 from engine.backtest import StrategyConfig, run_backtest
 from engine.figures import backtest as charts
-from engine.figures.style import SYNTHETIC_NOTE
+from engine.figures.style import MAX_DISPLAY_POINTS, SYNTHETIC_NOTE
 from engine.sweep import sweep
 from tests.engine.test_backtest import make_inputs, random_inputs
 
@@ -25,8 +25,15 @@ def test_equity_chart_draws_both_curves_and_shades_from_the_out_of_sample_start(
     times = charts.result_times(result)
     fig = charts.equity_chart(result, times[500], synthetic=True)
     by_name = {trace.name: trace for trace in fig.data}
-    np.testing.assert_allclose(by_name[charts.STRATEGY_NAME].y, result.equity)
-    np.testing.assert_allclose(by_name[charts.BENCHMARK_NAME].y, result.benchmark.equity)
+    # Long curves are thinned for display, keeping every bucket's extremes, the first and the last bar.
+    strategy = np.asarray(by_name[charts.STRATEGY_NAME].y)
+    assert len(strategy) <= MAX_DISPLAY_POINTS + 2 or len(strategy) == len(result.equity)
+    assert strategy[0] == result.equity[0] and strategy[-1] == result.equity[-1]
+    assert strategy.max() == np.nanmax(result.equity) and strategy.min() == np.nanmin(result.equity)
+    drawn_times = pd.DatetimeIndex(by_name[charts.STRATEGY_NAME].x)
+    np.testing.assert_allclose(strategy, result.equity[times.get_indexer(drawn_times)])
+    benchmark = np.asarray(by_name[charts.BENCHMARK_NAME].y)
+    np.testing.assert_allclose(benchmark, result.benchmark.equity[times.get_indexer(drawn_times)])
     (shade,) = fig.layout.shapes
     assert pd.Timestamp(shade.x0) == times[500] and pd.Timestamp(shade.x1) == times[-1]
     assert "out of sample" in notes(fig) and SYNTHETIC_NOTE.upper() in notes(fig)
@@ -90,3 +97,15 @@ def test_trades_table_names_sides_and_lists_newest_first(result):
     trades = charts.trades_table(result)
     assert set(trades["side"]) <= {"long", "short"} and len(trades) == len(result.trades)
     assert trades["entry_ts"].is_monotonic_decreasing
+
+
+def test_display_thinning_keeps_every_buckets_extremes():
+    from engine.figures.style import display_rows
+
+    rng = np.random.default_rng(3)
+    series = np.cumsum(rng.normal(size=20_000))
+    series[12_345] = series.max() + 5  # a spike a uniform stride would miss
+    rows = display_rows([series], max_points=500)
+    assert len(rows) <= 502 and rows[0] == 0 and rows[-1] == len(series) - 1
+    assert 12_345 in rows and np.argmin(series) in rows
+    assert np.array_equal(display_rows([series[:300]], max_points=500), np.arange(300))  # short: untouched
