@@ -45,6 +45,9 @@ if regime_source == REGIME_SOURCES[1]:
 else:
     labels_per_asset, names, labels_arg = list(bundle.regimes.labels), None, None
 chosen = controls[1].multiselect("Assets", symbols, list(symbols), key="lb_assets")
+if not chosen:
+    st.info("Choose at least one asset.")
+    st.stop()
 st.caption(f"Showing {date_span_text(selection)} of run `{view.run_id}`. Effective look-back is the half-life "
            "ln 2 / (Δ·|A|) of the SSM's memory in bars, the median over channels; it is drawn on the asset's open "
            "bars and carried across closed ones. Shaded spans are out of sample.")

@@ -124,20 +124,22 @@ def regime_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
 
 def add_regime_bands(fig: go.Figure, ts: pd.DatetimeIndex, labels: np.ndarray, names: Sequence[str] | None, *,
                      row: int, height: float = 1.0, opacity: float = 1.0, legend: bool = True) -> None:
-    """Fill 0..height over every run of a regime, one trace per regime drawn from the runs' ends only.
+    """Fill 0..height over every run of a regime, one trace per regime drawn from the runs' corners only.
 
-    A run of rows i..j covers ts[i] to ts[j + 1] (so neighbouring runs touch). Three points per run instead of one
+    A run of rows i..j covers ts[i] to ts[j + 1] (so neighbouring runs touch). Six points per run instead of one
     per bar: 26k hourly bars in a few dozen runs cost a few hundred points, not 26k per regime."""
     ends = list(ts[1:]) + [ts[-1]] if len(ts) else []
     by_regime: dict[int, tuple[list, list]] = {}
     for regime, first, last in regime_runs(labels):
         x, y = by_regime.setdefault(regime, ([], []))
-        x += [ts[first], ends[last], None]
-        y += [height, height, None]
+        # A closed rectangle per run; "toself" fills each None-separated segment on its own ("tozeroy" would
+        # fill across the gaps and tint the whole row).
+        x += [ts[first], ends[last], ends[last], ts[first], ts[first], None]
+        y += [0.0, 0.0, height, height, 0.0, None]
     for regime in sorted(by_regime):
         x, y = by_regime[regime]
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines", line=dict(width=0), fill="tozeroy", connectgaps=False, hoveron="fills",
+            x=x, y=y, mode="lines", line=dict(width=0), fill="toself", hoveron="fills",
             fillcolor=_with_opacity(regime_colour(regime), opacity), name=regime_name(regime, names),
             legendgroup=f"regime-{regime}", showlegend=legend, hoverinfo="name",
         ), row=row, col=1)
@@ -175,7 +177,8 @@ def regime_timeline(
     if planted is not None:
         add_regime_bands(fig, ts, np.asarray(planted)[keep], planted_names, row=3)
         fig.update_yaxes(title_text="planted", range=[0, 1], showticklabels=False, showgrid=False, row=3, col=1)
-    base_layout(fig, f"{symbol}: price and regimes" + (" (found vs planted)" if planted is not None else ""), 480)
+    base_layout(fig, f"{symbol}: price and regimes" + (" (found vs planted)" if planted is not None else ""), 500)
+    fig.update_layout(margin=dict(t=110))  # room for a two-row legend (found and planted names) under the title
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_xaxes(title_text=TIME_AXIS_TITLE, row=1 + n_ribbons, col=1)
     shade_test_spans(fig, out_of_sample, ts, on_subplots=True)

@@ -117,7 +117,7 @@ def test_regimes_slider_refits_and_the_planted_regimes_sit_beside_the_found(with
     timeline = spec_titled(at, "BTC: price and regimes (found vs planted)")
     assert timeline["layout"]["yaxis2"]["title"]["text"] == "found"
     assert timeline["layout"]["yaxis3"]["title"]["text"] == "planted"
-    planted_bands = {t["name"] for t in timeline["data"] if t.get("yaxis") == "y3" and t.get("fill") == "tozeroy"}
+    planted_bands = {t["name"] for t in timeline["data"] if t.get("yaxis") == "y3" and t.get("fill") == "toself"}
     assert planted_bands == {"calm uptrend", "volatile downtrend", "choppy mean-reverting"}
     ari = at.dataframe[0].value
     assert list(ari["symbol"]) == list(DEMO_SYMBOLS) and ari["n_bars"].gt(0).all()
@@ -183,7 +183,31 @@ def test_lookback_shading_switches_to_the_planted_regimes(with_run):
     at.radio(key="lb_regimes").set_value("planted (synthetic demo)").run()
     assert not at.exception, at.exception
     btc = spec_titled(at, "BTC: price and effective look-back")
-    bands = {trace["name"] for trace in btc["data"] if trace.get("fill") == "tozeroy"}
+    bands = {trace["name"] for trace in btc["data"] if trace.get("fill") == "toself"}
     assert bands == {"calm uptrend", "volatile downtrend", "choppy mean-reverting"}
     assert "Planted memory, longest first" in all_text(at)
     assert json.dumps(spec_titled(at, "Effective look-back per regime")).count("calm uptrend") > 0
+
+
+# ----- the shipped demo checkpoint ------------------------------------------------------------------------------
+
+
+def test_the_shipped_demo_checkpoint_drives_all_three_pages_with_the_planted_lead_marked(seeded_db, diagnostics_dir,
+                                                                                         monkeypatch):
+    from engine.checkpoint import DEMO_CHECKPOINT_DIR
+
+    if not (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).exists():
+        pytest.skip(f"no demo checkpoint shipped in {DEMO_CHECKPOINT_DIR}")
+    demo = Manifest.from_json((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
+    monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
+    st.cache_data.clear()
+    lag = {"1d": 1, "1h": 3}[demo.fingerprint.interval]  # storage/sources/DEMO.md
+    for page in PAGES:
+        at = open_page(page)  # the defaults: the frame follows the shipped checkpoint's interval
+        assert not at.exception, at.exception
+        assert demo.run_id in all_text(at), page
+        assert figure_specs(at), page
+        if page == "views/lead_lag.py":
+            marks = [s for s in spec_titled(at, "Cross-asset attention")["layout"]["shapes"]
+                     if s.get("name") == "planted lead"]
+            assert {m["x0"] + 0.5 for m in marks} == {float(lag)} and len(marks) == 2

@@ -75,7 +75,7 @@ def test_the_timeline_puts_the_found_ribbon_under_the_price_and_the_planted_one_
     found = [t for t in fig.data if t.yaxis == "y2"]
     assert [t.name for t in found] == ["regime 0", "regime 1", "regime 2"]
     regime_0 = found[0]  # two runs: rows 1..3 and 9..10, each drawn to the next bar's start
-    assert list(regime_0.x) == [TS[1], TS[4], None, TS[9], TS[11], None]
+    assert list(regime_0.x) == [TS[1], TS[4], TS[4], TS[1], TS[1], None, TS[9], TS[11], TS[11], TS[9], TS[9], None]
     assert {t.name for t in fig.data if t.yaxis == "y3"} == {"up", "down"}
     assert any(s.type == "rect" and s.fillcolor for s in fig.layout.shapes)  # the out-of-sample shading
     assert "out of sample" in notes(fig)
@@ -184,7 +184,7 @@ def test_the_lookback_sits_under_the_price_on_one_time_axis_shaded_by_regime():
     assert price.yaxis == "y" and line.yaxis == "y2" and fig.layout.xaxis2.title.text == TIME_AXIS_TITLE
     assert fig.layout.xaxis2.matches == "x" or fig.layout.xaxis.matches == "x2"  # shared time axis
     assert len(price.x) == len(line.x) == OPEN.sum()  # closed bars are not drawn
-    bands = [t for t in fig.data if t.fill == "tozeroy"]
+    bands = [t for t in fig.data if t.fill == "toself"]
     assert [t.name for t in bands] == ["calm", "wild", "chop"]
     assert max(y for y in bands[0].y if y is not None) == pytest.approx(12 * 1.05)
     assert SYNTHETIC_NOTE.upper() in notes(fig) and "out of sample" in notes(fig)
