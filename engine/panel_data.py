@@ -79,5 +79,6 @@ def cached_panel(symbols, interval: str, *, db_path: str | os.PathLike | None = 
             + ": refresh them first (python -m storage.refresh)"
         )
     check_panel(panel)
-    label = f"{', '.join(panel.symbols)} {interval} from the cache"
-    return LoadedPanel(panel, interval, tuple(panel.sources), label, synthetic=False)
+    synthetic = "demo" in panel.sources  # the demo market seeded into the cache is still synthetic
+    label = f"{', '.join(panel.symbols)} {interval} from the cache" + (" (SYNTHETIC demo data)" if synthetic else "")
+    return LoadedPanel(panel, interval, tuple(panel.sources), label, synthetic=synthetic)

@@ -88,3 +88,15 @@ def strongest_source(weights: np.ndarray, symbols: Sequence[str], target: str) -
     row[i] = -np.inf  # not itself
     source, lag = np.unravel_index(np.nanargmax(row), row.shape)
     return symbols[source], int(lag), float(row[source, lag])
+
+
+def key_lag_of_lead(lead_bars: int) -> int:
+    """The attention lag at which a lead of `lead_bars` shows, for a model that forecasts the next bar.
+
+    The attention is read at the forecast origin t, and its output forecasts the return of bar t+1. If the
+    follower's return at bar s echoes the leader's return at bar s - L, then the follower's NEXT bar (t+1) echoes the
+    leader's bar t+1-L: the key the model should look at sits L-1 bars back from the origin.
+    """
+    if lead_bars < 1:
+        raise ValueError(f"a lead is at least one bar, got {lead_bars}")
+    return int(lead_bars) - 1

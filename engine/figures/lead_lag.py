@@ -4,7 +4,8 @@ target's attention on each source moves over time.
 A lead-lag map is weights (A_tgt, A_src, K+1): the mean attention of target i on source j's bar `lag` bars back,
 over the target's open bars (engine.diagnostics.lead_lag). Each target's row sums to 1 over sources and lags. On the
 demo the planted lead (truth.leader moves truth.followers truth.lag_bars bars later) is boxed on the heatmap, so
-the reader can see whether the weight sits where it was planted.
+the reader can see whether the weight sits where it was planted. The map is read at the forecast origin, for the
+next bar's return, so a lead of L bars shows at key lag L-1 (engine.diagnostics.lead_lag.key_lag_of_lead).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine.diagnostics.lead_lag import key_lag_of_lead
 from engine.figures.spans import shade_test_spans
 from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
 
@@ -31,11 +33,11 @@ def _check_map(weights: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
 
 
 def planted_cells(truth, symbols: Sequence[str], max_lag: int) -> list[tuple[str, str, int]]:
-    """(target, source, lag) of every planted lead that the map can show: both assets present, lag within 0..K."""
+    """(target, source, key lag) of every planted lead that the map can show: both assets present, lag within 0..K."""
     if truth is None or truth.lag_bars is None or truth.leader not in symbols:
         return []
-    return [(follower, truth.leader, int(truth.lag_bars)) for follower in truth.followers
-            if follower in symbols and truth.lag_bars <= max_lag]
+    lag = key_lag_of_lead(truth.lag_bars)
+    return [(follower, truth.leader, lag) for follower in truth.followers if follower in symbols and lag <= max_lag]
 
 
 def lead_lag_heatmaps(
@@ -67,7 +69,7 @@ def lead_lag_heatmaps(
             name=f"target {symbol}",
             hovertemplate=f"target {symbol}<br>source %{{y}}, lag %{{x}} bars<br>weight %{{z:.4f}}<extra></extra>",
         ), row=1, col=target + 1)
-        fig.update_xaxes(title_text="lag (bars)", tickmode="array", tickvals=lags, row=1, col=target + 1)
+        fig.update_xaxes(title_text="lag (bars before the forecast origin)", tickmode="array", tickvals=lags, row=1, col=target + 1)
     for follower, leader, lag in planted_cells(truth, symbols, n_lags - 1):
         column = list(symbols).index(follower) + 1
         source = list(symbols).index(leader)
@@ -76,9 +78,11 @@ def lead_lag_heatmaps(
                       xref=f"x{axis}", yref=f"y{axis}", line=dict(color=PLANTED_MARK_COLOUR, width=3),
                       name=PLANTED_MARK_NAME)
         fig.add_annotation(x=lag, y=source, xref=f"x{axis}", yref=f"y{axis}", yshift=-14, showarrow=False,
-                           text="planted", font=dict(size=10, color=PLANTED_MARK_COLOUR), name=PLANTED_MARK_NAME)
-    if truth is not None and truth.lag_bars is not None and truth.lag_bars > n_lags - 1:
-        fig.add_annotation(text=f"planted lag {truth.lag_bars} bars is beyond the model's largest lag {n_lags - 1}",
+                           text=f"planted lead {truth.lag_bars}", font=dict(size=10, color=PLANTED_MARK_COLOUR),
+                           name=PLANTED_MARK_NAME)
+    if truth is not None and truth.lag_bars is not None and key_lag_of_lead(truth.lag_bars) > n_lags - 1:
+        fig.add_annotation(text=f"planted lead {truth.lag_bars} bars (key lag {key_lag_of_lead(truth.lag_bars)}) is "
+                                f"beyond the model's largest lag {n_lags - 1}",
                            xref="paper", yref="paper", x=0.0, y=-0.25, showarrow=False, xanchor="left")
     title = "Cross-asset attention by source and lag" + (f" · {span_text}" if span_text else "")
     base_layout(fig, title + (" (self-attention hidden)" if hide_self else ""), 380)

@@ -145,8 +145,8 @@ def test_lead_lag_marks_the_planted_lead_and_the_window_changes_the_map(with_run
     at = open_model_page("views/lead_lag.py")
     heatmaps = spec_titled(at, "Cross-asset attention")
     boxes = [s for s in heatmaps["layout"].get("shapes", []) if s.get("name") == "planted lead"]
-    assert len(boxes) == 2  # SPY and AAPL follow BTC by one bar on the 1d demo
-    assert {b["x0"] + 0.5 for b in boxes} == {1.0}
+    assert len(boxes) == 2  # SPY and AAPL follow BTC by one bar on the 1d demo: key lag 0 for next-bar forecasts
+    assert {b["x0"] + 0.5 for b in boxes} == {0.0}
     pairs = at.dataframe[0].value
     assert list(pairs.columns) == ["target", "source", "lag", "weight"] and len(pairs) == 5
 
@@ -201,7 +201,7 @@ def test_the_shipped_demo_checkpoint_drives_all_three_pages_with_the_planted_lea
     demo = Manifest.from_json((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
     st.cache_data.clear()
-    lag = {"1d": 1, "1h": 3}[demo.fingerprint.interval]  # storage/sources/DEMO.md
+    lag = {"1d": 1, "1h": 3}[demo.fingerprint.interval] - 1  # the planted lead (DEMO.md) at key lag L-1
     for page in PAGES:
         at = open_page(page)  # the defaults: the frame follows the shipped checkpoint's interval
         assert not at.exception, at.exception
