@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from tests.app.conftest import figure_specs, open_page
 
+DATA_PAGE = "views/data.py"  # the page whose price charts follow the selection
+
 
 def _chart_titles(at) -> list[str]:
     return [spec["layout"]["title"]["text"] for spec in figure_specs(at)]
 
 
 def test_a_shared_link_restores_symbols_and_interval(seeded_db):
-    at = open_page(symbols=["SPY"], interval="1h")
+    at = open_page(DATA_PAGE, symbols=["SPY"], interval="1h")
     assert at.sidebar.multiselect(key="symbols").value == ["SPY"]
     assert at.sidebar.selectbox(key="interval").value == "1h"
     assert _chart_titles(at) == ["SPY · 1h · source: demo"]
@@ -34,7 +36,7 @@ def test_status_line_names_source_checkpoint_and_device(seeded_db):
 def test_the_date_range_narrows_what_is_shown(seeded_db):
     import datetime as dt
 
-    at = open_page(symbols=["BTC"])
+    at = open_page(DATA_PAGE, symbols=["BTC"], interval="1d")
     at.sidebar.date_input(key="dates").set_value((dt.date(2024, 1, 1), dt.date(2024, 1, 31))).run()
     assert not at.exception
     spec = figure_specs(at)[0]

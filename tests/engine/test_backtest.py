@@ -58,14 +58,14 @@ def changes_from_flat(positions: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- timing
 configs = st.builds(
     StrategyConfig,
-    threshold=st.floats(0.0, 0.2),
-    max_position=st.floats(0.1, 2.0),
+    threshold=st.floats(0.0, 0.2, allow_subnormal=False),
+    max_position=st.floats(0.1, 2.0, allow_subnormal=False),
     long_short=st.booleans(),
     size_by_confidence=st.booleans(),
     inverse_vol=st.booleans(),
-    vol_target=st.none() | st.floats(0.05, 0.5),
+    vol_target=st.none() | st.floats(0.05, 0.5, allow_subnormal=False),
     holding_horizon=st.integers(1, 6),
-    commission_bps=st.floats(0.0, 20.0),
+    commission_bps=st.floats(0.0, 20.0, allow_subnormal=False),
 )
 
 
@@ -164,7 +164,7 @@ def test_costs_are_the_cost_rate_times_the_position_changes(config):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), config=configs, extra_bps=st.floats(0.01, 50.0))
+@given(seed=st.integers(0, 10_000), config=configs, extra_bps=st.floats(0.01, 50.0, allow_subnormal=False))
 def test_raising_the_cost_never_raises_net_pnl(seed, config, extra_bps):
     inputs = random_inputs(seed, n_bars=80, closed_share=0.2)
     cheap = run_backtest(inputs, config)
