@@ -7,7 +7,6 @@ engine.figures.backtest, the report from engine.report.
 from __future__ import annotations
 
 from dataclasses import asdict
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pandas as pd
 import streamlit as st
@@ -19,7 +18,7 @@ from engine.figures.export import browser_unavailable_reason
 from engine.metrics import TrialCounter
 from engine.report import ReportContent, report_html, report_pdf
 from engine.sweep import sweep
-from views.export_widgets import chart_with_downloads
+from views.export_widgets import chart_with_downloads, share_url
 from views.frame import current_selection, load_summary
 from storage.cache import read_panel
 from storage.locks import CacheBusyError
@@ -107,11 +106,6 @@ if st.session_state.get("bt_trials_key") != trials_key:  # trials count per data
 trials: TrialCounter = st.session_state["bt_trials"]
 # The charts of the current view, shared by both fragments; the report reads it when its button is clicked.
 report_figures: dict = st.session_state.setdefault("bt_report_figures", {})
-
-
-def share_url() -> str:
-    base = urlsplit(st.context.url or "")
-    return urlunsplit((base.scheme, base.netloc, base.path, urlencode(st.query_params.to_dict(), doseq=True), ""))
 
 
 def data_spans_table() -> pd.DataFrame:

@@ -1,7 +1,9 @@
-"""A chart with its PNG / SVG / HTML download buttons underneath.
+"""A chart with its PNG / SVG / HTML download buttons underneath, and the "Export report" of a whole view.
 
 The files are rendered only when a button is clicked (Streamlit calls the data callable then, on its own thread),
 so drawing a page never waits for chromium. Without chromium the PNG/SVG buttons give way to a note saying why.
+Every chart drawn this way is also remembered for the current run, so `report_buttons` at the foot of a page can
+export exactly the charts on screen, with the selection, data spans and checkpoint, as one report.
 """
 from __future__ import annotations
 
@@ -17,8 +19,25 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-").lower() or "chart"
 
 
-def chart_with_downloads(fig: go.Figure, key: str, file_stem: str | None = None) -> None:
+def _view_figures() -> dict[str, go.Figure]:
+    # Keyed by the script run: a rerun starts a fresh collection, so the report never holds a chart no longer shown.
+    run = st.session_state.get("_view_run")
+    figures = st.session_state.get("_view_figures")
+    if figures is None or run != st.session_state.get("_view_run_seen"):
+        figures = {}
+        st.session_state["_view_figures"] = figures
+        st.session_state["_view_run_seen"] = run
+    return figures
+
+
+def start_view() -> None:
+    """Called by the frame before every full run of a page: the next charts belong to a new view."""
+    st.session_state["_view_run"] = st.session_state.get("_view_run", 0) + 1
+
+
+def chart_with_downloads(fig: go.Figure, key: str, file_stem: str | None = None, *, title: str | None = None) -> None:
     """Draw `fig` as exported (theme=None: the screen matches the file) with download buttons under it."""
+    _view_figures()[title or fig.layout.title.text or key] = fig
     st.plotly_chart(fig, key=f"chart-{key}", theme=None)
     stem = _file_stem(file_stem or key)
     unavailable = browser_unavailable_reason()
@@ -34,3 +53,52 @@ def chart_with_downloads(fig: go.Figure, key: str, file_stem: str | None = None)
     if unavailable:
         with columns[-1]:
             st.caption(unavailable)
+
+
+def report_buttons(page_title: str, selection, *, tables: dict | None = None, settings: dict | None = None,
+                   notes: list[str] | None = None, key: str = "report") -> None:
+    """"Export report" (HTML, and PDF where chromium exists) of every chart this page drew in this run."""
+    import pandas as pd
+
+    from engine.report import ReportContent, report_html, report_pdf
+    from views.frame import date_span_text, load_summary
+
+    figures = dict(_view_figures())
+    summary = load_summary(selection.db_path)
+    spans = summary[summary["symbol"].isin(selection.symbols) & (summary["interval"] == selection.interval)]
+    spans = spans[["symbol", "source", "interval", "rows", "first_ts", "last_ts"]].copy()
+    chosen = {"symbols": ", ".join(selection.symbols), "interval": selection.interval,
+              "date range": date_span_text(selection), **(settings or {})}
+    url = share_url()
+
+    def content() -> ReportContent:
+        return ReportContent(
+            title=f"{page_title} · {', '.join(selection.symbols)} · {selection.interval}", figures=figures,
+            tables={name: table for name, table in (tables or {}).items() if isinstance(table, pd.DataFrame)},
+            settings=chosen, data_spans=spans, synthetic=selection.synthetic,
+            checkpoint_id=selection.checkpoint["run_id"] if selection.checkpoint else None, share_url=url,
+            notes=[f"device: {selection.device}", *(notes or [])],
+        )
+
+    st.divider()
+    columns = st.columns([1, 1, 2], vertical_alignment="center")
+    stem = _file_stem(page_title)
+    columns[0].download_button("Export report (HTML)", data=lambda: report_html(content()),
+                               file_name=f"{stem}-report.html", mime="text/html", key=f"{key}_html",
+                               on_click="ignore", type="primary", icon=":material/description:")
+    reason = browser_unavailable_reason()
+    if reason is None:
+        columns[1].download_button("Export report (PDF)", data=lambda: report_pdf(content()),
+                                   file_name=f"{stem}-report.pdf", mime="application/pdf", key=f"{key}_pdf",
+                                   on_click="ignore", icon=":material/picture_as_pdf:")
+    else:
+        columns[1].caption(reason)
+    columns[2].caption(f"{len(figures)} charts of this view, the selection, data spans and the shareable link.")
+
+
+def share_url() -> str:
+    """The link that reopens this view: the page's URL with every bound widget's query parameter."""
+    from urllib.parse import urlencode, urlsplit, urlunsplit
+
+    base = urlsplit(st.context.url or "")
+    return urlunsplit((base.scheme, base.netloc, base.path, urlencode(st.query_params.to_dict(), doseq=True), ""))

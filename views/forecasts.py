@@ -10,7 +10,7 @@ from engine.figures import forecasts as charts
 from engine.forecast_review import latest_forecast, past_forecasts, read_scores, score_board
 from engine.training import load_predictions
 from storage.config import INTERVAL_SECONDS
-from views.export_widgets import chart_with_downloads
+from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection
 from views.model_results import asset_closes, model_view
 
@@ -79,6 +79,7 @@ if calibration:
 
 st.subheader("Scores against the baselines")
 scores = scores_of(run_path, view.run_id)
+report_tables = {}
 if scores is None:
     st.info(f"This run has not been scored yet: `python -m engine.evaluate --run {run_path}` scores it against "
             "every baseline on the same walk-forward test spans.")
@@ -87,6 +88,10 @@ else:
                "test the model against that row (negative statistic: the model's loss is lower; small p: the "
                "difference is unlikely to be luck).")
     asset = st.selectbox("Asset", selection.symbols, key="fc_score_asset")
-    st.dataframe(score_board(scores, asset, horizon), hide_index=True, width="stretch",
+    report_tables = {f"Scores of {symbol}, {horizon}-bar horizon": score_board(scores, symbol, horizon)
+                     for symbol in selection.symbols}
+    st.dataframe(report_tables[f"Scores of {asset}, {horizon}-bar horizon"], hide_index=True, width="stretch",
                  column_config={"dm_p_mse": st.column_config.NumberColumn("DM p (MSE)", format="%.4f"),
                                 "dm_p_pinball": st.column_config.NumberColumn("DM p (pinball)", format="%.4f")})
+
+report_buttons("Forecasts", selection, tables=report_tables, settings={"horizon (bars)": horizon}, key="fc_report")

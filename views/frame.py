@@ -104,6 +104,9 @@ def _run_label(run: dict) -> str:
 
 
 def render_frame() -> Selection:
+    from views.export_widgets import start_view
+
+    start_view()
     db_path = str(resolve_db_path())
     try:
         _seed_once(db_path)

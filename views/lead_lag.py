@@ -11,7 +11,7 @@ import streamlit as st
 
 from engine.figures import lead_lag as charts
 from views.bar_picker import pick_bar
-from views.export_widgets import chart_with_downloads
+from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection
 from views.model_results import model_view
 
@@ -63,7 +63,8 @@ st.caption("Read a column of panels as: the target (title) looks at each source 
            "(columns). Weight at a lag above 0 on another asset is a lead that asset has over the target.")
 
 st.subheader("Strongest cross-asset pairs")
-st.dataframe(bundle.strongest_pairs(int(top), rows), hide_index=True, width="content", key="ll_pairs",
+strongest = bundle.strongest_pairs(int(top), rows)
+st.dataframe(strongest, hide_index=True, width="content", key="ll_pairs",
              column_config={"weight": st.column_config.NumberColumn(format="%.4f")})
 
 st.subheader("Over time")
@@ -77,3 +78,5 @@ chart_with_downloads(charts.attention_over_time(
 ), key="ll_over_time", file_stem=f"lead-lag-over-time-{target}")
 st.caption("The target's share of attention on each source (all lags) over a trailing window at every bar; the "
            "dashed line is the end of the window drawn above. Shaded spans are out of sample.")
+
+report_buttons("Lead-lag", selection, tables={"Strongest lead-lag pairs": strongest}, key="ll_report")

@@ -14,7 +14,7 @@ from engine.diagnostics import hidden_attention
 from engine.figures import lookback as charts
 from engine.figures.regimes import planted_on_clock
 from views.bar_picker import pick_bar
-from views.export_widgets import chart_with_downloads
+from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, date_span_text
 from views.model_results import asset_closes, model_view
 
@@ -91,3 +91,5 @@ if view.truth is not None and view.truth.memory_order:
     st.caption("Planted memory, longest first: " + " > ".join(view.truth.memory_order) +
                ". With planted shading, the boxes should follow that order if the model's memory moves with it.")
 st.caption("Each box spans the middle half of the asset's open bars in that regime; the line is the median.")
+
+report_buttons("Lookback", selection, key="lb_report")

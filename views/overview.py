@@ -9,7 +9,7 @@ import streamlit as st
 from engine.figures import forecasts as charts
 from engine.forecast_review import latest_forecast
 from storage.config import INTERVAL_SECONDS
-from views.export_widgets import chart_with_downloads
+from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, load_summary
 from views.model_results import asset_closes, model_view
 
@@ -69,3 +69,5 @@ for column, symbol in zip(cards, selection.symbols):
             freshness = ("synthetic, fixed span" if row["source"] == "demo"
                          else ("stale" if row["stale"] else "fresh"))
             st.caption(f"{row['source']} · last bar {row['last_ts']:%Y-%m-%d %H:%M} UTC · {freshness}")
+
+report_buttons("Overview", selection, notes=[f"checkpoint {view.run_id}"], key="ov_report")

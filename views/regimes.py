@@ -11,7 +11,7 @@ import streamlit as st
 
 from engine.diagnostics import RegimeConfig, RegimeResult, fit_regimes
 from engine.figures import regimes as charts
-from views.export_widgets import chart_with_downloads
+from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, date_span_text
 from views.model_results import asset_closes, model_view
 
@@ -97,3 +97,5 @@ chart_with_downloads(charts.explained_variance_chart(regimes.explained_variance_
                      key="rg_variance", file_stem="regimes-explained-variance")
 st.caption("How much of the training states' variance each principal component holds, per asset: the scatter "
            "shows the first two.")
+
+report_buttons("Regimes", selection, key="rg_report")
