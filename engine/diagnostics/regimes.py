@@ -14,10 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.mixture import GaussianMixture
-from sklearn.preprocessing import StandardScaler
 
 NO_LABEL = -1
 
@@ -62,7 +58,11 @@ def _check_inputs(embeddings: np.ndarray, mask: np.ndarray, fit_rows: range) -> 
 
 def _clusterer(config: RegimeConfig):
     if config.method == "kmeans":
+        from sklearn.cluster import KMeans  # scikit-learn costs ~1 s to import: only when regimes are fitted
+
         return KMeans(n_clusters=config.n_regimes, n_init=4, random_state=config.seed)
+    from sklearn.mixture import GaussianMixture
+
     return GaussianMixture(n_components=config.n_regimes, covariance_type="full", n_init=2,
                            random_state=config.seed, reg_covar=1e-4)
 
@@ -108,6 +108,9 @@ def fit_regimes(
                 f"too few to fit {n_components} components and {k} regimes"
             )
         # Standardise first: embedding dims mix state means and RMS values on different scales.
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
         scaler = StandardScaler().fit(embeddings[asset, train])
         pca = PCA(n_components=n_components, random_state=config.seed).fit(scaler.transform(embeddings[asset, train]))
         coords = pca.transform(scaler.transform(embeddings[asset])).astype(np.float32)  # (T, n_components)
