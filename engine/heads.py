@@ -1,4 +1,6 @@
-"""Multi-task forecast heads, one set per asset and horizon: return quantiles, P(up) logit, log volatility."""
+"""Multi-task forecast heads, one set per asset and horizon: return quantiles, P(up) logit, log volatility, and
+(with ModelConfig.point_head) the conditional mean of the return, trained on squared error: the point forecast
+that MSE scores (the median the pinball loss trains is a different, noisier estimate of the centre)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -41,19 +43,22 @@ def monotone_quantiles(raw: Tensor, anchor: int, offsets: Tensor | None = None) 
 
 
 class ForecastHeads(nn.Module):
-    """x (..., A, M) -> quantiles (..., A, H, Q), direction_logit (..., A, H), log_vol (..., A, H)."""
+    """x (..., A, M) -> quantiles (..., A, H, Q), direction_logit (..., A, H), log_vol (..., A, H), mean (..., A, H)
+    or None without a point head. Per horizon the projection's columns are [quantiles | logit | log-vol | mean]."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_horizons, self.n_quantiles = len(config.horizons), len(config.quantiles)
+        self.has_mean = bool(config.point_head)
+        self.width = self.n_quantiles + 2 + int(self.has_mean)  # columns per horizon
         self.anchor = min(range(self.n_quantiles), key=lambda i: abs(config.quantiles[i] - 0.5))
         # Per-asset heads: BTC and AAPL returns live on different scales and tails.
-        self.proj = PerAssetLinear(config.n_assets, config.d_model, self.n_horizons * (self.n_quantiles + 2))
+        self.proj = PerAssetLinear(config.n_assets, config.d_model, self.n_horizons * self.width)
         # A constant, not a weight: kept out of checkpoints (persistent=False), rebuilt from the config.
         self.register_buffer("offsets", quantile_offset_matrix(self.n_quantiles, self.anchor), persistent=False)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        raw = self.proj(x).unflatten(-1, (self.n_horizons, self.n_quantiles + 2))  # (..., A, H, Q+2)
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        raw = self.proj(x).unflatten(-1, (self.n_horizons, self.width))  # (..., A, H, Q+2[+1])
         Q = self.n_quantiles
         quantiles = monotone_quantiles(raw[..., :Q], self.anchor, self.offsets.to(raw.dtype))
-        return quantiles, raw[..., Q], raw[..., Q + 1]
+        return quantiles, raw[..., Q], raw[..., Q + 1], raw[..., Q + 2] if self.has_mean else None

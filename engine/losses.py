@@ -1,7 +1,8 @@
 """Multi-task training losses, each averaged over the entries a target-valid mask allows.
 
 Targets (all (B, A, T, H), one slot per asset, bar and horizon):
-  ret    realised forward return over the horizon          -> pinball loss on the return quantiles
+  ret    realised forward return over the horizon          -> pinball loss on the return quantiles, and squared
+                                                              error on the mean forecast (when the model has one)
   up     1.0 if that return was > 0 else 0.0               -> BCE with logits on the direction logit
   vol    realised volatility over the horizon (a noisy proxy of the true one) -> QLIKE on variance
   valid  bool: the target exists (inside the data, market open at the forecast bar, ...)
@@ -29,6 +30,7 @@ class LossWeights:
     quantile: float = 1.0
     direction: float = 1.0
     volatility: float = 1.0
+    point: float = 1.0  # squared error of the mean forecast; read only when the output has one
 
 
 class Forecasts(Protocol):
@@ -38,6 +40,7 @@ class Forecasts(Protocol):
     direction_logit: Tensor  # (B, A, T, H)
     log_vol: Tensor  # (B, A, T, H)
     quantile_levels: tuple[float, ...]
+    # mean: Tensor | None, (B, A, T, H), optional: the conditional-mean (point) forecast
 
 
 def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
@@ -64,6 +67,12 @@ def direction_loss(logits: Tensor, up: Tensor, valid: Tensor) -> Tensor:
     return masked_mean(per_entry, valid)
 
 
+def point_loss(mean: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Squared error of the mean forecast, averaged over valid entries; mean, target, valid (...). Its minimiser is
+    E[ret | inputs], the forecast MSE scores (the pinball median is not: with fat tails it is a noisier centre)."""
+    return masked_mean((_where_valid(target, valid) - mean).square(), valid)
+
+
 def volatility_loss(log_vol: Tensor, realised_vol: Tensor, valid: Tensor) -> Tensor:
     """QLIKE on variance: sigma2_proxy / sigma2_hat + log sigma2_hat (dropping terms free of the forecast).
 
@@ -82,7 +91,8 @@ def volatility_loss(log_vol: Tensor, realised_vol: Tensor, valid: Tensor) -> Ten
 def multitask_loss(
     output: Forecasts, targets: Mapping[str, Tensor], weights: LossWeights
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of the three task losses -> (total scalar, {'quantile', 'direction', 'volatility'} scalars)."""
+    """Weighted sum of the task losses -> (total scalar, {'quantile', 'direction', 'volatility'[, 'point']} scalars);
+    'point' is there when the output has a mean forecast."""
     valid = _checked_targets(output, targets)
     parts = {
         "quantile": pinball_loss(output.quantiles, targets["ret"], output.quantile_levels, valid),
@@ -94,6 +104,10 @@ def multitask_loss(
         + weights.direction * parts["direction"]
         + weights.volatility * parts["volatility"]
     )
+    mean = getattr(output, "mean", None)
+    if mean is not None:
+        parts["point"] = point_loss(mean, targets["ret"], valid)
+        total = total + weights.point * parts["point"]
     return total, parts
 
 

@@ -54,6 +54,9 @@ class ModelConfig:
     horizons: tuple[int, ...] = (1, 5, 20)  # bars ahead
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     dropout: float = 0.1
+    # A conditional-mean head per asset and horizon (squared-error loss), used as the point forecast. False keeps
+    # the layout of checkpoints made before it existed (their manifests lack the key).
+    point_head: bool = False
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -155,6 +158,7 @@ class ModelOutput:
     horizons: tuple[int, ...]
     diagnostics: Diagnostics | None = None
     state: StepState | None = None
+    mean: Tensor | None = None  # (B, A, T, H) conditional mean of the return; None without config.point_head
 
 
 class HybridModel(nn.Module):
@@ -222,8 +226,9 @@ class HybridModel(nn.Module):
                     attention[i] = weights.mean
                     per_head[i] = weights.per_head
             new_layers.append(new_state)
-        quantiles, direction_logit, log_vol = self.heads(self.final_norm(h))  # (B, T, A, H[, Q])
+        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h))  # (B, T, A, H[, Q])
         return ModelOutput(
+            mean=None if mean is None else mean.transpose(1, 2),
             quantiles=quantiles.transpose(1, 2),
             direction_logit=direction_logit.transpose(1, 2),
             log_vol=log_vol.transpose(1, 2),
@@ -278,7 +283,7 @@ class HybridModel(nn.Module):
                 if weights is not None:
                     attention[i] = weights.mean
             new_layers.append(new_state)
-        quantiles, direction_logit, log_vol = self.heads(self.final_norm(h))  # (B, A, H[, Q])
+        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h))  # (B, A, H[, Q])
         diagnostics = None
         if return_diagnostics:
             if ssm_diag is not None:  # back to the layers' (B, T=1, A, .) layout
@@ -288,6 +293,7 @@ class HybridModel(nn.Module):
             diagnostics = self._diagnostics(ssm_diag, attention, None)
         output = ModelOutput(
             quantiles=quantiles.unsqueeze(2),  # (B, A, T=1, H, Q)
+            mean=None if mean is None else mean.unsqueeze(2),
             direction_logit=direction_logit.unsqueeze(2),
             log_vol=log_vol.unsqueeze(2),
             quantile_levels=self.config.quantiles,

@@ -93,12 +93,31 @@ class TrainConfig:
     device: str | None = None  # None: CUDA when present, else CPU
     threads: int | None = None  # torch CPU threads; None: leave as the process configured them
     predict_chunk: int = 2048  # bars per forward call when forecasting a long history
+    # The loss early stopping watches (standardised units, on the validation span); None: the training loss.
+    # Return-only weights keep the stop from being decided by the direction and volatility terms, which improve
+    # for many epochs after the return forecasts have started to overfit, or stop before those have learned.
+    early_stop_weights: LossWeights | None = None
+    # The horizons that loss is taken over; None: all. The long horizons' forecasts overfit within an epoch or
+    # two on a few thousand bars, and averaged in they stop a fold before the 1-bar forecast has learned anything.
+    early_stop_horizons: tuple[int, ...] | None = None
+    zero_init_centre: bool = False  # the median and mean head columns start at the zero forecast
+    # Average the loss per asset, then over assets (training and early stopping). Pooled, a 24/7 asset has ~5x the
+    # valid bars of an equity at 1h, so the shared layers and the stop follow BTC's (unforecastable) noise.
+    balance_assets: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
         if isinstance(self.features, dict):
             self.features = FeatureConfig(**self.features)
+        if isinstance(self.early_stop_weights, dict):
+            self.early_stop_weights = LossWeights(**self.early_stop_weights)
+        if self.early_stop_horizons is not None:
+            self.early_stop_horizons = tuple(int(h) for h in self.early_stop_horizons)
+            unknown = sorted(set(self.early_stop_horizons) - set(self.model.horizons))
+            if not self.early_stop_horizons or unknown:
+                raise ValueError(f"TrainConfig: early_stop_horizons {self.early_stop_horizons} must be a non-empty "
+                                 f"subset of the model's horizons {self.model.horizons}")
         for name in ("n_folds", "min_train", "val_size", "test_size", "window", "stride", "batch_size",
                      "max_epochs", "patience", "max_bad_steps", "predict_chunk"):
             value = getattr(self, name)
@@ -188,6 +207,14 @@ def span_targets(targets: Targets, feature_set: FeatureSet, span: range) -> dict
             "vol": tensor(purged.realised_vol), "valid": torch.from_numpy(valid)[None]}
 
 
+def early_stop_targets(targets: dict[str, Tensor], config: TrainConfig) -> dict[str, Tensor]:
+    """Validation targets (1, A, T, H) with only config.early_stop_horizons left valid (all when None)."""
+    if config.early_stop_horizons is None:
+        return targets
+    keep = torch.tensor([h in config.early_stop_horizons for h in config.model.horizons])  # (H,)
+    return {**targets, "valid": targets["valid"] & keep}
+
+
 def model_config_for(config: TrainConfig, feature_set: FeatureSet) -> ModelConfig:
     n_assets, _, n_features = feature_set.values.shape
     return dataclasses.replace(config.model, n_assets=n_assets, n_features=n_features)
@@ -237,13 +264,14 @@ class _ColumnAffine(nn.Module):
         return w * self.scale + self.shift
 
 
-def scale_heads_for_training(model: HybridModel, scale: np.ndarray) -> None:
-    """Put the per-column affine maps on model.heads.proj (see the section comment). scale (A, H)."""
+def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre: bool = False) -> None:
+    """Put the per-column affine maps on model.heads.proj (see the section comment). scale (A, H). zero_centre:
+    start the median and mean columns at exactly zero (TrainConfig.zero_init_centre)."""
     config = model.config
     n_q, levels = len(config.quantiles), np.asarray(config.quantiles)
     anchor = model.heads.anchor
     z = np.asarray(stats_norm_ppf(levels))
-    width = n_q + 2
+    width = model.heads.width
     col_scale = np.ones((config.n_assets, len(config.horizons) * width))
     col_shift = np.zeros_like(col_scale)
     for j in range(len(config.horizons)):
@@ -256,7 +284,18 @@ def scale_heads_for_training(model: HybridModel, scale: np.ndarray) -> None:
             gap = s[:, 0] * (gaps[k] if k < anchor else gaps[k - 1])
             col_shift[:, j * width + k] = np.log(np.expm1(gap))  # softplus^-1
         col_shift[:, j * width + n_q + 1] = np.log(s[:, 0])  # log-vol starts at the training scale
+        if model.heads.has_mean:
+            col_scale[:, j * width + n_q + 2] = s[:, 0]  # the mean, in raw units, like the median
     proj = model.heads.proj
+    if zero_centre:
+        # The centre forecasts (median, mean) start as the zero forecast: a random head would start them with noise
+        # as large as the returns themselves, which the few thousand follower targets take many epochs to undo.
+        centre = [j * width + anchor for j in range(len(config.horizons))]
+        if model.heads.has_mean:
+            centre += [j * width + n_q + 2 for j in range(len(config.horizons))]
+        with torch.no_grad():
+            proj.weight[..., centre] = 0.0
+            proj.bias[..., centre] = 0.0
     as_tensor = lambda a: torch.as_tensor(a, dtype=proj.weight.dtype, device=proj.weight.device)  # noqa: E731
     parametrize.register_parametrization(
         proj, "weight", _ColumnAffine(as_tensor(col_scale)[:, None, :], torch.zeros((), device=proj.weight.device)))
@@ -281,12 +320,28 @@ class StandardisedOutput:
     direction_logit: Tensor  # (B, A, T, H)
     log_vol: Tensor
     quantile_levels: tuple[float, ...]
+    mean: Tensor | None = None  # (B, A, T, H)
 
     @classmethod
     def of(cls, output, scale: Tensor) -> "StandardisedOutput":
         s = scale[None, :, None, :]  # (1, A, 1, H)
+        mean = getattr(output, "mean", None)
         return cls(output.quantiles / s[..., None], output.direction_logit, output.log_vol - torch.log(s),
-                   tuple(output.quantile_levels))
+                   tuple(output.quantile_levels), None if mean is None else mean / s)
+
+
+def training_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, balance_assets: bool) -> Tensor:
+    """multitask_loss, pooled over every valid entry, or (balance_assets) its mean over assets of each asset's
+    own loss. output: StandardisedOutput, tensors (B, A, T, H[, Q])."""
+    if not balance_assets:
+        return multitask_loss(output, targets, weights)[0]
+    per_asset = []
+    for a in range(output.direction_logit.shape[1]):
+        one = slice(a, a + 1)
+        sliced = StandardisedOutput(output.quantiles[:, one], output.direction_logit[:, one], output.log_vol[:, one],
+                                    output.quantile_levels, None if output.mean is None else output.mean[:, one])
+        per_asset.append(multitask_loss(sliced, {k: v[:, one] for k, v in targets.items()}, weights)[0])
+    return torch.stack(per_asset).mean()
 
 
 def standardised_targets(targets: Mapping[str, Tensor], scale: Tensor) -> dict[str, Tensor]:
@@ -330,6 +385,8 @@ def forecast_span(model: HybridModel, feature_set: FeatureSet, span: range, devi
     quantiles = torch.cat([o.quantiles[0] for o in outputs], dim=1)[:, span.start:].double().cpu().numpy()
     logit = torch.cat([o.direction_logit[0] for o in outputs], dim=1)[:, span.start:].double().cpu()
     log_vol = torch.cat([o.log_vol[0] for o in outputs], dim=1)[:, span.start:].double().cpu()
+    has_mean = outputs[0].mean is not None
+    mean = torch.cat([o.mean[0] for o in outputs], dim=1)[:, span.start:].double().cpu().numpy() if has_mean else None
     fresh = feature_set.mask[:, span.start : span.stop]  # (A, n)
     levels = tuple(model.config.quantiles)
     median = min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))
@@ -341,7 +398,8 @@ def forecast_span(model: HybridModel, feature_set: FeatureSet, span: range, devi
     return Predictions(
         rows=np.arange(span.start, span.stop),
         horizons=tuple(model.config.horizons),
-        point=only_fresh(quantiles[..., median]),  # the median: what the pinball loss trains
+        # The mean head when there is one (what MSE scores); else the median the pinball loss trains.
+        point=only_fresh(mean if has_mean else quantiles[..., median]),
         quantiles=only_fresh(quantiles),
         quantile_levels=levels,
         prob_up=only_fresh(torch.sigmoid(logit).numpy()),
@@ -350,8 +408,10 @@ def forecast_span(model: HybridModel, feature_set: FeatureSet, span: range, devi
 
 
 def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mapping[str, Tensor], stop: int,
-                    chunk: int, scale: Tensor) -> float:
-    """The training loss (standardised units) over the targets given, from a causal pass over rows [0, stop)."""
+                    chunk: int, scale: Tensor, weights: LossWeights | None = None,
+                    balance_assets: bool = False) -> float:
+    """The training loss (standardised units; `weights`, default the model's) over the targets given, from a
+    causal pass over rows [0, stop)."""
     was_training = model.training
     model.eval()
     try:
@@ -363,8 +423,10 @@ def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mappin
         quantiles=torch.cat([o.quantiles for o in outputs], dim=2),
         direction_logit=torch.cat([o.direction_logit for o in outputs], dim=2),
         log_vol=torch.cat([o.log_vol for o in outputs], dim=2),
-        quantile_levels=outputs[0].quantile_levels), scale)
-    total, _ = multitask_loss(joined, standardised_targets(targets, scale), model.config.loss_weights)
+        quantile_levels=outputs[0].quantile_levels,
+        mean=None if outputs[0].mean is None else torch.cat([o.mean for o in outputs], dim=2)), scale)
+    total = training_loss(joined, standardised_targets(targets, scale), weights or model.config.loss_weights,
+                          balance_assets)
     return float(total)
 
 
@@ -564,7 +626,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     torch.manual_seed(_seed_for(config, fold.index, -1))
     model = HybridModel(model_config_for(config, feature_set)).to(device)
     scale = target_scale(targets, feature_set, fold.train)
-    scale_heads_for_training(model, scale)  # before the optimiser: it must hold the parametrised tensors
+    scale_heads_for_training(model, scale, config.zero_init_centre)  # before the optimiser: it must hold the parametrised tensors
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -580,7 +642,8 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     windows = make_windows(feature_set, targets, fold.train, config.window, config.stride)
     x_all = torch.from_numpy(np.ascontiguousarray(feature_set.values))[None].to(device)  # (1, A, T, F)
     mask_all = torch.from_numpy(np.ascontiguousarray(feature_set.mask))[None].to(device)
-    val_targets = {k: v.to(device) for k, v in span_targets(targets, feature_set, fold.val).items()}
+    val_targets = early_stop_targets(span_targets(targets, feature_set, fold.val), config)
+    val_targets = {k: v.to(device) for k, v in val_targets.items()}
     state = _load_fold_state(run_dir, fold.index, model, optimizer, guard) or _FoldState()
     n_windows = windows.x.shape[0]
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
@@ -599,8 +662,8 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
             mask = windows.mask[batch].to(device)  # (b, A, W)
             batch_targets = {k: v.to(device) for k, v in loss_targets(
                 {k: t[batch] for k, t in windows.targets.items()}).items()}  # (b, A, W, H) each
-            loss, _ = multitask_loss(StandardisedOutput.of(model(x, mask), scale_t),
-                                     standardised_targets(batch_targets, scale_t), weights)
+            loss = training_loss(StandardisedOutput.of(model(x, mask), scale_t),
+                                 standardised_targets(batch_targets, scale_t), weights, config.balance_assets)
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
             if finite:
@@ -627,7 +690,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
                           best_val_loss=_finite_or_none(state.best_val_loss)))
 
         val_loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
-                                   scale_t)
+                                   scale_t, config.early_stop_weights, config.balance_assets)
         if math.isfinite(val_loss) and val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.epochs_without_gain = val_loss, epoch, 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}

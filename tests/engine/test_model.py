@@ -394,3 +394,23 @@ def test_training_finds_the_planted_lead_lag():
     source, lag = divmod(int(alpha.argmax()), alpha.shape[1])
     assert (source, lag) == (0, PLANTED_LAG), alpha
     assert alpha[0, PLANTED_LAG] > 0.5, alpha
+
+
+def test_the_point_head_forecasts_a_mean_in_both_modes_and_its_loss_is_the_squared_error():
+    model = make_model(point_head=True)
+    x, mask = random_panel(length=8)
+    with torch.no_grad():
+        full = model(x, mask)
+        state = model.init_state(x.shape[0])
+        for t in range(x.shape[2]):
+            output, state = model.step(x[:, :, t], mask[:, :, t], state)
+            torch.testing.assert_close(output.mean, full.mean[:, :, t : t + 1], rtol=1e-10, atol=1e-10)
+    assert full.mean.shape == full.direction_logit.shape
+    assert make_model().__call__(x, mask).mean is None, "without a point head there is no mean"
+    ret = torch.randn(full.mean.shape, dtype=full.mean.dtype)
+    valid = torch.rand(full.mean.shape) > 0.3
+    targets = {"ret": ret, "up": (ret > 0).to(ret.dtype), "vol": ret.abs(), "valid": valid}
+    total, parts = multitask_loss(full, targets, LossWeights(quantile=1.0, direction=1.0, volatility=1.0, point=3.0))
+    torch.testing.assert_close(parts["point"], (ret - full.mean)[valid].square().mean())
+    torch.testing.assert_close(total, parts["quantile"] + parts["direction"] + parts["volatility"]
+                               + 3.0 * parts["point"])

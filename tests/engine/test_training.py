@@ -193,3 +193,26 @@ def test_bad_configs_are_refused_with_the_field_named():
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"epochs": 3})
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_a_point_head_run_forecasts_its_mean_as_the_point_and_round_trips_its_options(tmp_path):
+    """The mean head (ModelConfig.point_head) is Predictions.point; the early-stop and balancing options survive
+    the manifest's JSON."""
+    model = dataclasses.replace(tiny_config().model, point_head=True)
+    config = tiny_config(model=model, early_stop_weights=training.LossWeights(0.0, 0.0, 0.0, 1.0),
+                         early_stop_horizons=(1,), zero_init_centre=True, balance_assets=True)
+    result = train(small_panel(), config, tmp_path)
+    predictions, _, _ = load_predictions(tmp_path)
+    anchor = result.model.heads.anchor
+    assert np.isfinite(predictions.point).any()
+    # the point is the mean head's output, not the median quantile
+    assert not np.allclose(predictions.point, predictions.quantiles[..., anchor], equal_nan=True)
+    assert TrainConfig.from_dict(result.manifest.training["config"]) == config
+    assert set(weights(tmp_path)) == set(training.HybridModel(result.model.config).state_dict())
+
+
+def test_early_stop_horizons_must_be_model_horizons():
+    with pytest.raises(ValueError, match="early_stop_horizons"):
+        TrainConfig(early_stop_horizons=(2,))
+    with pytest.raises(ValueError, match="early_stop_horizons"):
+        TrainConfig(early_stop_horizons=())
