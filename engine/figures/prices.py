@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, display_rows, label_synthetic
 
 # Beyond this many bars a candlestick is unreadable and slow to draw: show the close as a line instead.
 MAX_CANDLES = 2_000
@@ -20,8 +20,9 @@ def price_chart(bars: pd.DataFrame, symbol: str, interval: str, *, synthetic: bo
         ))
         fig.update_layout(xaxis_rangeslider_visible=False)
     else:
+        rows = display_rows([bars["high"].to_numpy(), bars["low"].to_numpy()])  # every bucket's high and low kept
         fig.add_trace(go.Scattergl(
-            x=bars["ts"], y=bars["close"], mode="lines", name=f"{symbol} close",
+            x=bars["ts"].iloc[rows], y=bars["close"].iloc[rows], mode="lines", name=f"{symbol} close",
             line=dict(color=asset_colour(symbol), width=1.2),
         ))
     base_layout(fig, f"{symbol} · {interval} · source: {source}")

@@ -47,7 +47,32 @@ def test_the_app_in_a_browser(browser, app_dirs, capsys):
             assert page.get_by_text("Page not found").count() == 0, f"{title}: no page at /{url_path}"
             screenshot(page, url_path or "home")
 
+        # A model view's own report: its charts, the checkpoint and the link that reopens it.
+        page.goto(f"{server.url}/forecasts")
+        wait_until_idle(page)
+        with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download_info:
+            page.get_by_role("button", name="Export report (HTML)").click()
+        forecasts_report = app_dirs["downloads"] / "forecasts-report.html"
+        download_info.value.save_as(forecasts_report)
+        text = forecasts_report.read_text(encoding="utf-8")
+        assert "Forecasts" in text and "demo-1h" in text and "SYNTHETIC DEMO DATA" in text
+        assert text.count('class="plotly-graph-div"') >= 4  # latest fans of 3 assets, walk-forward fans, calibration
+
+        # The sidebar's selection lives in the URL: choosing an interval writes it there, and the link restores it.
         page.goto(server.url)  # the default page (Overview)
+        wait_until_idle(page)
+        page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Interval").click()
+        page.get_by_role("option", name="1d").click()
+        page.wait_for_url("**interval=1d**")
+        wait_until_idle(page)
+        shared = page.url
+        other = context.new_page()
+        other.goto(shared)
+        wait_until_idle(other)
+        # The shipped checkpoint is hourly: a page opened on daily bars says no checkpoint fits them.
+        other.get_by_text("No checkpoint fits BTC, SPY, AAPL at 1d").first.wait_for()
+        other.close()
+        page.goto(server.url)
         wait_until_idle(page)
 
         def switch_to_backtest():
