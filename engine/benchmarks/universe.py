@@ -1,0 +1,77 @@
+"""How the model grows with the number of assets N (SYNTHETIC universe, engine.synthetic_universe).
+
+Per bar, the SSM streams cost O(N) and the cross-asset attention O(N^2 * (K+1)): every target attends to every
+source at every lag. The rows give, for N = 3 .. 50 and one 512-bar window: parameters with per-asset and with shared
+SSM weights, forward time with diagnostics, and the size of the attention-weight tensor the diagnostics return
+(B x T x N x N x (K+1) floats), which is what grows fastest. Run: python -m engine.benchmarks.universe
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from engine.features import build_feature_set
+from engine.model import HybridModel, ModelConfig
+from engine.runtime import configure_cpu_threads, device_label, pick_device
+from engine.synthetic_universe import synthetic_universe
+
+SIZES = (3, 10, 25, 50)
+WINDOW = 512
+
+
+def _median_s(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def rows(device: torch.device | str) -> list[dict]:
+    device = torch.device(device)
+    out = []
+    load = f"load {os.getloadavg()[0]:.1f}" if device.type == "cpu" else device_label(device)
+    for n_assets in SIZES:
+        panel = synthetic_universe(n_assets, WINDOW + 64)
+        features = build_feature_set(panel, range(0, WINDOW // 2))
+        x = torch.from_numpy(features.values[:, -WINDOW:])[None].to(device)  # (1, N, T, F)
+        mask = torch.from_numpy(features.mask[:, -WINDOW:])[None].to(device)  # (1, N, T)
+        for shared in (False, True):
+            config = ModelConfig(n_assets=n_assets, n_features=features.values.shape[2], shared_ssm=shared)
+            model = HybridModel(config).to(device).eval()
+
+            def forward():
+                with torch.inference_mode():
+                    model(x, mask, return_diagnostics=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+
+            seconds = _median_s(forward)
+            attention_mb = WINDOW * n_assets * n_assets * (config.max_lag + 1) * 4 / 2**20
+            out.append({
+                "assets": n_assets, "SSM weights": "shared" if shared else "per asset",
+                "parameters": f"{model.num_parameters():,}", "fwd+diagnostics ms (1 x 512 bars)": seconds * 1e3,
+                "ms per bar": seconds * 1e3 / WINDOW, "attention weights MB": attention_mb, "machine": load,
+            })
+    return out
+
+
+def main() -> None:
+    from engine.bench import format_table
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    configure_cpu_threads()
+    device = pick_device(args.device)
+    print(f"# universe size on {device_label(device)}\n")
+    print(format_table(rows(device)))
+
+
+if __name__ == "__main__":
+    main()
