@@ -42,16 +42,16 @@ def chart_with_downloads(fig: go.Figure, key: str, file_stem: str | None = None,
     stem = _file_stem(file_stem or key)
     unavailable = browser_unavailable_reason()
     formats = ("html",) if unavailable else ("png", "svg", "html")
-    # Narrow button columns and one wide filler, so the buttons sit together under the chart's left edge.
-    columns = st.columns([1] * len(formats) + [8], vertical_alignment="center")
-    for column, fmt in zip(columns, formats):
-        with column:
+    # One wrapping row of content-wide buttons under the chart's left edge: the labels stay readable in a narrow
+    # column, where fixed column ratios would squeeze them to bare icons.
+    with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+        for fmt in formats:
             st.download_button(
                 fmt.upper(), data=lambda fmt=fmt: figure_bytes(fig, fmt), file_name=f"{stem}.{fmt}",
                 mime=MIME_TYPES[fmt], key=f"download-{key}-{fmt}", on_click="ignore", icon=":material/download:",
+                width="content",
             )
-    if unavailable:
-        with columns[-1]:
+        if unavailable:
             st.caption(unavailable)
 
 
