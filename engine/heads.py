@@ -56,9 +56,27 @@ class ForecastHeads(nn.Module):
         self.proj = PerAssetLinear(config.n_assets, config.d_model, self.n_horizons * self.width)
         # A constant, not a weight: kept out of checkpoints (persistent=False), rebuilt from the config.
         self.register_buffer("offsets", quantile_offset_matrix(self.n_quantiles, self.anchor), persistent=False)
+        # ModelConfig.lead_path: a per-asset linear map from the sources' raw features summed with the first
+        # attention layer's weights (per head) to a location shift per horizon, added to every quantile and to the
+        # mean. Through the residual stream a leader's return reaches the heads as one of 16 features under a
+        # random value projection, diluted by every other slot, and rescaled by the final norm; here it is one
+        # fixed input whose coefficient the data can find, and its gradient sharpens the weights on that slot.
+        self.lead = PerAssetLinear(config.n_assets, config.n_heads * config.lead_input_width, self.n_horizons,
+                                   bias=False) if config.lead_path else None
+        if self.lead is not None:
+            nn.init.zeros_(self.lead.weight)  # starts as no shift: the data must earn it
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def forward(self, x: Tensor, attended: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x (..., A, M) normed stream; attended (..., A, heads * F) the sources' features under the first
+        attention layer's weights, read by the lead path (required when the heads have one)."""
         raw = self.proj(x).unflatten(-1, (self.n_horizons, self.width))  # (..., A, H, Q+2[+1])
         Q = self.n_quantiles
         quantiles = monotone_quantiles(raw[..., :Q], self.anchor, self.offsets.to(raw.dtype))
-        return quantiles, raw[..., Q], raw[..., Q + 1], raw[..., Q + 2] if self.has_mean else None
+        mean = raw[..., Q + 2] if self.has_mean else None
+        if self.lead is not None:
+            if attended is None:
+                raise ValueError("ForecastHeads: the lead path needs the attended input features")
+            shift = self.lead(attended)  # (..., A, H)
+            quantiles = quantiles + shift.unsqueeze(-1)  # the whole fan moves; its gaps stay
+            mean = None if mean is None else mean + shift
+        return quantiles, raw[..., Q], raw[..., Q + 1], mean

@@ -57,6 +57,13 @@ class ModelConfig:
     # A conditional-mean head per asset and horizon (squared-error loss), used as the point forecast. False keeps
     # the layout of checkpoints made before it existed (their manifests lack the key).
     point_head: bool = False
+    # A direct linear path from the sources' features, summed with the first attention layer's weights, to the
+    # forecasts' location (engine.heads.ForecastHeads.lead); needs an "attn" layer. False keeps the layout of older checkpoints.
+    lead_path: bool = False
+    # How many of the leading input features the lead path reads; None: all. engine.features puts the bar
+    # return (ret_1) first: 1 reads the sources' latest returns only, the channel a lead-lag moves through, so the
+    # path has n_heads weights per asset and horizon to fit instead of n_heads * n_features.
+    lead_features: int | None = None
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -95,10 +102,18 @@ class ModelConfig:
             fail(f"quantiles must be strictly increasing levels in (0, 1), got {q}")
         if not 0 <= self.dropout < 1:
             fail(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lead_features is not None and not 1 <= self.lead_features <= self.n_features:
+            fail(f"lead_features must be in 1..n_features={self.n_features}, got {self.lead_features}")
+        if self.lead_path and "attn" not in self.layer_pattern:
+            fail(f"lead_path reads the first attention layer, but layer_pattern {self.layer_pattern} has none")
 
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
+
+    @property
+    def lead_input_width(self) -> int:
+        return self.n_features if self.lead_features is None else self.lead_features
 
     @property
     def embedding_dim(self) -> int:
@@ -134,6 +149,8 @@ class StepState:
     """Per-layer memory for step mode, in layer order (SSMLayerState or AttentionLayerState)."""
 
     layers: list[SSMLayerState | AttentionLayerState]
+    # With ModelConfig.lead_path: the last K bars of every asset's input features, oldest first (B, K, A, F)
+    lead_inputs: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -146,7 +163,7 @@ class StepState:
         for layer in self.layers:
             kind = type(layer)
             detached.append(kind(**{f.name: getattr(layer, f.name).detach() for f in fields(layer)}))
-        return StepState(detached)
+        return StepState(detached, None if self.lead_inputs is None else self.lead_inputs.detach())
 
 
 @dataclass
@@ -210,7 +227,7 @@ class HybridModel(nn.Module):
         self._check_inputs(x, mask, state, where="forward")
         mask_t = mask.transpose(1, 2)  # (B, T, A)
         h = self._embed(x.transpose(1, 2), mask_t)  # (B, T, A, M)
-        new_layers, ssm_diag, attention, per_head = [], None, {}, {}
+        new_layers, ssm_diag, attention, per_head, lead_weights = [], None, {}, {}, None
         for i, layer in enumerate(self.layers):
             layer_state = None if state is None else state.layers[i]
             if isinstance(layer, SelectiveSSMBlock):
@@ -218,15 +235,19 @@ class HybridModel(nn.Module):
                 h, new_state, diag = layer(h, mask_t, layer_state, return_state=return_state, return_diagnostics=want)
                 ssm_diag = diag if want else ssm_diag
             else:
+                reads_lead = self.config.lead_path and i == self.first_attention_layer
                 h, new_state, weights = layer(
                     h, mask_t, layer_state, return_state=return_state,
-                    need_weights=return_diagnostics, per_head=attention_per_head,
+                    need_weights=return_diagnostics or reads_lead, per_head=attention_per_head or reads_lead,
                 )
-                if weights is not None:
+                if weights is not None and return_diagnostics:
                     attention[i] = weights.mean
                     per_head[i] = weights.per_head
+                if reads_lead:
+                    lead_weights = weights.per_head  # (B, T, A_tgt, heads, A_src, K+1)
             new_layers.append(new_state)
-        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h))  # (B, T, A, H[, Q])
+        attended, lead_inputs = self._attended_inputs(x, mask, lead_weights, state, return_state)
+        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h), attended)  # (B, T, A, H[, Q])
         return ModelOutput(
             mean=None if mean is None else mean.transpose(1, 2),
             quantiles=quantiles.transpose(1, 2),
@@ -237,7 +258,7 @@ class HybridModel(nn.Module):
             diagnostics=self._diagnostics(ssm_diag, attention, per_head if attention_per_head else None)
             if return_diagnostics
             else None,
-            state=StepState(new_layers) if return_state else None,
+            state=StepState(new_layers, lead_inputs) if return_state else None,
         )
 
     # ----- one bar at a time ------------------------------------------------------------------------------------
@@ -260,7 +281,10 @@ class HybridModel(nn.Module):
                 ))
             else:
                 layers.append(layer.init_state(batch, c.n_assets, c.d_model, device=device, dtype=dtype))
-        return StepState(layers)
+        lead_inputs = None
+        if c.lead_path:  # "before the first bar": zeros, which the attention gives weight 0 (masked keys)
+            lead_inputs = torch.zeros(batch, c.max_lag, c.n_assets, c.lead_input_width, device=device, dtype=dtype)
+        return StepState(layers, lead_inputs)
 
     def step(
         self, x_t: Tensor, mask_t: Tensor, state: StepState, *, return_diagnostics: bool = False
@@ -268,7 +292,7 @@ class HybridModel(nn.Module):
         """One new bar: x_t (B, A, F), mask_t (B, A) bool -> (ModelOutput with T=1, the state after this bar)."""
         self._check_inputs(x_t.unsqueeze(2), mask_t.unsqueeze(2), state, where="step")
         h = self._embed(x_t, mask_t)  # (B, A, M)
-        new_layers, ssm_diag, attention = [], None, {}
+        new_layers, ssm_diag, attention, lead_weights = [], None, {}, None
         for i, (layer, layer_state) in enumerate(zip(self.layers, state.layers)):
             if isinstance(layer, SelectiveSSMBlock):
                 want = return_diagnostics and i == self.diagnostic_ssm_layer
@@ -276,14 +300,20 @@ class HybridModel(nn.Module):
                 ssm_diag = diag if want else ssm_diag
             else:
                 # Attention's forward with T=1 and the cached K bars IS its step: one code path for both modes.
+                reads_lead = self.config.lead_path and i == self.first_attention_layer
                 h_seq, new_state, weights = layer(
-                    h.unsqueeze(1), mask_t.unsqueeze(1), layer_state, return_state=True, need_weights=return_diagnostics
+                    h.unsqueeze(1), mask_t.unsqueeze(1), layer_state, return_state=True,
+                    need_weights=return_diagnostics or reads_lead, per_head=reads_lead,
                 )
                 h = h_seq.squeeze(1)
-                if weights is not None:
+                if weights is not None and return_diagnostics:
                     attention[i] = weights.mean
+                if reads_lead:
+                    lead_weights = weights.per_head
             new_layers.append(new_state)
-        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h))  # (B, A, H[, Q])
+        attended, lead_inputs = self._attended_inputs(x_t.unsqueeze(2), mask_t.unsqueeze(2), lead_weights, state, True)
+        attended = None if attended is None else attended.squeeze(1)  # (B, A, heads * F)
+        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h), attended)  # (B, A, H[, Q])
         diagnostics = None
         if return_diagnostics:
             if ssm_diag is not None:  # back to the layers' (B, T=1, A, .) layout
@@ -300,7 +330,7 @@ class HybridModel(nn.Module):
             horizons=self.config.horizons,
             diagnostics=diagnostics,
         )
-        return output, StepState(new_layers)
+        return output, StepState(new_layers, lead_inputs)
 
     # ----- the hidden attention of the selective SSM ------------------------------------------------------------
 
@@ -326,6 +356,27 @@ class HybridModel(nn.Module):
         return alpha.abs().mean(dim=1) if reduce else alpha
 
     # ----- helpers ----------------------------------------------------------------------------------------------
+
+    def _attended_inputs(self, x: Tensor, mask: Tensor, weights: Tensor | None, state: StepState | None,
+                         return_state: bool) -> tuple[Tensor | None, Tensor | None]:
+        """The lead path's input: every source's raw features at lags 0..K, summed with the first attention
+        layer's per-head weights -> ((B, T, A_tgt, heads * F) or None, the last K bars' features for the state).
+
+        x (B, A, T, F), mask (B, A, T); weights (B, T, A_tgt, heads, A_src, K+1), lag 0 first. The weights are 0
+        at closed bars and before the first bar, so the zeros put there are never read."""
+        if weights is None:
+            return None, None
+        K, n_read = self.config.max_lag, self.config.lead_input_width
+        x = x[..., :n_read]
+        inputs = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        inputs = inputs.transpose(1, 2)  # (B, T, A, F)
+        past = state.lead_inputs if state is not None and state.lead_inputs is not None else \
+            inputs.new_zeros(inputs.shape[0], K, *inputs.shape[2:])
+        history = torch.cat([past, inputs], dim=1)  # (B, K+T, A, F)
+        windows = history.unfold(1, K + 1, 1).flip(-1)  # (B, T, A_src, F, K+1), lag 0 first
+        attended = torch.einsum("btihsk,btsfk->btihf", weights.to(windows.dtype), windows)  # (B, T, A, heads, F)
+        new_past = history[:, history.shape[1] - K:].clone() if return_state else None
+        return attended.flatten(-2), new_past
 
     def _embed(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (..., A, F) features, mask (..., A) -> (..., A, M). Closed bars' features are ignored (NaN allowed)."""

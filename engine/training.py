@@ -104,6 +104,13 @@ class TrainConfig:
     # Average the loss per asset, then over assets (training and early stopping). Pooled, a 24/7 asset has ~5x the
     # valid bars of an equity at 1h, so the shared layers and the stop follow BTC's (unforecastable) noise.
     balance_assets: bool = False
+    # Shift the grid of window starts by a random offset in [0, stride) every epoch (drawn from the epoch's seed):
+    # each epoch then sees windows cut at other bars, so more epochs are not the same ~N/batch steps repeated.
+    random_window_offsets: bool = False
+    # The lead path's weights (ModelConfig.lead_path) train through this fixed gain on top of the target scale.
+    # Its input, the attention's update, is about 0.1 per channel, so the shift it must learn (a few tenths of a
+    # return std) needs weights of order 10: at Adam's ~lr per step that is thousands of steps without the gain.
+    lead_gain: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -123,7 +130,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig: {name} must be a positive integer, got {value!r}")
-        for name in ("lr", "grad_clip"):
+        for name in ("lr", "grad_clip", "lead_gain"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig: {name} must be > 0, got {getattr(self, name)!r}")
         if self.weight_decay < 0:
@@ -264,7 +271,8 @@ class _ColumnAffine(nn.Module):
         return w * self.scale + self.shift
 
 
-def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre: bool = False) -> None:
+def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre: bool = False,
+                             lead_gain: float = 1.0) -> None:
     """Put the per-column affine maps on model.heads.proj (see the section comment). scale (A, H). zero_centre:
     start the median and mean columns at exactly zero (TrainConfig.zero_init_centre)."""
     config = model.config
@@ -300,6 +308,11 @@ def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre:
     parametrize.register_parametrization(
         proj, "weight", _ColumnAffine(as_tensor(col_scale)[:, None, :], torch.zeros((), device=proj.weight.device)))
     parametrize.register_parametrization(proj, "bias", _ColumnAffine(as_tensor(col_scale), as_tensor(col_shift)))
+    lead = model.heads.lead
+    if lead is not None:  # a location shift per horizon, in raw units like the median: the same scale
+        parametrize.register_parametrization(
+            lead, "weight", _ColumnAffine(as_tensor(lead_gain * scale)[:, None, :],
+                                          torch.zeros((), device=proj.weight.device)))
 
 
 def bake_head_scale(model: HybridModel) -> None:
@@ -308,6 +321,9 @@ def bake_head_scale(model: HybridModel) -> None:
     if parametrize.is_parametrized(proj):
         parametrize.remove_parametrizations(proj, "weight", leave_parametrized=True)
         parametrize.remove_parametrizations(proj, "bias", leave_parametrized=True)
+    lead = model.heads.lead
+    if lead is not None and parametrize.is_parametrized(lead):
+        parametrize.remove_parametrizations(lead, "weight", leave_parametrized=True)
 
 
 @dataclass
@@ -626,7 +642,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     torch.manual_seed(_seed_for(config, fold.index, -1))
     model = HybridModel(model_config_for(config, feature_set)).to(device)
     scale = target_scale(targets, feature_set, fold.train)
-    scale_heads_for_training(model, scale, config.zero_init_centre)  # before the optimiser: it must hold the parametrised tensors
+    scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain)  # before the optimiser: it must hold the parametrised tensors
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -651,6 +667,10 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
 
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_seed = _seed_for(config, fold.index, epoch)
+        if config.random_window_offsets:
+            windows = epoch_windows(feature_set, targets, fold.train, config, epoch_seed)
+            n_windows = windows.x.shape[0]
+            steps_per_epoch = math.ceil(n_windows / config.batch_size)
         torch.manual_seed(epoch_seed)  # dropout draws
         order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(epoch_seed))
         losses, bad_in_a_row = [], 0
@@ -730,6 +750,15 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
                   best_val_loss=state.best_val_loss, message=f"fold {fold.index + 1} done, best epoch "
                                                              f"{state.best_epoch + 1}"))
     return model, summary, prediction
+
+
+def epoch_windows(feature_set: FeatureSet, targets: Targets, train: range, config: TrainConfig,
+                  epoch_seed: int) -> Windows:
+    """The training windows of one epoch with TrainConfig.random_window_offsets: the stride grid started
+    `offset` rows into the span, offset in [0, stride) from the epoch's seed alone (so a resumed run repeats it)."""
+    offset = int(np.random.default_rng(epoch_seed).integers(0, config.stride))
+    start = min(train.start + offset, train.stop - config.window)
+    return make_windows(feature_set, targets, range(start, train.stop), config.window, config.stride)
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -414,3 +414,28 @@ def test_the_point_head_forecasts_a_mean_in_both_modes_and_its_loss_is_the_squar
     torch.testing.assert_close(parts["point"], (ret - full.mean)[valid].square().mean())
     torch.testing.assert_close(total, parts["quantile"] + parts["direction"] + parts["volatility"]
                                + 3.0 * parts["point"])
+
+
+def test_the_lead_path_shifts_the_whole_fan_and_the_mean_alike_in_both_modes():
+    """ModelConfig.lead_path: a linear map from the first attention layer's update to a location shift. It starts
+    at zero (the model is then the one without it) and, once trained, moves every quantile and the mean by the
+    same amount; step mode gives the same numbers as the full sequence."""
+    plain = make_model(point_head=True)
+    with_lead = make_model(point_head=True, lead_path=True)
+    x, mask = random_panel(length=8)
+    missing, unexpected = with_lead.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["heads.lead.weight"] and unexpected == []
+    with torch.no_grad():
+        torch.testing.assert_close(with_lead(x, mask).quantiles, plain(x, mask).quantiles)
+        with_lead.heads.lead.weight.normal_()
+        full = with_lead(x, mask)
+        shift = full.mean - plain(x, mask).mean
+        torch.testing.assert_close(full.quantiles - plain(x, mask).quantiles, shift.unsqueeze(-1).expand_as(full.quantiles))
+        assert shift.abs().max() > 1e-3
+        state = with_lead.init_state(x.shape[0])
+        for t in range(x.shape[2]):
+            output, state = with_lead.step(x[:, :, t], mask[:, :, t], state)
+            torch.testing.assert_close(output.mean, full.mean[:, :, t : t + 1], rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(output.quantiles, full.quantiles[:, :, t : t + 1], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="lead_path"):
+        small_config(lead_path=True, layer_pattern=("ssm",))

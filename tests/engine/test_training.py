@@ -216,3 +216,33 @@ def test_early_stop_horizons_must_be_model_horizons():
         TrainConfig(early_stop_horizons=(2,))
     with pytest.raises(ValueError, match="early_stop_horizons"):
         TrainConfig(early_stop_horizons=())
+
+
+def test_random_window_offsets_move_the_grid_every_epoch_repeatably_and_stay_inside_the_span():
+    from engine.features import build_feature_set
+    from engine.targets import compute_targets
+
+    panel = small_panel()
+    config = tiny_config(random_window_offsets=True, stride=16)
+    targets = compute_targets(panel, config.model.horizons)
+    train_rows = range(0, 300)
+    features = build_feature_set(panel, train_rows)
+    starts = [int(training.epoch_windows(features, targets, train_rows, config, seed).rows[0, 0])
+              for seed in range(12)]
+    assert starts == [int(training.epoch_windows(features, targets, train_rows, config, seed).rows[0, 0])
+                      for seed in range(12)], "an epoch's windows follow from its seed alone"
+    assert len(set(starts)) > 1 and all(0 <= s < config.stride for s in starts)
+    last = training.epoch_windows(features, targets, train_rows, config, 3)
+    assert int(last.rows.max()) == train_rows.stop - 1, "the span's end is still covered"
+
+
+def test_a_lead_path_run_with_moving_windows_ships_a_plain_checkpoint(tmp_path):
+    model = dataclasses.replace(tiny_config().model, point_head=True, lead_path=True)
+    config = tiny_config(model=model, random_window_offsets=True, stride=16, zero_init_centre=True)
+    result = train(small_panel(), config, tmp_path / "a")
+    again = train(small_panel(), config, tmp_path / "b")
+    assert same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    assert TrainConfig.from_dict(result.manifest.training["config"]) == config
+    assert set(weights(tmp_path / "a")) == set(training.HybridModel(result.model.config).state_dict())
+    assert torch.count_nonzero(weights(tmp_path / "a")["heads.lead.weight"]) > 0, "the lead path was trained"
+    assert np.isfinite(again.predictions.point).any()
