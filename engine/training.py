@@ -108,9 +108,13 @@ class TrainConfig:
     # each epoch then sees windows cut at other bars, so more epochs are not the same ~N/batch steps repeated.
     random_window_offsets: bool = False
     # The lead path's weights (ModelConfig.lead_path) train through this fixed gain on top of the target scale.
-    # Its input, the attention's update, is about 0.1 per channel, so the shift it must learn (a few tenths of a
-    # return std) needs weights of order 10: at Adam's ~lr per step that is thousands of steps without the gain.
+    # Its inputs are standardised features diluted by the attention weights (~1/15 each at the start), so the
+    # shift it must learn needs weights of order 1 to 10: at Adam's ~lr per step, thousands of steps without it.
     lead_gain: float = 1.0
+    # The median and mean head columns (read from the whole stream) train through this gain: below 1 they move
+    # slower than Adam's ~lr per step. Their signal is a few percent of the return variance, so at full rate they
+    # fit noise in the follower's own features before the lead path (lead_gain) has found the leader.
+    centre_gain: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -130,7 +134,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig: {name} must be a positive integer, got {value!r}")
-        for name in ("lr", "grad_clip", "lead_gain"):
+        for name in ("lr", "grad_clip", "lead_gain", "centre_gain"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig: {name} must be > 0, got {getattr(self, name)!r}")
         if self.weight_decay < 0:
@@ -272,7 +276,7 @@ class _ColumnAffine(nn.Module):
 
 
 def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre: bool = False,
-                             lead_gain: float = 1.0) -> None:
+                             lead_gain: float = 1.0, centre_gain: float = 1.0) -> None:
     """Put the per-column affine maps on model.heads.proj (see the section comment). scale (A, H). zero_centre:
     start the median and mean columns at exactly zero (TrainConfig.zero_init_centre)."""
     config = model.config
@@ -284,7 +288,7 @@ def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre:
     col_shift = np.zeros_like(col_scale)
     for j in range(len(config.horizons)):
         s = scale[:, j : j + 1]  # (A, 1)
-        col_scale[:, j * width + anchor] = s[:, 0]
+        col_scale[:, j * width + anchor] = centre_gain * s[:, 0]
         gaps = np.abs(np.diff(z))  # a normal fan as the starting point, one gap per non-anchor level
         for k in range(n_q):
             if k == anchor:
@@ -293,7 +297,7 @@ def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre:
             col_shift[:, j * width + k] = np.log(np.expm1(gap))  # softplus^-1
         col_shift[:, j * width + n_q + 1] = np.log(s[:, 0])  # log-vol starts at the training scale
         if model.heads.has_mean:
-            col_scale[:, j * width + n_q + 2] = s[:, 0]  # the mean, in raw units, like the median
+            col_scale[:, j * width + n_q + 2] = centre_gain * s[:, 0]  # the mean, in raw units, like the median
     proj = model.heads.proj
     if zero_centre:
         # The centre forecasts (median, mean) start as the zero forecast: a random head would start them with noise
@@ -642,7 +646,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     torch.manual_seed(_seed_for(config, fold.index, -1))
     model = HybridModel(model_config_for(config, feature_set)).to(device)
     scale = target_scale(targets, feature_set, fold.train)
-    scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain)  # before the optimiser: it must hold the parametrised tensors
+    scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)  # before the optimiser: it must hold the parametrised tensors
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 

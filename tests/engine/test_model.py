@@ -439,3 +439,15 @@ def test_the_lead_path_shifts_the_whole_fan_and_the_mean_alike_in_both_modes():
             torch.testing.assert_close(output.quantiles, full.quantiles[:, :, t : t + 1], rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="lead_path"):
         small_config(lead_path=True, layer_pattern=("ssm",))
+    with pytest.raises(ValueError, match="lead_features"):
+        small_config(lead_path=True, lead_features=N_FEATURES + 1)
+    reading_returns = make_model(point_head=True, lead_path=True, lead_features=1)
+    assert reading_returns.heads.lead.weight.shape == (N_ASSETS, small_config().n_heads, 2)  # heads x 1 feature
+    weights = torch.rand(x.shape[0], x.shape[2], N_ASSETS, small_config().n_heads, N_ASSETS, small_config().max_lag + 1,
+                         dtype=x.dtype)
+    moved = x.clone()
+    moved[..., 1:] += 1.0  # every feature but the first: the lead path does not read them
+    read, _ = reading_returns._attended_inputs(x, mask, weights, None, False)
+    torch.testing.assert_close(reading_returns._attended_inputs(moved, mask, weights, None, False)[0], read)
+    moved[..., 0] += 1.0
+    assert not torch.allclose(reading_returns._attended_inputs(moved, mask, weights, None, False)[0], read)

@@ -237,8 +237,9 @@ def test_random_window_offsets_move_the_grid_every_epoch_repeatably_and_stay_ins
 
 
 def test_a_lead_path_run_with_moving_windows_ships_a_plain_checkpoint(tmp_path):
-    model = dataclasses.replace(tiny_config().model, point_head=True, lead_path=True)
-    config = tiny_config(model=model, random_window_offsets=True, stride=16, zero_init_centre=True)
+    model = dataclasses.replace(tiny_config().model, point_head=True, lead_path=True, lead_features=1)
+    config = tiny_config(model=model, random_window_offsets=True, stride=16, zero_init_centre=True, lead_gain=10.0,
+                         centre_gain=0.1)
     result = train(small_panel(), config, tmp_path / "a")
     again = train(small_panel(), config, tmp_path / "b")
     assert same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
@@ -246,3 +247,26 @@ def test_a_lead_path_run_with_moving_windows_ships_a_plain_checkpoint(tmp_path):
     assert set(weights(tmp_path / "a")) == set(training.HybridModel(result.model.config).state_dict())
     assert torch.count_nonzero(weights(tmp_path / "a")["heads.lead.weight"]) > 0, "the lead path was trained"
     assert np.isfinite(again.predictions.point).any()
+
+
+def test_the_head_gains_scale_only_their_own_columns_and_must_be_positive():
+    from engine.features import build_feature_set
+
+    panel = small_panel()
+    features = build_feature_set(panel, range(0, 300))
+    model_config = dataclasses.replace(tiny_config().model, point_head=True, lead_path=True, n_assets=3,
+                                       n_features=features.values.shape[2])
+    scale = np.full((3, len(model_config.horizons)), 0.01)
+    plain, slow = training.HybridModel(model_config), training.HybridModel(model_config)
+    training.scale_heads_for_training(plain, scale)
+    training.scale_heads_for_training(slow, scale, lead_gain=10.0, centre_gain=0.1)
+    width, anchor, n_q = plain.heads.width, plain.heads.anchor, plain.heads.n_quantiles
+    ratio = (slow.heads.proj.parametrizations.weight[0].scale / plain.heads.proj.parametrizations.weight[0].scale)
+    centre = [j * width + c for j in range(len(model_config.horizons)) for c in (anchor, n_q + 2)]
+    others = [c for c in range(ratio.shape[-1]) if c not in centre]
+    assert torch.allclose(ratio[..., centre], torch.tensor(0.1)) and torch.allclose(ratio[..., others], torch.tensor(1.0))
+    lead_ratio = slow.heads.lead.parametrizations.weight[0].scale / plain.heads.lead.parametrizations.weight[0].scale
+    assert torch.allclose(lead_ratio, torch.tensor(10.0))
+    for name in ("lead_gain", "centre_gain"):
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**{name: 0.0})
