@@ -437,6 +437,10 @@ def test_the_lead_path_shifts_the_whole_fan_and_the_mean_alike_in_both_modes():
             output, state = with_lead.step(x[:, :, t], mask[:, :, t], state)
             torch.testing.assert_close(output.mean, full.mean[:, :, t : t + 1], rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(output.quantiles, full.quantiles[:, :, t : t + 1], rtol=1e-10, atol=1e-10)
+        # ... and through forward in chunks, as forecasts over a long history are made
+        first = with_lead(x[:, :, :5], mask[:, :, :5], return_state=True)
+        rest = with_lead(x[:, :, 5:], mask[:, :, 5:], state=first.state)
+        torch.testing.assert_close(torch.cat([first.mean, rest.mean], dim=2), full.mean, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="lead_path"):
         small_config(lead_path=True, layer_pattern=("ssm",))
     with pytest.raises(ValueError, match="lead_features"):

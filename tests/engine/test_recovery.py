@@ -120,20 +120,20 @@ def shipped_checkpoint_id() -> tuple[str, str] | None:
 # What these tests measured on the shipped checkpoint named here. The claims are NOT weakened: each test still asserts
 # its claim; the marker applies to this exact checkpoint only (a retrained one is judged afresh), and strict=True
 # turns a test red the moment its claim holds, so the marker cannot outlive the failure it records.
-MEASURED = ("demo-1h", "2026-12-01T21:54:44Z")
+MEASURED = ("demo-1h", "2026-12-01T23:02:39Z")
 MEASURED_FAILURES = {
-    "regimes": "ARI model / HMM / 95% shifted-truth chance: BTC 0.052 / 0.087 / 0.036, SPY 0.652 / 0.052 / 0.210, "
-               "AAPL 0.005 / 0.026 / 0.015: holds for SPY only",
-    "look-back": "median half-life calm / volatile / choppy in bars: BTC 51.0 / 51.8 / 50.9, SPY 53.0 / 51.9 / 52.9, "
-                 "AAPL 38.1 / 37.7 / 37.8: not in the planted order, spread about 2 %",
-    "forecasts": "1-bar MSE, DM vs zero: SPY +1.11 (p 0.27, worse), AAPL -0.65 (p 0.52); vs AR(1): SPY +1.38 "
-                 "(p 0.17), AAPL -0.29 (p 0.77): no significant win",
+    "regimes": "ARI model / HMM / 95% shifted-truth chance: BTC 0.166 / 0.087 / 0.056, SPY 0.075 / 0.052 / 0.117, "
+               "AAPL 0.226 / 0.026 / 0.112: holds for BTC and AAPL, not SPY (below chance)",
+    "look-back": "median half-life calm / volatile / choppy in bars: BTC 60.9 / 59.8 / 60.6, SPY 68.9 / 69.4 / 69.5, "
+                 "AAPL 53.2 / 53.7 / 53.4: not in the planted order, spread about 1 %",
 }
 CLAIM_IDS = ("lead-lag", "regimes", "look-back", "forecasts")
 
 
 def claim_param(index: int, name: str):
-    # Claim 1 (read as lead = key lag + 1) holds on this checkpoint: BTC at key lag 2 for SPY (0.149) and AAPL (0.111).
+    # Claims 1 and 4 hold on this checkpoint: BTC at key lag 2 for SPY (0.195) and AAPL (0.156); 1-bar MSE against
+    # zero / AR(1): SPY ratio 0.955 (DM -3.19, p 0.0014) / 0.956 (-3.13, p 0.0018), AAPL 0.974 (-2.88, p 0.0040) /
+    # 0.977 (-2.69, p 0.0073), 1,868 out-of-sample bars each.
     if shipped_checkpoint_id() == MEASURED and name in MEASURED_FAILURES:
         return pytest.param(index, id=name, marks=pytest.mark.xfail(strict=True, reason=MEASURED_FAILURES[name]))
     return pytest.param(index, id=name)
