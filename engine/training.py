@@ -788,7 +788,7 @@ def demo_config(interval: str = "1h") -> TrainConfig:
     weights into the location of the fan and the mean, its weights trained 10x faster (lead_gain) and the centre
     columns read from the stream 10x slower (centre_gain: at full rate they fit the follower's own noise first);
     the stop watches the mean head's 1-bar squared error. Window grids move every epoch (random_window_offsets,
-    stride 32). Chosen on the validation spans among 12 variants (DEMO.md gives the test numbers).
+    stride 32). Chosen on the validation spans among 22 variants (DEMO.md gives the test numbers).
     """
     model = dataclasses.replace(default_model_config(), d_model=32, n_heads=4, max_lag=4, dropout=0.0,
                                 layer_pattern=("ssm", "attn"),

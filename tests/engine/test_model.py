@@ -441,6 +441,10 @@ def test_the_lead_path_shifts_the_whole_fan_and_the_mean_alike_in_both_modes():
         first = with_lead(x[:, :, :5], mask[:, :, :5], return_state=True)
         rest = with_lead(x[:, :, 5:], mask[:, :, 5:], state=first.state)
         torch.testing.assert_close(torch.cat([first.mean, rest.mean], dim=2), full.mean, rtol=1e-10, atol=1e-10)
+        # ... and it is causal: other bars after t change nothing at or before t
+        future = x.clone()
+        future[:, :, 6:] += 3.0
+        torch.testing.assert_close(with_lead(future, mask).mean[:, :, :6], full.mean[:, :, :6], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="lead_path"):
         small_config(lead_path=True, layer_pattern=("ssm",))
     with pytest.raises(ValueError, match="lead_features"):
