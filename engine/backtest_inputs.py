@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from engine.backtest import BacktestInputs
-from engine.baselines import BaselineInput, walk_forward_baselines
 from engine.calendar import Annualisation
 from engine.features import PanelLike, check_panel
 from engine.splits import walk_forward
@@ -150,6 +149,9 @@ def baseline_forecasts(
 ) -> Forecasts:
     """Walk-forward baseline forecasts: P(up) from `direction_baseline`, volatility from `volatility_baseline`,
     each refitted on every fold's training span and run over its test span only (nothing in-sample is returned)."""
+    # scipy/statsmodels behind the baselines cost about a second to import: only when a baseline drives the page.
+    from engine.baselines import BaselineInput, walk_forward_baselines
+
     horizons = tuple(int(h) for h in horizons)
     targets = compute_targets(panel, horizons)
     n_rows = len(panel.ts)

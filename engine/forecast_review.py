@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.evaluate import SCORES_JSON
 from engine.features import PanelLike
 from engine.inference import InferenceResult
 from engine.scores import Predictions, calibration_table, expected_calibration_error
@@ -103,6 +102,8 @@ def latest_forecast(inference: InferenceResult, closes: np.ndarray, symbol: str)
 
 def read_scores(run_dir: str | Path) -> pd.DataFrame | None:
     """The long score table (model, asset, horizon, metric, value) evaluate wrote, or None if it never ran."""
+    from engine.evaluate import SCORES_JSON  # evaluate pulls in every baseline: only when scores are read
+
     path = Path(run_dir) / SCORES_JSON
     if not path.exists():
         return None

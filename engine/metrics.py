@@ -24,9 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats
+
+# The standard normal from the standard library: scipy.stats costs ~0.8 s to import, on every cold start.
+_NORMAL = NormalDist()
+
 
 # A standard deviation this small relative to the mean is rounding noise of a constant series (e.g. the cash rate).
 _ZERO_VARIANCE_RELATIVE = 1e-12
@@ -257,7 +261,7 @@ def probabilistic_sharpe_ratio(
     variance_term = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
     if not variance_term > 0:
         return None  # moments so extreme the normal approximation breaks down
-    return float(stats.norm.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(variance_term)))
+    return float(_NORMAL.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(variance_term)))
 
 
 def expected_maximum_sharpe(n_trials: int, sharpe_variance: float = 1.0) -> float:
@@ -272,7 +276,7 @@ def expected_maximum_sharpe(n_trials: int, sharpe_variance: float = 1.0) -> floa
     if n_trials == 1:
         return 0.0
     gamma = np.euler_gamma
-    z = (1 - gamma) * stats.norm.ppf(1 - 1 / n_trials) + gamma * stats.norm.ppf(1 - 1 / (n_trials * math.e))
+    z = (1 - gamma) * _NORMAL.inv_cdf(1 - 1 / n_trials) + gamma * _NORMAL.inv_cdf(1 - 1 / (n_trials * math.e))
     return float(math.sqrt(sharpe_variance) * z)
 
 
