@@ -9,17 +9,29 @@ Cached real data:
     .venv/bin/python -m engine.train --db data/bars.duckdb --symbols BTC SPY AAPL --interval 1d --folds 4
 
 A cancelled run (Ctrl-C) keeps its last finished epoch: run the same command with --resume to continue.
+
+The same command runs as several processes under torchrun (engine/distributed.py): NCCL on GPUs, gloo on CPUs.
+
+    torchrun --standalone --nproc-per-node 2 -m engine.train --demo 1h --out runs/ddp          # 2 GPUs (or 2 CPU ranks)
+    torchrun --standalone --nproc-per-node 2 -m engine.train --demo 1h --parallel folds ...    # one fold per rank
+
+Only rank 0 writes the checkpoint and the registry and scores the run; every rank reads the cache read-only.
 Training details (folds, purge, early stopping, seeds, the final model) are in engine/training.py.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import threading
 from pathlib import Path
 
 from engine.checkpoint import CheckpointError, new_run_id, register_run, resolve_runs_dir
+from engine.distributed import (
+    PARALLEL_MODES, DistContext, DistributedError, broadcast_bytes, init_distributed, launched_by_torchrun,
+    local_world_size, shutdown,
+)
 from engine.progress import ConsoleProgressBar
 from engine.runtime import configure_cpu_threads
 from engine.training import TrainConfig, TrainingError, demo_config, train_panel
@@ -58,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stride", type=int)
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, at most 4)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, at most 4; under torchrun "
+                                                 "the cores shared between this node's processes)")
+    run.add_argument("--parallel", choices=PARALLEL_MODES, default="data",
+                     help="under torchrun: 'data' trains every fold on all ranks (DistributedDataParallel, the "
+                          "global batch is --batch-size), 'folds' trains one fold per rank")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="run directory (default: <runs dir>/<run id>)")
     out.add_argument("--run-id")
@@ -74,7 +90,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = demo_config(args.demo) if args.demo else TrainConfig()
     given = {field: getattr(args, option) for option, field in CONFIG_OPTIONS.items()
              if getattr(args, option) is not None}
-    return dataclasses.replace(base, **given, threads=configure_cpu_threads(args.threads))
+    threads = args.threads
+    if threads is None and launched_by_torchrun():  # the node's cores split between its processes
+        threads = max(1, min((os.cpu_count() or 1) // local_world_size(), 4))
+    return dataclasses.replace(base, **given, threads=configure_cpu_threads(threads))
 
 
 def load_data(args: argparse.Namespace):
@@ -95,16 +114,24 @@ def main(argv: list[str] | None = None) -> int:
         print("train: --resume needs --out (the run directory to continue)", file=sys.stderr)
         return 2
     cancel = threading.Event()
+    ctx = DistContext.single("cpu")
     try:
-        loaded = load_data(args)
         config = config_from_args(args)
-        run_id = args.run_id or new_run_id("demo" if args.demo else "run")
+        ctx = init_distributed(config.device)
+        loaded = load_data(args)  # every rank reads the cache, read-only
+        # One run id for all ranks (rank 0's), so they agree on the run directory.
+        run_id = broadcast_bytes(ctx, (args.run_id or new_run_id("demo" if args.demo else "run")).encode()
+                                 if ctx.is_main else None, src=0).decode()
         run_dir = Path(args.out) if args.out else resolve_runs_dir(args.runs_dir) / run_id
-        if loaded.synthetic:
+        if loaded.synthetic and ctx.is_main:
             print(f"training on {loaded.label}", file=sys.stderr)
+        if ctx.active and ctx.is_main:
+            print(f"torchrun: {ctx.world_size} processes, {ctx.backend}, parallel over {args.parallel}",
+                  file=sys.stderr)
         try:
-            result = train_panel(loaded, config, run_dir, run_id=run_id, progress=ConsoleProgressBar(),
-                                 cancel=cancel, resume=args.resume)
+            result = train_panel(loaded, config, run_dir, run_id=run_id,
+                                 progress=ConsoleProgressBar() if ctx.is_main else None, cancel=cancel,
+                                 resume=args.resume, dist=ctx, parallel=args.parallel)
         except KeyboardInterrupt:
             # The loop only sees Ctrl-C between steps through this flag when run in a thread; here the interrupt
             # lands mid-step, and the last finished epoch is what --resume continues from.
@@ -113,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if result.outcome != "finished":
             print(result.message, file=sys.stderr)
             return 1
+        if not ctx.is_main:  # rank 0 alone scores, registers and reports the run
+            return 0
         print(result.message, file=sys.stderr)
         if not args.no_evaluate:
             from engine.evaluate import evaluate_run, wide_table
@@ -123,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             from engine.evaluate import read_manifest
 
             register_run(resolve_runs_dir(args.runs_dir), read_manifest(run_dir), run_dir)
-    except (TrainingError, CheckpointError, ValueError) as error:
-        print(f"train: {error}", file=sys.stderr)
+    except (TrainingError, CheckpointError, DistributedError, ValueError) as error:
+        where = f" (rank {ctx.rank} of {ctx.world_size})" if ctx.active else ""
+        print(f"train{where}: {error}", file=sys.stderr)
         return 2
+    finally:
+        shutdown(ctx)
     return 0
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
+import io
 import json
 import math
 import shutil
@@ -46,6 +48,10 @@ from engine.checkpoint import (
     save_training_state,
 )
 from engine.dataset import Windows, make_windows
+from engine.distributed import (
+    DistContext, ParallelMode, all_reduce_sum, broadcast_bytes, broadcast_float, check_same_everywhere,
+    owner_of_fold, shard_of,
+)
 from engine.features import FeatureConfig, FeatureSet, PanelLike, build_feature_set
 from engine.losses import LossWeights, multitask_loss
 from engine.model import HybridModel, ModelConfig
@@ -355,13 +361,55 @@ def training_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, b
     own loss. output: StandardisedOutput, tensors (B, A, T, H[, Q])."""
     if not balance_assets:
         return multitask_loss(output, targets, weights)[0]
+    return per_asset_losses(output, targets, weights).mean()
+
+
+def per_asset_losses(output, targets: Mapping[str, Tensor], weights: LossWeights) -> Tensor:
+    """(A,) each asset's own multitask_loss, averaged over its valid entries (0 where it has none)."""
     per_asset = []
     for a in range(output.direction_logit.shape[1]):
         one = slice(a, a + 1)
         sliced = StandardisedOutput(output.quantiles[:, one], output.direction_logit[:, one], output.log_vol[:, one],
                                     output.quantile_levels, None if output.mean is None else output.mean[:, one])
         per_asset.append(multitask_loss(sliced, {k: v[:, one] for k, v in targets.items()}, weights)[0])
-    return torch.stack(per_asset).mean()
+    return torch.stack(per_asset)
+
+
+def sharded_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, balance_assets: bool,
+                 sync: DistContext, cancelled: bool) -> tuple[Tensor, float, bool, bool]:
+    """This rank's share of a global batch's loss, scaled so that DDP's gradient AVERAGE over the W ranks equals the
+    gradient of the loss one process would take over the whole global batch.
+
+    Every loss term is a mean over valid entries (per asset with balance_assets), and the ranks' shards hold
+    different numbers of them, so a mean of the ranks' means is not the global mean. With c the rank's valid count
+    and C the global one (per asset when balanced), the rank's loss L = S / c is rescaled to W * L * c / C: the
+    average over ranks is then sum(S) / C. One all-reduce per step carries the counts, the loss sums (for the
+    reported global loss) and two flags, so every rank takes the same decision: skip the step when ANY rank's loss
+    is not finite, stop when any rank was cancelled.
+    -> (loss to backpropagate, the global batch's loss, any rank non-finite, any rank cancelled)."""
+    valid = targets["valid"]  # (b, A, T, H)
+    counts = valid.sum(dim=(0, 2, 3)).double()  # (A,)
+    if balance_assets:
+        local = per_asset_losses(output, targets, weights)  # (A,)
+        sums = local.detach().double() * counts
+    else:
+        local = multitask_loss(output, targets, weights)[0]
+        sums = (local.detach().double() * counts.sum()).reshape(1)
+    flags = torch.tensor([float(not bool(torch.isfinite(local.detach()).all())), float(cancelled)],
+                         dtype=torch.float64, device=counts.device)
+    stats = all_reduce_sum(sync, torch.cat([counts, sums, flags]))
+    n = counts.numel()
+    total_counts, total_sums = stats[:n], stats[n: n + sums.numel()]
+    not_finite, any_cancelled = bool(stats[-2] > 0), bool(stats[-1] > 0)
+    if balance_assets:
+        share = (counts / total_counts.clamp_min(1)).to(local.dtype)
+        loss = sync.world_size * (local * share).mean()
+        global_loss = float((total_sums / total_counts.clamp_min(1)).mean())
+    else:
+        share = (counts.sum() / total_counts.sum().clamp_min(1)).to(local.dtype)
+        loss = sync.world_size * local * share
+        global_loss = float(total_sums.sum() / total_counts.sum().clamp_min(1))
+    return loss, global_loss, not_finite, any_cancelled
 
 
 def standardised_targets(targets: Mapping[str, Tensor], scale: Tensor) -> dict[str, Tensor]:
@@ -552,18 +600,29 @@ def train_walk_forward(
     cancel: Callable[[], bool] | Any = None,
     resume: bool = False,
     run_id: str | None = None,
+    dist: DistContext | None = None,
+    parallel: ParallelMode = "data",
 ) -> TrainResult:
     """Train every fold (resuming finished epochs and folds from run_dir when asked), then write the checkpoint
-    (final = last fold's model), the out-of-sample predictions of every test span, and return them."""
+    (final = last fold's model), the out-of-sample predictions of every test span, and return them.
+
+    dist: this process's place among torchrun's ranks (engine.distributed.init_distributed); None: one process.
+    Across ranks, `parallel` "data" trains each fold with DistributedDataParallel and "folds" gives each rank its
+    own folds. Only rank 0 writes (resume state, checkpoint, predictions) and reports progress; the other ranks
+    return a result without a model."""
     started = time.monotonic()
     run_dir = Path(run_dir)
+    ctx = dist or DistContext.single(config.device)
     if not resume and (run_dir / RESUME_DIR).exists():
         raise TrainingError(f"{run_dir} holds an unfinished run: pass resume=True (--resume) or choose another dir")
     if config.threads is not None:
         configure_cpu_threads(config.threads)
-    device = pick_device(config.device)
+    device = ctx.device
     is_cancelled: CancelCheck = as_cancel_check(cancel)
-    notify = progress or (lambda event: None)
+    notify = (progress if ctx.is_main else None) or (lambda event: None)
+    fold_parallel = ctx.active and parallel == "folds"
+    if ctx.active and parallel not in ("data", "folds"):
+        raise ValueError(f"parallel must be 'data' or 'folds', got {parallel!r}")
     guard = {"config_digest": config.digest(), "data_hash": fingerprint.content_hash}
 
     targets = compute_targets(panel, config.model.horizons)
@@ -571,22 +630,37 @@ def train_walk_forward(
     summaries: list[FoldSummary] = []
     fold_predictions: list[Predictions] = []
     skipped_total = 0
-    model = feature_set = None
+    feature_set = None
+    check_same_everywhere(ctx, f"{fingerprint.content_hash} {len(folds)} folds {config.digest()}",
+                          "the training data or config")
+    outcomes: list[tuple | None] = []
     for fold in folds:
         feature_set = build_feature_set(panel, fold.train, config.features)
+        if fold_parallel and owner_of_fold(fold.index, ctx) != ctx.rank:
+            outcomes.append(None)  # another rank's fold: gathered below
+            continue
+        sync = None if fold_parallel else ctx
         outcome = _train_fold(fold, len(folds), feature_set, targets, config, device, run_dir, notify,
-                              is_cancelled, guard, skipped_total, started)
+                              is_cancelled, guard, skipped_total, started, sync=sync, writer=ctx.is_main)
         if outcome is None:
             message = (f"cancelled during fold {fold.index + 1}/{len(folds)}; the last finished epoch is saved in "
                        f"{run_dir / RESUME_DIR}: resume to continue")
             notify(_event("cancelled", fold.index, len(folds), 0, config.max_epochs, 0, 1, started,
                           skipped_total, message=message))
-            return TrainResult("cancelled", run_dir, message, folds=summaries, skipped_steps=skipped_total,
+            return TrainResult("cancelled", run_dir, message, folds=[o[1] for o in outcomes if o is not None],
+                               skipped_steps=skipped_total,
                                seconds=time.monotonic() - started)
-        model, summary, prediction = outcome
+        outcomes.append(outcome)
+        skipped_total += outcome[1].skipped_steps
+    if fold_parallel:
+        outcomes = _gather_folds(ctx, outcomes, model_config_for(config, feature_set), device)
+    if not ctx.is_main:
+        message = f"rank {ctx.rank}: finished its share of {len(folds)} folds; rank 0 writes the checkpoint"
+        return TrainResult("finished", run_dir, message, seconds=time.monotonic() - started)
+    for model, summary, prediction in outcomes:
         summaries.append(summary)
         fold_predictions.append(prediction)
-        skipped_total = sum(s.skipped_steps for s in summaries)
+    skipped_total = sum(s.skipped_steps for s in summaries)
 
     predictions = concat_predictions(fold_predictions)
     fold_of_row = np.concatenate([np.full(len(p.rows), k) for k, p in enumerate(fold_predictions)])
@@ -598,9 +672,11 @@ def train_walk_forward(
         scaler=feature_set.scaler.to_dict(),
         fingerprint=fingerprint,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        device=device_label(device),
+        device=device_label(device) + (f" x {ctx.world_size} processes" if ctx.active else ""),
         training={
             "config": config.to_dict(),
+            "processes": ctx.world_size,
+            "parallel": parallel if ctx.active else None,
             "final_model": "last fold's best-on-validation weights",
             "folds": [asdict(s) for s in summaries],
             "fold_spans_utc": [_span_times(panel, f) for f in folds],
@@ -622,6 +698,36 @@ def train_walk_forward(
                        folds=summaries, skipped_steps=skipped_total, seconds=elapsed)
 
 
+def _gather_folds(ctx: DistContext, outcomes: list[tuple | None], model_config: ModelConfig,
+                  device: torch.device) -> list[tuple | None]:
+    """ParallelMode 'folds': every fold's (model, summary, predictions) from the rank that trained it to rank 0, as
+    bytes (safetensors, JSON, npz without pickle). Rank 0 gets the full list; other ranks get theirs back."""
+    from safetensors.torch import load as load_tensors, save as save_tensors
+
+    gathered: list[tuple | None] = list(outcomes)
+    for index, outcome in enumerate(outcomes):
+        owner = owner_of_fold(index, ctx)
+        mine = ctx.rank == owner
+        if owner == 0:
+            continue  # rank 0 holds it already
+        state = {k: v.contiguous().cpu() for k, v in outcome[0].state_dict().items()} if mine else None
+        weights = broadcast_bytes(ctx, save_tensors(state) if mine else None, owner)
+        summary = broadcast_bytes(ctx, json.dumps(asdict(outcome[1])).encode() if mine else None, owner)
+        buffer = io.BytesIO()
+        if mine:
+            np.savez(buffer, **predictions_to_arrays(outcome[2]))
+        arrays = broadcast_bytes(ctx, buffer.getvalue() if mine else None, owner)
+        if ctx.is_main:
+            model = HybridModel(model_config).to(device)
+            model.load_state_dict(load_tensors(weights))
+            with np.load(io.BytesIO(arrays), allow_pickle=False) as data:
+                prediction = predictions_from_arrays({k: data[k] for k in data.files})
+            summary_fields = json.loads(summary)
+            summary_fields.update({k: tuple(summary_fields[k]) for k in ("train", "val", "test")})
+            gathered[index] = (model, FoldSummary(**summary_fields), prediction)
+    return gathered
+
+
 def _span_times(panel: PanelLike, fold: Fold) -> dict[str, list[str]]:
     return {name: [str(panel.ts[span.start]), str(panel.ts[span.stop - 1])]
             for name, span in (("train", fold.train), ("val", fold.val), ("test", fold.test))}
@@ -640,8 +746,14 @@ def _finished_fold_path(run_dir: Path, fold: int) -> Path:
 
 def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targets, config: TrainConfig,
                 device: torch.device, run_dir: Path, notify: ProgressCallback, is_cancelled: CancelCheck,
-                guard: dict[str, Any], skipped_before: int, started: float):
-    """-> (best model, summary, test-span predictions), or None when cancelled."""
+                guard: dict[str, Any], skipped_before: int, started: float, sync: DistContext | None = None,
+                writer: bool = True):
+    """-> (best model, summary, test-span predictions), or None when cancelled.
+
+    sync: the ranks training this fold together (DistributedDataParallel); None or one process: alone.
+    writer: this process writes the fold's resume state and record, and forecasts its test span (rank 0 only);
+    the others return None for the predictions."""
+    sync = sync or DistContext.single(device)
     fold_started = time.monotonic()
     torch.manual_seed(_seed_for(config, fold.index, -1))
     model = HybridModel(model_config_for(config, feature_set)).to(device)
@@ -649,9 +761,12 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)  # before the optimiser: it must hold the parametrised tensors
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_model = _data_parallel(model, sync)
 
     finished = _finished_fold_path(run_dir, fold.index)
-    if (finished / "summary.json").exists():  # a resumed run: this fold is done, take its results as they were
+    is_finished = (finished / "summary.json").exists()
+    check_same_everywhere(sync, f"fold {fold.index + 1} finished: {is_finished}", "the run directory's saved folds")
+    if is_finished:  # a resumed run: this fold is done, take its results as they were
         weights, best, meta = load_training_state(finished, optimizer)
         model.load_state_dict(best)
         bake_head_scale(model)
@@ -665,6 +780,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     val_targets = early_stop_targets(span_targets(targets, feature_set, fold.val), config)
     val_targets = {k: v.to(device) for k, v in val_targets.items()}
     state = _load_fold_state(run_dir, fold.index, model, optimizer, guard) or _FoldState()
+    check_same_everywhere(sync, f"fold {fold.index + 1} resumes at epoch {state.next_epoch}", "the resume state")
     n_windows = windows.x.shape[0]
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
     weights = model.config.loss_weights
@@ -680,16 +796,27 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
         losses, bad_in_a_row = [], 0
         model.train()
         for step, batch in enumerate(order.split(config.batch_size)):
-            if is_cancelled():
+            if not sync.active and is_cancelled():
                 return None
-            x = windows.x[batch].to(device)  # (b, A, W, F)
-            mask = windows.mask[batch].to(device)  # (b, A, W)
-            batch_targets = {k: v.to(device) for k, v in loss_targets(
-                {k: t[batch] for k, t in windows.targets.items()}).items()}  # (b, A, W, H) each
-            loss = training_loss(StandardisedOutput.of(model(x, mask), scale_t),
-                                 standardised_targets(batch_targets, scale_t), weights, config.balance_assets)
+            mine = shard_of(batch, sync)  # this rank's windows of the global batch (all of it for one process)
+            x, mask, batch_targets = _batch_on(windows, mine if len(mine) else batch[:1], device)
+            if not len(mine):
+                # Fewer windows than ranks in the last batch: a stand-in window with every target masked adds
+                # nothing to the loss or the gradient, but lets this rank join DDP's gradient all-reduce.
+                batch_targets["valid"] = torch.zeros_like(batch_targets["valid"])
+            output = StandardisedOutput.of(train_model(x, mask), scale_t)
+            std_targets = standardised_targets(batch_targets, scale_t)
             optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
+            if sync.active:
+                loss, reported, not_finite, cancelled = sharded_loss(
+                    output, std_targets, weights, config.balance_assets, sync, is_cancelled())
+                if cancelled:
+                    return None
+                finite = not not_finite
+            else:
+                loss = training_loss(output, std_targets, weights, config.balance_assets)
+                finite = bool(torch.isfinite(loss))
+                reported = float(loss.detach()) if finite else math.nan
             if finite:
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -707,14 +834,17 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
             else:
                 bad_in_a_row = 0
                 optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(reported)
             notify(_event("step", fold.index, n_folds, epoch, config.max_epochs, step + 1, steps_per_epoch,
                           started, skipped_before + state.skipped_steps,
                           train_loss=float(np.mean(losses)) if losses else None,
                           best_val_loss=_finite_or_none(state.best_val_loss)))
 
+        # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
+        # so all take the same early-stopping decision.
         val_loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
-                                   scale_t, config.early_stop_weights, config.balance_assets)
+                                   scale_t, config.early_stop_weights, config.balance_assets) if sync.is_main else None
+        val_loss = broadcast_float(sync, val_loss)
         if math.isfinite(val_loss) and val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.epochs_without_gain = val_loss, epoch, 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -722,7 +852,8 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
             state.epochs_without_gain += 1
         state.next_epoch = epoch + 1
         stop = state.epochs_without_gain >= config.patience
-        _save_fold_state(run_dir, fold.index, model, optimizer, state, guard)
+        if writer:
+            _save_fold_state(run_dir, fold.index, model, optimizer, state, guard)
         notify(_event("epoch", fold.index, n_folds, epoch, config.max_epochs, steps_per_epoch, steps_per_epoch,
                       started, skipped_before + state.skipped_steps,
                       train_loss=float(np.mean(losses)) if losses else None, val_loss=val_loss,
@@ -734,26 +865,52 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     if state.best_weights is None:
         raise TrainingError(f"fold {fold.index + 1}: no epoch gave a finite validation loss; nothing to keep")
     model.load_state_dict(state.best_weights)
-    # The fold's record, so a resumed run does not train it again (parametrised, like the resume state).
-    save_training_state(finished, model.state_dict(), optimizer, state.best_weights, {})
+    if writer:  # the fold's record, so a resumed run does not train it again (parametrised, like the resume state)
+        save_training_state(finished, model.state_dict(), optimizer, state.best_weights, {})
     bake_head_scale(model)
-    # Through the stored (float32) form at once, so a resumed run's earlier folds read back exactly what a run in
-    # one go holds in memory.
-    prediction = predictions_from_arrays(predictions_to_arrays(
-        forecast_span(model, feature_set, fold.test, device, config.predict_chunk)))
     summary = FoldSummary(
         fold=fold.index, train=(fold.train.start, fold.train.stop), val=(fold.val.start, fold.val.stop),
         test=(fold.test.start, fold.test.stop), epochs_run=state.next_epoch, best_epoch=state.best_epoch,
         best_val_loss=state.best_val_loss, skipped_steps=state.skipped_steps,
         seconds=round(time.monotonic() - fold_started, 2),
     )
-    np.savez(finished / "test.npz", **predictions_to_arrays(prediction))
-    (finished / "summary.json").write_text(json.dumps(asdict(summary)))
+    if sync.active and not writer:
+        return model, summary, None
+    # Through the stored (float32) form at once, so a resumed run's earlier folds read back exactly what a run in
+    # one go holds in memory.
+    prediction = predictions_from_arrays(predictions_to_arrays(
+        forecast_span(model, feature_set, fold.test, device, config.predict_chunk)))
+    if writer:
+        np.savez(finished / "test.npz", **predictions_to_arrays(prediction))
+        (finished / "summary.json").write_text(json.dumps(asdict(summary)))
     notify(_event("fold", fold.index, n_folds, config.max_epochs - 1, config.max_epochs, steps_per_epoch,
                   steps_per_epoch, started, skipped_before + state.skipped_steps, val_loss=state.best_val_loss,
                   best_val_loss=state.best_val_loss, message=f"fold {fold.index + 1} done, best epoch "
                                                              f"{state.best_epoch + 1}"))
     return model, summary, prediction
+
+
+def _batch_on(windows: Windows, rows: Tensor, device: torch.device):
+    """Windows `rows` on the device -> x (b, A, W, F), mask (b, A, W), loss targets (b, A, W, H) each."""
+    x = windows.x[rows].to(device)
+    mask = windows.mask[rows].to(device)
+    targets = {k: v.to(device) for k, v in loss_targets({k: t[rows] for k, t in windows.targets.items()}).items()}
+    return x, mask, targets
+
+
+def _data_parallel(model: HybridModel, sync: DistContext) -> nn.Module:
+    """The module the training steps call: DDP over the ranks in `sync`, or the model itself for one process.
+    Buffers are not broadcast every step: the only ones are the head-scale constants, equal on every rank."""
+    if not sync.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [sync.device.index] if sync.device.type == "cuda" else None
+    # torch 2.13 renamed the option (2.11, the GPU image's, has only the old name)
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {
+        "broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
 
 
 def epoch_windows(feature_set: FeatureSet, targets: Targets, train: range, config: TrainConfig,

@@ -1,0 +1,126 @@
+"""Training under torchrun on CPU (gloo): several processes step exactly like one, only rank 0 writes, and a failing
+rank ends the run with its error and no checkpoint. Each test starts real processes through torchrun
+(tests/engine/distributed_worker.py is one rank)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
+from engine.dataset import make_windows
+from engine.features import build_feature_set
+from engine.panel_data import panel_fingerprint
+from engine.runtime import configure_cpu_threads
+from engine.targets import compute_targets
+from engine.training import FOLDS_DIR, PREDICTIONS_FILE, RESUME_DIR, make_folds, train_walk_forward
+from tests.engine.distributed_worker import small_panel, tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this torch build has no gloo backend")
+
+
+def torchrun(*args: str, nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def one_process_reference(run_dir: Path) -> Path:
+    configure_cpu_threads(1)
+    panel = small_panel()
+    train_walk_forward(panel, tiny_config(), interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
+                       run_dir=run_dir, run_id="distributed-test")
+    return run_dir
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    first, second = load_file(str(a / WEIGHTS_FILE)), load_file(str(b / WEIGHTS_FILE))
+    assert first.keys() == second.keys()
+    return max(float((first[k] - second[k]).abs().max()) for k in first)
+
+
+def predictions(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / PREDICTIONS_FILE, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    return one_process_reference(tmp_path_factory.mktemp("one_process") / "run")
+
+
+def test_the_tiny_run_exercises_uneven_and_empty_shards():
+    # Guards the next test's power: batch 7 over 2 ranks cuts shards of 4 and 3 windows (different valid counts,
+    # which a plain mean of the ranks' losses would weigh wrongly), and a last batch of 1 leaves rank 1 nothing.
+    panel, config = small_panel(), tiny_config()
+    targets = compute_targets(panel, config.model.horizons)
+    fold = make_folds(len(panel.ts), targets, config)[0]
+    windows = make_windows(build_feature_set(panel, fold.train, config.features), targets, fold.train,
+                           config.window, config.stride)
+    assert windows.x.shape[0] % config.batch_size == 1
+
+
+def test_two_gloo_ranks_train_the_same_weights_as_one_process_with_the_same_global_batch(reference, tmp_path):
+    result = torchrun(str(WORKER), str(tmp_path / "run"), "--parallel", "data")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # float32 sums in another order: equal to within rounding (a loss normalised per rank instead of by the global
+    # valid count moves them by ~1e-2 on this run)
+    assert max_weight_difference(reference, tmp_path / "run") < 1e-5
+    np.testing.assert_allclose(predictions(tmp_path / "run")["point"], predictions(reference)["point"],
+                               atol=1e-6, rtol=1e-4, equal_nan=True)
+    assert not (tmp_path / "run" / RESUME_DIR).exists() and not (tmp_path / "run" / FOLDS_DIR).exists()
+
+
+def test_one_fold_per_rank_gathers_every_fold_into_rank_0s_checkpoint(reference, tmp_path):
+    result = torchrun(str(WORKER), str(tmp_path / "run"), "--parallel", "folds")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each fold is trained by one process with the same seeds as in a single run: the same numbers
+    assert max_weight_difference(reference, tmp_path / "run") < 1e-6
+    mine, theirs = predictions(tmp_path / "run"), predictions(reference)
+    assert np.array_equal(mine["fold"], theirs["fold"]) and set(mine["fold"]) == {0, 1}
+    np.testing.assert_allclose(mine["point"], theirs["point"], atol=1e-7, equal_nan=True)
+
+
+def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    # rank 1 fails in the second fold, after rank 0 has saved the first fold's state
+    result = torchrun(str(WORKER), str(run_dir), "--fail-rank", "1", "--fail-after", "12")
+    assert result.returncode != 0
+    assert "rank 1: RuntimeError: injected failure" in result.stderr
+    assert "ChildFailedError" in result.stderr  # torchrun's own summary names the failed rank
+    assert not (run_dir / WEIGHTS_FILE).exists() and not (run_dir / MANIFEST_FILE).exists()
+    assert not (run_dir / PREDICTIONS_FILE).exists()
+    assert (run_dir / FOLDS_DIR / "fold_0").exists()  # finished work is kept for --resume
+
+
+def test_ranks_that_see_different_data_refuse_to_train(tmp_path):
+    result = torchrun(str(WORKER), str(tmp_path / "run"), "--perturb-rank", "1")
+    assert result.returncode != 0
+    assert "the training data or config differs between ranks" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_train_command_under_torchrun_writes_and_registers_one_run_from_rank_0(tmp_path):
+    from engine.train import main
+
+    args = ["--demo", "1d", "--folds", "2", "--epochs", "1", "--min-train", "300", "--val-size", "80",
+            "--test-size", "80", "--window", "64", "--stride", "128", "--threads", "1", "--no-evaluate",
+            "--runs-dir", str(tmp_path / "runs"), "--run-id", "ranked"]
+    result = torchrun("-m", "engine.train", *args, "--out", str(tmp_path / "ranked"), "--parallel", "folds")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torchrun: 2 processes, gloo, parallel over folds" in result.stderr
+    listed = list_runs(tmp_path / "runs", include_demo=False)
+    assert [entry["run_id"] for entry in listed] == ["ranked"]  # registered once, by rank 0
+    configure_cpu_threads(1)
+    assert main([*args[:-4], "--no-register", "--out", str(tmp_path / "alone")]) == 0
+    assert max_weight_difference(tmp_path / "alone", tmp_path / "ranked") < 1e-6
