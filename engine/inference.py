@@ -6,6 +6,11 @@ pass over the whole span (engine/model.py: forward(..., state=s, return_state=Tr
 activations alive at any time are one chunk's. Only per-bar summaries leave each chunk: the full (T, d_inner) Delta
 and look-back tensors are reduced to quantiles over channels at once, so memory stays O(T * embedding_dim).
 
+The attention map is the exception: it is (T, A, A, K+1) per bar, quadratic in the number of assets (50 assets x
+26k hourly bars x 5 lags is 1.3 GB in float32). Its whole-span lead-lag map is summed exactly as the chunks pass, and
+the per-bar weights (what trailing windows are drawn from) are kept for as many of the LATEST bars as fit
+`attention_budget_mb`: every bar for the three-asset demo, the last few thousand for a wide universe.
+
 Everything here is causal by construction: the model is, and nothing is smoothed afterwards.
 """
 from __future__ import annotations
@@ -26,10 +31,21 @@ LOOKBACK_LEVELS: tuple[float, ...] = (0.25, 0.5, 0.75)
 @dataclass(frozen=True)
 class InferenceConfig:
     chunk_size: int = 2048  # bars per forward call: ~1.5 s per 20k bars at 2048 on two cores (1024 is ~2x slower)
+    # Most memory the per-bar attention weights may take (float32); older bars beyond it keep only their share of
+    # the whole-span map. 3 assets x 26k bars x 5 lags is 4.7 MB; 50 assets reach 512 MB at ~10k bars.
+    attention_budget_mb: float = 512.0
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"InferenceConfig: chunk_size must be >= 1, got {self.chunk_size}")
+        if not self.attention_budget_mb > 0:
+            raise ValueError(f"InferenceConfig: attention_budget_mb must be > 0, got {self.attention_budget_mb!r}")
+
+
+def attention_rows_kept(n_rows: int, n_assets: int, n_lags: int, budget_mb: float) -> int:
+    """How many of the latest bars' per-bar attention (A x A x n_lags float32 each) fit the budget (at least 1)."""
+    per_bar = n_assets * n_assets * n_lags * 4
+    return max(1, min(n_rows, int(budget_mb * 2**20 // per_bar)))
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,11 @@ class InferenceResult:
     volatility: np.ndarray  # float32 (A, T, H): forecast std of the h-bar log return, exp(log_vol)
     embeddings: np.ndarray  # float32 (A, T, E): regime embedding of the last Level-1 SSM state
     lookback: np.ndarray  # float32 (A, T, len(LOOKBACK_LEVELS)): half-life in bars, quantiles over channels; NaN closed
-    attention: np.ndarray  # float32 (T, A_tgt, A_src, K+1): first attention layer, head-averaged; 0 at closed targets
+    attention: np.ndarray  # float32 (T - attention_start, A_tgt, A_src, K+1): first attention layer, head-averaged,
+    #                        for rows attention_start.. (all rows unless the budget cut it); 0 at closed targets
+    attention_start: int = 0  # the first row whose per-bar attention is kept
+    # (A_tgt, A_src, K+1) float64: the whole span's mean attention over each target's open bars (exact, every row)
+    lead_lag: np.ndarray | None = None
 
     @property
     def lookback_median(self) -> np.ndarray:
@@ -114,6 +134,10 @@ def run_inference(
                                               ("quantiles", "prob_up", "volatility", "embeddings", "lookback",
                                                "attention")}
         n_rows = x_all.shape[2]
+        n_assets, n_lags = x_all.shape[1], model.config.max_lag + 1
+        attention_start = n_rows - attention_rows_kept(n_rows, n_assets, n_lags, config.attention_budget_mb)
+        attention_total = torch.zeros((n_assets, n_assets, n_lags), dtype=torch.float64)
+        open_count = torch.zeros(n_assets, dtype=torch.float64)
         for start in range(0, n_rows, config.chunk_size):
             stop = min(start + config.chunk_size, n_rows)
             x = x_all[:, :, start:stop].to(device)
@@ -128,7 +152,12 @@ def run_inference(
             # nanquantile over channels: closed bars are all-NaN and stay NaN.
             lookback = diag.effective_lookback[0].float().cpu()  # (A, t, Di)
             parts["lookback"].append(torch.nanquantile(lookback, levels, dim=-1).movedim(0, -1).numpy())
-            parts["attention"].append(diag.attention[0].float().cpu().numpy())  # (t, A, A, K+1)
+            attention = diag.attention[0].float().cpu()  # (t, A, A, K+1)
+            target_open = mask[0].T.cpu().double()  # (t, A)
+            attention_total += torch.einsum("tisk,ti->isk", attention.double(), target_open)
+            open_count += target_open.sum(dim=0)
+            if stop > attention_start:
+                parts["attention"].append(attention[max(attention_start - start, 0):].numpy())
     finally:
         model.train(was_training)
     joined = {name: np.concatenate(arrays, axis=0 if name == "attention" else 1) for name, arrays in parts.items()}
@@ -138,5 +167,8 @@ def run_inference(
         horizons=tuple(model.config.horizons),
         quantile_levels=tuple(model.config.quantiles),
         mask=np.asarray(features.mask, dtype=bool).copy(),
+        attention_start=attention_start,
+        lead_lag=np.where(open_count.numpy()[:, None, None] > 0,
+                          attention_total.numpy() / np.maximum(open_count.numpy(), 1)[:, None, None], np.nan),
         **joined,
     )

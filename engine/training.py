@@ -796,35 +796,14 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
         losses, bad_in_a_row = [], 0
         model.train()
         for step, batch in enumerate(order.split(config.batch_size)):
-            if not sync.active and is_cancelled():
+            step_result = train_step(train_model, optimizer, windows, batch, scale_t, weights, config, sync,
+                                     is_cancelled)
+            if step_result is None:
                 return None
-            mine = shard_of(batch, sync)  # this rank's windows of the global batch (all of it for one process)
-            x, mask, batch_targets = _batch_on(windows, mine if len(mine) else batch[:1], device)
-            if not len(mine):
-                # Fewer windows than ranks in the last batch: a stand-in window with every target masked adds
-                # nothing to the loss or the gradient, but lets this rank join DDP's gradient all-reduce.
-                batch_targets["valid"] = torch.zeros_like(batch_targets["valid"])
-            output = StandardisedOutput.of(train_model(x, mask), scale_t)
-            std_targets = standardised_targets(batch_targets, scale_t)
-            optimizer.zero_grad(set_to_none=True)
-            if sync.active:
-                loss, reported, not_finite, cancelled = sharded_loss(
-                    output, std_targets, weights, config.balance_assets, sync, is_cancelled())
-                if cancelled:
-                    return None
-                finite = not not_finite
-            else:
-                loss = training_loss(output, std_targets, weights, config.balance_assets)
-                finite = bool(torch.isfinite(loss))
-                reported = float(loss.detach()) if finite else math.nan
-            if finite:
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                finite = bool(torch.isfinite(grad_norm))
+            finite, reported = step_result
             if not finite:
                 state.skipped_steps += 1
                 bad_in_a_row += 1
-                optimizer.zero_grad(set_to_none=True)
                 if bad_in_a_row >= config.max_bad_steps:
                     raise TrainingDiverged(
                         f"training stopped: {bad_in_a_row} consecutive steps had a non-finite loss or gradient "
@@ -833,7 +812,6 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
                     )
             else:
                 bad_in_a_row = 0
-                optimizer.step()
                 losses.append(reported)
             notify(_event("step", fold.index, n_folds, epoch, config.max_epochs, step + 1, steps_per_epoch,
                           started, skipped_before + state.skipped_steps,
@@ -888,6 +866,47 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
                   best_val_loss=state.best_val_loss, message=f"fold {fold.index + 1} done, best epoch "
                                                              f"{state.best_epoch + 1}"))
     return model, summary, prediction
+
+
+def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows: Windows, batch: Tensor,
+               scale: Tensor, weights: LossWeights, config: TrainConfig, sync: DistContext,
+               is_cancelled: CancelCheck) -> tuple[bool, float] | None:
+    """One optimiser step on the global batch `batch` (window indices, identical on every rank); this rank takes
+    its shard. -> (finite, the global batch's loss), or None when cancelled (any rank, under DDP). A non-finite
+    loss or gradient leaves the weights as they were (finite False); counting those is the caller's.
+    train_model: the model, or its DistributedDataParallel wrapper; scale (A, H) the fold's target scale."""
+    if not sync.active and is_cancelled():
+        return None
+    device = scale.device
+    mine = shard_of(batch, sync)  # this rank's windows of the global batch (all of it for one process)
+    x, mask, batch_targets = _batch_on(windows, mine if len(mine) else batch[:1], device)
+    if not len(mine):
+        # Fewer windows than ranks in the last batch: a stand-in window with every target masked adds nothing to
+        # the loss or the gradient, but lets this rank join DDP's gradient all-reduce.
+        batch_targets["valid"] = torch.zeros_like(batch_targets["valid"])
+    output = StandardisedOutput.of(train_model(x, mask), scale)  # tensors (b, A, W, H[, Q])
+    std_targets = standardised_targets(batch_targets, scale)
+    optimizer.zero_grad(set_to_none=True)
+    if sync.active:
+        loss, reported, not_finite, cancelled = sharded_loss(output, std_targets, weights, config.balance_assets,
+                                                             sync, is_cancelled())
+        if cancelled:
+            return None
+        finite = not not_finite
+    else:
+        loss = training_loss(output, std_targets, weights, config.balance_assets)
+        finite = bool(torch.isfinite(loss))
+        reported = float(loss.detach()) if finite else math.nan
+    if finite:
+        loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        finite = bool(torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return finite, reported
 
 
 def _batch_on(windows: Windows, rows: Tensor, device: torch.device):

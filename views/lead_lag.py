@@ -23,11 +23,12 @@ view = model_view(selection)
 bundle, symbols, synthetic, ts = view.bundle, view.bundle.symbols, selection.synthetic, view.ts
 
 
-@st.cache_data(show_spinner="Computing the rolling lead-lag map…", max_entries=8)
-def rolling_map(run_id: str, data_key: str, window: int, _bundle) -> np.ndarray:
-    """(T, A, A, K+1) trailing-window maps; keyed by run, data and window (the bundle itself is not hashed)."""
+@st.cache_data(show_spinner="Computing the rolling lead-lag map…", max_entries=16)
+def rolling_map(run_id: str, data_key: str, window: int, target: str, _bundle) -> np.ndarray:
+    """(T, A_src, K+1) one target's trailing-window maps; keyed by run, data, window and target (the bundle itself
+    is not hashed)."""
     del run_id, data_key
-    return _bundle.rolling_lead_lag(window)
+    return _bundle.rolling_lead_lag_of(target, window)
 
 
 shown = view.rows
@@ -49,6 +50,11 @@ else:
     rows = range(max(end - window + 1, 0), end + 1)
     span_text = f"{window} bars to {ts[end]:%Y-%m-%d %H:%M} UTC"
 
+kept = bundle.attention_rows
+if kept.start > 0:  # a wide universe: per-bar attention is kept only for the latest bars (InferenceConfig)
+    st.info(f"With {len(symbols)} assets the per-bar attention is kept for the latest {len(kept):,} bars (from "
+            f"{ts[kept.start]:%Y-%m-%d %H:%M} UTC). The whole-span map counts every bar; a window or span that "
+            f"starts earlier is drawn from its bars since then.")
 weights = bundle.lead_lag_over(rows)  # (A_tgt, A_src, K+1)
 if not np.isfinite(weights).any():
     st.info("No target market was open in this window: widen it or move it.")
@@ -70,7 +76,7 @@ st.dataframe(strongest, hide_index=True, width="content", key="ll_pairs",
 st.subheader("Over time")
 target = st.selectbox("Target", symbols, index=len(symbols) - 1, key="ll_target")
 over_time_window = window if not whole else windows[min(2, len(windows) - 1)]
-rolling = rolling_map(view.run_id, f"{selection.db_path}|{selection.last_bar}", over_time_window, bundle)
+rolling = rolling_map(view.run_id, f"{selection.db_path}|{selection.last_bar}", over_time_window, target, bundle)
 chart_with_downloads(charts.attention_over_time(
     rolling, ts, symbols, target, window=over_time_window, target_open=bundle.inference.mask[symbols.index(target)],
     rows=shown, marked_time=None if whole else ts[end],

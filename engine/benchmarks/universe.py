@@ -4,6 +4,10 @@ Per bar, the SSM streams cost O(N) and the cross-asset attention O(N^2 * (K+1)):
 source at every lag. The rows give, for N = 3 .. 50 and one 512-bar window: parameters with per-asset and with shared
 SSM weights, forward time with diagnostics, and the size of the attention-weight tensor the diagnostics return
 (B x T x N x N x (K+1) floats), which is what grows fastest. Run: python -m engine.benchmarks.universe
+
+Past the size where that bites, inference keeps the whole-span lead-lag map exact (summed chunk by chunk) but the
+per-bar weights only for the latest bars that fit InferenceConfig.attention_budget_mb (512 MB): the last column
+says how many hourly bars that is at each N; the Lead-lag page says so when it applies.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 import torch
 
 from engine.features import build_feature_set
+from engine.inference import InferenceConfig, attention_rows_kept
 from engine.model import HybridModel, ModelConfig
 from engine.runtime import configure_cpu_threads, device_label, pick_device
 from engine.synthetic_universe import synthetic_universe
@@ -53,10 +58,12 @@ def rows(device: torch.device | str) -> list[dict]:
 
             seconds = _median_s(forward)
             attention_mb = WINDOW * n_assets * n_assets * (config.max_lag + 1) * 4 / 2**20
+            kept = attention_rows_kept(10**9, n_assets, config.max_lag + 1, InferenceConfig().attention_budget_mb)
             out.append({
                 "assets": n_assets, "SSM weights": "shared" if shared else "per asset",
                 "parameters": f"{model.num_parameters():,}", "fwd+diagnostics ms (1 x 512 bars)": seconds * 1e3,
-                "ms per bar": seconds * 1e3 / WINDOW, "attention weights MB": attention_mb, "machine": load,
+                "ms per bar": seconds * 1e3 / WINDOW, "attention weights MB": attention_mb,
+                "bars of per-bar attention kept": f"{kept:,}", "machine": load,
             })
     return out
 

@@ -30,7 +30,7 @@ from engine.model import HybridModel
 
 DEFAULT_CACHE_DIR = Path("data") / "diagnostics"
 CACHE_ENV_VAR = "REGIME_DIAGNOSTICS"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: attention kept for the latest rows only (attention_start)
 ARRAYS_FILE = "arrays.npz"
 META_FILE = "meta.json"
 
@@ -75,6 +75,7 @@ def save_bundle(directory: Path, bundle: DiagnosticsBundle, key: CacheKey) -> No
     arrays = {f"inference.{name}": getattr(inference, name) for name in _INFERENCE_ARRAYS}
     arrays |= {f"regimes.{name}": getattr(regimes, name) for name in _REGIME_ARRAYS}
     arrays["lead_lag"] = bundle.lead_lag
+    arrays["inference.attention_start"] = np.asarray([inference.attention_start], dtype=np.int64)
     arrays["ts_us"] = inference.ts.as_unit("us").asi8  # epoch microseconds, UTC
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
@@ -120,13 +121,15 @@ def load_bundle(directory: Path, key: CacheKey) -> DiagnosticsBundle:
             arrays = {name: stored[name] for name in stored.files}
         shapes = meta["shapes"]
         if set(shapes) != set(arrays) or any(list(arrays[n].shape) != shapes[n] for n in arrays):
-            raise CacheMiss("array shapes differ from the recorded ones")
+            differ = sorted(set(shapes) ^ set(arrays)) or [n for n in arrays if list(arrays[n].shape) != shapes[n]]
+            raise CacheMiss(f"array shapes differ from the recorded ones ({', '.join(differ[:3])})")
         inference = InferenceResult(
             ts=pd.DatetimeIndex(pd.to_datetime(arrays["ts_us"], unit="us", utc=True), name="ts"),
             symbols=tuple(meta["symbols"]),
             horizons=tuple(int(h) for h in meta["horizons"]),
             quantile_levels=tuple(float(q) for q in meta["quantile_levels"]),
             **{name: arrays[f"inference.{name}"] for name in _INFERENCE_ARRAYS},
+            attention_start=int(arrays["inference.attention_start"][0]), lead_lag=arrays["lead_lag"],
         )
         regimes = RegimeResult(**{name: arrays[f"regimes.{name}"] for name in _REGIME_ARRAYS},
                                fit_rows=tuple(int(r) for r in meta["fit_rows"]))

@@ -39,9 +39,23 @@ def rolling_lead_lag(attention: np.ndarray, target_open: np.ndarray, window: int
     """(T, A, A, K+1): at row t the mean over the target's open bars among rows t-window+1..t; NaN if none."""
     attention, target_open = np.asarray(attention), np.asarray(target_open, dtype=bool)
     _check(attention, target_open)
+    return _trailing_open_mean(attention, target_open.T, window)
+
+
+def rolling_lead_lag_of(attention: np.ndarray, target_open: np.ndarray, window: int, target: int) -> np.ndarray:
+    """One target's rows of rolling_lead_lag, (T, A_src, K+1), without building the others' (A times less memory:
+    what the over-time chart of one target needs at any universe size)."""
+    attention, target_open = np.asarray(attention), np.asarray(target_open, dtype=bool)
+    _check(attention, target_open)
+    if not 0 <= target < attention.shape[1]:
+        raise ValueError(f"rolling_lead_lag_of: target index {target} is outside 0..{attention.shape[1] - 1}")
+    return _trailing_open_mean(attention[:, target : target + 1], target_open[target : target + 1].T, window)[:, 0]
+
+
+def _trailing_open_mean(attention: np.ndarray, open_t: np.ndarray, window: int) -> np.ndarray:
+    """attention (T, a, A, K+1), open_t (T, a) -> (T, a, A, K+1) float32 trailing means over open rows."""
     if window < 1:
         raise ValueError(f"rolling_lead_lag: window must be >= 1 bar, got {window}")
-    open_t = target_open.T  # (T, A)
     masked = np.where(open_t[:, :, None, None], attention, 0.0).astype(np.float64)
     # Trailing sums as differences of cumulative sums (float64: 26k rows of values <= 1 lose nothing).
     cumulative = np.concatenate([np.zeros((1,) + masked.shape[1:]), np.cumsum(masked, axis=0)])

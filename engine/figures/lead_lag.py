@@ -104,21 +104,23 @@ def attention_over_time(
     out_of_sample: Sequence[tuple] = (),
     synthetic: bool,
 ) -> go.Figure:
-    """rolling (T, A, A, K+1), the trailing-window map at every bar -> the target's attention on each source,
-    summed over lags (its share of the target's attention), as one line per source over time.
+    """rolling (T, A_src, K+1), the target's trailing-window map at every bar
+    (engine.diagnostics.DiagnosticsBundle.rolling_lead_lag_of) -> its attention on each source, summed over lags
+    (its share of the target's attention), as one line per source over time.
 
-    With target_open (T,), only the target's open bars are drawn: the trailing map changes only there."""
+    With target_open (T,), only the target's open bars are drawn: the trailing map changes only there. Bars with no
+    map (NaN: before the kept attention rows of a wide universe) are left out."""
     rolling = np.asarray(rolling)
-    if rolling.ndim != 4 or rolling.shape[0] != len(ts) or rolling.shape[1:3] != (len(symbols), len(symbols)):
-        raise ValueError(f"rolling must be (time, targets, sources, lags) = ({len(ts)}, {len(symbols)}, "
-                         f"{len(symbols)}, K+1), got {rolling.shape}")
+    if rolling.ndim != 3 or rolling.shape[0] != len(ts) or rolling.shape[1] != len(symbols):
+        raise ValueError(f"rolling must be the target's (time, sources, lags) = ({len(ts)}, {len(symbols)}, K+1), "
+                         f"got {rolling.shape}")
     if target not in symbols:
         raise ValueError(f"target {target!r} is not one of {list(symbols)}")
     span = slice(None) if rows is None else slice(rows.start, rows.stop)
     drawn = np.ones(len(ts), dtype=bool) if target_open is None else np.asarray(target_open, dtype=bool)
-    drawn = drawn[span]
+    drawn = drawn[span] & np.isfinite(rolling[span]).all(axis=(1, 2))
     times = pd.DatetimeIndex(ts[span])[drawn]
-    share = rolling[span, list(symbols).index(target)].sum(axis=-1)[drawn]  # (n, A_src)
+    share = rolling[span].sum(axis=-1)[drawn]  # (n, A_src)
     fig = go.Figure()
     for source, symbol in enumerate(symbols):
         fig.add_trace(go.Scatter(x=times, y=share[:, source], mode="lines", name=f"on {symbol}",

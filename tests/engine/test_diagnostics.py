@@ -350,3 +350,29 @@ def test_diagnostics_for_a_checkpoint_use_its_scaler_and_training_rows_and_are_c
     save_checkpoint(tmp_path / "bad", small_model.state_dict(), manifest)  # weights of another shape
     with pytest.raises(CheckpointError, match="do not fit the model its manifest describes"):
         run_on_panel(tmp_path / "bad", loaded)
+
+
+def test_a_bundle_past_the_attention_budget_draws_windows_from_the_kept_bars(small_model, demo_features):
+    from engine.diagnostics import DiagnosticsConfig
+    from engine.inference import InferenceConfig
+
+    _, features = demo_features
+    full = compute_diagnostics(small_model, features, range(0, 300))
+    n_lags = small_model.config.max_lag + 1
+    budget = 200.5 * 9 * n_lags * 4 / 2**20  # the latest 200 bars of 3 assets
+    cut = compute_diagnostics(small_model, features, range(0, 300),
+                              DiagnosticsConfig(inference=InferenceConfig(attention_budget_mb=budget)))
+    T = len(features.ts)
+    assert cut.attention_rows == range(T - 200, T) and full.attention_rows == range(0, T)
+    np.testing.assert_allclose(cut.lead_lag, full.lead_lag, rtol=1e-6)
+    inside = range(T - 120, T - 20)
+    np.testing.assert_allclose(cut.lead_lag_over(inside), full.lead_lag_over(inside), rtol=1e-6)
+    # a window reaching before the kept bars uses the kept ones among its rows
+    np.testing.assert_allclose(cut.lead_lag_over(range(0, T - 50)), full.lead_lag_over(range(T - 200, T - 50)),
+                               rtol=1e-6)
+    # one target's trailing map: the full rolling map's rows, NaN before the kept bars
+    rolling = full.rolling_lead_lag(30)
+    np.testing.assert_allclose(full.rolling_lead_lag_of("SPY", 30), rolling[:, 1], equal_nan=True)
+    of_cut = cut.rolling_lead_lag_of("SPY", 30)
+    assert np.isnan(of_cut[: T - 200]).all()
+    np.testing.assert_allclose(of_cut[T - 200 + 30:], rolling[T - 200 + 30:, 1], rtol=1e-5, equal_nan=True)

@@ -156,8 +156,8 @@ def test_a_planted_lag_beyond_the_model_lags_is_said_not_boxed(truth):
 
 
 def test_attention_over_time_sums_lags_per_source_on_the_target_open_bars():
-    rolling = np.broadcast_to(lead_map(), (T, 3, 3, 3)).copy()
-    rolling[6:, 2, 0, 1] = 0.5
+    rolling = np.broadcast_to(lead_map()[2], (T, 3, 3)).copy()  # AAPL's (time, sources, lags)
+    rolling[6:, 0, 1] = 0.5
     target_open = OPEN
     fig = lead_lag.attention_over_time(rolling, TS, SYMBOLS, "AAPL", window=5, target_open=target_open,
                                        marked_time=TS[9], out_of_sample=TEST_SPANS, synthetic=False)

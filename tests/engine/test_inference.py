@@ -116,3 +116,24 @@ def test_features_that_do_not_fit_the_model_are_refused_with_the_reason(features
         run_inference(no_attention, small)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         InferenceConfig(chunk_size=0)
+
+
+def test_past_the_attention_budget_only_the_latest_bars_are_kept_and_the_whole_span_map_stays_exact(model, features):
+    from engine.diagnostics.lead_lag import lead_lag_map
+    from engine.inference import attention_rows_kept
+
+    small = truncated(features)
+    full = run_inference(model, small, InferenceConfig(chunk_size=64))
+    per_bar_mb = 3 * 3 * (model.config.max_lag + 1) * 4 / 2**20
+    budget = 150.5 * per_bar_mb  # room for 150 bars
+    cut = run_inference(model, small, InferenceConfig(chunk_size=64, attention_budget_mb=budget))
+    assert attention_rows_kept(N_ROWS, 3, model.config.max_lag + 1, budget) == 150
+    assert full.attention_start == 0 and cut.attention_start == N_ROWS - 150
+    np.testing.assert_array_equal(cut.attention, full.attention[-150:])
+    # the whole-span map is summed as the chunks pass: every bar counts, kept or not
+    exact = lead_lag_map(full.attention, full.mask)
+    np.testing.assert_allclose(cut.lead_lag, exact, rtol=1e-6)
+    np.testing.assert_allclose(full.lead_lag, exact, rtol=1e-6)
+    np.testing.assert_array_equal(cut.quantiles, full.quantiles)  # nothing else changes
+    with pytest.raises(ValueError, match="attention_budget_mb"):
+        InferenceConfig(attention_budget_mb=0)

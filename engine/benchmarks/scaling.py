@@ -1,0 +1,165 @@
+"""Data-parallel training throughput for 1, 2 and 4 processes under torchrun, on a 50-asset SYNTHETIC universe.
+
+Each run starts `torchrun --standalone --nproc-per-node P` on this module's worker, which takes the real training
+step (engine.training.train_step: DDP, the globally normalised loss, clipping, AdamW) on windows of 512 bars x 50
+assets. Weak scaling: every rank takes the same per-rank batch, so the global batch grows with P, and
+
+    scaling efficiency = throughput(P) / (P * throughput(1)).
+
+On GPUs each process takes one GPU (NCCL); on a CPU each takes `cores // P` threads (gloo), so there the row says
+how the same cores do split into processes rather than how more hardware helps. NVLink multicast stays off
+(NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1): the lender's machines require it.
+
+    python -m engine.benchmarks.scaling --device cuda --procs 1 2 4     # on a machine with 4 GPUs
+    python -m engine.bench --only scaling                                # as many processes as there are GPUs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from engine.runtime import configure_cpu_threads, device_label
+
+N_ASSETS = 50
+WINDOW = 512
+PER_RANK_BATCH = 8
+WARMUP_STEPS = 3
+TIMED_STEPS = 20
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+
+
+def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: int) -> None:
+    """One rank: build the universe and the model, take warm-up and timed steps, rank 0 writes the timing."""
+    from engine.distributed import barrier, init_distributed, shutdown
+    from engine.features import build_feature_set
+    from engine.model import HybridModel, ModelConfig
+    from engine.synthetic_universe import synthetic_universe
+    from engine.targets import compute_targets
+    from engine.dataset import make_windows
+    from engine.training import (
+        TrainConfig, _data_parallel, scale_heads_for_training, target_scale, train_step,
+    )
+
+    ctx = init_distributed(device)
+    try:
+        n_windows = per_rank_batch * ctx.world_size * 4
+        panel = synthetic_universe(n_assets, WINDOW + n_windows * 64 + 64, seed=1)
+        rows = range(0, len(panel.ts))
+        features = build_feature_set(panel, rows)
+        model_config = ModelConfig(n_assets=n_assets, n_features=features.values.shape[2])
+        config = TrainConfig(model=model_config, batch_size=per_rank_batch * ctx.world_size, window=WINDOW,
+                             stride=64, min_train=WINDOW)
+        targets = compute_targets(panel, model_config.horizons)
+        windows = make_windows(features, targets, rows, WINDOW, 64)
+        torch.manual_seed(0)
+        model = HybridModel(model_config).to(ctx.device)
+        scale = target_scale(targets, features, rows)
+        scale_heads_for_training(model, scale)
+        scale_t = torch.as_tensor(scale, dtype=torch.float32, device=ctx.device)  # (A, H)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+        train_model = _data_parallel(model, ctx)
+        generator = torch.Generator().manual_seed(0)
+
+        def step() -> None:
+            batch = torch.randperm(windows.x.shape[0], generator=generator)[: config.batch_size]
+            train_step(train_model, optimizer, windows, batch, scale_t, model_config.loss_weights, config, ctx,
+                       lambda: False)
+
+        for _ in range(WARMUP_STEPS):
+            step()
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        barrier(ctx)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        barrier(ctx)
+        seconds = time.perf_counter() - started
+        if ctx.is_main:
+            out.write_text(json.dumps({
+                "processes": ctx.world_size, "backend": ctx.backend or "none", "device": device_label(ctx.device),
+                "parameters": model.num_parameters(), "global_batch": config.batch_size,
+                "s_per_step": seconds / steps, "windows_per_s": config.batch_size * steps / seconds,
+                "threads": torch.get_num_threads(), "assets": n_assets,
+            }))
+    finally:
+        shutdown(ctx)
+
+
+def run_processes(procs: int, device: str, per_rank_batch: int = PER_RANK_BATCH, steps: int = TIMED_STEPS,
+                  n_assets: int = N_ASSETS) -> dict:
+    """torchrun with `procs` processes on this machine -> rank 0's timing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "timing.json"
+        threads = max(1, (os.cpu_count() or 1) // procs) if device == "cpu" else 1
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+                   "-m", "engine.benchmarks.scaling", "--worker", "--out", str(out), "--device", device,
+                   "--per-rank-batch", str(per_rank_batch), "--steps", str(steps), "--assets", str(n_assets)]
+        env = {**os.environ, **MULTICAST_OFF, "OMP_NUM_THREADS": str(threads)}
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0 or not out.exists():
+            raise RuntimeError(f"torchrun with {procs} processes failed:\n{result.stderr[-4000:]}")
+        return json.loads(out.read_text())
+
+
+def table(timings: list[dict]) -> list[dict]:
+    base = next(t for t in timings if t["processes"] == 1)["windows_per_s"]
+    rows = []
+    for t in timings:
+        rows.append({
+            "processes": t["processes"], "backend": t["backend"], "device": t["device"],
+            "threads/process": t["threads"], "assets": t["assets"], "parameters": f"{t['parameters']:,}",
+            "global batch (windows of 512 bars)": t["global_batch"], "ms per step": t["s_per_step"] * 1e3,
+            "windows/s": t["windows_per_s"], "asset-bars/s (M)": t["windows_per_s"] * WINDOW * t["assets"] / 1e6,
+            "scaling efficiency": f"{t['windows_per_s'] / (t['processes'] * base):.0%}",
+        })
+    return rows
+
+
+def available_procs(device: torch.device) -> list[int]:
+    limit = torch.cuda.device_count() if device.type == "cuda" else (os.cpu_count() or 1)
+    return [p for p in (1, 2, 4) if p <= limit]
+
+
+def rows(device: torch.device | str) -> list[dict]:
+    device = torch.device(device)
+    return table([run_processes(p, device.type) for p in available_procs(device)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--procs", type=int, nargs="+", help="process counts (default: 1, 2, 4 up to the GPUs)")
+    parser.add_argument("--steps", type=int, default=TIMED_STEPS)
+    parser.add_argument("--per-rank-batch", type=int, default=PER_RANK_BATCH)
+    parser.add_argument("--assets", type=int, default=N_ASSETS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        configure_cpu_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        worker(Path(args.out), args.device, args.per_rank_batch, args.steps, args.assets)
+        return
+    from engine.bench import format_table
+
+    procs = args.procs or available_procs(torch.device(args.device))
+    if 1 not in procs:
+        procs = [1, *procs]  # the efficiency is measured against one process
+    timings = [run_processes(p, args.device, args.per_rank_batch, args.steps, args.assets) for p in procs]
+    print(f"# data-parallel scaling, {args.assets} SYNTHETIC assets, {args.per_rank_batch} windows per process "
+          f"per step\n")
+    print(format_table(table(timings)))
+
+
+if __name__ == "__main__":
+    main()
