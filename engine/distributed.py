@@ -36,6 +36,9 @@ PARALLEL_MODES: tuple[str, ...] = ("data", "folds")
 # way torchrun did not notice, or the ranks disagree about the work). Long enough for rank 0 to forecast a test
 # span and write the checkpoint while the others wait.
 DEFAULT_TIMEOUT_S = 600
+# "gloo" forces gloo on GPUs too (CUDA tensors go through the host): where NCCL is missing, or to let several
+# processes share one GPU, which NCCL refuses.
+BACKEND_ENV_VAR = "REGIME_DIST_BACKEND"
 
 
 class DistributedError(RuntimeError):
@@ -81,23 +84,29 @@ def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEO
     """Join torchrun's process group (or stand for one process when not under torchrun).
 
     device: "cpu", "cuda" or None (CUDA when present). Under torchrun with CUDA each local rank takes the GPU of its
-    own number; more local ranks than GPUs is an error, since two ranks sharing one GPU under NCCL hang."""
+    own number; more local ranks than GPUs is an error under NCCL, which refuses two ranks on one GPU (with
+    REGIME_DIST_BACKEND=gloo they share the GPUs round robin)."""
     if not launched_by_torchrun():
         return DistContext.single(device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), local_world_size()
     chosen = pick_device(device)
+    forced = os.environ.get(BACKEND_ENV_VAR)
+    if forced not in (None, "", "gloo", "nccl"):
+        raise DistributedError(f"{BACKEND_ENV_VAR}={forced!r}: use 'gloo' or 'nccl'")
+    backend = forced or ("nccl" if chosen.type == "cuda" else "gloo")
+    if backend == "nccl" and chosen.type != "cuda":
+        raise DistributedError(f"{BACKEND_ENV_VAR}=nccl needs GPUs; these processes run on the CPU")
     if chosen.type == "cuda":
         n_gpus = torch.cuda.device_count()
-        if local_rank >= n_gpus:
+        if local_rank >= n_gpus and backend == "nccl":
             raise DistributedError(f"rank {rank}: {local_world} processes on this node but only {n_gpus} GPU(s); "
                                    f"start at most {n_gpus} with torchrun --nproc-per-node, or pass --device cpu")
-        chosen = torch.device("cuda", local_rank)
+        chosen = torch.device("cuda", local_rank % n_gpus)
         torch.cuda.set_device(chosen)
-    backend = "nccl" if chosen.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=chosen if chosen.type == "cuda" else None)
+                                device_id=chosen if backend == "nccl" else None)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
                        device=chosen, backend=backend)
 

@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-rank", type=int)
     parser.add_argument("--fail-after", type=int, default=3)
     parser.add_argument("--perturb-rank", type=int)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     configure_cpu_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = init_distributed(args.device)
     try:
         if args.fail_rank == ctx.rank:
             inject_failure(args.fail_after)

@@ -31,14 +31,15 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 def torchrun(*args: str, nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    environment = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
 
 
-def one_process_reference(run_dir: Path) -> Path:
+def one_process_reference(run_dir: Path, device: str = "cpu") -> Path:
     configure_cpu_threads(1)
     panel = small_panel()
-    train_walk_forward(panel, tiny_config(), interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
+    train_walk_forward(panel, tiny_config(device=device), interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
                        run_dir=run_dir, run_id="distributed-test")
     return run_dir
 
@@ -110,12 +111,26 @@ def test_ranks_that_see_different_data_refuse_to_train(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_more_ranks_than_gpus_under_nccl_is_refused_with_the_count(monkeypatch):
+    from engine.distributed import DistributedError, init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DistributedError, match="2 processes on this node but only 1 GPU"):
+        init_distributed("cuda")
+    monkeypatch.setenv("REGIME_DIST_BACKEND", "mpi")
+    with pytest.raises(DistributedError, match="use 'gloo' or 'nccl'"):
+        init_distributed("cuda")
+
+
 def test_the_train_command_under_torchrun_writes_and_registers_one_run_from_rank_0(tmp_path):
     from engine.train import main
 
     args = ["--demo", "1d", "--folds", "2", "--epochs", "1", "--min-train", "300", "--val-size", "80",
             "--test-size", "80", "--window", "64", "--stride", "128", "--threads", "1", "--no-evaluate",
-            "--runs-dir", str(tmp_path / "runs"), "--run-id", "ranked"]
+            "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--run-id", "ranked"]
     result = torchrun("-m", "engine.train", *args, "--out", str(tmp_path / "ranked"), "--parallel", "folds")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torchrun: 2 processes, gloo, parallel over folds" in result.stderr
@@ -124,3 +139,15 @@ def test_the_train_command_under_torchrun_writes_and_registers_one_run_from_rank
     configure_cpu_threads(1)
     assert main([*args[:-4], "--no-register", "--out", str(tmp_path / "alone")]) == 0
     assert max_weight_difference(tmp_path / "alone", tmp_path / "ranked") < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_two_ranks_on_a_gpu_train_the_same_weights_as_one_process_on_it(tmp_path):
+    # The GPU path of the code (model, DDP and collectives on CUDA tensors) with the ranks sharing one GPU over
+    # gloo, since NCCL refuses two ranks on one GPU; NCCL itself needs a machine with two GPUs.
+    reference = one_process_reference(tmp_path / "alone", device="cuda")
+    result = torchrun(str(WORKER), str(tmp_path / "run"), "--device", "cuda",
+                      env={"REGIME_DIST_BACKEND": "gloo"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max_weight_difference(reference, tmp_path / "run") < 1e-4
