@@ -85,9 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The base config (the tuned demo one for --demo), with every option given on the command line applied."""
-    base = demo_config(args.demo) if args.demo else TrainConfig()
+def config_from_args(args: argparse.Namespace, loaded=None) -> TrainConfig:
+    """The base config, with every option given on the command line applied. The base: the tuned demo config for
+    --demo; for cached data the folds sized to the panel's length, as the app's Model page does
+    (engine.train_settings.settings_for_panel)."""
+    if args.demo:
+        base = demo_config(args.demo)
+    elif loaded is not None:
+        from engine.train_settings import settings_for_panel
+
+        base = settings_for_panel(loaded.panel, loaded.interval, n_folds=args.folds or 3)
+    else:
+        base = TrainConfig()
     given = {field: getattr(args, option) for option, field in CONFIG_OPTIONS.items()
              if getattr(args, option) is not None}
     threads = args.threads
@@ -116,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     cancel = threading.Event()
     ctx = DistContext.single("cpu")
     try:
-        config = config_from_args(args)
-        ctx = init_distributed(config.device)
+        ctx = init_distributed(args.device)
         loaded = load_data(args)  # every rank reads the cache, read-only
+        config = config_from_args(args, loaded)
         # One run id for all ranks (rank 0's), so they agree on the run directory.
         run_id = broadcast_bytes(ctx, (args.run_id or new_run_id("demo" if args.demo else "run")).encode()
                                  if ctx.is_main else None, src=0).decode()

@@ -270,3 +270,20 @@ def test_the_head_gains_scale_only_their_own_columns_and_must_be_positive():
     for name in ("lead_gain", "centre_gain"):
         with pytest.raises(ValueError, match=name):
             TrainConfig(**{name: 0.0})
+
+
+def test_the_train_command_on_cached_bars_sizes_its_folds_to_the_panel(tmp_path):
+    from engine.evaluate import read_manifest
+    from engine.train import main
+    from storage.refresh import seed_demo_if_empty
+
+    db = tmp_path / "bars.duckdb"
+    assert seed_demo_if_empty(db_path=db)
+    code = main(["--db", str(db), "--symbols", "BTC", "SPY", "--interval", "1d", "--folds", "2", "--epochs", "1",
+                 "--threads", "1", "--no-evaluate", "--no-register", "--out", str(tmp_path / "run")])
+    assert code == 0
+    config = read_manifest(tmp_path / "run").training["config"]
+    n_rows = len(demo_panel("1d").panel.ts)  # BTC's clock: every day
+    assert config["n_folds"] == 2 and config["test_size"] == int(0.10 * n_rows)  # engine.train_settings
+    assert main(["--db", str(db), "--symbols", "BTC", "ETH", "--interval", "1d", "--no-register",
+                 "--out", str(tmp_path / "bad")]) == 2  # no ETH bars: refused with the reason
