@@ -57,7 +57,8 @@ fit_first, fit_last = ts[regimes.fit_rows[0]], ts[regimes.fit_rows[1] - 1]
 st.caption(
     f"Showing {date_span_text(selection)} of run `{view.run_id}`. The PCA and the clusters were fitted on the "
     f"training span only ({fit_first:%Y-%m-%d} .. {fit_last:%Y-%m-%d} UTC) and applied bar by bar, so a label "
-    "never uses a later bar. Regime numbers are arbitrary (sorted by the first component)."
+    "never uses a later bar. The clusters are cut along the first component (the direction the state moves most); "
+    "regime numbers are arbitrary, sorted along it."
 )
 
 left, right = st.columns([3, 2])

@@ -40,7 +40,7 @@ def planted_embeddings(n_rows=600, seed=0):
 @pytest.mark.parametrize("method", ["kmeans", "gmm"])
 def test_planted_clusters_are_found_and_numbered_the_same_way_every_time(method):
     embeddings, mask, truth = planted_embeddings()
-    config = RegimeConfig(n_regimes=3, n_components=2, method=method)
+    config = RegimeConfig(n_regimes=3, n_components=2, cluster_components=None, method=method)
     result = fit_regimes(embeddings, mask, range(0, 300), config)
     for asset in range(2):
         assert adjusted_rand_score(truth, result.labels[asset]) == pytest.approx(1.0)
@@ -48,6 +48,26 @@ def test_planted_clusters_are_found_and_numbered_the_same_way_every_time(method)
     np.testing.assert_array_equal(again.labels, result.labels)
     assert result.projections.shape == (2, 600, 2)
     assert result.explained_variance_ratio.shape == (2, 2) and result.explained_variance_ratio.sum(axis=1).max() <= 1
+
+
+def test_clusters_on_the_first_component_ignore_a_second_direction_that_is_not_a_regime():
+    # Regimes apart along the direction of most variance; a bimodal nuisance (two levels, independent of the
+    # regime) in another one. k-means on both coordinates splits on the nuisance too; on the first, it does not.
+    rng = np.random.default_rng(4)
+    n_rows = 900
+    truth = np.repeat(rng.integers(0, 3, n_rows // 50), 50)
+    nuisance = rng.integers(0, 2, n_rows)
+    # two state dims move with the regime (after standardising, the first component), one with the nuisance
+    embeddings = np.stack([4.0 * truth] * 2 + [3.0 * nuisance], axis=1)
+    embeddings = (embeddings + rng.normal(0, 0.5, size=(n_rows, 3)))[None]  # (1, T, 3)
+    mask = np.ones((1, n_rows), dtype=bool)
+    first = fit_regimes(embeddings, mask, range(0, 600), RegimeConfig(n_components=2))
+    both = fit_regimes(embeddings, mask, range(0, 600), RegimeConfig(n_components=2, cluster_components=None))
+    assert adjusted_rand_score(truth, first.labels[0]) > 0.95
+    assert adjusted_rand_score(truth, both.labels[0]) < 0.8
+    assert first.projections.shape == both.projections.shape == (1, n_rows, 2)  # the scatter keeps both
+    with pytest.raises(ValueError, match="cluster_components"):
+        RegimeConfig(n_components=2, cluster_components=3)
 
 
 def test_pca_and_clusters_see_only_the_training_rows_and_labels_only_their_own_bar():
