@@ -121,6 +121,11 @@ class TrainConfig:
     # slower than Adam's ~lr per step. Their signal is a few percent of the return variance, so at full rate they
     # fit noise in the follower's own features before the lead path (lead_gain) has found the leader.
     centre_gain: float = 1.0
+    # AdamW's decay on the SSM's dynamics (A_log, D and the bias of Delta's projection) as on every other weight
+    # (True: how the shipped demo checkpoint was trained), or none on them (False: the Mamba reference recipe).
+    # Decay pulls A_log toward 0 (every state's rate toward 1) and Delta's bias toward softplus^-1(0.69), i.e.
+    # toward one memory length for all channels, whatever the data want.
+    decay_ssm_dynamics: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -760,7 +765,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     scale = target_scale(targets, feature_set, fold.train)
     scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)  # before the optimiser: it must hold the parametrised tensors
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
     train_model = _data_parallel(model, sync)
 
     finished = _finished_fold_path(run_dir, fold.index)
@@ -907,6 +912,23 @@ def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows
     else:
         optimizer.zero_grad(set_to_none=True)
     return finite, reported
+
+
+SSM_DYNAMICS = ("A_log", "D", "dt_proj.bias")  # the SSM layers' memory: parameter names within a layer
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """AdamW groups: every weight decays by config.weight_decay, except the SSM's dynamics when
+    config.decay_ssm_dynamics is False. One group when nothing is exempt, so the shipped runs' optimiser state
+    keeps its layout."""
+    if config.decay_ssm_dynamics:
+        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    decayed, exempt = [], []
+    for name, parameter in model.named_parameters():
+        parts = name.split(".")  # e.g. layers.0.dt_proj.bias
+        within_layer = ".".join(parts[2:]) if parts[0] == "layers" else None
+        (exempt if within_layer in SSM_DYNAMICS else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": config.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
 def _batch_on(windows: Windows, rows: Tensor, device: torch.device):

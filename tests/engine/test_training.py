@@ -287,3 +287,26 @@ def test_the_train_command_on_cached_bars_sizes_its_folds_to_the_panel(tmp_path)
     assert config["n_folds"] == 2 and config["test_size"] == int(0.10 * n_rows)  # engine.train_settings
     assert main(["--db", str(db), "--symbols", "BTC", "ETH", "--interval", "1d", "--no-register",
                  "--out", str(tmp_path / "bad")]) == 2  # no ETH bars: refused with the reason
+
+
+def test_the_ssm_dynamics_can_be_kept_out_of_weight_decay():
+    from engine.model import HybridModel
+    from engine.training import parameter_groups
+
+    config = tiny_config(weight_decay=0.5)
+    model = HybridModel(dataclasses.replace(config.model, n_assets=3, n_features=16))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert len(parameter_groups(model, config)) == 1  # the default: everything decays, as the demo was trained
+    decayed, exempt = parameter_groups(model, dataclasses.replace(config, decay_ssm_dynamics=False))
+    assert sorted(names[id(p)] for p in exempt["params"]) == sorted(
+        f"layers.{i}.{leaf}" for i in (0, 2) for leaf in ("A_log", "D", "dt_proj.bias"))
+    assert exempt["weight_decay"] == 0.0 and decayed["weight_decay"] == 0.5
+    # one AdamW step with zero gradients: only decay moves a weight
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([decayed, exempt], lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p.detach(), before[name])
+        assert moved == (name not in {names[id(q)] for q in exempt["params"]} and bool(before[name].abs().sum() > 0)), name
