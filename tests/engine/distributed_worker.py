@@ -4,6 +4,7 @@ without torchrun it is the one-process reference).
     torchrun --standalone --nproc-per-node 2 tests/engine/distributed_worker.py RUN_DIR [--parallel data|folds]
         [--fail-rank R --fail-after N]   rank R raises inside the model's forward pass on its N-th call
         [--perturb-rank R]               rank R trains on slightly different data (the ranks must refuse)
+        [--resume]                       continue the run in RUN_DIR
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-after", type=int, default=3)
     parser.add_argument("--perturb-rank", type=int)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     configure_cpu_threads(1)
     ctx = init_distributed(args.device)
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             inject_failure(args.fail_after)
         panel = small_panel(perturb=args.perturb_rank == ctx.rank)
         train_walk_forward(panel, tiny_config(), interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
-                           run_dir=args.run_dir, run_id="distributed-test", dist=ctx, parallel=args.parallel)
+                           run_dir=args.run_dir, run_id="distributed-test", dist=ctx, parallel=args.parallel,
+                           resume=args.resume)
     except Exception as error:  # the message torchrun's log shows for this rank
         print(f"rank {ctx.rank}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return 3

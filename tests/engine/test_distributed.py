@@ -92,7 +92,8 @@ def test_one_fold_per_rank_gathers_every_fold_into_rank_0s_checkpoint(reference,
     np.testing.assert_allclose(mine["point"], theirs["point"], atol=1e-7, equal_nan=True)
 
 
-def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_checkpoint(tmp_path):
+def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_checkpoint_and_resume_finishes_it(
+        reference, tmp_path):
     run_dir = tmp_path / "run"
     # rank 1 fails in the second fold, after rank 0 has saved the first fold's state
     result = torchrun(str(WORKER), str(run_dir), "--fail-rank", "1", "--fail-after", "12")
@@ -102,6 +103,9 @@ def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_checkpoint(tmp
     assert not (run_dir / WEIGHTS_FILE).exists() and not (run_dir / MANIFEST_FILE).exists()
     assert not (run_dir / PREDICTIONS_FILE).exists()
     assert (run_dir / FOLDS_DIR / "fold_0").exists()  # finished work is kept for --resume
+    resumed = torchrun(str(WORKER), str(run_dir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert max_weight_difference(reference, run_dir) < 1e-5  # as if it had never failed
 
 
 def test_ranks_that_see_different_data_refuse_to_train(tmp_path):
