@@ -766,7 +766,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)  # before the optimiser: it must hold the parametrised tensors
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
-    train_model = _data_parallel(model, sync)
+    train_model = data_parallel(model, sync)
 
     finished = _finished_fold_path(run_dir, fold.index)
     is_finished = (finished / "summary.json").exists()
@@ -939,7 +939,7 @@ def _batch_on(windows: Windows, rows: Tensor, device: torch.device):
     return x, mask, targets
 
 
-def _data_parallel(model: HybridModel, sync: DistContext) -> nn.Module:
+def data_parallel(model: HybridModel, sync: DistContext) -> nn.Module:
     """The module the training steps call: DDP over the ranks in `sync`, or the model itself for one process.
     Buffers are not broadcast every step: the only ones are the head-scale constants, equal on every rank."""
     if not sync.active:

@@ -45,7 +45,7 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
     from engine.targets import compute_targets
     from engine.dataset import make_windows
     from engine.training import (
-        TrainConfig, _data_parallel, scale_heads_for_training, target_scale, train_step,
+        TrainConfig, data_parallel, scale_heads_for_training, target_scale, train_step,
     )
 
     ctx = init_distributed(device)
@@ -65,7 +65,7 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
         scale_heads_for_training(model, scale)
         scale_t = torch.as_tensor(scale, dtype=torch.float32, device=ctx.device)  # (A, H)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-        train_model = _data_parallel(model, ctx)
+        train_model = data_parallel(model, ctx)
         generator = torch.Generator().manual_seed(0)
 
         def step() -> None:
