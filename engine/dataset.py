@@ -24,6 +24,15 @@ class Windows:
     rows: torch.Tensor  # int64 (N, W): union-clock row of each window position
     horizons: tuple[int, ...]
 
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.x, self.mask, self.rows, *self.targets.values()]
+        return sum(t.element_size() * t.numel() for t in tensors)
+
+    def to(self, device: torch.device | str) -> "Windows":
+        return Windows(self.x.to(device), self.mask.to(device), {k: v.to(device) for k, v in self.targets.items()},
+                       self.rows.to(device), self.horizons)
+
 
 def window_starts(index_range: range, window: int, stride: int) -> np.ndarray:
     """Window starts stepping by stride; one more window flush with the end if the stride leaves rows uncovered."""

@@ -45,7 +45,7 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
     from engine.targets import compute_targets
     from engine.dataset import make_windows
     from engine.training import (
-        TrainConfig, data_parallel, scale_heads_for_training, target_scale, train_step,
+        TrainConfig, data_parallel, resident, scale_heads_for_training, target_scale, train_step,
     )
 
     ctx = init_distributed(device)
@@ -58,7 +58,7 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
         config = TrainConfig(model=model_config, batch_size=per_rank_batch * ctx.world_size, window=WINDOW,
                              stride=64, min_train=WINDOW)
         targets = compute_targets(panel, model_config.horizons)
-        windows = make_windows(features, targets, rows, WINDOW, 64)
+        windows = resident(make_windows(features, targets, rows, WINDOW, 64), ctx.device)  # as training does
         torch.manual_seed(0)
         model = HybridModel(model_config).to(ctx.device)
         scale = target_scale(targets, features, rows)

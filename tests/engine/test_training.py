@@ -310,3 +310,20 @@ def test_the_ssm_dynamics_can_be_kept_out_of_weight_decay():
     for name, p in model.named_parameters():
         moved = not torch.equal(p.detach(), before[name])
         assert moved == (name not in {names[id(q)] for q in exempt["params"]} and bool(before[name].abs().sum() > 0)), name
+
+
+def test_windows_stay_on_the_host_for_a_cpu_and_move_whole_to_a_gpu_when_they_fit(monkeypatch):
+    from engine.dataset import make_windows
+    from engine.targets import compute_targets
+    from engine.features import build_feature_set
+
+    panel, config = small_panel(), tiny_config()
+    targets = compute_targets(panel, config.model.horizons)
+    windows = make_windows(build_feature_set(panel, range(0, 300), config.features), targets, range(0, 300), 64, 32)
+    assert training.resident(windows, torch.device("cpu")) is windows
+    moved = []
+    monkeypatch.setattr(type(windows), "to", lambda self, device: moved.append(device) or self)
+    training.resident(windows, torch.device("cuda", 0))
+    assert moved == [torch.device("cuda", 0)]
+    monkeypatch.setattr(training, "RESIDENT_WINDOWS_BYTES", windows.nbytes - 1)  # too big: left on the host
+    assert training.resident(windows, torch.device("cuda", 0)) is windows and len(moved) == 1
