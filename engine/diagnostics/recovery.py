@@ -14,7 +14,8 @@ negative control (variant="null") asserts that they do NOT hold where nothing wa
                Markov-switching baseline's, and above the 95th percentile of ARIs against the planted labels
                circularly shifted (same spells, wrong timing): an ARI "as high as a baseline that finds nothing"
                is not a recovery
-  3 look-back  per asset, the median effective look-back is strictly ordered like truth.memory_order
+  3 look-back  per asset, the median effective look-back is strictly ordered like truth.memory_order; whether the
+               data itself rewards that order is measured without a model by engine.diagnostics.planted_memory
   4 forecasts  per follower, the 1-bar forecasts' squared error beats zero and AR(1) out of sample: Diebold-Mariano
                statistic < 0 with p < alpha
 """

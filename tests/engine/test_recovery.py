@@ -123,7 +123,8 @@ def shipped_checkpoint_id() -> tuple[str, str] | None:
 MEASURED = ("demo-1h", "2026-12-01T23:02:39Z")
 MEASURED_FAILURES = {
     "look-back": "median half-life calm / volatile / choppy in bars: BTC 60.9 / 59.8 / 60.6, SPY 68.9 / 69.4 / 69.5, "
-                 "AAPL 53.2 / 53.7 / 53.4: not in the planted order, spread about 1 %",
+                 "AAPL 53.2 / 53.7 / 53.4: not in the planted order, spread about 1 %. The 1h data itself does not "
+                 "reward that order either (python -m engine.diagnostics.planted_memory; DEMO.md)",
 }
 CLAIM_IDS = ("lead-lag", "regimes", "look-back", "forecasts")
 
