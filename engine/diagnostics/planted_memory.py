@@ -63,7 +63,8 @@ def memory_probe_series(
     for horizon in config.horizons:
         ahead = forward_sums(returns, horizon)
         for k, name in enumerate(regime_names):
-            # The EMA at bar t has seen bars <= t only; the target starts at t+1 and must lie in this regime too.
+            # The EMA at bar t has seen bars <= t only; the target starts at t+1. Rows are the bars t in this regime;
+            # a forward sum may run into the next spell, which spells of hundreds of bars make rare.
             rows = (regimes == k) & np.isfinite(ahead)
             n = int(rows.sum())
             correlations = [float(np.corrcoef(averages[h][rows], ahead[rows])[0, 1]) if n > 2 else np.nan
