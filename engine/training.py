@@ -49,7 +49,7 @@ from engine.checkpoint import (
 )
 from engine.dataset import Windows, make_windows
 from engine.distributed import (
-    DistContext, ParallelMode, all_reduce_sum, broadcast_bytes, broadcast_float, check_same_everywhere,
+    DistContext, ParallelMode, all_reduce_sum, barrier, broadcast_bytes, broadcast_float, check_same_everywhere,
     owner_of_fold, shard_of,
 )
 from engine.features import FeatureConfig, FeatureSet, PanelLike, build_feature_set
@@ -660,7 +660,10 @@ def train_walk_forward(
     if fold_parallel:
         outcomes = _gather_folds(ctx, outcomes, model_config_for(config, feature_set), device)
     if not ctx.is_main:
-        message = f"rank {ctx.rank}: finished its share of {len(folds)} folds; rank 0 writes the checkpoint"
+        # Wait for rank 0 to write the checkpoint before leaving: a rank that tears down its process group while
+        # a peer is still taking in its last message aborts at exit (gloo, seen under CPU load).
+        barrier(ctx)
+        message = f"rank {ctx.rank}: finished its share of {len(folds)} folds; rank 0 wrote the checkpoint"
         return TrainResult("finished", run_dir, message, seconds=time.monotonic() - started)
     for model, summary, prediction in outcomes:
         summaries.append(summary)
@@ -695,6 +698,7 @@ def train_walk_forward(
     save_predictions(run_dir / PREDICTIONS_FILE, predictions, fold_of_row, ts_us)
     shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
     shutil.rmtree(run_dir / FOLDS_DIR, ignore_errors=True)
+    barrier(ctx)  # the other ranks return once the checkpoint is on disk (see above)
     elapsed = time.monotonic() - started
     message = f"trained {len(folds)} folds in {elapsed:.0f} s on {manifest.device}; checkpoint in {run_dir}"
     notify(_event("done", len(folds) - 1, len(folds), config.max_epochs - 1, config.max_epochs, 1, 1, started,

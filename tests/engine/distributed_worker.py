@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
+from engine.checkpoint import WEIGHTS_FILE
 from engine.distributed import init_distributed, shutdown
 from engine.features import ArrayPanel
 from engine.model import HybridModel
@@ -70,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.fail_rank == ctx.rank:
             inject_failure(args.fail_after)
         panel = small_panel(perturb=args.perturb_rank == ctx.rank)
-        train_walk_forward(panel, tiny_config(), interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
-                           run_dir=args.run_dir, run_id="distributed-test", dist=ctx, parallel=args.parallel,
-                           resume=args.resume)
+        result = train_walk_forward(panel, tiny_config(), interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
+                                    run_dir=args.run_dir, run_id="distributed-test", dist=ctx,
+                                    parallel=args.parallel, resume=args.resume)
+        # Every rank returns only once rank 0 has written the checkpoint (a rank that left earlier and tore down
+        # its process group while rank 0 still took in its last fold aborted at exit under CPU load).
+        if result.outcome == "finished" and not (Path(args.run_dir) / WEIGHTS_FILE).exists():
+            raise RuntimeError(f"returned before rank 0 wrote {WEIGHTS_FILE}")
     except Exception as error:  # the message torchrun's log shows for this rank
         print(f"rank {ctx.rank}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return 3
