@@ -32,6 +32,18 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_single(title: str, rows, description: str | None, argv: list[str] | None = None) -> None:
+    """The command line of one benchmark module (`python -m engine.benchmarks.NAME [--device cpu|cuda]`): its
+    rows(device) as one table under a heading naming the device."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    args = parser.parse_args(argv)
+    configure_cpu_threads()
+    device = pick_device(args.device)
+    print(f"# {title} on {device_label(device)}\n")
+    print(format_table(rows(device)))
+
+
 def main(argv: list[str] | None = None) -> int:
     import engine.benchmarks as benchmarks
 

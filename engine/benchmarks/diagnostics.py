@@ -8,7 +8,6 @@ one does. Run: python -m engine.benchmarks.diagnostics [--device cpu|cuda]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ from engine.features import ArrayPanel, build_feature_set
 from engine.inference import run_inference
 from engine.model import HybridModel, ModelConfig
 from engine.panel_data import demo_panel, panel_fingerprint
-from engine.runtime import configure_cpu_threads, device_label, pick_device
+from engine.runtime import device_label
 
 N_BARS = 20_000
 BUDGET_S = 10.0
@@ -71,15 +70,9 @@ def rows(device: torch.device | str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from engine.bench import format_table
+    from engine.bench import run_single
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    args = parser.parse_args(argv)
-    configure_cpu_threads()
-    device = pick_device(args.device)
-    print(f"# diagnostics benchmark on {device_label(device)}\n")
-    print(format_table(rows(device)))
+    run_single("diagnostics benchmark", rows, __doc__, argv)
 
 
 if __name__ == "__main__":

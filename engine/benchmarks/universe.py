@@ -11,7 +11,6 @@ says how many hourly bars that is at each N; the Lead-lag page says so when it a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -20,7 +19,7 @@ import torch
 from engine.features import build_feature_set
 from engine.inference import InferenceConfig, attention_rows_kept
 from engine.model import HybridModel, ModelConfig
-from engine.runtime import configure_cpu_threads, device_label, pick_device
+from engine.runtime import device_label
 from engine.synthetic_universe import synthetic_universe
 
 SIZES = (3, 10, 25, 50)
@@ -68,16 +67,10 @@ def rows(device: torch.device | str) -> list[dict]:
     return out
 
 
-def main() -> None:
-    from engine.bench import format_table
+def main(argv: list[str] | None = None) -> None:
+    from engine.bench import run_single
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-    configure_cpu_threads()
-    device = pick_device(args.device)
-    print(f"# universe size on {device_label(device)}\n")
-    print(format_table(rows(device)))
+    run_single("universe size", rows, __doc__, argv)
 
 
 if __name__ == "__main__":
