@@ -4,9 +4,9 @@
     python -m engine.evaluate --run data/runs/run-... --db data/bars.duckdb --symbols BTC SPY AAPL --interval 1d
 
 The model's forecasts are the ones the run kept (predictions.npz: each fold's model on its own test span); every
-baseline (engine.baselines.BASELINES: zero, historical mean, AR(1), DLinear ridge, logistic, GARCH(1,1), HAR,
+baseline (engine.evaluation.baselines.BASELINES: zero, historical mean, AR(1), DLinear ridge, logistic, GARCH(1,1), HAR,
 Markov regime) is refitted on each fold's training span and run over the same test span. The table
-(engine.scores.score_table: pinball, 10-90 coverage, MSE, Brier, log loss, ECE, hit rate, QLIKE, and the
+(engine.evaluation.scores.score_table: pinball, 10-90 coverage, MSE, Brier, log loss, ECE, hit rate, QLIKE, and the
 Diebold-Mariano test of the model against each baseline) is written as scores.csv and scores.json into the run
 directory, and a per-asset summary at horizon 1 goes into the manifest's scores, where the app's run list reads it.
 
@@ -15,56 +15,26 @@ The data must be the data the run was trained on (same fingerprint hash): the st
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from engine.baselines import BASELINES, BaselineConfig, BaselineInput, walk_forward_baselines
-from engine.checkpoint import (
-    DEMO_CHECKPOINT_DIR, MANIFEST_FILE, CheckpointError, Manifest, check_fits, update_manifest_scores,
+from engine.evaluation.baselines import BASELINES
+from engine.evaluation.run_scores import (
+    SCORES_CSV,
+    SCORES_JSON,
+    evaluate_run,
+    read_manifest,
+    wide_table,
 )
-from engine.features import FEATURE_NAMES
+from engine.model.checkpoint import (
+    DEMO_CHECKPOINT_DIR,
+    MANIFEST_FILE,
+    CheckpointError,
+    Manifest,
+)
 from engine.panel_data import LoadedPanel, cached_panel, demo_panel
-from engine.scores import score_table
-from engine.splits import Fold
-from engine.targets import compute_targets
-from engine.training import load_predictions
-
-SCORES_CSV = "scores.csv"
-SCORES_JSON = "scores.json"
-SUMMARY_METRICS = ("n", "mse", "pinball", "coverage_10_90", "hit_rate", "brier", "qlike")
-
-
-def read_manifest(run_dir: str | Path) -> Manifest:
-    path = Path(run_dir) / MANIFEST_FILE
-    if not path.exists():
-        raise CheckpointError(f"{run_dir} is not a checkpoint: it has no {MANIFEST_FILE}")
-    return Manifest.from_json(path.read_text())
-
-
-def run_folds(manifest: Manifest) -> list[Fold]:
-    """The run's walk-forward folds, exactly as trained (spans are stored in the manifest)."""
-    folds = manifest.training.get("folds")
-    if not folds:
-        raise CheckpointError(f"checkpoint {manifest.run_id} records no walk-forward folds: it cannot be evaluated")
-    purge = min(min(f["val"][0] - f["train"][1], f["test"][0] - f["val"][1]) for f in folds)
-    return [Fold(index=f["fold"], train=range(*f["train"]), val=range(*f["val"]), test=range(*f["test"]), purge=purge)
-            for f in folds]
-
-
-def check_same_data(manifest: Manifest, loaded: LoadedPanel) -> None:
-    """Refuse data the run's stored forecasts were not made on, saying what differs."""
-    check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=FEATURE_NAMES)
-    have, want = loaded.fingerprint(), manifest.fingerprint
-    if have.content_hash != want.content_hash:
-        raise CheckpointError(
-            f"checkpoint {manifest.run_id} was trained on data {want.content_hash} ({want.first_ts} .. {want.last_ts}, "
-            f"{want.n_rows} rows) but this panel is {have.content_hash} ({have.first_ts} .. {have.last_ts}, "
-            f"{have.n_rows} rows): its out-of-sample forecasts do not belong to this data; retrain on it"
-        )
 
 
 def panel_for_run(manifest: Manifest) -> LoadedPanel:
@@ -75,63 +45,6 @@ def panel_for_run(manifest: Manifest) -> LoadedPanel:
     _, variant, seed = sources[0].split(":")
     return demo_panel(manifest.fingerprint.interval, variant, int(seed), tuple(manifest.fingerprint.symbols))
 
-
-def evaluate_run(run_dir: str | Path, loaded: LoadedPanel | None = None,
-                 baselines: tuple[str, ...] | None = None, write: bool = True) -> pd.DataFrame:
-    """The long score table (model, asset, horizon, metric, value) of the run vs baselines; written when `write`."""
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    loaded = loaded or panel_for_run(manifest)
-    check_same_data(manifest, loaded)
-    predictions, _, _ = load_predictions(run_dir)
-    folds = run_folds(manifest)
-    targets = compute_targets(loaded.panel, predictions.horizons)
-    data = BaselineInput.from_panel(loaded.panel, targets)
-    baseline_config = BaselineConfig(quantile_levels=predictions.quantile_levels)
-    baseline_predictions = walk_forward_baselines(data, folds, names=baselines, config=baseline_config)
-    table = score_table({"model": predictions, **baseline_predictions}, targets, reference="model")
-    if write:
-        write_scores(run_dir, table, manifest, loaded)
-    return table
-
-
-def score_summary(table: pd.DataFrame, horizon: int = 1) -> dict:
-    """Per asset at one horizon: the model's headline losses and its DM p-values (MSE, pinball) vs every baseline."""
-    at = table[table["horizon"] == horizon]
-    summary: dict = {"horizon": horizon, "assets": {}}
-    for asset, rows in at.groupby("asset", sort=False):
-        model = rows[rows["model"] == "model"].set_index("metric")["value"]
-        entry = {metric: _finite(model.get(metric)) for metric in SUMMARY_METRICS if metric in model}
-        for name, other in rows[rows["model"] != "model"].groupby("model", sort=False):
-            values = other.set_index("metric")["value"]
-            entry[f"vs_{name}"] = {key: _finite(values[key]) for key in
-                                   ("dm_stat_mse", "dm_p_mse", "dm_stat_pinball", "dm_p_pinball") if key in values}
-        summary["assets"][asset] = entry
-    return summary
-
-
-def _finite(value) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
-
-
-def write_scores(run_dir: Path, table: pd.DataFrame, manifest: Manifest, loaded: LoadedPanel) -> None:
-    table.to_csv(run_dir / SCORES_CSV, index=False)
-    records = [{**row, "value": _finite(row["value"])} for row in table.to_dict(orient="records")]
-    payload = {"run_id": manifest.run_id, "data": loaded.label, "synthetic": loaded.synthetic, "rows": records}
-    tmp = run_dir / (SCORES_JSON + ".tmp")
-    tmp.write_text(json.dumps(payload, allow_nan=False))
-    tmp.replace(run_dir / SCORES_JSON)
-    update_manifest_scores(run_dir, {**score_summary(table), "data": loaded.label, "table": SCORES_JSON})
-
-
-def wide_table(table: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:
-    """(asset, horizon, model) x metric, the model first: what the command line prints."""
-    if horizon is not None:
-        table = table[table["horizon"] == horizon]
-    wide = table.pivot_table(index=["asset", "horizon", "model"], columns="metric", values="value", sort=False)
-    order = [c for c in ("n", "mse", "pinball", "coverage_10_90", "brier", "log_loss", "ece", "hit_rate", "qlike",
-                         "dm_stat_mse", "dm_p_mse", "dm_stat_pinball", "dm_p_pinball") if c in wide.columns]
-    return wide[order + [c for c in wide.columns if c not in order]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -156,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.symbols and args.interval):
                 raise ValueError("cached data needs --symbols and --interval (and --db unless the default cache)")
             loaded = cached_panel(args.symbols, args.interval, db_path=args.db, start=args.start, end=args.end)
+        loaded = loaded or panel_for_run(read_manifest(args.run))
         table = evaluate_run(args.run, loaded, tuple(args.baselines) if args.baselines else None,
                              write=not args.no_write)
     except (CheckpointError, ValueError) as error:
@@ -169,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         print(f"\nwrote {Path(args.run) / SCORES_CSV} and {SCORES_JSON}; summary in {MANIFEST_FILE}")
     return 0
+
 
 
 if __name__ == "__main__":

@@ -337,7 +337,7 @@ class FeatureScaler:
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """Model-ready features: what engine/dataset.py windows and the model reads."""
+    """Model-ready features: what engine/training/dataset.py windows and the model reads."""
 
     values: np.ndarray  # float32 (A, T, F), standardised
     mask: np.ndarray  # bool (A, T): True = fresh own bar with warmed-up features; False = closed/carried or warm-up

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from engine.checkpoint import DataFingerprint
 from engine.features import PANEL_FIELDS, ArrayPanel, PanelLike, check_panel
+from engine.model.checkpoint import DataFingerprint
 from storage.cache import align_as_of, read_panel
 from storage.sources.demo import DEMO_INTERVALS, DEMO_SYMBOLS, VARIANTS, demo_market
 

@@ -10,13 +10,13 @@ Cached real data:
 
 A cancelled run (Ctrl-C) keeps its last finished epoch: run the same command with --resume to continue.
 
-The same command runs as several processes under torchrun (engine/distributed.py): NCCL on GPUs, gloo on CPUs.
+The same command runs as several processes under torchrun (engine/training/distributed.py): NCCL on GPUs, gloo on CPUs.
 
     torchrun --standalone --nproc-per-node 2 -m engine.train --demo 1h --out runs/ddp          # 2 GPUs (or 2 CPU ranks)
     torchrun --standalone --nproc-per-node 2 -m engine.train --demo 1h --parallel folds ...    # one fold per rank
 
 Only rank 0 writes the checkpoint and the registry and scores the run; every rank reads the cache read-only.
-Training details (folds, purge, early stopping, seeds, the final model) are in engine/training.py.
+Training details (folds, purge, early stopping, seeds, the final model) are in engine/training/loop.py.
 """
 from __future__ import annotations
 
@@ -27,15 +27,27 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.checkpoint import CheckpointError, new_run_id, register_run, resolve_runs_dir
-from engine.distributed import (
-    PARALLEL_MODES, DistContext, DistributedError, broadcast_bytes, init_distributed, launched_by_torchrun,
-    local_world_size, shutdown,
+from engine.model.checkpoint import (
+    CheckpointError,
+    new_run_id,
+    register_run,
+    resolve_runs_dir,
 )
-from engine.progress import ConsoleProgressBar
 from engine.runtime import configure_cpu_threads
-from engine.training import TrainConfig, TrainingError, demo_config, train_panel
-
+from engine.training.config import TrainConfig, TrainingError
+from engine.training.distributed import (
+    PARALLEL_MODES,
+    DistContext,
+    DistributedError,
+    broadcast_bytes,
+    init_distributed,
+    launched_by_torchrun,
+    local_world_size,
+    shutdown,
+)
+from engine.training.loop import train_panel
+from engine.training.presets import demo_config
+from engine.training.progress import ConsoleProgressBar
 
 # command-line name -> TrainConfig field; every one defaults to the base config (demo_config for --demo)
 CONFIG_OPTIONS = {
@@ -88,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, loaded=None) -> TrainConfig:
     """The base config, with every option given on the command line applied. The base: the tuned demo config for
     --demo; for cached data the folds sized to the panel's length, as the app's Model page does
-    (engine.train_settings.settings_for_panel)."""
+    (engine.training.settings.settings_for_panel)."""
     if args.demo:
         base = demo_config(args.demo)
     elif loaded is not None:
-        from engine.train_settings import settings_for_panel
+        from engine.training.settings import settings_for_panel
 
         base = settings_for_panel(loaded.panel, loaded.interval, n_folds=args.folds or 3)
     else:
@@ -153,12 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(result.message, file=sys.stderr)
         if not args.no_evaluate:
-            from engine.evaluate import evaluate_run, wide_table
+            from engine.evaluation.run_scores import evaluate_run, wide_table
 
             table = evaluate_run(run_dir, loaded)
             print(wide_table(table, horizon=1).to_string(float_format="{:.4g}".format))
         if not args.no_register:
-            from engine.evaluate import read_manifest
+            from engine.evaluation.run_scores import read_manifest
 
             register_run(resolve_runs_dir(args.runs_dir), read_manifest(run_dir), run_dir)
     except (TrainingError, CheckpointError, DistributedError, ValueError) as error:

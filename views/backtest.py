@@ -1,7 +1,7 @@
 """Backtest page: strategy sliders that rerun alone (st.fragment), equity vs buy-and-hold, drawdown, rolling Sharpe,
 monthly returns, metrics with PSR/DSR over the trials tried, the trades, a two-parameter sweep, and the report export.
 
-Only layout lives here: forecasts come from engine.backtest_inputs, accounting from engine.backtest, charts from
+Only layout lives here: forecasts come from engine.backtest.inputs, accounting from engine.backtest.engine, charts from
 engine.figures.backtest, the report from engine.report.
 """
 from __future__ import annotations
@@ -11,17 +11,21 @@ from dataclasses import asdict
 import pandas as pd
 import streamlit as st
 
-from engine.backtest import StrategyConfig, run_backtest
-from engine.backtest_inputs import FORECASTERS, backtest_inputs_from_forecasts, model_forecasts
+from engine.backtest.engine import StrategyConfig, run_backtest
+from engine.backtest.inputs import (
+    FORECASTERS,
+    backtest_inputs_from_forecasts,
+    model_forecasts,
+)
+from engine.backtest.metrics import TrialCounter
+from engine.backtest.sweep import sweep
 from engine.figures import backtest as charts
 from engine.figures.export import browser_unavailable_reason
-from engine.metrics import TrialCounter
 from engine.report import ReportContent, report_html, report_pdf
-from engine.sweep import sweep
-from views.export_widgets import chart_with_downloads, share_url
-from views.frame import current_selection, load_summary
 from storage.cache import read_panel
 from storage.locks import CacheBusyError
+from views.export_widgets import chart_with_downloads, share_url
+from views.frame import current_selection, load_summary
 
 FORECAST_HORIZONS = (1, 5, 20)
 # The grids a sweep may run over: two sliders at a time, every cell counted as a trial.

@@ -1,14 +1,19 @@
 """Forecasts page: the latest multi-horizon fan per asset, the walk-forward forecasts against what happened,
 calibration of P(up), and the score table against the baselines. Layout only: numbers come from
-engine.forecast_review, charts from engine.figures.forecasts."""
+engine.evaluation.forecast_review, charts from engine.figures.forecasts."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from engine.evaluation.forecast_review import (
+    latest_forecast,
+    past_forecasts,
+    read_scores,
+    score_board,
+)
+from engine.evaluation.predictions import load_predictions
 from engine.figures import forecasts as charts
-from engine.forecast_review import latest_forecast, past_forecasts, read_scores, score_board
-from engine.training import load_predictions
 from storage.config import INTERVAL_SECONDS
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection

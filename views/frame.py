@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from engine.checkpoint import list_runs
+from engine.model.checkpoint import list_runs
 from engine.runtime import device_label
 from storage.cache import cache_summary
 from storage.config import INTERVAL_SECONDS, resolve_db_path
@@ -35,7 +35,7 @@ class Selection:
     db_path: str
     start: pd.Timestamp | None = None  # UTC, inclusive
     end: pd.Timestamp | None = None  # UTC, exclusive (the day after the last chosen date)
-    checkpoint: dict | None = None  # a run entry from engine.checkpoint.list_runs (path, run_id, symbols, ...)
+    checkpoint: dict | None = None  # a run entry from engine.model.checkpoint.list_runs (path, run_id, symbols, ...)
     sources: dict[str, str] = field(default_factory=dict)  # symbol -> the source its bars are read from
     synthetic: bool = False  # any shown series comes from the demo market
     device: str = ""

@@ -1,6 +1,6 @@
 """Model page: train or retrain on the current selection in the background, with a progress bar that other pages
 do not wait for and a cancel button; resume a cancelled run; the list of checkpoints with their data, scores and
-device. Layout only: training is engine.training, the job runner engine.jobs."""
+device. Layout only: training is engine.training.loop, the job runner engine.training.jobs."""
 from __future__ import annotations
 
 import time
@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.checkpoint import new_run_id, register_run, resolve_runs_dir
-from engine.jobs import JobRegistry
+from engine.model.checkpoint import new_run_id, register_run, resolve_runs_dir
 from engine.panel_data import cached_panel
-from engine.train_settings import settings_for_panel
+from engine.training.jobs import JobRegistry
+from engine.training.settings import settings_for_panel
 from views.frame import clear_cached_reads, current_selection, load_runs
 
 JOB = "train"
@@ -29,8 +29,8 @@ def job_registry() -> JobRegistry:
 
 def training_work(symbols, interval, db_path, n_folds, max_epochs, seed, run_dir: Path, resume: bool):
     """The background job: train, score against the baselines, register the run."""
-    from engine.evaluate import evaluate_run, read_manifest
-    from engine.training import train_panel
+    from engine.evaluation.run_scores import evaluate_run, read_manifest
+    from engine.training.loop import train_panel
 
     def work(report, cancel):
         loaded = cached_panel(symbols, interval, db_path=db_path)

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine.checkpoint import CheckpointError
 from engine.diagnostics import DiagnosticsBundle
-from engine.diagnostics.for_run import RunOnPanel, run_on_panel
 from engine.diagnostics.cache import load_or_compute_diagnostics
+from engine.diagnostics.for_run import RunOnPanel, run_on_panel
+from engine.model.checkpoint import CheckpointError
 from engine.panel_data import LoadedPanel, cached_panel
 from storage.locks import CacheBusyError
 from storage.sources.demo import PlantedTruth, demo_market

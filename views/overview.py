@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from engine.evaluation.forecast_review import latest_forecast
 from engine.figures import forecasts as charts
-from engine.forecast_review import latest_forecast
 from storage.config import INTERVAL_SECONDS
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, load_summary

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.backtest import BacktestInputs, StrategyConfig, run_backtest
-from engine.sweep import sweep
+from engine.backtest.engine import BacktestInputs, StrategyConfig, run_backtest
+from engine.backtest.sweep import sweep
 
 N_BARS = 50_000
 SYMBOLS = ("BTC", "SPY", "AAPL")

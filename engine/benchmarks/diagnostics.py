@@ -15,11 +15,16 @@ from dataclasses import replace
 
 import torch
 
-from engine.diagnostics import compute_diagnostics, hidden_attention, load_or_compute_diagnostics
+from engine.diagnostics import (
+    compute_diagnostics,
+    hidden_attention,
+    load_or_compute_diagnostics,
+)
 from engine.diagnostics.bundle import DiagnosticsConfig
 from engine.features import ArrayPanel, build_feature_set
-from engine.inference import run_inference
-from engine.model import HybridModel, ModelConfig
+from engine.model.config import ModelConfig
+from engine.model.hybrid import HybridModel
+from engine.model.inference import run_inference
 from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import device_label
 

@@ -17,12 +17,13 @@ from importlib import metadata
 import torch
 from torch import nn
 
-import engine.ssm as ssm_module
-from engine.model import HybridModel, ModelConfig
-from engine.runtime import configure_cpu_threads, device_label, pick_device
+import engine.model.ssm as ssm_module
 from engine.benchmarks.scan import median_ms
-from engine.scan import selective_scan_reference
-from engine.ssm import SelectiveSSMBlock
+from engine.model.config import ModelConfig
+from engine.model.hybrid import HybridModel
+from engine.model.scan import selective_scan_reference
+from engine.model.ssm import SelectiveSSMBlock
+from engine.runtime import configure_cpu_threads, device_label, pick_device
 
 LAYER_BATCH = 8
 LAYER_LENGTHS = (1024, 4096)

@@ -38,15 +38,16 @@ MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1
 
 def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: int) -> None:
     """One rank: build the universe and the model, take warm-up and timed steps, rank 0 writes the timing."""
-    from engine.distributed import barrier, init_distributed, shutdown
     from engine.features import build_feature_set
-    from engine.model import HybridModel, ModelConfig
+    from engine.model.config import ModelConfig
+    from engine.model.hybrid import HybridModel
     from engine.synthetic_universe import synthetic_universe
     from engine.targets import compute_targets
-    from engine.dataset import make_windows
-    from engine.training import (
-        TrainConfig, data_parallel, resident, scale_heads_for_training, target_scale, train_step,
-    )
+    from engine.training.config import TrainConfig
+    from engine.training.dataset import make_windows
+    from engine.training.distributed import barrier, init_distributed, shutdown
+    from engine.training.head_scale import scale_heads_for_training, target_scale
+    from engine.training.loop import data_parallel, resident, train_step
 
     ctx = init_distributed(device)
     try:

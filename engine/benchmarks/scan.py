@@ -18,7 +18,7 @@ from engine.runtime import configure_cpu_threads, device_label, pick_device  # i
 import torch
 from torch import Tensor
 
-from engine.scan import (
+from engine.model.scan import (
     expand_groups,
     fused_kernel_available,
     selective_scan,

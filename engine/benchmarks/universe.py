@@ -17,8 +17,9 @@ import time
 import torch
 
 from engine.features import build_feature_set
-from engine.inference import InferenceConfig, attention_rows_kept
-from engine.model import HybridModel, ModelConfig
+from engine.model.config import ModelConfig
+from engine.model.hybrid import HybridModel
+from engine.model.inference import InferenceConfig, attention_rows_kept
 from engine.runtime import device_label
 from engine.synthetic_universe import synthetic_universe
 

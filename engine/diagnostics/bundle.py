@@ -1,6 +1,6 @@
 """All diagnostics of one model over one panel, computed together: what the dashboard's model views read.
 
-    features --run_inference--> forecasts, embeddings, effective look-back, attention (engine/inference.py)
+    features --run_inference--> forecasts, embeddings, effective look-back, attention (engine/model/inference.py)
              --fit_regimes (training rows only)--> PCA coordinates, regime labels, transitions
              --lead_lag_map--> alpha[target, source, lag] over the target's open bars
 
@@ -15,12 +15,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from engine.diagnostics.lead_lag import lead_lag_map, rolling_lead_lag, rolling_lead_lag_of, strongest_pairs
+from engine.diagnostics.lead_lag import (
+    lead_lag_map,
+    rolling_lead_lag,
+    rolling_lead_lag_of,
+    strongest_pairs,
+)
 from engine.diagnostics.lookback import lookback_by_regime
 from engine.diagnostics.regimes import RegimeConfig, RegimeResult, fit_regimes
 from engine.features import FeatureSet
-from engine.inference import InferenceConfig, InferenceResult, run_inference
-from engine.model import HybridModel
+from engine.model.hybrid import HybridModel
+from engine.model.inference import InferenceConfig, InferenceResult, run_inference
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class DiagnosticsBundle:
     @property
     def attention_rows(self) -> range:
         """The rows whose per-bar attention is kept (all of them unless a wide universe hit the memory budget,
-        engine.inference.InferenceConfig.attention_budget_mb); maps over other rows use only these."""
+        engine.model.inference.InferenceConfig.attention_budget_mb); maps over other rows use only these."""
         return range(self.inference.attention_start, len(self.inference.ts))
 
     def _kept_open(self) -> np.ndarray:

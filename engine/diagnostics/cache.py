@@ -21,12 +21,16 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from engine.checkpoint import DataFingerprint
-from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig, compute_diagnostics
+from engine.diagnostics.bundle import (
+    DiagnosticsBundle,
+    DiagnosticsConfig,
+    compute_diagnostics,
+)
 from engine.diagnostics.regimes import RegimeResult
 from engine.features import FeatureSet
-from engine.inference import InferenceResult
-from engine.model import HybridModel
+from engine.model.checkpoint import DataFingerprint
+from engine.model.hybrid import HybridModel
+from engine.model.inference import InferenceResult
 
 DEFAULT_CACHE_DIR = Path("data") / "diagnostics"
 CACHE_ENV_VAR = "REGIME_DIAGNOSTICS"

@@ -9,11 +9,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.checkpoint import CheckpointError, Manifest, check_fits, load_checkpoint
 from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig
 from engine.diagnostics.cache import load_or_compute_diagnostics
 from engine.features import FeatureConfig, FeatureScaler, FeatureSet, build_feature_set
-from engine.model import HybridModel, ModelConfig
+from engine.model.checkpoint import (
+    CheckpointError,
+    Manifest,
+    check_fits,
+    load_checkpoint,
+)
+from engine.model.config import ModelConfig
+from engine.model.hybrid import HybridModel
 from engine.panel_data import LoadedPanel
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 
 from engine.features import FeatureSet
-from engine.inference import check_features_fit_model
-from engine.model import HybridModel
+from engine.model.hybrid import HybridModel
+from engine.model.inference import check_features_fit_model
 
 
 def bar_index(ts: pd.DatetimeIndex, at: pd.Timestamp | str | int) -> int:

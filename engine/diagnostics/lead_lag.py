@@ -1,7 +1,7 @@
 """The lead-lag map: cross-asset attention weights alpha[target, source, lag] averaged over time.
 
 Only bars where the TARGET's market is open count: a closed target attends to nothing (its weights are all zero,
-see engine/attention.py), and averaging those zeros in would make a weekday-only equity look inattentive.
+see engine/model/attention.py), and averaging those zeros in would make a weekday-only equity look inattentive.
 The rolling map is a trailing window of union-clock rows, so each bar's map uses that bar and earlier ones only.
 """
 from __future__ import annotations

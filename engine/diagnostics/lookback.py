@@ -1,6 +1,6 @@
 """Effective look-back summarised per regime: does the model's memory move with the market's regime?
 
-The per-bar numbers come from engine/inference.py: for each asset and bar, quantiles over channels of the half-life
+The per-bar numbers come from engine/model/inference.py: for each asset and bar, quantiles over channels of the half-life
 ln 2 / (Delta * |A_slowest|) in bars. Here they are grouped by a regime label per bar (the planted truth of the demo,
 or the labels found in the embeddings) over the asset's open bars.
 """

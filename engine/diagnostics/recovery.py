@@ -30,16 +30,27 @@ import pandas as pd
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from engine.baselines import BaselineConfig, BaselineInput, MarkovRegime, walk_forward_baselines
-from engine.checkpoint import CheckpointError
-from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig, compute_diagnostics
+from engine.diagnostics.bundle import (
+    DiagnosticsBundle,
+    DiagnosticsConfig,
+    compute_diagnostics,
+)
 from engine.diagnostics.for_run import run_on_panel
 from engine.diagnostics.lead_lag import strongest_source
 from engine.diagnostics.regimes import RegimeConfig
+from engine.evaluation.baselines import (
+    BaselineConfig,
+    BaselineInput,
+    MarkovRegime,
+    walk_forward_baselines,
+)
+from engine.evaluation.predictions import forecast_span, load_predictions
+from engine.evaluation.scores import Predictions, diebold_mariano, squared_errors
+from engine.model.checkpoint import CheckpointError
 from engine.panel_data import LoadedPanel
-from engine.scores import Predictions, diebold_mariano, squared_errors
 from engine.targets import Targets, compute_targets
-from engine.training import TrainConfig, forecast_span, load_predictions, make_folds
+from engine.training.config import TrainConfig
+from engine.training.loop import make_folds
 from storage.sources.demo import PlantedTruth
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine import metrics
-from engine.backtest import BacktestResult
+from engine.backtest import metrics
+from engine.backtest.engine import BacktestResult
+from engine.backtest.sweep import SweepResult
 from engine.figures.style import (
     BENCHMARK_COLOUR,
     OUT_OF_SAMPLE_FILL,
@@ -22,7 +23,6 @@ from engine.figures.style import (
     display_rows,
     label_synthetic,
 )
-from engine.sweep import SweepResult
 
 STRATEGY_NAME = "strategy (net of costs)"
 BENCHMARK_NAME = "buy and hold"

@@ -5,9 +5,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from engine.evaluation.forecast_review import LatestForecast, PastForecasts
 from engine.figures.backtest import shade_out_of_sample
-from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
-from engine.forecast_review import LatestForecast, PastForecasts
+from engine.figures.style import (
+    TIME_AXIS_TITLE,
+    asset_colour,
+    base_layout,
+    label_synthetic,
+)
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:

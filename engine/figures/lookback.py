@@ -2,7 +2,7 @@
 distribution per regime; and the SSM's hidden attention of one chosen bar over the bars before it.
 
 Effective look-back is the half-life ln 2 / (Delta_t |A|) in bars, the median over channels at each bar
-(engine.inference.InferenceResult.lookback_median, NaN while the asset's market is closed: no step is taken).
+(engine.model.inference.InferenceResult.lookback_median, NaN while the asset's market is closed: no step is taken).
 """
 from __future__ import annotations
 

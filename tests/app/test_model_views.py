@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import streamlit as st
 
-from engine.checkpoint import MANIFEST_FILE, Manifest, register_run
+from engine.model.checkpoint import MANIFEST_FILE, Manifest, register_run
 from engine.panel_data import cached_panel
 from engine.runtime import configure_cpu_threads
 from storage.sources.demo import DEMO_SYMBOLS
@@ -26,7 +26,8 @@ INTERVAL = "1d"
 
 @pytest.fixture(scope="session")
 def tiny_run(seeded_cache_template, tmp_path_factory):
-    from engine.training import quick_config, train_panel
+    from engine.training.loop import train_panel
+    from engine.training.presets import quick_config
 
     configure_cpu_threads(1)
     loaded = cached_panel(DEMO_SYMBOLS, INTERVAL, db_path=seeded_cache_template)
@@ -194,7 +195,7 @@ def test_lookback_shading_switches_to_the_planted_regimes(with_run):
 
 def test_the_shipped_demo_checkpoint_drives_all_three_pages_with_the_planted_lead_marked(seeded_db, diagnostics_dir,
                                                                                          monkeypatch):
-    from engine.checkpoint import DEMO_CHECKPOINT_DIR
+    from engine.model.checkpoint import DEMO_CHECKPOINT_DIR
 
     if not (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).exists():
         pytest.skip(f"no demo checkpoint shipped in {DEMO_CHECKPOINT_DIR}")

@@ -13,13 +13,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from engine.checkpoint import WEIGHTS_FILE
-from engine.distributed import init_distributed, shutdown
 from engine.features import ArrayPanel
-from engine.model import HybridModel
+from engine.model.checkpoint import WEIGHTS_FILE
+from engine.model.hybrid import HybridModel
 from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import configure_cpu_threads
-from engine.training import TrainConfig, default_model_config, train_walk_forward
+from engine.training.config import TrainConfig, default_model_config
+from engine.training.distributed import init_distributed, shutdown
+from engine.training.loop import train_walk_forward
 
 N_ROWS = 720
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention import LeadLagAttention
-from engine.model import ModelConfig
+from engine.model.attention import LeadLagAttention
+from engine.model.config import ModelConfig
 
 N_ASSETS, D_MODEL, MAX_LAG = 3, 8, 3
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.backtest import BacktestInputs, StrategyConfig, run_backtest
+from engine.backtest.engine import BacktestInputs, StrategyConfig, run_backtest
 
 HOUR_US = 3_600_000_000
 FREE = dict(commission_bps=0.0, slippage_bps=0.0)

@@ -5,8 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.backtest import StrategyConfig, run_backtest
-from engine.backtest_inputs import backtest_inputs_from_forecasts, baseline_forecasts, infer_markets
+from engine.backtest.engine import StrategyConfig, run_backtest
+from engine.backtest.inputs import (
+    backtest_inputs_from_forecasts,
+    baseline_forecasts,
+    infer_markets,
+)
 from engine.features import ArrayPanel
 
 HORIZONS = (1, 5)

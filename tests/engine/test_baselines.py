@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.baselines import (
+from engine.evaluation.baselines import (
     AR1,
     BASELINES,
     HAR,
@@ -17,10 +17,11 @@ from engine.baselines import (
     fit_predict_baselines,
     walk_forward_baselines,
 )
+from engine.evaluation.scores import score_table
 from engine.features import ArrayPanel
-from engine.scores import score_table
-from engine.splits import walk_forward
 from engine.targets import compute_targets
+from engine.training.splits import walk_forward
+
 # demo_panel is a fixture: imported so both files share one way of loading the demo market through storage
 from tests.engine.test_features import demo_panel, make_panel, perturbed_after  # noqa: F401
 

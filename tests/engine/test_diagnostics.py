@@ -12,13 +12,23 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from engine.diagnostics import (
-    DiagnosticsConfig, RegimeConfig, compute_diagnostics, fit_regimes, hidden_attention, lead_lag_map,
-    load_or_compute_diagnostics, lookback_by_regime, rolling_lead_lag, strongest_pairs, strongest_source,
+    DiagnosticsConfig,
+    RegimeConfig,
+    compute_diagnostics,
+    fit_regimes,
+    hidden_attention,
+    lead_lag_map,
+    load_or_compute_diagnostics,
+    lookback_by_regime,
+    rolling_lead_lag,
+    strongest_pairs,
+    strongest_source,
 )
 from engine.diagnostics.cache import ARRAYS_FILE, META_FILE
 from engine.diagnostics.regimes import NO_LABEL, transition_counts
 from engine.features import build_feature_set
-from engine.model import HybridModel, ModelConfig
+from engine.model.config import ModelConfig
+from engine.model.hybrid import HybridModel
 from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import configure_cpu_threads
 
@@ -336,7 +346,7 @@ def test_a_fingerprint_of_other_data_is_refused(small_model, demo_features, tmp_
 
 
 def write_checkpoint(directory, model, loaded, features):
-    from engine.checkpoint import Manifest, save_checkpoint
+    from engine.model.checkpoint import Manifest, save_checkpoint
 
     manifest = Manifest(
         run_id="hand-made", model_config=model.config.to_dict(), feature_names=list(features.names),
@@ -348,8 +358,8 @@ def write_checkpoint(directory, model, loaded, features):
 
 
 def test_diagnostics_for_a_checkpoint_use_its_scaler_and_training_rows_and_are_cached(small_model, tmp_path):
-    from engine.checkpoint import CheckpointError
     from engine.diagnostics.for_run import diagnostics_for_run, run_on_panel
+    from engine.model.checkpoint import CheckpointError
 
     loaded = demo_panel("1d")
     features = build_feature_set(loaded.panel, range(0, 700))
@@ -365,7 +375,7 @@ def test_diagnostics_for_a_checkpoint_use_its_scaler_and_training_rows_and_are_c
         run_on_panel(tmp_path / "run", demo_panel("1d", symbols=("BTC", "SPY")))
     other = HybridModel(ModelConfig(n_assets=3, n_features=16, d_model=8, d_state=4, n_heads=2, max_lag=4))
     manifest = write_checkpoint(tmp_path / "bad", other, loaded, features)
-    from engine.checkpoint import save_checkpoint
+    from engine.model.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "bad", small_model.state_dict(), manifest)  # weights of another shape
     with pytest.raises(CheckpointError, match="do not fit the model its manifest describes"):
@@ -374,7 +384,7 @@ def test_diagnostics_for_a_checkpoint_use_its_scaler_and_training_rows_and_are_c
 
 def test_a_bundle_past_the_attention_budget_draws_windows_from_the_kept_bars(small_model, demo_features):
     from engine.diagnostics import DiagnosticsConfig
-    from engine.inference import InferenceConfig
+    from engine.model.inference import InferenceConfig
 
     _, features = demo_features
     full = compute_diagnostics(small_model, features, range(0, 300))

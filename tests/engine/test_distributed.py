@@ -13,13 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
-from engine.dataset import make_windows
+from engine.evaluation.predictions import PREDICTIONS_FILE
 from engine.features import build_feature_set
+from engine.model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
 from engine.panel_data import panel_fingerprint
 from engine.runtime import configure_cpu_threads
 from engine.targets import compute_targets
-from engine.training import FOLDS_DIR, PREDICTIONS_FILE, RESUME_DIR, make_folds, train_walk_forward
+from engine.training.dataset import make_windows
+from engine.training.loop import make_folds, train_walk_forward
+from engine.training.resume import FOLDS_DIR, RESUME_DIR
 from tests.engine.distributed_worker import small_panel, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +118,7 @@ def test_ranks_that_see_different_data_refuse_to_train(tmp_path):
 
 
 def test_more_ranks_than_gpus_under_nccl_is_refused_with_the_count(monkeypatch):
-    from engine.distributed import DistributedError, init_distributed
+    from engine.training.distributed import DistributedError, init_distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

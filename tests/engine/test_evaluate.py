@@ -7,10 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from engine.baselines import BASELINES
-from engine.checkpoint import CheckpointError, check_fits
-from engine.evaluate import SCORES_CSV, SCORES_JSON, check_same_data, evaluate_run, read_manifest, wide_table
+from engine.evaluation.baselines import BASELINES
+from engine.evaluation.run_scores import (
+    SCORES_CSV,
+    SCORES_JSON,
+    check_same_data,
+    evaluate_run,
+    read_manifest,
+    wide_table,
+)
 from engine.features import FEATURE_NAMES
+from engine.model.checkpoint import CheckpointError, check_fits
 from engine.panel_data import LoadedPanel, demo_panel
 from engine.runtime import configure_cpu_threads
 from tests.engine.test_training import small_panel, tiny_config, train
@@ -70,9 +77,9 @@ def test_evaluate_of_a_folder_that_is_no_run_says_so(tmp_path):
 
 
 def test_the_scores_the_model_gets_are_its_own_stored_forecasts(trained_run):
-    from engine.scores import score_table
+    from engine.evaluation.predictions import load_predictions
+    from engine.evaluation.scores import score_table
     from engine.targets import compute_targets
-    from engine.training import load_predictions
 
     run_dir, loaded = trained_run
     predictions, _, _ = load_predictions(run_dir)

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.dataset import make_windows
 from engine.features import (
     FEATURE_NAMES,
     FEATURES,
@@ -19,6 +18,7 @@ from engine.features import (
     features_table,
 )
 from engine.targets import compute_targets
+from engine.training.dataset import make_windows
 
 
 def make_panel(n_rows: int = 400, seed: int = 0, freq: str = "1D", vol_blocks: int = 0) -> ArrayPanel:

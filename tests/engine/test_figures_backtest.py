@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.backtest import StrategyConfig, run_backtest
+from engine.backtest.engine import StrategyConfig, run_backtest
+from engine.backtest.sweep import sweep
 from engine.figures import backtest as charts
 from engine.figures.style import MAX_DISPLAY_POINTS, SYNTHETIC_NOTE
-from engine.sweep import sweep
 from tests.engine.test_backtest import make_inputs, random_inputs
 
 

@@ -5,10 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.evaluation.forecast_review import (
+    latest_forecast,
+    past_forecasts,
+    score_board,
+)
+from engine.evaluation.scores import Predictions
 from engine.features import ArrayPanel
-from engine.forecast_review import latest_forecast, past_forecasts, score_board
-from engine.inference import InferenceResult
-from engine.scores import Predictions
+from engine.model.inference import InferenceResult
 
 LEVELS = (0.1, 0.5, 0.9)
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from engine.features import build_feature_set
-from engine.inference import LOOKBACK_LEVELS, InferenceConfig, run_inference
-from engine.model import HybridModel, ModelConfig
+from engine.model.config import ModelConfig
+from engine.model.hybrid import HybridModel
+from engine.model.inference import LOOKBACK_LEVELS, InferenceConfig, run_inference
 from engine.panel_data import demo_panel
 from engine.runtime import configure_cpu_threads
 
@@ -120,7 +121,7 @@ def test_features_that_do_not_fit_the_model_are_refused_with_the_reason(features
 
 def test_past_the_attention_budget_only_the_latest_bars_are_kept_and_the_whole_span_map_stays_exact(model, features):
     from engine.diagnostics.lead_lag import lead_lag_map
-    from engine.inference import attention_rows_kept
+    from engine.model.inference import attention_rows_kept
 
     small = truncated(features)
     full = run_inference(model, small, InferenceConfig(chunk_size=64))

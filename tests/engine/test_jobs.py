@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine.jobs import BackgroundJob, JobCancelled, JobRegistry
+from engine.training.jobs import BackgroundJob, JobCancelled, JobRegistry
 
 
 def _stepper(steps: int, release: threading.Event | None = None):

@@ -10,8 +10,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from engine import metrics
-from engine.calendar import Annualisation, describe_annualisation, portfolio_bars_per_year
+from engine.backtest import metrics
+from engine.calendar import (
+    Annualisation,
+    describe_annualisation,
+    portfolio_bars_per_year,
+)
 
 SIMPLE = [0.01, -0.02, 0.03, -0.01, 0.02]
 WITH_NAN = np.array([np.nan, 1, 10, -4, 2, 3, 2, 1, -10]) / 100

@@ -7,9 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.heads import monotone_quantiles
-from engine.losses import LossWeights, direction_loss, multitask_loss, pinball_loss, volatility_loss
-from engine.model import HybridModel, ModelConfig, ModelOutput
+from engine.model.config import ModelConfig
+from engine.model.heads import monotone_quantiles
+from engine.model.hybrid import HybridModel, ModelOutput
+from engine.model.losses import (
+    LossWeights,
+    direction_loss,
+    multitask_loss,
+    pinball_loss,
+    volatility_loss,
+)
 
 N_ASSETS, N_FEATURES = 3, 5
 

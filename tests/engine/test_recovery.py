@@ -9,13 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.checkpoint import DEMO_CHECKPOINT_DIR, MANIFEST_FILE, Manifest
 from engine.diagnostics.recovery import (
-    evaluate_recovery, forecast_claim, lead_lag_claim, lookback_claim, regime_claim,
+    evaluate_recovery,
+    forecast_claim,
+    lead_lag_claim,
+    lookback_claim,
+    regime_claim,
 )
+from engine.evaluation.scores import Predictions
+from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, MANIFEST_FILE, Manifest
 from engine.panel_data import demo_panel
 from engine.runtime import configure_cpu_threads
-from engine.scores import Predictions
 from engine.targets import Targets
 from storage.sources.demo import demo_market
 
@@ -169,7 +173,8 @@ def test_at_the_forecast_origin_the_planted_lead_sits_at_lag_L_minus_1():
 
 @pytest.fixture(scope="module", params=["1d", pytest.param("1h", marks=pytest.mark.slow)])
 def null_report(request, tmp_path_factory):
-    from engine.training import quick_config, train_panel
+    from engine.training.loop import train_panel
+    from engine.training.presets import quick_config
 
     interval = request.param
     configure_cpu_threads(1)

@@ -1,4 +1,4 @@
-"""Specification of the selective scan (engine/scan.py, engine/scan_triton.py) and of engine/runtime.py.
+"""Specification of the selective scan (engine/model/scan.py, engine/model/scan_triton.py) and of engine/runtime.py.
 
 The sequential loop in float64 is the yardstick: every fast path, run in float32, must match it to a relative error of
 1e-5 (max |fast - reference| / max |reference|) in all outputs and in the gradients of all six inputs, including
@@ -12,8 +12,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from engine.model.scan import (
+    ScanResult,
+    auto_chunk_size,
+    selective_scan,
+    selective_scan_reference,
+)
 from engine.runtime import configure_cpu_threads, device_label, pick_device
-from engine.scan import ScanResult, auto_chunk_size, selective_scan, selective_scan_reference
 
 REL_TOL = 1e-5
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "h0")
@@ -318,7 +323,7 @@ def test_cuda_float32_inputs_run_the_fused_kernel():
 @pytest.mark.gpu
 def test_fused_kernel_at_full_size_matches_the_chunked_path_in_float64():
     # The benchmark shape: many chunks, the cross-chunk scan looping over several blocks of chunks.
-    from engine.scan import selective_scan_chunked
+    from engine.model.scan import selective_scan_chunked
 
     case = Case(8, 4096, 128, 16, 1, chunk_size=256, delta_regime="mixed", a_max=8.0)
     inputs64 = make_inputs(case, "cuda")

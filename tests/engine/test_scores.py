@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine.scores import (
+from engine.evaluation.scores import (
     Predictions,
     brier_losses,
     calibration_table,

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.splits import Fold, walk_forward
+from engine.training.splits import Fold, walk_forward
 
 
 def check_fold_invariants(folds: list[Fold], n_rows: int, purge: int) -> None:

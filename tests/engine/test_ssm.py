@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine.ssm as ssm_module
-from engine.model import ModelConfig
-from engine.scan import selective_scan_reference
-from engine.ssm import SelectiveSSMBlock, SSMLayerState, regime_embedding
+import engine.model.ssm as ssm_module
+from engine.model.config import ModelConfig
+from engine.model.scan import selective_scan_reference
+from engine.model.ssm import SelectiveSSMBlock, SSMLayerState, regime_embedding
 
 
 def small_config(**overrides) -> ModelConfig:

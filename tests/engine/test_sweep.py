@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from engine import sweep as sweep_module
-from engine.backtest import StrategyConfig, run_backtest
-from engine.metrics import TrialCounter
-from engine.sweep import SWEEP_METRICS, sweep
+from engine.backtest import sweep as sweep_module
+from engine.backtest.engine import StrategyConfig, run_backtest
+from engine.backtest.metrics import TrialCounter
+from engine.backtest.sweep import SWEEP_METRICS, sweep
 from tests.engine.test_backtest import random_inputs
 
 BASE = StrategyConfig(threshold=0.02, commission_bps=2.0, slippage_bps=1.0)

@@ -5,8 +5,8 @@ import pytest
 
 from engine.panel_data import demo_panel
 from engine.targets import compute_targets
-from engine.train_settings import settings_for_panel
-from engine.training import make_folds
+from engine.training.loop import make_folds
+from engine.training.settings import settings_for_panel
 
 
 @pytest.mark.parametrize("n_folds", [1, 3, 5])

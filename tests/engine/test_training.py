@@ -8,15 +8,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import engine.training as training
-from engine.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
+import engine.training.loop as training
+import engine.training.objective as objective
+from engine.evaluation.predictions import PREDICTIONS_FILE, load_predictions
 from engine.features import ArrayPanel
+from engine.model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
+from engine.model.hybrid import HybridModel
+from engine.model.losses import LossWeights
 from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import configure_cpu_threads
-from engine.training import (
-    PREDICTIONS_FILE, RESUME_DIR, TrainConfig, TrainingDiverged, default_model_config, load_predictions,
-    train_walk_forward,
+from engine.targets import compute_targets
+from engine.training.config import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainingError,
+    default_model_config,
 )
+from engine.training.head_scale import scale_heads_for_training
+from engine.training.loop import train_walk_forward
+from engine.training.resume import RESUME_DIR
 
 N_ROWS = 720
 
@@ -74,7 +84,7 @@ def test_the_run_keeps_every_folds_test_forecasts_and_a_plain_model_checkpoint(t
     assert np.array_equal(np.unique(fold_of_row), np.arange(len(folds)))
     assert len(ts_us) == len(expected_rows)
     # a plain HybridModel state dict: no training-time parametrisation left in the file
-    assert set(weights(tmp_path)) == set(training.HybridModel(result.model.config).state_dict())
+    assert set(weights(tmp_path)) == set(HybridModel(result.model.config).state_dict())
     assert not (tmp_path / RESUME_DIR).exists()
     # forecasts in raw return units: the h=1 80% interval is about as wide as the daily returns are
     spread = np.nanmedian(predictions.quantiles[1, :, 0, -2] - predictions.quantiles[1, :, 0, 1])
@@ -83,7 +93,7 @@ def test_the_run_keeps_every_folds_test_forecasts_and_a_plain_model_checkpoint(t
 
 def _nan_loss_on(steps: set[int] | None, monkeypatch) -> list[int]:
     """Make the training loss non-finite on the given training steps (None: on every step)."""
-    real = training.multitask_loss
+    real = objective.multitask_loss
     calls = []
 
     def loss_with_injected_nan(output, targets, weights):
@@ -94,7 +104,7 @@ def _nan_loss_on(steps: set[int] | None, monkeypatch) -> list[int]:
                 total = total * float("nan")
         return total, parts
 
-    monkeypatch.setattr(training, "multitask_loss", loss_with_injected_nan)
+    monkeypatch.setattr(objective, "multitask_loss", loss_with_injected_nan)
     return calls
 
 
@@ -130,7 +140,7 @@ def test_cancel_then_resume_finishes_with_the_weights_of_an_uninterrupted_run(tm
     assert events[-1].phase == "cancelled"
     assert not (tmp_path / "cut" / WEIGHTS_FILE).exists()
     assert (tmp_path / "cut" / RESUME_DIR).exists()
-    with pytest.raises(training.TrainingError, match="unfinished run"):
+    with pytest.raises(TrainingError, match="unfinished run"):
         train(panel, config, tmp_path / "cut")  # a fresh start over a half-done run is refused
     resumed = train(panel, config, tmp_path / "cut", resume=True)
     assert resumed.outcome == "finished"
@@ -163,7 +173,7 @@ def test_training_never_sees_a_validation_or_test_target(tmp_path):
     panel = small_panel()
     config = tiny_config(n_folds=1, max_epochs=1)
     train(panel, config, tmp_path / "base")
-    fold = training.make_folds(len(panel.ts), training.compute_targets(panel, config.model.horizons), config)[0]
+    fold = training.make_folds(len(panel.ts), compute_targets(panel, config.model.horizons), config)[0]
     train(_perturbed(panel, fold.train.stop), config, tmp_path / "future_moved")
     assert same_weights(weights(tmp_path / "base"), weights(tmp_path / "future_moved"))
     # The control: moving prices a few bars before the end of the training span does change them.
@@ -199,7 +209,7 @@ def test_a_point_head_run_forecasts_its_mean_as_the_point_and_round_trips_its_op
     """The mean head (ModelConfig.point_head) is Predictions.point; the early-stop and balancing options survive
     the manifest's JSON."""
     model = dataclasses.replace(tiny_config().model, point_head=True)
-    config = tiny_config(model=model, early_stop_weights=training.LossWeights(0.0, 0.0, 0.0, 1.0),
+    config = tiny_config(model=model, early_stop_weights=LossWeights(0.0, 0.0, 0.0, 1.0),
                          early_stop_horizons=(1,), zero_init_centre=True, balance_assets=True)
     result = train(small_panel(), config, tmp_path)
     predictions, _, _ = load_predictions(tmp_path)
@@ -208,7 +218,7 @@ def test_a_point_head_run_forecasts_its_mean_as_the_point_and_round_trips_its_op
     # the point is the mean head's output, not the median quantile
     assert not np.allclose(predictions.point, predictions.quantiles[..., anchor], equal_nan=True)
     assert TrainConfig.from_dict(result.manifest.training["config"]) == config
-    assert set(weights(tmp_path)) == set(training.HybridModel(result.model.config).state_dict())
+    assert set(weights(tmp_path)) == set(HybridModel(result.model.config).state_dict())
 
 
 def test_early_stop_horizons_must_be_model_horizons():
@@ -244,7 +254,7 @@ def test_a_lead_path_run_with_moving_windows_ships_a_plain_checkpoint(tmp_path):
     again = train(small_panel(), config, tmp_path / "b")
     assert same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
     assert TrainConfig.from_dict(result.manifest.training["config"]) == config
-    assert set(weights(tmp_path / "a")) == set(training.HybridModel(result.model.config).state_dict())
+    assert set(weights(tmp_path / "a")) == set(HybridModel(result.model.config).state_dict())
     assert torch.count_nonzero(weights(tmp_path / "a")["heads.lead.weight"]) > 0, "the lead path was trained"
     assert np.isfinite(again.predictions.point).any()
 
@@ -257,9 +267,9 @@ def test_the_head_gains_scale_only_their_own_columns_and_must_be_positive():
     model_config = dataclasses.replace(tiny_config().model, point_head=True, lead_path=True, n_assets=3,
                                        n_features=features.values.shape[2])
     scale = np.full((3, len(model_config.horizons)), 0.01)
-    plain, slow = training.HybridModel(model_config), training.HybridModel(model_config)
-    training.scale_heads_for_training(plain, scale)
-    training.scale_heads_for_training(slow, scale, lead_gain=10.0, centre_gain=0.1)
+    plain, slow = HybridModel(model_config), HybridModel(model_config)
+    scale_heads_for_training(plain, scale)
+    scale_heads_for_training(slow, scale, lead_gain=10.0, centre_gain=0.1)
     width, anchor, n_q = plain.heads.width, plain.heads.anchor, plain.heads.n_quantiles
     ratio = (slow.heads.proj.parametrizations.weight[0].scale / plain.heads.proj.parametrizations.weight[0].scale)
     centre = [j * width + c for j in range(len(model_config.horizons)) for c in (anchor, n_q + 2)]
@@ -273,7 +283,7 @@ def test_the_head_gains_scale_only_their_own_columns_and_must_be_positive():
 
 
 def test_the_train_command_on_cached_bars_sizes_its_folds_to_the_panel(tmp_path):
-    from engine.evaluate import read_manifest
+    from engine.evaluation.run_scores import read_manifest
     from engine.train import main
     from storage.refresh import seed_demo_if_empty
 
@@ -284,14 +294,14 @@ def test_the_train_command_on_cached_bars_sizes_its_folds_to_the_panel(tmp_path)
     assert code == 0
     config = read_manifest(tmp_path / "run").training["config"]
     n_rows = len(demo_panel("1d").panel.ts)  # BTC's clock: every day
-    assert config["n_folds"] == 2 and config["test_size"] == int(0.10 * n_rows)  # engine.train_settings
+    assert config["n_folds"] == 2 and config["test_size"] == int(0.10 * n_rows)  # engine.training.settings
     assert main(["--db", str(db), "--symbols", "BTC", "ETH", "--interval", "1d", "--no-register",
                  "--out", str(tmp_path / "bad")]) == 2  # no ETH bars: refused with the reason
 
 
 def test_the_ssm_dynamics_can_be_kept_out_of_weight_decay():
-    from engine.model import HybridModel
-    from engine.training import parameter_groups
+    from engine.model.hybrid import HybridModel
+    from engine.training.loop import parameter_groups
 
     config = tiny_config(weight_decay=0.5)
     model = HybridModel(dataclasses.replace(config.model, n_assets=3, n_features=16))
@@ -313,9 +323,9 @@ def test_the_ssm_dynamics_can_be_kept_out_of_weight_decay():
 
 
 def test_windows_stay_on_the_host_for_a_cpu_and_move_whole_to_a_gpu_when_they_fit(monkeypatch):
-    from engine.dataset import make_windows
-    from engine.targets import compute_targets
     from engine.features import build_feature_set
+    from engine.targets import compute_targets
+    from engine.training.dataset import make_windows
 
     panel, config = small_panel(), tiny_config()
     targets = compute_targets(panel, config.model.horizons)

@@ -32,7 +32,7 @@ class JobCancelled(Exception):
 class JobSnapshot(Generic[Event]):
     name: str
     outcome: Outcome
-    progress: Any | None  # the latest event the work reported (e.g. engine.progress.TrainingProgress)
+    progress: Any | None  # the latest event the work reported (e.g. engine.training.progress.TrainingProgress)
     result: Any | None
     error: str | None  # one line for the user; the traceback stays in `details`
     details: str | None

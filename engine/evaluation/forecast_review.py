@@ -2,7 +2,7 @@
 
 Past forecasts come from the run's walk-forward record (predictions.npz: each fold's model on its own test span), so
 every one shown against its outcome is out of sample. The latest forecast, for the bar after the last cached one, is
-the final model's (engine.inference over the whole cached history). Scores against the baselines are the ones
+the final model's (engine.model.inference over the whole cached history). Scores against the baselines are the ones
 `python -m engine.evaluate` wrote (scores.json in the run folder).
 """
 from __future__ import annotations
@@ -14,9 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.evaluation.scores import (
+    Predictions,
+    calibration_table,
+    expected_calibration_error,
+)
 from engine.features import PanelLike
-from engine.inference import InferenceResult
-from engine.scores import Predictions, calibration_table, expected_calibration_error
+from engine.model.inference import InferenceResult
 from engine.targets import compute_targets
 
 
@@ -102,7 +106,9 @@ def latest_forecast(inference: InferenceResult, closes: np.ndarray, symbol: str)
 
 def read_scores(run_dir: str | Path) -> pd.DataFrame | None:
     """The long score table (model, asset, horizon, metric, value) evaluate wrote, or None if it never ran."""
-    from engine.evaluate import SCORES_JSON  # evaluate pulls in every baseline: only when scores are read
+    from engine.evaluation.run_scores import (
+        SCORES_JSON,  # evaluate pulls in every baseline: only when scores are read
+    )
 
     path = Path(run_dir) / SCORES_JSON
     if not path.exists():

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from engine.features import FeatureSet
-from engine.model import HybridModel, StepState
+from engine.model.hybrid import HybridModel, StepState
 
 # Quantiles over channels that summarise the effective look-back per bar: the spread (25/75 %) and the median.
 LOOKBACK_LEVELS: tuple[float, ...] = (0.25, 0.5, 0.75)

@@ -33,7 +33,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from engine import metrics
+from engine.backtest import metrics
 from engine.calendar import describe_annualisation, portfolio_bars_per_year
 
 

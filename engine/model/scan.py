@@ -16,7 +16,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-
 LOG2_E = 1.0 / math.log(2.0)  # exp(x) = exp2(x·log2 e): the fast path's decay uses exp2
 
 
@@ -335,7 +334,7 @@ def fused_kernel_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        import engine.scan_triton  # noqa: F401  (imports triton)
+        import engine.model.scan_triton  # noqa: F401  (imports triton)
     except ImportError:
         return False
     return True
@@ -363,7 +362,7 @@ def selective_scan(
     """
     validate_scan_inputs(u, delta, A, B, C, h0)
     if u.is_cuda and scan_dtype(u, delta, A, B, C) != torch.float64 and fused_kernel_available():
-        from engine.scan_triton import selective_scan_triton
+        from engine.model.scan_triton import selective_scan_triton
 
         return ScanResult(*selective_scan_triton(u, delta, A, B, C, h0, return_states=return_states))
     return selective_scan_chunked(u, delta, A, B, C, h0, return_states=return_states, chunk_size=chunk_size)

@@ -18,8 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
-from engine import metrics
-from engine.backtest import (
+from engine.backtest import metrics
+from engine.backtest.engine import (
     BacktestInputs,
     NumericSettings,
     StrategyConfig,

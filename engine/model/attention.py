@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.ssm import PerAssetRMSNorm
-
-if TYPE_CHECKING:
-    from engine.model import ModelConfig
+from engine.model.config import ModelConfig
+from engine.model.ssm import PerAssetRMSNorm
 
 
 @dataclass

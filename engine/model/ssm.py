@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.scan import scan_dtype, selective_scan
-
-if TYPE_CHECKING:
-    from engine.model import ModelConfig
+from engine.model.config import ModelConfig
+from engine.model.scan import scan_dtype, selective_scan
 
 LN2 = math.log(2.0)
 

@@ -214,7 +214,9 @@ def diebold_mariano(
     dm = d.mean() / math.sqrt(long_run_variance / n)
     correction = math.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
     statistic = dm * correction
-    from scipy import stats  # ~0.8 s to import: only when a test is run, not when the app merely loads scores
+    from scipy import (
+        stats,  # ~0.8 s to import: only when a test is run, not when the app merely loads scores
+    )
 
     p_value = 2 * stats.t.sf(abs(statistic), df=n - 1)
     return DMResult(float(statistic), float(p_value), mean_difference, n)

@@ -3,16 +3,12 @@
 that MSE scores (the median the pinball loss trains is a different, noisier estimate of the centre)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.ssm import PerAssetLinear
-
-if TYPE_CHECKING:
-    from engine.model import ModelConfig
+from engine.model.config import ModelConfig
+from engine.model.ssm import PerAssetLinear
 
 
 def quantile_offset_matrix(n_quantiles: int, anchor: int) -> Tensor:

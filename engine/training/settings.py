@@ -11,7 +11,8 @@ import dataclasses
 
 from engine.features import PanelLike
 from engine.targets import compute_targets
-from engine.training import TrainConfig, demo_config
+from engine.training.config import TrainConfig
+from engine.training.presets import demo_config
 
 TEST_SHARE = 0.10  # of all rows, per fold
 VAL_SHARE = 0.05

@@ -34,7 +34,7 @@ class LossWeights:
 
 
 class Forecasts(Protocol):
-    """What multitask_loss reads from a model output (engine.model.ModelOutput satisfies it)."""
+    """What multitask_loss reads from a model output (engine.model.hybrid.ModelOutput satisfies it)."""
 
     quantiles: Tensor  # (B, A, T, H, Q)
     direction_logit: Tensor  # (B, A, T, H)

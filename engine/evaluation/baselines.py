@@ -24,10 +24,14 @@ import numpy as np
 from scipy import stats
 from scipy.ndimage import uniform_filter1d
 
+from engine.evaluation.scores import (
+    DEFAULT_QUANTILE_LEVELS,
+    Predictions,
+    concat_predictions,
+)
 from engine.features import PanelLike, own_bar_log_returns
-from engine.splits import Fold
-from engine.scores import DEFAULT_QUANTILE_LEVELS, Predictions, concat_predictions
 from engine.targets import Targets
+from engine.training.splits import Fold
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from engine.backtest import BacktestInputs
+from engine.backtest.engine import BacktestInputs
 from engine.calendar import Annualisation
 from engine.features import PanelLike, check_panel
-from engine.splits import walk_forward
 from engine.targets import compute_targets
+from engine.training.splits import walk_forward
 
 MARKETS = ("crypto", "equities")
 
@@ -66,7 +66,7 @@ def backtest_inputs_from_forecasts(
 ) -> BacktestInputs:
     """BacktestInputs for one forecast horizon, over the bars from `start` (a UTC time; None = all of them).
 
-    prob_up, predicted_vol: (A, T, H) on the panel clock (the layout of engine.targets / engine.scores), P(h-bar log
+    prob_up, predicted_vol: (A, T, H) on the panel clock (the layout of engine.targets / engine.evaluation.scores), P(h-bar log
     return > 0) and the std of the h-bar log return, NaN where there is no forecast. horizon: one of `horizons`.
     interval: the panel's bar size ("1h", "1d"...). markets: per asset "crypto" or "equities"; None infers them.
     Starting at the out-of-sample start puts the strategy and buy-and-hold on the same out-of-sample bars.
@@ -150,7 +150,7 @@ def baseline_forecasts(
     """Walk-forward baseline forecasts: P(up) from `direction_baseline`, volatility from `volatility_baseline`,
     each refitted on every fold's training span and run over its test span only (nothing in-sample is returned)."""
     # scipy/statsmodels behind the baselines cost about a second to import: only when a baseline drives the page.
-    from engine.baselines import BaselineInput, walk_forward_baselines
+    from engine.evaluation.baselines import BaselineInput, walk_forward_baselines
 
     horizons = tuple(int(h) for h in horizons)
     targets = compute_targets(panel, horizons)
@@ -199,7 +199,9 @@ def model_forecasts(panel: PanelLike, run_dir, horizons: Sequence[int] = (1, 5, 
     Rows are matched to the panel by time, so a panel that has grown since training still lines up (newer bars have
     no walk-forward forecast and are not traded).
     """
-    from engine.training import load_predictions  # torch-heavy: only when the model drives the page
+    from engine.evaluation.predictions import (
+        load_predictions,  # torch-heavy: only when the model drives the page
+    )
 
     predictions, fold_of_row, ts_us = load_predictions(run_dir)
     horizons = tuple(int(h) for h in horizons)

@@ -1,6 +1,6 @@
 """Fused selective scan on CUDA (Triton): forward and backward, imported only when CUDA and Triton are present.
 
-Same contract as engine.scan.selective_scan (Mamba-1 decay per (d, n), grouped B/C). The sequence is cut into chunks
+Same contract as engine.model.scan.selective_scan (Mamba-1 decay per (d, n), grouped B/C). The sequence is cut into chunks
 of CHUNK bars and every chunk runs as a parallel scan (tl.associative_scan) in registers, so the work is spread over
 (batch, channel block, chunk) programs instead of one long sequential loop per channel:
 
@@ -390,7 +390,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
 def selective_scan_triton(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None = None, *, return_states: bool = False
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(y, last_state, states) in float32; shapes as engine.scan.selective_scan. Inputs are cast and made contiguous."""
+    """(y, last_state, states) in float32; shapes as engine.model.scan.selective_scan. Inputs are cast and made contiguous."""
     with torch.autocast(device_type=u.device.type, enabled=False):
         u, delta, A, B, C = (t.float().contiguous() for t in (u, delta, A, B, C))
         h0 = None if h0 is None else h0.float().contiguous()

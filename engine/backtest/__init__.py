@@ -1,0 +1,1 @@
+"""The vectorised backtest, its inputs, parameter sweeps and performance metrics."""

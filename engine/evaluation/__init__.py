@@ -1,0 +1,1 @@
+"""Scoring forecasts: baselines, scores, stored predictions, a run's score table, forecast review."""

@@ -1,0 +1,1 @@
+"""The hybrid model: config, scans, SSM, attention, heads, losses, checkpoints, inference."""

@@ -1,0 +1,1 @@
+"""Walk-forward training: config, presets, the loop, objective, head scaling, resume, distributed."""

@@ -1,0 +1,536 @@
+"""The walk-forward training loop: one model per fold, trained on the past, stopped early on validation, scored on
+the test span that follows; the run's out-of-sample record is every fold's test-span forecasts.
+
+Per fold (engine/training/splits.py gives the spans, purged by the longest target reach):
+  features  scaler fitted on the fold's training rows only (engine.features.build_feature_set)
+  windows   training rows cut into overlapping windows; targets reaching past the training span are masked
+            (engine.training.dataset.make_windows purges at the span's end)
+  training  AdamW, gradient clipping, early stopping on the validation loss; a step whose loss or gradient is not
+            finite is skipped and counted, and `max_bad_steps` of them in a row stop the run (TrainingDiverged)
+  forecast  the best-on-validation weights run over the whole history up to the end of the test span (causal, so a
+            forecast at row t uses rows <= t); the test rows are kept
+
+The final model of a run is the LAST fold's model: it is trained on the most history (everything before its
+validation span), chosen on the validation span just before the last test span, and its test forecasts are part of
+the out-of-sample record, so the checkpoint's scores describe exactly the weights it ships. (Retraining on all but
+the last test span would give weights no honest validation span was left to stop.)
+
+Repeatability: every fold seeds its initial weights, and every epoch seeds its shuffle and dropout, from
+(seed, fold, epoch) alone. A CPU run with the same config, data and thread count repeats exactly, and a run resumed
+from an epoch's saved state continues as if it had never stopped.
+
+Resuming: after every epoch the fold's state (current and best weights, AdamW moments, counters) is written as
+safetensors + JSON under <run_dir>/resume; a finished fold leaves its test forecasts under <run_dir>/folds.
+Nothing is unpickled on the way back in. Both folders are removed once the run's checkpoint is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from engine.evaluation.predictions import (
+    PREDICTIONS_FILE,
+    forecast_span,
+    predictions_from_arrays,
+    predictions_to_arrays,
+    save_predictions,
+)
+from engine.evaluation.scores import Predictions, concat_predictions
+from engine.features import FeatureSet, PanelLike, build_feature_set
+from engine.model.checkpoint import (
+    DataFingerprint,
+    Manifest,
+    load_training_state,
+    new_run_id,
+    save_checkpoint,
+    save_training_state,
+)
+from engine.model.config import ModelConfig
+from engine.model.hybrid import HybridModel
+from engine.model.losses import LossWeights
+from engine.runtime import configure_cpu_threads, device_label
+from engine.targets import Targets, compute_targets
+from engine.training.config import (
+    FoldSummary,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingError,
+    TrainResult,
+    model_config_for,
+)
+from engine.training.dataset import Windows, make_windows
+from engine.training.distributed import (
+    DistContext,
+    ParallelMode,
+    barrier,
+    broadcast_bytes,
+    broadcast_float,
+    check_same_everywhere,
+    owner_of_fold,
+    shard_of,
+)
+from engine.training.head_scale import (
+    bake_head_scale,
+    scale_heads_for_training,
+    target_scale,
+)
+from engine.training.objective import (
+    StandardisedOutput,
+    early_stop_targets,
+    loss_targets,
+    sharded_loss,
+    span_targets,
+    standardised_targets,
+    training_loss,
+    validation_loss,
+)
+from engine.training.progress import (
+    CancelCheck,
+    ProgressCallback,
+    TrainingProgress,
+    as_cancel_check,
+    eta_seconds,
+)
+from engine.training.resume import (
+    FOLDS_DIR,
+    RESUME_DIR,
+    FoldState,
+    finished_fold_path,
+    load_fold_state,
+    save_fold_state,
+    seed_for,
+)
+from engine.training.splits import Fold, walk_forward
+
+
+def make_folds(n_rows: int, targets: Targets, config: TrainConfig) -> list[Fold]:
+    """Walk-forward folds purged by the longest reach of any target (an equity's 20 bars span weekends)."""
+    max_horizon = max(config.model.horizons)
+    purge = max(config.purge or 0, targets.max_reach(), max_horizon)
+    return walk_forward(n_rows, config.n_folds, config.min_train, config.val_size, config.test_size, purge,
+                        mode=config.fold_mode, max_horizon=max_horizon)
+
+
+
+def train_walk_forward(
+    panel: PanelLike,
+    config: TrainConfig,
+    *,
+    interval: str,
+    fingerprint: DataFingerprint,
+    run_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | Any = None,
+    resume: bool = False,
+    run_id: str | None = None,
+    dist: DistContext | None = None,
+    parallel: ParallelMode = "data",
+) -> TrainResult:
+    """Train every fold (resuming finished epochs and folds from run_dir when asked), then write the checkpoint
+    (final = last fold's model), the out-of-sample predictions of every test span, and return them.
+
+    dist: this process's place among torchrun's ranks (engine.training.distributed.init_distributed); None: one process.
+    Across ranks, `parallel` "data" trains each fold with DistributedDataParallel and "folds" gives each rank its
+    own folds. Only rank 0 writes (resume state, checkpoint, predictions) and reports progress; the other ranks
+    return a result without a model."""
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    ctx = dist or DistContext.single(config.device)
+    if not resume and (run_dir / RESUME_DIR).exists():
+        raise TrainingError(f"{run_dir} holds an unfinished run: pass resume=True (--resume) or choose another dir")
+    if config.threads is not None:
+        configure_cpu_threads(config.threads)
+    device = ctx.device
+    is_cancelled: CancelCheck = as_cancel_check(cancel)
+    notify = (progress if ctx.is_main else None) or (lambda event: None)
+    fold_parallel = ctx.active and parallel == "folds"
+    if ctx.active and parallel not in ("data", "folds"):
+        raise ValueError(f"parallel must be 'data' or 'folds', got {parallel!r}")
+    guard = {"config_digest": config.digest(), "data_hash": fingerprint.content_hash}
+
+    targets = compute_targets(panel, config.model.horizons)
+    folds = make_folds(len(panel.ts), targets, config)
+    summaries: list[FoldSummary] = []
+    fold_predictions: list[Predictions] = []
+    skipped_total = 0
+    feature_set = None
+    check_same_everywhere(ctx, f"{fingerprint.content_hash} {len(folds)} folds {config.digest()}",
+                          "the training data or config")
+    outcomes: list[tuple | None] = []
+    for fold in folds:
+        feature_set = build_feature_set(panel, fold.train, config.features)
+        if fold_parallel and owner_of_fold(fold.index, ctx) != ctx.rank:
+            outcomes.append(None)  # another rank's fold: gathered below
+            continue
+        sync = None if fold_parallel else ctx
+        outcome = _train_fold(fold, len(folds), feature_set, targets, config, device, run_dir, notify,
+                              is_cancelled, guard, skipped_total, started, sync=sync, writer=ctx.is_main)
+        if outcome is None:
+            message = (f"cancelled during fold {fold.index + 1}/{len(folds)}; the last finished epoch is saved in "
+                       f"{run_dir / RESUME_DIR}: resume to continue")
+            notify(_event("cancelled", fold.index, len(folds), 0, config.max_epochs, 0, 1, started,
+                          skipped_total, message=message))
+            return TrainResult("cancelled", run_dir, message, folds=[o[1] for o in outcomes if o is not None],
+                               skipped_steps=skipped_total,
+                               seconds=time.monotonic() - started)
+        outcomes.append(outcome)
+        skipped_total += outcome[1].skipped_steps
+    if fold_parallel:
+        outcomes = _gather_folds(ctx, outcomes, model_config_for(config, feature_set), device)
+    if not ctx.is_main:
+        # Wait for rank 0 to write the checkpoint before leaving: a rank that tears down its process group while
+        # a peer is still taking in its last message aborts at exit (gloo, seen under CPU load).
+        barrier(ctx)
+        message = f"rank {ctx.rank}: finished its share of {len(folds)} folds; rank 0 wrote the checkpoint"
+        return TrainResult("finished", run_dir, message, seconds=time.monotonic() - started)
+    for model, summary, prediction in outcomes:
+        summaries.append(summary)
+        fold_predictions.append(prediction)
+    skipped_total = sum(s.skipped_steps for s in summaries)
+
+    predictions = concat_predictions(fold_predictions)
+    fold_of_row = np.concatenate([np.full(len(p.rows), k) for k, p in enumerate(fold_predictions)])
+    ts_us = np.asarray(panel.ts[predictions.rows].as_unit("us").asi8)
+    manifest = Manifest(
+        run_id=run_id or new_run_id(),
+        model_config=model.config.to_dict(),
+        feature_names=list(feature_set.names),
+        scaler=feature_set.scaler.to_dict(),
+        fingerprint=fingerprint,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        device=device_label(device) + (f" x {ctx.world_size} processes" if ctx.active else ""),
+        training={
+            "config": config.to_dict(),
+            "processes": ctx.world_size,
+            "parallel": parallel if ctx.active else None,
+            "final_model": "last fold's best-on-validation weights",
+            "folds": [asdict(s) for s in summaries],
+            "fold_spans_utc": [_span_times(panel, f) for f in folds],
+            "skipped_steps": skipped_total,
+            "seconds": round(time.monotonic() - started, 1),
+            "torch_threads": torch.get_num_threads(),
+            "n_parameters": model.num_parameters(),
+        },
+    )
+    save_checkpoint(run_dir, model.state_dict(), manifest)
+    save_predictions(run_dir / PREDICTIONS_FILE, predictions, fold_of_row, ts_us)
+    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / FOLDS_DIR, ignore_errors=True)
+    barrier(ctx)  # the other ranks return once the checkpoint is on disk (see above)
+    elapsed = time.monotonic() - started
+    message = f"trained {len(folds)} folds in {elapsed:.0f} s on {manifest.device}; checkpoint in {run_dir}"
+    notify(_event("done", len(folds) - 1, len(folds), config.max_epochs - 1, config.max_epochs, 1, 1, started,
+                  skipped_total, message=message))
+    return TrainResult("finished", run_dir, message, model=model, manifest=manifest, predictions=predictions,
+                       folds=summaries, skipped_steps=skipped_total, seconds=elapsed)
+
+
+
+def _gather_folds(ctx: DistContext, outcomes: list[tuple | None], model_config: ModelConfig,
+                  device: torch.device) -> list[tuple | None]:
+    """ParallelMode 'folds': every fold's (model, summary, predictions) from the rank that trained it to rank 0, as
+    bytes (safetensors, JSON, npz without pickle). Rank 0 gets the full list; other ranks get theirs back."""
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as save_tensors
+
+    gathered: list[tuple | None] = list(outcomes)
+    for index, outcome in enumerate(outcomes):
+        owner = owner_of_fold(index, ctx)
+        mine = ctx.rank == owner
+        if owner == 0:
+            continue  # rank 0 holds it already
+        state = {k: v.contiguous().cpu() for k, v in outcome[0].state_dict().items()} if mine else None
+        weights = broadcast_bytes(ctx, save_tensors(state) if mine else None, owner)
+        summary = broadcast_bytes(ctx, json.dumps(asdict(outcome[1])).encode() if mine else None, owner)
+        buffer = io.BytesIO()
+        if mine:
+            np.savez(buffer, **predictions_to_arrays(outcome[2]))
+        arrays = broadcast_bytes(ctx, buffer.getvalue() if mine else None, owner)
+        if ctx.is_main:
+            model = HybridModel(model_config).to(device)
+            model.load_state_dict(load_tensors(weights))
+            with np.load(io.BytesIO(arrays), allow_pickle=False) as data:
+                prediction = predictions_from_arrays({k: data[k] for k in data.files})
+            summary_fields = json.loads(summary)
+            summary_fields.update({k: tuple(summary_fields[k]) for k in ("train", "val", "test")})
+            gathered[index] = (model, FoldSummary(**summary_fields), prediction)
+    return gathered
+
+
+
+def _span_times(panel: PanelLike, fold: Fold) -> dict[str, list[str]]:
+    return {name: [str(panel.ts[span.start]), str(panel.ts[span.stop - 1])]
+            for name, span in (("train", fold.train), ("val", fold.val), ("test", fold.test))}
+
+
+
+def _event(phase, fold, n_folds, epoch, n_epochs, step, steps_per_epoch, started, skipped, **extra):
+    event = TrainingProgress(phase=phase, fold=fold, n_folds=n_folds, epoch=epoch, n_epochs=n_epochs, step=step,
+                             steps_per_epoch=steps_per_epoch, skipped_steps=skipped,
+                             elapsed_s=time.monotonic() - started, **extra)
+    return dataclasses.replace(event, eta_s=eta_seconds(event.elapsed_s, event.fraction))
+
+
+
+def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targets, config: TrainConfig,
+                device: torch.device, run_dir: Path, notify: ProgressCallback, is_cancelled: CancelCheck,
+                guard: dict[str, Any], skipped_before: int, started: float, sync: DistContext | None = None,
+                writer: bool = True):
+    """-> (best model, summary, test-span predictions), or None when cancelled.
+
+    sync: the ranks training this fold together (DistributedDataParallel); None or one process: alone.
+    writer: this process writes the fold's resume state and record, and forecasts its test span (rank 0 only);
+    the others return None for the predictions."""
+    sync = sync or DistContext.single(device)
+    fold_started = time.monotonic()
+    torch.manual_seed(seed_for(config, fold.index, -1))
+    model = HybridModel(model_config_for(config, feature_set)).to(device)
+    scale = target_scale(targets, feature_set, fold.train)
+    scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)  # before the optimiser: it must hold the parametrised tensors
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
+    train_model = data_parallel(model, sync)
+
+    finished = finished_fold_path(run_dir, fold.index)
+    is_finished = (finished / "summary.json").exists()
+    check_same_everywhere(sync, f"fold {fold.index + 1} finished: {is_finished}", "the run directory's saved folds")
+    if is_finished:  # a resumed run: this fold is done, take its results as they were
+        weights, best, meta = load_training_state(finished, optimizer)
+        model.load_state_dict(best)
+        bake_head_scale(model)
+        with np.load(finished / "test.npz", allow_pickle=False) as data:
+            prediction = predictions_from_arrays({k: data[k] for k in data.files})
+        return model, FoldSummary(**json.loads((finished / "summary.json").read_text())), prediction
+
+    windows = resident(make_windows(feature_set, targets, fold.train, config.window, config.stride), device)
+    x_all = torch.from_numpy(np.ascontiguousarray(feature_set.values))[None].to(device)  # (1, A, T, F)
+    mask_all = torch.from_numpy(np.ascontiguousarray(feature_set.mask))[None].to(device)
+    val_targets = early_stop_targets(span_targets(targets, feature_set, fold.val), config)
+    val_targets = {k: v.to(device) for k, v in val_targets.items()}
+    state = load_fold_state(run_dir, fold.index, model, optimizer, guard) or FoldState()
+    check_same_everywhere(sync, f"fold {fold.index + 1} resumes at epoch {state.next_epoch}", "the resume state")
+    n_windows = windows.x.shape[0]
+    steps_per_epoch = math.ceil(n_windows / config.batch_size)
+    weights = model.config.loss_weights
+
+    for epoch in range(state.next_epoch, config.max_epochs):
+        epoch_seed = seed_for(config, fold.index, epoch)
+        if config.random_window_offsets:
+            windows = resident(epoch_windows(feature_set, targets, fold.train, config, epoch_seed), device)
+            n_windows = windows.x.shape[0]
+            steps_per_epoch = math.ceil(n_windows / config.batch_size)
+        torch.manual_seed(epoch_seed)  # dropout draws
+        order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(epoch_seed))
+        losses, bad_in_a_row = [], 0
+        model.train()
+        for step, batch in enumerate(order.split(config.batch_size)):
+            step_result = train_step(train_model, optimizer, windows, batch, scale_t, weights, config, sync,
+                                     is_cancelled)
+            if step_result is None:
+                return None
+            finite, reported = step_result
+            if not finite:
+                state.skipped_steps += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= config.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"training stopped: {bad_in_a_row} consecutive steps had a non-finite loss or gradient "
+                        f"(fold {fold.index + 1}, epoch {epoch + 1}, step {step + 1}); nothing from this epoch was "
+                        f"saved. Try a lower learning rate (now {config.lr}) or check the data for extreme values."
+                    )
+            else:
+                bad_in_a_row = 0
+                losses.append(reported)
+            notify(_event("step", fold.index, n_folds, epoch, config.max_epochs, step + 1, steps_per_epoch,
+                          started, skipped_before + state.skipped_steps,
+                          train_loss=float(np.mean(losses)) if losses else None,
+                          best_val_loss=_finite_or_none(state.best_val_loss)))
+
+        # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
+        # so all take the same early-stopping decision.
+        val_loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
+                                   scale_t, config.early_stop_weights, config.balance_assets) if sync.is_main else None
+        val_loss = broadcast_float(sync, val_loss)
+        if math.isfinite(val_loss) and val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_epoch, state.epochs_without_gain = val_loss, epoch, 0
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.epochs_without_gain += 1
+        state.next_epoch = epoch + 1
+        stop = state.epochs_without_gain >= config.patience
+        if writer:
+            save_fold_state(run_dir, fold.index, model, optimizer, state, guard)
+        notify(_event("epoch", fold.index, n_folds, epoch, config.max_epochs, steps_per_epoch, steps_per_epoch,
+                      started, skipped_before + state.skipped_steps,
+                      train_loss=float(np.mean(losses)) if losses else None, val_loss=val_loss,
+                      best_val_loss=_finite_or_none(state.best_val_loss),
+                      message="early stop" if stop else ""))
+        if stop:
+            break
+
+    if state.best_weights is None:
+        raise TrainingError(f"fold {fold.index + 1}: no epoch gave a finite validation loss; nothing to keep")
+    model.load_state_dict(state.best_weights)
+    if writer:  # the fold's record, so a resumed run does not train it again (parametrised, like the resume state)
+        save_training_state(finished, model.state_dict(), optimizer, state.best_weights, {})
+    bake_head_scale(model)
+    summary = FoldSummary(
+        fold=fold.index, train=(fold.train.start, fold.train.stop), val=(fold.val.start, fold.val.stop),
+        test=(fold.test.start, fold.test.stop), epochs_run=state.next_epoch, best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss, skipped_steps=state.skipped_steps,
+        seconds=round(time.monotonic() - fold_started, 2),
+    )
+    if sync.active and not writer:
+        return model, summary, None
+    # Through the stored (float32) form at once, so a resumed run's earlier folds read back exactly what a run in
+    # one go holds in memory.
+    prediction = predictions_from_arrays(predictions_to_arrays(
+        forecast_span(model, feature_set, fold.test, device, config.predict_chunk)))
+    if writer:
+        np.savez(finished / "test.npz", **predictions_to_arrays(prediction))
+        (finished / "summary.json").write_text(json.dumps(asdict(summary)))
+    notify(_event("fold", fold.index, n_folds, config.max_epochs - 1, config.max_epochs, steps_per_epoch,
+                  steps_per_epoch, started, skipped_before + state.skipped_steps, val_loss=state.best_val_loss,
+                  best_val_loss=state.best_val_loss, message=f"fold {fold.index + 1} done, best epoch "
+                                                             f"{state.best_epoch + 1}"))
+    return model, summary, prediction
+
+
+
+def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows: Windows, batch: Tensor,
+               scale: Tensor, weights: LossWeights, config: TrainConfig, sync: DistContext,
+               is_cancelled: CancelCheck) -> tuple[bool, float] | None:
+    """One optimiser step on the global batch `batch` (window indices, identical on every rank); this rank takes
+    its shard. -> (finite, the global batch's loss), or None when cancelled (any rank, under DDP). A non-finite
+    loss or gradient leaves the weights as they were (finite False); counting those is the caller's.
+    train_model: the model, or its DistributedDataParallel wrapper; scale (A, H) the fold's target scale."""
+    if not sync.active and is_cancelled():
+        return None
+    device = scale.device
+    mine = shard_of(batch, sync)  # this rank's windows of the global batch (all of it for one process)
+    x, mask, batch_targets = _batch_on(windows, mine if len(mine) else batch[:1], device)
+    if not len(mine):
+        # Fewer windows than ranks in the last batch: a stand-in window with every target masked adds nothing to
+        # the loss or the gradient, but lets this rank join DDP's gradient all-reduce.
+        batch_targets["valid"] = torch.zeros_like(batch_targets["valid"])
+    output = StandardisedOutput.of(train_model(x, mask), scale)  # tensors (b, A, W, H[, Q])
+    std_targets = standardised_targets(batch_targets, scale)
+    optimizer.zero_grad(set_to_none=True)
+    if sync.active:
+        loss, reported, not_finite, cancelled = sharded_loss(output, std_targets, weights, config.balance_assets,
+                                                             sync, is_cancelled())
+        if cancelled:
+            return None
+        finite = not not_finite
+    else:
+        loss = training_loss(output, std_targets, weights, config.balance_assets)
+        finite = bool(torch.isfinite(loss))
+        reported = float(loss.detach()) if finite else math.nan
+    if finite:
+        loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        finite = bool(torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return finite, reported
+
+
+
+SSM_DYNAMICS = ("A_log", "D", "dt_proj.bias")  # the SSM layers' memory: parameter names within a layer
+
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """AdamW groups: every weight decays by config.weight_decay, except the SSM's dynamics when
+    config.decay_ssm_dynamics is False. One group when nothing is exempt, so the shipped runs' optimiser state
+    keeps its layout."""
+    if config.decay_ssm_dynamics:
+        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    decayed, exempt = [], []
+    for name, parameter in model.named_parameters():
+        parts = name.split(".")  # e.g. layers.0.dt_proj.bias
+        within_layer = ".".join(parts[2:]) if parts[0] == "layers" else None
+        (exempt if within_layer in SSM_DYNAMICS else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": config.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+
+# On a GPU the training windows live in its memory when they fit this: picking a batch out of them on the host
+# took ~17 ms a step for 50 assets (torch.profiler on an H200), a fifth of the step, while the GPU waited.
+RESIDENT_WINDOWS_BYTES = 4 * 2**30
+
+
+
+def resident(windows: Windows, device: torch.device) -> Windows:
+    """The windows on the training device when it is a GPU and they fit RESIDENT_WINDOWS_BYTES; else as they are."""
+    if device.type != "cuda" or windows.nbytes > RESIDENT_WINDOWS_BYTES:
+        return windows
+    return windows.to(device)
+
+
+
+def _batch_on(windows: Windows, rows: Tensor, device: torch.device):
+    """Windows `rows` on the device -> x (b, A, W, F), mask (b, A, W), loss targets (b, A, W, H) each."""
+    rows = rows.to(windows.x.device)
+    x = windows.x[rows].to(device)
+    mask = windows.mask[rows].to(device)
+    targets = {k: v.to(device) for k, v in loss_targets({k: t[rows] for k, t in windows.targets.items()}).items()}
+    return x, mask, targets
+
+
+
+def data_parallel(model: HybridModel, sync: DistContext) -> nn.Module:
+    """The module the training steps call: DDP over the ranks in `sync`, or the model itself for one process.
+    Buffers are not broadcast every step: the only ones are the head-scale constants, equal on every rank."""
+    if not sync.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [sync.device.index] if sync.device.type == "cuda" else None
+    # torch 2.13 renamed the option (2.11, the GPU image's, has only the old name)
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {
+        "broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
+
+
+
+def epoch_windows(feature_set: FeatureSet, targets: Targets, train: range, config: TrainConfig,
+                  epoch_seed: int) -> Windows:
+    """The training windows of one epoch with TrainConfig.random_window_offsets: the stride grid started
+    `offset` rows into the span, offset in [0, stride) from the epoch's seed alone (so a resumed run repeats it)."""
+    offset = int(np.random.default_rng(epoch_seed).integers(0, config.stride))
+    start = min(train.start + offset, train.stop - config.window)
+    return make_windows(feature_set, targets, range(start, train.stop), config.window, config.stride)
+
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+
+def train_panel(loaded, config: TrainConfig, run_dir: str | Path | None = None, **kwargs: Any) -> TrainResult:
+    """Train on an engine.panel_data.LoadedPanel; run_dir defaults to a new folder under the runs directory."""
+    from engine.model.checkpoint import resolve_runs_dir
+
+    run_id = kwargs.pop("run_id", None) or new_run_id()
+    run_dir = Path(run_dir) if run_dir is not None else resolve_runs_dir() / run_id
+    return train_walk_forward(loaded.panel, config, interval=loaded.interval, fingerprint=loaded.fingerprint(),
+                              run_dir=run_dir, run_id=run_id, **kwargs)
