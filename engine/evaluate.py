@@ -46,7 +46,6 @@ def panel_for_run(manifest: Manifest) -> LoadedPanel:
     return demo_panel(manifest.fingerprint.interval, variant, int(seed), tuple(manifest.fingerprint.symbols))
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=str(DEMO_CHECKPOINT_DIR), help="run directory (default: the demo checkpoint)")
@@ -59,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--horizon", type=int, help="print only this horizon")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write scores into the run")
     return parser
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         print(f"\nwrote {Path(args.run) / SCORES_CSV} and {SCORES_JSON}; summary in {MANIFEST_FILE}")
     return 0
-
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from engine.model.hybrid import HybridModel
 PREDICTIONS_FILE = "predictions.npz"
 
 
-
 # ----- forecasting --------------------------------------------------------------------------------------------------
 
 
@@ -33,7 +32,6 @@ def forward_history(model: HybridModel, x: Tensor, mask: Tensor, stop: int, chun
         state = out.state
         outputs.append(out)
     return outputs
-
 
 
 def forecast_span(model: HybridModel, feature_set: FeatureSet, span: range, device: torch.device,
@@ -73,7 +71,6 @@ def forecast_span(model: HybridModel, feature_set: FeatureSet, span: range, devi
     )
 
 
-
 def predictions_to_arrays(pred: Predictions, prefix: str = "") -> dict[str, np.ndarray]:
     """Plain arrays for np.savez (no pickle: every entry is numeric)."""
     arrays = {"rows": pred.rows, "horizons": np.asarray(pred.horizons, dtype=np.int64),
@@ -83,7 +80,6 @@ def predictions_to_arrays(pred: Predictions, prefix: str = "") -> dict[str, np.n
             # float32: forecasts carry no more digits than that, and the shipped demo run must stay small
             arrays[name] = np.asarray(getattr(pred, name), dtype=np.float32)
     return {prefix + key: value for key, value in arrays.items()}
-
 
 
 def predictions_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str = "") -> Predictions:
@@ -98,14 +94,12 @@ def predictions_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str = "") 
                        prob_up=get("prob_up"), volatility=get("volatility"))
 
 
-
 def save_predictions(path: Path, pred: Predictions, fold_of_row: np.ndarray, ts_us: np.ndarray) -> None:
     """The out-of-sample record next to the checkpoint: predictions plus the fold and UTC time of every row."""
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, fold=fold_of_row.astype(np.int64), ts_us=ts_us.astype(np.int64),
                         **predictions_to_arrays(pred))
     tmp.replace(path)
-
 
 
 def load_predictions(run_dir: str | Path) -> tuple[Predictions, np.ndarray, np.ndarray]:

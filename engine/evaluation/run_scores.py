@@ -37,13 +37,10 @@ from engine.training.splits import Fold
 SCORES_CSV = "scores.csv"
 
 
-
 SCORES_JSON = "scores.json"
 
 
-
 SUMMARY_METRICS = ("n", "mse", "pinball", "coverage_10_90", "hit_rate", "brier", "qlike")
-
 
 
 def read_manifest(run_dir: str | Path) -> Manifest:
@@ -51,7 +48,6 @@ def read_manifest(run_dir: str | Path) -> Manifest:
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a checkpoint: it has no {MANIFEST_FILE}")
     return Manifest.from_json(path.read_text())
-
 
 
 def run_folds(manifest: Manifest) -> list[Fold]:
@@ -64,7 +60,6 @@ def run_folds(manifest: Manifest) -> list[Fold]:
             for f in folds]
 
 
-
 def check_same_data(manifest: Manifest, loaded: LoadedPanel) -> None:
     """Refuse data the run's stored forecasts were not made on, saying what differs."""
     check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=FEATURE_NAMES)
@@ -75,7 +70,6 @@ def check_same_data(manifest: Manifest, loaded: LoadedPanel) -> None:
             f"{want.n_rows} rows) but this panel is {have.content_hash} ({have.first_ts} .. {have.last_ts}, "
             f"{have.n_rows} rows): its out-of-sample forecasts do not belong to this data; retrain on it"
         )
-
 
 
 def evaluate_run(run_dir: str | Path, loaded: LoadedPanel | None = None,
@@ -98,7 +92,6 @@ def evaluate_run(run_dir: str | Path, loaded: LoadedPanel | None = None,
     return table
 
 
-
 def score_summary(table: pd.DataFrame, horizon: int = 1) -> dict:
     """Per asset at one horizon: the model's headline losses and its DM p-values (MSE, pinball) vs every baseline."""
     at = table[table["horizon"] == horizon]
@@ -114,10 +107,8 @@ def score_summary(table: pd.DataFrame, horizon: int = 1) -> dict:
     return summary
 
 
-
 def _finite(value) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
-
 
 
 def write_scores(run_dir: Path, table: pd.DataFrame, manifest: Manifest, loaded: LoadedPanel) -> None:
@@ -128,7 +119,6 @@ def write_scores(run_dir: Path, table: pd.DataFrame, manifest: Manifest, loaded:
     tmp.write_text(json.dumps(payload, allow_nan=False))
     tmp.replace(run_dir / SCORES_JSON)
     update_manifest_scores(run_dir, {**score_summary(table), "data": loaded.label, "table": SCORES_JSON})
-
 
 
 def wide_table(table: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:

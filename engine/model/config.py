@@ -10,7 +10,6 @@ from engine.model.losses import LossWeights
 LAYER_KINDS = ("ssm", "attn")
 
 
-
 @dataclass
 class ModelConfig:
     n_assets: int = 3

@@ -45,7 +45,6 @@ class Diagnostics:
     attention_per_head: dict[int, Tensor] | None = None  # layer index -> (B, T, A_tgt, heads, A_src, K+1)
 
 
-
 @dataclass
 class StepState:
     """Per-layer memory for step mode, in layer order (SSMLayerState or AttentionLayerState)."""
@@ -68,7 +67,6 @@ class StepState:
         return StepState(detached, None if self.lead_inputs is None else self.lead_inputs.detach())
 
 
-
 @dataclass
 class ModelOutput:
     quantiles: Tensor  # (B, A, T, H, Q), non-decreasing along Q
@@ -79,7 +77,6 @@ class ModelOutput:
     diagnostics: Diagnostics | None = None
     state: StepState | None = None
     mean: Tensor | None = None  # (B, A, T, H) conditional mean of the return; None without config.point_head
-
 
 
 class HybridModel(nn.Module):

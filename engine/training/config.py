@@ -31,7 +31,6 @@ def default_model_config() -> ModelConfig:
     )
 
 
-
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=default_model_config)
@@ -128,15 +127,12 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-
 class TrainingError(RuntimeError):
     """Training could not go on; the message says why and what to try."""
 
 
-
 class TrainingDiverged(TrainingError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
 
 
 @dataclass
@@ -152,7 +148,6 @@ class FoldSummary:
     seconds: float
 
 
-
 @dataclass
 class TrainResult:
     outcome: Literal["finished", "cancelled"]
@@ -164,7 +159,6 @@ class TrainResult:
     folds: list[FoldSummary] = field(default_factory=list)
     skipped_steps: int = 0
     seconds: float = 0.0
-
 
 
 def model_config_for(config: TrainConfig, feature_set: FeatureSet) -> ModelConfig:

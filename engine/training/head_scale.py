@@ -39,7 +39,6 @@ def target_scale(targets: Targets, feature_set: FeatureSet, train: range) -> np.
     return scale
 
 
-
 class ColumnAffine(nn.Module):
     """w -> w * scale + shift, broadcast over the head's input axis; buffers, so nothing here is trained."""
 
@@ -50,7 +49,6 @@ class ColumnAffine(nn.Module):
 
     def forward(self, w: Tensor) -> Tensor:
         return w * self.scale + self.shift
-
 
 
 def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre: bool = False,
@@ -97,7 +95,6 @@ def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre:
                                           torch.zeros((), device=proj.weight.device)))
 
 
-
 def bake_head_scale(model: HybridModel) -> None:
     """Replace the parametrised head weights by the plain weights they stand for."""
     proj = model.heads.proj
@@ -107,7 +104,6 @@ def bake_head_scale(model: HybridModel) -> None:
     lead = model.heads.lead
     if lead is not None and parametrize.is_parametrized(lead):
         parametrize.remove_parametrizations(lead, "weight", leave_parametrized=True)
-
 
 
 def stats_norm_ppf(levels: np.ndarray) -> np.ndarray:

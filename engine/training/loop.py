@@ -124,7 +124,6 @@ def make_folds(n_rows: int, targets: Targets, config: TrainConfig) -> list[Fold]
                         mode=config.fold_mode, max_horizon=max_horizon)
 
 
-
 def train_walk_forward(
     panel: PanelLike,
     config: TrainConfig,
@@ -238,7 +237,6 @@ def train_walk_forward(
                        folds=summaries, skipped_steps=skipped_total, seconds=elapsed)
 
 
-
 def _gather_folds(ctx: DistContext, outcomes: list[tuple | None], model_config: ModelConfig,
                   device: torch.device) -> list[tuple | None]:
     """ParallelMode 'folds': every fold's (model, summary, predictions) from the rank that trained it to rank 0, as
@@ -270,11 +268,9 @@ def _gather_folds(ctx: DistContext, outcomes: list[tuple | None], model_config: 
     return gathered
 
 
-
 def _span_times(panel: PanelLike, fold: Fold) -> dict[str, list[str]]:
     return {name: [str(panel.ts[span.start]), str(panel.ts[span.stop - 1])]
             for name, span in (("train", fold.train), ("val", fold.val), ("test", fold.test))}
-
 
 
 def _event(phase, fold, n_folds, epoch, n_epochs, step, steps_per_epoch, started, skipped, **extra):
@@ -282,7 +278,6 @@ def _event(phase, fold, n_folds, epoch, n_epochs, step, steps_per_epoch, started
                              steps_per_epoch=steps_per_epoch, skipped_steps=skipped,
                              elapsed_s=time.monotonic() - started, **extra)
     return dataclasses.replace(event, eta_s=eta_seconds(event.elapsed_s, event.fraction))
-
 
 
 def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targets, config: TrainConfig,
@@ -409,7 +404,6 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     return model, summary, prediction
 
 
-
 def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows: Windows, batch: Tensor,
                scale: Tensor, weights: LossWeights, config: TrainConfig, sync: DistContext,
                is_cancelled: CancelCheck) -> tuple[bool, float] | None:
@@ -451,9 +445,7 @@ def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows
     return finite, reported
 
 
-
 SSM_DYNAMICS = ("A_log", "D", "dt_proj.bias")  # the SSM layers' memory: parameter names within a layer
-
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
@@ -470,11 +462,9 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     return [{"params": decayed, "weight_decay": config.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
-
 # On a GPU the training windows live in its memory when they fit this: picking a batch out of them on the host
 # took ~17 ms a step for 50 assets (torch.profiler on an H200), a fifth of the step, while the GPU waited.
 RESIDENT_WINDOWS_BYTES = 4 * 2**30
-
 
 
 def resident(windows: Windows, device: torch.device) -> Windows:
@@ -484,7 +474,6 @@ def resident(windows: Windows, device: torch.device) -> Windows:
     return windows.to(device)
 
 
-
 def _batch_on(windows: Windows, rows: Tensor, device: torch.device):
     """Windows `rows` on the device -> x (b, A, W, F), mask (b, A, W), loss targets (b, A, W, H) each."""
     rows = rows.to(windows.x.device)
@@ -492,7 +481,6 @@ def _batch_on(windows: Windows, rows: Tensor, device: torch.device):
     mask = windows.mask[rows].to(device)
     targets = {k: v.to(device) for k, v in loss_targets({k: t[rows] for k, t in windows.targets.items()}).items()}
     return x, mask, targets
-
 
 
 def data_parallel(model: HybridModel, sync: DistContext) -> nn.Module:
@@ -510,7 +498,6 @@ def data_parallel(model: HybridModel, sync: DistContext) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
 
 
-
 def epoch_windows(feature_set: FeatureSet, targets: Targets, train: range, config: TrainConfig,
                   epoch_seed: int) -> Windows:
     """The training windows of one epoch with TrainConfig.random_window_offsets: the stride grid started
@@ -520,10 +507,8 @@ def epoch_windows(feature_set: FeatureSet, targets: Targets, train: range, confi
     return make_windows(feature_set, targets, range(start, train.stop), config.window, config.stride)
 
 
-
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
 
 
 def train_panel(loaded, config: TrainConfig, run_dir: str | Path | None = None, **kwargs: Any) -> TrainResult:

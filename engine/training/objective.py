@@ -29,7 +29,6 @@ def loss_targets(targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
             "valid": targets["valid"]}
 
 
-
 def span_targets(targets: Targets, feature_set: FeatureSet, span: range) -> dict[str, Tensor]:
     """Targets (1, A, span.stop, H) for a forward pass over rows [0, span.stop), valid only inside `span`, at fresh
     bars, and only where the target stays inside the span (so a validation loss never reads a test-span price)."""
@@ -46,14 +45,12 @@ def span_targets(targets: Targets, feature_set: FeatureSet, span: range) -> dict
             "vol": tensor(purged.realised_vol), "valid": torch.from_numpy(valid)[None]}
 
 
-
 def early_stop_targets(targets: dict[str, Tensor], config: TrainConfig) -> dict[str, Tensor]:
     """Validation targets (1, A, T, H) with only config.early_stop_horizons left valid (all when None)."""
     if config.early_stop_horizons is None:
         return targets
     keep = torch.tensor([h in config.early_stop_horizons for h in config.model.horizons])  # (H,)
     return {**targets, "valid": targets["valid"] & keep}
-
 
 
 @dataclass
@@ -76,14 +73,12 @@ class StandardisedOutput:
                    tuple(output.quantile_levels), None if mean is None else mean / s)
 
 
-
 def training_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, balance_assets: bool) -> Tensor:
     """multitask_loss, pooled over every valid entry, or (balance_assets) its mean over assets of each asset's
     own loss. output: StandardisedOutput, tensors (B, A, T, H[, Q])."""
     if not balance_assets:
         return multitask_loss(output, targets, weights)[0]
     return per_asset_losses(output, targets, weights).mean()
-
 
 
 def per_asset_losses(output, targets: Mapping[str, Tensor], weights: LossWeights) -> Tensor:
@@ -95,7 +90,6 @@ def per_asset_losses(output, targets: Mapping[str, Tensor], weights: LossWeights
                                     output.quantile_levels, None if output.mean is None else output.mean[:, one])
         per_asset.append(multitask_loss(sliced, {k: v[:, one] for k, v in targets.items()}, weights)[0])
     return torch.stack(per_asset)
-
 
 
 def sharded_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, balance_assets: bool,
@@ -135,11 +129,9 @@ def sharded_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, ba
     return loss, global_loss, not_finite, any_cancelled
 
 
-
 def standardised_targets(targets: Mapping[str, Tensor], scale: Tensor) -> dict[str, Tensor]:
     s = scale[None, :, None, :]
     return {**targets, "ret": targets["ret"] / s, "vol": targets["vol"] / s}
-
 
 
 def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mapping[str, Tensor], stop: int,

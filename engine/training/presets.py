@@ -50,7 +50,6 @@ def demo_config(interval: str = "1h") -> TrainConfig:
     raise ValueError(f"the demo has 1d and 1h bars, not {interval!r}")
 
 
-
 def quick_config(interval: str = "1h", **overrides: Any) -> TrainConfig:
     """The demo settings cut short, for tests and negative controls (e.g. the null variant): fewer epochs, sparser
     windows. Pass overrides for anything else."""

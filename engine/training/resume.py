@@ -27,9 +27,7 @@ from engine.training.config import TrainConfig
 RESUME_DIR = "resume"
 
 
-
 FOLDS_DIR = "folds"
-
 
 
 # ----- the loop -----------------------------------------------------------------------------------------------------
@@ -47,15 +45,12 @@ class FoldState:
     best_weights: dict[str, Tensor] | None = None
 
 
-
 def seed_for(config: TrainConfig, fold: int, epoch: int) -> int:
     return (config.seed * 1_000_003 + fold * 10_007 + epoch) % (2**63 - 1)
 
 
-
 def state_path(run_dir: Path, fold: int) -> Path:
     return run_dir / RESUME_DIR / f"fold_{fold}"
-
 
 
 def save_fold_state(run_dir: Path, fold: int, model: HybridModel, optimizer: torch.optim.Optimizer,
@@ -64,7 +59,6 @@ def save_fold_state(run_dir: Path, fold: int, model: HybridModel, optimizer: tor
                                                  "epochs_without_gain", "skipped_steps")}
     best = state.best_weights or {}
     save_training_state(state_path(run_dir, fold), model.state_dict(), optimizer, best, {**meta, **guard})
-
 
 
 def load_fold_state(run_dir: Path, fold: int, model: HybridModel, optimizer: torch.optim.Optimizer,
@@ -84,7 +78,6 @@ def load_fold_state(run_dir: Path, fold: int, model: HybridModel, optimizer: tor
                       best_epoch=int(meta["best_epoch"]), epochs_without_gain=int(meta["epochs_without_gain"]),
                       skipped_steps=int(meta["skipped_steps"]),
                       best_weights=best or None)
-
 
 
 def finished_fold_path(run_dir: Path, fold: int) -> Path:
