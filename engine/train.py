@@ -30,7 +30,6 @@ from pathlib import Path
 from engine.model.checkpoint import (
     CheckpointError,
     new_run_id,
-    register_run,
     resolve_runs_dir,
 )
 from engine.runtime import configure_cpu_threads
@@ -45,9 +44,9 @@ from engine.training.distributed import (
     local_world_size,
     shutdown,
 )
-from engine.training.loop import train_panel
 from engine.training.presets import demo_config
 from engine.training.progress import ConsoleProgressBar
+from engine.training.run import run_training
 
 # command-line name -> TrainConfig field; every one defaults to the base config (demo_config for --demo)
 CONFIG_OPTIONS = {
@@ -150,29 +149,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"torchrun: {ctx.world_size} processes, {ctx.backend}, parallel over {args.parallel}",
                   file=sys.stderr)
         try:
-            result = train_panel(loaded, config, run_dir, run_id=run_id,
-                                 progress=ConsoleProgressBar() if ctx.is_main else None, cancel=cancel,
-                                 resume=args.resume, dist=ctx, parallel=args.parallel)
+            run = run_training(loaded, config, run_dir, evaluate=not args.no_evaluate,
+                               register=not args.no_register, runs_dir=args.runs_dir, is_main=ctx.is_main,
+                               run_id=run_id, progress=ConsoleProgressBar() if ctx.is_main else None,
+                               cancel=cancel, resume=args.resume, dist=ctx, parallel=args.parallel)
         except KeyboardInterrupt:
             # The loop only sees Ctrl-C between steps through this flag when run in a thread; here the interrupt
             # lands mid-step, and the last finished epoch is what --resume continues from.
             print(f"\ninterrupted: rerun with --resume --out {run_dir} to continue", file=sys.stderr)
             return 130
-        if result.outcome != "finished":
-            print(result.message, file=sys.stderr)
+        if not run.finished:
+            print(run.result.message, file=sys.stderr)
             return 1
         if not ctx.is_main:  # rank 0 alone scores, registers and reports the run
             return 0
-        print(result.message, file=sys.stderr)
-        if not args.no_evaluate:
-            from engine.evaluation.run_scores import evaluate_run, wide_table
+        print(run.result.message, file=sys.stderr)
+        if run.scores is not None:
+            from engine.evaluation.run_scores import wide_table
 
-            table = evaluate_run(run_dir, loaded)
-            print(wide_table(table, horizon=1).to_string(float_format="{:.4g}".format))
-        if not args.no_register:
-            from engine.evaluation.run_scores import read_manifest
-
-            register_run(resolve_runs_dir(args.runs_dir), read_manifest(run_dir), run_dir)
+            print(wide_table(run.scores, horizon=1).to_string(float_format="{:.4g}".format))
     except (TrainingError, CheckpointError, DistributedError, ValueError) as error:
         where = f" (rank {ctx.rank} of {ctx.world_size})" if ctx.active else ""
         print(f"train{where}: {error}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Model page: train or retrain on the current selection in the background, with a progress bar that other pages
 do not wait for and a cancel button; resume a cancelled run; the list of checkpoints with their data, scores and
-device. Layout only: training is engine.training.loop, the job runner engine.training.jobs."""
+device. Layout only: a run is engine.training.run.run_training, the job runner engine.training.jobs."""
 from __future__ import annotations
 
 import time
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.model.checkpoint import new_run_id, register_run, resolve_runs_dir
+from engine.model.checkpoint import new_run_id, resolve_runs_dir
 from engine.panel_data import cached_panel
 from engine.training.jobs import JobRegistry
 from engine.training.settings import settings_for_panel
@@ -28,20 +28,16 @@ def job_registry() -> JobRegistry:
 
 
 def training_work(symbols, interval, db_path, n_folds, max_epochs, seed, run_dir: Path, resume: bool):
-    """The background job: train, score against the baselines, register the run."""
-    from engine.evaluation.run_scores import evaluate_run, read_manifest
-    from engine.training.loop import train_panel
+    """The background job: engine.training.run.run_training (train, score against the baselines, register)."""
 
     def work(report, cancel):
+        # torch and the baselines load only when a run starts
+        from engine.training.run import run_training
+
         loaded = cached_panel(symbols, interval, db_path=db_path)
         config = settings_for_panel(loaded.panel, interval, n_folds=n_folds, max_epochs=max_epochs, seed=seed)
-        result = train_panel(loaded, config, run_dir, run_id=run_dir.name, progress=report, cancel=cancel.is_set,
-                             resume=resume)
-        if result.outcome != "finished":
-            return result
-        evaluate_run(run_dir, loaded)  # scores vs every baseline on the same test spans, into the run folder
-        register_run(resolve_runs_dir(), read_manifest(run_dir), run_dir)
-        return result
+        return run_training(loaded, config, run_dir, run_id=run_dir.name, progress=report, cancel=cancel.is_set,
+                            resume=resume).result
 
     return work
 
