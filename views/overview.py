@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from engine.diagnostics.regimes import current_spell
 from engine.evaluation.forecast_review import latest_forecast
 from engine.figures import forecasts as charts
 from storage.config import INTERVAL_SECONDS
@@ -21,18 +22,6 @@ bar = pd.Timedelta(seconds=INTERVAL_SECONDS[selection.interval])
 regimes = view.bundle.regimes
 
 
-def current_regime(asset: int) -> tuple[int, pd.Timestamp | None, int]:
-    """(label at the asset's last open bar, since when it has held, bars held) from the regimes found."""
-    open_rows = np.flatnonzero(view.bundle.inference.mask[asset])
-    if len(open_rows) == 0:
-        return -1, None, 0
-    labels = regimes.labels[asset, open_rows]
-    now = int(labels[-1])
-    changed = np.flatnonzero(labels != now)
-    first_of_spell = open_rows[changed[-1] + 1] if len(changed) else open_rows[0]
-    return now, view.ts[first_of_spell], int(len(labels) - (changed[-1] + 1 if len(changed) else 0))
-
-
 st.caption(f"Forecasts by checkpoint **{view.run_id}**; regimes are clusters of each asset's SSM state "
            f"({regimes.labels.max() + 1} found on the training span). Horizons are in {selection.interval} bars.")
 cards = st.columns(len(selection.symbols))
@@ -42,7 +31,9 @@ for column, symbol in zip(cards, selection.symbols):
     latest = latest_forecast(view.bundle.inference, closes, symbol)
     open_rows = np.flatnonzero(view.bundle.inference.mask[asset])
     previous = float(closes[open_rows[-2]]) if len(open_rows) > 1 else float("nan")
-    regime, since, held = current_regime(asset)
+    spell = current_spell(regimes.labels[asset], view.bundle.inference.mask[asset])
+    regime, held = spell.label, spell.bars
+    since = view.ts[spell.first_row] if spell.first_row is not None else None
     rows = summary[(summary["symbol"] == symbol) & (summary["interval"] == selection.interval)]
     with column.container(border=True):
         st.markdown(f"#### {symbol}")

@@ -139,3 +139,25 @@ def fit_regimes(
         counts[asset] = transition_counts(labels[asset], mask[asset], k)
     return RegimeResult(projections, labels, explained, row_normalise(counts), counts,
                         (fit_rows.start, fit_rows.stop))
+
+
+@dataclass(frozen=True)
+class RegimeSpell:
+    """The regime an asset is in at its last open bar, and how long it has held (counted in its own open bars)."""
+
+    label: int  # NO_LABEL when the asset has no open bar
+    first_row: int | None  # panel row where the spell began, None when there is no open bar
+    bars: int  # open bars in the spell, the last one included
+
+
+def current_spell(labels: np.ndarray, open_bars: np.ndarray) -> RegimeSpell:
+    """labels (T,) and open_bars (T,) bool of ONE asset -> its current spell. Closed bars neither end a spell nor
+    count in it: a weekend is not a change of regime."""
+    open_rows = np.flatnonzero(open_bars)
+    if len(open_rows) == 0:
+        return RegimeSpell(NO_LABEL, None, 0)
+    seen = labels[open_rows]
+    now = int(seen[-1])
+    changed = np.flatnonzero(seen != now)
+    start = changed[-1] + 1 if len(changed) else 0  # index into open_rows of the spell's first bar
+    return RegimeSpell(now, int(open_rows[start]), int(len(seen) - start))
