@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 RUNS_ENV_VAR = "REGIME_RUNS"
 DEFAULT_RUNS_DIR = Path("data") / "runs"
-DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_checkpoint"
+DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_checkpoint"
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 REGISTRY_FILE = "registry.jsonl"
