@@ -57,7 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baselines", nargs="+", choices=sorted(BASELINES), help="default: all of them")
     parser.add_argument("--horizon", type=int, help="print only this horizon")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write scores into the run")
+    parser.add_argument("--write-shipped", action="store_true",
+                        help="also write into a checkpoint the app ships (assets/): off by default, so scoring the "
+                             "demo never changes tracked files")
     return parser
+
+
+def ships_with_the_app(run_dir: str | Path) -> bool:
+    """True for a checkpoint inside the app's own assets/ folder (tracked files, e.g. the demo checkpoint)."""
+    return Path(run_dir).resolve().is_relative_to(DEMO_CHECKPOINT_DIR.parent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("cached data needs --symbols and --interval (and --db unless the default cache)")
             loaded = cached_panel(args.symbols, args.interval, db_path=args.db, start=args.start, end=args.end)
         loaded = loaded or panel_for_run(read_manifest(args.run))
-        table = evaluate_run(args.run, loaded, tuple(args.baselines) if args.baselines else None,
-                             write=not args.no_write)
+        write = not args.no_write and (args.write_shipped or not ships_with_the_app(args.run))
+        table = evaluate_run(args.run, loaded, tuple(args.baselines) if args.baselines else None, write=write)
     except (CheckpointError, ValueError) as error:
         print(f"evaluate: {error}", file=sys.stderr)
         return 2
@@ -79,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         print("SYNTHETIC demo data (storage/sources/DEMO.md)")
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
         print(wide_table(table, args.horizon).to_string())
-    if not args.no_write:
+    if not write:
+        reason = "--no-write" if args.no_write else "a checkpoint shipped in assets/ (--write-shipped to update it)"
+        print(f"\nnothing written: {reason}")
+    else:
         print(f"\nwrote {Path(args.run) / SCORES_CSV} and {SCORES_JSON}; summary in {MANIFEST_FILE}")
     return 0
 
