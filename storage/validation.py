@@ -22,6 +22,14 @@ from storage.sources.base import BAR_COLUMNS
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 VALUE_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 
+# Relative tolerance for OHLC consistency. yfinance's auto_adjust (its default) multiplies open/high/low by
+# adj_close/close in float64 and takes close from adj_close, so close (or open) can land one ulp (relative ~1e-16)
+# above high or below low, on about 30 rows of a typical equity file. A row whose open/close/high/low disagree by no
+# more than this fraction of its largest price is float rounding, not a bad bar: it is repaired (high and low
+# widened to contain open and close) and counted. Eight ulps leave room for a few chained float operations while
+# staying about a million times below the smallest real tick (a cent on a $10,000 price is 1e-6).
+OHLC_ROUNDING_TOLERANCE = 8 * float(np.finfo(np.float64).eps)
+
 # A message lists at most this many broken rules, each with at most this many example rows: enough to see
 # the pattern, short enough to read in an error banner.
 MAX_RULES_SHOWN = 5
@@ -51,6 +59,16 @@ class Problem:
         return text
 
 
+@dataclass(frozen=True)
+class ValidatedBars:
+    """What validate_and_repair returns: the normalised bars and what was changed to get them."""
+
+    bars: pd.DataFrame
+    rounding_repairs: int = 0  # rows whose high/low were widened by at most OHLC_ROUNDING_TOLERANCE
+    repaired_examples: tuple[str, ...] = ()  # a few of them, e.g. "line 14 (close=472.65000000000003 > high=472.65)"
+    duplicates_dropped: int = 0  # repeated rows with identical values
+
+
 class BarValidationError(ValueError):
     """Bars that break a rule. `origin` says where they came from, `problems` what is wrong."""
 
@@ -76,7 +94,18 @@ def validate_bars(
     row_numbers: Sequence[int] | np.ndarray | None = None,
     row_label: str = "row",
 ) -> pd.DataFrame:
-    """Normalise `frame` to BAR_COLUMNS or raise BarValidationError.
+    """Normalise `frame` to BAR_COLUMNS or raise BarValidationError (validate_and_repair without the counts)."""
+    return validate_and_repair(frame, origin, row_numbers=row_numbers, row_label=row_label).bars
+
+
+def validate_and_repair(
+    frame: pd.DataFrame,
+    origin: str,
+    *,
+    row_numbers: Sequence[int] | np.ndarray | None = None,
+    row_label: str = "row",
+) -> ValidatedBars:
+    """Normalise `frame` to BAR_COLUMNS or raise BarValidationError; say what was repaired or dropped.
 
     origin: where the bars came from, quoted in every message ("prices.csv", "yfinance:SPY").
     row_numbers: how to name each row of `frame` in messages, e.g. the original line numbers of a CSV file;
@@ -84,8 +113,10 @@ def validate_bars(
 
     Rules: the six columns exist (extra columns are dropped); the frame has rows; ts parses as a timestamp and
     is all zone-aware or all naive (naive timestamps are taken as UTC); prices and volume are numbers, finite,
-    prices > 0, high >= low, open and close inside [low, high], volume >= 0. Rows are sorted by ts; a repeated
-    timestamp with identical values is dropped, one with different values is an error.
+    prices > 0, high >= low, open and close inside [low, high], volume >= 0, where a row that breaks the last two
+    by no more than OHLC_ROUNDING_TOLERANCE (relative) is float rounding: its high and low are widened to contain
+    open and close, and the row is counted in rounding_repairs. Rows are sorted by ts; a repeated timestamp with
+    identical values is dropped (counted), one with different values is an error.
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{origin}: expected a pandas DataFrame of bars, got {type(frame).__name__}")
@@ -108,12 +139,15 @@ def validate_bars(
     problems += ts_problems
     values, reported, value_problems = _parse_values(frame, labels)
     problems += value_problems
+    repaired = _repair_rounding(values, reported)
     problems += _check_bar_rules(values, reported, labels)
     if problems:
         raise BarValidationError(origin, problems)
 
     out = pd.DataFrame({"ts": ts, **{c: values[c] for c in VALUE_COLUMNS}})
-    return _sort_and_deduplicate(out, labels, origin)
+    bars = _sort_and_deduplicate(out, labels, origin)
+    _, repaired_examples = _examples(repaired.mask, labels, repaired.describe)
+    return ValidatedBars(bars, int(repaired.mask.sum()), repaired_examples, len(out) - len(bars))
 
 
 # --- row naming ---------------------------------------------------------------------------------------------
@@ -261,11 +295,50 @@ def _parse_values(frame: pd.DataFrame, labels) -> tuple[dict[str, np.ndarray], n
     return values, reported, problems
 
 
+@dataclass(frozen=True)
+class _Repairs:
+    mask: np.ndarray  # rows whose high/low were widened
+    before: dict[str, np.ndarray]  # the original open/high/low/close of every row, for the examples
+
+    def describe(self, i: int) -> str:
+        o, h, l, c = (self.before[k][i] for k in PRICE_COLUMNS)
+        if max(o, c) > h:
+            return f"{'close' if c >= o else 'open'}={_price(max(o, c))} > high={_price(h)}"
+        if min(o, c) < l:
+            return f"{'close' if c <= o else 'open'}={_price(min(o, c))} < low={_price(l)}"
+        return f"high={_price(h)} < low={_price(l)}"
+
+
+def _repair_rounding(values: dict[str, np.ndarray], reported: np.ndarray) -> _Repairs:
+    """Widen high/low on rows whose OHLC disagree by no more than OHLC_ROUNDING_TOLERANCE of their largest price.
+
+    Replaces values["high"] and values["low"]; rows that break a rule by more are left for _check_bar_rules.
+    """
+    before = {k: values[k] for k in PRICE_COLUMNS}
+    o, h, l, c = (before[k] for k in PRICE_COLUMNS)
+    with np.errstate(invalid="ignore"):
+        top = np.maximum(np.maximum(o, c), l)  # what high must be at least
+        bottom = np.minimum(np.minimum(o, c), h)  # what low must be at most
+        excess = np.maximum(top - h, l - bottom)  # > 0 where a rule is broken
+        scale = np.maximum(np.maximum(np.abs(o), np.abs(h)), np.maximum(np.abs(l), np.abs(c)))
+        mask = ~reported & (excess > 0) & (excess <= OHLC_ROUNDING_TOLERANCE * scale) & (bottom > 0)
+    if mask.any():
+        values["high"] = np.where(mask, np.maximum(h, top), h)
+        values["low"] = np.where(mask, np.minimum(l, bottom), l)
+    return _Repairs(mask, before)
+
+
+def _price(value: float) -> str:
+    """Shortest text that reads back as the same float: a violation of 1e-13 must not print as equal numbers."""
+    return repr(float(value))
+
+
 def _check_bar_rules(values: dict[str, np.ndarray], reported: np.ndarray, labels) -> list[Problem]:
     """OHLC consistency, on rows whose numbers are usable (the others were already reported)."""
     o, h, l, c, v = (values[k] for k in VALUE_COLUMNS)
     usable = ~reported
     problems: list[Problem] = []
+    p = _price
 
     def rule(name: str, mask: np.ndarray, describe) -> None:
         mask = mask & usable
@@ -278,12 +351,14 @@ def _check_bar_rules(values: dict[str, np.ndarray], reported: np.ndarray, labels
         rule(
             "non-positive price",
             non_positive,
-            lambda i: f"open={o[i]:g} high={h[i]:g} low={l[i]:g} close={c[i]:g}",
+            lambda i: f"open={p(o[i])} high={p(h[i])} low={p(l[i])} close={p(c[i])}",
         )
-        rule("high below low", h < l, lambda i: f"high={h[i]:g} < low={l[i]:g}")
-        rule("open outside [low, high]", (o < l) | (o > h), lambda i: f"open={o[i]:g}, low={l[i]:g} high={h[i]:g}")
-        rule("close outside [low, high]", (c < l) | (c > h), lambda i: f"close={c[i]:g}, low={l[i]:g} high={h[i]:g}")
-        rule("negative volume", v < 0, lambda i: f"volume={v[i]:g}")
+        rule("high below low", h < l, lambda i: f"high={p(h[i])} < low={p(l[i])}")
+        rule("open outside [low, high]", (o < l) | (o > h), lambda i: f"open={p(o[i])}, low={p(l[i])} high={p(h[i])}")
+        rule(
+            "close outside [low, high]", (c < l) | (c > h), lambda i: f"close={p(c[i])}, low={p(l[i])} high={p(h[i])}"
+        )
+        rule("negative volume", v < 0, lambda i: f"volume={p(v[i])}")
     return problems
 
 

@@ -6,7 +6,12 @@ import pandas as pd
 import pytest
 
 from storage.sources.base import BAR_COLUMNS
-from storage.validation import BarValidationError, validate_bars
+from storage.validation import (
+    OHLC_ROUNDING_TOLERANCE,
+    BarValidationError,
+    validate_and_repair,
+    validate_bars,
+)
 
 
 def good_bars(n: int = 5, start: str = "2024-01-01", freq: str = "h", tz: str | None = "UTC") -> pd.DataFrame:
@@ -166,6 +171,56 @@ class TestRejections:
         assert len(error.problems) >= 3
         assert "5 rows" in message and "; ..." in message  # counted, only a few quoted
         assert len(message.splitlines()) <= 7
+
+
+class TestFloatRounding:
+    """yfinance's auto_adjust leaves close or open one ulp outside [low, high]: repaired and counted, not refused."""
+
+    def test_the_tolerance_is_eight_float64_epsilons_relative(self):
+        assert OHLC_ROUNDING_TOLERANCE == 8 * np.finfo(np.float64).eps
+
+    def test_close_one_ulp_above_high_and_open_one_ulp_below_low_are_repaired_and_counted(self):
+        frame = good_bars()
+        frame.loc[1, "close"] = np.nextafter(frame.loc[1, "high"], np.inf)
+        frame.loc[3, "open"] = np.nextafter(frame.loc[3, "low"], 0.0)
+        checked = validate_and_repair(frame, "spy.csv", row_numbers=np.arange(5) + 2, row_label="line")
+
+        assert checked.rounding_repairs == 2
+        bars = checked.bars
+        assert bars.loc[1, "high"] == frame.loc[1, "close"] and bars.loc[3, "low"] == frame.loc[3, "open"]
+        assert (bars[["open", "close"]].max(axis=1) <= bars["high"]).all()
+        assert (bars[["open", "close"]].min(axis=1) >= bars["low"]).all()
+        assert checked.repaired_examples[0].startswith("line 3 (close=") and "> high=" in checked.repaired_examples[0]
+        assert "line 5 (open=" in checked.repaired_examples[1] and "< low=" in checked.repaired_examples[1]
+
+    def test_a_flat_bar_whose_high_is_an_ulp_below_its_low_is_widened_to_contain_all_four_prices(self):
+        frame = good_bars(3)
+        frame.loc[0, ["open", "high", "low", "close"]] = 100.0
+        frame.loc[0, "high"] = np.nextafter(100.0, 0.0)
+        checked = validate_and_repair(frame, "test")
+        assert checked.rounding_repairs == 1
+        bar = checked.bars.loc[0]
+        assert (bar["high"], bar["low"]) == (100.0, np.nextafter(100.0, 0.0))
+
+    def test_a_few_ulps_still_count_as_rounding_but_a_real_violation_is_refused_with_exact_values(self):
+        within, beyond = good_bars(), good_bars()
+        high = within.loc[2, "high"]
+        within.loc[2, "close"] = high * (1 + 4 * np.finfo(np.float64).eps)
+        beyond.loc[2, "close"] = high * (1 + 1e-12)  # ~4,500 ulps: more than rounding, however small
+        assert validate_and_repair(within, "test").rounding_repairs == 1
+
+        error = problems_of(beyond, row_numbers=np.arange(5) + 2, row_label="line")
+        assert error.rules == ("close outside [low, high]",)
+        assert f"line 4 (close={float(beyond.loc[2, 'close'])!r}, low=101.0 high={float(high)!r})" in str(error)
+
+    def test_the_plain_function_repairs_too(self):
+        frame = good_bars()
+        frame.loc[0, "close"] = np.nextafter(frame.loc[0, "high"], np.inf)
+        assert validate_bars(frame, "test").loc[0, "high"] == frame.loc[0, "close"]
+
+    def test_identical_duplicates_are_counted(self):
+        checked = validate_and_repair(pd.concat([good_bars(), good_bars().iloc[[1, 3]]]), "test")
+        assert (len(checked.bars), checked.duplicates_dropped, checked.rounding_repairs) == (5, 2, 0)
 
 
 def test_a_million_rows_validate(benchmark_rows=1_000_000):
