@@ -12,7 +12,7 @@ import streamlit as st
 
 from views.frame import render_frame
 
-st.set_page_config(page_title="Cross-asset regime dashboard", page_icon=":material/monitoring:", layout="wide")
+st.set_page_config(page_title="Cross-asset regime dashboard", page_icon="📈", layout="wide")
 
 PAGES = [
     st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),

@@ -32,7 +32,12 @@ else:
             "last_refresh_at": st.column_config.DatetimeColumn("last refresh (UTC)", format="YYYY-MM-DD HH:mm"),
         },
     )
-    stale = table[table["stale"] & ~is_demo]
+    # A failed first fetch or import leaves a refresh-log row and no bars: say so, never format a missing time.
+    empty = table[table["last_ts"].isna()]
+    for row in empty.itertuples():
+        why = f" (last attempt: {row.last_outcome}: {row.last_error})" if isinstance(row.last_error, str) else ""
+        st.warning(f"{row.symbol} ({row.source}, {row.interval}) has no bars stored{why}. Fetch or import it below.")
+    stale = table[table["stale"] & ~is_demo & table["last_ts"].notna()]
     for row in stale.itertuples():
         st.warning(f"{row.symbol} ({row.source}, {row.interval}) is stale: last bar {row.last_ts:%Y-%m-%d %H:%M} UTC.")
 
@@ -41,6 +46,7 @@ if not selection.symbols:
     st.info("Choose one or more symbols in the sidebar.")
 for symbol in selection.symbols:
     rows = summary[(summary["symbol"] == symbol) & (summary["interval"] == selection.interval)] if not summary.empty else summary
+    rows = rows[rows["last_ts"].notna()] if not rows.empty else rows
     if rows.empty:
         st.info(f"No {selection.interval} bars cached for {symbol}. Fetch or import them below.")
         continue
