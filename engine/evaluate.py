@@ -34,7 +34,7 @@ from engine.model.checkpoint import (
     CheckpointError,
     Manifest,
 )
-from engine.panel_data import LoadedPanel, cached_panel, demo_panel
+from storage.panel import LoadedPanel, cached_panel, demo_panel
 
 
 def panel_for_run(manifest: Manifest) -> LoadedPanel:

@@ -1,6 +1,6 @@
 """Per-asset input features, computed causally on each asset's own bars, and their train-only normalisation.
 
-The panel (from storage) puts every asset on one union clock. An equity has no bar on a Saturday, so storage
+The panel (storage.panel.Panel) puts every asset on one union clock. An equity has no bar on a Saturday, so storage
 forward-fills its prices there and says so in `observed`. Indicators computed on those forward-filled copies would be
 wrong (a flat weekend is not a quiet market), so every indicator here runs on the asset's OWN bars only and is then
 carried forward to the rows where its market is closed, with `mask` False there.
@@ -12,75 +12,12 @@ checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-PRICE_FIELDS = ("open", "high", "low", "close")
-PANEL_FIELDS = PRICE_FIELDS + ("volume",)
-
-
-class PanelLike(Protocol):
-    """The aligned panel storage hands over (storage.cache.Panel has this shape)."""
-
-    ts: pd.DatetimeIndex  # (T,) union clock of bar opens, UTC
-    symbols: tuple[str, ...]  # (A,)
-    fields: Mapping[str, np.ndarray]  # 'open','high','low','close','volume' -> float64 (T, A)
-    observed: np.ndarray  # bool (T, A): the asset had its own bar at exactly this ts
-
-
-@dataclass(frozen=True)
-class ArrayPanel:
-    """A PanelLike built straight from numpy arrays (tests, imports, the demo market)."""
-
-    ts: pd.DatetimeIndex
-    symbols: tuple[str, ...]
-    fields: Mapping[str, np.ndarray]
-    observed: np.ndarray
-
-
-def check_panel(panel: PanelLike) -> None:
-    """Raise ValueError naming the field, asset and time of the first thing that breaks the panel contract."""
-    n_rows, n_assets = len(panel.ts), len(panel.symbols)
-    if n_assets == 0:
-        raise ValueError("panel has no symbols")
-    if not isinstance(panel.ts, pd.DatetimeIndex) or panel.ts.tz is None:
-        raise ValueError("panel.ts must be a timezone-aware (UTC) DatetimeIndex")
-    if not panel.ts.is_monotonic_increasing or panel.ts.has_duplicates:
-        raise ValueError("panel.ts must be strictly increasing")
-    observed = np.asarray(panel.observed)
-    if observed.shape != (n_rows, n_assets) or observed.dtype != bool:
-        raise ValueError(f"panel.observed must be bool with shape {(n_rows, n_assets)}, got {observed.dtype} {observed.shape}")
-    for name in PANEL_FIELDS:
-        if name not in panel.fields:
-            raise ValueError(f"panel.fields is missing {name!r} (has {sorted(panel.fields)})")
-        values = np.asarray(panel.fields[name])
-        if values.shape != (n_rows, n_assets):
-            raise ValueError(f"panel.fields[{name!r}] has shape {values.shape}, expected {(n_rows, n_assets)}")
-        bad_prices = observed & ~(np.isfinite(values) & ((values > 0) if name in PRICE_FIELDS else (values >= 0)))
-        if bad_prices.any():
-            row, col = np.argwhere(bad_prices)[0]
-            raise ValueError(
-                f"panel.fields[{name!r}] for {panel.symbols[col]} at {panel.ts[row]} is {values[row, col]!r}: "
-                "observed bars need finite positive prices and non-negative volume"
-            )
-
-
-def own_bars(panel: PanelLike, asset: int) -> tuple[np.ndarray, pd.DataFrame]:
-    """(union rows of the asset's own bars (n,), its OHLCV on those bars as a DataFrame (n, 5))."""
-    rows = np.flatnonzero(np.asarray(panel.observed)[:, asset])
-    frame = pd.DataFrame({name: np.asarray(panel.fields[name])[rows, asset] for name in PANEL_FIELDS})
-    return rows, frame
-
-
-def own_bar_log_returns(panel: PanelLike) -> np.ndarray:
-    """(A, T) log return from the asset's previous own close to this one; NaN where closed and at its first bar."""
-    out = np.full((len(panel.symbols), len(panel.ts)), np.nan)
-    for asset in range(len(panel.symbols)):
-        rows, bars = own_bars(panel, asset)
-        out[asset, rows[1:]] = np.diff(np.log(bars["close"].to_numpy()))
-    return out
+from storage.panel import Panel, check_panel, own_bars
 
 
 @dataclass(frozen=True)
@@ -215,7 +152,7 @@ class RawFeatures:
     names: tuple[str, ...]  # (F,)
 
 
-def compute_raw_features(panel: PanelLike, config: FeatureConfig = FeatureConfig()) -> RawFeatures:
+def compute_raw_features(panel: Panel, config: FeatureConfig = FeatureConfig()) -> RawFeatures:
     check_panel(panel)
     n_assets, n_rows = len(panel.symbols), len(panel.ts)
     values = np.full((n_assets, n_rows, len(FEATURES)), np.nan)
@@ -348,7 +285,7 @@ class FeatureSet:
 
 
 def build_feature_set(
-    panel: PanelLike,
+    panel: Panel,
     fit_rows: range,
     config: FeatureConfig = FeatureConfig(),
     scaler: FeatureScaler | None = None,

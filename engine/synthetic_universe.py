@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from engine.features import ArrayPanel
+from storage.panel import Panel
 
 
-def synthetic_universe(n_assets: int, n_bars: int, *, freq: str = "h", seed: int = 0) -> ArrayPanel:
+def synthetic_universe(n_assets: int, n_bars: int, *, freq: str = "h", seed: int = 0) -> Panel:
     if n_assets < 1 or n_bars < 2:
         raise ValueError(f"need at least 1 asset and 2 bars, got {n_assets} assets and {n_bars} bars")
     rng = np.random.default_rng(seed)
@@ -43,4 +43,4 @@ def synthetic_universe(n_assets: int, n_bars: int, *, freq: str = "h", seed: int
         for name in ("open", "high", "low", "close"):
             fields[name][:first, asset] = np.nan
     symbols = tuple(f"S{i:02d}" for i in range(n_assets))
-    return ArrayPanel(ts=ts, symbols=symbols, fields=fields, observed=observed)
+    return Panel(ts=ts, symbols=symbols, fields=fields, observed=observed)

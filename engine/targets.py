@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.features import PanelLike, check_panel, own_bars
+from storage.panel import Panel, check_panel, own_bars
 
 DEFAULT_HORIZONS: tuple[int, ...] = (1, 5, 20)
 
@@ -47,7 +47,7 @@ class Targets:
         )
 
 
-def compute_targets(panel: PanelLike, horizons: Sequence[int] = DEFAULT_HORIZONS) -> Targets:
+def compute_targets(panel: Panel, horizons: Sequence[int] = DEFAULT_HORIZONS) -> Targets:
     check_panel(panel)
     horizons = tuple(int(h) for h in horizons)
     if not horizons or min(horizons) < 1 or len(set(horizons)) != len(horizons):

@@ -117,7 +117,7 @@ def config_from_args(args: argparse.Namespace, loaded=None) -> TrainConfig:
 
 
 def load_data(args: argparse.Namespace):
-    from engine.panel_data import cached_panel, demo_panel
+    from storage.panel import cached_panel, demo_panel
 
     if args.demo and (args.symbols or args.interval or args.db):
         raise ValueError("choose --demo OR --symbols/--interval (cached data), not both")

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from storage import cache
+from storage.panel import read_panel as read_aligned_panel
 from storage.validation import validate_bars
 
 UPSERT_TARGET_BARS_PER_SECOND = 750_000
@@ -204,7 +205,7 @@ def panel_rows(n_bars: int, repeats: int, workdir: Path) -> list[dict]:
     cache.checkpoint(db_path)
 
     def read_panel() -> np.ndarray:
-        return cache.read_panel(PANEL_SYMBOLS, "1m", db_path=db_path).close
+        return read_aligned_panel(PANEL_SYMBOLS, "1m", db_path=db_path).close
 
     reference = read_panel()
     assert np.array_equal(_panel_by_asof_join(db_path), reference, equal_nan=True), "ASOF variant disagrees"

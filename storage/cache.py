@@ -1,4 +1,6 @@
-"""The DuckDB bar cache: schema, short-lived connections, upserts, reads, the aligned panel and the summary.
+"""The DuckDB bar cache: schema, short-lived connections, upserts, reads and the summary.
+
+The aligned multi-asset panel is storage.panel's: its read_panel queries the bars through the connections here.
 
 One file holds two tables:
 
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -38,12 +39,9 @@ from storage.locks import open_with_retry
 from storage.sources.base import BAR_COLUMNS
 from storage.validation import validate_bars
 
-PRICE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close")
-VALUE_FIELDS: tuple[str, ...] = (*PRICE_FIELDS, "volume")
-
-# When read_bars/read_panel are not told which source to use and a symbol is stored under several, the first
-# of these that has bars wins: data fetched from a real market first, then files the user imported, and the
-# synthetic demo only when nothing real exists.
+# When read_bars (or storage.panel.read_panel) is not told which source to use and a symbol is stored under
+# several, the first of these that has bars wins: data fetched from a real market first, then files the user
+# imported, and the synthetic demo only when nothing real exists.
 SOURCE_PREFERENCE: tuple[str, ...] = ("yfinance", "ccxt", "parquet", "csv", "demo")
 
 # Staleness (cache_summary): the newest stored bar is stamped with its OPEN time, so right after a bar closes it
@@ -462,193 +460,6 @@ def read_bars(
             "WHERE symbol = $symbol AND source = $source AND interval = $interval" + time_filter + " ORDER BY ts",
             params,
         )
-
-
-# --- the aligned panel --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Panel:
-    """Several assets on one clock, without looking ahead.
-
-    ts: the union of every asset's bar opens in the requested span (UTC), length T.
-    fields: "open", "high", "low", "close", "volume" -> float64 array (T, assets).
-    observed: bool (T, assets), True where the asset has a bar opening exactly at ts.
-    Where an asset has no bar (its market is closed), its open/high/low/close are its last known CLOSE (a flat
-    bar at the last traded price, never a value from later) and its volume is 0; before its first stored bar
-    (looking back before `start` too) they are NaN.
-    """
-
-    ts: pd.DatetimeIndex
-    symbols: tuple[str, ...]
-    sources: tuple[str | None, ...]  # the source each asset was read from; None where no bar was read
-    interval: str
-    fields: dict[str, np.ndarray]
-    observed: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    @property
-    def close(self) -> np.ndarray:
-        return self.fields["close"]
-
-
-# The panel is read in one query and aligned in numpy. The query returns the chosen series' bars in long form
-# (asset index, epoch microseconds, OHLCV); for every tick of the union clock, np.searchsorted finds each asset's
-# latest bar at or before the tick, which is exactly an ASOF join: a value can only come from the past.
-# Measured (storage/bench.py): the same alignment as a DuckDB ASOF JOIN over the (tick x asset) grid, sorted and
-# fetched, took about twice as long for 3 x 50,000 bars, mostly because it materialises and sorts the whole grid.
-# `requested` lists the symbols with the source asked for (NULL: the preferred one); `wanted` settles the
-# source, so choosing sources costs no extra round trip. source_rank tells Python which source each asset got.
-_PANEL_WANTED = """
-WITH requested AS (
-    SELECT unnest($symbols) AS symbol, unnest($sources::VARCHAR[]) AS source,
-           generate_subscripts($symbols, 1) - 1 AS asset
-),
-preferred AS (
-    SELECT symbol, arg_min(source, list_position($preference, source)) AS source
-    FROM bars
-    WHERE interval = $interval AND symbol IN (SELECT symbol FROM requested WHERE source IS NULL)
-    GROUP BY symbol
-),
-wanted AS (
-    SELECT requested.asset, requested.symbol, coalesce(requested.source, preferred.source) AS source
-    FROM requested LEFT JOIN preferred ON preferred.symbol = requested.symbol
-)"""
-# With a start, each asset is also read back to its last bar at or before start, so a market that is closed at
-# start shows its last price there instead of NaN, while older history is skipped.
-_PANEL_FLOORS = """,
-floors AS (
-    SELECT wanted.asset, max(bars.ts) AS floor_ts
-    FROM bars JOIN wanted ON bars.symbol = wanted.symbol AND bars.source = wanted.source
-    WHERE bars.interval = $interval AND bars.ts <= $start
-    GROUP BY wanted.asset
-)"""
-_PANEL_BARS = """
-SELECT wanted.asset::INTEGER AS asset, list_position($preference, wanted.source)::TINYINT AS source_rank,
-       epoch_us(bars.ts) AS ts_us,
-       bars.open, bars.high, bars.low, bars.close, bars.volume
-FROM bars JOIN wanted ON bars.symbol = wanted.symbol AND bars.source = wanted.source
-"""
-_PANEL_FROM_FLOORS = """
-LEFT JOIN floors ON floors.asset = wanted.asset
-WHERE bars.interval = $interval AND bars.ts >= coalesce(floors.floor_ts, $start)"""
-
-
-def align_as_of(
-    asset: np.ndarray, ts_us: np.ndarray, values: Mapping[str, np.ndarray], n_assets: int, start_us: int | None
-) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Long bars -> (clock, fields, observed) as described on Panel.
-
-    asset (n,) int, ts_us (n,) int64 epoch microseconds, values[name] (n,) float64, in any order; bars before
-    start_us only serve as as-of values. Returns clock (T,) int64, fields[name] (T, n_assets), observed (T, n_assets).
-    """
-    # Group rows by asset with a stable sort on a small integer type (numpy radix-sorts those in O(n)), then
-    # make each asset's run time-ordered; both are no-ops in the usual case that DuckDB returned them in order.
-    by_asset = np.argsort(asset.astype(np.int16), kind="stable")
-    bounds = np.searchsorted(asset[by_asset], np.arange(n_assets + 1))
-    for a in range(n_assets):
-        run = by_asset[bounds[a] : bounds[a + 1]]
-        run_ts = ts_us[run]
-        if np.any(run_ts[1:] < run_ts[:-1]):
-            by_asset[bounds[a] : bounds[a + 1]] = run[np.argsort(run_ts, kind="stable")]
-    ts_sorted = ts_us[by_asset]
-
-    # The clock: the union of bar opens. Concatenated sorted runs sort in O(n) with timsort (kind="stable").
-    on_clock = ts_sorted if start_us is None else ts_sorted[ts_sorted >= start_us]
-    clock = np.sort(on_clock, kind="stable")
-    if len(clock):
-        clock = clock[np.concatenate(([True], clock[1:] != clock[:-1]))]  # (T,)
-
-    shape = (len(clock), n_assets)
-    fields = {name: np.full(shape, np.nan) for name in VALUE_FIELDS}
-    observed = np.zeros(shape, dtype=bool)
-    for a in range(n_assets):
-        run = by_asset[bounds[a] : bounds[a + 1]]
-        if len(run) == 0:
-            continue  # nothing stored for this asset: NaN and unobserved throughout
-        own_ts = ts_sorted[bounds[a] : bounds[a + 1]]
-        latest = np.searchsorted(own_ts, clock, side="right") - 1  # the last bar at or before each tick, (T,)
-        known = latest >= 0
-        latest = np.maximum(latest, 0)
-        is_bar = known & (own_ts[latest] == clock)
-        rows = run[latest]
-        last_close = np.where(known, values["close"][rows], np.nan)
-        fields["close"][:, a] = last_close
-        for name in ("open", "high", "low"):
-            fields[name][:, a] = np.where(is_bar, values[name][rows], last_close)
-        fields["volume"][:, a] = np.where(is_bar, values["volume"][rows], 0.0)
-        observed[:, a] = is_bar
-    return clock, fields, observed
-
-
-def _requested_sources(symbols: tuple[str, ...], sources) -> list[str | None]:
-    """One source name per symbol, or None where the preferred source should be used."""
-    if sources is None:
-        chosen = [None] * len(symbols)
-    elif isinstance(sources, str):
-        chosen = [sources] * len(symbols)
-    elif isinstance(sources, Mapping):
-        unknown = set(sources) - set(symbols)
-        if unknown:
-            raise ValueError(f"sources names symbols that are not in the panel: {sorted(unknown)}")
-        chosen = [sources.get(symbol) for symbol in symbols]
-    else:
-        chosen = list(sources)
-        if len(chosen) != len(symbols):
-            raise ValueError(f"got {len(chosen)} sources for {len(symbols)} symbols: give one per symbol")
-    return [None if source is None else check_source(source) for source in chosen]
-
-
-def _sources_read(asset: np.ndarray, source_rank: np.ndarray, n_assets: int) -> tuple[str | None, ...]:
-    """Which source each asset's rows came from (the rank is the same on all of an asset's rows)."""
-    rank_of = np.zeros(n_assets, dtype=np.int64)
-    rank_of[asset] = source_rank
-    return tuple(SOURCE_PREFERENCE[rank - 1] if rank > 0 else None for rank in rank_of)
-
-
-def read_panel(
-    symbols: Sequence[str],
-    interval: str,
-    sources: str | Sequence[str] | Mapping[str, str] | None = None,
-    start=None,
-    end=None,
-    db_path: str | os.PathLike | None = None,
-) -> Panel:
-    """Assets aligned on the union clock of their bars with start <= ts < end (see Panel).
-
-    sources: None (each symbol's preferred source, SOURCE_PREFERENCE), one name for all, one per symbol, or a
-    {symbol: source} mapping (symbols left out use their preferred source).
-    """
-    if isinstance(symbols, str):
-        raise TypeError("symbols must be a list of symbols, not one string")
-    symbols = tuple(check_symbol(symbol) for symbol in symbols)
-    if not symbols or len(set(symbols)) != len(symbols):
-        raise ValueError(f"read_panel needs one or more distinct symbols, got {list(symbols)}")
-    check_interval(interval)
-    params: dict = {
-        "interval": interval,
-        "symbols": list(symbols),
-        "sources": _requested_sources(symbols, sources),
-        "preference": list(SOURCE_PREFERENCE),
-    }
-    start = to_utc(start, "start")
-    if start is None:
-        query = _PANEL_WANTED + _PANEL_BARS + "WHERE bars.interval = $interval"
-    else:
-        params["start"] = start
-        query = _PANEL_WANTED + _PANEL_FLOORS + _PANEL_BARS + _PANEL_FROM_FLOORS
-    query += _time_filter(params, None, end, column="bars.ts")
-    with connect(db_path, read_only=True) as con:
-        # Arrow, then numpy without copies (no column holds NULLs): measured faster than fetchnumpy here.
-        table = con.sql(query, params=params).to_arrow_table()
-    columns = {name: table.column(name).to_numpy() for name in table.column_names}
-    start_us = None if start is None else start.value // 1_000  # Timestamp.value is always nanoseconds
-    clock, fields, observed = align_as_of(columns["asset"], columns["ts_us"], columns, len(symbols), start_us)
-    ts = pd.DatetimeIndex(clock.view("datetime64[us]"), name="ts").tz_localize("UTC")
-    chosen = _sources_read(columns["asset"], columns["source_rank"], len(symbols))
-    return Panel(ts=ts, symbols=symbols, sources=chosen, interval=interval, fields=fields, observed=observed)
 
 
 # --- the summary --------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from engine.backtest.sweep import sweep
 from engine.figures import backtest as charts
 from engine.figures.export import browser_unavailable_reason
 from engine.report import ReportContent, report_html, report_pdf
-from storage.cache import read_panel
 from storage.locks import CacheBusyError
+from storage.panel import read_panel
 from views.export_widgets import chart_with_downloads, share_url
 from views.frame import current_selection, load_summary
 

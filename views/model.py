@@ -10,9 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from engine.model.checkpoint import new_run_id, resolve_runs_dir
-from engine.panel_data import cached_panel
 from engine.training.jobs import JobRegistry
 from engine.training.settings import settings_for_panel
+from storage.panel import cached_panel
 from views.frame import clear_cached_reads, current_selection, load_runs
 
 JOB = "train"

@@ -22,9 +22,8 @@ from engine.diagnostics import DiagnosticsBundle
 from engine.diagnostics.cache import load_or_compute_diagnostics
 from engine.diagnostics.for_run import RunOnPanel, run_on_panel
 from engine.model.checkpoint import CheckpointError
-from engine.panel_data import LoadedPanel, cached_panel
 from storage.locks import CacheBusyError
-from storage.sources.demo import PlantedTruth, demo_market
+from storage.panel import LoadedPanel, PlantedTruth, cached_panel
 from views.frame import Selection
 
 
@@ -36,7 +35,11 @@ class ModelView:
     cache_status: str  # "cached" or "computed: why"
     rows: range  # the union-clock rows inside the sidebar's date range
     out_of_sample: list[tuple[pd.Timestamp, pd.Timestamp]]  # every walk-forward test span, UTC
-    truth: PlantedTruth | None  # the demo's planted structure when every asset is demo data
+
+    @property
+    def truth(self) -> PlantedTruth | None:
+        """The demo's planted structure when every asset is demo data (it comes with the panel)."""
+        return self.loaded.truth
 
     @property
     def ts(self) -> pd.DatetimeIndex:
@@ -64,12 +67,6 @@ def _test_spans(manifest) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
         first, last = fold["test"]
         spans.append((pd.Timestamp(first), pd.Timestamp(last)))
     return spans
-
-
-def _planted_truth(selection: Selection) -> PlantedTruth | None:
-    if not selection.sources or set(selection.sources.values()) != {"demo"}:
-        return None
-    return demo_market(selection.interval).truth
 
 
 def _rows_in_range(ts: pd.DatetimeIndex, selection: Selection) -> range:
@@ -105,8 +102,7 @@ def model_view(selection: Selection) -> ModelView:
         st.error(f"The model could not run on this selection: {error}")
         st.stop()
     ts = bundle.inference.ts
-    return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest),
-                     _planted_truth(selection))
+    return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest))
 
 
 def asset_closes(view: ModelView, symbol: str) -> np.ndarray:

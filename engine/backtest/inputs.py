@@ -20,15 +20,15 @@ import pandas as pd
 
 from engine.backtest.engine import BacktestInputs
 from engine.calendar import Annualisation
-from engine.features import PanelLike, check_panel
 from engine.targets import compute_targets
 from engine.training.splits import walk_forward
+from storage.panel import Panel, check_panel
 
 MARKETS = ("crypto", "equities")
 
 
 # ------------------------------------------------------------------------------------------------ the panel side
-def infer_markets(panel: PanelLike) -> tuple[str, ...]:
+def infer_markets(panel: Panel) -> tuple[str, ...]:
     """Per asset, "crypto" when it has an own bar on a Saturday or Sunday (UTC), else "equities"."""
     weekend = np.asarray(panel.ts.day_of_week >= 5)  # (T,)
     observed = np.asarray(panel.observed)  # (T, A)
@@ -40,7 +40,7 @@ def bars_per_year_of(interval: str, markets: Sequence[str]) -> np.ndarray:
     return np.array([Annualisation.from_interval(interval, market).bars_per_year for market in markets])
 
 
-def panel_simple_returns(panel: PanelLike) -> np.ndarray:
+def panel_simple_returns(panel: Panel) -> np.ndarray:
     """(T, A) close-to-close simple return on the union clock; NaN before an asset's first close.
 
     The panel carries an equity's last close through the hours its market is closed, so those bars return 0 and the
@@ -55,7 +55,7 @@ def panel_simple_returns(panel: PanelLike) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ the forecasts
 def backtest_inputs_from_forecasts(
-    panel: PanelLike,
+    panel: Panel,
     prob_up: np.ndarray,
     predicted_vol: np.ndarray,
     horizons: Sequence[int],
@@ -137,11 +137,11 @@ class WalkForwardConfig:
             raise ValueError(f"WalkForwardConfig: need n_folds >= 1, 0 < train_fraction < 1, min_train_rows >= 1; got {self}")
 
 
-Forecaster = Callable[[PanelLike, Sequence[int]], Forecasts]
+Forecaster = Callable[[Panel, Sequence[int]], Forecasts]
 
 
 def baseline_forecasts(
-    panel: PanelLike,
+    panel: Panel,
     horizons: Sequence[int] = (1, 5, 20),
     direction_baseline: str = "logistic",
     volatility_baseline: str = "har",
@@ -192,7 +192,7 @@ def baseline_forecasts(
     )
 
 
-def model_forecasts(panel: PanelLike, run_dir, horizons: Sequence[int] = (1, 5, 20)) -> Forecasts:
+def model_forecasts(panel: Panel, run_dir, horizons: Sequence[int] = (1, 5, 20)) -> Forecasts:
     """The trained model's walk-forward forecasts: every fold's model on its own test span, as training saved them.
 
     Only those out-of-sample rows carry a forecast, so the backtest never trades on a bar the model learnt from.

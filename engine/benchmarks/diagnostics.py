@@ -21,12 +21,12 @@ from engine.diagnostics import (
     load_or_compute_diagnostics,
 )
 from engine.diagnostics.bundle import DiagnosticsConfig
-from engine.features import ArrayPanel, build_feature_set
+from engine.features import build_feature_set
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.inference import run_inference
-from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import device_label
+from storage.panel import Panel, demo_panel, panel_fingerprint
 
 N_BARS = 20_000
 BUDGET_S = 10.0
@@ -38,8 +38,8 @@ def _seconds(fn) -> tuple[float, object]:
     return time.perf_counter() - started, value
 
 
-def first_rows(panel: ArrayPanel, n: int) -> ArrayPanel:
-    return ArrayPanel(panel.ts[:n], panel.symbols, {k: v[:n] for k, v in panel.fields.items()}, panel.observed[:n])
+def first_rows(panel: Panel, n: int) -> Panel:
+    return Panel(panel.ts[:n], panel.symbols, {k: v[:n] for k, v in panel.fields.items()}, panel.observed[:n])
 
 
 def rows(device: torch.device | str) -> list[dict]:

@@ -161,7 +161,7 @@ def load_or_compute_diagnostics(
     if tuple(fingerprint.symbols) != tuple(features.symbols) or fingerprint.n_rows != len(features.ts):
         raise ValueError(
             f"the fingerprint describes {list(fingerprint.symbols)} x {fingerprint.n_rows} rows, the features "
-            f"{list(features.symbols)} x {len(features.ts)}: pass the fingerprint of this panel (engine.panel_data.panel_fingerprint)"
+            f"{list(features.symbols)} x {len(features.ts)}: pass the fingerprint of this panel (storage.panel.panel_fingerprint)"
         )
     key = CacheKey(run_id, fingerprint.content_hash, (fit_rows.start, fit_rows.stop), config.identity())
     root = resolve_cache_dir(cache_dir)

@@ -20,7 +20,7 @@ from engine.model.checkpoint import (
 )
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
-from engine.panel_data import LoadedPanel
+from storage.panel import LoadedPanel
 
 
 @dataclass(frozen=True)

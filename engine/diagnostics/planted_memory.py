@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from engine.features import own_bar_log_returns
+from storage.panel import own_bar_log_returns
 
 DEFAULT_HALF_LIVES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -83,7 +83,7 @@ def memory_probe_series(
 
 def memory_probe(panel, regimes_on_clock: np.ndarray, regime_names: Sequence[str],
                  config: MemoryProbeConfig = MemoryProbeConfig()) -> pd.DataFrame:
-    """Every asset of an engine.panel.Panel; regimes_on_clock (T,) the planted regime per panel row."""
+    """Every asset of a storage.panel.Panel; regimes_on_clock (T,) the planted regime per panel row."""
     returns = own_bar_log_returns(panel)  # (A, T), NaN where closed and at each asset's first bar
     frames = []
     for asset, symbol in enumerate(panel.symbols):
@@ -95,15 +95,15 @@ def memory_probe(panel, regimes_on_clock: np.ndarray, regime_names: Sequence[str
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from engine.panel_data import demo_panel
-    from storage.sources.demo import demo_market
+    # The command line reads the demo market; the probe above takes any panel it is handed.
+    from storage.panel import demo_panel
 
     parser = argparse.ArgumentParser(description="Which EMA memory the SYNTHETIC demo's data rewards per planted "
                                                  "regime (model-free reference for recovery claim 3).")
     parser.add_argument("--interval", default="1h", choices=("1h", "1d"))
     args = parser.parse_args(argv)
     loaded = demo_panel(args.interval, variant="planted")
-    truth = demo_market(args.interval, "planted").truth
+    truth = loaded.truth
     planted = truth.regimes.reindex(loaded.panel.ts).to_numpy()
     table = memory_probe(loaded.panel, planted, truth.regime_names)
     print(f"SYNTHETIC demo, {args.interval}: planted memory, longest first: {' > '.join(truth.memory_order)}")

@@ -47,11 +47,10 @@ from engine.evaluation.baselines import (
 from engine.evaluation.predictions import forecast_span, load_predictions
 from engine.evaluation.scores import Predictions, diebold_mariano, squared_errors
 from engine.model.checkpoint import CheckpointError
-from engine.panel_data import LoadedPanel
 from engine.targets import Targets, compute_targets
 from engine.training.config import TrainConfig
 from engine.training.loop import make_folds
-from storage.sources.demo import PlantedTruth
+from storage.panel import LoadedPanel, PlantedTruth
 
 
 @dataclass(frozen=True)
@@ -203,16 +202,21 @@ class RecoveryReport:
 
 
 def evaluate_recovery(
-    run_dir: str | Path, loaded: LoadedPanel, truth: PlantedTruth, *, lag: int | None = None, n_regimes: int = 3
+    run_dir: str | Path, loaded: LoadedPanel, truth: PlantedTruth | None = None, *, lag: int | None = None,
+    n_regimes: int = 3,
 ) -> RecoveryReport:
     """Measure claims 1-4 for the run in run_dir on the demo panel it was trained on.
 
-    truth: the PLANTED truth (for the null control pass the planted variant's truth: the structure that was taken
-    out, which the model must not find). lag defaults to truth.lag_bars. Regimes (claim 2) and look-back (claim 3)
+    truth: the PLANTED truth, by default the one that came with the panel (loaded.truth). For the null control pass
+    the planted variant's truth: the structure that was taken out, which the model must not find. lag defaults to
+    truth.lag_bars. Regimes (claim 2) and look-back (claim 3)
     are scored on every bar: PCA, clusters and the Markov-switching baseline are all fitted on the final model's
     training span only and applied forward, so both methods are judged alike. Forecasts (claim 4) are the run's
     out-of-sample record: every fold's test span, each forecast by the model of its fold.
     """
+    truth = loaded.truth if truth is None else truth
+    if truth is None:
+        raise ValueError(f"{loaded.label} has no planted truth to recover: recovery is measured on the demo market")
     run = run_on_panel(run_dir, loaded)
     model, manifest, features, fit_rows = run.model, run.manifest, run.features, run.fit_rows
     panel = loaded.panel

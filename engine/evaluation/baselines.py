@@ -29,9 +29,9 @@ from engine.evaluation.scores import (
     Predictions,
     concat_predictions,
 )
-from engine.features import PanelLike, own_bar_log_returns
 from engine.targets import Targets
 from engine.training.splits import Fold
+from storage.panel import Panel, own_bar_log_returns
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class BaselineInput:
     symbols: tuple[str, ...]
 
     @classmethod
-    def from_panel(cls, panel: PanelLike, targets: Targets) -> "BaselineInput":
+    def from_panel(cls, panel: Panel, targets: Targets) -> "BaselineInput":
         return cls(own_bar_log_returns(panel), np.asarray(panel.observed).T.copy(), targets, tuple(panel.symbols))
 
 

@@ -19,9 +19,9 @@ from engine.evaluation.scores import (
     calibration_table,
     expected_calibration_error,
 )
-from engine.features import PanelLike
 from engine.model.inference import InferenceResult
 from engine.targets import compute_targets
+from storage.panel import Panel
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class PastForecasts:
         return float(((known["realised"] >= known[lo]) & (known["realised"] <= known[hi])).mean())
 
 
-def past_forecasts(panel: PanelLike, predictions: Predictions, ts_us: np.ndarray, symbol: str,
+def past_forecasts(panel: Panel, predictions: Predictions, ts_us: np.ndarray, symbol: str,
                    horizon: int) -> PastForecasts:
     """The run's walk-forward forecasts for `symbol` at `horizon`, matched to `panel` by time, with outcomes."""
     if symbol not in panel.symbols:

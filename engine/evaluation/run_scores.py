@@ -30,9 +30,9 @@ from engine.model.checkpoint import (
     check_fits,
     update_manifest_scores,
 )
-from engine.panel_data import LoadedPanel
 from engine.targets import compute_targets
 from engine.training.splits import Fold
+from storage.panel import LoadedPanel
 
 SCORES_CSV = "scores.csv"
 

@@ -6,7 +6,6 @@ was trained on (a fingerprint) so it can refuse a panel it does not fit and so d
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,8 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
+from storage.panel import DataFingerprint
+
 RUNS_ENV_VAR = "REGIME_RUNS"
 DEFAULT_RUNS_DIR = Path("data") / "runs"
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_checkpoint"
@@ -31,39 +32,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, corrupt, or not fitting the data it is asked to run on."""
-
-
-@dataclass(frozen=True)
-class DataFingerprint:
-    """What a model was trained on: enough to refuse a misfit and to key cached diagnostics."""
-
-    symbols: tuple[str, ...]
-    interval: str
-    first_ts: str
-    last_ts: str
-    n_rows: int
-    content_hash: str
-    sources: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, *, symbols, interval: str, ts, arrays: dict[str, np.ndarray], sources=()) -> "DataFingerprint":
-        digest = hashlib.sha256()
-        digest.update(json.dumps([list(symbols), interval]).encode())
-        digest.update(np.asarray(ts, dtype="datetime64[us]").astype(np.int64).tobytes())
-        for name in sorted(arrays):
-            # NaN bytes are canonical under numpy, so equal data always hashes equal.
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(arrays[name], dtype=np.float64).tobytes())
-        ts = np.asarray(ts, dtype="datetime64[us]")
-        return cls(
-            symbols=tuple(symbols), interval=interval,
-            first_ts=str(ts[0]) if len(ts) else "", last_ts=str(ts[-1]) if len(ts) else "",
-            n_rows=int(len(ts)), content_hash=digest.hexdigest()[:16], sources=tuple(sources),
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DataFingerprint":
-        return cls(**{**data, "symbols": tuple(data["symbols"]), "sources": tuple(data.get("sources", ()))})
 
 
 @dataclass

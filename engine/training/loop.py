@@ -49,7 +49,7 @@ from engine.evaluation.predictions import (
     save_predictions,
 )
 from engine.evaluation.scores import Predictions, concat_predictions
-from engine.features import FeatureSet, PanelLike, build_feature_set
+from engine.features import FeatureSet, build_feature_set
 from engine.model.checkpoint import (
     DataFingerprint,
     Manifest,
@@ -114,6 +114,7 @@ from engine.training.resume import (
     seed_for,
 )
 from engine.training.splits import Fold, walk_forward
+from storage.panel import Panel
 
 
 def make_folds(n_rows: int, targets: Targets, config: TrainConfig) -> list[Fold]:
@@ -125,7 +126,7 @@ def make_folds(n_rows: int, targets: Targets, config: TrainConfig) -> list[Fold]
 
 
 def train_walk_forward(
-    panel: PanelLike,
+    panel: Panel,
     config: TrainConfig,
     *,
     interval: str,
@@ -268,7 +269,7 @@ def _gather_folds(ctx: DistContext, outcomes: list[tuple | None], model_config: 
     return gathered
 
 
-def _span_times(panel: PanelLike, fold: Fold) -> dict[str, list[str]]:
+def _span_times(panel: Panel, fold: Fold) -> dict[str, list[str]]:
     return {name: [str(panel.ts[span.start]), str(panel.ts[span.stop - 1])]
             for name, span in (("train", fold.train), ("val", fold.val), ("test", fold.test))}
 
@@ -512,7 +513,7 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def train_panel(loaded, config: TrainConfig, run_dir: str | Path | None = None, **kwargs: Any) -> TrainResult:
-    """Train on an engine.panel_data.LoadedPanel; run_dir defaults to a new folder under the runs directory."""
+    """Train on a storage.panel.LoadedPanel; run_dir defaults to a new folder under the runs directory."""
     from engine.model.checkpoint import resolve_runs_dir
 
     run_id = kwargs.pop("run_id", None) or new_run_id()

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.features import PanelLike
 from engine.targets import compute_targets
 from engine.training.config import TrainConfig
 from engine.training.presets import demo_config
+from storage.panel import Panel
 
 TEST_SHARE = 0.10  # of all rows, per fold
 VAL_SHARE = 0.05
 MIN_TRAIN_SHARE = 0.35
 
 
-def settings_for_panel(panel: PanelLike, interval: str, *, n_folds: int = 3, max_epochs: int | None = None,
+def settings_for_panel(panel: Panel, interval: str, *, n_folds: int = 3, max_epochs: int | None = None,
                        seed: int = 0) -> TrainConfig:
     """A TrainConfig whose folds fit the panel; raises ValueError saying how many bars are missing when none can."""
     base = demo_config(interval if interval in ("1d", "1h") else "1h")

@@ -15,8 +15,8 @@ import pytest
 import streamlit as st
 
 from engine.model.checkpoint import MANIFEST_FILE, Manifest, register_run
-from engine.panel_data import cached_panel
 from engine.runtime import configure_cpu_threads
+from storage.panel import cached_panel
 from storage.sources.demo import DEMO_SYMBOLS
 from tests.app.conftest import figure_specs, open_page
 

@@ -13,14 +13,13 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from engine.features import ArrayPanel
 from engine.model.checkpoint import WEIGHTS_FILE
 from engine.model.hybrid import HybridModel
-from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import configure_cpu_threads
 from engine.training.config import TrainConfig, default_model_config
 from engine.training.distributed import init_distributed, shutdown
 from engine.training.loop import train_walk_forward
+from storage.panel import Panel, demo_panel, panel_fingerprint
 
 N_ROWS = 720
 
@@ -34,12 +33,12 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def small_panel(perturb: bool = False) -> ArrayPanel:
+def small_panel(perturb: bool = False) -> Panel:
     panel = demo_panel("1d").panel
     fields = {k: v[:N_ROWS].copy() for k, v in panel.fields.items()}
     if perturb:
         fields["close"][100] *= 1.01
-    return ArrayPanel(ts=panel.ts[:N_ROWS], symbols=panel.symbols, fields=fields,
+    return Panel(ts=panel.ts[:N_ROWS], symbols=panel.symbols, fields=fields,
                       observed=panel.observed[:N_ROWS].copy())
 
 

@@ -11,12 +11,12 @@ from engine.backtest.inputs import (
     baseline_forecasts,
     infer_markets,
 )
-from engine.features import ArrayPanel
+from storage.panel import Panel
 
 HORIZONS = (1, 5)
 
 
-def mixed_panel(n_days: int = 400, seed: int = 0) -> ArrayPanel:
+def mixed_panel(n_days: int = 400, seed: int = 0) -> Panel:
     """Daily bars: A trades every day, B on weekdays only (its close carried over weekends)."""
     rng = np.random.default_rng(seed)
     ts = pd.date_range("2023-01-02", periods=n_days, freq="1D", tz="UTC")
@@ -28,7 +28,7 @@ def mixed_panel(n_days: int = 400, seed: int = 0) -> ArrayPanel:
             close[t, 1] = close[t - 1, 1]
     fields = {name: close.copy() for name in ("open", "high", "low", "close")}
     fields["volume"] = np.where(observed, 1.0, 0.0)
-    return ArrayPanel(ts=ts, symbols=("A", "B"), fields=fields, observed=observed)
+    return Panel(ts=ts, symbols=("A", "B"), fields=fields, observed=observed)
 
 
 def forecasts(panel, value=0.6, vol=0.05):
@@ -105,7 +105,7 @@ def test_baseline_forecasts_exist_only_out_of_sample_and_ignore_the_future():
     changed_close = panel.fields["close"].copy()
     changed_close[cut + 1 :] *= 1.5
     fields = {**panel.fields, **{name: changed_close for name in ("open", "high", "low", "close")}}
-    changed = baseline_forecasts(ArrayPanel(panel.ts, panel.symbols, fields, panel.observed), HORIZONS)
+    changed = baseline_forecasts(Panel(panel.ts, panel.symbols, fields, panel.observed), HORIZONS)
     # The folds refit on later training spans that include the change, so compare within the first test span.
     np.testing.assert_allclose(changed.prob_up[:, first : cut + 1], result.prob_up[:, first : cut + 1])
 

@@ -18,9 +18,9 @@ from engine.evaluation.baselines import (
     walk_forward_baselines,
 )
 from engine.evaluation.scores import score_table
-from engine.features import ArrayPanel
 from engine.targets import compute_targets
 from engine.training.splits import walk_forward
+from storage.panel import Panel
 
 # demo_panel is a fixture: imported so both files share one way of loading the demo market through storage
 from tests.engine.test_features import demo_panel, make_panel, perturbed_after  # noqa: F401
@@ -32,7 +32,7 @@ def inputs(panel) -> BaselineInput:
     return BaselineInput.from_panel(panel, compute_targets(panel))
 
 
-def panel_from_returns(returns: np.ndarray) -> ArrayPanel:
+def panel_from_returns(returns: np.ndarray) -> Panel:
     """A 24/7 panel whose closes follow the given per-bar log returns (T, A)."""
     n_rows, n_assets = returns.shape
     close = 100 * np.exp(np.cumsum(returns, axis=0))
@@ -40,7 +40,7 @@ def panel_from_returns(returns: np.ndarray) -> ArrayPanel:
     fields = {"open": open_, "high": np.maximum(open_, close) * 1.001, "low": np.minimum(open_, close) / 1.001,
               "close": close, "volume": np.ones((n_rows, n_assets))}
     ts = pd.date_range("2020-01-01", periods=n_rows, freq="1D", tz="UTC")
-    return ArrayPanel(ts, tuple(f"A{i}" for i in range(n_assets)), fields, np.ones((n_rows, n_assets), dtype=bool))
+    return Panel(ts, tuple(f"A{i}" for i in range(n_assets)), fields, np.ones((n_rows, n_assets), dtype=bool))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
@@ -29,8 +28,8 @@ from engine.diagnostics.regimes import NO_LABEL, transition_counts
 from engine.features import build_feature_set
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
-from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import configure_cpu_threads
+from storage.panel import demo_panel
 
 configure_cpu_threads(1)
 

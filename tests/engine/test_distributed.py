@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from engine.evaluation.predictions import PREDICTIONS_FILE
 from engine.features import build_feature_set
 from engine.model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
-from engine.panel_data import panel_fingerprint
 from engine.runtime import configure_cpu_threads
 from engine.targets import compute_targets
 from engine.training.dataset import make_windows
 from engine.training.loop import make_folds, train_walk_forward
 from engine.training.resume import FOLDS_DIR, RESUME_DIR
+from storage.panel import panel_fingerprint
 from tests.engine.distributed_worker import small_panel, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ from engine.evaluation.run_scores import (
 )
 from engine.features import FEATURE_NAMES
 from engine.model.checkpoint import CheckpointError, check_fits
-from engine.panel_data import LoadedPanel, demo_panel
 from engine.runtime import configure_cpu_threads
+from storage.panel import LoadedPanel, demo_panel
 from tests.engine.test_training import small_panel, tiny_config, train
 
 

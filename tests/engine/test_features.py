@@ -11,7 +11,6 @@ import pytest
 from engine.features import (
     FEATURE_NAMES,
     FEATURES,
-    ArrayPanel,
     FeatureScaler,
     build_feature_set,
     compute_raw_features,
@@ -19,9 +18,10 @@ from engine.features import (
 )
 from engine.targets import compute_targets
 from engine.training.dataset import make_windows
+from storage.panel import Panel
 
 
-def make_panel(n_rows: int = 400, seed: int = 0, freq: str = "1D", vol_blocks: int = 0) -> ArrayPanel:
+def make_panel(n_rows: int = 400, seed: int = 0, freq: str = "1D", vol_blocks: int = 0) -> Panel:
     """BTC trading every bar and SPY on weekdays only, aligned the way storage aligns them: closed rows carry the
     last close as a flat bar with zero volume, NaN before the first bar. vol_blocks > 0 alternates calm and
     turbulent spans of that many rows (a planted volatility regime)."""
@@ -48,10 +48,10 @@ def make_panel(n_rows: int = 400, seed: int = 0, freq: str = "1D", vol_blocks: i
         last_close = pd.Series(fields["close"][:, asset]).ffill().to_numpy()
         for name in ("open", "high", "low", "close"):
             fields[name][:, asset] = np.where(observed[:, asset], fields[name][:, asset], last_close)
-    return ArrayPanel(ts=ts, symbols=("BTC", "SPY"), fields=fields, observed=observed)
+    return Panel(ts=ts, symbols=("BTC", "SPY"), fields=fields, observed=observed)
 
 
-def perturbed_after(panel: ArrayPanel, row: int, seed: int = 1, drop_bars: bool = False) -> ArrayPanel:
+def perturbed_after(panel: Panel, row: int, seed: int = 1, drop_bars: bool = False) -> Panel:
     """The same panel with every bar after `row` replaced by different prices and volumes (and, with drop_bars,
     SPY's later bars removed altogether)."""
     rng = np.random.default_rng(seed)
@@ -115,7 +115,7 @@ def test_indicators_on_a_steadily_rising_market():
     high, low = close * 1.002, close / 1.002
     fields = {"open": close[:, None], "high": high[:, None], "low": low[:, None], "close": close[:, None],
               "volume": np.full((n, 1), 5.0)}
-    raw = compute_raw_features(ArrayPanel(ts, ("X",), fields, np.ones((n, 1), dtype=bool)))
+    raw = compute_raw_features(Panel(ts, ("X",), fields, np.ones((n, 1), dtype=bool)))
     last = raw.values[0, -1]
     assert last[FEATURE_NAMES.index("rsi_14")] == pytest.approx(1.0)
     assert last[FEATURE_NAMES.index("macd")] > 0
@@ -308,8 +308,9 @@ def test_demo_market_features_are_finite_and_masked_on_equity_weekends(demo_pane
 def demo_panel(tmp_path_factory):
     demo = pytest.importorskip("storage.sources.demo")
     cache = pytest.importorskip("storage.cache")
+    panel = pytest.importorskip("storage.panel")
     market = demo.demo_market("1d")
     db_path = tmp_path_factory.mktemp("demo") / "bars.duckdb"
     for symbol, bars in market.bars.items():
         cache.upsert_bars(bars, symbol, "demo", "1d", db_path=db_path)
-    return cache.read_panel(list(market.bars), "1d", db_path=db_path)
+    return panel.read_panel(list(market.bars), "1d", db_path=db_path)

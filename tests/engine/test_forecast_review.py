@@ -11,13 +11,13 @@ from engine.evaluation.forecast_review import (
     score_board,
 )
 from engine.evaluation.scores import Predictions
-from engine.features import ArrayPanel
 from engine.model.inference import InferenceResult
+from storage.panel import Panel
 
 LEVELS = (0.1, 0.5, 0.9)
 
 
-def _panel(n: int = 40) -> ArrayPanel:
+def _panel(n: int = 40) -> Panel:
     ts = pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC")
     rng = np.random.default_rng(0)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, size=(n, 2)), axis=0))
@@ -25,10 +25,10 @@ def _panel(n: int = 40) -> ArrayPanel:
     observed[::5, 1] = False  # the second asset misses some bars
     fields = {name: close for name in ("open", "high", "low", "close")}
     fields["volume"] = np.ones((n, 2))
-    return ArrayPanel(ts=ts, symbols=("BTC", "SPY"), fields=fields, observed=observed)
+    return Panel(ts=ts, symbols=("BTC", "SPY"), fields=fields, observed=observed)
 
 
-def _predictions(panel: ArrayPanel, rows: np.ndarray) -> Predictions:
+def _predictions(panel: Panel, rows: np.ndarray) -> Predictions:
     n = len(rows)
     base = np.arange(n, dtype=float)[None, :, None]  # (1, n, 1): a value that says which row it belongs to
     quantiles = np.stack([base - 1, base, base + 1], axis=-1).repeat(2, axis=0)  # (A, n, H=1, Q)

@@ -10,8 +10,8 @@ from engine.features import build_feature_set
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.inference import LOOKBACK_LEVELS, InferenceConfig, run_inference
-from engine.panel_data import demo_panel
 from engine.runtime import configure_cpu_threads
+from storage.panel import demo_panel
 
 N_ROWS = 400  # the first 400 daily demo bars (SYNTHETIC): long enough for warm-up, several chunks and weekends
 

@@ -57,7 +57,7 @@ def test_the_probe_takes_open_bars_only_and_matching_lengths():
 
 
 def test_on_the_demo_every_asset_and_regime_gets_a_row_counted_in_its_own_bars():
-    from engine.panel_data import demo_panel
+    from storage.panel import demo_panel
     from storage.sources.demo import demo_market
 
     loaded = demo_panel("1d")
@@ -74,7 +74,7 @@ def test_on_the_demo_every_asset_and_regime_gets_a_row_counted_in_its_own_bars()
 def test_what_demo_md_says_the_1h_data_rewards():
     """DEMO.md ("Measured: the 1h data does not show that order"): for BTC the next bar is best predicted by a longer
     memory in the volatile regime than in the calm one, and the choppy drift predicts nothing above noise."""
-    from engine.panel_data import demo_panel
+    from storage.panel import demo_panel
     from storage.sources.demo import demo_market
 
     loaded = demo_panel("1h")

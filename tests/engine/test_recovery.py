@@ -18,9 +18,9 @@ from engine.diagnostics.recovery import (
 )
 from engine.evaluation.scores import Predictions
 from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, MANIFEST_FILE, Manifest
-from engine.panel_data import demo_panel
 from engine.runtime import configure_cpu_threads
 from engine.targets import Targets
+from storage.panel import demo_panel
 from storage.sources.demo import demo_market
 
 SYMBOLS = ("BTC", "SPY", "AAPL")
@@ -154,7 +154,7 @@ def test_the_shipped_model_recovers_what_was_planted(shipped_report, index):
 def test_at_the_forecast_origin_the_planted_lead_sits_at_lag_L_minus_1():
     """Why claim 1 reads key lag L-1: the map is read at the bar t a forecast is made, and the follower's NEXT bar carries the
     leader's return at t+1-L. Checked on the data alone, no model involved."""
-    from engine.features import own_bar_log_returns
+    from storage.panel import own_bar_log_returns
 
     for interval in ("1d", "1h"):
         lag = demo_market(interval, "planted").truth.lag_bars

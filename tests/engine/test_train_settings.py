@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.panel_data import demo_panel
 from engine.targets import compute_targets
 from engine.training.loop import make_folds
 from engine.training.settings import settings_for_panel
+from storage.panel import demo_panel
 
 
 @pytest.mark.parametrize("n_folds", [1, 3, 5])

@@ -11,11 +11,9 @@ from safetensors.torch import load_file
 import engine.training.loop as training
 import engine.training.objective as objective
 from engine.evaluation.predictions import PREDICTIONS_FILE, load_predictions
-from engine.features import ArrayPanel
 from engine.model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
 from engine.model.hybrid import HybridModel
 from engine.model.losses import LossWeights
-from engine.panel_data import demo_panel, panel_fingerprint
 from engine.runtime import configure_cpu_threads
 from engine.targets import compute_targets
 from engine.training.config import (
@@ -27,6 +25,7 @@ from engine.training.config import (
 from engine.training.head_scale import scale_heads_for_training
 from engine.training.loop import train_walk_forward
 from engine.training.resume import RESUME_DIR
+from storage.panel import Panel, demo_panel, panel_fingerprint
 
 N_ROWS = 720
 
@@ -38,9 +37,9 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def small_panel(n_rows: int = N_ROWS) -> ArrayPanel:
+def small_panel(n_rows: int = N_ROWS) -> Panel:
     panel = demo_panel("1d").panel
-    return ArrayPanel(ts=panel.ts[:n_rows], symbols=panel.symbols,
+    return Panel(ts=panel.ts[:n_rows], symbols=panel.symbols,
                       fields={k: v[:n_rows].copy() for k, v in panel.fields.items()},
                       observed=panel.observed[:n_rows].copy())
 
@@ -157,7 +156,7 @@ def test_a_threading_event_cancels_too(tmp_path):
     assert result.outcome == "cancelled"
 
 
-def _perturbed(panel: ArrayPanel, from_row: int, seed: int = 3) -> ArrayPanel:
+def _perturbed(panel: Panel, from_row: int, seed: int = 3) -> Panel:
     """The same panel with every price from `from_row` on moved by a random factor per bar."""
     rng = np.random.default_rng(seed)
     factor = np.exp(np.cumsum(rng.normal(0, 0.05, size=(len(panel.ts) - from_row, len(panel.symbols))), axis=0))

@@ -5,8 +5,8 @@ import json
 
 from engine.evaluation.run_scores import SCORES_CSV
 from engine.model.checkpoint import REGISTRY_FILE
-from engine.panel_data import demo_panel
 from engine.training.run import run_training
+from storage.panel import demo_panel
 from tests.engine.test_training import tiny_config
 
 

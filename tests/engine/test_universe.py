@@ -7,11 +7,12 @@ import torch
 
 from engine.diagnostics import compute_diagnostics
 from engine.diagnostics.bundle import DiagnosticsConfig
-from engine.features import build_feature_set, check_panel
+from engine.features import build_feature_set
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.inference import InferenceConfig
 from engine.synthetic_universe import synthetic_universe
+from storage.panel import check_panel
 
 N_ASSETS, N_BARS = 50, 400
 

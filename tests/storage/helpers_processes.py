@@ -13,11 +13,12 @@ from pathlib import Path
 def read_like_the_app(db_path: str, stop_file: str, pause_seconds: str = "0.01") -> None:
     """Loop read_panel + cache_summary until stop_file appears; count reads and any error, never crash."""
     from storage import cache
+    from storage.panel import read_panel
 
     reads, errors, row_counts = 0, [], set()
     while not Path(stop_file).exists():
         try:
-            panel = cache.read_panel(["BTC", "SPY", "AAPL"], "1h", db_path=db_path)
+            panel = read_panel(["BTC", "SPY", "AAPL"], "1h", db_path=db_path)
             summary = cache.cache_summary(db_path)
             reads += 1
             row_counts.add(int(summary["rows"].sum()) if len(summary) else 0)

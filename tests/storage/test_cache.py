@@ -1,17 +1,17 @@
-"""The bar cache: schema, upserts, reads, the aligned panel, the summary, the log and resampling.
+"""The bar cache: schema, upserts, reads, the summary, the log and resampling (the aligned panel: test_panel.py).
 
 Everything runs against a real DuckDB file in tmp_path.
 """
 from __future__ import annotations
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pytest
 
 from storage import cache
 from storage.cache import RefreshLogEntry
 from storage.config import InvalidNameError
+from storage.panel import read_panel
 from storage.resample import resample_bars
 from storage.sources.base import BAR_COLUMNS
 from storage.validation import BarValidationError
@@ -63,7 +63,7 @@ def test_schema_has_the_documented_columns_and_primary_key(db_path):
 
 def test_reading_a_missing_cache_gives_empty_results_and_creates_no_file(db_path):
     bars = cache.read_bars("BTC", "1d", db_path=db_path)
-    panel = cache.read_panel(["BTC", "SPY"], "1d", db_path=db_path)
+    panel = read_panel(["BTC", "SPY"], "1d", db_path=db_path)
     summary = cache.cache_summary(db_path=db_path)
 
     assert list(bars.columns) == list(BAR_COLUMNS) and len(bars) == 0
@@ -185,7 +185,7 @@ def test_without_a_source_a_real_source_is_preferred_over_the_demo(db_path):
     cache.upsert_bars(real, "SPY", "yfinance", "1d", db_path)
     assert_bars_equal(cache.read_bars("SPY", "1d", db_path=db_path), real)
     assert_bars_equal(cache.read_bars("SPY", "1d", "demo", db_path=db_path), demo)
-    assert cache.read_panel(["SPY"], "1d", db_path=db_path).sources == ("yfinance",)
+    assert read_panel(["SPY"], "1d", db_path=db_path).sources == ("yfinance",)
 
 
 def test_last_bar_ts_is_the_newest_open_of_that_series(db_path):
@@ -193,109 +193,6 @@ def test_last_bar_ts_is_the_newest_open_of_that_series(db_path):
     cache.upsert_bars(make_bars(40), "BTC", "demo", "1d", db_path)
     assert cache.last_bar_ts("BTC", "demo", "1h", db_path) == pd.Timestamp("2024-01-02 05:00", tz="UTC")
     assert cache.last_bar_ts("BTC", "ccxt", "1h", db_path) is None
-
-
-# --- the panel ----------------------------------------------------------------------------------------------
-
-
-def expected_panel_by_pandas(series: dict[str, pd.DataFrame], start=None) -> dict[str, pd.DataFrame]:
-    """An independent as-of alignment with pandas.merge_asof: the specification of read_panel."""
-    clock = pd.DatetimeIndex(sorted(set().union(*[set(f["ts"]) for f in series.values()])), name="ts")
-    if start is not None:
-        clock = clock[clock >= start]
-    out = {field: pd.DataFrame(index=clock) for field in ("open", "high", "low", "close", "volume", "observed")}
-    for symbol, bars in series.items():
-        asof = pd.merge_asof(pd.DataFrame({"ts": clock}), bars.assign(bar_ts=bars["ts"]), on="ts", direction="backward")
-        observed = (asof["bar_ts"] == asof["ts"]).to_numpy()
-        for field in ("open", "high", "low"):
-            out[field][symbol] = np.where(observed, asof[field], asof["close"])
-        out["close"][symbol] = asof["close"].to_numpy()
-        out["volume"][symbol] = np.where(observed, asof["volume"], 0.0)
-        out["observed"][symbol] = observed
-    return out
-
-
-@pytest.fixture
-def crypto_and_equity(db_path):
-    """BTC every hour around the clock; SPY only 14:00-20:00 on weekdays, starting a day later."""
-    btc = make_bars(24 * 14, start="2024-01-01", seed=1)
-    spy = make_bars(24 * 13, start="2024-01-02", seed=2, price=470.0)
-    spy = only_weekdays(spy[spy["ts"].dt.hour.between(14, 20)])
-    cache.upsert_bars(btc, "BTC", "demo", "1h", db_path)
-    cache.upsert_bars(spy, "SPY", "demo", "1h", db_path)
-    return {"BTC": btc, "SPY": spy}
-
-
-def test_panel_aligns_assets_as_of_the_past_only(db_path, crypto_and_equity):
-    panel = cache.read_panel(["BTC", "SPY"], "1h", db_path=db_path)
-    expected = expected_panel_by_pandas(crypto_and_equity)
-
-    assert panel.symbols == ("BTC", "SPY") and panel.sources == ("demo", "demo")
-    pd.testing.assert_index_equal(panel.ts, expected["close"].index)
-    for field in ("open", "high", "low", "close", "volume"):
-        assert panel.fields[field].dtype == np.float64 and panel.fields[field].shape == (len(panel), 2)
-        np.testing.assert_array_equal(panel.fields[field], expected[field].to_numpy(), err_msg=field)
-    np.testing.assert_array_equal(panel.observed, expected["observed"].to_numpy())
-    # Before SPY's first bar there is nothing to carry forward: NaN, not a later price.
-    first_spy = crypto_and_equity["SPY"]["ts"].iloc[0]
-    assert np.isnan(panel.close[panel.ts < first_spy, 1]).all()
-    assert not np.isnan(panel.close[panel.ts >= first_spy, 1]).any()
-
-
-def test_panel_rows_never_change_when_later_bars_arrive(db_path, crypto_and_equity):
-    """No leakage: the panel up to t is the same whether or not bars after t are stored."""
-    full = cache.read_panel(["BTC", "SPY"], "1h", db_path=db_path)
-    cut = pd.Timestamp("2024-01-10 16:00", tz="UTC")
-    early = cache.read_panel(["BTC", "SPY"], "1h", end=cut, db_path=db_path)
-
-    keep = full.ts < cut
-    pd.testing.assert_index_equal(early.ts, full.ts[keep])
-    for field in ("open", "high", "low", "close", "volume"):
-        np.testing.assert_array_equal(early.fields[field], full.fields[field][keep])
-    np.testing.assert_array_equal(early.observed, full.observed[keep])
-
-
-def test_panel_start_carries_the_last_price_from_before_start(db_path, crypto_and_equity):
-    start = pd.Timestamp("2024-01-06 03:00", tz="UTC")  # a Saturday: SPY's last bar was Friday 20:00
-    panel = cache.read_panel(["BTC", "SPY"], "1h", start=start, db_path=db_path)
-    expected = expected_panel_by_pandas(crypto_and_equity, start=start)
-
-    assert panel.ts[0] == start
-    np.testing.assert_array_equal(panel.close, expected["close"].to_numpy())
-    friday_close = crypto_and_equity["SPY"].set_index("ts").loc["2024-01-05 20:00", "close"]
-    assert panel.close[0, 1] == friday_close and not panel.observed[0, 1] and panel.fields["volume"][0, 1] == 0.0
-
-
-def test_panel_choice_of_sources_and_assets_without_bars(db_path, crypto_and_equity):
-    cache.upsert_bars(make_bars(24, start="2024-01-01", seed=5, price=42_000.0), "BTC", "ccxt", "1h", db_path)
-
-    preferred = cache.read_panel(["BTC", "SPY", "ETH"], "1h", db_path=db_path)
-    assert preferred.sources == ("ccxt", "demo", None)
-    assert np.isnan(preferred.close[:, 2]).all() and not preferred.observed[:, 2].any()
-
-    by_mapping = cache.read_panel(["BTC", "SPY"], "1h", sources={"BTC": "demo"}, db_path=db_path)
-    by_sequence = cache.read_panel(["BTC", "SPY"], "1h", sources=["demo", "demo"], db_path=db_path)
-    assert by_mapping.sources == by_sequence.sources == ("demo", "demo")
-    np.testing.assert_array_equal(by_mapping.close, by_sequence.close)
-    assert len(by_mapping) == 24 * 14  # BTC demo's hourly clock, not ccxt's 24 bars
-
-    with pytest.raises(ValueError, match="one per symbol"):
-        cache.read_panel(["BTC", "SPY"], "1h", sources=["demo"], db_path=db_path)
-    with pytest.raises(ValueError, match="distinct"):
-        cache.read_panel(["BTC", "BTC"], "1h", db_path=db_path)
-    with pytest.raises(TypeError):
-        cache.read_panel("BTC", "1h", db_path=db_path)
-
-
-def test_align_as_of_sorts_bars_that_arrive_out_of_order():
-    asset = np.array([0, 0, 0, 1])
-    ts_us = np.array([30, 10, 20, 15], dtype=np.int64)
-    values = {name: np.array([3.0, 1.0, 2.0, 9.0]) for name in ("open", "high", "low", "close", "volume")}
-    clock, fields, observed = cache.align_as_of(asset, ts_us, values, 2, start_us=None)
-    np.testing.assert_array_equal(clock, [10, 15, 20, 30])
-    np.testing.assert_array_equal(fields["close"], [[1, np.nan], [1, 9], [2, 9], [3, 9]])
-    np.testing.assert_array_equal(fields["volume"], [[1, 0], [0, 9], [2, 0], [3, 0]])
-    np.testing.assert_array_equal(observed, [[1, 0], [0, 1], [1, 0], [1, 0]])
 
 
 # --- summary and log ----------------------------------------------------------------------------------------

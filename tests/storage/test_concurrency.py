@@ -18,6 +18,7 @@ import pytest
 from storage import cache, locks
 from storage.config import CacheSettings
 from storage.locks import CacheBusyError
+from storage.panel import read_panel
 from storage.refresh import EXIT_BUSY, RefreshRequest, run_refresh
 from tests.storage.helpers_bars import make_bars
 
@@ -200,7 +201,7 @@ def test_the_apps_refresh_thread_and_its_readers_share_one_process(db_path):
     def read_until_done() -> None:
         while writer.is_alive() or not reads:
             try:
-                panel = cache.read_panel(["BTC", "SPY", "AAPL"], "1h", db_path=db_path)
+                panel = read_panel(["BTC", "SPY", "AAPL"], "1h", db_path=db_path)
                 cache.cache_summary(db_path)
                 reads.append(len(panel))
             except Exception as error:  # collected, so the assertion below shows what a page would have shown
@@ -218,7 +219,7 @@ def test_the_apps_refresh_thread_and_its_readers_share_one_process(db_path):
     assert reader_errors == []
     assert report["result"].ok, [r.line() for r in report["result"].failed]
     assert len(reads) > 2 and max(reads) == 26_304
-    assert len(cache.read_panel(["BTC", "SPY", "AAPL"], "1h", db_path=db_path)) == 26_304
+    assert len(read_panel(["BTC", "SPY", "AAPL"], "1h", db_path=db_path)) == 26_304
 
 
 def test_new_readers_let_a_waiting_writer_go_first(db_path, tmp_path):
