@@ -41,13 +41,13 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
     from engine.features import build_feature_set
     from engine.model.config import ModelConfig
     from engine.model.hybrid import HybridModel
-    from engine.synthetic_universe import synthetic_universe
     from engine.targets import compute_targets
     from engine.training.config import TrainConfig
     from engine.training.dataset import make_windows
     from engine.training.distributed import barrier, init_distributed, shutdown
     from engine.training.head_scale import scale_heads_for_training, target_scale
     from engine.training.loop import data_parallel, resident, train_step
+    from storage.sources.synthetic_universe import synthetic_universe
 
     ctx = init_distributed(device)
     try:

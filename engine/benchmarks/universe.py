@@ -1,4 +1,4 @@
-"""How the model grows with the number of assets N (SYNTHETIC universe, engine.synthetic_universe).
+"""How the model grows with the number of assets N (SYNTHETIC universe, storage.sources.synthetic_universe).
 
 Per bar, the SSM streams cost O(N) and the cross-asset attention O(N^2 * (K+1)): every target attends to every
 source at every lag. The rows give, for N = 3 .. 50 and one 512-bar window: parameters with per-asset and with shared
@@ -21,7 +21,7 @@ from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.inference import InferenceConfig, attention_rows_kept
 from engine.runtime import device_label
-from engine.synthetic_universe import synthetic_universe
+from storage.sources.synthetic_universe import synthetic_universe
 
 SIZES = (3, 10, 25, 50)
 WINDOW = 512

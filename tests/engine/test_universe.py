@@ -11,8 +11,8 @@ from engine.features import build_feature_set
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.inference import InferenceConfig
-from engine.synthetic_universe import synthetic_universe
 from storage.panel import check_panel
+from storage.sources.synthetic_universe import synthetic_universe
 
 N_ASSETS, N_BARS = 50, 400
 

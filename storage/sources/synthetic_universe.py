@@ -2,7 +2,8 @@
 
 Half of the assets trade around the clock, half on weekdays only (their bars are missing, and the panel carries their
 last close, on weekends), so the mask logic is exercised at any N. Every asset after the first follows asset 0 with
-a one-bar lead and a loading drawn per asset, so a lead-lag exists to be found at any size.
+a one-bar lead and a loading drawn per asset, so a lead-lag exists to be found at any size. It is built straight as
+an aligned Panel (no bars in the cache), for the engine's tests and benchmarks.
 """
 from __future__ import annotations
 
