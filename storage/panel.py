@@ -255,16 +255,26 @@ def demo_panel(interval: str = "1d", variant: str = "planted", seed: int = 7,
                        f"demo {interval}, {variant}, seed {seed} (SYNTHETIC)", synthetic=True, truth=market.truth)
 
 
-def cached_demo_truth(panel: Panel) -> PlantedTruth | None:
+def _cached_demo_truth(panel: Panel) -> PlantedTruth | None:
     """The planted truth of a panel read from the cache when every asset is the demo source, else None.
 
-    The cache stores the demo under source "demo" without its variant or seed; `storage.refresh` seeds the default
+    The cache stores the demo under source "demo" without its variant or seed. `storage.refresh` seeds the default
     generator (planted, seed 7), which is deterministic per (interval, variant, seed), so regenerating it gives the
-    truth of exactly the stored bars. Demo bars resampled to another interval have no planted truth.
+    truth of the stored bars, and their closes say whether they are those bars: demo bars fetched with another seed
+    or variant, or resampled to another interval, have no truth here.
     """
     if not panel.sources or set(panel.sources) != {"demo"} or panel.interval not in DEMO_INTERVALS:
         return None
-    return demo_market(panel.interval).truth
+    market = demo_market(panel.interval)
+    for asset, symbol in enumerate(panel.symbols):
+        if symbol not in market.bars:
+            return None
+        bars = market.bars[symbol]
+        generated = pd.Series(bars["close"].to_numpy(), index=pd.DatetimeIndex(bars["ts"]))
+        rows = np.flatnonzero(np.asarray(panel.observed)[:, asset])
+        if not np.array_equal(generated.reindex(panel.ts[rows]).to_numpy(), np.asarray(panel.close)[rows, asset]):
+            return None
+    return market.truth
 
 
 def cached_panel(symbols, interval: str, *, db_path: str | os.PathLike | None = None,
@@ -282,7 +292,7 @@ def cached_panel(symbols, interval: str, *, db_path: str | os.PathLike | None = 
     synthetic = "demo" in panel.sources  # the demo market seeded into the cache is still synthetic
     label = f"{', '.join(panel.symbols)} {interval} from the cache" + (" (SYNTHETIC demo data)" if synthetic else "")
     return LoadedPanel(panel, interval, tuple(panel.sources), label, synthetic=synthetic,
-                       truth=cached_demo_truth(panel))
+                       truth=_cached_demo_truth(panel))
 
 
 # --- reading the panel from the cache -------------------------------------------------------------------------

@@ -2,12 +2,25 @@
 checks, the own-bar helpers, the fingerprint, and the demo's panel with its planted truth."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from storage import cache
-from storage.panel import align_as_of, read_panel
+from storage.panel import (
+    DataFingerprint,
+    Panel,
+    align_as_of,
+    cached_panel,
+    check_panel,
+    demo_panel,
+    own_bar_log_returns,
+    panel_fingerprint,
+    read_panel,
+)
+from storage.sources.demo import demo_market
 from tests.storage.helpers_bars import make_bars, only_weekdays
 
 # --- reading the panel from the cache --------------------------------------------------------------------------
@@ -111,3 +124,94 @@ def test_align_as_of_sorts_bars_that_arrive_out_of_order():
     np.testing.assert_array_equal(fields["close"], [[1, np.nan], [1, 9], [2, 9], [3, 9]])
     np.testing.assert_array_equal(fields["volume"], [[1, 0], [0, 9], [2, 0], [3, 0]])
     np.testing.assert_array_equal(observed, [[1, 0], [0, 1], [1, 0], [1, 0]])
+
+
+# --- the demo's panel and its planted truth -----------------------------------------------------------------------
+
+
+def same_truth(a, b) -> bool:
+    return (a.variant, a.interval, a.seed, a.lag_bars) == (b.variant, b.interval, b.seed, b.lag_bars) and \
+        a.regimes.equals(b.regimes)
+
+
+def test_the_demo_panel_carries_the_truth_that_was_planted_in_it():
+    planted, null = demo_panel("1d"), demo_panel("1d", variant="null")
+
+    assert same_truth(planted.truth, demo_market("1d").truth) and planted.truth.lag_bars == 1
+    assert same_truth(null.truth, demo_market("1d", "null").truth) and null.truth.lag_bars is None
+    assert planted.synthetic and planted.panel.sources == ("demo",) * 3 and planted.panel.interval == "1d"
+    assert not planted.truth.regimes.reindex(planted.panel.ts).isna().any()  # a planted regime on every row
+
+
+def test_a_demo_panel_read_back_from_the_cache_is_the_generator_s_panel_with_its_truth(db_path):
+    for symbol, bars in demo_market("1d").bars.items():
+        cache.upsert_bars(bars, symbol, "demo", "1d", db_path)
+
+    cached, direct = cached_panel(["BTC", "SPY", "AAPL"], "1d", db_path=db_path), demo_panel("1d")
+
+    assert same_truth(cached.truth, direct.truth) and cached.synthetic
+    pd.testing.assert_index_equal(cached.panel.ts, direct.panel.ts)
+    for name in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(cached.panel.fields[name], direct.panel.fields[name], err_msg=name)
+    np.testing.assert_array_equal(cached.panel.observed, direct.panel.observed)
+
+
+def test_a_cached_panel_has_no_planted_truth_unless_every_asset_is_the_demo(db_path):
+    for symbol, bars in demo_market("1d").bars.items():
+        cache.upsert_bars(bars, symbol, "demo", "1d", db_path)
+    cache.upsert_bars(make_bars(30, freq="1D", seed=3), "BTC", "yfinance", "1d", db_path)
+    cache.upsert_bars(make_bars(30, freq="4h", seed=4), "SPY", "demo", "4h", db_path)  # e.g. resampled demo bars
+
+    for symbol, bars in demo_market("1h", "planted", seed=8).bars.items():  # fetched with another seed
+        cache.upsert_bars(bars, symbol, "demo", "1h", db_path)
+
+    mixed = cached_panel(["BTC", "SPY"], "1d", db_path=db_path)  # BTC now prefers yfinance
+    resampled = cached_panel(["SPY"], "4h", db_path=db_path)
+    other_seed = cached_panel(["BTC", "SPY", "AAPL"], "1h", db_path=db_path)
+
+    assert mixed.panel.sources == ("yfinance", "demo") and mixed.synthetic and mixed.truth is None
+    assert resampled.synthetic and resampled.truth is None  # the generator has no 4h market to take it from
+    assert other_seed.synthetic and other_seed.truth is None  # not the bars the default generator planted
+    assert cached_panel(["SPY", "AAPL"], "1d", db_path=db_path).truth is not None
+
+
+# --- the contract: checks, own bars, fingerprint ------------------------------------------------------------------
+
+
+def small_panel(close: np.ndarray, observed: np.ndarray) -> Panel:
+    ts = pd.date_range("2024-01-05", periods=len(close), freq="1D", tz="UTC")  # a Friday
+    fields = {name: close.copy() for name in ("open", "high", "low", "close")}
+    fields["volume"] = np.where(observed, 1.0, 0.0)
+    return Panel(ts, tuple(f"A{i}" for i in range(close.shape[1])), fields, observed)
+
+
+def test_own_bar_returns_skip_the_rows_where_the_market_was_closed():
+    close = np.array([[100.0, 50.0], [110.0, 50.0], [121.0, 50.0], [133.1, 55.0]])
+    observed = np.array([[True, True], [True, False], [True, False], [True, True]])  # A1 closed at the weekend
+    returns = own_bar_log_returns(small_panel(close, observed))
+
+    np.testing.assert_allclose(returns[0, 1:], np.log(1.1))
+    assert np.isnan(returns[:, 0]).all() and np.isnan(returns[1, 1:3]).all()
+    assert returns[1, 3] == pytest.approx(np.log(55.0 / 50.0))  # Monday against Friday
+
+
+def test_check_panel_names_the_field_asset_and_time_that_break_the_contract():
+    close = np.full((3, 2), 100.0)
+    observed = np.ones((3, 2), dtype=bool)
+    close[2, 1] = -1.0
+    with pytest.raises(ValueError, match="for A1 at 2024-01-07"):
+        check_panel(small_panel(close, observed))
+    with pytest.raises(ValueError, match="observed must be bool"):
+        check_panel(small_panel(np.full((3, 2), 100.0), np.ones((3, 2))))
+
+
+def test_the_fingerprint_changes_with_any_value_and_only_with_the_data():
+    close, observed = np.full((4, 2), 100.0), np.ones((4, 2), dtype=bool)
+    base = panel_fingerprint(small_panel(close, observed), "1d", ("demo", "demo"))
+    same = panel_fingerprint(small_panel(close.copy(), observed.copy()), "1d", ("demo", "demo"))
+    close[3, 1] = 100.5
+    moved = panel_fingerprint(small_panel(close, observed), "1d", ("demo", "demo"))
+
+    assert same == base and moved.content_hash != base.content_hash
+    assert (base.n_rows, base.first_ts, base.symbols) == (4, "2024-01-05T00:00:00.000000", ("A0", "A1"))
+    assert DataFingerprint.from_dict(dataclasses.asdict(base)) == base
