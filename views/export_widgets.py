@@ -13,31 +13,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.figures.export import MIME_TYPES, browser_unavailable_reason, figure_bytes
+from views.frame import date_span_text, load_summary
+from views.view_charts import view_figures
 
 
 def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-").lower() or "chart"
 
 
-def _view_figures() -> dict[str, go.Figure]:
-    # Keyed by the script run: a rerun starts a fresh collection, so the report never holds a chart no longer shown.
-    run = st.session_state.get("_view_run")
-    figures = st.session_state.get("_view_figures")
-    if figures is None or run != st.session_state.get("_view_run_seen"):
-        figures = {}
-        st.session_state["_view_figures"] = figures
-        st.session_state["_view_run_seen"] = run
-    return figures
-
-
-def start_view() -> None:
-    """Called by the frame before every full run of a page: the next charts belong to a new view."""
-    st.session_state["_view_run"] = st.session_state.get("_view_run", 0) + 1
-
-
 def chart_with_downloads(fig: go.Figure, key: str, file_stem: str | None = None, *, title: str | None = None) -> None:
     """Draw `fig` as exported (theme=None: the screen matches the file) with download buttons under it."""
-    _view_figures()[title or fig.layout.title.text or key] = fig
+    view_figures()[title or fig.layout.title.text or key] = fig
     st.plotly_chart(fig, key=f"chart-{key}", theme=None)
     stem = _file_stem(file_stem or key)
     unavailable = browser_unavailable_reason()
@@ -61,9 +47,8 @@ def report_buttons(page_title: str, selection, *, tables: dict | None = None, se
     import pandas as pd
 
     from engine.report import ReportContent, report_html, report_pdf
-    from views.frame import date_span_text, load_summary
 
-    figures = dict(_view_figures())
+    figures = dict(view_figures())
     summary = load_summary(selection.db_path)
     spans = summary[summary["symbol"].isin(selection.symbols) & (summary["interval"] == selection.interval)]
     spans = spans[["symbol", "source", "interval", "rows", "first_ts", "last_ts"]].copy()

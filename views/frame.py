@@ -20,6 +20,7 @@ from storage.config import INTERVAL_SECONDS, resolve_db_path
 from storage.locks import CacheBusyError
 from storage.refresh import seed_demo_if_empty
 from storage.sources.demo import DEMO_SYMBOLS
+from views.view_charts import start_view
 
 DEFAULT_INTERVAL = "1d"
 SUMMARY_TTL_SECONDS = 30
@@ -104,8 +105,6 @@ def _run_label(run: dict) -> str:
 
 
 def render_frame() -> Selection:
-    from views.export_widgets import start_view
-
     start_view()
     db_path = str(resolve_db_path())
     try:
