@@ -1,19 +1,29 @@
-"""Import bars from a CSV or Parquet file (a path, raw bytes, or an uploaded file object): `read_bar_file`.
+"""Import bars from a CSV or Parquet file (a path, raw bytes, or an uploaded file object): `load_bar_file`.
 
 Files are untrusted input, so they are parsed by pandas under a size limit, never handed to DuckDB's reader,
-and every rejection says what was wrong and where. Layouts recognised (column names case-insensitive):
+and every rejection says what was wrong and where. Layouts recognised (column names case-insensitive; the
+time column is the first of TS_ALIASES present):
 
-- plain:        ts, open, high, low, close, volume
-- Yahoo-style:  Date or Datetime, Open, High, Low, Close, [Adj Close], Volume (Adj Close is ignored: bars are
-                unadjusted everywhere in this product); also the three-row header that yfinance's
-                `download(...).to_csv()` writes (Price/Ticker/Date)
-- exchange kline: open time (unix s/ms/us), open, high, low, close, volume, ... with or without a header,
-                e.g. Binance's 12-column kline CSV without header
-- 1-minute Bitcoin history: Timestamp (unix seconds), Open, High, Low, Close, Volume (or Volume_(BTC))
+- this product's own: ts, open, high, low, close, volume
+- Yahoo Finance:  Date or Datetime (text, with or without an offset such as -05:00), Open, High, Low, Close,
+                [Adj Close], Volume, [Dividends, Stock Splits]; Adj Close is ignored (bars are unadjusted
+                unless the vendor adjusted them, as yfinance's auto_adjust does); also the three-row header that
+                yfinance's `download(...).to_csv()` writes (Price/Ticker/Date)
+- Binance klines: open_time (unix ms; us since 2025), open, high, low, close, volume, close_time, ...; with a
+                header, or the public-data files without one (open time first, then open, high, low, close, volume)
+- Kaggle 1-minute Bitcoin: Timestamp (unix seconds), Open, High, Low, Close, Volume (or Volume_(BTC)); rows
+                whose prices and volume are all empty (no trade that minute) are dropped and counted
+- Databento ohlcv-1s/1m/1h/1d: ts_event (UTC; unix ns or ISO text), rtype, publisher_id, instrument_id, open,
+                high, low, close, volume, symbol; prices as written with pretty_px, or as fixed-point integers
+                in units of 1e-9 (Databento's raw encoding), which are scaled back
+- Polygon/Massive aggregates: t (unix ms, or ISO text with an offset), o, h, l, c, v, [vw, n]; flat files:
+                ticker, volume, open, close, high, low, window_start (unix ns), transactions
+- Alpaca bars: timestamp (ISO text), open/high/low/close/volume or o/h/l/c/v, [trade_count, vwap, symbol]
 - Parquet with any of the same column sets (a timestamp index is used as ts)
 
-Timestamps: text with a zone or offset is converted to UTC; NAIVE TIMESTAMPS ARE TAKEN AS UTC. Unix epochs
-are read as seconds, milliseconds, microseconds or nanoseconds by their magnitude.
+A file holds one symbol: a symbol/ticker column with several values is refused. Timestamps: text with a zone
+or offset is converted to UTC; NAIVE TIMESTAMPS ARE TAKEN AS UTC. Unix times are read as seconds,
+milliseconds, microseconds or nanoseconds by their magnitude (EPOCH_UNITS).
 """
 from __future__ import annotations
 
@@ -28,23 +38,38 @@ import numpy as np
 import pandas as pd
 
 from storage.sources.base import BAR_COLUMNS
-from storage.validation import BarValidationError, Problem, validate_bars
+from storage.validation import BarValidationError, Problem, validate_and_repair
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 # Normalised header name (lower case, runs of spaces/dashes as "_") -> our column; first match wins.
 TS_ALIASES: tuple[str, ...] = (
-    "ts", "timestamp", "datetime", "date", "time", "open_time", "opentime", "date_time", "unix", "unix_timestamp",
+    "ts", "ts_event", "timestamp", "datetime", "date", "time", "open_time", "opentime", "date_time", "t",
+    "window_start", "unix", "unix_timestamp",
 )
 VALUE_ALIASES: dict[str, tuple[str, ...]] = {
-    "open": ("open",),
-    "high": ("high",),
-    "low": ("low",),
-    "close": ("close",),
-    "volume": ("volume", "vol", "volume_(btc)", "volume_btc"),
+    "open": ("open", "o"),
+    "high": ("high", "h"),
+    "low": ("low", "l"),
+    "close": ("close", "c"),
+    "volume": ("volume", "vol", "v", "volume_(btc)", "volume_btc"),
 }
-# Epoch magnitude -> unit: seconds ~1.7e9 today, milliseconds ~1.7e12, microseconds ~1.7e15, nanoseconds ~1.7e18.
-EPOCH_UNIT_LIMITS: tuple[tuple[float, str], ...] = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
+SYMBOL_ALIASES: tuple[str, ...] = ("symbol", "ticker")
+
+# Unix time -> unit, by magnitude: (smallest, largest, unit). Seconds are ~1.7e9 today, milliseconds ~1.7e12,
+# microseconds ~1.7e15, nanoseconds ~1.7e18. Each range covers mid-1979 to the year 2286 in its unit, and the
+# ranges do not overlap, so a value names its unit; one between two ranges (say 5e10: the year 3554 in seconds,
+# 1971 in milliseconds) is no plausible date in any unit and is refused, as is a file that mixes units.
+EPOCH_UNITS: tuple[tuple[float, float, str], ...] = (
+    (3e8, 1e10, "s"),
+    (3e11, 1e13, "ms"),
+    (3e14, 1e16, "us"),
+    (3e17, 1e19, "ns"),
+)
+# Databento's rtype says the schema, so the file states its own bar size.
+DATABENTO_RTYPE_INTERVALS: dict[int, str] = {32: "1s", 33: "1m", 34: "1h", 35: "1d"}
+# Databento's raw (not pretty_px) prices are integers in units of 1e-9.
+DATABENTO_PRICE_SCALE = 1e-9
 DELIMITERS = (",", ";", "\t", "|")
 HEAD_CHARS = 64 * 1024
 
@@ -81,6 +106,31 @@ class _Parsed:
     row_numbers: np.ndarray  # how to name each row in messages
     row_label: str  # "line" for text files, "row" for Parquet
     has_header: bool
+    yfinance_header: bool = False  # the Price/Ticker/Date header rows of yfinance's download().to_csv()
+
+
+@dataclass(frozen=True)
+class BarFile:
+    """A file read as bars, and what it took to read it (the first half of an import report)."""
+
+    bars: pd.DataFrame  # validated BAR_COLUMNS
+    origin: str  # the name messages use
+    layout: str  # e.g. "csv: Databento ohlcv-1h"
+    time_column: str  # as named in the file ("ts_event"; "column 1" in a file without a header)
+    epoch_unit: str | None  # "s", "ms", "us" or "ns" when the times are unix numbers, else None (text)
+    rows_read: int  # data rows in the file (blank lines not counted)
+    rounding_repairs: int = 0  # rows whose high/low were widened by float rounding (validation)
+    repaired_examples: tuple[str, ...] = ()
+    duplicates_dropped: int = 0  # repeated rows with identical values
+    empty_rows_dropped: int = 0  # rows with a time but no prices and no volume (no trade in that period)
+    file_symbol: str | None = None  # the value of the file's symbol/ticker column, if it has one
+    stated_interval: str | None = None  # the bar size the file states (Databento's rtype), if any
+    saved_at: pd.Timestamp | None = None  # when the file was last written (paths only): no bar can end later
+
+    @property
+    def time_reading(self) -> str:
+        """How times were read, e.g. "open_time (unix ms)" or "Date (text)"."""
+        return f"{self.time_column} ({'unix ' + self.epoch_unit if self.epoch_unit else 'text'})"
 
 
 def read_bar_file(
@@ -88,13 +138,26 @@ def read_bar_file(
     max_bytes: int = MAX_FILE_BYTES,
     origin: str | None = None,
 ) -> pd.DataFrame:
-    """Read a CSV or Parquet file of bars and return validated BAR_COLUMNS (see validate_bars).
+    """Read a CSV or Parquet file of bars and return validated BAR_COLUMNS (load_bar_file(...).bars).
+
+    The detected layout is recorded in the result's attrs["layout"].
+    """
+    loaded = load_bar_file(source, max_bytes, origin)
+    loaded.bars.attrs["layout"] = f"{loaded.layout}; time column {loaded.time_reading}"
+    return loaded.bars
+
+
+def load_bar_file(
+    source: str | os.PathLike | bytes | BinaryIO,
+    max_bytes: int = MAX_FILE_BYTES,
+    origin: str | None = None,
+) -> BarFile:
+    """Read a CSV or Parquet file of bars: validated BAR_COLUMNS (see validate_bars) and how they were read.
 
     source: a path, the file's bytes, or a binary file object (e.g. Streamlit's UploadedFile, whose .name is
         used as the origin). origin: the name quoted in error messages (default: the file name).
     Naive timestamps are taken as UTC. Raises BarFileError for a file that cannot be read as bars and
-    BarValidationError for bars that break a rule; both name the origin. The detected layout is recorded
-    in the result's attrs["layout"].
+    BarValidationError for bars that break a rule; both name the origin.
     """
     data, origin = _read_limited(source, max_bytes, origin)
     if not data or data.isspace():
@@ -105,10 +168,35 @@ def read_bar_file(
     else:
         parsed = _parse_csv(_decode_text(data, origin), origin)
         file_kind = "csv"
-    frame, layout = _to_bar_columns(parsed, origin)
-    bars = validate_bars(frame, origin, row_numbers=parsed.row_numbers, row_label=parsed.row_label)
-    bars.attrs["layout"] = f"{file_kind}: {layout}"
-    return bars
+    columns = _to_bar_columns(parsed, origin)
+    frame, numbers = columns.frame, parsed.row_numbers
+    empty = frame[list(BAR_COLUMNS[1:])].isna().all(axis=1).to_numpy() & frame["ts"].notna().to_numpy()
+    if empty.all():
+        raise BarFileError(origin, f"every row's prices and volume are empty ({len(frame)} rows)")
+    if empty.any():
+        frame, numbers = frame.loc[~empty].reset_index(drop=True), numbers[~empty]
+    checked = validate_and_repair(frame, origin, row_numbers=numbers, row_label=parsed.row_label)
+    return BarFile(
+        bars=checked.bars,
+        origin=origin,
+        layout=f"{file_kind}: {columns.layout}",
+        time_column=columns.time_column,
+        epoch_unit=columns.epoch_unit,
+        rows_read=len(parsed.frame),
+        rounding_repairs=checked.rounding_repairs,
+        repaired_examples=checked.repaired_examples,
+        duplicates_dropped=checked.duplicates_dropped,
+        empty_rows_dropped=int(empty.sum()),
+        file_symbol=columns.file_symbol,
+        stated_interval=columns.stated_interval,
+        saved_at=_modified_at(source),
+    )
+
+
+def _modified_at(source) -> pd.Timestamp | None:
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    return pd.Timestamp(Path(source).stat().st_mtime_ns, unit="ns", tz="UTC")
 
 
 # --- bytes in -----------------------------------------------------------------------------------------------
@@ -214,7 +302,7 @@ def _parse_csv(text: str, origin: str) -> _Parsed:
         raise BarFileError(origin, "the file has a header but no data rows" if has_header else "the file is empty")
     if not has_header:
         frame.columns = [f"column {i + 1}" for i in range(frame.shape[1])]
-    return _Parsed(frame, numbers, "line", has_header)
+    return _Parsed(frame, numbers, "line", has_header, yfinance_header=header_lines == 3)
 
 
 def _sniff_delimiter(sample: list[str]) -> str:
@@ -249,7 +337,17 @@ def _normalise_name(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
 
 
-def _to_bar_columns(parsed: _Parsed, origin: str) -> tuple[pd.DataFrame, str]:
+@dataclass(frozen=True)
+class _Columns:
+    frame: pd.DataFrame  # ts (UTC timestamps, or text for validate_bars to parse) and the five value columns
+    layout: str
+    time_column: str
+    epoch_unit: str | None
+    file_symbol: str | None = None
+    stated_interval: str | None = None
+
+
+def _to_bar_columns(parsed: _Parsed, origin: str) -> _Columns:
     frame = parsed.frame
     if not parsed.has_header:
         return _headerless_kline(frame, origin)
@@ -277,13 +375,47 @@ def _to_bar_columns(parsed: _Parsed, origin: str) -> tuple[pd.DataFrame, str]:
     if missing:
         raise BarFileError(origin, f"missing column(s) {', '.join(missing)} (found: {found})")
 
+    file_symbol = _one_symbol(frame, by_name, origin)
     ts, unit = _timestamps(frame[ts_column], origin)
-    out = pd.DataFrame({"ts": ts, **{ours: frame[column] for ours, column in mapping.items()}})
-    layout = _describe_layout(_normalise_name(ts_column), set(by_name), unit)
-    return out, layout
+    ts_name, names = _normalise_name(ts_column), set(by_name)
+    values = {ours: frame[column] for ours, column in mapping.items()}
+    stated_interval = None
+    layout = _describe_layout(ts_name, names, unit, parsed.yfinance_header)
+    if ts_name == "ts_event":
+        stated_interval = _databento_interval(frame[by_name["rtype"]]) if "rtype" in names else None
+        layout = "Databento ohlcv" + (f"-{stated_interval}" if stated_interval else "")
+        prices = [values[k] for k in ("open", "high", "low", "close")]
+        if all(pd.api.types.is_integer_dtype(p.dtype) for p in prices):
+            values.update({k: values[k] * DATABENTO_PRICE_SCALE for k in ("open", "high", "low", "close")})
+            layout += " (fixed-point prices in 1e-9 units, scaled)"
+    out = pd.DataFrame({"ts": ts, **values})
+    return _Columns(out, layout, str(ts_column), unit, file_symbol, stated_interval)
 
 
-def _headerless_kline(frame: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, str]:
+def _one_symbol(frame: pd.DataFrame, by_name: dict[str, str], origin: str) -> str | None:
+    """The value of the file's symbol/ticker column; a file with several symbols is refused."""
+    column = next((by_name[a] for a in SYMBOL_ALIASES if a in by_name), None)
+    if column is None:
+        return None
+    symbols = frame[column].dropna().astype(str).str.strip().unique()
+    if len(symbols) > 1:
+        shown = ", ".join(sorted(symbols)[:5]) + (", ..." if len(symbols) > 5 else "")
+        raise BarFileError(
+            origin,
+            f"the file holds {len(symbols)} symbols in its {column} column ({shown}): import one symbol per file "
+            "(keep only that symbol's rows)",
+        )
+    return str(symbols[0]) if len(symbols) else None
+
+
+def _databento_interval(rtype: pd.Series) -> str | None:
+    codes = pd.to_numeric(rtype, errors="coerce").dropna().unique()
+    if len(codes) != 1:
+        return None
+    return DATABENTO_RTYPE_INTERVALS.get(int(codes[0]))
+
+
+def _headerless_kline(frame: pd.DataFrame, origin: str) -> _Columns:
     """No header: an exchange kline file, open time first, then open, high, low, close, volume."""
     if frame.shape[1] < 6:
         raise BarFileError(
@@ -295,16 +427,50 @@ def _headerless_kline(frame: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, s
     if unit is None:
         raise BarFileError(origin, "layout not recognised: no header, and the first column is not a unix time")
     out = pd.DataFrame({"ts": ts, **{name: frame.iloc[:, i + 1] for i, name in enumerate(BAR_COLUMNS[1:])}})
-    return out, f"kline without header ({frame.shape[1]} columns, open time in {unit})"
+    return _Columns(out, f"Binance klines without header ({frame.shape[1]} columns)", "column 1", unit)
 
 
-def _describe_layout(ts_name: str, names: set[str], unit: str | None) -> str:
-    if unit is not None:
-        kind = "1-minute Bitcoin history" if ts_name == "timestamp" and unit == "s" else "kline"
-        return f"{kind} (unix time in {unit})"
+def _describe_layout(ts_name: str, names: set[str], unit: str | None, yfinance_header: bool) -> str:
+    if yfinance_header:
+        return "yfinance download (Price/Ticker/Date header rows)"
+    if ts_name == "window_start":
+        return "Polygon/Massive flat file"
+    if ts_name == "t":
+        return "Polygon/Massive aggregates" if unit is not None else "Alpaca or Polygon/Massive bars (t as text)"
+    if ts_name in ("open_time", "opentime"):
+        return "Binance klines"
+    if ts_name == "timestamp" and unit == "s":
+        return "Kaggle 1-minute Bitcoin"
+    if ts_name == "timestamp" and unit is None and names & {"trade_count", "vwap", "vw", "n"}:
+        return "Alpaca bars"
     if ts_name in ("date", "datetime"):
-        return "Yahoo-style" + (" (Adj Close ignored)" if "adj_close" in names else "")
-    return "plain ts/open/high/low/close/volume"
+        kind = "Yahoo Finance history" if names & {"dividends", "stock_splits"} else "Yahoo Finance"
+        return kind + (" (Adj Close ignored)" if "adj_close" in names else "")
+    if ts_name == "ts":
+        return "plain ts/open/high/low/close/volume"
+    return f"generic ({ts_name}, open, high, low, close, volume)"
+
+
+def detect_epoch_unit(magnitudes: np.ndarray) -> str:
+    """The unit ("s", "ms", "us", "ns") of unix times of these magnitudes, by EPOCH_UNITS.
+
+    Raises ValueError when a value fits no unit, or the values need different units.
+    """
+    magnitudes = np.abs(np.asarray(magnitudes, dtype="float64"))
+    if len(magnitudes) == 0:
+        raise ValueError("no unix times to read")
+    units = []
+    for value in (magnitudes.min(), magnitudes.max()):
+        unit = next((u for low, high, u in EPOCH_UNITS if low <= value < high), None)
+        if unit is None:
+            raise ValueError(
+                f"{value:.15g} is not a unix time of a date after 1979 in seconds, milliseconds, microseconds or "
+                "nanoseconds: write the times as text (2024-01-02 14:30:00+00:00)"
+            )
+        units.append(unit)
+    if units[0] != units[1]:
+        raise ValueError(f"unix times in different units (from {units[0]} to {units[1]}) in one file")
+    return units[0]
 
 
 def _timestamps(column: pd.Series, origin: str) -> tuple[pd.Series, str | None]:
@@ -316,14 +482,10 @@ def _timestamps(column: pd.Series, origin: str) -> tuple[pd.Series, str | None]:
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         return column, None  # all empty: validate_bars reports the missing timestamps
-    magnitude = np.abs(finite)
-    unit = next(u for limit, u in EPOCH_UNIT_LIMITS if magnitude.max() < limit)
-    smallest_unit = next(u for limit, u in EPOCH_UNIT_LIMITS if magnitude.min() < limit)
-    if unit != smallest_unit:
-        raise BarValidationError(
-            origin,
-            [Problem(f"unix times in different units (from {smallest_unit} to {unit}) in one file", len(finite))],
-        )
+    try:
+        unit = detect_epoch_unit(finite)
+    except ValueError as error:
+        raise BarValidationError(origin, [Problem(str(error), len(finite))]) from None
     # Whole numbers go through int64 so that milliseconds keep their exact value.
     if pd.api.types.is_integer_dtype(column.dtype):
         stamps = pd.to_datetime(column, unit=unit, utc=True)
