@@ -47,7 +47,8 @@ def rows(device: torch.device | str) -> list[dict]:
     panel = first_rows(demo_panel("1h").panel, N_BARS)
     features_s, features = _seconds(lambda: build_feature_set(panel, range(0, N_BARS // 2)))
     torch.manual_seed(0)
-    model = HybridModel(ModelConfig(n_assets=3, n_features=features.values.shape[2])).to(device)
+    model = HybridModel(ModelConfig(n_assets=3, n_features=features.values.shape[2], point_head=False,
+                                    lead_path=False)).to(device)
     config = DiagnosticsConfig()
     fit_rows = range(0, N_BARS // 2)
     threads = device_label(device)

@@ -107,7 +107,7 @@ def step_rows(device: torch.device, bars: int = 400) -> list[dict]:
     """Median time per new bar of HybridModel.step, batch 1, in inference mode: with the configured thread count
     and, on CPU, with one thread (a bar's tensors are far too small to split across threads)."""
     torch.manual_seed(0)
-    model = HybridModel(ModelConfig(n_assets=MODEL_ASSETS)).to(device).eval()
+    model = HybridModel(ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)).to(device).eval()
     x = torch.randn(bars, 1, MODEL_ASSETS, model.config.n_features, device=device)
     mask = torch.ones(bars, 1, MODEL_ASSETS, dtype=torch.bool, device=device)
 
@@ -142,7 +142,7 @@ def step_rows(device: torch.device, bars: int = 400) -> list[dict]:
 
 def full_model_rows(device: torch.device) -> list[dict]:
     torch.manual_seed(0)
-    config = ModelConfig(n_assets=MODEL_ASSETS)
+    config = ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)
     model = HybridModel(config).to(device)
     x = torch.randn(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, config.n_features, device=device)
     mask = torch.ones(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, dtype=torch.bool, device=device)

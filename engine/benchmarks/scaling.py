@@ -55,7 +55,8 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
         panel = synthetic_universe(n_assets, WINDOW + n_windows * 64 + 64, seed=1)
         rows = range(0, len(panel.ts))
         features = build_feature_set(panel, rows)
-        model_config = ModelConfig(n_assets=n_assets, n_features=features.values.shape[2])
+        model_config = ModelConfig(n_assets=n_assets, n_features=features.values.shape[2], point_head=False,
+                                   lead_path=False)
         config = TrainConfig(model=model_config, batch_size=per_rank_batch * ctx.world_size, window=WINDOW,
                              stride=64, min_train=WINDOW)
         targets = compute_targets(panel, model_config.horizons)
@@ -71,7 +72,7 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
 
         def step() -> None:
             batch = torch.randperm(windows.x.shape[0], generator=generator)[: config.batch_size]
-            train_step(train_model, optimizer, windows, batch, scale_t, model_config.loss_weights, config, ctx,
+            train_step(train_model, optimizer, windows, batch, scale_t, config.loss_weights, config, ctx,
                        lambda: False)
 
         for _ in range(WARMUP_STEPS):

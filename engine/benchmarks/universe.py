@@ -47,7 +47,8 @@ def rows(device: torch.device | str) -> list[dict]:
         x = torch.from_numpy(features.values[:, -WINDOW:])[None].to(device)  # (1, N, T, F)
         mask = torch.from_numpy(features.mask[:, -WINDOW:])[None].to(device)  # (1, N, T)
         for shared in (False, True):
-            config = ModelConfig(n_assets=n_assets, n_features=features.values.shape[2], shared_ssm=shared)
+            config = ModelConfig(n_assets=n_assets, n_features=features.values.shape[2], shared_ssm=shared,
+                                 point_head=False, lead_path=False)
             model = HybridModel(config).to(device).eval()
 
             def forward():

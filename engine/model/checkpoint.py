@@ -27,7 +27,9 @@ DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_che
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 REGISTRY_FILE = "registry.jsonl"
-FORMAT_VERSION = 1
+# 2: ModelConfig holds architecture only (loss_weights moved to the training config); point_head, lead_path and
+#    lead_features are written by every checkpoint. Older manifests are upgraded on load (see upgrade_manifest).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -53,11 +55,66 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
-        data = json.loads(text)
-        if data.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format {data.get('format_version')} is not {FORMAT_VERSION}: retrain it")
+        data = upgrade_manifest(json.loads(text))
         data["fingerprint"] = DataFingerprint.from_dict(data["fingerprint"])
         return cls(**data)
+
+
+# ----- manifest migrations -------------------------------------------------------------------------------------------
+#
+# A checkpoint's manifest is read as written and upgraded in memory, one format at a time, so an old checkpoint
+# loads into today's code without config fields that exist only to describe yesterday's layout. The weights need
+# no migration: their names and shapes follow from the upgraded config.
+
+# The model fields format 1 manifests may lack (written before the field existed), with the value that
+# reproduces the layout those checkpoints have: no mean head, no lead path.
+_V1_MODEL_LAYOUT = {"point_head": False, "lead_path": False, "lead_features": None}
+
+
+def _v1_model_config(model_config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A format 1 ModelConfig dict -> (the format 2 dict, the loss weights it held or None)."""
+    upgraded = {**_V1_MODEL_LAYOUT, **model_config}
+    return upgraded, upgraded.pop("loss_weights", None)
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 kept the training loss's weights in model_config; format 2 keeps them in the training config
+    (manifest.training["config"]["loss_weights"], where TrainConfig reads them) and writes every model field."""
+    data = {**data}
+    data["model_config"], loss_weights = _v1_model_config(data["model_config"])
+    training = dict(data.get("training") or {})
+    if isinstance(training.get("config"), dict):
+        config = dict(training["config"])
+        if isinstance(config.get("model"), dict):
+            config["model"], trained_with = _v1_model_config(config["model"])
+            loss_weights = trained_with if trained_with is not None else loss_weights
+        if loss_weights is not None:
+            config.setdefault("loss_weights", loss_weights)
+        training["config"] = config
+    elif loss_weights is not None:  # no training config to hold them: keep them beside it rather than drop them
+        training["loss_weights"] = loss_weights
+    data["training"] = training
+    return {**data, "format_version": 2}
+
+
+MIGRATIONS = {1: _v1_to_v2}  # format n -> n+1
+
+
+def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    """A manifest dict of any format this code knows -> the same manifest in FORMAT_VERSION. The input is not
+    modified. A format newer than this code, or none at all, is refused with what to do."""
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version:
+        raise CheckpointError(f"checkpoint manifest has no valid format_version (got {version!r}): it was not "
+                              f"written by this dashboard's engine.model.checkpoint; retrain it")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format {version} is newer than this code reads (format {FORMAT_VERSION}): "
+                              f"update the dashboard's code (git pull) to load it, or retrain the checkpoint with "
+                              f"this version")
+    while version < FORMAT_VERSION:
+        data = MIGRATIONS[version](data)
+        version = data["format_version"]
+    return data
 
 
 def _json_default(value):

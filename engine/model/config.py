@@ -1,13 +1,20 @@
-"""The model's architecture: ModelConfig, the one dataclass every model part is built from."""
+"""The model's architecture: ModelConfig, the one dataclass every model part is built from.
+
+Architecture only, as nanoGPT's GPTConfig: what the weights mean and how they are wired. How a model is trained
+(loss weights, optimiser, windows) is engine.training.config.TrainConfig's. The defaults that concern a model part
+the shipped recipe uses (point head, lead path) are that recipe's (engine.training.presets.demo_config); a
+checkpoint made before a field existed is upgraded by engine.model.checkpoint's manifest migration, not by a
+default here.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from engine.model.losses import LossWeights
-
 LAYER_KINDS = ("ssm", "attn")
+# Keys an older ModelConfig had that now live elsewhere (a checkpoint's manifest is upgraded on load).
+MOVED_KEYS = {"loss_weights": "engine.training.config.TrainConfig.loss_weights"}
 
 
 @dataclass
@@ -33,25 +40,21 @@ class ModelConfig:
     horizons: tuple[int, ...] = (1, 5, 20)  # bars ahead
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     dropout: float = 0.1
-    # A conditional-mean head per asset and horizon (squared-error loss), used as the point forecast. False keeps
-    # the layout of checkpoints made before it existed (their manifests lack the key).
-    point_head: bool = False
+    # A conditional-mean head per asset and horizon (squared-error loss), used as the point forecast.
+    point_head: bool = True
     # A direct linear path from the sources' features, summed with the first attention layer's weights, to the
-    # forecasts' location (engine.model.heads.ForecastHeads.lead); needs an "attn" layer. False keeps the layout of older checkpoints.
-    lead_path: bool = False
+    # forecasts' location (engine.model.lead_path, engine.model.heads.ForecastHeads.lead); needs an "attn" layer.
+    lead_path: bool = True
     # How many of the leading input features the lead path reads; None: all. engine.features puts the bar
     # return (ret_1) first: 1 reads the sources' latest returns only, the channel a lead-lag moves through, so the
     # path has n_heads weights per asset and horizon to fit instead of n_heads * n_features.
-    lead_features: int | None = None
-    loss_weights: LossWeights = field(default_factory=LossWeights)
+    lead_features: int | None = 1
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep tuples so configs compare equal after a round trip.
         self.layer_pattern = tuple(self.layer_pattern)
         self.horizons = tuple(int(h) for h in self.horizons)
         self.quantiles = tuple(float(q) for q in self.quantiles)
-        if isinstance(self.loss_weights, dict):
-            self.loss_weights = LossWeights(**self.loss_weights)
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         self._validate()
@@ -84,7 +87,8 @@ class ModelConfig:
         if self.lead_features is not None and not 1 <= self.lead_features <= self.n_features:
             fail(f"lead_features must be in 1..n_features={self.n_features}, got {self.lead_features}")
         if self.lead_path and "attn" not in self.layer_pattern:
-            fail(f"lead_path reads the first attention layer, but layer_pattern {self.layer_pattern} has none")
+            fail(f"lead_path reads the first attention layer, but layer_pattern {self.layer_pattern} has none "
+                 "(add an 'attn' layer, or set lead_path=False)")
 
     @property
     def d_inner(self) -> int:
@@ -107,5 +111,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}")
+            moved = [f"{key} is now {MOVED_KEYS[key]}" for key in unknown if key in MOVED_KEYS]
+            hint = f" ({'; '.join(moved)})" if moved else ""
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}{hint}")
         return cls(**data)

@@ -24,10 +24,11 @@ from engine.model.losses import LossWeights
 
 
 def default_model_config() -> ModelConfig:
-    """Small enough to train a demo run in minutes on two cores; n_assets/n_features are set from the data."""
+    """Small enough to train a demo run in minutes on two cores; n_assets/n_features are set from the data. The
+    plain heads (no mean head, no lead path), on which the 1d recipe and the quick tests build."""
     return ModelConfig(
         d_model=32, d_state=8, expand=2, n_heads=4, max_lag=8, layer_pattern=("ssm", "attn", "ssm"),
-        quantiles=DEFAULT_QUANTILE_LEVELS, dropout=0.1,
+        quantiles=DEFAULT_QUANTILE_LEVELS, dropout=0.1, point_head=False, lead_path=False,
     )
 
 
@@ -56,6 +57,7 @@ class TrainConfig:
     device: str | None = None  # None: CUDA when present, else CPU
     threads: int | None = None  # torch CPU threads; None: leave as the process configured them
     predict_chunk: int = 2048  # bars per forward call when forecasting a long history
+    loss_weights: LossWeights = field(default_factory=LossWeights)  # the training loss's mix of the heads' losses
     # The loss early stopping watches (standardised units, on the validation span); None: the training loss.
     # Return-only weights keep the stop from being decided by the direction and volatility terms, which improve
     # for many epochs after the return forecasts have started to overfit, or stop before those have learned.
@@ -89,6 +91,8 @@ class TrainConfig:
             self.model = ModelConfig.from_dict(self.model)
         if isinstance(self.features, dict):
             self.features = FeatureConfig(**self.features)
+        if isinstance(self.loss_weights, dict):
+            self.loss_weights = LossWeights(**self.loss_weights)
         if isinstance(self.early_stop_weights, dict):
             self.early_stop_weights = LossWeights(**self.early_stop_weights)
         if self.early_stop_horizons is not None:

@@ -320,7 +320,7 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
     check_same_everywhere(sync, f"fold {fold.index + 1} resumes at epoch {state.next_epoch}", "the resume state")
     n_windows = windows.x.shape[0]
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
-    weights = model.config.loss_weights
+    weights = config.loss_weights
 
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_seed = seed_for(config, fold.index, epoch)
@@ -358,7 +358,8 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
         # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
         # so all take the same early-stopping decision.
         val_loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
-                                   scale_t, config.early_stop_weights, config.balance_assets) if sync.is_main else None
+                                   scale_t, config.early_stop_weights or config.loss_weights,
+                                   config.balance_assets) if sync.is_main else None
         val_loss = broadcast_float(sync, val_loss)
         if math.isfinite(val_loss) and val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.epochs_without_gain = val_loss, epoch, 0

@@ -135,9 +135,9 @@ def standardised_targets(targets: Mapping[str, Tensor], scale: Tensor) -> dict[s
 
 
 def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mapping[str, Tensor], stop: int,
-                    chunk: int, scale: Tensor, weights: LossWeights | None = None,
+                    chunk: int, scale: Tensor, weights: LossWeights,
                     balance_assets: bool = False) -> float:
-    """The training loss (standardised units; `weights`, default the model's) over the targets given, from a
+    """The training loss (standardised units, under `weights`) over the targets given, from a
     causal pass over rows [0, stop)."""
     was_training = model.training
     model.eval()
@@ -152,6 +152,6 @@ def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mappin
         log_vol=torch.cat([o.log_vol for o in outputs], dim=2),
         quantile_levels=outputs[0].quantile_levels,
         mean=None if outputs[0].mean is None else torch.cat([o.mean for o in outputs], dim=2)), scale)
-    total = training_loss(joined, standardised_targets(targets, scale), weights or model.config.loss_weights,
+    total = training_loss(joined, standardised_targets(targets, scale), weights,
                           balance_assets)
     return float(total)

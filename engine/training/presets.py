@@ -32,19 +32,20 @@ def demo_config(interval: str = "1h") -> TrainConfig:
     stride 32). Chosen on the validation spans among 22 variants (DEMO.md gives the test numbers).
     """
     model = dataclasses.replace(default_model_config(), d_model=32, n_heads=4, max_lag=4, dropout=0.0,
-                                layer_pattern=("ssm", "attn"),
-                                loss_weights=LossWeights(quantile=2.0, direction=1.0, volatility=0.25))
+                                layer_pattern=("ssm", "attn"))
+    loss_weights = LossWeights(quantile=2.0, direction=1.0, volatility=0.25)
     if interval == "1h":
         # The lead path reads the sources' bar returns through the attention's weights, and the mean head (the
         # point forecast) is stopped on its own 1-bar squared error; see the paragraph above.
         model_1h = dataclasses.replace(model, dropout=0.1, point_head=True, lead_path=True, lead_features=1)
-        return TrainConfig(model=model_1h, n_folds=3, min_train=8000, val_size=2000, test_size=3000, window=128,
-                           stride=32, batch_size=8, max_epochs=15, patience=5, lr=5e-3, weight_decay=0.1,
+        return TrainConfig(model=model_1h, loss_weights=loss_weights, n_folds=3, min_train=8000, val_size=2000,
+                           test_size=3000, window=128, stride=32, batch_size=8, max_epochs=15, patience=5, lr=5e-3, weight_decay=0.1,
                            random_window_offsets=True, zero_init_centre=True, lead_gain=10.0, centre_gain=0.1,
                            early_stop_weights=LossWeights(quantile=0.0, direction=0.0, volatility=0.0, point=1.0),
                            early_stop_horizons=(1,))
     if interval == "1d":
         return TrainConfig(model=dataclasses.replace(model, d_model=16, n_heads=2, max_lag=2, dropout=0.3),
+                           loss_weights=loss_weights,
                            n_folds=3, min_train=800, val_size=180, test_size=240, window=128, stride=16,
                            batch_size=8, max_epochs=20, patience=5, lr=1e-3, weight_decay=0.1)
     raise ValueError(f"the demo has 1d and 1h bars, not {interval!r}")

@@ -209,7 +209,7 @@ def brute_force_alpha(block, h, mask_t, asset, t):
 def hybrid_in_float64(**overrides):
     torch.manual_seed(5)
     config = ModelConfig(n_assets=2, n_features=5, d_model=8, d_state=4, n_heads=2, max_lag=2, dropout=0.0,
-                         **overrides)
+                         **{"point_head": False, "lead_path": False, **overrides})
     return HybridModel(config).double().eval()
 
 
@@ -250,7 +250,8 @@ def demo_features():
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(3)
-    return HybridModel(ModelConfig(n_assets=3, n_features=16, d_model=16, d_state=4, n_heads=2, max_lag=4))
+    return HybridModel(ModelConfig(n_assets=3, n_features=16, d_model=16, d_state=4, n_heads=2, max_lag=4,
+                                   point_head=False, lead_path=False))
 
 
 def test_hidden_attention_frame_is_keyed_by_past_bars_newest_first(small_model, demo_features):
@@ -372,7 +373,8 @@ def test_diagnostics_for_a_checkpoint_use_its_scaler_and_training_rows_and_are_c
     assert status == "cached"
     with pytest.raises(CheckpointError, match="trained on symbols BTC, SPY, AAPL but the panel has BTC, SPY"):
         run_on_panel(tmp_path / "run", demo_panel("1d", symbols=("BTC", "SPY")))
-    other = HybridModel(ModelConfig(n_assets=3, n_features=16, d_model=8, d_state=4, n_heads=2, max_lag=4))
+    other = HybridModel(ModelConfig(n_assets=3, n_features=16, d_model=8, d_state=4, n_heads=2, max_lag=4,
+                                    point_head=False, lead_path=False))
     manifest = write_checkpoint(tmp_path / "bad", other, loaded, features)
     from engine.model.checkpoint import save_checkpoint
 

@@ -33,7 +33,8 @@ def truncated(features, n_rows=N_ROWS):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(3)
-    config = ModelConfig(n_assets=3, n_features=16, d_model=16, d_state=4, n_heads=2, max_lag=4, dropout=0.1)
+    config = ModelConfig(n_assets=3, n_features=16, d_model=16, d_state=4, n_heads=2, max_lag=4, dropout=0.1,
+                         point_head=False, lead_path=False)
     return HybridModel(config)
 
 
@@ -112,7 +113,8 @@ def test_features_that_do_not_fit_the_model_are_refused_with_the_reason(features
     wrong = HybridModel(ModelConfig(n_assets=2, n_features=16, d_model=16, d_state=4, n_heads=2))
     with pytest.raises(ValueError, match="3 assets x 16 features, the model expects 2 x 16"):
         run_inference(wrong, small)
-    no_attention = HybridModel(ModelConfig(n_assets=3, d_model=16, d_state=4, n_heads=2, layer_pattern=("ssm",)))
+    no_attention = HybridModel(ModelConfig(n_assets=3, d_model=16, d_state=4, n_heads=2, layer_pattern=("ssm",),
+                                             lead_path=False))
     with pytest.raises(ValueError, match="needs an 'ssm' and an 'attn' layer"):
         run_inference(no_attention, small)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):

@@ -22,8 +22,10 @@ N_ASSETS, N_FEATURES = 3, 5
 
 
 def small_config(**overrides) -> ModelConfig:
+    """A small plain model (no mean head, no lead path); the tests of those parts switch them on."""
     settings = dict(n_assets=N_ASSETS, n_features=N_FEATURES, d_model=16, d_state=4, d_conv=3, n_heads=2, max_lag=3,
-                    layer_pattern=("ssm", "ssm", "attn", "ssm", "attn"), horizons=(1, 5), dropout=0.0)
+                    layer_pattern=("ssm", "ssm", "attn", "ssm", "attn"), horizons=(1, 5), dropout=0.0,
+                    point_head=False, lead_path=False)
     settings.update(overrides)
     return ModelConfig(**settings)
 
@@ -65,8 +67,7 @@ def test_default_model_fits_the_cpu_parameter_budget():
 
 
 def test_config_survives_a_json_round_trip():
-    config = ModelConfig(n_assets=2, horizons=(1, 3), layer_pattern=("ssm", "attn"),
-                         loss_weights=LossWeights(2.0, 1.0, 0.5))
+    config = ModelConfig(n_assets=2, horizons=(1, 3), layer_pattern=("ssm", "attn"), lead_features=None)
     restored = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     assert config.dt_rank == 4 and config.d_inner == 128
@@ -100,6 +101,17 @@ def test_weights_round_trip_through_safetensors(tmp_path):
 def test_unknown_config_keys_are_refused():
     with pytest.raises(ValueError, match="unknown keys"):
         ModelConfig.from_dict({"d_model": 32, "n_layer": 4})
+    with pytest.raises(ValueError, match="loss_weights is now engine.training.config.TrainConfig.loss_weights"):
+        ModelConfig.from_dict({"d_model": 32, "loss_weights": {"quantile": 1.0}})
+
+
+def test_the_config_is_architecture_only_and_its_defaults_are_the_shipped_recipes():
+    from engine.training.presets import demo_config
+
+    assert "loss_weights" not in ModelConfig().to_dict()  # a training knob: TrainConfig's
+    recipe = demo_config("1h").model
+    for name in ("point_head", "lead_path", "lead_features", "shared_ssm"):
+        assert getattr(ModelConfig(), name) == getattr(recipe, name), name
 
 
 # ----- shapes, inputs, determinism -----------------------------------------------------------------------------
@@ -373,7 +385,8 @@ def lead_lag_batch(generator: torch.Generator, batch: int = 16, length: int = 40
 def test_training_finds_the_planted_lead_lag():
     torch.manual_seed(0)
     config = ModelConfig(n_assets=2, n_features=4, d_model=16, d_state=4, n_heads=2, max_lag=4, horizons=(1,),
-                         layer_pattern=("ssm", "attn"), dropout=0.0)
+                         layer_pattern=("ssm", "attn"), dropout=0.0, point_head=False, lead_path=False)
+    loss_weights = LossWeights()
     model = HybridModel(config)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     x_eval, mask_eval, targets_eval = lead_lag_batch(torch.Generator().manual_seed(99), batch=64)
@@ -381,7 +394,7 @@ def test_training_finds_the_planted_lead_lag():
     def evaluate():
         with torch.no_grad():
             output = model(x_eval, mask_eval, return_diagnostics=True)
-            total, parts = multitask_loss(output, targets_eval, config.loss_weights)
+            total, parts = multitask_loss(output, targets_eval, loss_weights)
             alpha = output.diagnostics.attention[:, PLANTED_LAG + 1 :, 1].mean(dim=(0, 1))  # (A_src, K+1)
         return total, parts, alpha
 
@@ -389,7 +402,7 @@ def test_training_finds_the_planted_lead_lag():
     generator = torch.Generator().manual_seed(0)
     for _ in range(120):
         x, mask, targets = lead_lag_batch(generator)
-        loss, _ = multitask_loss(model(x, mask), targets, config.loss_weights)
+        loss, _ = multitask_loss(model(x, mask), targets, loss_weights)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -452,7 +465,7 @@ def test_the_lead_path_shifts_the_whole_fan_and_the_mean_alike_in_both_modes():
         future = x.clone()
         future[:, :, 6:] += 3.0
         torch.testing.assert_close(with_lead(future, mask).mean[:, :, :6], full.mean[:, :, :6], rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="lead_path"):
+    with pytest.raises(ValueError, match="lead_path reads the first attention layer.*set lead_path=False"):
         small_config(lead_path=True, layer_pattern=("ssm",))
     with pytest.raises(ValueError, match="lead_features"):
         small_config(lead_path=True, lead_features=N_FEATURES + 1)

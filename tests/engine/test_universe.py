@@ -28,7 +28,7 @@ def features():
 def model(features):
     torch.manual_seed(0)
     config = ModelConfig(n_assets=N_ASSETS, n_features=features.values.shape[2], shared_ssm=True, d_model=32,
-                         n_heads=2, max_lag=3)
+                         n_heads=2, max_lag=3, point_head=False, lead_path=False)
     return HybridModel(config).eval()
 
 
