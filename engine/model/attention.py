@@ -15,7 +15,8 @@ source-asset embedding; they are added while the unfolded keys are copied into t
 
 Implementation: the last K bars are prepended (zeros, or the step state's cache), then unfold gives K+1 shifted
 views of K and V; window slot w holds bar t-K+w, i.e. lag K-w. Step mode is this same forward with T=1 and the
-cache as history, so the two modes cannot drift apart.
+cache as history, so the two modes cannot drift apart. The layer keeps engine.model.layer's interface, and its
+readout is the weights (AttentionWeights).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.model.config import ModelConfig
+from engine.model.layer import LayerOutput
 from engine.model.ssm import PerAssetRMSNorm
 
 
@@ -44,7 +46,7 @@ class AttentionWeights:
     """alpha[target, source, lag], lag 0 = the same bar."""
 
     mean: Tensor  # (B, T, A_tgt, A_src, K+1) averaged over heads
-    per_head: Tensor | None  # (B, T, A_tgt, heads, A_src, K+1) when asked
+    per_head: Tensor  # (B, T, A_tgt, heads, A_src, K+1), a view of the weights the mean was taken over
 
 
 class LeadLagAttention(nn.Module):
@@ -56,6 +58,7 @@ class LeadLagAttention(nn.Module):
         if M % H != 0:
             raise ValueError(f"LeadLagAttention: d_model={M} must be divisible by n_heads={H}")
         self.n_heads, self.head_dim, self.max_lag = H, M // H, config.max_lag
+        self.n_assets, self.d_model = config.n_assets, M
         self.norm = PerAssetRMSNorm(config.n_assets, M, shared=True)  # one gain for all assets: weights are shared
         self.qkv = nn.Linear(M, 3 * M, bias=False)
         self.out_proj = nn.Linear(M, M, bias=False)
@@ -64,10 +67,12 @@ class LeadLagAttention(nn.Module):
         self.source_embedding = nn.Parameter(0.02 * torch.randn(config.n_assets, H, self.head_dim))  # (A, H, dh)
         self.dropout = config.dropout
 
-    def init_state(self, batch: int, n_assets: int, d_model: int, *, device=None, dtype=None) -> AttentionLayerState:
+    def init_state(self, batch: int, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> AttentionLayerState:
+        """Before the first bar: K cached bars of zeros, every one masked, so they get weight exactly 0."""
         K = self.max_lag
-        zeros = torch.zeros(batch, K, n_assets, d_model, device=device, dtype=dtype)
-        no_bars = torch.zeros(batch, K, n_assets, dtype=torch.bool, device=device)  # "before the first bar": masked
+        zeros = torch.zeros(batch, K, self.n_assets, self.d_model, device=device, dtype=dtype)
+        no_bars = torch.zeros(batch, K, self.n_assets, dtype=torch.bool, device=device)
         return AttentionLayerState(zeros, zeros.clone(), no_bars)
 
     def forward(
@@ -77,15 +82,14 @@ class LeadLagAttention(nn.Module):
         state: AttentionLayerState | None = None,
         *,
         return_state: bool = False,
-        need_weights: bool = False,
-        per_head: bool = False,
-    ) -> tuple[Tensor, AttentionLayerState | None, AttentionWeights | None]:
-        """x (B, T, A, M), mask (B, T, A) bool -> (x (B, T, A, M), state or None, weights or None)."""
+        readout: bool = False,
+    ) -> LayerOutput:
+        """x (B, T, A, M), mask (B, T, A) bool -> (x (B, T, A, M), state or None, AttentionWeights or None)."""
         batch, length, A, M = x.shape
         H, dh, K = self.n_heads, self.head_dim, self.max_lag
         q, k, v = self.qkv(self.norm(x)).split(M, dim=-1)  # (B, T, A, M) each
         if state is None:
-            state = self.init_state(batch, A, M, device=x.device, dtype=k.dtype)
+            state = self.init_state(batch, device=x.device, dtype=k.dtype)
         keys = torch.cat([state.keys, k], dim=1)  # (B, K+T, A, M)
         values = torch.cat([state.values, v], dim=1)
         key_mask = torch.cat([state.key_mask, mask], dim=1)  # (B, K+T, A)
@@ -116,10 +120,24 @@ class LeadLagAttention(nn.Module):
         if return_state:
             new_state = AttentionLayerState(*(_last_bars(t, K) for t in (keys, values, key_mask)))
         attention = None
-        if need_weights:
+        if readout:
             in_lag_order = weights.view(batch, length, H, A, A, W).flip(-1)  # (B, T, H, A_tgt, A_src, K+1), lag 0 first
-            attention = AttentionWeights(in_lag_order.mean(dim=2), in_lag_order.transpose(2, 3) if per_head else None)
-        return x + F.dropout(out, self.dropout, self.training), new_state, attention
+            attention = AttentionWeights(in_lag_order.mean(dim=2), in_lag_order.transpose(2, 3))
+        return LayerOutput(x + F.dropout(out, self.dropout, self.training), new_state, attention)
+
+    def step(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        state: AttentionLayerState | None = None,
+        *,
+        return_state: bool = True,
+        readout: bool = False,
+    ) -> LayerOutput:
+        """One new bar: forward with T=1 and the K cached bars as history. x (B, 1, A, M), mask (B, 1, A)."""
+        if x.shape[1] != 1:
+            raise ValueError(f"LeadLagAttention.step takes one bar, got a window of {x.shape[1]}")
+        return self(x, mask, state, return_state=return_state, readout=readout)
 
     def _key_embeddings(self) -> Tensor:
         """Lag + source-asset embeddings laid out like the key windows: (H, dh, A_src, K+1), slot w = lag K-w."""

@@ -1,14 +1,19 @@
 """The hierarchical hybrid model: per-asset selective-SSM streams, cross-asset lead-lag attention, multi-task heads.
 
-    x (B, A, T, F) --per-asset input projection--> (B, T, A, d_model)
-      --layer_pattern, e.g. ssm, attn, ssm, attn-->      Level 1: SSM layers before the first attention, one stream
-                                                         per asset; Level 2: the first attention, across assets and
-                                                         lags; Level 3: the rest, on the mixed streams
+    x (B, A, T, F) --per-asset input projection--> h (B, T, A, M), time-major inside the model
+      --layers in config.layer_pattern, e.g. ssm, attn-->  Level 1: SSM layers before the first attention, one stream
+                                                           per asset; Level 2: the first attention, across assets and
+                                                           lags; Level 3: the rest, on the mixed streams
       --final RMSNorm, heads--> quantiles (B, A, T, H, Q), direction_logit (B, A, T, H), log_vol (B, A, T, H)
+                                and, with a point head, mean (B, A, T, H)
+      the lead path (optional): the sources' features through the first attention layer's weights, to the heads
+                                as a location shift of the fan and the mean (engine.model.lead_path)
 
-The same weights run over a whole window (`forward`) or one new bar at a time (`step`, O(1) per bar); both give
-the same numbers, and `forward(..., state=s, return_state=True)` continues from and hands back a step state, so a
-long history can be processed in chunks or used to warm the state for live stepping.
+One loop runs the layers in both modes. Every layer keeps engine.model.layer's interface, (stream, mask, state)
+-> (stream, state, readout), with the same call for a window and for one bar, so `forward` (a window) and `step`
+(one new bar, O(1)) differ only in which of a layer's two methods `_run_layers` calls. Both give the same numbers,
+and `forward(..., state=s, return_state=True)` continues from and hands back a step state, so a long history can
+be processed in chunks or used to warm the state for live stepping.
 
 Closed market bars (mask False) are inert: features there are ignored (NaN allowed), the SSM state is carried,
 the bar is not a key for attention, and no layer adds anything to that asset's stream. The heads still emit
@@ -21,9 +26,14 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from engine.model.attention import AttentionLayerState, LeadLagAttention
+from engine.model.attention import (
+    AttentionLayerState,
+    AttentionWeights,
+    LeadLagAttention,
+)
 from engine.model.config import ModelConfig
 from engine.model.heads import ForecastHeads
+from engine.model.lead_path import LeadPath, LeadPathState
 from engine.model.ssm import (
     PerAssetLinear,
     PerAssetRMSNorm,
@@ -47,11 +57,11 @@ class Diagnostics:
 
 @dataclass
 class StepState:
-    """Per-layer memory for step mode, in layer order (SSMLayerState or AttentionLayerState)."""
+    """What step mode remembers: each layer's state in layer order (SSMLayerState or AttentionLayerState), and the
+    lead path's when the model has one."""
 
     layers: list[SSMLayerState | AttentionLayerState]
-    # With ModelConfig.lead_path: the last K bars of every asset's input features, oldest first (B, K, A, F)
-    lead_inputs: Tensor | None = None
+    lead_path: LeadPathState | None = None
 
     @property
     def batch_size(self) -> int:
@@ -60,11 +70,11 @@ class StepState:
 
     def detach(self) -> StepState:
         """The same state cut from autograd (for truncated backprop through long histories)."""
-        detached = []
-        for layer in self.layers:
-            kind = type(layer)
-            detached.append(kind(**{f.name: getattr(layer, f.name).detach() for f in fields(layer)}))
-        return StepState(detached, None if self.lead_inputs is None else self.lead_inputs.detach())
+        def cut(state):  # every state is a dataclass of tensors
+            return None if state is None else type(state)(**{f.name: getattr(state, f.name).detach()
+                                                              for f in fields(state)})
+
+        return StepState([cut(layer) for layer in self.layers], cut(self.lead_path))
 
 
 @dataclass
@@ -96,6 +106,8 @@ class HybridModel(nn.Module):
         self.heads = ForecastHeads(config)
         self.diagnostic_ssm_layer = self._last_level1_ssm(config.layer_pattern)
         self.first_attention_layer = next((i for i, k in enumerate(config.layer_pattern) if k == "attn"), None)
+        # Weightless (its coefficients are heads.lead): a module for its state and its one job, not for parameters.
+        self.lead_path = LeadPath(config, reads_layer=self.first_attention_layer) if config.lead_path else None
 
     @staticmethod
     def _last_level1_ssm(pattern: tuple[str, ...]) -> int | None:
@@ -126,43 +138,19 @@ class HybridModel(nn.Module):
         return_state: also hand back the state after the last bar, ready for step() or the next chunk.
         """
         self._check_inputs(x, mask, state, where="forward")
-        mask_t = mask.transpose(1, 2)  # (B, T, A)
-        h = self._embed(x.transpose(1, 2), mask_t)  # (B, T, A, M)
-        new_layers, ssm_diag, attention, per_head, lead_weights = [], None, {}, {}, None
-        for i, layer in enumerate(self.layers):
-            layer_state = None if state is None else state.layers[i]
-            if isinstance(layer, SelectiveSSMBlock):
-                want = return_diagnostics and i == self.diagnostic_ssm_layer
-                h, new_state, diag = layer(h, mask_t, layer_state, return_state=return_state, return_diagnostics=want)
-                ssm_diag = diag if want else ssm_diag
-            else:
-                reads_lead = self.config.lead_path and i == self.first_attention_layer
-                h, new_state, weights = layer(
-                    h, mask_t, layer_state, return_state=return_state,
-                    need_weights=return_diagnostics or reads_lead, per_head=attention_per_head or reads_lead,
-                )
-                if weights is not None and return_diagnostics:
-                    attention[i] = weights.mean
-                    per_head[i] = weights.per_head
-                if reads_lead:
-                    lead_weights = weights.per_head  # (B, T, A_tgt, heads, A_src, K+1)
-            new_layers.append(new_state)
-        attended, lead_inputs = self._attended_inputs(x, mask, lead_weights, state, return_state)
-        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h), attended)  # (B, T, A, H[, Q])
-        return ModelOutput(
-            mean=None if mean is None else mean.transpose(1, 2),
-            quantiles=quantiles.transpose(1, 2),
-            direction_logit=direction_logit.transpose(1, 2),
-            log_vol=log_vol.transpose(1, 2),
-            quantile_levels=self.config.quantiles,
-            horizons=self.config.horizons,
-            diagnostics=self._diagnostics(ssm_diag, attention, per_head if attention_per_head else None)
-            if return_diagnostics
-            else None,
-            state=StepState(new_layers, lead_inputs) if return_state else None,
-        )
+        x, mask = x.transpose(1, 2), mask.transpose(1, 2)  # (B, T, A, F), (B, T, A)
+        h = self._embed(x, mask)  # (B, T, A, M)
+        h, readouts, attended, new_state = self._run_layers(
+            h, x, mask, state, stepping=False, return_state=return_state, diagnostics=return_diagnostics)
+        forecasts = self.heads(self.final_norm(h), attended)  # (B, T, A, H[, Q]) each
+        return self._output(*forecasts, readouts=readouts if return_diagnostics else None,
+                            attention_per_head=attention_per_head, state=new_state)
 
     # ----- one bar at a time ------------------------------------------------------------------------------------
+    #
+    # step() is the same model one bar at a time: the layers' own O(1) steps in the same loop, each carrying its
+    # state (the SSM's conv window and h, the attention's last K keys and values, the lead path's last K features)
+    # in a StepState. New bars advance a model warmed on the history without recomputing it.
 
     def init_state(
         self, batch: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -171,67 +159,83 @@ class HybridModel(nn.Module):
         reference = next(self.parameters())
         device = reference.device if device is None else device
         dtype = reference.dtype if dtype is None else dtype
-        c = self.config
-        layers: list[SSMLayerState | AttentionLayerState] = []
-        for layer in self.layers:
-            if isinstance(layer, SelectiveSSMBlock):
-                d_total = c.n_assets * c.d_inner
-                layers.append(SSMLayerState(
-                    torch.zeros(batch, d_total, c.d_conv - 1, device=device, dtype=dtype),
-                    torch.zeros(batch, d_total, c.d_state, device=device, dtype=dtype),
-                ))
-            else:
-                layers.append(layer.init_state(batch, c.n_assets, c.d_model, device=device, dtype=dtype))
-        lead_inputs = None
-        if c.lead_path:  # "before the first bar": zeros, which the attention gives weight 0 (masked keys)
-            lead_inputs = torch.zeros(batch, c.max_lag, c.n_assets, c.lead_input_width, device=device, dtype=dtype)
-        return StepState(layers, lead_inputs)
+        layers = [layer.init_state(batch, device=device, dtype=dtype) for layer in self.layers]
+        lead = None if self.lead_path is None else self.lead_path.init_state(batch, device=device, dtype=dtype)
+        return StepState(layers, lead)
 
     def step(
         self, x_t: Tensor, mask_t: Tensor, state: StepState, *, return_diagnostics: bool = False
     ) -> tuple[ModelOutput, StepState]:
         """One new bar: x_t (B, A, F), mask_t (B, A) bool -> (ModelOutput with T=1, the state after this bar)."""
         self._check_inputs(x_t.unsqueeze(2), mask_t.unsqueeze(2), state, where="step")
-        h = self._embed(x_t, mask_t)  # (B, A, M)
-        new_layers, ssm_diag, attention, lead_weights = [], None, {}, None
-        for i, (layer, layer_state) in enumerate(zip(self.layers, state.layers)):
-            if isinstance(layer, SelectiveSSMBlock):
-                want = return_diagnostics and i == self.diagnostic_ssm_layer
-                h, new_state, diag = layer.step(h, mask_t, layer_state, return_diagnostics=want)
-                ssm_diag = diag if want else ssm_diag
-            else:
-                # Attention's forward with T=1 and the cached K bars IS its step: one code path for both modes.
-                reads_lead = self.config.lead_path and i == self.first_attention_layer
-                h_seq, new_state, weights = layer(
-                    h.unsqueeze(1), mask_t.unsqueeze(1), layer_state, return_state=True,
-                    need_weights=return_diagnostics or reads_lead, per_head=reads_lead,
-                )
-                h = h_seq.squeeze(1)
-                if weights is not None and return_diagnostics:
-                    attention[i] = weights.mean
-                if reads_lead:
-                    lead_weights = weights.per_head
-            new_layers.append(new_state)
-        attended, lead_inputs = self._attended_inputs(x_t.unsqueeze(2), mask_t.unsqueeze(2), lead_weights, state, True)
-        attended = None if attended is None else attended.squeeze(1)  # (B, A, heads * F)
-        quantiles, direction_logit, log_vol, mean = self.heads(self.final_norm(h), attended)  # (B, A, H[, Q])
-        diagnostics = None
-        if return_diagnostics:
-            if ssm_diag is not None:  # back to the layers' (B, T=1, A, .) layout
-                d = ssm_diag
-                ssm_diag = SSMDiagnostics(d.embeddings.unsqueeze(1), d.delta.unsqueeze(1),
-                                          d.effective_lookback.unsqueeze(1))
-            diagnostics = self._diagnostics(ssm_diag, attention, None)
-        output = ModelOutput(
-            quantiles=quantiles.unsqueeze(2),  # (B, A, T=1, H, Q)
-            mean=None if mean is None else mean.unsqueeze(2),
-            direction_logit=direction_logit.unsqueeze(2),
-            log_vol=log_vol.unsqueeze(2),
+        x, mask = x_t.unsqueeze(1), mask_t.unsqueeze(1)  # (B, T=1, A, F), (B, 1, A)
+        # The per-asset projections around the layers see one bar as (B, A, .): PerAssetLinear's one-bar form.
+        h = self._embed(x_t, mask_t).unsqueeze(1)  # (B, 1, A, M)
+        h, readouts, attended, new_state = self._run_layers(
+            h, x, mask, state, stepping=True, return_state=True, diagnostics=return_diagnostics)
+        forecasts = self.heads(self.final_norm(h[:, 0]), None if attended is None else attended[:, 0])  # (B, A, H[, Q])
+        forecasts = [None if f is None else f.unsqueeze(1) for f in forecasts]  # (B, 1, A, H[, Q])
+        output = self._output(*forecasts, readouts=readouts if return_diagnostics else None, attention_per_head=False,
+                              state=None)
+        return output, new_state
+
+    # ----- the one loop -----------------------------------------------------------------------------------------
+
+    def _run_layers(
+        self, h: Tensor, x: Tensor, mask: Tensor, state: StepState | None, *, stepping: bool, return_state: bool,
+        diagnostics: bool,
+    ) -> tuple[Tensor, dict[int, SSMDiagnostics | AttentionWeights], Tensor | None, StepState | None]:
+        """Every layer in order, then the lead path, in either mode.
+
+        h (B, T, A, M) the embedded stream, x (B, T, A, F) the raw features (the lead path reads them), mask
+        (B, T, A); stepping: T = 1 and each layer takes its O(1) step (engine.model.layer).
+        -> (h (B, T, A, M), {layer index: readout}, the lead path's input (B, T, A, heads * F_read) or None,
+            the StepState after the last bar or None)
+        """
+        wanted = self._readouts_wanted(diagnostics)
+        layer_states = [None] * len(self.layers) if state is None else state.layers
+        new_layer_states, readouts = [], {}
+        for i, (layer, layer_state) in enumerate(zip(self.layers, layer_states)):
+            run = layer.step if stepping else layer
+            h, layer_state, readout = run(h, mask, layer_state, return_state=return_state, readout=i in wanted)
+            new_layer_states.append(layer_state)
+            if readout is not None:
+                readouts[i] = readout
+        attended, lead_state = None, None
+        if self.lead_path is not None:
+            weights = readouts[self.lead_path.reads_layer].per_head  # (B, T, A_tgt, heads, A_src, K+1)
+            attended, lead_state = self.lead_path(x, mask, weights, None if state is None else state.lead_path,
+                                                  return_state=return_state)
+        return h, readouts, attended, StepState(new_layer_states, lead_state) if return_state else None
+
+    def _readouts_wanted(self, diagnostics: bool) -> set[int]:
+        """The layers whose readout is needed: for diagnostics, the last Level-1 SSM (its states cost memory, so
+        that one only) and every attention layer; for the lead path, the attention layer it reads."""
+        wanted = set()
+        if diagnostics:
+            wanted |= {i for i, kind in enumerate(self.config.layer_pattern) if kind == "attn"}
+            wanted |= {self.diagnostic_ssm_layer} - {None}
+        if self.lead_path is not None:
+            wanted.add(self.lead_path.reads_layer)
+        return wanted
+
+    def _output(
+        self, quantiles: Tensor, direction_logit: Tensor, log_vol: Tensor, mean: Tensor | None, *,
+        readouts: dict[int, SSMDiagnostics | AttentionWeights] | None, attention_per_head: bool,
+        state: StepState | None,
+    ) -> ModelOutput:
+        """The heads' outputs (B, T, A, H[, Q]) -> a ModelOutput, asset-major (B, A, T, H[, Q]); readouts None:
+        no diagnostics."""
+        return ModelOutput(
+            mean=None if mean is None else mean.transpose(1, 2),
+            quantiles=quantiles.transpose(1, 2),
+            direction_logit=direction_logit.transpose(1, 2),
+            log_vol=log_vol.transpose(1, 2),
             quantile_levels=self.config.quantiles,
             horizons=self.config.horizons,
-            diagnostics=diagnostics,
+            diagnostics=None if readouts is None else self._diagnostics(readouts, attention_per_head),
+            state=state,
         )
-        return output, StepState(new_layers, lead_inputs)
 
     # ----- the hidden attention of the selective SSM ------------------------------------------------------------
 
@@ -258,47 +262,26 @@ class HybridModel(nn.Module):
 
     # ----- helpers ----------------------------------------------------------------------------------------------
 
-    def _attended_inputs(self, x: Tensor, mask: Tensor, weights: Tensor | None, state: StepState | None,
-                         return_state: bool) -> tuple[Tensor | None, Tensor | None]:
-        """The lead path's input: every source's raw features at lags 0..K, summed with the first attention
-        layer's per-head weights -> ((B, T, A_tgt, heads * F) or None, the last K bars' features for the state).
-
-        x (B, A, T, F), mask (B, A, T); weights (B, T, A_tgt, heads, A_src, K+1), lag 0 first. The weights are 0
-        at closed bars and before the first bar, so the zeros put there are never read."""
-        if weights is None:
-            return None, None
-        K, n_read = self.config.max_lag, self.config.lead_input_width
-        x = x[..., :n_read]
-        inputs = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-        inputs = inputs.transpose(1, 2)  # (B, T, A, F)
-        past = state.lead_inputs if state is not None and state.lead_inputs is not None else \
-            inputs.new_zeros(inputs.shape[0], K, *inputs.shape[2:])
-        history = torch.cat([past, inputs], dim=1)  # (B, K+T, A, F)
-        windows = history.unfold(1, K + 1, 1).flip(-1)  # (B, T, A_src, F, K+1), lag 0 first
-        attended = torch.einsum("btihsk,btsfk->btihf", weights.to(windows.dtype), windows)  # (B, T, A, heads, F)
-        new_past = history[:, history.shape[1] - K:].clone() if return_state else None
-        return attended.flatten(-2), new_past
-
     def _embed(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (..., A, F) features, mask (..., A) -> (..., A, M). Closed bars' features are ignored (NaN allowed)."""
         x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         h = self.input_proj(x)
         return h if self.asset_embedding is None else h + self.asset_embedding
 
-    def _diagnostics(
-        self, ssm_diag: SSMDiagnostics | None, attention: dict[int, Tensor], per_head: dict[int, Tensor] | None
-    ) -> Diagnostics:
+    def _diagnostics(self, readouts: dict[int, SSMDiagnostics | AttentionWeights], per_head: bool) -> Diagnostics:
         def asset_major(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.transpose(1, 2)  # (B, T, A, .) -> (B, A, T, .)
 
-        first = attention.get(self.first_attention_layer) if self.first_attention_layer is not None else None
+        ssm = readouts.get(self.diagnostic_ssm_layer)  # SSMDiagnostics (B, T, A, .) or None
+        weights = {i: r for i, r in readouts.items() if isinstance(r, AttentionWeights)}
+        attention = {i: w.mean for i, w in weights.items()}
         return Diagnostics(
-            embeddings=asset_major(ssm_diag.embeddings) if ssm_diag else None,
-            delta=asset_major(ssm_diag.delta) if ssm_diag else None,
-            effective_lookback=asset_major(ssm_diag.effective_lookback) if ssm_diag else None,
-            attention=first,
+            embeddings=asset_major(ssm.embeddings) if ssm else None,
+            delta=asset_major(ssm.delta) if ssm else None,
+            effective_lookback=asset_major(ssm.effective_lookback) if ssm else None,
+            attention=attention.get(self.first_attention_layer),
             attention_by_layer=attention,
-            attention_per_head=per_head,
+            attention_per_head={i: w.per_head for i, w in weights.items()} if per_head else None,
         )
 
     def _check_inputs(self, x: Tensor, mask: Tensor, state: StepState | None, *, where: str) -> None:

@@ -26,7 +26,7 @@ def random_inputs(batch=2, length=12, closed_fraction=0.3, seed=1):
 
 def run(layer, x, mask, **kwargs):
     with torch.no_grad():
-        return layer(x, mask, need_weights=True, **kwargs)
+        return layer(x, mask, readout=True, **kwargs)
 
 
 def test_weights_are_a_distribution_over_source_and_lag_at_open_targets():
@@ -86,9 +86,10 @@ def test_step_with_the_cached_bars_matches_the_full_sequence():
     layer = make_attention()
     x, mask = random_inputs(length=9)
     full, final_state, weights = run(layer, x, mask, return_state=True)
-    state = layer.init_state(x.shape[0], N_ASSETS, D_MODEL, dtype=x.dtype)
+    state = layer.init_state(x.shape[0], dtype=x.dtype)
     for t in range(x.shape[1]):
-        out_t, state, weights_t = run(layer, x[:, t : t + 1], mask[:, t : t + 1], state=state, return_state=True)
+        with torch.no_grad():
+            out_t, state, weights_t = layer.step(x[:, t : t + 1], mask[:, t : t + 1], state, readout=True)
         torch.testing.assert_close(out_t, full[:, t : t + 1], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(weights_t.mean, weights.mean[:, t : t + 1], rtol=1e-12, atol=1e-12)
     for name in ("keys", "values", "key_mask"):
@@ -100,7 +101,7 @@ def test_weights_are_computed_only_when_asked_and_per_head_averages_to_the_mean(
     x, mask = random_inputs()
     with torch.no_grad():
         out_plain, _, none = layer(x, mask)
-        out_weighted, _, weights = layer(x, mask, need_weights=True, per_head=True)
+        out_weighted, _, weights = layer(x, mask, readout=True)
     assert none is None
     assert torch.equal(out_plain, out_weighted)
     assert weights.per_head.shape == (2, 12, N_ASSETS, 2, N_ASSETS, MAX_LAG + 1)

@@ -475,7 +475,8 @@ def test_the_lead_path_shifts_the_whole_fan_and_the_mean_alike_in_both_modes():
                          dtype=x.dtype)
     moved = x.clone()
     moved[..., 1:] += 1.0  # every feature but the first: the lead path does not read them
-    read, _ = reading_returns._attended_inputs(x, mask, weights, None, False)
-    torch.testing.assert_close(reading_returns._attended_inputs(moved, mask, weights, None, False)[0], read)
+    lead_path = reading_returns.lead_path  # time-major like the layers: x (B, T, A, F), mask (B, T, A)
+    read, _ = lead_path(x.transpose(1, 2), mask.transpose(1, 2), weights)
+    torch.testing.assert_close(lead_path(moved.transpose(1, 2), mask.transpose(1, 2), weights)[0], read)
     moved[..., 0] += 1.0
-    assert not torch.allclose(reading_returns._attended_inputs(moved, mask, weights, None, False)[0], read)
+    assert not torch.allclose(lead_path(moved.transpose(1, 2), mask.transpose(1, 2), weights)[0], read)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import engine.model.ssm as ssm_module
 from engine.model.config import ModelConfig
 from engine.model.scan import selective_scan_reference
-from engine.model.ssm import SelectiveSSMBlock, SSMLayerState, regime_embedding
+from engine.model.ssm import SelectiveSSMBlock, regime_embedding
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -83,7 +83,7 @@ def test_closed_bars_carry_the_state_and_pass_the_stream_through():
     x, mask = random_inputs(length=9, closed_fraction=0.0)
     mask[:, 4:7, 1] = False  # asset 1's market closes for bars 4..6
     with torch.no_grad():
-        out, _, diag = block(x, mask, return_diagnostics=True)
+        out, _, diag = block(x, mask, readout=True)
     assert torch.equal(out[:, 4:7, 1], x[:, 4:7, 1]), "a closed bar's output must be its input"
     embeddings = diag.embeddings[:, :, 1]  # (B, T, E), a function of asset 1's state h_t alone
     for t in (4, 5, 6):
@@ -133,16 +133,18 @@ def test_step_matches_forward_bar_by_bar_with_closed_bars():
     block = make_block()
     x, mask = random_inputs(length=12)
     with torch.no_grad():
-        full, final_state, diag = block(x, mask, return_state=True, return_diagnostics=True)
+        full, final_state, diag = block(x, mask, return_state=True, readout=True)
         batch, D = x.shape[0], block.n_assets * block.d_inner
-        state = SSMLayerState(torch.zeros(batch, D, block.d_conv - 1, dtype=x.dtype),
-                              torch.zeros(batch, D, block.d_state, dtype=x.dtype))
+        state = block.init_state(batch, dtype=x.dtype)
+        assert torch.equal(state.conv_buffer, torch.zeros(batch, D, block.d_conv - 1, dtype=x.dtype))
+        assert torch.equal(state.ssm_state, torch.zeros(batch, D, block.d_state, dtype=x.dtype))
         for t in range(x.shape[1]):
-            out_t, state, diag_t = block.step(x[:, t], mask[:, t], state, return_diagnostics=True)
-            torch.testing.assert_close(out_t, full[:, t], rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(diag_t.embeddings, diag.embeddings[:, t], rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(diag_t.delta, diag.delta[:, t], rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(diag_t.effective_lookback, diag.effective_lookback[:, t], rtol=1e-10,
+            bar = slice(t, t + 1)  # step takes one bar in the window's layout, (B, T=1, A, .)
+            out_t, state, diag_t = block.step(x[:, bar], mask[:, bar], state, readout=True)
+            torch.testing.assert_close(out_t, full[:, bar], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(diag_t.embeddings, diag.embeddings[:, bar], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(diag_t.delta, diag.delta[:, bar], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(diag_t.effective_lookback, diag.effective_lookback[:, bar], rtol=1e-10,
                                        atol=1e-12, equal_nan=True)
     torch.testing.assert_close(state.ssm_state, final_state.ssm_state, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state.conv_buffer, final_state.conv_buffer, rtol=1e-10, atol=1e-12)
@@ -162,7 +164,7 @@ def test_effective_lookback_is_the_half_life_of_the_slowest_state():
     block = make_block()
     x, mask = random_inputs()
     with torch.no_grad():
-        _, _, diag = block(x, mask, return_diagnostics=True)
+        _, _, diag = block(x, mask, readout=True)
     slowest = block.decay_rates().abs().amin(-1).view(block.n_assets, block.d_inner)
     expected = math.log(2) / (diag.delta * slowest)
     torch.testing.assert_close(diag.effective_lookback[mask], expected[mask])
@@ -214,3 +216,14 @@ def test_under_bf16_autocast_the_scan_runs_in_float32(monkeypatch):
         out, _, _ = block(x, mask)
     assert seen == [{torch.float32}]
     assert torch.isfinite(out).all()
+
+
+def test_step_takes_one_bar_and_starts_from_an_empty_past_without_a_state():
+    block = make_block()
+    x, mask = random_inputs(length=3)
+    with torch.no_grad():
+        first = block(x[:, :1], mask[:, :1])[0]
+        torch.testing.assert_close(block.step(x[:, :1], mask[:, :1])[0], first, rtol=1e-10, atol=1e-12)
+        with pytest.raises(ValueError, match="one bar"):
+            block.step(x, mask)
+
