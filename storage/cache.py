@@ -85,6 +85,8 @@ SCHEMA_STATEMENTS: tuple[str, ...] = (
         error VARCHAR
     )
     """,
+    # A file import's report (storage.importing.ImportReport as JSON); added after the first release.
+    "ALTER TABLE refresh_log ADD COLUMN IF NOT EXISTS report VARCHAR",
 )
 CACHE_TABLES: tuple[str, ...] = ("bars", "refresh_log")
 OUTCOMES: tuple[str, ...] = ("ok", "error", "skipped")
@@ -356,12 +358,14 @@ class RefreshLogEntry:
     interval: str | None = None
     path: str | None = None  # the imported file, for csv/parquet
     error: str | None = None
+    report: str | None = None  # a file import's report as JSON (storage.importing.ImportReport.to_json)
 
 
 _INSERT_LOG = """
 INSERT INTO refresh_log
-    (started_at, finished_at, who, command, symbol, source, interval, path, row_count, outcome, error)
-VALUES ($started_at, $finished_at, $who, $command, $symbol, $source, $interval, $path, $row_count, $outcome, $error)
+    (started_at, finished_at, who, command, symbol, source, interval, path, row_count, outcome, error, report)
+VALUES ($started_at, $finished_at, $who, $command, $symbol, $source, $interval, $path, $row_count, $outcome, $error,
+        $report)
 """
 
 
@@ -383,6 +387,7 @@ def write_log(con: duckdb.DuckDBPyConnection, entry: RefreshLogEntry) -> None:
             "row_count": int(entry.row_count),
             "outcome": entry.outcome,
             "error": entry.error,
+            "report": entry.report,
         },
     )
 
