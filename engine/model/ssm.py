@@ -148,6 +148,12 @@ class SelectiveSSMBlock(nn.Module):
         a_init = torch.arange(1, N + 1, dtype=torch.float32).repeat(n_weights * Di, 1)  # (n_weights*Di, N)
         self.A_log = nn.Parameter(torch.log(a_init))
         self.D = nn.Parameter(torch.ones(n_weights, Di))  # skip connection u -> y
+        # The SSM's dynamics, tagged where defined (mamba.py's convention) so the optimiser's groups can be built
+        # from the tags (engine.training.loop.parameter_groups): decay would pull A_log toward 0 and Delta's bias
+        # toward one timescale for every channel, whatever the data want; D is a skip gain, not a weight matrix.
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.dt_proj.bias._no_weight_decay = True
         self.out_proj = PerAssetLinear(A, Di, M, bias=False, shared=shared)
         self.dropout = config.dropout
 

@@ -447,20 +447,17 @@ def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows
     return finite, reported
 
 
-SSM_DYNAMICS = ("A_log", "D", "dt_proj.bias")  # the SSM layers' memory: parameter names within a layer
-
-
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    """AdamW groups: every weight decays by config.weight_decay, except the SSM's dynamics when
-    config.decay_ssm_dynamics is False. One group when nothing is exempt, so the shipped runs' optimiser state
-    keeps its layout."""
-    if config.decay_ssm_dynamics:
-        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
-    decayed, exempt = [], []
-    for name, parameter in model.named_parameters():
-        parts = name.split(".")  # e.g. layers.0.dt_proj.bias
-        within_layer = ".".join(parts[2:]) if parts[0] == "layers" else None
-        (exempt if within_layer in SSM_DYNAMICS else decayed).append(parameter)
+    """AdamW groups: every weight decays by config.weight_decay, except, when config.decay_ssm_dynamics is False,
+    the parameters tagged `_no_weight_decay` where they are defined (the SSM's A_log, D and Delta's bias, see
+    engine.model.ssm). A structural rule, as nanoGPT's configure_optimizers: no list of names to keep in step with
+    the model. One group when nothing is exempt, so the shipped runs' optimiser state keeps its layout."""
+    parameters = list(model.parameters())
+    exempt = [] if config.decay_ssm_dynamics else [p for p in parameters if getattr(p, "_no_weight_decay", False)]
+    if not exempt:
+        return [{"params": parameters, "weight_decay": config.weight_decay}]
+    exempt_ids = {id(p) for p in exempt}
+    decayed = [p for p in parameters if id(p) not in exempt_ids]
     return [{"params": decayed, "weight_decay": config.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 

@@ -1,6 +1,7 @@
 """The hybrid model as a whole: one model in two modes, strictly causal, honest heads and losses, learns a lead-lag."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -292,6 +293,33 @@ def test_monotone_quantiles_keep_the_median_slot_as_is():
     assert (q.diff(dim=-1) >= 0).all()
     torch.testing.assert_close(q[:, 3] - q[:, 2], F.softplus(raw[:, 3]))
     torch.testing.assert_close(q[:, 2] - q[:, 1], F.softplus(raw[:, 1]))
+
+
+# ----- weight decay --------------------------------------------------------------------------------------------
+
+
+def test_the_optimisers_no_decay_group_is_what_the_layers_tag():
+    """engine.training.loop.parameter_groups reads the `_no_weight_decay` tags, not a list of names: the SSM
+    dynamics of every SSM layer are exempt when decay_ssm_dynamics is False, a tag anywhere else is honoured too,
+    and with nothing exempt there is one group (the layout of the shipped runs' optimiser state)."""
+    from engine.training.config import TrainConfig
+    from engine.training.loop import parameter_groups
+
+    model = make_model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    config = TrainConfig(model=model.config, weight_decay=0.5, min_train=128)
+    (everything,) = parameter_groups(model, config)
+    assert [id(p) for p in everything["params"]] == [id(p) for p in model.parameters()]
+    keep_dynamics = dataclasses.replace(config, decay_ssm_dynamics=False)
+    decayed, exempt = parameter_groups(model, keep_dynamics)
+    assert sorted(names[id(p)] for p in exempt["params"]) == sorted(
+        f"layers.{i}.{leaf}" for i in (0, 1, 3) for leaf in ("A_log", "D", "dt_proj.bias"))
+    assert exempt["weight_decay"] == 0.0 and decayed["weight_decay"] == 0.5
+    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
+    model.layers[2].lag_embedding._no_weight_decay = True  # a tag is all it takes
+    assert "layers.2.lag_embedding" in {names[id(p)] for p in parameter_groups(model, keep_dynamics)[1]["params"]}
+    attention_only = make_model(layer_pattern=("attn",))
+    assert len(parameter_groups(attention_only, keep_dynamics)) == 1  # nothing tagged: nothing exempt
 
 
 # ----- losses --------------------------------------------------------------------------------------------------

@@ -227,3 +227,10 @@ def test_step_takes_one_bar_and_starts_from_an_empty_past_without_a_state():
         with pytest.raises(ValueError, match="one bar"):
             block.step(x, mask)
 
+
+def test_the_ssm_dynamics_are_tagged_for_no_weight_decay_where_they_are_defined():
+    """A_log, D and Delta's bias carry mamba.py's `_no_weight_decay` tag (the optimiser's groups read it); every
+    weight matrix, norm gain and conv weight does not. The tag survives a dtype change."""
+    block = make_block(dtype=torch.float32).double()
+    tagged = sorted(name for name, p in block.named_parameters() if getattr(p, "_no_weight_decay", False))
+    assert tagged == ["A_log", "D", "dt_proj.bias"]
