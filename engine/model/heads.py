@@ -38,9 +38,16 @@ def monotone_quantiles(raw: Tensor, anchor: int, offsets: Tensor | None = None) 
     return raw[..., anchor : anchor + 1] + F.softplus(raw) @ offsets
 
 
+# What follows the Q quantile slots in each horizon's block of the projection's columns, in order; "mean" only
+# with a point head.
+SCALAR_OUTPUTS = ("direction_logit", "log_vol", "mean")
+
+
 class ForecastHeads(nn.Module):
     """x (..., A, M) -> quantiles (..., A, H, Q), direction_logit (..., A, H), log_vol (..., A, H), mean (..., A, H)
-    or None without a point head. Per horizon the projection's columns are [quantiles | logit | log-vol | mean]."""
+    or None without a point head. Per horizon the projection's columns are [quantiles | logit | log-vol | mean]:
+    `column` names them, for code that must address one (the per-column training scale in
+    engine.training.head_scale)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -62,17 +69,44 @@ class ForecastHeads(nn.Module):
         if self.lead is not None:
             nn.init.zeros_(self.lead.weight)  # starts as no shift: the data must earn it
 
+    @property
+    def n_columns(self) -> int:
+        """The projection's outputs per asset: n_horizons blocks of `width` columns."""
+        return self.n_horizons * self.width
+
+    def column(self, horizon_index: int, output: str, level: int | None = None) -> int:
+        """The projection's output column of one head of the horizon at `horizon_index`.
+
+        output: "quantile" with `level` an index into config.quantiles (slot `anchor` is the median itself, the
+        others are the softplus gaps of monotone_quantiles), "median" (the same as "quantile" at the anchor), or
+        one of SCALAR_OUTPUTS ("mean" only with a point head)."""
+        if not 0 <= horizon_index < self.n_horizons:
+            raise ValueError(f"ForecastHeads.column: horizon_index {horizon_index} is outside 0..{self.n_horizons - 1}")
+        if output == "median":
+            offset = self.anchor
+        elif output == "quantile":
+            if level is None or not 0 <= level < self.n_quantiles:
+                raise ValueError(f"ForecastHeads.column: a quantile needs a level in 0..{self.n_quantiles - 1}, "
+                                 f"got {level}")
+            offset = level
+        elif output in SCALAR_OUTPUTS and (output != "mean" or self.has_mean):
+            offset = self.n_quantiles + SCALAR_OUTPUTS.index(output)
+        else:
+            raise ValueError(f"ForecastHeads.column: no {output!r} head (these heads have quantile, median, "
+                             f"{', '.join(SCALAR_OUTPUTS[:3 if self.has_mean else 2])})")
+        return horizon_index * self.width + offset
+
     def forward(self, x: Tensor, attended: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """x (..., A, M) normed stream; attended (..., A, heads * F) the sources' features under the first
         attention layer's weights, read by the lead path (required when the heads have one)."""
         raw = self.proj(x).unflatten(-1, (self.n_horizons, self.width))  # (..., A, H, Q+2[+1])
         Q = self.n_quantiles
         quantiles = monotone_quantiles(raw[..., :Q], self.anchor, self.offsets.to(raw.dtype))
-        mean = raw[..., Q + 2] if self.has_mean else None
+        mean = raw[..., self.column(0, "mean")] if self.has_mean else None  # column(0, .): the offset in a block
         if self.lead is not None:
             if attended is None:
                 raise ValueError("ForecastHeads: the lead path needs the attended input features")
             shift = self.lead(attended)  # (..., A, H)
             quantiles = quantiles + shift.unsqueeze(-1)  # the whole fan moves; its gaps stay
             mean = None if mean is None else mean + shift
-        return quantiles, raw[..., Q], raw[..., Q + 1], mean
+        return quantiles, raw[..., self.column(0, "direction_logit")], raw[..., self.column(0, "log_vol")], mean

@@ -55,32 +55,31 @@ def scale_heads_for_training(model: HybridModel, scale: np.ndarray, zero_centre:
                              lead_gain: float = 1.0, centre_gain: float = 1.0) -> None:
     """Put the per-column affine maps on model.heads.proj (see the section comment). scale (A, H). zero_centre:
     start the median and mean columns at exactly zero (TrainConfig.zero_init_centre)."""
-    config = model.config
+    config, heads = model.config, model.heads
     n_q, levels = len(config.quantiles), np.asarray(config.quantiles)
-    anchor = model.heads.anchor
+    anchor = heads.anchor
     z = np.asarray(stats_norm_ppf(levels))
-    width = model.heads.width
-    col_scale = np.ones((config.n_assets, len(config.horizons) * width))
+    col_scale = np.ones((config.n_assets, heads.n_columns))
     col_shift = np.zeros_like(col_scale)
     for j in range(len(config.horizons)):
         s = scale[:, j : j + 1]  # (A, 1)
-        col_scale[:, j * width + anchor] = centre_gain * s[:, 0]
+        col_scale[:, heads.column(j, "median")] = centre_gain * s[:, 0]
         gaps = np.abs(np.diff(z))  # a normal fan as the starting point, one gap per non-anchor level
         for k in range(n_q):
             if k == anchor:
                 continue
             gap = s[:, 0] * (gaps[k] if k < anchor else gaps[k - 1])
-            col_shift[:, j * width + k] = np.log(np.expm1(gap))  # softplus^-1
-        col_shift[:, j * width + n_q + 1] = np.log(s[:, 0])  # log-vol starts at the training scale
-        if model.heads.has_mean:
-            col_scale[:, j * width + n_q + 2] = centre_gain * s[:, 0]  # the mean, in raw units, like the median
-    proj = model.heads.proj
+            col_shift[:, heads.column(j, "quantile", k)] = np.log(np.expm1(gap))  # softplus^-1
+        col_shift[:, heads.column(j, "log_vol")] = np.log(s[:, 0])  # log-vol starts at the training scale
+        if heads.has_mean:
+            col_scale[:, heads.column(j, "mean")] = centre_gain * s[:, 0]  # the mean, in raw units, like the median
+    proj = heads.proj
     if zero_centre:
         # The centre forecasts (median, mean) start as the zero forecast: a random head would start them with noise
         # as large as the returns themselves, which the few thousand follower targets take many epochs to undo.
-        centre = [j * width + anchor for j in range(len(config.horizons))]
-        if model.heads.has_mean:
-            centre += [j * width + n_q + 2 for j in range(len(config.horizons))]
+        centre = [heads.column(j, "median") for j in range(len(config.horizons))]
+        if heads.has_mean:
+            centre += [heads.column(j, "mean") for j in range(len(config.horizons))]
         with torch.no_grad():
             proj.weight[..., centre] = 0.0
             proj.bias[..., centre] = 0.0

@@ -286,6 +286,29 @@ def test_quantiles_never_cross_even_for_extreme_head_outputs():
     assert (quantiles.diff(dim=-1) > 0).float().mean() > 0.5
 
 
+def test_the_heads_name_their_columns_as_forward_reads_them():
+    """ForecastHeads.column says where each head sits in the projection (engine.training.head_scale scales by
+    it): with zero weights every output is its bias, so each named column must come out where it says."""
+    model = make_model(point_head=True, lead_path=False, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
+    heads = model.heads
+    assert heads.n_columns == heads.proj.weight.shape[-1] == 2 * (5 + 3)
+    with torch.no_grad():
+        heads.proj.weight.zero_()
+        heads.proj.bias.copy_(torch.arange(heads.n_columns, dtype=heads.proj.bias.dtype).expand_as(heads.proj.bias))
+        x, mask = random_panel(length=3)
+        out = model(x, mask)
+    for j in range(2):
+        assert (out.direction_logit[..., j] == heads.column(j, "direction_logit")).all()
+        assert (out.log_vol[..., j] == heads.column(j, "log_vol")).all()
+        assert (out.mean[..., j] == heads.column(j, "mean")).all()
+        assert (out.quantiles[..., j, heads.anchor] == heads.column(j, "median")).all()
+        assert heads.column(j, "quantile", heads.anchor) == heads.column(j, "median") == j * heads.width + 2
+    with pytest.raises(ValueError, match="no 'mean' head"):
+        make_model().heads.column(0, "mean")
+    with pytest.raises(ValueError, match="horizon_index 2"):
+        heads.column(2, "log_vol")
+
+
 def test_monotone_quantiles_keep_the_median_slot_as_is():
     raw = torch.randn(100, 5) * 10
     q = monotone_quantiles(raw, anchor=2)
