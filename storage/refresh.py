@@ -6,7 +6,10 @@
 
 For each symbol: fetch only what is new (from the newest stored bar minus `overlap` bars, so a revised last bar
 is corrected; the first fetch goes back `lookback`), validate, upsert as one transaction together with its
-refresh_log row, and report one line. A symbol that fails is logged as 'error' and leaves its stored bars
+refresh_log row, and report one line. A file import is read by storage.sources.files and checked by
+storage.importing (interval against the data, partial last bar, missing sessions): its ImportReport is printed
+under that line and stored with the log row. --start/--end bound what is fetched or imported: start <= ts < end,
+END EXCLUSIVE. A symbol that fails is logged as 'error' and leaves its stored bars
 untouched; the other symbols still go ahead. The run ends with a CHECKPOINT.
 
 Only one refresh runs at a time (storage/locks.py: the refresh lock next to the database); a second one stops at
@@ -36,7 +39,14 @@ from storage.cache import (
     last_bar_ts,
     log_refresh,
 )
-from storage.config import INTERVAL_SECONDS, check_interval, check_source, check_symbol, resolve_db_path
+from storage.config import (
+    INTERVAL_SECONDS,
+    check_interval,
+    check_source,
+    check_symbol,
+    resolve_db_path,
+)
+from storage.importing import ImportReport, prepare_import
 from storage.locks import CacheBusyError, LockHolder, RefreshBusyError, refresh_lock
 from storage.sources.base import SourceError
 from storage.validation import validate_bars
@@ -75,6 +85,8 @@ class RefreshRequest:
     path_label: str | None = None  # how messages name that file (default: the path itself)
     overlap: int = 3  # bars re-fetched before the newest stored one
     lookback: pd.Timedelta | None = None  # first fetch only; None: DEFAULT_LOOKBACK (demo: everything)
+    start: pd.Timestamp | None = None  # fetch/import bars with ts >= start (overrides the incremental start)
+    end: pd.Timestamp | None = None  # ... and ts < end: END IS EXCLUSIVE
     command: str = "run_refresh"  # what refresh_log records as the command
     source_options: Mapping[str, Any] = field(default_factory=dict)  # extra get_source options (e.g. demo seed)
 
@@ -92,6 +104,13 @@ class RefreshRequest:
             raise ValueError(f"overlap must be a whole number of bars >= 0, got {self.overlap!r}")
         if self.lookback is not None and pd.Timedelta(self.lookback) <= pd.Timedelta(0):
             raise ValueError(f"lookback must be a positive duration, got {self.lookback!r}")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                stamp = pd.Timestamp(value)
+                object.__setattr__(self, name, stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC"))
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError(f"start {self.start.isoformat()} is not before end {self.end.isoformat()} (end is exclusive)")
         if self.source in FILE_SOURCES:
             if self.path is None:
                 raise ValueError(f"--source {self.source} imports a file: give it with --path FILE")
@@ -116,6 +135,7 @@ class SymbolResult:
     inserted: int = 0
     updated: int = 0
     last_ts: pd.Timestamp | None = None
+    import_report: ImportReport | None = None  # file imports that were stored
 
     def line(self) -> str:
         return f"{self.symbol} {self.interval} {self.source}: {self.outcome}: {self.message}"
@@ -194,7 +214,8 @@ class _UnavailableSource:
 
 
 def _make_source(request: RefreshRequest):
-    from storage.sources import get_source  # the fetching sources import slowly: only when asked for
+    # The fetching sources import slowly: only when asked for.
+    from storage.sources import get_source
 
     options = dict(request.source_options)
     if request.source == "ccxt":
@@ -207,12 +228,16 @@ def _make_source(request: RefreshRequest):
 
 def _refresh_symbol(request, db_path, holder, source, symbol, started) -> SymbolResult:
     interval = request.interval
+    import_report = None
     try:
         if request.is_file_import:
-            frame, origin = _read_file(request), request.path_label or str(request.path)
+            origin = request.path_label or str(request.path)
+            bars, import_report = prepare_import(
+                _read_file(request), symbol, interval, start=request.start, end=request.end
+            )
         else:
             last_stored = last_bar_ts(symbol, request.source, interval, db_path)
-            frame = source.fetch(symbol, interval, start=_fetch_start(request, last_stored))
+            frame = source.fetch(symbol, interval, start=_fetch_start(request, last_stored), end=request.end)
             origin = f"{request.source}:{symbol} {interval}"
             if len(frame) == 0 and last_stored is not None:
                 result = SymbolResult(
@@ -222,34 +247,43 @@ def _refresh_symbol(request, db_path, holder, source, symbol, started) -> Symbol
                 return result
             if len(frame) == 0:
                 raise SourceError(symbol, f"{request.source} returned no {interval} bars", "check the symbol")
-        bars = validate_bars(frame, origin)
+            bars = validate_bars(frame, origin)
         _check_spacing_and_clock(bars, interval, origin)
+        report_json = None if import_report is None else import_report.to_json()
         stored = commit_batch(
             bars,
             symbol,
             request.source,
             interval,
             db_path,
-            log=lambda result: _log_entry(request, holder, symbol, started, "ok", result.written),
+            log=lambda result: _log_entry(
+                request, holder, symbol, started, "ok", result.written, report=report_json
+            ),
         )
     except Exception as error:  # one symbol failing must not stop the others; the log says what happened
         result = SymbolResult(symbol, interval, request.source, "error", _one_line(error))
         _log_outcome(request, db_path, holder, symbol, started, result)
         return result
+    message = _describe(len(bars), stored, bars["ts"].iloc[-1])
+    if import_report is not None and import_report.summary():
+        message += "; " + import_report.summary()
     return SymbolResult(
         symbol,
         interval,
         request.source,
         "ok",
-        _describe(len(bars), stored, bars["ts"].iloc[-1]),
+        message,
         fetched=len(bars),
         inserted=stored.inserted,
         updated=stored.updated,
         last_ts=bars["ts"].iloc[-1],
+        import_report=import_report,
     )
 
 
 def _fetch_start(request: RefreshRequest, last: pd.Timestamp | None) -> pd.Timestamp | None:
+    if request.start is not None:
+        return request.start
     if last is not None:
         return last - request.overlap * pd.Timedelta(seconds=INTERVAL_SECONDS[request.interval])
     lookback = request.lookback
@@ -260,10 +294,10 @@ def _fetch_start(request: RefreshRequest, last: pd.Timestamp | None) -> pd.Times
     return pd.Timestamp.now(tz="UTC") - pd.Timedelta(lookback)
 
 
-def _read_file(request: RefreshRequest) -> pd.DataFrame:
-    from storage.sources.files import read_bar_file
+def _read_file(request: RefreshRequest):
+    from storage.sources.files import load_bar_file
 
-    return read_bar_file(request.path, origin=request.path_label or str(request.path))
+    return load_bar_file(request.path, origin=request.path_label or str(request.path))
 
 
 def _check_spacing_and_clock(bars: pd.DataFrame, interval: str, origin: str) -> None:
@@ -300,7 +334,7 @@ def _one_line(error: BaseException) -> str:
     return text if isinstance(error, known) else f"{type(error).__name__}: {text}"
 
 
-def _log_entry(request, holder, symbol, started, outcome, rows, error=None) -> RefreshLogEntry:
+def _log_entry(request, holder, symbol, started, outcome, rows, error=None, report=None) -> RefreshLogEntry:
     return RefreshLogEntry(
         started_at=started,
         finished_at=pd.Timestamp.now(tz="UTC"),
@@ -313,6 +347,7 @@ def _log_entry(request, holder, symbol, started, outcome, rows, error=None) -> R
         interval=request.interval,
         path=None if request.path is None else str(request.path),
         error=error,
+        report=report,
     )
 
 
@@ -412,6 +447,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _utc_time(text: str) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        stamp = pd.NaT
+    if pd.isna(stamp):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or time: write e.g. 2024-01-31 or 2024-01-31T14:30")
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m storage.refresh",
@@ -422,7 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--symbols", "--symbol", dest="symbols", nargs="+", metavar="SYMBOL",
         help=f"symbols to refresh (default: {' '.join(DEFAULT_SYMBOLS)}; one symbol for a file import)",
     )
-    parser.add_argument("--interval", default="1d", choices=list(INTERVAL_SECONDS), help="bar size (default 1d)")
+    parser.add_argument(
+        "--interval", default="1d", choices=list(INTERVAL_SECONDS), metavar="INTERVAL",
+        help=f"bar size, one of {', '.join(INTERVAL_SECONDS)} (default 1d). For a file import, the bar size the file "
+        "holds: it is checked against the median spacing of the bars and a mismatch is refused",
+    )
     parser.add_argument(
         "--source", default="demo", choices=["demo", "yfinance", "ccxt", "csv", "parquet"],
         help="where the bars come from (default demo)",
@@ -437,6 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lookback", type=_duration,
         help="how far back the FIRST fetch of a series goes, e.g. 365d (default depends on the interval)",
+    )
+    parser.add_argument(
+        "--start", type=_utc_time, metavar="TIME",
+        help="fetch or import bars opening at or after TIME (UTC unless it has an offset; e.g. 2024-01-01); "
+        "overrides the incremental start of a fetch",
+    )
+    parser.add_argument(
+        "--end", type=_utc_time, metavar="TIME",
+        help="fetch or import bars opening BEFORE TIME: --end is EXCLUSIVE (--start 2024-01-01 --end 2024-02-01 "
+        "is the whole of January and nothing of February 1)",
     )
     return parser
 
@@ -457,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path=args.path,
             overlap=args.overlap,
             lookback=args.lookback,
+            start=args.start,
+            end=args.end,
             command="python -m storage.refresh " + shlex.join(sys.argv[1:] if argv is None else argv),
         )
     except ValueError as error:
@@ -468,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUSY
     for result in report.results:
         print(result.line(), file=sys.stderr if result.outcome == "error" else sys.stdout)
+        if result.import_report is not None:
+            print(f"  import report for {result.import_report.origin}:")
+            for line in result.import_report.lines():
+                print(f"    {line}")
     return report.exit_code
 
 

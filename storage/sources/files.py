@@ -275,7 +275,8 @@ def _parse_csv(text: str, origin: str) -> _Parsed:
     options: dict = {"header": 0 if has_header else None}
     if has_header and first_fields[0].lower() == "price" and _first_field(head, first_index + 1, delimiter) == "ticker":
         # yfinance's download().to_csv(): "Price,Close,..." / "Ticker,SPY,..." / "Date,,,...", then data.
-        ts_name = _first_field(head, first_index + 2, delimiter) or "date"
+        third = head[first_index + 2] if len(head) > first_index + 2 else ""
+        ts_name = third.split(delimiter)[0].strip().strip('"') or "Date"  # as written: Date or Datetime
         options = {"header": None, "names": [ts_name, *first_fields[1:]]}
         header_lines = 3
 
