@@ -41,7 +41,7 @@ class ImportReport:
     time_column: str  # "ts_event (unix ns)"
     rows_read: int  # data rows in the file
     rows_kept: int  # bars handed to the cache
-    rows_repaired: int  # OHLC widened by float rounding (validation.OHLC_ROUNDING_TOLERANCE)
+    rows_repaired: int  # rows of the file whose OHLC were widened by float rounding (OHLC_ROUNDING_TOLERANCE)
     spacing: str  # how the interval was confirmed: "median 1 h within sessions, over 27 gaps"
     market_hours: str  # "NYSE sessions (XNYS): no bars on the 9 weekend/holiday day(s) the file spans"
     calendar: str  # "XNYS" or "24/7"

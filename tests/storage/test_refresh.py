@@ -389,6 +389,15 @@ def test_todays_daily_crypto_bar_is_not_stored(db_path, tmp_path):
     assert cache.last_bar_ts("BTC", "csv", "1d", db_path) == today - pd.Timedelta(days=1)
 
 
+def test_a_file_whose_last_bar_opens_in_the_future_is_refused_not_trimmed(db_path, tmp_path):
+    tomorrow = pd.Timestamp.now(tz="UTC").normalize() + pd.Timedelta(days=1)
+    path = tmp_path / "btc.csv"
+    make_bars(10, start=str(tomorrow - pd.Timedelta(days=9)), freq="1D").to_csv(path, index=False)
+    result = import_file(db_path, path, "BTC", "1d")
+    assert result.outcome == "error" and "after now" in result.message and "time zone" in result.message
+    assert not cache.has_bars(db_path)
+
+
 def test_a_daily_file_imported_as_hourly_is_refused_and_the_cache_is_untouched(db_path):
     import_file(db_path, FILES / "yfinance_history_SPY_1h.csv", "SPY", "1h")
     before = cache.read_bars("SPY", "1h", "csv", db_path=db_path)

@@ -132,6 +132,10 @@ class TestPartialLastBar:
         partial, note = partial_last_bar(days, "1d", NYSE_HOURS, utc("2023-12-01"), now=utc("2024-06-01"))
         assert partial is None and "before its last bar opens: not used" in note
 
+    def test_a_bar_that_opens_after_now_is_not_partial_but_left_to_be_refused(self):
+        days = pd.Series(pd.date_range("2024-03-01", "2024-03-10", freq="D", tz="UTC"))
+        assert partial_last_bar(days, "1d", ALL_DAY, None, now=utc("2024-03-09 12:00")) == (None, None)
+
     def test_the_last_hourly_bar_of_an_early_close_ends_at_the_close(self):
         # 2024-11-29, the day after Thanksgiving, closes at 13:00 New York (18:00 UTC).
         assert period_end(utc("2024-11-29 17:30"), "1h", NYSE_HOURS) == utc("2024-11-29 18:00")
