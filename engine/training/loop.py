@@ -33,7 +33,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,35 @@ from engine.training.splits import Fold, walk_forward
 from storage.panel import Panel
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What every fold of one run shares: the data, the config, where it writes and whom it tells."""
+
+    feature_targets: Targets  # every fold's targets, on the panel's rows
+    config: TrainConfig
+    device: torch.device
+    run_dir: Path
+    n_folds: int
+    notify: ProgressCallback  # progress events (a no-op on ranks other than 0)
+    is_cancelled: CancelCheck
+    guard: dict[str, Any]  # config digest and data hash a resume state must match
+    started: float  # time.monotonic() when the run started
+
+    def event(self, phase, fold, epoch, step, steps_per_epoch, skipped, **extra) -> TrainingProgress:
+        return _event(phase, fold, self.n_folds, epoch, self.config.max_epochs, step, steps_per_epoch,
+                      self.started, skipped, **extra)
+
+
+@dataclass
+class FoldOutcome:
+    """A trained fold: its best-on-validation model (head scale baked in), its record, its test-span forecasts
+    (None on a rank that trained the fold with others but does not write)."""
+
+    model: HybridModel
+    summary: FoldSummary
+    predictions: Predictions | None
+
+
 def make_folds(n_rows: int, targets: Targets, config: TrainConfig) -> list[Fold]:
     """Walk-forward folds purged by the longest reach of any target (an equity's 20 bars span weekends)."""
     max_horizon = max(config.model.horizons)
@@ -163,31 +192,28 @@ def train_walk_forward(
 
     targets = compute_targets(panel, config.model.horizons)
     folds = make_folds(len(panel.ts), targets, config)
-    summaries: list[FoldSummary] = []
-    fold_predictions: list[Predictions] = []
     skipped_total = 0
     feature_set = None
     check_same_everywhere(ctx, f"{fingerprint.content_hash} {len(folds)} folds {config.digest()}",
                           "the training data or config")
-    outcomes: list[tuple | None] = []
+    run = RunContext(targets, config, device, run_dir, len(folds), notify, is_cancelled, guard, started)
+    outcomes: list[FoldOutcome | None] = []
     for fold in folds:
         feature_set = build_feature_set(panel, fold.train, config.features)
         if fold_parallel and owner_of_fold(fold.index, ctx) != ctx.rank:
             outcomes.append(None)  # another rank's fold: gathered below
             continue
-        sync = None if fold_parallel else ctx
-        outcome = _train_fold(fold, len(folds), feature_set, targets, config, device, run_dir, notify,
-                              is_cancelled, guard, skipped_total, started, sync=sync, writer=ctx.is_main)
+        job = FoldJob(fold, feature_set, DistContext.single(device) if fold_parallel else ctx, ctx.is_main,
+                      skipped_total)
+        outcome = _train_fold(job, run)
         if outcome is None:
             message = (f"cancelled during fold {fold.index + 1}/{len(folds)}; the last finished epoch is saved in "
                        f"{run_dir / RESUME_DIR}: resume to continue")
-            notify(_event("cancelled", fold.index, len(folds), 0, config.max_epochs, 0, 1, started,
-                          skipped_total, message=message))
-            return TrainResult("cancelled", run_dir, message, folds=[o[1] for o in outcomes if o is not None],
-                               skipped_steps=skipped_total,
-                               seconds=time.monotonic() - started)
+            notify(run.event("cancelled", fold.index, 0, 0, 1, skipped_total, message=message))
+            return TrainResult("cancelled", run_dir, message, folds=[o.summary for o in outcomes if o is not None],
+                               skipped_steps=skipped_total, seconds=time.monotonic() - started)
         outcomes.append(outcome)
-        skipped_total += outcome[1].skipped_steps
+        skipped_total += outcome.summary.skipped_steps
     if fold_parallel:
         outcomes = _gather_folds(ctx, outcomes, model_config_for(config, feature_set), device)
     if not ctx.is_main:
@@ -196,35 +222,16 @@ def train_walk_forward(
         barrier(ctx)
         message = f"rank {ctx.rank}: finished its share of {len(folds)} folds; rank 0 wrote the checkpoint"
         return TrainResult("finished", run_dir, message, seconds=time.monotonic() - started)
-    for model, summary, prediction in outcomes:
-        summaries.append(summary)
-        fold_predictions.append(prediction)
+    summaries = [o.summary for o in outcomes]
+    fold_predictions = [o.predictions for o in outcomes]
+    model = outcomes[-1].model  # the final model: the last fold's
     skipped_total = sum(s.skipped_steps for s in summaries)
 
     predictions = concat_predictions(fold_predictions)
     fold_of_row = np.concatenate([np.full(len(p.rows), k) for k, p in enumerate(fold_predictions)])
     ts_us = np.asarray(panel.ts[predictions.rows].as_unit("us").asi8)
-    manifest = Manifest(
-        run_id=run_id or new_run_id(),
-        model_config=model.config.to_dict(),
-        feature_names=list(feature_set.names),
-        scaler=feature_set.scaler.to_dict(),
-        fingerprint=fingerprint,
-        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        device=device_label(device) + (f" x {ctx.world_size} processes" if ctx.active else ""),
-        training={
-            "config": config.to_dict(),
-            "processes": ctx.world_size,
-            "parallel": parallel if ctx.active else None,
-            "final_model": "last fold's best-on-validation weights",
-            "folds": [asdict(s) for s in summaries],
-            "fold_spans_utc": [_span_times(panel, f) for f in folds],
-            "skipped_steps": skipped_total,
-            "seconds": round(time.monotonic() - started, 1),
-            "torch_threads": torch.get_num_threads(),
-            "n_parameters": model.num_parameters(),
-        },
-    )
+    manifest = _manifest(run, panel, folds, summaries, model, feature_set, fingerprint=fingerprint, run_id=run_id,
+                         ctx=ctx, parallel=parallel, skipped_steps=skipped_total)
     save_checkpoint(run_dir, model.state_dict(), manifest)
     save_predictions(run_dir / PREDICTIONS_FILE, predictions, fold_of_row, ts_us)
     shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
@@ -238,25 +245,52 @@ def train_walk_forward(
                        folds=summaries, skipped_steps=skipped_total, seconds=elapsed)
 
 
-def _gather_folds(ctx: DistContext, outcomes: list[tuple | None], model_config: ModelConfig,
-                  device: torch.device) -> list[tuple | None]:
+def _manifest(run: RunContext, panel: Panel, folds: list[Fold], summaries: list[FoldSummary], model: HybridModel,
+              feature_set: FeatureSet, *, fingerprint: DataFingerprint, run_id: str | None, ctx: DistContext,
+              parallel: ParallelMode, skipped_steps: int) -> Manifest:
+    """The checkpoint's manifest: the final model's config, the last fold's scaler, the data, how it was trained."""
+    return Manifest(
+            run_id=run_id or new_run_id(),
+            model_config=model.config.to_dict(),
+            feature_names=list(feature_set.names),
+            scaler=feature_set.scaler.to_dict(),
+            fingerprint=fingerprint,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            device=device_label(run.device) + (f" x {ctx.world_size} processes" if ctx.active else ""),
+            training={
+                "config": run.config.to_dict(),
+                "processes": ctx.world_size,
+                "parallel": parallel if ctx.active else None,
+                "final_model": "last fold's best-on-validation weights",
+                "folds": [asdict(s) for s in summaries],
+                "fold_spans_utc": [_span_times(panel, f) for f in folds],
+                "skipped_steps": skipped_steps,
+                "seconds": round(time.monotonic() - run.started, 1),
+                "torch_threads": torch.get_num_threads(),
+                "n_parameters": model.num_parameters(),
+            },
+    )
+
+
+def _gather_folds(ctx: DistContext, outcomes: list[FoldOutcome | None], model_config: ModelConfig,
+                  device: torch.device) -> list[FoldOutcome | None]:
     """ParallelMode 'folds': every fold's (model, summary, predictions) from the rank that trained it to rank 0, as
     bytes (safetensors, JSON, npz without pickle). Rank 0 gets the full list; other ranks get theirs back."""
     from safetensors.torch import load as load_tensors
     from safetensors.torch import save as save_tensors
 
-    gathered: list[tuple | None] = list(outcomes)
+    gathered: list[FoldOutcome | None] = list(outcomes)
     for index, outcome in enumerate(outcomes):
         owner = owner_of_fold(index, ctx)
         mine = ctx.rank == owner
         if owner == 0:
             continue  # rank 0 holds it already
-        state = {k: v.contiguous().cpu() for k, v in outcome[0].state_dict().items()} if mine else None
+        state = {k: v.contiguous().cpu() for k, v in outcome.model.state_dict().items()} if mine else None
         weights = broadcast_bytes(ctx, save_tensors(state) if mine else None, owner)
-        summary = broadcast_bytes(ctx, json.dumps(asdict(outcome[1])).encode() if mine else None, owner)
+        summary = broadcast_bytes(ctx, json.dumps(asdict(outcome.summary)).encode() if mine else None, owner)
         buffer = io.BytesIO()
         if mine:
-            np.savez(buffer, **predictions_to_arrays(outcome[2]))
+            np.savez(buffer, **predictions_to_arrays(outcome.predictions))
         arrays = broadcast_bytes(ctx, buffer.getvalue() if mine else None, owner)
         if ctx.is_main:
             model = HybridModel(model_config).to(device)
@@ -265,7 +299,7 @@ def _gather_folds(ctx: DistContext, outcomes: list[tuple | None], model_config: 
                 prediction = predictions_from_arrays({k: data[k] for k in data.files})
             summary_fields = json.loads(summary)
             summary_fields.update({k: tuple(summary_fields[k]) for k in ("train", "val", "test")})
-            gathered[index] = (model, FoldSummary(**summary_fields), prediction)
+            gathered[index] = FoldOutcome(model, FoldSummary(**summary_fields), prediction)
     return gathered
 
 
@@ -281,46 +315,90 @@ def _event(phase, fold, n_folds, epoch, n_epochs, step, steps_per_epoch, started
     return dataclasses.replace(event, eta_s=eta_seconds(event.elapsed_s, event.fraction))
 
 
-def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targets, config: TrainConfig,
-                device: torch.device, run_dir: Path, notify: ProgressCallback, is_cancelled: CancelCheck,
-                guard: dict[str, Any], skipped_before: int, started: float, sync: DistContext | None = None,
-                writer: bool = True):
-    """-> (best model, summary, test-span predictions), or None when cancelled.
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold to train, and this process's part in it."""
 
-    sync: the ranks training this fold together (DistributedDataParallel); None or one process: alone.
-    writer: this process writes the fold's resume state and record, and forecasts its test span (rank 0 only);
-    the others return None for the predictions."""
-    sync = sync or DistContext.single(device)
+    fold: Fold
+    features: FeatureSet  # normalised with the scaler fitted on this fold's training rows
+    sync: DistContext  # the ranks training this fold together (DistributedDataParallel); alone: single
+    writer: bool  # writes the fold's resume state and record and forecasts its test span (rank 0 only)
+    skipped_before: int  # non-finite steps skipped in the folds before (progress counts the run's total)
+
+
+def _train_fold(job: FoldJob, run: RunContext) -> FoldOutcome | None:
+    """-> the fold's best model, record and test-span forecasts (None for them when not the writer), or None when
+    cancelled. A fold that a resumed run finished before is read back instead of trained."""
+    config, device, fold = run.config, run.device, job.fold
     fold_started = time.monotonic()
     torch.manual_seed(seed_for(config, fold.index, -1))
-    model = HybridModel(model_config_for(config, feature_set)).to(device)
-    scale = target_scale(targets, feature_set, fold.train)
-    scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)  # before the optimiser: it must hold the parametrised tensors
+    model = HybridModel(model_config_for(config, job.features)).to(device)
+    scale = target_scale(run.feature_targets, job.features, fold.train)
+    # before the optimiser: it must hold the parametrised tensors
+    scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
-    train_model = data_parallel(model, sync)
+    train_model = data_parallel(model, job.sync)
 
-    finished = finished_fold_path(run_dir, fold.index)
+    finished = finished_fold_path(run.run_dir, fold.index)
     is_finished = (finished / "summary.json").exists()
-    check_same_everywhere(sync, f"fold {fold.index + 1} finished: {is_finished}", "the run directory's saved folds")
+    check_same_everywhere(job.sync, f"fold {fold.index + 1} finished: {is_finished}", "the run directory's saved folds")
     if is_finished:  # a resumed run: this fold is done, take its results as they were
-        weights, best, meta = load_training_state(finished, optimizer)
+        _, best, _ = load_training_state(finished, optimizer)
         model.load_state_dict(best)
         bake_head_scale(model)
         with np.load(finished / "test.npz", allow_pickle=False) as data:
             prediction = predictions_from_arrays({k: data[k] for k in data.files})
-        return model, FoldSummary(**json.loads((finished / "summary.json").read_text())), prediction
+        return FoldOutcome(model, FoldSummary(**json.loads((finished / "summary.json").read_text())), prediction)
 
+    trained = _train_epochs(job, run, model, train_model, optimizer, scale_t)
+    if trained is None:
+        return None
+    state, steps_per_epoch = trained
+    if state.best_weights is None:
+        raise TrainingError(f"fold {fold.index + 1}: no epoch gave a finite validation loss; nothing to keep")
+    model.load_state_dict(state.best_weights)
+    if job.writer:  # the fold's record, so a resumed run does not train it again (parametrised, like the resume state)
+        save_training_state(finished, model.state_dict(), optimizer, state.best_weights, {})
+    bake_head_scale(model)
+    summary = FoldSummary(
+        fold=fold.index, train=(fold.train.start, fold.train.stop), val=(fold.val.start, fold.val.stop),
+        test=(fold.test.start, fold.test.stop), epochs_run=state.next_epoch, best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss, skipped_steps=state.skipped_steps,
+        seconds=round(time.monotonic() - fold_started, 2),
+    )
+    if job.sync.active and not job.writer:
+        return FoldOutcome(model, summary, None)
+    # Through the stored (float32) form at once, so a resumed run's earlier folds read back exactly what a run in
+    # one go holds in memory.
+    prediction = predictions_from_arrays(predictions_to_arrays(
+        forecast_span(model, job.features, fold.test, device, config.predict_chunk)))
+    if job.writer:
+        np.savez(finished / "test.npz", **predictions_to_arrays(prediction))
+        (finished / "summary.json").write_text(json.dumps(asdict(summary)))
+    run.notify(run.event("fold", fold.index, config.max_epochs - 1, steps_per_epoch, steps_per_epoch,
+                         job.skipped_before + state.skipped_steps,
+                         val_loss=state.best_val_loss, best_val_loss=state.best_val_loss,
+                         message=f"fold {fold.index + 1} done, best epoch {state.best_epoch + 1}"))
+    return FoldOutcome(model, summary, prediction)
+
+
+def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model: nn.Module,
+                  optimizer: torch.optim.Optimizer, scale_t: Tensor) -> tuple[FoldState, int] | None:
+    """Epochs of AdamW over the fold's training windows with early stopping on its validation span, resuming from
+    the fold's saved state -> (the state after the last epoch, steps per epoch), or None when cancelled.
+    train_model: the model as trained (DistributedDataParallel across ranks, else the model); scale_t (A, H)."""
+    config, device, fold, sync = run.config, run.device, job.fold, job.sync
+    feature_set, targets = job.features, run.feature_targets
     windows = resident(make_windows(feature_set, targets, fold.train, config.window, config.stride), device)
     x_all = torch.from_numpy(np.ascontiguousarray(feature_set.values))[None].to(device)  # (1, A, T, F)
-    mask_all = torch.from_numpy(np.ascontiguousarray(feature_set.mask))[None].to(device)
+    mask_all = torch.from_numpy(np.ascontiguousarray(feature_set.mask))[None].to(device)  # (1, A, T)
     val_targets = early_stop_targets(span_targets(targets, feature_set, fold.val), config)
     val_targets = {k: v.to(device) for k, v in val_targets.items()}
-    state = load_fold_state(run_dir, fold.index, model, optimizer, guard) or FoldState()
+    state = load_fold_state(run.run_dir, fold.index, model, optimizer, run.guard) or FoldState()
     check_same_everywhere(sync, f"fold {fold.index + 1} resumes at epoch {state.next_epoch}", "the resume state")
     n_windows = windows.x.shape[0]
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
-    weights = config.loss_weights
 
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_seed = seed_for(config, fold.index, epoch)
@@ -333,8 +411,8 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
         losses, bad_in_a_row = [], 0
         model.train()
         for step, batch in enumerate(order.split(config.batch_size)):
-            step_result = train_step(train_model, optimizer, windows, batch, scale_t, weights, config, sync,
-                                     is_cancelled)
+            step_result = train_step(train_model, optimizer, windows, batch, scale_t, config.loss_weights, config,
+                                     sync, run.is_cancelled)
             if step_result is None:
                 return None
             finite, reported = step_result
@@ -350,10 +428,10 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
             else:
                 bad_in_a_row = 0
                 losses.append(reported)
-            notify(_event("step", fold.index, n_folds, epoch, config.max_epochs, step + 1, steps_per_epoch,
-                          started, skipped_before + state.skipped_steps,
-                          train_loss=float(np.mean(losses)) if losses else None,
-                          best_val_loss=_finite_or_none(state.best_val_loss)))
+            run.notify(run.event("step", fold.index, epoch, step + 1, steps_per_epoch,
+                                 job.skipped_before + state.skipped_steps,
+                                 train_loss=float(np.mean(losses)) if losses else None,
+                                 best_val_loss=_finite_or_none(state.best_val_loss)))
 
         # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
         # so all take the same early-stopping decision.
@@ -368,42 +446,16 @@ def _train_fold(fold: Fold, n_folds: int, feature_set: FeatureSet, targets: Targ
             state.epochs_without_gain += 1
         state.next_epoch = epoch + 1
         stop = state.epochs_without_gain >= config.patience
-        if writer:
-            save_fold_state(run_dir, fold.index, model, optimizer, state, guard)
-        notify(_event("epoch", fold.index, n_folds, epoch, config.max_epochs, steps_per_epoch, steps_per_epoch,
-                      started, skipped_before + state.skipped_steps,
-                      train_loss=float(np.mean(losses)) if losses else None, val_loss=val_loss,
-                      best_val_loss=_finite_or_none(state.best_val_loss),
-                      message="early stop" if stop else ""))
+        if job.writer:
+            save_fold_state(run.run_dir, fold.index, model, optimizer, state, run.guard)
+        run.notify(run.event("epoch", fold.index, epoch, steps_per_epoch, steps_per_epoch,
+                             job.skipped_before + state.skipped_steps,
+                             train_loss=float(np.mean(losses)) if losses else None, val_loss=val_loss,
+                             best_val_loss=_finite_or_none(state.best_val_loss),
+                             message="early stop" if stop else ""))
         if stop:
             break
-
-    if state.best_weights is None:
-        raise TrainingError(f"fold {fold.index + 1}: no epoch gave a finite validation loss; nothing to keep")
-    model.load_state_dict(state.best_weights)
-    if writer:  # the fold's record, so a resumed run does not train it again (parametrised, like the resume state)
-        save_training_state(finished, model.state_dict(), optimizer, state.best_weights, {})
-    bake_head_scale(model)
-    summary = FoldSummary(
-        fold=fold.index, train=(fold.train.start, fold.train.stop), val=(fold.val.start, fold.val.stop),
-        test=(fold.test.start, fold.test.stop), epochs_run=state.next_epoch, best_epoch=state.best_epoch,
-        best_val_loss=state.best_val_loss, skipped_steps=state.skipped_steps,
-        seconds=round(time.monotonic() - fold_started, 2),
-    )
-    if sync.active and not writer:
-        return model, summary, None
-    # Through the stored (float32) form at once, so a resumed run's earlier folds read back exactly what a run in
-    # one go holds in memory.
-    prediction = predictions_from_arrays(predictions_to_arrays(
-        forecast_span(model, feature_set, fold.test, device, config.predict_chunk)))
-    if writer:
-        np.savez(finished / "test.npz", **predictions_to_arrays(prediction))
-        (finished / "summary.json").write_text(json.dumps(asdict(summary)))
-    notify(_event("fold", fold.index, n_folds, config.max_epochs - 1, config.max_epochs, steps_per_epoch,
-                  steps_per_epoch, started, skipped_before + state.skipped_steps, val_loss=state.best_val_loss,
-                  best_val_loss=state.best_val_loss, message=f"fold {fold.index + 1} done, best epoch "
-                                                             f"{state.best_epoch + 1}"))
-    return model, summary, prediction
+    return state, steps_per_epoch
 
 
 def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows: Windows, batch: Tensor,
