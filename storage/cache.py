@@ -37,6 +37,7 @@ from storage.config import (
 )
 from storage.locks import open_with_retry
 from storage.sources.base import BAR_COLUMNS
+from storage.symbols import asset_name
 from storage.validation import validate_bars
 
 # When read_bars (or storage.panel.read_panel) is not told which source to use and a symbol is stored under
@@ -502,7 +503,8 @@ def cache_summary(db_path: str | os.PathLike | None = None, now=None) -> pd.Data
     """One row per (symbol, source, interval) stored or attempted.
 
     Columns: symbol, source, interval, rows, first_ts, last_ts, trades_weekends, last_refresh_at, last_outcome,
-    last_error, stale (True when the newest bar is older than stale_allowance, or nothing is stored).
+    last_error, stale (True when the newest bar is older than stale_allowance, or nothing is stored), asset (the
+    asset the stored symbol is, storage.symbols.asset_name: "BTC" for BTC-USD or BTCUSDT).
     now: the clock to judge staleness by (default: the current time).
     """
     now = to_utc(now, "now") if now is not None else pd.Timestamp.now(tz="UTC")
@@ -513,4 +515,5 @@ def cache_summary(db_path: str | os.PathLike | None = None, now=None) -> pd.Data
     )
     nothing_stored = summary["last_ts"].isna().to_numpy()
     too_old = ((now - summary["last_ts"]) > allowances).to_numpy(dtype=bool)
-    return summary.assign(stale=nothing_stored | too_old)
+    assets = [asset_name(symbol) for symbol in summary["symbol"]]
+    return summary.assign(stale=nothing_stored | too_old, asset=pd.Series(assets, index=summary.index, dtype=object))

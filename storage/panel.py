@@ -9,6 +9,9 @@ a checkpoint records, and `LoadedPanel` (a panel plus what it is). The roads to 
   is identical to the panel read back from a cache filled by `storage.refresh` with the demo source;
 - `cached_panel`: `read_panel` as a `LoadedPanel`, refusing a symbol with no bars.
 
+Assets are named as storage.symbols names them (`asset_name`, re-exported here for the engine): BTC-USD and
+BTCUSDT are the asset BTC, read from whichever stored spelling has bars.
+
 Both loaders attach the demo's planted truth when the data is the demo market. Importing this module loads no
 database: the cache is imported inside `read_panel`, so the engine's import of the contract carries no I/O.
 """
@@ -31,6 +34,7 @@ from storage.sources.demo import (
     PlantedTruth,
     demo_market,
 )
+from storage.symbols import asset_name, choose_stored
 
 PRICE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close")
 PANEL_FIELDS: tuple[str, ...] = (*PRICE_FIELDS, "volume")
@@ -49,6 +53,8 @@ class Panel:
     sources: (A,) the source each asset was read from, None where no bar was read; None when the panel was built
     from arrays (tests, synthetic markets).
     interval: the bar interval ("1h", "1d", ...), None when not known.
+    stored_symbols: (A,) the stored symbol each asset was read from (BTC-USD for the asset BTC, see
+    storage.symbols), None where no bar was read; None when the panel was not read from the cache.
     """
 
     ts: pd.DatetimeIndex
@@ -57,6 +63,7 @@ class Panel:
     observed: np.ndarray
     sources: tuple[str | None, ...] | None = None
     interval: str | None = None
+    stored_symbols: tuple[str | None, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -279,7 +286,10 @@ def _cached_demo_truth(panel: Panel) -> PlantedTruth | None:
 
 def cached_panel(symbols, interval: str, *, db_path: str | os.PathLike | None = None,
                  sources=None, start=None, end=None) -> LoadedPanel:
-    """A panel read from the DuckDB bar cache (read_panel); refuses a symbol with no bars."""
+    """A panel read from the DuckDB bar cache (read_panel); refuses a symbol with no bars.
+
+    The label says which stored symbol an asset was read from when it differs from the asset's name.
+    """
     panel = read_panel(symbols, interval, sources=sources, start=start, end=end, db_path=db_path)
     empty = [s for s, source in zip(panel.symbols, panel.sources) if source is None]
     if empty:
@@ -290,7 +300,9 @@ def cached_panel(symbols, interval: str, *, db_path: str | os.PathLike | None = 
         )
     check_panel(panel)
     synthetic = "demo" in panel.sources  # the demo market seeded into the cache is still synthetic
-    label = f"{', '.join(panel.symbols)} {interval} from the cache" + (" (SYNTHETIC demo data)" if synthetic else "")
+    read_as = [f"{name} from {stored}" for name, stored in zip(panel.symbols, panel.stored_symbols) if stored != name]
+    label = (f"{', '.join(panel.symbols)} {interval} from the cache" + (f" ({'; '.join(read_as)})" if read_as else "")
+             + (" (SYNTHETIC demo data)" if synthetic else ""))
     return LoadedPanel(panel, interval, tuple(panel.sources), label, synthetic=synthetic,
                        truth=_cached_demo_truth(panel))
 
@@ -358,6 +370,22 @@ def _requested_sources(symbols: tuple[str, ...], sources) -> list[str | None]:
     return [None if source is None else check_source(source) for source in chosen]
 
 
+_STORED_SERIES = "SELECT DISTINCT symbol, source FROM bars WHERE interval = $interval"
+
+
+def _stored_series(
+    symbols: tuple[str, ...], requested: list[str | None], stored: list[tuple[str, str]], preference: Sequence[str]
+) -> list[tuple[str, str | None]]:
+    """Per asset, the (stored symbol, source) to read: its spelling with bars at the interval from the requested
+    source, or else the preferred one (storage.symbols.choose_stored); (the name, the requested source) when no
+    spelling is stored, which reads nothing and leaves the asset empty."""
+    read = []
+    for symbol, source in zip(symbols, requested):
+        found = choose_stored(symbol, stored, tuple(preference), source=source)
+        read.append(found if found is not None else (symbol, source))
+    return read
+
+
 def _sources_read(
     asset: np.ndarray, source_rank: np.ndarray, n_assets: int, preference: Sequence[str]
 ) -> tuple[str | None, ...]:
@@ -377,6 +405,9 @@ def read_panel(
 ) -> Panel:
     """Assets aligned on the union clock of their bars in the cache with start <= ts < end (see Panel).
 
+    symbols: asset names or any stored spelling of them (storage.symbols: BTC, BTC-USD and BTCUSDT are the asset
+    BTC); each is read from whichever stored spelling has bars at this interval, from its preferred source, and the
+    panel keeps the names asked for (Panel.stored_symbols says what was read).
     sources: None (each symbol's preferred source, storage.cache.SOURCE_PREFERENCE), one name for all, one per
     symbol, or a {symbol: source} mapping (symbols left out use their preferred source).
     """
@@ -389,15 +420,10 @@ def read_panel(
     if isinstance(symbols, str):
         raise TypeError("symbols must be a list of symbols, not one string")
     symbols = tuple(check_symbol(symbol) for symbol in symbols)
-    if not symbols or len(set(symbols)) != len(symbols):
-        raise ValueError(f"read_panel needs one or more distinct symbols, got {list(symbols)}")
+    if not symbols or len({asset_name(s) for s in symbols}) != len(symbols):
+        raise ValueError(f"read_panel needs one or more distinct assets, got {list(symbols)}")
     check_interval(interval)
-    params: dict = {
-        "interval": interval,
-        "symbols": list(symbols),
-        "sources": _requested_sources(symbols, sources),
-        "preference": list(SOURCE_PREFERENCE),
-    }
+    params: dict = {"interval": interval, "preference": list(SOURCE_PREFERENCE)}
     start, end = to_utc(start, "start"), to_utc(end, "end")
     if start is None:
         query = _PANEL_WANTED + _PANEL_BARS + "WHERE bars.interval = $interval"
@@ -408,11 +434,15 @@ def read_panel(
         params["end"] = end
         query += " AND bars.ts < $end"
     with connect(db_path, read_only=True) as con:
+        stored = con.execute(_STORED_SERIES, {"interval": interval}).fetchall()
+        read = _stored_series(symbols, _requested_sources(symbols, sources), stored, SOURCE_PREFERENCE)
+        params["symbols"], params["sources"] = [symbol for symbol, _ in read], [source for _, source in read]
         # Arrow, then numpy without copies (no column holds NULLs): measured faster than fetchnumpy here.
         table = con.sql(query, params=params).to_arrow_table()
     columns = {name: table.column(name).to_numpy() for name in table.column_names}
     start_us = None if start is None else start.value // 1_000  # Timestamp.value is always nanoseconds
     clock, fields, observed = align_as_of(columns["asset"], columns["ts_us"], columns, len(symbols), start_us)
     chosen = _sources_read(columns["asset"], columns["source_rank"], len(symbols), SOURCE_PREFERENCE)
+    stored_symbols = tuple(symbol if source else None for (symbol, _), source in zip(read, chosen))
     return Panel(ts=_clock_index(clock), symbols=symbols, fields=fields, observed=observed, sources=chosen,
-                 interval=interval)
+                 interval=interval, stored_symbols=stored_symbols)
