@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
-from storage.panel import DataFingerprint
+from storage.panel import DataFingerprint, asset_name
 
 RUNS_ENV_VAR = "REGIME_RUNS"
 DEFAULT_RUNS_DIR = Path("data") / "runs"
@@ -168,11 +168,18 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
 
 def check_fits(manifest: Manifest, *, symbols, interval: str, feature_names) -> None:
-    """Refuse, with the reason, a checkpoint whose inputs differ from the panel it is asked to run on."""
+    """Refuse, with the reason, a checkpoint whose inputs differ from the panel it is asked to run on.
+
+    Symbols are compared as assets (storage.symbols: BTC-USD is BTC) and in order: the model's asset order is fixed.
+    """
     fp = manifest.fingerprint
     problems = []
-    if tuple(symbols) != tuple(fp.symbols):
-        problems.append(f"it was trained on symbols {', '.join(fp.symbols)} but the panel has {', '.join(symbols)}")
+    assets, trained = run_assets(symbols), run_assets(fp.symbols)
+    if assets != trained:
+        problem = f"it was trained on symbols {', '.join(fp.symbols)} but the panel has {', '.join(symbols)}"
+        if sorted(assets) == sorted(trained):
+            problem += f" (read the panel in the checkpoint's order, {', '.join(trained)})"
+        problems.append(problem)
     if interval != fp.interval:
         problems.append(f"it was trained on {fp.interval} bars but the panel is {interval}")
     if list(feature_names) != list(manifest.feature_names):
@@ -200,8 +207,24 @@ def register_run(runs_dir: str | os.PathLike, manifest: Manifest, path: str | os
             handle.write(json.dumps(entry, default=_json_default) + "\n")
 
 
+def run_assets(symbols) -> tuple[str, ...]:
+    """The asset names of a model's symbols, in its order (BTC-USD -> BTC)."""
+    return tuple(asset_name(symbol) for symbol in symbols)
+
+
+def fitting_runs(runs: list[dict], symbols, interval: str) -> list[dict]:
+    """The runs (list_runs entries) trained on the same SET of assets at this interval, in any order: a model reads
+    its assets in its own order (the entry's "assets"), so the caller reads the panel in that order."""
+    wanted = sorted(run_assets(symbols))
+    return [run for run in runs
+            if run.get("interval") == interval and sorted(run_assets(run.get("symbols", ()))) == wanted]
+
+
 def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = True) -> list[dict]:
-    """Registered runs, newest first, then the shipped demo checkpoint; unreadable lines are skipped."""
+    """Registered runs, newest first, then the shipped demo checkpoint; unreadable lines are skipped.
+
+    Each entry has the run's symbols as trained and "assets": their asset names in the model's order.
+    """
     runs: list[dict] = []
     registry = resolve_runs_dir(runs_dir) / REGISTRY_FILE
     if registry.exists():
@@ -211,7 +234,7 @@ def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = Tr
             except json.JSONDecodeError:
                 continue
             if Path(entry.get("path", "")).joinpath(MANIFEST_FILE).exists():
-                runs.append(entry)
+                runs.append({**entry, "assets": list(run_assets(entry.get("symbols", ())))})
     runs.sort(key=lambda e: e.get("created_at", ""), reverse=True)
     if include_demo and (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).exists():
         manifest = Manifest.from_json((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
@@ -221,6 +244,7 @@ def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = Tr
             "interval": manifest.fingerprint.interval,
             "span": [manifest.fingerprint.first_ts, manifest.fingerprint.last_ts],
             "data_hash": manifest.fingerprint.content_hash, "scores": manifest.scores, "demo": True,
+            "assets": list(run_assets(manifest.fingerprint.symbols)),
         })
     return runs
 
