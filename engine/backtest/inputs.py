@@ -9,6 +9,11 @@ random-walk scaling the vol-target and inverse-vol sizings assume).
 Annualisation per asset: 365 days for crypto and 252 sessions for equities, times bars per day (engine.calendar). An
 asset that has any own bar on a Saturday or Sunday (UTC) trades around the clock, which is how the cache summary tells
 the two apart too.
+
+The backtested span is the bars with out-of-sample forecasts (the union of a run's walk-forward test spans), within
+the chosen dates: the strategy can only trade there, so buy-and-hold is measured over the same bars. Bars after the
+last forecast (a panel that has grown since training) are left out, and a bar whose previous bar has no forecast (a
+gap between test spans) is not counted for either: its return is NaN, which earns nothing (engine.backtest.engine).
 """
 from __future__ import annotations
 
@@ -63,13 +68,16 @@ def backtest_inputs_from_forecasts(
     interval: str,
     markets: Sequence[str] | None = None,
     start=None,
+    end=None,
 ) -> BacktestInputs:
-    """BacktestInputs for one forecast horizon, over the bars from `start` (a UTC time; None = all of them).
+    """BacktestInputs for one forecast horizon over the backtested span: the bars from the first to the last with a
+    forecast (forecast_span), within start <= ts < end (UTC times; None = unbounded).
 
     prob_up, predicted_vol: (A, T, H) on the panel clock (the layout of engine.targets / engine.evaluation.scores), P(h-bar log
     return > 0) and the std of the h-bar log return, NaN where there is no forecast. horizon: one of `horizons`.
     interval: the panel's bar size ("1h", "1d"...). markets: per asset "crypto" or "equities"; None infers them.
-    Starting at the out-of-sample start puts the strategy and buy-and-hold on the same out-of-sample bars.
+    The strategy and buy-and-hold are measured over the same bars: returns are counted only on bars that follow a
+    bar with a forecast (NaN elsewhere), the only bars a position can be held on.
     """
     check_panel(panel)
     horizons = tuple(int(h) for h in horizons)
@@ -91,21 +99,60 @@ def backtest_inputs_from_forecasts(
             f"got {list(markets)}"
         )
     j = horizons.index(horizon)
-    first = 0 if start is None else int(panel.ts.searchsorted(_utc(start)))
-    if first >= n_bars:
+    if start is not None and int(panel.ts.searchsorted(_utc(start))) >= n_bars:
         raise ValueError(f"backtest_inputs_from_forecasts: start {start} is after the last bar {panel.ts[-1]}")
-    keep = slice(first, None)
+    prob_up = np.asarray(prob_up, dtype=np.float64)
+    has_forecast = forecast_bars(prob_up[:, :, j])
+    keep = forecast_span(panel.ts, has_forecast, start, end, horizon)
+    returns = panel_simple_returns(panel)[keep]
+    # Bar t is earned by the position set at the close of bar t-1: with no forecast there, neither side counts it.
+    returns[1:][~has_forecast[keep][:-1]] = np.nan
     per_bar_vol = np.asarray(predicted_vol, dtype=np.float64)[:, keep, j] / np.sqrt(horizon)  # (A, T')
     return BacktestInputs(
         ts=panel.ts[keep],
         symbols=tuple(panel.symbols),
-        returns=panel_simple_returns(panel)[keep],
-        prob_up=np.asarray(prob_up, dtype=np.float64)[:, keep, j].T,  # (T', A)
+        returns=returns,
+        prob_up=prob_up[:, keep, j].T,  # (T', A)
         pred_vol=per_bar_vol.T,
         tradable=np.asarray(panel.observed, dtype=bool)[keep],
         bars_per_year=bars_per_year_of(interval, markets),
         horizon=horizon,
     )
+
+
+def forecast_bars(prob_up: np.ndarray) -> np.ndarray:
+    """(T,) bool: bars where any asset has a forecast. prob_up: (A, T) at one horizon, NaN = none."""
+    return np.isfinite(prob_up).any(axis=0)
+
+
+def forecast_span(ts: pd.DatetimeIndex, has_forecast: np.ndarray, start=None, end=None, horizon: int | None = None
+                  ) -> slice:
+    """The backtested rows: from the first to the last bar with a forecast, within start <= ts < end.
+
+    Raises ValueError, saying where the forecasts are, when there are none or none in the chosen dates.
+    """
+    rows = np.flatnonzero(has_forecast)
+    at = "" if horizon is None else f" at horizon {horizon}"
+    if len(rows) == 0:
+        raise ValueError(f"there are no out-of-sample forecasts{at} on these bars")
+    first, stop = int(rows[0]), int(rows[-1]) + 1
+    if start is not None:
+        first = max(first, int(ts.searchsorted(_utc(start))))
+    if end is not None:
+        stop = min(stop, int(ts.searchsorted(_utc(end))))
+    if first >= stop:
+        raise ValueError(
+            f"the chosen dates hold no out-of-sample forecasts{at}: they cover {ts[rows[0]]:%Y-%m-%d %H:%M} .. "
+            f"{ts[rows[-1]]:%Y-%m-%d %H:%M} UTC; widen the date range"
+        )
+    return slice(first, stop)
+
+
+def backtested_span_text(inputs: BacktestInputs) -> str:
+    """The span the strategy and buy-and-hold are measured over, in words, for the page and the report."""
+    ts = pd.DatetimeIndex(inputs.ts).tz_localize("UTC")
+    return (f"{ts[0]:%Y-%m-%d %H:%M} .. {ts[-1]:%Y-%m-%d %H:%M} UTC, {len(ts):,} bars "
+            "(the bars with out-of-sample forecasts, within the chosen dates)")
 
 
 def _utc(value) -> pd.Timestamp:

@@ -8,6 +8,7 @@ import pytest
 from engine.backtest.engine import StrategyConfig, run_backtest
 from engine.backtest.inputs import (
     backtest_inputs_from_forecasts,
+    backtested_span_text,
     baseline_forecasts,
     infer_markets,
 )
@@ -113,3 +114,52 @@ def test_baseline_forecasts_exist_only_out_of_sample_and_ignore_the_future():
                                             start=result.out_of_sample_start)
     backtest = run_backtest(inputs, StrategyConfig(vol_target=0.2))
     assert backtest.metrics.n_bars == inputs.n_bars and backtest.metrics.n_trades > 0
+
+
+# --- the backtested span: the bars with out-of-sample forecasts, for the strategy and buy-and-hold alike -----------
+
+
+def forecasts_on(panel, rows, value=0.6, vol=0.05):
+    """Forecasts only on `rows` (e.g. two walk-forward test spans), NaN elsewhere."""
+    prob, vol = forecasts(panel, value, vol)
+    off = np.ones(len(panel.ts), dtype=bool)
+    off[rows] = False
+    prob[:, off], vol[:, off] = np.nan, np.nan
+    return prob, vol
+
+
+def test_the_backtest_covers_only_the_bars_with_forecasts_and_buy_and_hold_is_counted_only_there():
+    panel = mixed_panel()
+    test_spans = np.r_[100:200, 250:300]  # two test spans with a gap between them; nothing after the last
+    prob, vol = forecasts_on(panel, test_spans)
+    inputs = backtest_inputs_from_forecasts(panel, prob, vol, HORIZONS, 1, "1d")
+    assert inputs.n_bars == 200
+    assert pd.Timestamp(inputs.ts[0]).tz_localize("UTC") == panel.ts[100]
+    assert pd.Timestamp(inputs.ts[-1]).tz_localize("UTC") == panel.ts[299]  # the last bar with a forecast
+
+    # A bar is earned by the position set at the close before it: counted only when that bar had a forecast.
+    had_forecast_before = np.zeros(inputs.n_bars, dtype=bool)
+    had_forecast_before[1:] = np.isin(np.arange(100, 299), test_spans)
+    result = run_backtest(inputs, StrategyConfig(threshold=0.0, long_short=False, commission_bps=0, slippage_bps=0))
+    benchmark = result.benchmark.net_returns
+    assert np.all(benchmark[~had_forecast_before] == 0.0)  # the gap and the first bar earn nothing
+    assert np.all(benchmark[had_forecast_before][1:] != 0.0)  # held on every counted bar after the first close
+    # Always long with no costs is buy-and-hold on the same bars, the gap included (the 24/7 asset alone: the
+    # weekday-only one can re-enter after the gap only when its market opens, which buy-and-hold need not do).
+    always_long = StrategyConfig(threshold=0.0, long_short=False, commission_bps=0, slippage_bps=0, weights=(1, 0))
+    crypto_only = run_backtest(inputs, always_long)
+    np.testing.assert_allclose(crypto_only.portfolio_net_returns, crypto_only.benchmark.net_returns)
+
+
+def test_the_chosen_dates_narrow_the_backtested_span_and_a_span_without_forecasts_is_refused():
+    panel = mixed_panel()
+    prob, vol = forecasts_on(panel, np.r_[100:300])
+    inputs = backtest_inputs_from_forecasts(panel, prob, vol, HORIZONS, 1, "1d", start=panel.ts[150], end=panel.ts[350])
+    assert pd.Timestamp(inputs.ts[0]).tz_localize("UTC") == panel.ts[150]
+    assert pd.Timestamp(inputs.ts[-1]).tz_localize("UTC") == panel.ts[299]
+    assert "the bars with out-of-sample forecasts" in backtested_span_text(inputs)
+
+    with pytest.raises(ValueError, match="the chosen dates hold no out-of-sample forecasts"):
+        backtest_inputs_from_forecasts(panel, prob, vol, HORIZONS, 1, "1d", start=panel.ts[320])
+    with pytest.raises(ValueError, match="no out-of-sample forecasts at horizon 1"):
+        backtest_inputs_from_forecasts(panel, prob * np.nan, vol, HORIZONS, 1, "1d")
