@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from storage.config import check_interval, check_source, check_symbol
+from storage.config import INTERVAL_SECONDS, check_interval, check_source, check_symbol
 from storage.sources.demo import (
     DEMO_INTERVALS,
     DEMO_SYMBOLS,
@@ -44,15 +44,25 @@ PANEL_FIELDS: tuple[str, ...] = (*PRICE_FIELDS, "volume")
 class Panel:
     """Several assets on one clock, without looking ahead.
 
-    ts: (T,) the union of every asset's bar opens in the span, UTC, strictly increasing.
+    The clock. Rows are periods of the interval on the UTC grid: [tau, tau + interval) with tau a multiple of the
+    interval since the epoch (hours at :00, days at 00:00 UTC, minutes on the minute). A bar opening at o closes
+    at o + interval and belongs to the row whose period END is the first grid point at or after its close: the
+    row is read at its end, so the bar is known from the end of that row and never before. Aligned bars (every
+    :00 hourly bar, every 00:00 UTC daily bar) land on the row that starts at their open; an equity bar a vendor
+    bins from 09:30 ET (13:30-14:30 UTC) lands on the row [14:00, 15:00), beside the 14:00 crypto bar. Several
+    bars of one asset in one row (a finer feed) are aggregated: first open, highest high, lowest low, last close,
+    summed volume. The panel has a row for every period in which some asset has a bar (not for periods where
+    every market was closed). `storage.panel.bar_row` is the rule in code.
+
+    ts: (T,) each row's period start tau, UTC, strictly increasing.
     symbols: (A,) the assets, in column order.
     fields: "open", "high", "low", "close", "volume" -> float64 (T, A).
-    observed: bool (T, A), True where the asset has a bar opening exactly at ts (its market was open).
+    observed: bool (T, A), True where the asset had a bar closing in the row's period (its market was open).
     Where an asset has no bar (its market is closed), its open/high/low/close are its last known CLOSE (a flat
     bar at the last traded price, never a value from later) and its volume is 0; before its first bar they are NaN.
     sources: (A,) the source each asset was read from, None where no bar was read; None when the panel was built
     from arrays (tests, synthetic markets).
-    interval: the bar interval ("1h", "1d", ...), None when not known.
+    interval: the bar interval ("1h", "1d", ...), the clock's step (`clock_step`); None when not known.
     stored_symbols: (A,) the stored symbol each asset was read from (BTC-USD for the asset BTC, see
     storage.symbols), None where no bar was read; None when the panel was not read from the cache.
     """
@@ -71,6 +81,16 @@ class Panel:
     @property
     def close(self) -> np.ndarray:
         return self.fields["close"]
+
+    @property
+    def clock_step(self) -> pd.Timedelta | None:
+        """One row of the clock (the interval) as a duration; None when the interval is not known."""
+        return None if self.interval is None else interval_duration(self.interval)
+
+
+def interval_duration(interval: str) -> pd.Timedelta:
+    """The length of one bar of this interval ("1h" -> 1 hour)."""
+    return pd.Timedelta(seconds=INTERVAL_SECONDS[check_interval(interval)])
 
 
 def check_panel(panel: Panel) -> None:
@@ -122,13 +142,29 @@ def own_bar_log_returns(panel: Panel) -> np.ndarray:
 # --- as-of alignment ------------------------------------------------------------------------------------------
 
 
-def align_as_of(
-    asset: np.ndarray, ts_us: np.ndarray, values: Mapping[str, np.ndarray], n_assets: int, start_us: int | None
-) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Long bars -> (clock, fields, observed) as described on Panel.
+def bar_row(open_us: np.ndarray, interval_us: int) -> np.ndarray:
+    """The clock row (its period start tau, epoch microseconds) of bars opening at open_us: the row whose period
+    end is the first multiple of the interval at or after the bar's close (open + interval). See Panel."""
+    close_us = np.asarray(open_us, dtype=np.int64) + interval_us
+    return -(-close_us // interval_us) * interval_us - interval_us  # ceil(close) on the grid, minus one period
 
-    asset (n,) int, ts_us (n,) int64 epoch microseconds, values[name] (n,) float64, in any order; bars before
-    start_us only serve as as-of values. Returns clock (T,) int64, fields[name] (T, n_assets), observed (T, n_assets).
+
+def align_as_of(
+    asset: np.ndarray,
+    ts_us: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    n_assets: int,
+    start_us: int | None,
+    *,
+    interval_us: int,
+    end_us: int | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Long bars -> (clock, fields, observed) on the clock described on Panel.
+
+    asset (n,) int, ts_us (n,) int64 bar opens in epoch microseconds, values[name] (n,) float64, in any order;
+    interval_us: the clock's step. The clock keeps the rows with start_us <= tau < end_us (None: no bound); bars
+    in earlier rows only serve as as-of values. Returns clock (T,) int64 row starts, fields[name] (T, n_assets),
+    observed (T, n_assets).
     """
     # Group rows by asset with a stable sort on a small integer type (numpy radix-sorts those in O(n)), then
     # make each asset's run time-ordered; both are no-ops in the usual case that DuckDB returned them in order.
@@ -139,34 +175,60 @@ def align_as_of(
         run_ts = ts_us[run]
         if np.any(run_ts[1:] < run_ts[:-1]):
             by_asset[bounds[a] : bounds[a + 1]] = run[np.argsort(run_ts, kind="stable")]
-    ts_sorted = ts_us[by_asset]
 
-    # The clock: the union of bar opens. Concatenated sorted runs sort in O(n) with timsort (kind="stable").
-    on_clock = ts_sorted if start_us is None else ts_sorted[ts_sorted >= start_us]
-    clock = np.sort(on_clock, kind="stable")
+    # Each asset's bars on its rows: one aggregated bar per row it has bars in (rows ascending).
+    per_asset = [_bars_by_row(ts_us, values, by_asset[bounds[a] : bounds[a + 1]], interval_us)
+                 for a in range(n_assets)]
+
+    # The clock: the union of the rows with bars. Concatenated sorted runs sort in O(n) with timsort.
+    clock = np.sort(np.concatenate([rows for rows, _ in per_asset] or [np.zeros(0, np.int64)]), kind="stable")
+    if start_us is not None:
+        clock = clock[clock >= start_us]
+    if end_us is not None:
+        clock = clock[clock < end_us]
     if len(clock):
         clock = clock[np.concatenate(([True], clock[1:] != clock[:-1]))]  # (T,)
 
     shape = (len(clock), n_assets)
     fields = {name: np.full(shape, np.nan) for name in PANEL_FIELDS}
     observed = np.zeros(shape, dtype=bool)
-    for a in range(n_assets):
-        run = by_asset[bounds[a] : bounds[a + 1]]
-        if len(run) == 0:
+    for a, (own_rows, bars) in enumerate(per_asset):
+        if len(own_rows) == 0:
             continue  # nothing stored for this asset: NaN and unobserved throughout
-        own_ts = ts_sorted[bounds[a] : bounds[a + 1]]
-        latest = np.searchsorted(own_ts, clock, side="right") - 1  # the last bar at or before each tick, (T,)
+        latest = np.searchsorted(own_rows, clock, side="right") - 1  # the last row with a bar at or before each tick
         known = latest >= 0
         latest = np.maximum(latest, 0)
-        is_bar = known & (own_ts[latest] == clock)
-        rows = run[latest]
-        last_close = np.where(known, values["close"][rows], np.nan)
+        is_bar = known & (own_rows[latest] == clock)
+        last_close = np.where(known, bars["close"][latest], np.nan)
         fields["close"][:, a] = last_close
         for name in ("open", "high", "low"):
-            fields[name][:, a] = np.where(is_bar, values[name][rows], last_close)
-        fields["volume"][:, a] = np.where(is_bar, values["volume"][rows], 0.0)
+            fields[name][:, a] = np.where(is_bar, bars[name][latest], last_close)
+        fields["volume"][:, a] = np.where(is_bar, bars["volume"][latest], 0.0)
         observed[:, a] = is_bar
     return clock, fields, observed
+
+
+def _bars_by_row(ts_us: np.ndarray, values: Mapping[str, np.ndarray], run: np.ndarray, interval_us: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One asset's bars (indices `run`, in time order) -> (its rows (m,) ascending, OHLCV (m,) per row): first
+    open, highest high, lowest low, last close, summed volume of the bars in each row."""
+    rows = bar_row(ts_us[run], interval_us)  # non-decreasing, as the opens are
+    own = {name: np.asarray(values[name])[run] for name in PANEL_FIELDS}
+    first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(rows) else np.zeros(0, np.int64)
+    if len(first) == len(rows):
+        return rows, own  # one bar per row (every aligned feed): the bars as they are
+    last = np.concatenate((first[1:], [len(rows)])) - 1
+    return rows[first], {
+        "open": own["open"][first],
+        "high": np.maximum.reduceat(own["high"], first),
+        "low": np.minimum.reduceat(own["low"], first),
+        "close": own["close"][last],
+        "volume": np.add.reduceat(own["volume"], first),
+    }
+
+
+def _interval_us(interval: str) -> int:
+    return INTERVAL_SECONDS[check_interval(interval)] * 1_000_000
 
 
 def _clock_index(clock_us: np.ndarray) -> pd.DatetimeIndex:
@@ -241,7 +303,7 @@ class LoadedPanel:
 
 def demo_panel(interval: str = "1d", variant: str = "planted", seed: int = 7,
                symbols: tuple[str, ...] = DEMO_SYMBOLS) -> LoadedPanel:
-    """The demo market (SYNTHETIC) aligned on the union clock, without a database, with its planted truth."""
+    """The demo market (SYNTHETIC) aligned on the panel's clock, without a database, with its planted truth."""
     if interval not in DEMO_INTERVALS:
         raise ValueError(f"the demo has no {interval!r} bars: choose one of {', '.join(DEMO_INTERVALS)}")
     if variant not in VARIANTS:
@@ -254,7 +316,8 @@ def demo_panel(interval: str = "1d", variant: str = "planted", seed: int = 7,
     asset = np.concatenate([np.full(len(f), a, dtype=np.int64) for a, f in enumerate(frames)])
     ts_us = np.concatenate([pd.DatetimeIndex(f["ts"]).as_unit("us").asi8 for f in frames])  # epoch microseconds
     values = {name: np.concatenate([f[name].to_numpy(dtype=np.float64) for f in frames]) for name in PANEL_FIELDS}
-    clock, fields, observed = align_as_of(asset, ts_us, values, len(symbols), None)
+    clock, fields, observed = align_as_of(asset, ts_us, values, len(symbols), None,
+                                          interval_us=_interval_us(interval))
     panel = Panel(ts=_clock_index(clock), symbols=tuple(symbols), fields=fields, observed=observed,
                   sources=tuple("demo" for _ in symbols), interval=interval)
     check_panel(panel)
@@ -311,8 +374,9 @@ def cached_panel(symbols, interval: str, *, db_path: str | os.PathLike | None = 
 
 
 # The panel is read in one query and aligned in numpy. The query returns the chosen series' bars in long form
-# (asset index, epoch microseconds, OHLCV); for every tick of the union clock, np.searchsorted finds each asset's
-# latest bar at or before the tick, which is exactly an ASOF join: a value can only come from the past.
+# (asset index, epoch microseconds, OHLCV); align_as_of puts each bar on its clock row (bar_row) and, for every
+# row, np.searchsorted finds each asset's latest row with a bar at or before it, which is exactly an ASOF join on
+# the bars' close times: a value can only come from the past.
 # Measured (storage/bench.py): the same alignment as a DuckDB ASOF JOIN over the (tick x asset) grid, sorted and
 # fetched, took about twice as long for 3 x 50,000 bars, mostly because it materialises and sorts the whole grid.
 # `requested` lists the symbols with the source asked for (NULL: the preferred one); `wanted` settles the
@@ -333,7 +397,8 @@ wanted AS (
     FROM requested LEFT JOIN preferred ON preferred.symbol = requested.symbol
 )"""
 # With a start, each asset is also read back to its last bar at or before start, so a market that is closed at
-# start shows its last price there instead of NaN, while older history is skipped.
+# start shows its last price there instead of NaN, while older history is skipped. That bar is also the only one
+# that can open before start and still close in a row at or after it (a :30 bar), so no row is read half.
 _PANEL_FLOORS = """,
 floors AS (
     SELECT wanted.asset, max(bars.ts) AS floor_ts
@@ -403,7 +468,8 @@ def read_panel(
     end=None,
     db_path: str | os.PathLike | None = None,
 ) -> Panel:
-    """Assets aligned on the union clock of their bars in the cache with start <= ts < end (see Panel).
+    """Assets aligned on the clock of the interval (see Panel): the rows with start <= row start < end, from the
+    bars in the cache that open before end (and as-of values from before start).
 
     symbols: asset names or any stored spelling of them (storage.symbols: BTC, BTC-USD and BTCUSDT are the asset
     BTC); each is read from whichever stored spelling has bars at this interval, from its preferred source, and the
@@ -441,7 +507,9 @@ def read_panel(
         table = con.sql(query, params=params).to_arrow_table()
     columns = {name: table.column(name).to_numpy() for name in table.column_names}
     start_us = None if start is None else start.value // 1_000  # Timestamp.value is always nanoseconds
-    clock, fields, observed = align_as_of(columns["asset"], columns["ts_us"], columns, len(symbols), start_us)
+    end_us = None if end is None else end.value // 1_000
+    clock, fields, observed = align_as_of(columns["asset"], columns["ts_us"], columns, len(symbols), start_us,
+                                          interval_us=_interval_us(interval), end_us=end_us)
     chosen = _sources_read(columns["asset"], columns["source_rank"], len(symbols), SOURCE_PREFERENCE)
     stored_symbols = tuple(symbol if source else None for (symbol, _), source in zip(read, chosen))
     return Panel(ts=_clock_index(clock), symbols=symbols, fields=fields, observed=observed, sources=chosen,

@@ -117,13 +117,129 @@ def test_panel_choice_of_sources_and_assets_without_bars(db_path, crypto_and_equ
 
 def test_align_as_of_sorts_bars_that_arrive_out_of_order():
     asset = np.array([0, 0, 0, 1])
-    ts_us = np.array([30, 10, 20, 15], dtype=np.int64)
+    ts_us = np.array([20, 0, 10, 10], dtype=np.int64)
     values = {name: np.array([3.0, 1.0, 2.0, 9.0]) for name in ("open", "high", "low", "close", "volume")}
-    clock, fields, observed = align_as_of(asset, ts_us, values, 2, start_us=None)
-    np.testing.assert_array_equal(clock, [10, 15, 20, 30])
-    np.testing.assert_array_equal(fields["close"], [[1, np.nan], [1, 9], [2, 9], [3, 9]])
-    np.testing.assert_array_equal(fields["volume"], [[1, 0], [0, 9], [2, 0], [3, 0]])
-    np.testing.assert_array_equal(observed, [[1, 0], [0, 1], [1, 0], [1, 0]])
+    clock, fields, observed = align_as_of(asset, ts_us, values, 2, start_us=None, interval_us=10)
+    np.testing.assert_array_equal(clock, [0, 10, 20])
+    np.testing.assert_array_equal(fields["close"], [[1, np.nan], [2, 9], [3, 9]])
+    np.testing.assert_array_equal(fields["volume"], [[1, 0], [2, 9], [3, 0]])
+    np.testing.assert_array_equal(observed, [[1, 0], [1, 1], [1, 0]])
+
+
+# --- the clock: bars keyed by their close, on the interval's UTC grid -----------------------------------------------
+
+
+def expected_rows_by_close(series: dict[str, pd.DataFrame], interval: str) -> dict[str, pd.DataFrame]:
+    """An independent specification of the clock with pandas: a bar belongs to the row [tau, tau + interval) whose
+    end is its close rounded UP to the UTC grid; bars in one row aggregate; rows as-of the past."""
+    step = pd.Timedelta(interval)
+    by_row = {}
+    for symbol, bars in series.items():
+        row = (bars["ts"] + step).dt.ceil(step) - step
+        by_row[symbol] = bars.groupby(row.rename("row")).agg(
+            open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"),
+            volume=("volume", "sum")).reset_index()
+    clock = pd.DatetimeIndex(sorted(set().union(*[set(f["row"]) for f in by_row.values()])), name="ts")
+    out = {field: pd.DataFrame(index=clock) for field in ("open", "high", "low", "close", "volume", "observed")}
+    for symbol, rows in by_row.items():
+        asof = pd.merge_asof(pd.DataFrame({"ts": clock}), rows.assign(ts=rows["row"]), on="ts", direction="backward")
+        observed = (asof["row"] == asof["ts"]).to_numpy()
+        for field in ("open", "high", "low"):
+            out[field][symbol] = np.where(observed, asof[field], asof["close"])
+        out["close"][symbol] = asof["close"].to_numpy()
+        out["volume"][symbol] = np.where(observed, asof["volume"], 0.0)
+        out["observed"][symbol] = observed
+    return out
+
+
+@pytest.fixture
+def crypto_and_half_hour_equity(db_path):
+    """BTC every hour at :00; SPY from a vendor that bins hours from 09:30 ET: bars open 14:30..20:30 UTC."""
+    btc = make_bars(24 * 14, start="2024-01-01", seed=1)
+    spy = make_bars(24 * 13, start="2024-01-02 00:30", seed=2, price=470.0)
+    spy = only_weekdays(spy[spy["ts"].dt.hour.between(14, 20)])
+    cache.upsert_bars(btc, "BTC", "demo", "1h", db_path)
+    cache.upsert_bars(spy, "SPY", "demo", "1h", db_path)
+    return {"BTC": btc, "SPY": spy}
+
+
+def test_a_half_hour_equity_bar_lands_on_the_row_it_closes_in(db_path, crypto_and_half_hour_equity):
+    panel = read_panel(["BTC", "SPY"], "1h", db_path=db_path)
+    expected = expected_rows_by_close(crypto_and_half_hour_equity, "1h")
+
+    assert (panel.ts.minute == 0).all() and panel.interval == "1h" and panel.clock_step == pd.Timedelta("1h")
+    pd.testing.assert_index_equal(panel.ts, expected["close"].index)
+    for field in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(panel.fields[field], expected[field].to_numpy(), err_msg=field)
+    np.testing.assert_array_equal(panel.observed, expected["observed"].to_numpy())
+    # The 14:30-15:30 bar is in the row [15:00, 16:00): beside BTC's 15:00 bar, and not in [14:00, 15:00).
+    bars = crypto_and_half_hour_equity["SPY"].set_index("ts")
+    row = panel.ts.get_loc(pd.Timestamp("2024-01-02 15:00", tz="UTC"))
+    assert panel.close[row, 1] == bars.loc["2024-01-02 14:30", "close"] and panel.observed[row].all()
+    assert not panel.observed[row - 1, 1] and np.isnan(panel.close[row - 1, 1])  # nothing before its first close
+    # Open at consecutive rows through the session (15:00..21:00), not at every other one.
+    session = panel.observed[(panel.ts >= "2024-01-02 15:00") & (panel.ts <= "2024-01-02 21:00"), 1]
+    assert session.all() and len(session) == 7
+
+
+def test_no_row_holds_a_bar_that_closes_after_the_row_ends(db_path, crypto_and_half_hour_equity):
+    """Nothing from after t is in row t: every observed value closed by the end of its row."""
+    panel = read_panel(["BTC", "SPY"], "1h", db_path=db_path)
+    bars = crypto_and_half_hour_equity["SPY"].set_index("close")
+    row_end = panel.ts + pd.Timedelta("1h")
+    rows = np.flatnonzero(panel.observed[:, 1])
+    closed_at = pd.DatetimeIndex(bars.loc[panel.close[rows, 1], "ts"]) + pd.Timedelta("1h")
+    assert (closed_at <= row_end[rows]).all() and (closed_at > panel.ts[rows]).all()
+    # The 14:30-15:30 bar is not visible at the row [14:00, 15:00): that row carries the day before's last close.
+    by_open = crypto_and_half_hour_equity["SPY"].set_index("ts")["close"]
+    row = panel.ts.get_loc(pd.Timestamp("2024-01-03 14:00", tz="UTC"))
+    assert not panel.observed[row, 1] and panel.close[row, 1] == by_open["2024-01-02 20:30"]
+    assert panel.close[row + 1, 1] == by_open["2024-01-03 14:30"]
+
+
+def test_half_hour_rows_do_not_change_when_later_bars_arrive_and_start_reads_whole_rows(
+        db_path, crypto_and_half_hour_equity):
+    full = read_panel(["BTC", "SPY"], "1h", db_path=db_path)
+    cut = pd.Timestamp("2024-01-10 16:00", tz="UTC")  # SPY's 15:30 bar opens before it but closes after
+    early = read_panel(["BTC", "SPY"], "1h", end=cut, db_path=db_path)
+    late = read_panel(["BTC", "SPY"], "1h", start=cut, db_path=db_path)
+
+    keep = full.ts < cut
+    pd.testing.assert_index_equal(early.ts, full.ts[keep])
+    pd.testing.assert_index_equal(late.ts, full.ts[~keep])
+    for field in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(early.fields[field], full.fields[field][keep], err_msg=field)
+        np.testing.assert_array_equal(late.fields[field], full.fields[field][~keep], err_msg=field)
+    np.testing.assert_array_equal(early.observed, full.observed[keep])
+    np.testing.assert_array_equal(late.observed, full.observed[~keep])
+    assert late.observed[0, 1]  # the 15:30 bar, read although it opened before start
+
+
+def test_several_bars_in_one_row_aggregate():
+    """A finer feed: bars opening at 30 and 60 both close in the row [60, 120) of a 60-unit clock."""
+    asset = np.zeros(3, dtype=np.int64)
+    ts_us = np.array([0, 30, 60], dtype=np.int64)
+    values = {"open": np.array([1.0, 2.0, 3.0]), "high": np.array([5.0, 9.0, 4.0]), "low": np.array([0.5, 1.5, 0.7]),
+              "close": np.array([1.5, 2.5, 3.5]), "volume": np.array([10.0, 20.0, 30.0])}
+    clock, fields, observed = align_as_of(asset, ts_us, values, 1, None, interval_us=60)
+    np.testing.assert_array_equal(clock, [0, 60])
+    assert [fields[name][1, 0] for name in ("open", "high", "low", "close", "volume")] == [2.0, 9.0, 0.7, 3.5, 50.0]
+    assert observed[:, 0].all()
+
+
+def test_a_daily_bar_stamped_at_new_york_midnight_is_known_a_day_later(db_path):
+    """05:00 UTC daily stamps close at 05:00 the next day, after that day's 00:00 UTC row began: they land one row
+    later than the date they name (storage.importing normalises them to 00:00 UTC at import for this reason)."""
+    at_midnight = make_bars(5, start="2024-01-01", freq="1D", seed=1)
+    at_five = make_bars(5, start="2024-01-01 05:00", freq="1D", seed=2)
+    cache.upsert_bars(at_midnight, "BTC", "demo", "1d", db_path)
+    cache.upsert_bars(at_five, "SPY", "demo", "1d", db_path)
+    panel = read_panel(["BTC", "SPY"], "1d", db_path=db_path)
+
+    assert list(panel.ts) == list(pd.date_range("2024-01-01", periods=6, freq="1D", tz="UTC"))
+    np.testing.assert_array_equal(panel.close[:5, 0], at_midnight["close"])
+    np.testing.assert_array_equal(panel.close[1:, 1], at_five["close"])
+    assert not panel.observed[0, 1]
 
 
 # --- the demo's panel and its planted truth -----------------------------------------------------------------------
