@@ -3,6 +3,9 @@
 read_bar_file/load_bar_file (storage.sources.files) parse and validate a file; this module checks the bars
 against what the user says they are and against the market's calendar (storage.sessions):
 
+0. daily bars are stamped with their session date at 00:00 UTC, as the yfinance source stores them: a vendor's
+   local midnight (05:00 or 04:00 UTC for New York: Yahoo CSVs with offsets, Polygon, Alpaca) is moved to its
+   date (normalise_daily_stamps), so a daily bar lands on its date's row of the panel's clock, not the next;
 1. bars outside [start, end) are left out (end is exclusive);
 2. the interval: a bar size the file states itself (Databento's rtype) and the bars' median spacing within
    sessions must both be the interval they are imported as, else the import is refused (nothing is stored);
@@ -19,6 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from storage.cache import connect, query_frame, query_value
@@ -56,6 +60,7 @@ class ImportReport:
     outside_span: int = 0  # rows left out by --start/--end
     bars_on_closed_days: int = 0  # NYSE: bars dated on a weekend or holiday (kept)
     notes: tuple[str, ...] = ()
+    stamps_normalised: int = 0  # daily bars whose stamp was moved to their session date at 00:00 UTC
 
     def lines(self) -> list[str]:
         """The report as aligned lines for a terminal."""
@@ -78,6 +83,8 @@ class ImportReport:
             rows.append(("outside --start/--end", f"{self.outside_span:,} rows left out"))
         if self.bars_on_closed_days:
             rows.append(("bars on closed days", f"{self.bars_on_closed_days:,} (kept; the NYSE was closed)"))
+        if self.stamps_normalised:
+            rows.append(("daily stamps", f"{self.stamps_normalised:,} moved to their session date at 00:00 UTC"))
         rows += [("note", note) for note in self.notes]
         width = max(len(name) for name, _ in rows) + 1
         return [f"{name + ':':<{width}} {value}" for name, value in rows]
@@ -135,6 +142,12 @@ def prepare_import(
     now = pd.Timestamp.now(tz="UTC") if now is None else now
     origin = loaded.origin
     bars = loaded.bars
+    notes = []
+    normalised = 0
+    if interval == "1d":
+        bars, normalised, note = normalise_daily_stamps(bars, origin)
+        if note:
+            notes.append(note)
     in_span = pd.Series(True, index=bars.index)
     if start is not None:
         in_span &= bars["ts"] >= start
@@ -152,7 +165,6 @@ def prepare_import(
         )
     spacing = check_spacing(bars["ts"], interval, origin)
     hours = market_hours(bars["ts"], interval, symbol)
-    notes = []
     if loaded.file_symbol and loaded.file_symbol.upper() != symbol.upper():
         notes.append(f"the file's symbol column says {loaded.file_symbol}; stored as {symbol}")
 
@@ -190,8 +202,38 @@ def prepare_import(
         outside_span=outside,
         bars_on_closed_days=missing.bars_on_closed_days,
         notes=tuple(notes),
+        stamps_normalised=normalised,
     )
     return bars, report
+
+
+_HALF_DAY = pd.Timedelta(hours=12)
+
+
+def normalise_daily_stamps(bars: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, int, str | None]:
+    """Daily bars stamped with their session date at 00:00 UTC -> (bars, how many stamps moved, a note or None).
+
+    Vendors stamp a daily bar with local midnight of its date, which UTC shows as a time of day: 05:00 (04:00 in
+    summer) for New York, 23:00 the day before for Central Europe, 15:00 the day before for Tokyo. A time of day
+    up to 12:00 is local midnight west of UTC and names that UTC date; one after 12:00 is local midnight east of
+    UTC and names the next. Either way the bar moves no later than its session's close, so no price is dated
+    before it happened. Two bars that name one date are refused (the stamps are not daily sessions).
+    """
+    ts = pd.DatetimeIndex(bars["ts"])
+    time_of_day = ts - ts.normalize()
+    if not (time_of_day != pd.Timedelta(0)).any():
+        return bars, 0, None
+    dates = (ts.normalize() + pd.to_timedelta(np.where(time_of_day > _HALF_DAY, 1, 0), unit="D")).as_unit(ts.unit)
+    if dates.has_duplicates:
+        twice = dates[dates.duplicated()][0]
+        stamps = ", ".join(f"{t:%Y-%m-%d %H:%M}" for t in ts[dates == twice])
+        raise ValueError(f"{origin}: the daily bars stamped {stamps} UTC both fall on {twice:%Y-%m-%d}: a daily "
+                         "file needs one bar per session date (is it really 1d?)")
+    moved = time_of_day[time_of_day != pd.Timedelta(0)]
+    hours = sorted({f"{int(t.total_seconds() // 3600):02d}:{int(t.total_seconds() % 3600 // 60):02d}" for t in moved})
+    note = (f"daily stamps at {'/'.join(hours)} UTC (a vendor's local midnight) stored as their session date at "
+            f"00:00 UTC ({len(moved):,} bars), like the yfinance source")
+    return bars.assign(ts=dates), len(moved), note
 
 
 def _span_text(start, end) -> str:

@@ -23,7 +23,9 @@ time column is the first of TS_ALIASES present):
 
 A file holds one symbol: a symbol/ticker column with several values is refused. Timestamps: text with a zone
 or offset is converted to UTC; NAIVE TIMESTAMPS ARE TAKEN AS UTC. Unix times are read as seconds,
-milliseconds, microseconds or nanoseconds by their magnitude (EPOCH_UNITS).
+milliseconds, microseconds or nanoseconds by their magnitude (EPOCH_UNITS). Daily bars keep the vendor's stamp
+here (often local midnight: 05:00 UTC for New York); an import (storage.importing.prepare_import) stores them at
+their session date, 00:00 UTC, as the yfinance source does.
 """
 from __future__ import annotations
 
