@@ -15,6 +15,7 @@ from engine.backtest.engine import StrategyConfig, run_backtest
 from engine.backtest.inputs import (
     FORECASTERS,
     backtest_inputs_from_forecasts,
+    backtested_span_text,
     model_forecasts,
 )
 from engine.backtest.metrics import TrialCounter
@@ -25,7 +26,7 @@ from engine.report import ReportContent, report_html, report_pdf
 from storage.locks import CacheBusyError
 from storage.panel import read_panel
 from views.export_widgets import chart_with_downloads, share_url
-from views.frame import current_selection, load_summary
+from views.frame import current_selection, load_summary, selection_series
 
 FORECAST_HORIZONS = (1, 5, 20)
 # The grids a sweep may run over: two sliders at a time, every cell counted as a trial.
@@ -52,7 +53,10 @@ MODEL_FORECASTER = "model (walk-forward)"
 @st.cache_data(show_spinner="Running the walk-forward forecaster (refitted on the past of every fold)…", max_entries=8)
 def load_forecasts(db_path: str, symbols: tuple[str, ...], interval: str, forecaster: str, freshness: tuple,
                    run_path: str | None):
-    """(panel, forecasts); `freshness` (the last bar of each series) only keys the cache."""
+    """(panel, forecasts); `freshness` (the last bar of each series) only keys the cache.
+
+    `symbols` are asset names; with the model forecaster they are in the checkpoint's order (the frame's
+    Selection.symbols is), the order its forecasts are stored in."""
     del freshness
     panel = read_panel(list(symbols), interval, db_path=db_path)
     if forecaster == MODEL_FORECASTER:
@@ -61,8 +65,8 @@ def load_forecasts(db_path: str, symbols: tuple[str, ...], interval: str, foreca
 
 
 summary = load_summary(selection.db_path)
-spans = summary[summary["symbol"].isin(selection.symbols) & (summary["interval"] == selection.interval)].copy()
-missing = sorted(set(selection.symbols) - set(spans["symbol"]))
+spans = selection_series(summary, selection).copy()  # the series each asset is read from
+missing = sorted(set(selection.symbols) - set(spans["asset"]))
 if missing:
     st.warning(f"No {selection.interval} bars cached for {', '.join(missing)}: fetch or import them on the Data page.")
     st.stop()
@@ -80,7 +84,7 @@ forecaster = top[0].selectbox(
 if run_path is None:
     st.caption("No checkpoint fits this selection, so a baseline drives the backtest (train one on the Model page).")
 horizon = top[1].selectbox("Forecast horizon (bars)", FORECAST_HORIZONS, key="bt_horizon", bind="query-params")
-freshness = tuple(spans.sort_values("symbol")[["symbol", "last_ts"]].itertuples(index=False, name=None))
+freshness = tuple(spans.sort_values("asset")[["asset", "symbol", "source", "last_ts"]].itertuples(index=False, name=None))
 try:
     panel, forecasts = load_forecasts(selection.db_path, selection.symbols, selection.interval, forecaster, freshness,
                                       run_path if forecaster == MODEL_FORECASTER else None)
@@ -93,15 +97,23 @@ except ValueError as error:
 st.caption(f"**Forecasts:** {forecasts.description}. Only out-of-sample bars are backtested.")
 
 # The inputs live in the session so the work they cache (held signals, the benchmark) survives slider moves.
-inputs_key = (selection.db_path, selection.symbols, selection.interval, forecaster, horizon, freshness)
+dates = (selection.start, selection.end)
+inputs_key = (selection.db_path, selection.symbols, selection.interval, forecaster, horizon, freshness, dates)
 if st.session_state.get("bt_inputs_key") != inputs_key:
-    st.session_state["bt_inputs"] = backtest_inputs_from_forecasts(
-        panel, forecasts.prob_up, forecasts.predicted_vol, forecasts.horizons, horizon, selection.interval,
-        start=forecasts.out_of_sample_start,
-    )
+    try:
+        st.session_state["bt_inputs"] = backtest_inputs_from_forecasts(
+            panel, forecasts.prob_up, forecasts.predicted_vol, forecasts.horizons, horizon, selection.interval,
+            start=selection.start, end=selection.end,
+        )
+    except ValueError as error:
+        st.error(f"No backtest for this selection: {error}")
+        st.stop()
     st.session_state["bt_inputs_key"] = inputs_key
 inputs = st.session_state["bt_inputs"]
-trials_key = (selection.db_path, selection.symbols, selection.interval, forecaster, freshness)
+span_text = backtested_span_text(inputs)
+st.caption(f"**Backtested span:** {span_text}. The strategy and its buy-and-hold benchmark are measured over "
+           "these same bars.")
+trials_key = (selection.db_path, selection.symbols, selection.interval, forecaster, freshness, dates)
 if st.session_state.get("bt_trials_key") != trials_key:  # trials count per data span
     st.session_state["bt_trials"] = TrialCounter()
     st.session_state["bt_trials_key"] = trials_key
@@ -113,7 +125,7 @@ report_figures: dict = st.session_state.setdefault("bt_report_figures", {})
 
 
 def data_spans_table() -> pd.DataFrame:
-    table = spans[["symbol", "source", "interval", "rows", "first_ts", "last_ts", "stale"]].copy()
+    table = spans[["asset", "symbol", "source", "interval", "rows", "first_ts", "last_ts", "stale"]].copy()
     table["freshness"] = table.pop("stale").map({True: "stale", False: "fresh"})
     backtested = pd.DatetimeIndex(inputs.ts).tz_localize("UTC")
     table["backtested span (UTC)"] = f"{backtested[0]:%Y-%m-%d %H:%M} .. {backtested[-1]:%Y-%m-%d %H:%M}"
@@ -212,7 +224,8 @@ def strategy_view() -> None:
             figures=dict(report_figures), tables={"Metrics": table, "Trades (latest 200)": trades.head(200)},
             settings=settings, data_spans=data_spans_table(), synthetic=synthetic,
             checkpoint_id=selection.checkpoint["run_id"] if forecaster == MODEL_FORECASTER else None,
-            share_url=url, notes=[forecasts.description, f"Annualisation: {result.annualisation}",
+            share_url=url, notes=[forecasts.description, f"Backtested span: {span_text}",
+                                  f"Annualisation: {result.annualisation}",
                                   f"Trials counted: {n_trials_now}"],
         )
 

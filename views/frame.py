@@ -1,7 +1,13 @@
 """The shared frame every page shows: sidebar selections (bound to the URL) and the status line.
 
 The sidebar holds symbols, interval, date range and checkpoint. Each widget is bound to the URL's query
-parameters, so a view can be shared as a link; "Reset to defaults" clears them. The status line says where the
+parameters, so a view can be shared as a link; "Reset to defaults" clears them.
+
+Symbols are asset names (storage.symbols): BTC stored as BTC-USD or BTCUSDT is the one asset BTC, read from the
+spelling and source storage prefers (real data over the demo). The default selection follows the cache: the real
+data's usual assets and busiest interval when there is real data, the demo otherwise. A checkpoint fits the same
+set of assets at the interval in any order; when one is chosen, `Selection.symbols` is in the model's order, so
+every page lays the assets out the way the model reads them. The status line says where the
 data comes from, how fresh it is, which checkpoint and device are in use, and, loudly, when the data is the
 synthetic demo. Pages read the selection with `current_selection()`; nothing here computes anything worth testing
 on its own: it only calls storage and engine and lays out widgets.
@@ -10,16 +16,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine.model.checkpoint import list_runs
+from engine.model.checkpoint import fitting_runs, list_runs
 from engine.runtime import device_label
-from storage.cache import cache_summary
+from storage.cache import SOURCE_PREFERENCE, cache_summary
 from storage.config import INTERVAL_SECONDS, resolve_db_path
 from storage.locks import CacheBusyError
 from storage.refresh import seed_demo_if_empty
 from storage.sources.demo import DEMO_SYMBOLS
+from storage.symbols import choose_stored
 from views.view_charts import start_view
 
 DEFAULT_INTERVAL = "1d"
@@ -31,13 +39,14 @@ SYNTHETIC_BANNER = ("**Synthetic demo data**: generated with planted regimes and
 
 @dataclass(frozen=True)
 class Selection:
-    symbols: tuple[str, ...]
+    symbols: tuple[str, ...]  # asset names; in the checkpoint's order when one is chosen
     interval: str
     db_path: str
     start: pd.Timestamp | None = None  # UTC, inclusive
     end: pd.Timestamp | None = None  # UTC, exclusive (the day after the last chosen date)
     checkpoint: dict | None = None  # a run entry from engine.model.checkpoint.list_runs (path, run_id, symbols, ...)
-    sources: dict[str, str] = field(default_factory=dict)  # symbol -> the source its bars are read from
+    sources: dict[str, str] = field(default_factory=dict)  # asset -> the source its bars are read from
+    stored: dict[str, str] = field(default_factory=dict)  # asset -> the stored symbol read (BTC -> BTC-USD)
     synthetic: bool = False  # any shown series comes from the demo market
     device: str = ""
     last_bar: pd.Timestamp | None = None
@@ -94,9 +103,38 @@ def _default_interval(runs: list[dict], known_intervals: list[str]) -> str:
     return DEFAULT_INTERVAL if DEFAULT_INTERVAL in known_intervals else (known_intervals or [DEFAULT_INTERVAL])[0]
 
 
-def _fitting_runs(runs: list[dict], symbols: tuple[str, ...], interval: str) -> list[dict]:
-    """Runs trained on exactly these symbols (in this order) at this interval: the model's assets are fixed."""
-    return [run for run in runs if tuple(run.get("symbols", ())) == symbols and run.get("interval") == interval]
+def _real_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[(summary["source"] != "demo") & (summary["rows"].fillna(0) > 0)]
+
+
+def _default_selection(summary: pd.DataFrame, runs: list[dict], known_assets: list[str],
+                       known_intervals: list[str]) -> tuple[list[str], str]:
+    """(symbols, interval) to show before the user (or a link) chooses.
+
+    With real (non-demo) bars in the cache: the interval where most of the usual assets (BTC, SPY, AAPL) have
+    real bars, then the one with the most real bars; the usual assets with real bars there, filled up to three
+    with the other assets that have the most real bars there. Without: the demo universe at the demo checkpoint's
+    interval.
+    """
+    real = _real_rows(summary)
+    if real.empty:
+        return [s for s in DEMO_SYMBOLS if s in known_assets] or known_assets[:3], _default_interval(runs, known_intervals)
+
+    def score(interval: str) -> tuple[int, float]:
+        at = real[real["interval"] == interval]
+        return sum(s in set(at["asset"]) for s in DEMO_SYMBOLS), float(at["rows"].sum())
+
+    interval = max((i for i in known_intervals if i in set(real["interval"])), key=score)
+    bars = real[real["interval"] == interval].groupby("asset")["rows"].sum()
+    usual = [s for s in DEMO_SYMBOLS if s in bars.index]
+    others = [a for a in bars.sort_values(ascending=False, kind="stable").index if a not in usual]
+    return usual + others[: max(0, len(DEMO_SYMBOLS) - len(usual))], interval
+
+
+def model_order(checkpoint: dict, symbols: list[str]) -> tuple[str, ...]:
+    """The selected assets in the order the checkpoint's model reads them (its "assets", asset names)."""
+    order = {asset: i for i, asset in enumerate(checkpoint.get("assets", checkpoint.get("symbols", ())))}
+    return tuple(sorted(symbols, key=lambda s: order.get(s, len(order))))
 
 
 def _run_label(run: dict) -> str:
@@ -115,31 +153,35 @@ def render_frame() -> Selection:
         summary = pd.DataFrame(columns=["symbol", "source", "interval", "rows", "first_ts", "last_ts"])
     runs = load_runs(str(st.session_state.get("_runs_version", 0)))
 
-    known_symbols = sorted(set(summary["symbol"])) or list(DEMO_SYMBOLS)
+    if "asset" not in summary.columns:  # the empty frame of a busy cache
+        summary = summary.assign(asset=summary["symbol"])
+    known_symbols = sorted(set(summary["asset"])) or list(DEMO_SYMBOLS)
     known_intervals = [i for i in INTERVAL_SECONDS if i in set(summary["interval"])] or [DEFAULT_INTERVAL]
-    default_symbols = [s for s in DEMO_SYMBOLS if s in known_symbols] or known_symbols[:3]
+    default_symbols, default_interval = _default_selection(summary, runs, known_symbols, known_intervals)
 
     with st.sidebar:
         st.markdown("### Selection")
         symbols = st.multiselect(
             "Symbols", options=known_symbols, default=default_symbols, key="symbols", bind="query-params",
-            help="Assets to show; add more on the Data page (import or fetch). The model runs on the symbols its "
-                 "checkpoint was trained on, in that order.",
+            help="Assets to show (BTC-USD, BTCUSDT and BTC/USDT are all BTC); add more on the Data page (import or "
+                 "fetch). A checkpoint fits when it was trained on the same assets, in any order; the model pages "
+                 "then show them in the model's order.",
         )
-        default_interval = _default_interval(runs, known_intervals)
         interval = st.selectbox(
             "Interval", options=known_intervals, index=known_intervals.index(default_interval),
             key="interval", bind="query-params",
         )
-        shown = summary[summary["symbol"].isin(symbols) & (summary["interval"] == interval)]
+        shown = _series_read(summary, symbols, interval)
         start, end = _date_range(shown)
-        fitting = _fitting_runs(runs, tuple(symbols), interval)
+        fitting = fitting_runs(runs, tuple(symbols), interval)
         checkpoint = None
         if fitting:
             labels = [_run_label(run) for run in fitting]
             chosen = st.selectbox("Checkpoint", labels, key="checkpoint", bind="query-params",
                                   help="Trained runs that fit these symbols and this interval (Model page).")
             checkpoint = fitting[labels.index(chosen)]
+            if list(model_order(checkpoint, symbols)) != list(symbols):
+                st.caption(f"The model reads its assets in its own order: {', '.join(model_order(checkpoint, symbols))}.")
         else:
             st.caption("No checkpoint fits these symbols at this interval: train one on the Model page.")
         st.button("Reset to defaults", on_click=_reset_selection, icon=":material/restart_alt:",
@@ -147,10 +189,13 @@ def render_frame() -> Selection:
                                        "dates": _full_span(summary, default_symbols, default_interval)}})
         st.caption(f"Cache: `{db_path}`")
 
-    sources = {s: src for s, src in sorted(_sources_shown(shown).items(), key=lambda kv: symbols.index(kv[0]))}
+    ordered = model_order(checkpoint, symbols) if checkpoint else tuple(symbols)
+    read = shown.set_index("asset")
     selection = Selection(
-        symbols=tuple(symbols), interval=interval, db_path=db_path, start=start, end=end, checkpoint=checkpoint,
-        sources=sources, synthetic="demo" in sources.values(), device=load_device_label(),
+        symbols=ordered, interval=interval, db_path=db_path, start=start, end=end, checkpoint=checkpoint,
+        sources={a: read.at[a, "source"] for a in ordered if a in read.index},
+        stored={a: read.at[a, "symbol"] for a in ordered if a in read.index},
+        synthetic="demo" in set(shown["source"]), device=load_device_label(),
         last_bar=shown["last_ts"].max() if not shown.empty else None,
     )
     st.session_state["selection"] = selection
@@ -174,21 +219,25 @@ def _date_range(shown: pd.DataFrame) -> tuple[pd.Timestamp | None, pd.Timestamp 
 
 
 def _full_span(summary: pd.DataFrame, symbols: list[str], interval: str):
-    rows = summary[summary["symbol"].isin(symbols) & (summary["interval"] == interval)]
+    rows = _series_read(summary, symbols, interval)
     if rows.empty or rows["first_ts"].isna().all():
         return None
     return (rows["first_ts"].min().date(), rows["last_ts"].max().date())
 
 
-def _sources_shown(shown: pd.DataFrame) -> dict[str, str]:
-    """The source each symbol is read from: the first in storage's preference order that has bars."""
-    from storage.cache import SOURCE_PREFERENCE
+def _series_read(summary: pd.DataFrame, assets, interval: str) -> pd.DataFrame:
+    """The cache summary's row of the stored series each asset is read from at this interval (the spelling and
+    source storage.panel.read_panel chooses: storage.symbols.choose_stored), one row per asset that has bars."""
+    rows = summary[summary["asset"].isin(list(assets)) & (summary["interval"] == interval)
+                   & (summary["rows"].fillna(0) > 0)]
+    pairs = list(zip(rows["symbol"], rows["source"]))
+    chosen = {choose_stored(asset, pairs, SOURCE_PREFERENCE) for asset in assets}
+    return rows.loc[np.array([pair in chosen for pair in pairs], dtype=bool)]
 
-    sources: dict[str, str] = {}
-    for symbol, rows in shown.groupby("symbol"):
-        have = set(rows.loc[rows["rows"] > 0, "source"])
-        sources[symbol] = next((s for s in SOURCE_PREFERENCE if s in have), "")
-    return sources
+
+def selection_series(summary: pd.DataFrame, selection: Selection) -> pd.DataFrame:
+    """The cache summary's rows of the series the selection reads (one per asset with bars), for tables."""
+    return _series_read(summary, selection.symbols, selection.interval)
 
 
 def _status_line(selection: Selection) -> None:
@@ -199,7 +248,9 @@ def _status_line(selection: Selection) -> None:
         st.warning(SYNTHETIC_BANNER, icon=":material/science:")
     parts = []
     if selection.sources:
-        parts.append("data: " + ", ".join(f"{s} ({src})" for s, src in selection.sources.items()))
+        parts.append("data: " + ", ".join(
+            f"{asset} ({src})" if selection.stored.get(asset, asset) == asset
+            else f"{asset} ({selection.stored[asset]}, {src})" for asset, src in selection.sources.items()))
     if selection.last_bar is not None and not pd.isna(selection.last_bar):
         parts.append(f"last bar {selection.last_bar:%Y-%m-%d %H:%M} UTC")
     parts.append(f"checkpoint: {selection.checkpoint['run_id']}" if selection.checkpoint else "checkpoint: none")

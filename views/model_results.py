@@ -7,7 +7,8 @@ copy per process: the arrays are large and never written to) and, when there is 
 page and stops it: no checkpoint, a checkpoint that does not fit, a busy cache.
 
 The model always runs over the whole cached history (its state needs the warm-up); the sidebar's date range only
-chooses what is drawn (`ModelView.rows`).
+chooses what is drawn (`ModelView.rows`). It reads the panel in the checkpoint's asset order (a model's assets are
+fixed), whatever order the sidebar lists them in, and every page names the assets it shows.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from engine.diagnostics.for_run import RunOnPanel, run_on_panel
 from engine.model.checkpoint import CheckpointError
 from storage.locks import CacheBusyError
 from storage.panel import LoadedPanel, PlantedTruth, cached_panel
-from views.frame import Selection
+from views.frame import Selection, model_order
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def model_view(selection: Selection) -> ModelView:
     freshness = f"{selection.last_bar}"
     try:
         with st.spinner("Running the model over the cached history (once per checkpoint and data)…"):
-            loaded, run, bundle, status = _load(selection.checkpoint["path"], selection.db_path, selection.symbols,
+            loaded, run, bundle, status = _load(selection.checkpoint["path"], selection.db_path,
+                                                model_order(selection.checkpoint, list(selection.symbols)),
                                                 selection.interval, freshness)
     except CheckpointError as error:
         st.error(f"This checkpoint cannot run on the selected data. {error}")
