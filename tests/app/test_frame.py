@@ -42,3 +42,46 @@ def test_the_date_range_narrows_what_is_shown(seeded_db):
     spec = figure_specs(at)[0]
     xs = spec["data"][0]["x"]
     assert xs[0].startswith("2024-01-01") and xs[-1].startswith("2024-01-31")
+
+
+# --- the default selection follows what the cache holds -----------------------------------------------------------
+
+
+def _summary(rows):
+    import pandas as pd
+
+    from storage.symbols import asset_name
+
+    frame = pd.DataFrame(rows, columns=["symbol", "source", "interval", "rows"])
+    return frame.assign(asset=[asset_name(s) for s in frame["symbol"]])
+
+
+DEMO_ROWS = [(s, "demo", i, n) for s in ("BTC", "SPY", "AAPL") for i, n in (("1h", 26_000), ("1d", 1_096))]
+DEMO_RUNS = [{"run_id": "demo", "interval": "1h", "demo": True}]
+
+
+def _default(rows):
+    from views.frame import _default_selection
+
+    summary = _summary(rows)
+    assets = sorted(set(summary["asset"]))
+    intervals = [i for i in ("1h", "1d") if i in set(summary["interval"])]
+    return _default_selection(summary, DEMO_RUNS, assets, intervals)
+
+
+def test_without_real_data_the_default_is_the_demo_universe_at_the_demo_checkpoint_s_interval():
+    assert _default(DEMO_ROWS) == (["BTC", "SPY", "AAPL"], "1h")
+
+
+def test_real_data_is_preselected_at_the_interval_holding_most_of_the_usual_assets():
+    real = [("BTC-USD", "yfinance", "1d", 3_000), ("SPY", "yfinance", "1d", 2_000), ("AAPL", "csv", "1d", 2_000),
+            ("ETHUSDT", "csv", "1h", 40_000)]
+    assert _default(DEMO_ROWS + real) == (["BTC", "SPY", "AAPL"], "1d")
+
+
+def test_real_data_without_the_usual_assets_preselects_the_ones_with_most_bars():
+    real = [("ETH-USD", "yfinance", "1d", 3_000), ("MSFT", "csv", "1d", 2_000), ("QQQ", "csv", "1d", 2_500),
+            ("NVDA", "csv", "1d", 100), ("NEWCOIN", "ccxt", "1h", 0)]  # a failed fetch stores nothing
+    assert _default(real) == (["ETH", "QQQ", "MSFT"], "1d")
+    only_btc = [("BTCUSDT", "csv", "1h", 9_000), ("MSFT", "csv", "1h", 700)]
+    assert _default(DEMO_ROWS + only_btc) == (["BTC", "MSFT"], "1h")
