@@ -6,6 +6,9 @@ per asset and horizon over the rows where the target is valid and the forecast e
 use only rows where BOTH forecasters have a forecast, so they are always on the same span.
 
 Loss conventions: lower is better for every loss; a negative DM statistic means the reference model's loss is lower.
+A two-sided DM p says only that the losses differ, not who is better: the table also carries both one-sided p's
+(dm_p_better_<loss>: the reference's loss is lower; dm_p_worse_<loss>: it is higher). Verdicts ("edge" / "worse" /
+"none" against the best baseline, corrected for the number of comparisons) are engine.evaluation.skill's.
 """
 from __future__ import annotations
 
@@ -177,6 +180,15 @@ class DMResult:
     p_value: float  # two-sided, Student t with n - 1 degrees of freedom
     mean_difference: float  # mean(loss_a - loss_b)
     n: int
+    p_a_better: float = math.nan  # one-sided: H1 E[loss_a] < E[loss_b] (small when a has the lower loss)
+    p_a_worse: float = math.nan  # one-sided: H1 E[loss_a] > E[loss_b]; p_a_better + p_a_worse = 1
+
+    @property
+    def direction(self) -> Literal["better", "worse", "tie"]:
+        """'better' when the first forecaster's mean loss is the lower one on these rows."""
+        if not self.mean_difference == self.mean_difference or self.mean_difference == 0:
+            return "tie"
+        return "better" if self.mean_difference < 0 else "worse"
 
 
 def diebold_mariano(
@@ -191,6 +203,9 @@ def diebold_mariano(
     Bartlett-weighted (Newey-West, always >= 0) by default, or unweighted ("truncated", as in R's forecast::dm.test;
     identical for h = 1). Autocovariances divide by n. Statistic = dbar / sqrt(V / n) * sqrt((n + 1 - 2h +
     h(h-1)/n) / n), referred to t(n - 1). Undefined (NaN) when the losses never differ or n < 2.
+
+    Besides the two-sided p, both one-sided p's of the same statistic: p_a_better = P(t <= stat) tests "a has the
+    lower expected loss", p_a_worse = P(t >= stat) "a has the higher". Report the one in the direction claimed.
     """
     loss_a, loss_b = np.asarray(loss_a, dtype=float), np.asarray(loss_b, dtype=float)
     if loss_a.shape != loss_b.shape or loss_a.ndim != 1:
@@ -219,7 +234,8 @@ def diebold_mariano(
     )
 
     p_value = 2 * stats.t.sf(abs(statistic), df=n - 1)
-    return DMResult(float(statistic), float(p_value), mean_difference, n)
+    p_better, p_worse = stats.t.cdf(statistic, df=n - 1), stats.t.sf(statistic, df=n - 1)
+    return DMResult(float(statistic), float(p_value), mean_difference, n, float(p_better), float(p_worse))
 
 
 # ---- the table ----
@@ -265,10 +281,18 @@ def score_table(
 ) -> pd.DataFrame:
     """Long table (model, asset, horizon, metric, value), ready to print or pivot.
 
-    Metrics per forecaster: n, mse, pinball, coverage_10_90, brier, log_loss, ece, hit_rate, qlike (each only where
-    the forecaster has the output). If `reference` names one of the forecasters, each OTHER forecaster's rows also
-    carry dm_stat_<loss> and dm_p_<loss>: the reference's loss minus this one's, so a negative statistic with a small
-    p-value says the reference beats this forecaster on that span.
+    Metrics per forecaster: n, mse, pinball, coverage_10_90, quantile_spread (mean width between the outermost
+    quantiles: 0 for a forecaster with no spread, against which pinball is no skill test), brier, log_loss, ece,
+    hit_rate, qlike (each only where the forecaster has the output). If `reference` names one of the forecasters,
+    each OTHER forecaster's rows also carry, per loss (mse, pinball, brier, qlike), the Diebold-Mariano test of the
+    reference's loss minus this one's on the rows both forecast:
+      dm_stat_<loss>        negative: the reference's loss is lower
+      dm_p_<loss>           two-sided p (whether they differ, not who is better)
+      dm_p_better_<loss>    one-sided p for "the reference's loss is lower than this forecaster's"
+      dm_p_worse_<loss>     one-sided p for "the reference's loss is higher"
+      dm_n_<loss>           rows in the test
+      dm_loss_<loss>, dm_ref_loss_<loss>   this forecaster's and the reference's mean loss on those rows
+    These p's are per comparison, uncorrected: engine.evaluation.skill turns them into verdicts.
     """
     if not predictions:
         raise ValueError("no predictions to score")
@@ -306,6 +330,11 @@ def score_table(
                     ok = valid & np.isfinite(q[:, lo]) & np.isfinite(q[:, hi])
                     y = actual.log_return[asset, pred.rows, j_true]
                     add("coverage_10_90", interval_coverage(y[ok], q[ok, lo], q[ok, hi]))
+                if pred.quantiles is not None and "pinball" in losses:
+                    scored = np.isfinite(losses["pinball"])
+                    top, bottom = int(np.argmax(pred.quantile_levels)), int(np.argmin(pred.quantile_levels))
+                    spread = pred.quantiles[asset, scored, j_pred, top] - pred.quantiles[asset, scored, j_pred, bottom]
+                    add("quantile_spread", spread.mean() if scored.any() else math.nan)
                 if pred.prob_up is not None:
                     p = pred.prob_up[asset, :, j_pred]
                     ok = valid & np.isfinite(p)
@@ -333,8 +362,14 @@ def _dm_against(
     for loss in DM_LOSSES:
         if loss in ref_losses and loss in other_losses:
             result = diebold_mariano(ref_losses[loss], other_losses[loss], horizon, kernel)
+            both = np.isfinite(ref_losses[loss]) & np.isfinite(other_losses[loss])
             out[f"dm_stat_{loss}"] = result.statistic
             out[f"dm_p_{loss}"] = result.p_value
+            out[f"dm_p_better_{loss}"] = result.p_a_better
+            out[f"dm_p_worse_{loss}"] = result.p_a_worse
+            out[f"dm_n_{loss}"] = result.n
+            out[f"dm_loss_{loss}"] = other_losses[loss][both].mean() if both.any() else math.nan
+            out[f"dm_ref_loss_{loss}"] = ref_losses[loss][both].mean() if both.any() else math.nan
     return out
 
 
