@@ -81,7 +81,6 @@ A 3-asset 1h member of 8,760 rows takes 0.05-0.1 s (the volatility recursion loo
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -546,10 +545,8 @@ def _aligned_panel(frames: list[pd.DataFrame], symbols: tuple[str, ...], interva
     asset = np.concatenate([np.full(len(f), i, dtype=np.int64) for i, f in enumerate(frames)])
     ts_us = np.concatenate([pd.DatetimeIndex(f["ts"]).as_unit("us").asi8 for f in frames])
     values = {name: np.concatenate([f[name].to_numpy(dtype=np.float64) for f in frames]) for name in PANEL_FIELDS}
-    options = {}
-    if "interval_us" in inspect.signature(align_as_of).parameters:  # the row clock on the grid of the interval
-        options["interval_us"] = INTERVAL_SECONDS[interval] * 1_000_000
-    clock, fields, observed = align_as_of(asset, ts_us, values, len(symbols), None, **options)
+    clock, fields, observed = align_as_of(asset, ts_us, values, len(symbols), None,
+                                          interval_us=INTERVAL_SECONDS[interval] * 1_000_000)
     ts = pd.DatetimeIndex(clock.view("datetime64[us]"), name="ts").tz_localize("UTC")
     panel = Panel(ts=ts, symbols=symbols, fields=fields, observed=observed,
                   sources=tuple("family" for _ in symbols), interval=interval)
