@@ -104,6 +104,8 @@ def model_view(selection: Selection) -> ModelView:
         st.error(f"The model could not run on this selection: {error}")
         st.stop()
     ts = bundle.inference.ts
+    if run.span_text():  # the spans are found on this data by time (engine.diagnostics.for_run)
+        st.caption(f"Model `{run.manifest.run_id}`. {run.span_text()}")
     return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest))
 
 

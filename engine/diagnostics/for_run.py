@@ -2,12 +2,20 @@
 
 The training span that PCA and the clusters may see is the one the checkpoint's feature scaler was fitted on (the
 final model's training rows): the only rows the model has learnt from, so nothing later leaks into the regimes.
+
+A checkpoint records its spans as UTC timestamps (manifest.training["fit_span_utc"], ["fold_spans_utc"]), and they
+are found on the panel it is given by time: a checkpoint trained on a sub-span (--start/--end, or the common span
+of assets that start at different dates) runs on any panel that contains its fit span, with more history before
+or after, and refuses one that does not, saying which span it needs.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig
 from engine.diagnostics.cache import load_or_compute_diagnostics
@@ -28,7 +36,21 @@ class RunOnPanel:
     model: HybridModel  # eval mode
     manifest: Manifest
     features: FeatureSet  # normalised with the checkpoint's own scaler
-    fit_rows: range  # the final model's training rows
+    fit_rows: range  # the final model's training rows, on this panel
+    fit_span: tuple[pd.Timestamp, pd.Timestamp] | None = None  # the same span in UTC (first, last bar open)
+    test_spans: tuple[tuple[pd.Timestamp, pd.Timestamp], ...] = ()  # every walk-forward test span, UTC
+
+    def span_text(self) -> str:
+        """'Trained on 2022-01-01 .. 2024-05-27 UTC; tested (walk-forward, out of sample) on 3 spans from ...'."""
+        parts = []
+        if self.fit_span is not None:
+            parts.append(f"Trained on {_when(self.fit_span[0])} .. {_when(self.fit_span[1])} UTC (the final model's "
+                         "training span)")
+        if self.test_spans:
+            count = f"{len(self.test_spans)} walk-forward test spans" if len(self.test_spans) > 1 else "its test span"
+            parts.append(f"tested out of sample on {count}, {_when(self.test_spans[0][0])} .. "
+                         f"{_when(self.test_spans[-1][1])} UTC")
+        return "; ".join(parts) + "." if parts else ""
 
 
 def load_model(run_dir: str | os.PathLike) -> tuple[HybridModel, Manifest]:
@@ -48,16 +70,61 @@ def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel) -> RunOnPanel:
     check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=manifest.feature_names)
     feature_config = FeatureConfig(**manifest.training.get("config", {}).get("features", {}))
     scaler = FeatureScaler.from_dict(manifest.scaler)
-    fit_rows = range(*scaler.fit_rows)
-    if fit_rows.stop > len(loaded.panel.ts):
-        raise CheckpointError(
-            f"checkpoint {manifest.run_id} was fitted on rows {fit_rows.start}..{fit_rows.stop - 1}, but the panel "
-            f"has only {len(loaded.panel.ts)} rows: load at least the span it was trained on"
-        )
+    fit_rows, fit_span = fit_rows_on(manifest, loaded.panel.ts, range(*scaler.fit_rows))
+    scaler = dataclasses.replace(scaler, fit_rows=(fit_rows.start, fit_rows.stop))  # its record, on this panel
     features = build_feature_set(loaded.panel, fit_rows, feature_config, scaler=scaler)
     if list(features.names) != list(manifest.feature_names):
         raise CheckpointError(f"checkpoint {manifest.run_id} reads other features than computed now: retrain it")
-    return RunOnPanel(model, manifest, features, fit_rows)
+    return RunOnPanel(model, manifest, features, fit_rows, fit_span, walk_forward_test_spans(manifest))
+
+
+def _utc(text: str) -> pd.Timestamp:
+    stamp = pd.Timestamp(text)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _when(stamp: pd.Timestamp) -> str:
+    return f"{stamp:%Y-%m-%d}" if stamp == stamp.normalize() else f"{stamp:%Y-%m-%d %H:%M}"
+
+
+def walk_forward_test_spans(manifest: Manifest) -> tuple[tuple[pd.Timestamp, pd.Timestamp], ...]:
+    """Every walk-forward test span of the run, UTC (first, last bar open)."""
+    return tuple((_utc(fold["test"][0]), _utc(fold["test"][1]))
+                 for fold in manifest.training.get("fold_spans_utc", []) if "test" in fold)
+
+
+def fit_rows_on(manifest: Manifest, ts: pd.DatetimeIndex, recorded: range
+                ) -> tuple[range, tuple[pd.Timestamp, pd.Timestamp] | None]:
+    """The rows of `ts` that hold the checkpoint's fit span, and the span in UTC; CheckpointError, naming the span
+    needed, when the panel does not contain it.
+
+    recorded: the fit rows on the panel it was trained on, used only by a manifest that has no fit_span_utc (made
+    before format 3 without fold spans to take it from), and then only on a panel that starts where that data did.
+    """
+    span = manifest.training.get("fit_span_utc")
+    if not span:
+        first = _utc(manifest.fingerprint.first_ts) if manifest.fingerprint.first_ts else None
+        if first is None or len(ts) == 0 or ts[0] != first or recorded.stop > len(ts):
+            since = "an unrecorded start" if first is None else f"{_when(first)} UTC"
+            here = "is empty" if len(ts) == 0 else f"starts at {_when(ts[0])} UTC"
+            raise CheckpointError(
+                f"checkpoint {manifest.run_id} records its training span only as rows {recorded.start}.."
+                f"{recorded.stop - 1} of data from {since}; this panel {here}: load the data from that start, or "
+                "retrain the checkpoint"
+            )
+        return recorded, (ts[recorded.start], ts[recorded.stop - 1])
+    first, last = _utc(span[0]), _utc(span[1])
+    if len(ts) == 0 or first < ts[0] or last > ts[-1]:
+        have = "no rows" if len(ts) == 0 else f"{_when(ts[0])} .. {_when(ts[-1])} UTC"
+        raise CheckpointError(
+            f"checkpoint {manifest.run_id} was trained on {_when(first)} .. {_when(last)} UTC, but this panel covers "
+            f"{have}: load data that contains that span (more history before or after is fine)"
+        )
+    rows = range(int(ts.searchsorted(first, side="left")), int(ts.searchsorted(last, side="right")))
+    if len(rows) == 0:
+        raise CheckpointError(f"checkpoint {manifest.run_id}: this panel has no rows in its training span "
+                              f"{_when(first)} .. {_when(last)} UTC")
+    return rows, (first, last)
 
 
 def diagnostics_for_run(

@@ -29,7 +29,10 @@ MANIFEST_FILE = "manifest.json"
 REGISTRY_FILE = "registry.jsonl"
 # 2: ModelConfig holds architecture only (loss_weights moved to the training config); point_head, lead_path and
 #    lead_features are written by every checkpoint. Older manifests are upgraded on load (see upgrade_manifest).
-FORMAT_VERSION = 2
+# 3: the training spans are timestamps: training["fit_span_utc"] (the scaler's fit span: first and last bar open,
+#    UTC) beside training["fold_spans_utc"] (every fold's train/val/test), so a checkpoint maps its spans onto any
+#    panel by time (engine.diagnostics.for_run); the row ranges stay as the record of the panel it was trained on.
+FORMAT_VERSION = 3
 
 
 class CheckpointError(ValueError):
@@ -97,7 +100,32 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "format_version": 2}
 
 
-MIGRATIONS = {1: _v1_to_v2}  # format n -> n+1
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 recorded the scaler's fit span as rows only; format 3 also as timestamps (training["fit_span_utc"]).
+    The training loop fits the checkpoint's scaler on the last fold's training rows, so the fold whose training
+    rows are the fit rows gives the span's times (from fold_spans_utc). A manifest without them keeps its rows
+    only, and engine.diagnostics.for_run reads those on a panel that starts where the checkpoint's data did."""
+    data = {**data}
+    training = data.get("training")
+    if isinstance(training, dict) and "fit_span_utc" not in training:
+        span = _fit_span_from_folds(data.get("scaler"), training)
+        if span is not None:
+            data["training"] = {**training, "fit_span_utc": span}
+    return {**data, "format_version": 3}
+
+
+def _fit_span_from_folds(scaler: Any, training: dict[str, Any]) -> list[str] | None:
+    fit_rows = scaler.get("fit_rows") if isinstance(scaler, dict) else None
+    folds, spans = training.get("folds") or [], training.get("fold_spans_utc") or []
+    if fit_rows is None or len(folds) != len(spans):
+        return None
+    for fold, span in zip(folds, spans):
+        if list(fold.get("train", ())) == list(fit_rows) and "train" in span:
+            return list(span["train"])
+    return None
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}  # format n -> n+1
 
 
 def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:

@@ -248,7 +248,10 @@ def train_walk_forward(
 def _manifest(run: RunContext, panel: Panel, folds: list[Fold], summaries: list[FoldSummary], model: HybridModel,
               feature_set: FeatureSet, *, fingerprint: DataFingerprint, run_id: str | None, ctx: DistContext,
               parallel: ParallelMode, skipped_steps: int) -> Manifest:
-    """The checkpoint's manifest: the final model's config, the last fold's scaler, the data, how it was trained."""
+    """The checkpoint's manifest: the final model's config, the last fold's scaler, the data, how it was trained.
+
+    Spans are recorded as row ranges of this panel (folds, scaler.fit_rows) and as UTC timestamps, first and last
+    bar open (fold_spans_utc, fit_span_utc): the timestamps are what a later panel is matched on."""
     return Manifest(
             run_id=run_id or new_run_id(),
             model_config=model.config.to_dict(),
@@ -264,6 +267,7 @@ def _manifest(run: RunContext, panel: Panel, folds: list[Fold], summaries: list[
                 "final_model": "last fold's best-on-validation weights",
                 "folds": [asdict(s) for s in summaries],
                 "fold_spans_utc": [_span_times(panel, f) for f in folds],
+                "fit_span_utc": _rows_times(panel, range(*feature_set.scaler.fit_rows)),
                 "skipped_steps": skipped_steps,
                 "seconds": round(time.monotonic() - run.started, 1),
                 "torch_threads": torch.get_num_threads(),
@@ -304,8 +308,13 @@ def _gather_folds(ctx: DistContext, outcomes: list[FoldOutcome | None], model_co
 
 
 def _span_times(panel: Panel, fold: Fold) -> dict[str, list[str]]:
-    return {name: [str(panel.ts[span.start]), str(panel.ts[span.stop - 1])]
-            for name, span in (("train", fold.train), ("val", fold.val), ("test", fold.test))}
+    return {name: _rows_times(panel, span) for name, span in (("train", fold.train), ("val", fold.val),
+                                                              ("test", fold.test))}
+
+
+def _rows_times(panel: Panel, rows: range) -> list[str]:
+    """[first, last] row of the span as UTC timestamps (the rows' period starts: their bars' opens)."""
+    return [str(panel.ts[rows.start]), str(panel.ts[rows.stop - 1])]
 
 
 def _event(phase, fold, n_folds, epoch, n_epochs, step, steps_per_epoch, started, skipped, **extra):
