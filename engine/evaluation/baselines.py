@@ -12,6 +12,13 @@ Leakage is ruled out by construction, not by care:
 Each works on the asset's own bars (an equity's horizon h is h equity bars) and leaves rows where the asset's market is
 closed as NaN. Point baselines get their quantiles, P(up) and volatility from the distribution of their in-sample
 h-step residuals on the training span.
+
+Baselines with a spread, for pinball: besides those residual quantiles, historical_quantiles (empirical quantiles of
+the past h-bar returns over a rolling window) and garch_t (GARCH(1,1) with Student-t errors) forecast quantiles that
+move with the data. Intraday volatility has an hour-of-week profile a plain GARCH/HAR lacks: seasonal_garch_t and
+seasonal_har divide returns by the profile fitted on the training span, model what is left, and multiply the
+forecast back by the profile of the bars ahead. They always run: on daily bars the hour-of-week of the bar open is the
+day of the week (a weekday/weekend profile), on weekly bars one flat slot (then they equal garch_t and har).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 from scipy.ndimage import uniform_filter1d
 
@@ -49,6 +57,8 @@ class BaselineConfig:
     n_regimes: int = 2
     regime_em_iter: int = 50
     regime_max_fit_bars: int = 2000  # the Markov-switching fit uses at most this many of the latest training bars
+    historical_window: int = 500  # own bars of past h-bar returns the historical quantiles are taken over
+    seasonal_shrinkage: float = 10.0  # each hour-of-week variance is shrunk toward the overall one by this many bars
 
 
 @dataclass(frozen=True)
@@ -59,10 +69,15 @@ class BaselineInput:
     observed: np.ndarray  # bool (A, T)
     targets: Targets
     symbols: tuple[str, ...]
+    hour_of_week: np.ndarray | None = None  # int (T,): 24 * weekday + hour of each row's bar open, UTC (Monday 0)
 
     @classmethod
     def from_panel(cls, panel: Panel, targets: Targets) -> "BaselineInput":
-        return cls(own_bar_log_returns(panel), np.asarray(panel.observed).T.copy(), targets, tuple(panel.symbols))
+        ts = pd.DatetimeIndex(panel.ts)
+        ts = ts.tz_convert("UTC") if ts.tz is not None else ts
+        hour_of_week = np.asarray(ts.day_of_week * 24 + ts.hour, dtype=np.int64)
+        return cls(own_bar_log_returns(panel), np.asarray(panel.observed).T.copy(), targets, tuple(panel.symbols),
+                   hour_of_week)
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class TrainBars:
     target_vol: np.ndarray  # (n, H)
     target_up: np.ndarray  # bool (n, H)
     target_valid: np.ndarray  # bool (n, H)
+    hour_of_week: np.ndarray | None = None  # int (n,), None when the data carries no bar times
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,7 @@ class PastBars:
 
     rows: np.ndarray  # (n,)
     returns: np.ndarray  # (n,)
+    hour_of_week: np.ndarray | None = None  # int (n,)
 
 
 class Baseline(ABC):
@@ -112,6 +129,7 @@ class Baseline(ABC):
                 target_vol=purged.realised_vol[asset, rows],
                 target_up=purged.direction[asset, rows],
                 target_valid=purged.valid[asset, rows],
+                hour_of_week=None if data.hour_of_week is None else data.hour_of_week[rows],
             )
             self.fitted.append(self._fit_asset(bars, train.start))
         return self
@@ -124,7 +142,8 @@ class Baseline(ABC):
         outputs: dict[str, np.ndarray] = {}
         for asset in range(n_assets):
             past_rows = np.flatnonzero(data.observed[asset, : rows.stop])
-            past = PastBars(rows=past_rows, returns=data.returns[asset, past_rows])
+            past = PastBars(rows=past_rows, returns=data.returns[asset, past_rows],
+                            hour_of_week=None if data.hour_of_week is None else data.hour_of_week[past_rows])
             at = np.flatnonzero(past_rows >= rows.start)  # own-bar positions to forecast from
             forecasts = self._predict_asset(self.fitted[asset], past, at)  # name -> (m, H[, K])
             for key, values in forecasts.items():
@@ -216,6 +235,83 @@ def normal_outputs(mean: np.ndarray, std: np.ndarray, levels) -> dict[str, np.nd
     }
 
 
+def student_t_outputs(mean: np.ndarray, std: np.ndarray, nu: np.ndarray, levels) -> dict[str, np.ndarray]:
+    """mean, std, nu (m, H) of a Student-t h-bar return with unit-variance scaling (std is the standard deviation,
+    nu > 2 the degrees of freedom) -> point, quantiles, prob_up, volatility."""
+    unit = np.sqrt((nu - 2) / nu)  # a t(nu) variable times this has variance 1
+    z = stats.t.ppf(np.asarray(levels)[None, None, :], nu[:, :, None]) * unit[:, :, None]
+    return {
+        "point": mean,
+        "quantiles": mean[:, :, None] + std[:, :, None] * z,
+        "prob_up": stats.t.sf(-mean / (std * unit), nu),
+        "volatility": std,
+    }
+
+
+def h_bar_degrees_of_freedom(nu: float, step_var: np.ndarray) -> np.ndarray:
+    """Degrees of freedom of a t matching the kurtosis of a sum of independent t(nu) steps with variances step_var
+    (m, h) (GARCH's own variance dynamics, which fatten the tails further, are left out: a documented shortcut).
+
+    Excess kurtosis of t(nu) is 6 / (nu - 4); of the weighted sum it is that times sum(v^2) / sum(v)^2 = 1 / h_eff,
+    so nu_h = 4 + (nu - 4) h_eff: nu for one step, towards the normal as the steps add up. With nu <= 4 the kurtosis
+    is infinite and stays so: nu_h = nu."""
+    h_eff = step_var.sum(axis=1) ** 2 / (step_var**2).sum(axis=1)
+    return np.full(len(step_var), nu) if nu <= 4 else 4 + (nu - 4) * h_eff
+
+
+HOURS_PER_WEEK = 168
+
+
+@dataclass(frozen=True)
+class SeasonalProfile:
+    """Volatility by hour of the week of the bar open (UTC), fitted on a training span's own bars only.
+
+    scale[s]: root mean squared return of slot s over the overall one, each slot's variance shrunk toward the overall
+    variance by `shrinkage` pseudo-bars (a slot seen a few times stays near 1), normalised so the training bars'
+    mean squared scale is 1. What the bars ahead look like is learned from the span too: `ahead_var[s, j]` is the
+    expected squared scale of the j-th own bar after a bar in slot s, from the slot-to-next-slot frequencies (an
+    equity's bar after the last hourly bar of Friday is Monday's open; a 15-minute bar stays in its hour 3 times in 4).
+    """
+
+    scale: np.ndarray  # (168,)
+    ahead_var: np.ndarray  # (168, n_steps)
+    ahead_scale: np.ndarray  # (168, n_steps): expected scale (not squared), for the mean
+
+    @classmethod
+    def fit(cls, returns: np.ndarray, hour_of_week: np.ndarray, n_steps: int, shrinkage: float) -> "SeasonalProfile":
+        ok = np.isfinite(returns)
+        slots, squared = hour_of_week[ok], returns[ok] ** 2
+        overall = squared.mean()
+        if not overall > 0:
+            raise ValueError("no price changes in the training span: no volatility profile to fit")
+        sums = np.bincount(slots, weights=squared, minlength=HOURS_PER_WEEK)
+        counts = np.bincount(slots, minlength=HOURS_PER_WEEK)
+        scale = np.sqrt((sums + shrinkage * overall) / (counts + shrinkage) / overall)
+        scale /= np.sqrt(np.mean(scale[slots] ** 2))
+        # slot -> next own bar's slot frequencies; a slot never left in the span moves like the span's average bar
+        pairs = np.bincount(hour_of_week[:-1] * HOURS_PER_WEEK + hour_of_week[1:],
+                            minlength=HOURS_PER_WEEK**2).reshape(HOURS_PER_WEEK, HOURS_PER_WEEK).astype(float)
+        frequency = np.bincount(hour_of_week, minlength=HOURS_PER_WEEK) / len(hour_of_week)
+        leaving = pairs.sum(axis=1, keepdims=True)
+        transition = np.where(leaving > 0, pairs / np.maximum(leaving, 1), frequency[None, :])
+        ahead_var, ahead_scale, where = [], [], np.eye(HOURS_PER_WEEK)
+        for _ in range(n_steps):
+            where = where @ transition  # distribution of the slot j bars ahead, from each slot
+            ahead_var.append(where @ scale**2)
+            ahead_scale.append(where @ scale)
+        return cls(scale, np.stack(ahead_var, axis=1), np.stack(ahead_scale, axis=1))
+
+    def deseasonalise(self, returns: np.ndarray, hour_of_week: np.ndarray) -> np.ndarray:
+        return returns / self.scale[hour_of_week]
+
+
+def _hours(bars, name: str) -> np.ndarray:
+    if bars.hour_of_week is None:
+        raise ValueError(f"{name}: the data carries no bar times (BaselineInput.hour_of_week is None): build it with "
+                         "BaselineInput.from_panel")
+    return bars.hour_of_week
+
+
 def _filter_origins(past: PastBars, at: np.ndarray, train_start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For filters that run forward from the training start: the own-bar positions they run over, the index in that
     run of each usable forecast origin, and which of `at` are usable (have a return on or after the start)."""
@@ -257,6 +353,28 @@ class HistoricalMean(Baseline):
     def _predict_asset(self, state, past, at):
         mean, residuals = state
         return residuals.outputs(np.broadcast_to(mean, (len(at), len(mean))).copy())
+
+
+class HistoricalQuantiles(Baseline):
+    """Empirical quantiles of the asset's past h-bar returns over the last `historical_window` own bars (the
+    overlapping h-bar returns that ended at or before the origin: all known at t). Nothing is fitted; the window
+    rolls forward through the test span. Quantiles only: a spread that follows recent volatility, for pinball."""
+
+    name = "historical_quantiles"
+
+    def _fit_asset(self, bars, train_start):
+        return None
+
+    def _predict_asset(self, state, past, at):
+        levels = self.config.quantile_levels
+        returns = pd.Series(past.returns)
+        out = np.full((len(at), len(self.horizons), len(levels)), np.nan)
+        for j, h in enumerate(self.horizons):
+            h_bar = returns.rolling(h, min_periods=h).sum()  # return over own bars (k - h, k]
+            window = h_bar.rolling(self.config.historical_window, min_periods=self.config.min_train_bars)
+            for k, level in enumerate(levels):
+                out[:, j, k] = window.quantile(level).to_numpy()[at]
+        return {"quantiles": out}
 
 
 class AR1(Baseline):
@@ -378,6 +496,7 @@ class _GarchState:
     params: np.ndarray
     scale: float  # returns are multiplied by this before arch sees them (unit training variance)
     train_start: int
+    profile: SeasonalProfile | None = None  # seasonal variants: returns are divided by it first
 
 
 class Garch11(Baseline):
@@ -385,35 +504,71 @@ class Garch11(Baseline):
     variance recursion runs forward with those parameters, so the forecast at t uses returns up to t only."""
 
     name = "garch11"
+    dist: ClassVar[str] = "normal"
+    seasonal: ClassVar[bool] = False
+
+    def _arch(self, series: np.ndarray):
+        from arch import arch_model
+
+        return arch_model(series, mean="Constant", vol="GARCH", p=1, q=1, dist=self.dist, rescale=False)
 
     def _fit_asset(self, bars, train_start):
-        from arch import arch_model
-
-        series = bars.returns[np.isfinite(bars.returns)]
+        returns, profile = bars.returns, None
+        if self.seasonal:
+            hours = _hours(bars, self.name)
+            profile = SeasonalProfile.fit(returns, hours, max(self.horizons), self.config.seasonal_shrinkage)
+            returns = profile.deseasonalise(returns, hours)
+        series = returns[np.isfinite(returns)]
         scale = 1.0 / series.std()
-        model = arch_model(series * scale, mean="Constant", vol="GARCH", p=1, q=1, dist="normal", rescale=False)
-        result = model.fit(disp="off", show_warning=False)
-        return _GarchState(np.asarray(result.params), scale, train_start)
+        result = self._arch(series * scale).fit(disp="off", show_warning=False)
+        return _GarchState(np.asarray(result.params), scale, train_start, profile)
 
     def _predict_asset(self, state, past, at):
-        from arch import arch_model
-
         # the same starting point as the fit, so the variance backcast is the one the parameters were fitted with
         positions, origin, usable = _filter_origins(past, at, state.train_start)
         if not usable.any():
             return {}
-        series = past.returns[positions] * state.scale
-        model = arch_model(series, mean="Constant", vol="GARCH", p=1, q=1, dist="normal", rescale=False)
+        series = past.returns[positions]
+        if state.profile is not None:
+            series = state.profile.deseasonalise(series, _hours(past, self.name)[positions])
         first = int(origin[0])
-        forecast = model.fix(state.params).forecast(horizon=max(self.horizons), start=first, reindex=False)
+        forecast = self._arch(series * state.scale).fix(state.params).forecast(
+            horizon=max(self.horizons), start=first, reindex=False)
         step_mean = forecast.mean.to_numpy()[origin - first]  # (m_usable, H_max)
         step_var = forecast.variance.to_numpy()[origin - first]
+        if state.profile is not None:  # back to returns: times the profile of each bar ahead
+            origin_hours = _hours(past, self.name)[positions[origin]]
+            step_mean = step_mean * state.profile.ahead_scale[origin_hours]
+            step_var = step_var * state.profile.ahead_var[origin_hours]
         take = np.array(self.horizons) - 1
         mean = np.full((len(at), len(self.horizons)), np.nan)
         std = np.full((len(at), len(self.horizons)), np.nan)
         mean[usable] = np.cumsum(step_mean, axis=1)[:, take] / state.scale
         std[usable] = np.sqrt(np.cumsum(step_var, axis=1)[:, take]) / state.scale
-        return normal_outputs(mean, std, self.config.quantile_levels)
+        if self.dist == "normal":
+            return normal_outputs(mean, std, self.config.quantile_levels)
+        nu = float(state.params[-1])
+        dof = np.full((len(at), len(self.horizons)), np.nan)
+        dof[usable] = np.column_stack([h_bar_degrees_of_freedom(nu, step_var[:, :h]) for h in self.horizons])
+        return student_t_outputs(mean, std, dof, self.config.quantile_levels)
+
+
+class GarchT(Garch11):
+    """GARCH(1,1) with Student-t errors (arch, degrees of freedom fitted), refitted per fold on the training span.
+    Its quantiles of the h-bar return are a t with the summed conditional variance and the kurtosis of a sum of
+    h t-steps (h_bar_degrees_of_freedom): a baseline with a spread that moves with volatility, for pinball."""
+
+    name = "garch_t"
+    dist = "t"
+
+
+class SeasonalGarchT(GarchT):
+    """GARCH-t on returns divided by their hour-of-week volatility profile (SeasonalProfile, fitted on the training
+    span), the forecast multiplied back by the profile of the bars ahead: the fair volatility baseline for intraday
+    bars, where a plain GARCH is beaten by anything that knows the time of day."""
+
+    name = "seasonal_garch_t"
+    seasonal = True
 
 
 class HAR(Baseline):
@@ -448,6 +603,44 @@ class HAR(Baseline):
         for j, (model, floor) in enumerate(state):
             if ok.any():
                 vol[ok, j] = np.maximum(model.predict(design[ok]), floor)
+        return {"volatility": vol}
+
+
+class SeasonalHAR(HAR):
+    """HAR on returns divided by their hour-of-week volatility profile (fitted on the training span): the regression
+    forecasts the deseasonalised h-bar volatility, which is multiplied back by the profile of the h bars ahead."""
+
+    name = "seasonal_har"
+
+    def _fit_asset(self, bars, train_start):
+        from sklearn.linear_model import LinearRegression
+
+        hours = _hours(bars, self.name)
+        profile = SeasonalProfile.fit(bars.returns, hours, max(self.horizons), self.config.seasonal_shrinkage)
+        z = profile.deseasonalise(bars.returns, hours)
+        design = self._design(z)
+        cumulative = np.concatenate([[0.0], np.cumsum(np.nan_to_num(z**2))])  # sum over own bars (k, k+h]
+        models = []
+        for j, h in enumerate(self.horizons):
+            ahead = np.full(len(z), np.nan)
+            ahead[: len(z) - h] = np.sqrt(cumulative[h + 1 :] - cumulative[1 : len(z) - h + 1])
+            ok = np.isfinite(design).all(axis=1) & bars.target_valid[:, j] & np.isfinite(ahead)
+            vol = ahead[ok]
+            models.append((LinearRegression().fit(design[ok], vol), 0.1 * vol.mean()))
+        return profile, models
+
+    def _predict_asset(self, state, past, at):
+        profile, models = state
+        hours = _hours(past, self.name)
+        design = self._design(profile.deseasonalise(past.returns, hours))[at]
+        ok = np.isfinite(design).all(axis=1)
+        vol = np.full((len(at), len(self.horizons)), np.nan)
+        for j, (model, floor) in enumerate(models):
+            h = self.horizons[j]
+            if ok.any():
+                z_vol = np.maximum(model.predict(design[ok]), floor)
+                # deseasonalised h-bar vol -> per-bar variance -> times the mean squared profile of the bars ahead
+                vol[ok, j] = z_vol * np.sqrt(profile.ahead_var[hours[at[ok]], :h].mean(axis=1))
         return {"volatility": vol}
 
 
@@ -521,7 +714,8 @@ class MarkovRegime(Baseline):
 
 
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (ZeroReturn, HistoricalMean, AR1, DLinearRidge, LaggedLogistic, Garch11, HAR, MarkovRegime)
+    cls.name: cls for cls in (ZeroReturn, HistoricalMean, HistoricalQuantiles, AR1, DLinearRidge, LaggedLogistic,
+                              Garch11, GarchT, SeasonalGarchT, HAR, SeasonalHAR, MarkovRegime)
 }
 
 
