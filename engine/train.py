@@ -8,6 +8,9 @@ Cached real data:
 
     .venv/bin/python -m engine.train --db data/bars.duckdb --symbols BTC SPY AAPL --interval 1d --folds 4
 
+When the symbols' histories start at dates so far apart that the full history cannot be trained on (SPY from 1993,
+BTC from 2014), it trains on their common span, from the latest first bar on, and says so.
+
 A cancelled run (Ctrl-C) keeps its last finished epoch: run the same command with --resume to continue.
 
 The same command runs as several processes under torchrun (engine/training/distributed.py): NCCL on GPUs, gloo on CPUs.
@@ -47,6 +50,7 @@ from engine.training.distributed import (
 from engine.training.presets import demo_config
 from engine.training.progress import ConsoleProgressBar
 from engine.training.run import run_training
+from engine.training.settings import on_training_span
 
 # command-line name -> TrainConfig field; every one defaults to the base config (demo_config for --demo)
 CONFIG_OPTIONS = {
@@ -105,6 +109,7 @@ def config_from_args(args: argparse.Namespace, loaded=None) -> TrainConfig:
     elif loaded is not None:
         from engine.training.settings import settings_for_panel
 
+        # sized to the assets' common span when their histories start too far apart for the full one
         base = settings_for_panel(loaded.panel, loaded.interval, n_folds=args.folds or 3)
     else:
         base = TrainConfig()
@@ -139,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         ctx = init_distributed(args.device)
         loaded = load_data(args)  # every rank reads the cache, read-only
         config = config_from_args(args, loaded)
+        loaded, span_note = on_training_span(loaded, config)  # run_training would do the same; said here first
+        if span_note and ctx.is_main:
+            print(f"train: {span_note}", file=sys.stderr)
         # One run id for all ranks (rank 0's), so they agree on the run directory.
         run_id = broadcast_bytes(ctx, (args.run_id or new_run_id("demo" if args.demo else "run")).encode()
                                  if ctx.is_main else None, src=0).decode()
