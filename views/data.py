@@ -44,11 +44,12 @@ else:
 st.subheader("Prices")
 if not selection.symbols:
     st.info("Choose one or more symbols in the sidebar.")
-for symbol in selection.symbols:
+for asset in selection.symbols:
+    symbol = selection.stored.get(asset, asset)  # the spelling the cache holds the asset under (BTC as BTC-USD)
     rows = summary[(summary["symbol"] == symbol) & (summary["interval"] == selection.interval)] if not summary.empty else summary
     rows = rows[rows["last_ts"].notna()] if not rows.empty else rows
     if rows.empty:
-        st.info(f"No {selection.interval} bars cached for {symbol}. Fetch or import them below.")
+        st.info(f"No {selection.interval} bars cached for {asset}. Fetch or import them below.")
         continue
     try:
         bars = read_bars(symbol, selection.interval, start=selection.start, end=selection.end, db_path=selection.db_path)
@@ -65,7 +66,9 @@ st.subheader("Refresh now")
 st.caption("Fetches only what is new since the last stored bar (a few bars of overlap), validates it, and stores it "
            "in one transaction per symbol. The same job runs on a schedule with `python -m storage.refresh`.")
 with st.form("refresh"):
-    refresh_symbols = st.multiselect("Symbols", options=known_symbols, default=list(selection.symbols),
+    stored_selection = [selection.stored.get(a, a) for a in selection.symbols]
+    refresh_symbols = st.multiselect("Symbols", options=known_symbols,
+                                     default=[s for s in stored_selection if s in known_symbols],
                                      accept_new_options=True,
                                      help="Type a new symbol (e.g. MSFT, ETH) to fetch it for the first time.")
     refresh_source = st.selectbox("Source", ["demo", "yfinance", "ccxt"],

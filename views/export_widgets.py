@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.figures.export import MIME_TYPES, browser_unavailable_reason, figure_bytes
-from views.frame import date_span_text, load_summary
+from views.frame import date_span_text, load_summary, selection_series
 from views.view_charts import view_figures
 
 
@@ -50,7 +50,7 @@ def report_buttons(page_title: str, selection, *, tables: dict | None = None, se
 
     figures = dict(view_figures())
     summary = load_summary(selection.db_path)
-    spans = summary[summary["symbol"].isin(selection.symbols) & (summary["interval"] == selection.interval)]
+    spans = selection_series(summary, selection)  # the series actually read (BTC may be stored as BTC-USD)
     spans = spans[["symbol", "source", "interval", "rows", "first_ts", "last_ts"]].copy()
     chosen = {"symbols": ", ".join(selection.symbols), "interval": selection.interval,
               "date range": date_span_text(selection), **(settings or {})}

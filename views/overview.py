@@ -34,7 +34,8 @@ for column, symbol in zip(cards, selection.symbols):
     spell = current_spell(regimes.labels[asset], view.bundle.inference.mask[asset])
     regime, held = spell.label, spell.bars
     since = view.ts[spell.first_row] if spell.first_row is not None else None
-    rows = summary[(summary["symbol"] == symbol) & (summary["interval"] == selection.interval)]
+    stored = selection.stored.get(symbol, symbol)  # the spelling the cache holds the asset under
+    rows = summary[(summary["symbol"] == stored) & (summary["interval"] == selection.interval)]
     with column.container(border=True):
         st.markdown(f"#### {symbol}")
         st.metric("Last close", f"{latest.last_close:,.2f}", f"{latest.last_close / previous - 1:+.2%} vs previous bar",
