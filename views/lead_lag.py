@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from engine.diagnostics.lead_lag import lag_convention, lag_duration
 from engine.figures import lead_lag as charts
 from views.bar_picker import pick_bar
 from views.export_widgets import chart_with_downloads, report_buttons
@@ -21,6 +22,7 @@ selection = current_selection()
 st.title("Lead-lag")
 view = model_view(selection)
 bundle, symbols, synthetic, ts = view.bundle, view.bundle.symbols, selection.synthetic, view.ts
+step = view.loaded.panel.clock_step  # one clock row: lags are shown as time with it
 
 
 @st.cache_data(show_spinner="Computing the rolling lead-lag map…", max_entries=16)
@@ -63,13 +65,16 @@ st.caption(f"Run `{view.run_id}` · {span_text}. Each target's weights sum to 1 
            "where the target's market is open count." + (" The planted lead of the synthetic demo is boxed."
                                                          if view.truth is not None else ""))
 chart_with_downloads(charts.lead_lag_heatmaps(weights, symbols, truth=view.truth, hide_self=hide_self,
-                                              span_text=span_text, synthetic=synthetic),
+                                              span_text=span_text, step=step, synthetic=synthetic),
                      key="ll_heatmaps", file_stem="lead-lag-heatmaps")
-st.caption("Read a column of panels as: the target (title) looks at each source (rows) this many bars back "
-           "(columns). Weight at a lag above 0 on another asset is a lead that asset has over the target.")
+st.caption("Read a column of panels as: the target (title) looks at each source (rows) this many clock rows "
+           "back (columns). Weight at a lag above 0 on another asset is a lead that asset has over the target. "
+           + lag_convention(step))
 
 st.subheader("Strongest cross-asset pairs")
 strongest = bundle.strongest_pairs(int(top), rows)
+strongest.insert(strongest.columns.get_loc("lag") + 1, "lag as time",
+                 [lag_duration(lag, step) for lag in strongest["lag"]])
 st.dataframe(strongest, hide_index=True, width="content", key="ll_pairs",
              column_config={"weight": st.column_config.NumberColumn(format="%.4f")})
 

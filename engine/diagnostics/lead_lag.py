@@ -2,7 +2,11 @@
 
 Only bars where the TARGET's market is open count: a closed target attends to nothing (its weights are all zero,
 see engine/model/attention.py), and averaging those zeros in would make a weekday-only equity look inattentive.
-The rolling map is a trailing window of union-clock rows, so each bar's map uses that bar and earlier ones only.
+The rolling map is a trailing window of clock rows, so each bar's map uses that bar and earlier ones only.
+
+Lags are counted in rows of the panel's clock (storage.panel.Panel): one row is one interval on the UTC grid and
+a bar sits in the row in which it closes, so lag k is k intervals before the forecast origin whatever the
+vendor's binning (a :30 equity bar and a :00 crypto bar share a row). `lag_label` says it as time: "lag 2 (2h)".
 """
 from __future__ import annotations
 
@@ -102,6 +106,59 @@ def strongest_source(weights: np.ndarray, symbols: Sequence[str], target: str) -
     row[i] = -np.inf  # not itself
     source, lag = np.unravel_index(np.nanargmax(row), row.shape)
     return symbols[source], int(lag), float(row[source, lag])
+
+
+LAG_CONVENTION = (
+    "Lags count rows of the panel's clock: one row is one {step} period on the UTC grid, and every bar sits in the "
+    "row in which it closes (a 09:30 ET equity bar and a :00 crypto bar share rows). Lag k is the source's row k "
+    "periods before the forecast origin; lag 0 is the same row."
+)
+
+
+def lag_duration(lag: int, step: pd.Timedelta | None) -> str:
+    """`lag` clock rows of length `step` as a duration in the step's own unit: "36h" on an hourly clock, "3d" on a
+    daily one, "1h 30m" on a 30-minute one; "" when step is None."""
+    if step is None:
+        return ""
+    step_seconds = int(pd.Timedelta(step).total_seconds())
+    seconds = int(lag) * step_seconds
+    if step_seconds % 86_400 == 0:
+        return f"{seconds // 86_400}d"
+    if step_seconds % 3_600 == 0:
+        return f"{seconds // 3_600}h"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours}h {minutes}m" if hours and minutes else f"{hours}h" if hours else f"{minutes}m"
+
+
+def lag_label(lag: int, step: pd.Timedelta | None) -> str:
+    """"lag 2 (2h)" for lag 2 on an hourly clock; "lag 2" when the clock's step is not known."""
+    duration = lag_duration(lag, step)
+    return f"lag {lag} ({duration})" if duration else f"lag {lag}"
+
+
+def lag_convention(step: pd.Timedelta | None) -> str:
+    """LAG_CONVENTION for a clock of this step, in words."""
+    return LAG_CONVENTION.format(step=lag_duration(1, step) or "bar")
+
+
+def open_key_share(target_open: np.ndarray, max_lag: int, rows: range | None = None) -> np.ndarray:
+    """target_open (A, T) bool -> (A_tgt, A_src, K+1): over the target's open rows in `rows`, the share at which
+    the source had a bar k rows earlier. Where it is 0 the attention there is exactly 0 by construction (a closed
+    key gets no weight, engine.model.attention), not because the model found nothing: the map's open-key
+    structure, which the panel's clock decides. NaN for a target with no open row."""
+    target_open = np.asarray(target_open, dtype=bool)
+    n_assets, n_rows = target_open.shape
+    span = range(0, n_rows) if rows is None else rows
+    out = np.full((n_assets, n_assets, max_lag + 1), np.nan)
+    for target in range(n_assets):
+        origins = np.flatnonzero(target_open[target, span.start:span.stop]) + span.start
+        if len(origins) == 0:
+            continue
+        for lag in range(max_lag + 1):
+            keys = origins - lag
+            known = keys >= 0
+            out[target, :, lag] = (target_open[:, keys[known]].sum(axis=1)) / len(origins)
+    return out
 
 
 def key_lag_of_lead(lead_bars: int) -> int:

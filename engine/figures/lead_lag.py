@@ -5,7 +5,8 @@ A lead-lag map is weights (A_tgt, A_src, K+1): the mean attention of target i on
 over the target's open bars (engine.diagnostics.lead_lag). Each target's row sums to 1 over sources and lags. On the
 demo the planted lead (truth.leader moves truth.followers truth.lag_bars bars later) is boxed on the heatmap, so
 the reader can see whether the weight sits where it was planted. The map is read at the forecast origin, for the
-next bar's return, so a lead of L bars shows at key lag L-1 (engine.diagnostics.lead_lag.key_lag_of_lead).
+next bar's return, so a lead of L bars shows at key lag L-1 (engine.diagnostics.lead_lag.key_lag_of_lead). Lags
+are rows of the panel's clock; given the clock's step, they are labelled with their duration ("lag 2 (2h)").
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.diagnostics.lead_lag import key_lag_of_lead
+from engine.diagnostics.lead_lag import key_lag_of_lead, lag_label
 from engine.figures.spans import shade_test_spans
 from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
 
@@ -47,12 +48,14 @@ def lead_lag_heatmaps(
     truth=None,
     hide_self: bool = False,
     span_text: str = "",
+    step: pd.Timedelta | None = None,
     synthetic: bool,
 ) -> go.Figure:
     """One heatmap per target (columns of subplots): sources down, lags across, one colour scale for all.
 
     hide_self blanks each target's attention on itself, which dominates every map, so the cross-asset cells get
-    the colour range; truth (the demo's PlantedTruth) boxes the planted (follower, leader, lag) cells."""
+    the colour range; truth (the demo's PlantedTruth) boxes the planted (follower, leader, lag) cells; step (the
+    panel's Panel.clock_step) labels each lag with its duration."""
     weights = _check_map(weights, symbols)
     n_assets, n_lags = len(symbols), weights.shape[2]
     shown = weights.copy()
@@ -62,14 +65,17 @@ def lead_lag_heatmaps(
     fig = make_subplots(rows=1, cols=n_assets, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=[f"target {s}" for s in symbols])
     lags = list(range(n_lags))
+    labels = [lag_label(lag, step) for lag in lags]
+    hover_lags = np.tile(np.array(labels, dtype=object), (n_assets, 1))  # (sources, lags)
     for target, symbol in enumerate(symbols):
         text = np.where(np.isnan(shown[target]), "", np.vectorize("{:.3f}".format)(np.nan_to_num(shown[target])))
         fig.add_trace(go.Heatmap(
             z=shown[target], x=lags, y=list(symbols), coloraxis="coloraxis", text=text, texttemplate="%{text}",
-            name=f"target {symbol}",
-            hovertemplate=f"target {symbol}<br>source %{{y}}, lag %{{x}} bars<br>weight %{{z:.4f}}<extra></extra>",
+            name=f"target {symbol}", customdata=hover_lags,
+            hovertemplate=f"target {symbol}<br>source %{{y}}, %{{customdata}}<br>weight %{{z:.4f}}<extra></extra>",
         ), row=1, col=target + 1)
-        fig.update_xaxes(title_text="lag (bars before the forecast origin)", tickmode="array", tickvals=lags, row=1, col=target + 1)
+        fig.update_xaxes(title_text="lag (clock rows before the forecast origin)", tickmode="array", tickvals=lags,
+                         ticktext=labels, row=1, col=target + 1)
     for follower, leader, lag in planted_cells(truth, symbols, n_lags - 1):
         column = list(symbols).index(follower) + 1
         source = list(symbols).index(leader)

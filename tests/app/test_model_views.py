@@ -149,7 +149,11 @@ def test_lead_lag_marks_the_planted_lead_and_the_window_changes_the_map(with_run
     assert len(boxes) == 2  # SPY and AAPL follow BTC by one bar on the 1d demo: key lag 0 for next-bar forecasts
     assert {b["x0"] + 0.5 for b in boxes} == {0.0}
     pairs = at.dataframe[0].value
-    assert list(pairs.columns) == ["target", "source", "lag", "weight"] and len(pairs) == 5
+    assert list(pairs.columns) == ["target", "source", "lag", "lag as time", "weight"] and len(pairs) == 5
+    assert list(heatmaps["layout"]["xaxis"]["ticktext"][:2]) == ["lag 0 (0d)", "lag 1 (1d)"]  # lags as time
+    captions = [c.value for c in at.caption]
+    assert sum("Lags count rows of the panel's clock: one row is one 1d period" in c for c in captions) == 1
+    assert any(c.startswith("Model `views-test-1d`. Trained on 2019-01-01 .. ") for c in captions)  # its spans
 
     whole_map = np.stack(trace_arrays(at, "Cross-asset attention", "z"))
     at.toggle(key="ll_whole").set_value(False).run()

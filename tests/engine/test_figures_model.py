@@ -134,7 +134,7 @@ def test_one_heatmap_per_target_with_the_planted_lead_boxed_on_the_demo(truth):
     assert [t.name for t in fig.data] == ["target BTC", "target SPY", "target AAPL"]
     # The 1d demo's lead of one bar shows at key lag 0: BTC's bar t is what SPY's next bar t+1 echoes.
     assert [(b.xref, b.x0 + 0.5, b.y0 + 0.5) for b in boxes(fig)] == [("x2", 0.0, 0.0), ("x3", 0.0, 0.0)]
-    assert fig.layout.xaxis.title.text.startswith("lag (bars") and fig.layout.yaxis.title.text == "source"
+    assert fig.layout.xaxis.title.text.startswith("lag (clock rows") and fig.layout.yaxis.title.text == "source"
     assert SYNTHETIC_NOTE.upper() in notes(fig)
 
 
