@@ -157,11 +157,12 @@ def calibration_table(outcome: np.ndarray, prob: np.ndarray, n_bins: int = 10) -
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # the last bin is closed on the right so P = 1 lands in it
     bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, n_bins - 1)
-    frame = pd.DataFrame({"bin": bins, "prob": prob, "outcome": outcome.astype(float)})
-    grouped = frame.groupby("bin").agg(mean_prob=("prob", "mean"), frequency=("outcome", "mean"), count=("prob", "size"))
-    table = pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:]}).join(grouped)
-    table["count"] = table["count"].fillna(0).astype(int)
-    return table
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins: NaN mean and frequency
+        mean_prob = np.bincount(bins, weights=prob, minlength=n_bins) / count
+        frequency = np.bincount(bins, weights=outcome.astype(float), minlength=n_bins) / count
+    return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:], "mean_prob": mean_prob,
+                         "frequency": frequency, "count": count.astype(int)})
 
 
 def expected_calibration_error(outcome: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:
