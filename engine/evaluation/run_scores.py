@@ -22,6 +22,7 @@ from engine.evaluation.baselines import (
 )
 from engine.evaluation.predictions import load_predictions
 from engine.evaluation.scores import score_table
+from engine.evaluation.skill import skill_headlines, skill_verdicts
 from engine.features import FEATURE_NAMES
 from engine.model.checkpoint import (
     MANIFEST_FILE,
@@ -92,19 +93,63 @@ def evaluate_run(run_dir: str | Path, loaded: LoadedPanel | None = None,
     return table
 
 
-def score_summary(table: pd.DataFrame, horizon: int = 1) -> dict:
-    """Per asset at one horizon: the model's headline losses and its DM p-values (MSE, pinball) vs every baseline."""
+def score_summary(table: pd.DataFrame, horizon: int = 1, alpha: float = 0.05, method: str = "holm") -> dict:
+    """Per asset at one horizon: the model's headline losses, its skill verdicts and its comparisons with each
+    baseline, for the manifest (the app's run list reads it).
+
+    assets[asset]:
+      <metric>            the model's losses (SUMMARY_METRICS)
+      headline            {"verdict": "edge" | "worse" | "mixed" | "none", "text"} (engine.evaluation.skill)
+      skill[<metric>]     the verdict against the best baseline for mse, brier, qlike, pinball: verdict, vs,
+                          direction, p_value (one-sided, corrected), p_better, p_worse, dm_stat, model_loss,
+                          baseline_loss, n, n_baselines, text
+      vs_<baseline>       per loss: dm_stat_<loss> (negative: the model's loss is lower), dm_p_better_<loss> and
+                          dm_p_worse_<loss> (one-sided, uncorrected) and, kept so readers of older manifests keep
+                          working, dm_p_<loss> (two-sided: the losses differ, not who is better; never a headline)
+    The verdicts are corrected over every (asset, horizon, metric) of the table, the cells the Forecasts page shows,
+    not only this horizon's. Manifests written before verdicts existed lack headline/skill: see `summary_skill`.
+    """
+    verdicts = skill_verdicts(table, alpha=alpha, method=method)
+    headlines = skill_headlines(verdicts)
     at = table[table["horizon"] == horizon]
-    summary: dict = {"horizon": horizon, "assets": {}}
+    summary: dict = {"horizon": horizon, "alpha": alpha, "correction": method, "assets": {}}
+    keys = [f"dm_{kind}{loss}" for loss in ("mse", "pinball", "brier", "qlike")
+            for kind in ("stat_", "p_better_", "p_worse_", "p_")]
     for asset, rows in at.groupby("asset", sort=False):
         model = rows[rows["model"] == "model"].set_index("metric")["value"]
         entry = {metric: _finite(model.get(metric)) for metric in SUMMARY_METRICS if metric in model}
+        headline = headlines[(headlines["asset"] == asset) & (headlines["horizon"] == horizon)]
+        if len(headline):
+            entry["headline"] = {"verdict": headline["verdict"].iloc[0], "text": headline["text"].iloc[0]}
+        cells = verdicts[(verdicts["asset"] == asset) & (verdicts["horizon"] == horizon)]
+        entry["skill"] = {row["metric"]: {key: _plain(row[key]) for key in
+                                          ("verdict", "vs", "direction", "p_value", "p_better", "p_worse", "dm_stat",
+                                           "model_loss", "baseline_loss", "n", "n_baselines", "text")}
+                          for row in cells.to_dict(orient="records")}
         for name, other in rows[rows["model"] != "model"].groupby("model", sort=False):
             values = other.set_index("metric")["value"]
-            entry[f"vs_{name}"] = {key: _finite(values[key]) for key in
-                                   ("dm_stat_mse", "dm_p_mse", "dm_stat_pinball", "dm_p_pinball") if key in values}
+            entry[f"vs_{name}"] = {key: _finite(values[key]) for key in keys if key in values}
         summary["assets"][asset] = entry
     return summary
+
+
+def summary_skill(entry: dict) -> dict:
+    """An asset's verdicts from a manifest summary entry, old or new: {"headline": {...} or None, "skill": {...}}.
+    Summaries written before verdicts existed carry only two-sided p's, which say nothing about who is better: they
+    get no verdict and a note to re-run engine.evaluate, never a p read as an edge."""
+    if "skill" in entry:
+        return {"headline": entry.get("headline"), "skill": entry["skill"]}
+    return {"headline": {"verdict": None, "text": "scored before one-sided verdicts existed: run python -m "
+                                                  "engine.evaluate on this run for its verdicts"}, "skill": {}}
+
+
+def _plain(value):
+    """A JSON-safe value: numpy scalars to Python, NaN to None."""
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return _finite(value)
+    return value
 
 
 def _finite(value) -> float | None:
