@@ -1,8 +1,8 @@
 """Import bars from a CSV or Parquet file (a path, raw bytes, or an uploaded file object): `load_bar_file`.
 
-Files are untrusted input, so they are parsed by pandas under a size limit, never handed to DuckDB's reader,
-and every rejection says what was wrong and where. Layouts recognised (column names case-insensitive; the
-time column is the first of TS_ALIASES present):
+Files are untrusted input, so they are parsed by pandas and pyarrow under limits on what they hold, never handed
+to DuckDB's reader, and every rejection says what was wrong and where. Layouts recognised (column names
+case-insensitive; the time column is the first of TS_ALIASES present):
 
 - this product's own: ts, open, high, low, close, volume
 - Yahoo Finance:  Date or Datetime (text, with or without an offset such as -05:00), Open, High, Low, Close,
@@ -19,19 +19,32 @@ time column is the first of TS_ALIASES present):
 - Polygon/Massive aggregates: t (unix ms, or ISO text with an offset), o, h, l, c, v, [vw, n]; flat files:
                 ticker, volume, open, close, high, low, window_start (unix ns), transactions
 - Alpaca bars: timestamp (ISO text), open/high/low/close/volume or o/h/l/c/v, [trade_count, vwap, symbol]
-- Parquet with any of the same column sets (a timestamp index is used as ts)
+- Parquet with any of the same column sets (a timestamp index saved with its name is used as ts)
 
 A file holds one symbol: a symbol/ticker column with several values is refused. Timestamps: text with a zone
-or offset is converted to UTC; NAIVE TIMESTAMPS ARE TAKEN AS UTC. Unix times are read as seconds,
-milliseconds, microseconds or nanoseconds by their magnitude (EPOCH_UNITS). Daily bars keep the vendor's stamp
-here (often local midnight: 05:00 UTC for New York); an import (storage.importing.prepare_import) stores them at
-their session date, 00:00 UTC, as the yfinance source does.
+or offset is converted to UTC; NAIVE TIMESTAMPS ARE TAKEN AS UTC. Dates written day/month (04/01/2021) are read
+in the order the column shows (a field above 12 is a day), and refused when no field tells (date_format says
+it then). Unix times are read as seconds, milliseconds, microseconds or nanoseconds by their magnitude
+(EPOCH_UNITS). Daily bars keep the vendor's stamp here (often local midnight: 05:00 UTC for New York); an import
+(storage.importing.prepare_import) stores them at their session date, 00:00 UTC, as the yfinance source does.
+
+Limits (MAX_ROWS, MAX_COLUMNS, MAX_UNCOMPRESSED_BYTES, MAX_LINE_LENGTH, MAX_FILE_BYTES) bound what a file may
+hold, and are checked before the data is decoded: a Parquet file's row count and uncompressed size come from its
+footer, a CSV's column count from its first line and its line lengths and encoding from one pass over the raw
+bytes. The data is then read in batches of CHUNK_ROWS rows, only the columns the layout uses, each batch
+validated as it comes (storage.validation, unsorted) and kept as compact float64/int64 columns; the batches are
+joined, sorted and de-duplicated once at the end. Memory is therefore a small multiple of the bars kept (48 bytes
+a bar), never the file's text: storage/bench.py measures it on the largest file the limits allow.
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
+import csv
 import io
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -40,9 +53,13 @@ import numpy as np
 import pandas as pd
 
 from storage.sources.base import BAR_COLUMNS
-from storage.validation import BarValidationError, Problem, validate_and_repair
-
-MAX_FILE_BYTES = 200 * 1024 * 1024
+from storage.validation import (
+    BarValidationError,
+    Problem,
+    merge_problems,
+    sort_and_deduplicate,
+    validate_and_repair,
+)
 
 # Normalised header name (lower case, runs of spaces/dashes as "_") -> our column; first match wins.
 TS_ALIASES: tuple[str, ...] = (
@@ -73,7 +90,6 @@ DATABENTO_RTYPE_INTERVALS: dict[int, str] = {32: "1s", 33: "1m", 34: "1h", 35: "
 # Databento's raw (not pretty_px) prices are integers in units of 1e-9.
 DATABENTO_PRICE_SCALE = 1e-9
 DELIMITERS = (",", ";", "\t", "|")
-HEAD_CHARS = 64 * 1024
 
 # Magic bytes of files people upload by mistake, so the error can say what the file looks like.
 _KNOWN_BINARY: tuple[tuple[bytes, str], ...] = (
@@ -102,13 +118,32 @@ class BarFileError(BarValidationError):
         ValueError.__init__(self, f"{origin}: {reason}")
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    frame: pd.DataFrame  # raw columns, names as in the file
-    row_numbers: np.ndarray  # how to name each row in messages
-    row_label: str  # "line" for text files, "row" for Parquet
-    has_header: bool
-    yfinance_header: bool = False  # the Price/Ticker/Date header rows of yfinance's download().to_csv()
+# --- limits -------------------------------------------------------------------------------------------------
+# What one import may hold. The memory of an import follows the rows and the columns read, not the file's bytes:
+# a Parquet file of 50 million constant rows compresses to a megabyte, and a CSV line can hold a million fields.
+MAX_ROWS = 5_000_000  # data rows (about 9.5 years of 1-minute bars); 48 bytes each once read
+MAX_COLUMNS = 64  # columns in a file (vendor files have 6-15)
+MAX_UNCOMPRESSED_BYTES = 512 * 1024 * 1024  # Parquet: the columns read, uncompressed, as the footer states
+MAX_LINE_LENGTH = 4096  # characters in one CSV line (vendor lines are 50-300)
+MAX_FILE_BYTES = 1024 * 1024 * 1024  # the file itself (the app's uploads stop at server.maxUploadSize first)
+MAX_PARQUET_FOOTER_BYTES = 16 * 1024 * 1024  # Parquet metadata; read before anything else
+CHUNK_ROWS = 50_000  # rows per batch read, validated and kept before the next is read
+HEAD_BYTES = 64 * 1024  # the start of a text file, for its encoding, delimiter and header
+SCAN_BYTES = 4 * 1024 * 1024  # block size of the pass that checks a text file's encoding and line lengths
+
+
+def limits_text() -> str:
+    """The import limits in words, for messages and the README."""
+    return (
+        f"{MAX_ROWS:,} rows, {MAX_COLUMNS} columns, {MAX_LINE_LENGTH:,} characters per CSV line, "
+        f"{MAX_UNCOMPRESSED_BYTES // 1024 ** 2} MB of Parquet columns uncompressed, {_size_text(MAX_FILE_BYTES)} a file"
+    )
+
+
+def _size_text(size: float) -> str:
+    if size >= 1024 ** 3:
+        return f"{size / 1024 ** 3:.0f} GB"
+    return f"{size / 1024 / 1024:.0f} MB" if size >= 1024 * 1024 else f"{size:.0f} bytes"
 
 
 @dataclass(frozen=True)
@@ -128,23 +163,30 @@ class BarFile:
     file_symbol: str | None = None  # the value of the file's symbol/ticker column, if it has one
     stated_interval: str | None = None  # the bar size the file states (Databento's rtype), if any
     saved_at: pd.Timestamp | None = None  # when the file was last written (paths only): no bar can end later
+    date_order: str | None = None  # day/month text dates: "day-first (line 14: '13/01/2021')"; None otherwise
+    encoding: str | None = None  # text files: "utf-8", "utf-8-sig" (with a BOM), "utf-16", "cp1252"
 
     @property
     def time_reading(self) -> str:
-        """How times were read, e.g. "open_time (unix ms)" or "Date (text)"."""
-        return f"{self.time_column} ({'unix ' + self.epoch_unit if self.epoch_unit else 'text'})"
+        """How times were read, e.g. "open_time (unix ms)", "Date (text)" or "Date (text, day-first)"."""
+        if self.epoch_unit:
+            return f"{self.time_column} (unix {self.epoch_unit})"
+        order = f", {self.date_order.split(' ')[0]}" if self.date_order else ""
+        return f"{self.time_column} (text{order})"
 
 
 def read_bar_file(
     source: str | os.PathLike | bytes | BinaryIO,
     max_bytes: int = MAX_FILE_BYTES,
     origin: str | None = None,
+    *,
+    date_format: str | None = None,
 ) -> pd.DataFrame:
     """Read a CSV or Parquet file of bars and return validated BAR_COLUMNS (load_bar_file(...).bars).
 
     The detected layout is recorded in the result's attrs["layout"].
     """
-    loaded = load_bar_file(source, max_bytes, origin)
+    loaded = load_bar_file(source, max_bytes, origin, date_format=date_format)
     loaded.bars.attrs["layout"] = f"{loaded.layout}; time column {loaded.time_reading}"
     return loaded.bars
 
@@ -153,159 +195,329 @@ def load_bar_file(
     source: str | os.PathLike | bytes | BinaryIO,
     max_bytes: int = MAX_FILE_BYTES,
     origin: str | None = None,
+    *,
+    date_format: str | None = None,
 ) -> BarFile:
     """Read a CSV or Parquet file of bars: validated BAR_COLUMNS (see validate_bars) and how they were read.
 
     source: a path, the file's bytes, or a binary file object (e.g. Streamlit's UploadedFile, whose .name is
         used as the origin). origin: the name quoted in error messages (default: the file name).
-    Naive timestamps are taken as UTC. Raises BarFileError for a file that cannot be read as bars and
-    BarValidationError for bars that break a rule; both name the origin.
+    date_format: text dates like 04/01/2021 in a known order ("day-first", "month-first") or a strptime format
+        ("%d/%m/%Y"); None reads the order from the column and refuses a column that cannot tell.
+    Naive timestamps are taken as UTC. Raises BarFileError for a file that cannot be read as bars (or is over a
+    limit: see limits_text) and BarValidationError for bars that break a rule; both name the origin.
     """
-    data, origin = _read_limited(source, max_bytes, origin)
-    if not data or data.isspace():
-        raise BarFileError(origin, "the file is empty")
-    if data[:4] == b"PAR1":
-        parsed = _parse_parquet(data, origin)
-        file_kind = "parquet"
-    else:
-        parsed = _parse_csv(_decode_text(data, origin), origin)
-        file_kind = "csv"
-    columns = _to_bar_columns(parsed, origin)
-    frame, numbers = columns.frame, parsed.row_numbers
-    empty = frame[list(BAR_COLUMNS[1:])].isna().all(axis=1).to_numpy() & frame["ts"].notna().to_numpy()
-    if empty.all():
-        raise BarFileError(origin, f"every row's prices and volume are empty ({len(frame)} rows)")
-    if empty.any():
-        frame, numbers = frame.loc[~empty].reset_index(drop=True), numbers[~empty]
-    checked = validate_and_repair(frame, origin, row_numbers=numbers, row_label=parsed.row_label)
-    return BarFile(
-        bars=checked.bars,
-        origin=origin,
-        layout=f"{file_kind}: {columns.layout}",
-        time_column=columns.time_column,
-        epoch_unit=columns.epoch_unit,
-        rows_read=len(parsed.frame),
-        rounding_repairs=checked.rounding_repairs,
-        repaired_examples=checked.repaired_examples,
-        duplicates_dropped=checked.duplicates_dropped,
-        empty_rows_dropped=int(empty.sum()),
-        file_symbol=columns.file_symbol,
-        stated_interval=columns.stated_interval,
-        saved_at=_modified_at(source),
-    )
-
-
-def _modified_at(source) -> pd.Timestamp | None:
-    if not isinstance(source, (str, os.PathLike)):
-        return None
-    return pd.Timestamp(Path(source).stat().st_mtime_ns, unit="ns", tz="UTC")
+    with _open_input(source, max_bytes, origin) as given:
+        head = given.stream.read(HEAD_BYTES)
+        given.stream.seek(0)
+        if not head or (head.isspace() and len(head) < HEAD_BYTES):
+            raise BarFileError(given.origin, "the file is empty")
+        if head[:4] == b"PAR1":
+            reader: _CsvReader | _ParquetReader = _ParquetReader(given.stream, given.origin)
+        else:
+            reader = _CsvReader(given.stream, head, given.origin)
+        builder = _BarBuilder(reader.layout, given.origin, reader.row_label, date_format, reader.capacity)
+        for frame, numbers in reader.chunks():
+            builder.add(frame, numbers)
+        return builder.finish(reader.kind, given.saved_at, getattr(reader, "encoding", None))
 
 
 # --- bytes in -----------------------------------------------------------------------------------------------
 
 
-def _read_limited(source, max_bytes: int, origin: str | None) -> tuple[bytes, str]:
-    limit_text = f"{max_bytes / 1024 / 1024:.0f} MB" if max_bytes >= 1024 * 1024 else f"{max_bytes} bytes"
+@dataclass(frozen=True)
+class _Input:
+    stream: BinaryIO  # seekable, at the file's start
+    origin: str
+    saved_at: pd.Timestamp | None  # the file's modification time (paths only)
+
+
+@contextlib.contextmanager
+def _open_input(source, max_bytes: int, origin: str | None) -> Iterator[_Input]:
+    limit = _size_text(max_bytes)
     if isinstance(source, (bytes, bytearray, memoryview)):
         origin = origin or "uploaded file"
-        data = bytes(source)
+        if len(source) > max_bytes:
+            raise BarFileError(origin, f"the file is {_size_text(len(source))}, over the {limit} limit")
+        yield _Input(io.BytesIO(source), origin, None)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         origin = origin or path.name
         if not path.is_file():
             raise BarFileError(origin, f"no such file: {path}")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise BarFileError(origin, f"the file is {size / 1024 / 1024:.1f} MB, over the {limit_text} limit")
-        data = path.read_bytes()
+        stat = path.stat()
+        if stat.st_size > max_bytes:
+            raise BarFileError(origin, f"the file is {stat.st_size / 1024 / 1024:.1f} MB, over the {limit} limit")
+        with open(path, "rb") as stream:
+            yield _Input(stream, origin, pd.Timestamp(stat.st_mtime_ns, unit="ns", tz="UTC"))
     elif hasattr(source, "read"):
         origin = origin or Path(str(getattr(source, "name", "") or "uploaded file")).name
+        seekable = getattr(source, "seekable", lambda: False)()
+        if seekable and isinstance(source.read(0), bytes) and source.tell() == 0:
+            size = source.seek(0, io.SEEK_END)
+            source.seek(0)
+            if size > max_bytes:
+                raise BarFileError(origin, f"the file is over the {limit} limit")
+            yield _Input(source, origin, None)
+            return
         data = source.read(max_bytes + 1)  # one byte more than allowed tells us it is too big
         if isinstance(data, str):
             data = data.encode("utf-8")
+        if len(data) > max_bytes:
+            raise BarFileError(origin, f"the file is over the {limit} limit")
+        yield _Input(io.BytesIO(data), origin, None)
     else:
         raise TypeError(f"read_bar_file takes a path, bytes or a binary file object, not {type(source).__name__}")
-    if len(data) > max_bytes:
-        raise BarFileError(origin, f"the file is over the {limit_text} limit")
-    return data, origin
 
 
-def _decode_text(data: bytes, origin: str) -> str:
+def describe_binary(head: bytes) -> str | None:
+    """What a file that is not text looks like, by its first bytes ("a ZIP archive ..."), or None."""
     for magic, what in _KNOWN_BINARY:
-        if data.startswith(magic):
-            raise BarFileError(origin, f"not a CSV or Parquet file: it looks like {what}")
-    head = data[:65536]
+        if head.startswith(magic):
+            return what
+    if head[8:12] == b"DUCK":
+        return "a DuckDB database"
+    if head[:4] == b"PAR1":
+        return "a Parquet file"
+    return None
+
+
+# Byte-order marks: (mark, the encoding that reads the text, or None when the file is refused with its name).
+# UTF-32 marks first: UTF-32-LE's begins with UTF-16-LE's.
+_BYTE_ORDER_MARKS: tuple[tuple[bytes, str | None, str], ...] = (
+    (b"\xff\xfe\x00\x00", None, "UTF-32"),
+    (b"\x00\x00\xfe\xff", None, "UTF-32"),
+    (b"\xef\xbb\xbf", "utf-8-sig", "UTF-8 with a byte-order mark"),
+    (b"\xff\xfe", "utf-16", "UTF-16"),
+    (b"\xfe\xff", "utf-16", "UTF-16"),
+)
+_SAVE_AS_UTF8 = "save it as UTF-8 (Excel: 'CSV UTF-8'; Notepad: Save as, Encoding UTF-8)"
+
+
+def _text_encoding(head: bytes, origin: str) -> str:
+    """The encoding a text file declares by its byte-order mark (UTF-8 without one); refuses what is not text."""
+    what = describe_binary(head)
+    if what is not None:
+        raise BarFileError(origin, f"not a CSV or Parquet file: it looks like {what}")
+    for mark, encoding, name in _BYTE_ORDER_MARKS:
+        if head.startswith(mark):
+            if encoding is None:
+                raise BarFileError(origin, f"the file is {name} text: {_SAVE_AS_UTF8}")
+            return encoding
     if b"\x00" in head:
+        # ASCII written as UTF-16 without a byte-order mark: every other byte is NUL.
+        if max(head[0::2].count(0), head[1::2].count(0)) > 0.4 * (len(head) / 2):
+            raise BarFileError(origin, f"the file looks like UTF-16 text without a byte-order mark: {_SAVE_AS_UTF8}")
         raise BarFileError(origin, "not a CSV or Parquet file: it contains binary data (NUL bytes)")
+    return "utf-8"
+
+
+def _decode_head(head: bytes, encoding: str) -> str:
+    """The start of a text file as text (its last character may be cut; a head that is not UTF-8 is cp1252)."""
     try:
-        return data.decode("utf-8-sig")
+        return head.decode(encoding)
     except UnicodeDecodeError as error:
-        # Spreadsheets on Windows often save cp1252; accept it when the text is otherwise clean.
-        text = data.decode("cp1252", errors="replace")
-        control = sum(1 for ch in text[:65536] if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\r\n\t"))
-        if control > 0.01 * min(len(text), 65536):
-            raise BarFileError(
-                origin, f"not a CSV or Parquet file: byte {error.start} is not text (neither UTF-8 nor cp1252)"
-            ) from None
-        return text
+        if error.start >= len(head) - 4:
+            return head[: error.start].decode(encoding, errors="ignore")
+        if encoding != "utf-8":
+            return head.decode(encoding, errors="ignore")
+        return head.decode("cp1252", errors="replace")
 
 
-# --- parsing ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _TextShape:
+    """What the scan of a text file checks each line against."""
+
+    delimiter: str
+    width: int  # fields of the header (or of the first line without one)
+    skip_lines: int  # lines before the first data line
+    newline: bytes  # b"\n", or b"\r" for a file with old Mac line ends
 
 
-def _parse_parquet(data: bytes, origin: str) -> _Parsed:
+def _scan_text(stream: BinaryIO, encoding: str, shape: _TextShape, origin: str) -> tuple[str, int]:
+    """One pass over the raw bytes before parsing: the encoding the whole file decodes with (UTF-8, else cp1252
+    when the text is otherwise clean, as Windows spreadsheets save it), every line within MAX_LINE_LENGTH, and no
+    data line with more fields than the header (an unquoted delimiter would shift its columns). Returns the
+    encoding and the number of lines."""
     try:
-        frame = pd.read_parquet(io.BytesIO(data))
-    except Exception as error:  # pyarrow raises several types for corrupt files; all mean the same here
-        raise BarFileError(origin, f"the Parquet file cannot be read: {error}") from error
-    if isinstance(frame.index, pd.DatetimeIndex) or frame.index.name is not None:
-        frame = frame.reset_index()  # e.g. a yfinance frame saved with its Date index
-    frame.columns = [str(c) for c in frame.columns]
-    return _Parsed(frame, np.arange(1, len(frame) + 1), "row", has_header=True)
-
-
-def _parse_csv(text: str, origin: str) -> _Parsed:
-    head = text[:HEAD_CHARS].splitlines()[:200]  # enough to find the header without splitting a 200 MB text
-    first_index = next((i for i, line in enumerate(head) if line.strip()), None)
-    if first_index is None:
-        raise BarFileError(origin, "the file is empty")
-    delimiter = _sniff_delimiter(head[first_index : first_index + 20])
-    first_fields = [f.strip().strip('"') for f in head[first_index].split(delimiter)]
-    has_header = not all(_is_number(f) for f in first_fields if f)
-
-    header_lines = 1 if has_header else 0
-    options: dict = {"header": 0 if has_header else None}
-    if has_header and first_fields[0].lower() == "price" and _first_field(head, first_index + 1, delimiter) == "ticker":
-        # yfinance's download().to_csv(): "Price,Close,..." / "Ticker,SPY,..." / "Date,,,...", then data.
-        third = head[first_index + 2] if len(head) > first_index + 2 else ""
-        ts_name = third.split(delimiter)[0].strip().strip('"') or "Date"  # as written: Date or Datetime
-        options = {"header": None, "names": [ts_name, *first_fields[1:]]}
-        header_lines = 3
-
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=delimiter,
-            skiprows=first_index + (3 if header_lines == 3 else 0),
-            index_col=False,  # never turn a first column into the index when rows have an extra field
-            skip_blank_lines=False,  # keep blank lines so row positions map back to line numbers
-            low_memory=False,
-            skipinitialspace=True,
-            **options,
+        return encoding, _scan_pass(stream, encoding, "strict", shape, origin)
+    except UnicodeDecodeError as error:
+        if encoding != "utf-8":
+            raise BarFileError(origin, f"byte {error.start} is not {encoding} text: {_SAVE_AS_UTF8}") from None
+        position = error.start
+    stream.seek(0)
+    text = stream.read(HEAD_BYTES).decode("cp1252", errors="replace")
+    control = sum(1 for ch in text if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\r\n\t"))
+    if control > 0.01 * len(text):
+        raise BarFileError(
+            origin, f"not a CSV or Parquet file: byte {position} is not text (neither UTF-8 nor cp1252)"
         )
-    except (pd.errors.ParserError, ValueError) as error:
-        raise BarFileError(origin, f"the CSV cannot be parsed: {error}") from error
-    # Line number of each data row in the original file (1-based), then drop the blank lines.
-    numbers = np.arange(len(frame)) + first_index + header_lines + 1
-    blank = frame.isna().all(axis=1).to_numpy()
-    if blank.any():
-        frame = frame.loc[~blank].reset_index(drop=True)
-        numbers = numbers[~blank]
-    if len(frame) == 0:
-        raise BarFileError(origin, "the file has a header but no data rows" if has_header else "the file is empty")
-    if not has_header:
-        frame.columns = [f"column {i + 1}" for i in range(frame.shape[1])]
-    return _Parsed(frame, numbers, "line", has_header, yfinance_header=header_lines == 3)
+    return "cp1252", _scan_pass(stream, "cp1252", "replace", shape, origin)
+
+
+def _scan_pass(stream: BinaryIO, encoding: str, errors: str, shape: _TextShape, origin: str) -> int:
+    """Decode block by block (UnicodeDecodeError carries the file offset); lines and fields are counted on the
+    bytes with numpy (delimiter and line end are one byte in UTF-8 and cp1252; UTF-16 is measured as text).
+    Returns the number of lines (the last one counted even when empty)."""
+    stream.seek(0)
+    decoder = codecs.getincrementaldecoder(encoding)(errors=errors)
+    one_byte = encoding != "utf-16"
+    line, length, fields, quoted, offset = 1, 0, 0, False, 0  # the line in progress at the end of a block
+    newline, delimiter = shape.newline[0], ord(shape.delimiter)
+    while True:
+        block = stream.read(SCAN_BYTES)
+        try:
+            text = decoder.decode(block, final=not block)
+        except UnicodeDecodeError as error:
+            error.start += offset
+            raise
+        offset += len(block)
+        if not one_byte:
+            parts = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            lengths = np.array([length + len(parts[0]), *map(len, parts[1:])])
+            _refuse_long_line(lengths, line, origin)
+            line, length = line + len(parts) - 1, int(lengths[-1])
+        else:
+            raw = np.frombuffer(block, dtype=np.uint8)
+            ends = np.flatnonzero(raw == newline)
+            starts = np.concatenate(([0], ends + 1))
+            lengths = np.concatenate((ends, [len(raw)])) - starts
+            lengths[0] += length
+            lengths[:-1] -= (raw[ends - 1] == 13) if newline == 10 and len(ends) else 0  # CRLF: \r is no content
+            _refuse_long_line(lengths, line, origin)
+            # Fields per line: delimiters in it, unless a quote makes the count uncertain (pandas reads quotes).
+            counts = np.bincount(np.searchsorted(ends, np.flatnonzero(raw == delimiter)), minlength=len(ends) + 1)
+            quotes = np.bincount(np.searchsorted(ends, np.flatnonzero(raw == 34)), minlength=len(ends) + 1) > 0
+            counts[0] += fields
+            quotes[0] |= quoted
+            numbers = line + np.arange(len(counts))
+            wide = (counts + 1 > shape.width) & ~quotes & (numbers > shape.skip_lines)
+            if not block:
+                wide &= lengths > 0
+            elif len(wide):
+                wide[-1] = False  # the last line goes on in the next block
+            if wide.any():
+                at = int(np.argmax(wide))
+                raise BarFileError(
+                    origin,
+                    f"line {numbers[at]:,} has {counts[at] + 1} fields, more than the {shape.width} of the header "
+                    "(or first line): an unquoted delimiter, such as a thousands separator, would shift its columns",
+                )
+            line, length, fields, quoted = line + len(ends), int(lengths[-1]), int(counts[-1]), bool(quotes[-1])
+        if not block:
+            return line
+
+
+def _refuse_long_line(lengths: np.ndarray, line: int, origin: str) -> None:
+    if len(lengths) and lengths.max() > MAX_LINE_LENGTH:
+        at = int(np.argmax(lengths > MAX_LINE_LENGTH))
+        raise BarFileError(
+            origin,
+            f"line {line + at:,} is over {MAX_LINE_LENGTH:,} characters long (the limit for a CSV line): not a "
+            "bar file, or a field holds far more than a number or a time",
+        )
+
+
+# --- CSV ----------------------------------------------------------------------------------------------------
+
+
+class _CsvReader:
+    """A text file: encoding and limits checked, header and layout found, then its rows in batches."""
+
+    kind = "csv"
+    row_label = "line"
+
+    def __init__(self, stream: BinaryIO, head: bytes, origin: str):
+        self.stream, self.origin = stream, origin
+        declared = _text_encoding(head, origin)
+        head_text = _decode_head(head, declared)
+        self._check_first_line_width(head_text, len(head) == HEAD_BYTES)
+        lines = head_text.splitlines()[:200]
+        first_index = next((i for i, line in enumerate(lines) if line.strip()), None)
+        if first_index is None:
+            raise BarFileError(origin, "the file is empty")
+        self.delimiter = _sniff_delimiter(lines[first_index : first_index + 20])
+        first_fields = _split_fields(lines[first_index], self.delimiter)
+        has_header = not all(_is_number(f) for f in first_fields if f)
+        names, header_lines = first_fields, 1 if has_header else 0
+        yfinance_header = False
+        if has_header and first_fields[0].lower() == "price" and _first_field(lines, first_index + 1, self.delimiter) == "ticker":
+            # yfinance's download().to_csv(): "Price,Close,..." / "Ticker,SPY,..." / "Date,,,...", then data.
+            third = lines[first_index + 2] if len(lines) > first_index + 2 else ""
+            ts_name = third.split(self.delimiter)[0].strip().strip('"') or "Date"  # as written: Date or Datetime
+            names, header_lines, yfinance_header = [ts_name, *first_fields[1:]], 3, True
+        if not has_header:
+            names = [f"column {i + 1}" for i in range(len(first_fields))]
+        self.has_header = has_header
+        self.skip_lines = first_index + header_lines
+        self.layout = _find_layout(names, has_header, yfinance_header, origin)
+        newline = b"\r" if b"\n" not in head and b"\r" in head else b"\n"
+        shape = _TextShape(self.delimiter, len(names), self.skip_lines, newline)
+        self.encoding, lines = _scan_text(stream, declared, shape, origin)
+        self.capacity = max(lines - self.skip_lines, 0)  # data rows at most (blank lines are dropped)
+        stream.seek(0)
+
+    def _check_first_line_width(self, head_text: str, truncated: bool) -> None:
+        lines = head_text.splitlines()
+        first = next((line for line in lines if line.strip()), "")
+        delimiter = _sniff_delimiter([first])
+        count = first.count(delimiter) + 1
+        if count > MAX_COLUMNS:
+            cut = truncated and len(lines) <= 1
+            raise BarFileError(
+                self.origin,
+                f"the first line has {'more than ' if cut else ''}{count - 1 if cut else count:,} columns, over the "
+                f"{MAX_COLUMNS}-column limit: keep the time and open/high/low/close/volume columns",
+            )
+
+    def chunks(self) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        """Batches of CHUNK_ROWS rows (blank lines dropped) with each row's line number; columns are named by
+        their position in the file, only those the layout uses."""
+        width = len(self.layout.names)
+        self.stream.seek(0)
+        line, rows = self.skip_lines + 1, 0
+        try:
+            reader = pd.read_csv(
+                self.stream,
+                sep=self.delimiter,
+                header=None,
+                names=list(range(width)),
+                usecols=self.layout.used,  # a longer line was refused by the scan: nothing is cut off silently
+                index_col=False,
+                skiprows=self.skip_lines,
+                skip_blank_lines=False,  # keep blank lines so row positions map back to line numbers
+                skipinitialspace=True,
+                chunksize=CHUNK_ROWS,
+                encoding=self.encoding,
+                encoding_errors="replace" if self.encoding == "cp1252" else "strict",
+            )
+            for frame in reader:
+                numbers = np.arange(line, line + len(frame))
+                line += len(frame)
+                blank = frame.isna().all(axis=1).to_numpy()
+                if blank.any():
+                    frame, numbers = frame.loc[~blank], numbers[~blank]
+                rows += len(frame)
+                if rows > MAX_ROWS:
+                    raise _too_many_rows(self.origin, f"more than {MAX_ROWS:,}")
+                yield frame, numbers
+        except BarFileError:
+            raise
+        except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as error:
+            raise BarFileError(self.origin, f"the CSV cannot be parsed: {error}") from error
+
+
+def _too_many_rows(origin: str, count: str, how: str = "") -> BarFileError:
+    return BarFileError(
+        origin,
+        f"the file holds {count} rows{how}, over the {MAX_ROWS:,}-row import limit ({limits_text()}): split it, "
+        "e.g. one year per file",
+    )
+
+
+def _split_fields(line: str, delimiter: str) -> list[str]:
+    fields = next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
+    return [f.strip().strip('"') for f in fields]
 
 
 def _sniff_delimiter(sample: list[str]) -> str:
@@ -333,6 +545,92 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# --- Parquet ------------------------------------------------------------------------------------------------
+
+
+class _ParquetReader:
+    """A Parquet file: limits checked on its footer before any page is decompressed, then its rows in batches."""
+
+    kind = "parquet"
+    row_label = "row"
+
+    def __init__(self, stream: BinaryIO, origin: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.origin = origin
+        stream.seek(0, io.SEEK_END)
+        size = stream.tell()
+        stream.seek(max(size - 8, 0))
+        tail = stream.read(8)
+        stream.seek(0)
+        if size < 12 or tail[4:] != b"PAR1":
+            raise BarFileError(origin, "the Parquet file cannot be read: it has no Parquet footer (cut short?)")
+        footer = int.from_bytes(tail[:4], "little")
+        if footer > MAX_PARQUET_FOOTER_BYTES:
+            raise BarFileError(
+                origin, f"the Parquet file's metadata is {_size_text(footer)}, over the "
+                f"{_size_text(MAX_PARQUET_FOOTER_BYTES)} limit: far more columns or row groups than bars need",
+            )
+        try:
+            schema = pq.read_schema(stream)
+            stream.seek(0)
+            text_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            # Text stays dictionary-encoded: a value repeated in every row is decoded once, not once per row.
+            self.file = pq.ParquetFile(stream, read_dictionary=text_columns)
+        except Exception as error:  # pyarrow raises several types for corrupt files; all mean the same here
+            raise BarFileError(origin, f"the Parquet file cannot be read: {error}") from error
+        metadata = self.file.metadata
+        if metadata.num_columns > MAX_COLUMNS:
+            raise BarFileError(
+                origin, f"the Parquet file has {metadata.num_columns:,} columns, over the {MAX_COLUMNS}-column limit"
+            )
+        if metadata.num_rows > MAX_ROWS:
+            raise _too_many_rows(origin, f"{metadata.num_rows:,}", " (its metadata says; nothing was decompressed)")
+        self.capacity = metadata.num_rows
+        names = [str(name) for name in self.file.schema_arrow.names]
+        self.layout = _find_layout(names, True, False, origin)
+        self.columns = [names[i] for i in self.layout.used]
+        uncompressed = sum(
+            group.column(j).total_uncompressed_size
+            for group in (metadata.row_group(i) for i in range(metadata.num_row_groups))
+            for j in range(group.num_columns)
+            if group.column(j).path_in_schema.split(".")[0] in self.columns
+        )
+        if uncompressed > MAX_UNCOMPRESSED_BYTES:
+            raise BarFileError(
+                origin,
+                f"the Parquet columns to read are {_size_text(uncompressed)} uncompressed (its metadata says), over "
+                f"the {_size_text(MAX_UNCOMPRESSED_BYTES)} limit ({limits_text()})",
+            )
+
+    def chunks(self) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        position = {name: i for i, name in zip(self.layout.used, self.columns)}
+        row = 0
+        try:
+            for batch in self.file.iter_batches(batch_size=CHUNK_ROWS, columns=self.columns):
+                frame = batch.to_pandas(ignore_metadata=True).rename(columns=position)  # an index stays a column
+                for column in frame.columns:
+                    if isinstance(frame[column].dtype, pd.CategoricalDtype):
+                        frame[column] = self._decoded(frame[column])
+                numbers = np.arange(row + 1, row + 1 + len(frame))
+                row += len(frame)
+                if row > MAX_ROWS:
+                    raise _too_many_rows(self.origin, f"more than {MAX_ROWS:,}")
+                yield frame, numbers
+        except BarValidationError:
+            raise
+        except Exception as error:  # a corrupt page shows only when it is read
+            raise BarFileError(self.origin, f"the Parquet file cannot be read: {error}") from error
+
+    def _decoded(self, column: pd.Series) -> pd.Series:
+        """A dictionary-encoded text column as plain text (pointers to its few distinct values)."""
+        categories = column.cat.categories
+        if len(categories) and categories.astype(str).str.len().max() > MAX_LINE_LENGTH:
+            raise BarFileError(self.origin, f"a text value over {MAX_LINE_LENGTH:,} characters long: not a bar file")
+        return column.astype(object)
+
+
 # --- columns ------------------------------------------------------------------------------------------------
 
 
@@ -341,96 +639,222 @@ def _normalise_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Columns:
-    frame: pd.DataFrame  # ts (UTC timestamps, or text for validate_bars to parse) and the five value columns
-    layout: str
-    time_column: str
-    epoch_unit: str | None
-    file_symbol: str | None = None
-    stated_interval: str | None = None
+class _Layout:
+    """Which of a file's columns hold what, by position (the same for every batch)."""
+
+    names: tuple[str, ...]  # as in the file ("column 1", ... without a header)
+    has_header: bool
+    yfinance_header: bool
+    ts: int
+    values: dict[str, int]  # open/high/low/close/volume -> position
+    symbol: int | None = None
+    rtype: int | None = None
+
+    @property
+    def used(self) -> list[int]:
+        positions = {self.ts, *self.values.values(), self.symbol, self.rtype}
+        return sorted(p for p in positions if p is not None)
+
+    @property
+    def ts_name(self) -> str:
+        return _normalise_name(self.names[self.ts])
 
 
-def _to_bar_columns(parsed: _Parsed, origin: str) -> _Columns:
-    frame = parsed.frame
-    if not parsed.has_header:
-        return _headerless_kline(frame, origin)
+def _find_layout(names: list[str], has_header: bool, yfinance_header: bool, origin: str) -> _Layout:
+    if not has_header:
+        if len(names) < 6:
+            raise BarFileError(
+                origin,
+                f"layout not recognised: no header and only {len(names)} column(s); a file without a header "
+                "must be an exchange kline file (open time, open, high, low, close, volume, ...)",
+            )
+        return _Layout(tuple(names), False, False, 0, {name: i + 1 for i, name in enumerate(BAR_COLUMNS[1:])})
 
-    by_name: dict[str, str] = {}
-    for column in frame.columns:
-        by_name.setdefault(_normalise_name(column), column)
-    found = ", ".join(map(str, frame.columns[:15])) + (" ..." if frame.shape[1] > 15 else "")
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        positions.setdefault(_normalise_name(name), []).append(i)
+    found = ", ".join(map(str, names[:15])) + (" ..." if len(names) > 15 else "")
 
-    ts_column = next((by_name[a] for a in TS_ALIASES if a in by_name), None)
-    mapping = {
-        ours: next((by_name[a] for a in aliases if a in by_name), None) for ours, aliases in VALUE_ALIASES.items()
-    }
+    def first(aliases) -> int | None:
+        return next((positions[a][0] for a in aliases if a in positions), None)
+
+    ts = first(TS_ALIASES)
+    mapping = {ours: first(aliases) for ours, aliases in VALUE_ALIASES.items()}
     missing = [ours for ours, column in mapping.items() if column is None]
-    if ts_column is None and len(missing) == len(VALUE_ALIASES):
+    if ts is None and len(missing) == len(VALUE_ALIASES):
         raise BarFileError(
             origin,
             f"layout not recognised: no timestamp column ({', '.join(TS_ALIASES[:6])}, ...) and no "
             f"open/high/low/close/volume columns among: {found}",
         )
-    if ts_column is None:
-        raise BarFileError(
-            origin, f"no timestamp column: expected one of {', '.join(TS_ALIASES[:7])} (found: {found})"
-        )
+    if ts is None:
+        raise BarFileError(origin, f"no timestamp column: expected one of {', '.join(TS_ALIASES[:7])} (found: {found})")
     if missing:
         raise BarFileError(origin, f"missing column(s) {', '.join(missing)} (found: {found})")
-
-    file_symbol = _one_symbol(frame, by_name, origin)
-    ts, unit = _timestamps(frame[ts_column], origin)
-    ts_name, names = _normalise_name(ts_column), set(by_name)
-    values = {ours: frame[column] for ours, column in mapping.items()}
-    stated_interval = None
-    layout = _describe_layout(ts_name, names, unit, parsed.yfinance_header)
-    if ts_name == "ts_event":
-        stated_interval = _databento_interval(frame[by_name["rtype"]]) if "rtype" in names else None
-        layout = "Databento ohlcv" + (f"-{stated_interval}" if stated_interval else "")
-        prices = [values[k] for k in ("open", "high", "low", "close")]
-        if all(pd.api.types.is_integer_dtype(p.dtype) for p in prices):
-            values.update({k: values[k] * DATABENTO_PRICE_SCALE for k in ("open", "high", "low", "close")})
-            layout += " (fixed-point prices in 1e-9 units, scaled)"
-    out = pd.DataFrame({"ts": ts, **values})
-    return _Columns(out, layout, str(ts_column), unit, file_symbol, stated_interval)
+    symbol = first(SYMBOL_ALIASES)
+    for position in (ts, *mapping.values(), symbol):
+        if position is not None and len(same := positions[_normalise_name(names[position])]) > 1:
+            columns = ", ".join(str(i + 1) for i in same)
+            times = "twice" if len(same) == 2 else f"{len(same)} times"
+            raise BarFileError(
+                origin, f"the header names {names[position]!r} {times} (columns {columns}): keep one of them"
+            )
+    return _Layout(tuple(names), True, yfinance_header, ts, mapping, symbol, first(("rtype",)))
 
 
-def _one_symbol(frame: pd.DataFrame, by_name: dict[str, str], origin: str) -> str | None:
-    """The value of the file's symbol/ticker column; a file with several symbols is refused."""
-    column = next((by_name[a] for a in SYMBOL_ALIASES if a in by_name), None)
-    if column is None:
-        return None
-    symbols = frame[column].dropna().astype(str).str.strip().unique()
-    if len(symbols) > 1:
-        shown = ", ".join(sorted(symbols)[:5]) + (", ..." if len(symbols) > 5 else "")
-        raise BarFileError(
-            origin,
-            f"the file holds {len(symbols)} symbols in its {column} column ({shown}): import one symbol per file "
-            "(keep only that symbol's rows)",
+class _BarBuilder:
+    """Turns batches of a file's columns into validated bars, checking what must agree between batches (the
+    unix time unit, the day/month order, fixed-point prices, one symbol), and joins them at the end.
+
+    The bars are written into columns allocated once for all rows the file can hold (capacity: its data lines,
+    or a Parquet file's row count, at most MAX_ROWS), so the batches are never copied into a second set of
+    arrays when joined: memory is the kept bars (48 bytes each, plus 4 for the row's number) and one batch.
+    """
+
+    def __init__(self, layout: _Layout, origin: str, row_label: str, date_format: str | None, capacity: int):
+        self.layout, self.origin, self.row_label = layout, origin, row_label
+        self.date_format = date_format  # as told; after the first batch of day/month dates, as that batch showed
+        self.date_order: str | None = None
+        self.unit: tuple[str | None, int] | None = None  # (epoch unit or None for text, first line)
+        self.fixed_point: bool | None = None
+        self.symbols: set[str] = set()
+        self.rtypes: set[int] = set()
+        capacity = min(capacity, MAX_ROWS)
+        self.columns = {"ts": np.empty(capacity, dtype="int64"), "line": np.empty(capacity, dtype="int32")}
+        self.columns.update({c: np.empty(capacity, dtype="float64") for c in BAR_COLUMNS[1:]})
+        self.filled = 0
+        self.problems: list[Problem] = []
+        self.rows_read = self.empty_rows = self.repairs = 0
+        self.repaired_examples: tuple[str, ...] = ()
+
+    def add(self, frame: pd.DataFrame, numbers: np.ndarray) -> None:
+        self.rows_read += len(frame)
+        if len(frame) == 0:
+            return
+        columns = self._bar_columns(frame, numbers)
+        values = columns[list(BAR_COLUMNS[1:])]
+        empty = values.isna().all(axis=1).to_numpy() & columns["ts"].notna().to_numpy()
+        if empty.any():
+            self.empty_rows += int(empty.sum())
+            columns, numbers = columns.loc[~empty], numbers[~empty]
+            if len(columns) == 0:
+                return
+        try:
+            checked = validate_and_repair(
+                columns, self.origin, row_numbers=numbers, row_label=self.row_label, date_format=self.date_format,
+                sort=False,
+            )
+        except BarValidationError as error:
+            # Refused: keep reading only to count the problems in the whole file; drop the bars.
+            self.problems = merge_problems(self.problems, error.problems)
+            return
+        if self.problems:
+            return
+        if checked.date_order is not None and self.date_order is None:
+            self.date_order = checked.date_order
+            if self.date_format is None:
+                self.date_format = checked.date_order.split(" ")[0]  # later batches must agree
+        self.repairs += checked.rounding_repairs
+        self.repaired_examples = (self.repaired_examples + checked.repaired_examples)[:3]
+        bars, start = checked.bars, self.filled
+        end = start + len(bars)
+        if end > len(self.columns["ts"]):  # more rows than the scan counted lines: cannot happen, but never overrun
+            raise _too_many_rows(self.origin, f"more than {len(self.columns['ts']):,}")
+        self.columns["ts"][start:end] = pd.DatetimeIndex(bars["ts"]).as_unit("us").asi8
+        self.columns["line"][start:end] = numbers
+        for c in BAR_COLUMNS[1:]:
+            self.columns[c][start:end] = bars[c].to_numpy(dtype="float64")
+        self.filled = end
+
+    def _bar_columns(self, frame: pd.DataFrame, numbers: np.ndarray) -> pd.DataFrame:
+        layout = self.layout
+        raw_ts = frame[layout.ts]
+        ts, unit = _timestamps(raw_ts, self.origin)
+        if raw_ts.notna().any():
+            if self.unit is None:
+                self.unit = (unit, int(numbers[0]))
+            elif self.unit[0] != unit:
+                def kind(u):
+                    return f"unix {u}" if u else "text"
+                raise BarValidationError(self.origin, [Problem(
+                    f"the time column changes from {kind(self.unit[0])} (from {self.row_label} {self.unit[1]}) to "
+                    f"{kind(unit)} (by {self.row_label} {numbers[-1]}): unix times in different units or mixed with "
+                    "text", 0)])
+        if not layout.has_header and unit is None:
+            raise BarFileError(self.origin, "layout not recognised: no header, and the first column is not a unix time")
+        values = {ours: frame[position] for ours, position in layout.values.items()}
+        if layout.ts_name == "ts_event":
+            prices = [values[k] for k in ("open", "high", "low", "close")]
+            fixed = all(pd.api.types.is_integer_dtype(p.dtype) for p in prices)
+            if self.fixed_point is None:
+                self.fixed_point = fixed
+            elif self.fixed_point and not fixed:
+                raise BarFileError(
+                    self.origin, f"prices change from fixed-point integers to decimals by {self.row_label} "
+                    f"{numbers[-1]}: a Databento file has one price encoding",
+                )
+            if self.fixed_point:
+                values.update({k: values[k] * DATABENTO_PRICE_SCALE for k in ("open", "high", "low", "close")})
+        if layout.symbol is not None:
+            self._one_symbol(frame[layout.symbol])
+        if layout.rtype is not None:
+            self.rtypes.update(int(c) for c in pd.to_numeric(frame[layout.rtype], errors="coerce").dropna().unique())
+        return pd.DataFrame({"ts": ts, **values})
+
+    def _one_symbol(self, column: pd.Series) -> None:
+        """A file holds one symbol: a second value in its symbol/ticker column is refused."""
+        self.symbols.update(column.dropna().astype(str).str.strip().unique())
+        if len(self.symbols) > 1:
+            shown = ", ".join(sorted(self.symbols)[:5]) + (", ..." if len(self.symbols) > 5 else "")
+            name = self.layout.names[self.layout.symbol]
+            raise BarFileError(
+                self.origin,
+                f"the file holds {len(self.symbols)} symbols in its {name} column ({shown}): import one symbol per "
+                "file (keep only that symbol's rows)",
+            )
+
+    def finish(self, kind: str, saved_at: pd.Timestamp | None, encoding: str | None) -> BarFile:
+        if self.rows_read == 0:
+            raise BarFileError(
+                self.origin, "the file has a header but no data rows" if self.layout.has_header else "the file is empty"
+            )
+        if self.problems:
+            raise BarValidationError(self.origin, self.problems)
+        if self.filled == 0:
+            raise BarFileError(self.origin, f"every row's prices and volume are empty ({self.rows_read:,} rows)")
+        kept = {name: column[: self.filled] for name, column in self.columns.items()}
+        self.columns = {}
+        numbers = kept.pop("line")
+        ts = pd.DatetimeIndex(kept.pop("ts").view("datetime64[us]")).tz_localize("UTC")
+        unsorted = pd.DataFrame({"ts": ts, **kept}, copy=False)
+        bars = sort_and_deduplicate(unsorted, self.origin, numbers, self.row_label)
+        unit = self.unit[0] if self.unit else None
+        stated = next(iter(self.rtypes)) if len(self.rtypes) == 1 else None
+        stated_interval = DATABENTO_RTYPE_INTERVALS.get(stated) if stated is not None else None
+        layout = _describe_layout(self.layout.ts_name, set(_normalise_name(n) for n in self.layout.names), unit,
+                                  self.layout.yfinance_header) if self.layout.has_header else \
+            f"Binance klines without header ({len(self.layout.names)} columns)"
+        if self.layout.ts_name == "ts_event" and self.layout.has_header:
+            layout = "Databento ohlcv" + (f"-{stated_interval}" if stated_interval else "")
+            if self.fixed_point:
+                layout += " (fixed-point prices in 1e-9 units, scaled)"
+        return BarFile(
+            bars=bars,
+            origin=self.origin,
+            layout=f"{kind}: {layout}",
+            time_column=str(self.layout.names[self.layout.ts]),
+            epoch_unit=unit,
+            rows_read=self.rows_read,
+            rounding_repairs=self.repairs,
+            repaired_examples=self.repaired_examples,
+            duplicates_dropped=len(unsorted) - len(bars),
+            empty_rows_dropped=self.empty_rows,
+            file_symbol=next(iter(self.symbols)) if self.symbols else None,
+            stated_interval=stated_interval,
+            saved_at=saved_at,
+            date_order=self.date_order,
+            encoding=encoding,
         )
-    return str(symbols[0]) if len(symbols) else None
-
-
-def _databento_interval(rtype: pd.Series) -> str | None:
-    codes = pd.to_numeric(rtype, errors="coerce").dropna().unique()
-    if len(codes) != 1:
-        return None
-    return DATABENTO_RTYPE_INTERVALS.get(int(codes[0]))
-
-
-def _headerless_kline(frame: pd.DataFrame, origin: str) -> _Columns:
-    """No header: an exchange kline file, open time first, then open, high, low, close, volume."""
-    if frame.shape[1] < 6:
-        raise BarFileError(
-            origin,
-            f"layout not recognised: no header and only {frame.shape[1]} column(s); a file without a header "
-            "must be an exchange kline file (open time, open, high, low, close, volume, ...)",
-        )
-    ts, unit = _timestamps(frame.iloc[:, 0], origin)
-    if unit is None:
-        raise BarFileError(origin, "layout not recognised: no header, and the first column is not a unix time")
-    out = pd.DataFrame({"ts": ts, **{name: frame.iloc[:, i + 1] for i, name in enumerate(BAR_COLUMNS[1:])}})
-    return _Columns(out, f"Binance klines without header ({frame.shape[1]} columns)", "column 1", unit)
 
 
 def _describe_layout(ts_name: str, names: set[str], unit: str | None, yfinance_header: bool) -> str:
