@@ -143,11 +143,14 @@ def prepare_import(
     origin = loaded.origin
     bars = loaded.bars
     notes = []
-    normalised = 0
+    normalised, clash = 0, None
     if interval == "1d":
-        bars, normalised, note = normalise_daily_stamps(bars, origin)
-        if note:
-            notes.append(note)
+        try:
+            bars, normalised, note = normalise_daily_stamps(bars, origin)
+        except ValueError as error:  # refused below, unless the interval checks give the better reason
+            clash = error
+        else:
+            notes.extend([note] if note else [])
     in_span = pd.Series(True, index=bars.index)
     if start is not None:
         in_span &= bars["ts"] >= start
@@ -164,6 +167,8 @@ def prepare_import(
             f"import with --interval {loaded.stated_interval}"
         )
     spacing = check_spacing(bars["ts"], interval, origin)
+    if clash is not None:
+        raise clash
     hours = market_hours(bars["ts"], interval, symbol)
     if loaded.file_symbol and loaded.file_symbol.upper() != symbol.upper():
         notes.append(f"the file's symbol column says {loaded.file_symbol}; stored as {symbol}")

@@ -66,3 +66,9 @@ def test_imported_daily_equity_and_crypto_share_the_panel_s_rows(db_path):
     panel = read_panel(["BTC", "AAPL"], "1d", db_path=db_path)
     row = panel.ts.get_loc(pd.Timestamp("2024-01-02", tz="UTC"))
     assert panel.observed[row].all()  # the session of Jan 2 is on Jan 2's row, beside BTC's Jan 2 bar
+
+
+def test_an_hourly_file_imported_as_daily_is_refused_for_its_spacing_not_for_clashing_dates(db_path):
+    result = import_file(db_path, FILES / "yfinance_history_SPY_1h.csv", "SPY", "1d")
+    assert result.outcome == "error" and "import with --interval 1h" in result.message
+    assert "fall on" not in result.message and not cache.has_bars(db_path)
