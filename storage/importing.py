@@ -10,7 +10,14 @@ against what the user says they are and against the market's calendar (storage.s
 2. the interval: a bar size the file states itself (Databento's rtype) and the bars' median spacing within
    sessions must both be the interval they are imported as, else the import is refused (nothing is stored);
 3. a last bar whose period was not over when the file was written, or is not over now, is dropped;
-4. sessions (NYSE) or periods (24/7) without a bar are counted: a warning in the report, not a refusal.
+4. sessions (NYSE) or periods (24/7) without a bar are counted: a warning in the report, not a refusal;
+5. plausibility (plausibility_text): a bar opening before 1970, or before 2009 for a crypto symbol (BTC,
+   ETH/USDT, ...), refuses the file; a one-bar move with |log return| above max_log_return (MAX_LOG_RETURN, 3: a
+   20-fold move) is flagged in the report and kept, since splits and crashes are real. Prices outside
+   [1e-8, 1e9] were refused by validation already.
+
+The import is then written by storage.cache, which refuses bars that would interleave with the series already
+stored (bars less than one interval from a stored bar, or off its clock).
 
 The ImportReport says all of it; the refresh CLI prints it, SymbolResult carries it to the Data page, and its
 JSON is stored with the import's refresh_log row, so `latest_import_reports` can show it later.
@@ -30,10 +37,29 @@ from storage.sessions import (
     IntervalMismatchError,
     check_spacing,
     count_missing,
+    looks_like_crypto,
     market_hours,
     partial_last_bar,
 )
 from storage.sources.files import BarFile
+from storage.validation import PRICE_CEILING, PRICE_FLOOR
+
+# The first bar a plausible file holds: nothing here trades before the Unix epoch, and no crypto asset before
+# Bitcoin's first block (2009-01-03).
+EARLIEST_BAR = pd.Timestamp("1970-01-01", tz="UTC")
+EARLIEST_CRYPTO_BAR = pd.Timestamp("2009-01-01", tz="UTC")
+# A one-bar close-to-close move with |log return| above this is flagged (a warning; the bar is kept): 3 is a
+# 20-fold rise or a 95% fall in one bar, a unit change (cents vs dollars) or a glitch more often than a market.
+MAX_LOG_RETURN = 3.0
+MAX_JUMPS_SHOWN = 3
+
+
+def plausibility_text(max_log_return: float = MAX_LOG_RETURN) -> str:
+    """The plausibility rules, and which refuse and which warn, for the report."""
+    return (
+        f"refused: bars before {EARLIEST_BAR:%Y} (before {EARLIEST_CRYPTO_BAR:%Y} for crypto), prices outside "
+        f"[{PRICE_FLOOR:g}, {PRICE_CEILING:g}]; warned: one-bar |log return| > {max_log_return:g}"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,11 @@ class ImportReport:
     bars_on_closed_days: int = 0  # NYSE: bars dated on a weekend or holiday (kept)
     notes: tuple[str, ...] = ()
     stamps_normalised: int = 0  # daily bars whose stamp was moved to their session date at 00:00 UTC
+    date_order: str | None = None  # day/month text dates: "day-first (line 14: '13/01/2021')"
+    encoding: str | None = None  # text files: utf-8, utf-8-sig, utf-16, cp1252
+    plausibility: str = ""  # the rules checked (plausibility_text)
+    jumps_flagged: int = 0  # bars whose close moved more than max_log_return (log) from the previous close: kept
+    first_jumps: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """The report as aligned lines for a terminal."""
@@ -70,11 +101,18 @@ class ImportReport:
             ("rows read", f"{self.rows_read:,}"),
             ("rows kept", f"{self.rows_kept:,}"),
             ("rows repaired", self._repaired_text()),
+            *([("date order", self.date_order)] if self.date_order else []),
+            *([("encoding", self.encoding)] if self.encoding not in (None, "utf-8") else []),
             ("partial last bar", self.partial_last_bar or "none"),
             ("interval", f"{self.interval} ({self.spacing})"),
             ("market hours", self.market_hours),
             (f"missing {self.missing_unit}", self._missing_text()),
         ]
+        if self.plausibility:
+            rows.append(("plausibility", self.plausibility))
+            jumps = "none" if not self.jumps_flagged else f"{self.jumps_flagged:,} flagged, kept: " + ", ".join(
+                self.first_jumps) + (", ..." if self.jumps_flagged > len(self.first_jumps) else "")
+            rows.append(("large moves", jumps))
         if self.duplicates_dropped:
             rows.append(("duplicates dropped", f"{self.duplicates_dropped:,} (identical repeated rows)"))
         if self.empty_rows_dropped:
@@ -100,6 +138,10 @@ class ImportReport:
             shown = ", ".join(self.first_missing[:3]) + (", ..." if self.missing > 3 else "")
             unit = self.missing_unit if self.missing != 1 else self.missing_unit[:-1]
             parts.append(f"{self.missing:,} missing {unit} ({shown})")
+        if self.jumps_flagged:
+            parts.append(f"{self.jumps_flagged:,} implausibly large one-bar moves flagged ({self.first_jumps[0]})")
+        if self.date_order:
+            parts.append(f"dates read {self.date_order.split(' ')[0]}")
         return "; ".join(parts)
 
     def to_json(self) -> str:
@@ -134,10 +176,12 @@ def prepare_import(
     start: pd.Timestamp | None = None,
     end: pd.Timestamp | None = None,
     now: pd.Timestamp | None = None,
+    max_log_return: float = MAX_LOG_RETURN,
 ) -> tuple[pd.DataFrame, ImportReport]:
     """The bars of `loaded` to store as (symbol, interval), and the report; raises ValueError to refuse.
 
     start/end: keep bars with start <= ts < end (UTC). now: the clock for the partial-bar check (default: now).
+    max_log_return: one-bar moves beyond it are flagged in the report (kept).
     """
     now = pd.Timestamp.now(tz="UTC") if now is None else now
     origin = loaded.origin
@@ -151,13 +195,15 @@ def prepare_import(
             clash = error
         else:
             notes.extend([note] if note else [])
-    in_span = pd.Series(True, index=bars.index)
-    if start is not None:
-        in_span &= bars["ts"] >= start
-    if end is not None:
-        in_span &= bars["ts"] < end
-    outside = int((~in_span).sum())
-    bars = bars[in_span].reset_index(drop=True)
+    outside = 0
+    if start is not None or end is not None:  # the mask copies every bar: only when asked
+        in_span = pd.Series(True, index=bars.index)
+        if start is not None:
+            in_span &= bars["ts"] >= start
+        if end is not None:
+            in_span &= bars["ts"] < end
+        outside = int((~in_span).sum())
+        bars = bars[in_span].reset_index(drop=True)
     if len(bars) == 0:
         raise ValueError(f"{origin}: none of its {len(loaded.bars):,} bars lie in {_span_text(start, end)}")
 
@@ -169,6 +215,7 @@ def prepare_import(
     spacing = check_spacing(bars["ts"], interval, origin)
     if clash is not None:
         raise clash
+    check_plausible_times(bars["ts"], symbol, origin)
     hours = market_hours(bars["ts"], interval, symbol)
     if loaded.file_symbol and loaded.file_symbol.upper() != symbol.upper():
         notes.append(f"the file's symbol column says {loaded.file_symbol}; stored as {symbol}")
@@ -183,6 +230,7 @@ def prepare_import(
     missing = count_missing(bars["ts"], interval, hours)
     if missing.bars_on_closed_days:
         notes.append("bars on NYSE-closed days: " + ", ".join(missing.first_closed_days))
+    jumps, first_jumps = large_moves(bars, max_log_return)
 
     report = ImportReport(
         origin=origin,
@@ -208,8 +256,46 @@ def prepare_import(
         bars_on_closed_days=missing.bars_on_closed_days,
         notes=tuple(notes),
         stamps_normalised=normalised,
+        date_order=loaded.date_order,
+        encoding=loaded.encoding,
+        plausibility=plausibility_text(max_log_return),
+        jumps_flagged=jumps,
+        first_jumps=first_jumps,
     )
     return bars, report
+
+
+def check_plausible_times(ts: pd.Series, symbol: str, origin: str) -> None:
+    """Refuse bars that open before any market this product reads existed (EARLIEST_BAR, EARLIEST_CRYPTO_BAR)."""
+    crypto = looks_like_crypto(symbol)
+    earliest = EARLIEST_CRYPTO_BAR if crypto else EARLIEST_BAR
+    first = ts.iloc[0]  # sorted
+    if first >= earliest:
+        return
+    early = int((ts < earliest).sum())
+    why = f"{symbol} is a crypto asset, and none traded before {earliest:%Y}" if crypto else \
+        f"no market data here predates {earliest:%Y}"
+    raise ValueError(
+        f"{origin}: {early:,} bar(s) open before {earliest:%Y-%m-%d} (the first: {first:%Y-%m-%d %H:%M} UTC): {why}; "
+        "check the time column (a two-digit year, an Excel day number, the wrong date format?)"
+    )
+
+
+def large_moves(bars: pd.DataFrame, max_log_return: float) -> tuple[int, tuple[str, ...]]:
+    """Bars whose close is more than max_log_return (in log terms) away from the previous bar's close: how many,
+    and the first few as text ("2024-01-05 14:00 UTC: close 1.5 -> 150 (log return +4.61)")."""
+    close = bars["close"].to_numpy()
+    if len(close) < 2:
+        return 0, ()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        moves = np.log(close[1:] / close[:-1])
+    flagged = np.flatnonzero(np.abs(moves) > max_log_return)
+    shown = tuple(
+        f"{bars['ts'].iloc[i + 1]:%Y-%m-%d %H:%M} UTC: close {close[i]:.6g} -> {close[i + 1]:.6g} "
+        f"(log return {moves[i]:+.2f})"
+        for i in flagged[:MAX_JUMPS_SHOWN]
+    )
+    return len(flagged), shown
 
 
 _HALF_DAY = pd.Timedelta(hours=12)

@@ -213,6 +213,9 @@ def test_cli_imports_a_csv_file_and_rejects_a_broken_one_without_touching_the_ca
         "    interval:         1h (median 1 h within sessions, over 299 gaps)",
         "    market hours:     24/7: bars on 5 day(s) the NYSE is closed (weekends, holidays)",
         "    missing periods:  0 of 300 (24/7)",
+        "    plausibility:     refused: bars before 1970 (before 2009 for crypto), prices outside [1e-08, 1e+09]; "
+        "warned: one-bar |log return| > 3",
+        "    large moves:      none",
     ]
     stored = cache.read_bars("SPY", "1h", "csv", db_path=db_path)
     pd.testing.assert_frame_equal(stored, bars[list(BAR_COLUMNS)], check_exact=False, rtol=1e-12)
