@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from storage.config import (
+    DB_ENV_VAR,
     INTERVAL_SECONDS,
     CacheSettings,
     check_interval,
@@ -36,6 +38,7 @@ from storage.config import (
     resolve_db_path,
 )
 from storage.locks import open_with_retry
+from storage.sessions import duration_text
 from storage.sources.base import BAR_COLUMNS
 from storage.symbols import asset_name
 from storage.validation import validate_bars
@@ -105,6 +108,60 @@ class NotACacheError(ValueError):
     """The database file exists but does not hold the cache's tables."""
 
 
+class NotADuckDBFileError(ValueError):
+    """The cache path names something that is not a DuckDB database (a CSV, an empty file, a folder)."""
+
+
+# Every DuckDB database file carries these four bytes at offset 8.
+DUCKDB_MAGIC = b"DUCK"
+_FILE_KINDS: tuple[tuple[bytes, str], ...] = (
+    (b"SQLite format 3", "an SQLite database"),
+    (b"PAR1", "a Parquet file"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"%PDF", "a PDF document"),
+)
+
+
+def check_database_file(path: Path) -> None:
+    """Raise NotADuckDBFileError naming what `path` is, unless it is a DuckDB file or does not exist yet.
+
+    Checked before DuckDB opens the file (whose own error is a traceback-worthy IOException) and before the
+    refresh lock file is created beside it.
+    """
+    if path.is_dir():
+        raise NotADuckDBFileError(f"{path} is a folder, not a DuckDB file: point --db or ${DB_ENV_VAR} at a file")
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(512)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise NotADuckDBFileError(f"{path} cannot be read as a DuckDB file: {error.strerror}") from None
+    if head[8:12] == DUCKDB_MAGIC:
+        return
+    raise NotADuckDBFileError(
+        f"{path} is not a DuckDB file (it is {_file_kind(head)}): point --db or ${DB_ENV_VAR} at the bar cache, or "
+        "at a new path to start one"
+    )
+
+
+def _file_kind(head: bytes) -> str:
+    if not head:
+        return "empty"
+    kind = next((what for magic, what in _FILE_KINDS if head.startswith(magic)), None)
+    if kind is not None:
+        return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of another kind"
+    if "\x00" in text:
+        return "binary data of another kind"
+    first = text.splitlines()[0][:40] if text.strip() else ""
+    return f"a text file starting {first!r}" if first else "a text file"
+
+
 def _create_atomically(path: Path) -> None:
     """Create a new cache file complete with its schema, or not at all.
 
@@ -150,6 +207,7 @@ def connect(
     """
     path = resolve_db_path(db_path)
     settings = settings or CacheSettings(db_path=path)
+    check_database_file(path)
     if read_only and not path.exists():
         con = _empty_cache()
     else:
@@ -277,26 +335,127 @@ def _as_arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
+# A large import is written in slices of this many bars, one after the other inside the same transaction, so
+# DuckDB's working memory for the update/anti-join follows the slice, not the file.
+WRITE_BATCH_ROWS = 1_000_000
+
+
 def write_bars(
-    con: duckdb.DuckDBPyConnection, bars: pd.DataFrame, symbol: str, source: str, interval: str
+    con: duckdb.DuckDBPyConnection,
+    bars: pd.DataFrame,
+    symbol: str,
+    source: str,
+    interval: str,
+    *,
+    origin: str | None = None,
 ) -> UpsertResult:
-    """Upsert validated bars (validate_bars output) inside the caller's open transaction."""
+    """Upsert validated bars (validate_bars output) inside the caller's open transaction.
+
+    Bars that would interleave with the stored bars of the series are refused first (OffGridError; see
+    check_on_stored_grid); a bar at the same ts as a stored one revises it.
+    """
     if len(bars) == 0:
         return UpsertResult(0, 0, 0)
-    params = {
-        "symbol": check_symbol(symbol),
-        "source": check_source(source),
-        "interval": check_interval(interval),
-        "first": bars["ts"].min(),
-        "last": bars["ts"].max(),
-    }
-    con.register("incoming", _as_arrow(bars))
-    try:
-        updated = query_value(con, _UPDATE_CHANGED_BARS, params)
-        inserted = query_value(con, _INSERT_NEW_BARS, params)
-    finally:
-        con.unregister("incoming")
-    return UpsertResult(int(inserted), int(updated), len(bars) - int(inserted) - int(updated))
+    key = {"symbol": check_symbol(symbol), "source": check_source(source), "interval": check_interval(interval)}
+    check_on_stored_grid(con, bars, **key, origin=origin)
+    inserted = updated = 0
+    for start in range(0, len(bars), WRITE_BATCH_ROWS):
+        batch = bars.iloc[start : start + WRITE_BATCH_ROWS]
+        params = {**key, "first": batch["ts"].min(), "last": batch["ts"].max()}
+        con.register("incoming", _as_arrow(batch))
+        try:
+            updated += int(query_value(con, _UPDATE_CHANGED_BARS, params))
+            inserted += int(query_value(con, _INSERT_NEW_BARS, params))
+        finally:
+            con.unregister("incoming")
+    return UpsertResult(inserted, updated, len(bars) - inserted - updated)
+
+
+# --- the stored series' clock -------------------------------------------------------------------------------
+
+class OffGridError(ValueError):
+    """Bars that would interleave with the stored bars of their series: not on its bar grid."""
+
+
+# Intervals up to an hour keep their phase (ts modulo the interval) across daylight-saving changes, so every bar
+# of a series shares one; 4 h and daily bars of an exchange that opens at 09:30 local time may not.
+PHASE_CHECKED_UP_TO_SECONDS = 3600
+
+_STORED_NEAR = """
+SELECT epoch_us(ts) AS ts FROM bars
+WHERE symbol = $symbol AND source = $source AND interval = $interval AND ts >= $low AND ts <= $high
+ORDER BY ts
+"""
+_STORED_NEIGHBOURS = """
+SELECT epoch_us(max(ts) FILTER (WHERE ts < $first)), epoch_us(min(ts) FILTER (WHERE ts > $last)) FROM bars
+WHERE symbol = $symbol AND source = $source AND interval = $interval
+"""
+
+
+def check_on_stored_grid(
+    con: duckdb.DuckDBPyConnection,
+    bars: pd.DataFrame,
+    symbol: str,
+    source: str,
+    interval: str,
+    origin: str | None = None,
+) -> None:
+    """Refuse (OffGridError) bars that would sit between the stored bars of (symbol, source, interval).
+
+    Two rules, checked against what is stored, inside the writer's transaction: no new bar may lie less than one
+    interval from a stored bar without being at the same ts (daily bars stamped at another hour, hourly bars
+    offset by minutes, fractional epoch seconds); and for intervals up to an hour, every new bar must be a whole
+    number of intervals from the nearest stored bar (the series keeps one phase, e.g. :30 for vendor equity
+    hours), even where the new bars do not overlap the stored span. The message shows the first clash.
+    """
+    bar_us = INTERVAL_SECONDS[interval] * 1_000_000
+    new = pd.DatetimeIndex(bars["ts"]).as_unit("us").asi8
+    first, last = bars["ts"].min(), bars["ts"].max()
+    params = {"symbol": symbol, "source": source, "interval": interval}
+    span = pd.Timedelta(microseconds=bar_us)
+    stored = con.execute(_STORED_NEAR, {**params, "low": first - span, "high": last + span}).fetchnumpy()["ts"]
+    stored = np.asarray(stored, dtype="int64")
+    if len(stored):
+        after = np.searchsorted(stored, new)  # stored[after - 1] < new <= stored[after]
+        has_after, has_before = after < len(stored), after > 0
+        to_after = np.where(has_after, stored[np.minimum(after, len(stored) - 1)] - new, bar_us)
+        to_before = np.where(has_before, new - stored[np.maximum(after - 1, 0)], bar_us)
+        same = to_after == 0
+        near_after = ~same & (to_after < bar_us)
+        near_before = ~same & (to_before < bar_us)
+        clashes = near_after | near_before
+        if clashes.any():
+            i = int(np.argmax(clashes))
+            neighbour = new[i] + to_after[i] if near_after[i] else new[i] - to_before[i]
+            raise _off_grid(origin, symbol, source, interval, neighbour, new[i], int(clashes.sum()), len(new))
+    if INTERVAL_SECONDS[interval] > PHASE_CHECKED_UP_TO_SECONDS:
+        return
+    if len(stored):
+        reference = int(stored[0])
+    else:
+        before, after_last = con.execute(_STORED_NEIGHBOURS, {**params, "first": first, "last": last}).fetchall()[0]
+        reference = before if before is not None else after_last
+        if reference is None:
+            return  # nothing stored: the file sets the series' clock
+    off = (new - reference) % bar_us != 0
+    if off.any():
+        i = int(np.argmax(off))
+        raise _off_grid(origin, symbol, source, interval, reference, new[i], int(off.sum()), len(new))
+
+
+def _off_grid(origin, symbol, source, interval, stored_us: int, new_us: int, clashes: int, total: int) -> OffGridError:
+    def stamp(us: int) -> str:
+        return pd.Timestamp(int(us), unit="us", tz="UTC").isoformat()
+
+    apart = duration_text(abs(new_us - stored_us) / 1e6) if abs(new_us - stored_us) % 1_000_000 == 0 else \
+        f"{abs(new_us - stored_us) / 1e6:g} s"
+    where = f"{origin}: " if origin else ""
+    return OffGridError(
+        f"{where}{clashes:,} of {total:,} bars are not on the clock of the {interval} bars already stored for {symbol} "
+        f"({source}): the first clash is stored {stamp(stored_us)}, new {stamp(new_us)} ({apart} apart). Bars "
+        "offset by minutes, fractions of a second or a time zone would sit between the stored ones: fix the times "
+        "in the file; nothing was stored"
+    )
 
 
 def commit_batch(
@@ -307,16 +466,17 @@ def commit_batch(
     db_path: str | os.PathLike | None = None,
     *,
     log: Callable[[UpsertResult], RefreshLogEntry] | None = None,
+    origin: str | None = None,
 ) -> UpsertResult:
     """Upsert validated bars as ONE transaction on a connection that lives only for it.
 
     log: builds the refresh_log row from the result; it commits together with the bars, so an 'ok' row in the
-    log always means its bars are there, and a crash leaves neither.
+    log always means its bars are there, and a crash leaves neither. origin: how an OffGridError names the bars.
     """
     with connect(db_path) as con:
         con.execute("BEGIN TRANSACTION")
         try:
-            result = write_bars(con, bars, symbol, source, interval)
+            result = write_bars(con, bars, symbol, source, interval, origin=origin)
             if log is not None:
                 write_log(con, log(result))
             con.execute("COMMIT")
@@ -339,8 +499,8 @@ def upsert_bars(
 
     This is the low-level write: it does not take the refresh lock or log anything (storage.refresh does both).
     """
-    bars = validate_bars(frame, origin or f"{source}:{symbol} {interval}")
-    return commit_batch(bars, symbol, source, interval, db_path)
+    origin = origin or f"{source}:{symbol} {interval}"
+    return commit_batch(validate_bars(frame, origin), symbol, source, interval, db_path, origin=origin)
 
 
 # --- the refresh log ----------------------------------------------------------------------------------------

@@ -19,20 +19,26 @@ Exit codes: 0 every symbol ok or skipped, 1 some symbol failed, 2 bad arguments,
 from __future__ import annotations
 
 import argparse
+import io
+import re
 import shlex
+import shutil
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from storage.cache import (
+    NotADuckDBFileError,
     RefreshLogEntry,
     UpsertResult,
+    check_database_file,
     checkpoint,
     commit_batch,
     has_bars,
@@ -46,7 +52,7 @@ from storage.config import (
     check_symbol,
     resolve_db_path,
 )
-from storage.importing import ImportReport, prepare_import
+from storage.importing import MAX_LOG_RETURN, ImportReport, prepare_import
 from storage.locks import CacheBusyError, LockHolder, RefreshBusyError, refresh_lock
 from storage.sources.base import SourceError
 from storage.validation import validate_bars
@@ -89,6 +95,8 @@ class RefreshRequest:
     end: pd.Timestamp | None = None  # ... and ts < end: END IS EXCLUSIVE
     command: str = "run_refresh"  # what refresh_log records as the command
     source_options: Mapping[str, Any] = field(default_factory=dict)  # extra get_source options (e.g. demo seed)
+    date_format: str | None = None  # file imports: "day-first", "month-first" or a strptime format (04/01/2021)
+    max_log_return: float = MAX_LOG_RETURN  # file imports: one-bar moves beyond it are flagged in the report
 
     def __post_init__(self) -> None:
         if isinstance(self.symbols, str):
@@ -118,6 +126,12 @@ class RefreshRequest:
                 raise ValueError(f"a {self.source} file holds one symbol: give exactly one --symbol")
         elif self.path is not None:
             raise ValueError(f"--path is only for --source csv or parquet, not {self.source}")
+        if self.source == "ccxt":
+            from storage.sources.ccxt_source import check_exchange
+
+            object.__setattr__(self, "exchange", check_exchange(self.exchange))
+        if not (isinstance(self.max_log_return, (int, float)) and self.max_log_return > 0):
+            raise ValueError(f"max_log_return must be a positive number, got {self.max_log_return!r}")
 
     @property
     def is_file_import(self) -> bool:
@@ -170,6 +184,7 @@ def run_refresh(
     yet started are then reported (and logged) as skipped.
     """
     db_path = resolve_db_path(request.db_path)
+    check_database_file(db_path)  # before the lock file is made beside it: NotADuckDBFileError names the file
     with refresh_lock(db_path, request.command) as holder:
         return refresh_locked(request, db_path, holder, progress, cancel)
 
@@ -233,7 +248,8 @@ def _refresh_symbol(request, db_path, holder, source, symbol, started) -> Symbol
         if request.is_file_import:
             origin = request.path_label or str(request.path)
             bars, import_report = prepare_import(
-                _read_file(request), symbol, interval, start=request.start, end=request.end
+                _read_file(request), symbol, interval, start=request.start, end=request.end,
+                max_log_return=request.max_log_return,
             )
         else:
             last_stored = last_bar_ts(symbol, request.source, interval, db_path)
@@ -259,6 +275,7 @@ def _refresh_symbol(request, db_path, holder, source, symbol, started) -> Symbol
             log=lambda result: _log_entry(
                 request, holder, symbol, started, "ok", result.written, report=report_json
             ),
+            origin=origin,
         )
     except Exception as error:  # one symbol failing must not stop the others; the log says what happened
         result = SymbolResult(symbol, interval, request.source, "error", _one_line(error))
@@ -297,7 +314,7 @@ def _fetch_start(request: RefreshRequest, last: pd.Timestamp | None) -> pd.Times
 def _read_file(request: RefreshRequest):
     from storage.sources.files import load_bar_file
 
-    return load_bar_file(request.path, origin=request.path_label or str(request.path))
+    return load_bar_file(request.path, origin=request.path_label or str(request.path), date_format=request.date_format)
 
 
 def _check_spacing_and_clock(bars: pd.DataFrame, interval: str, origin: str) -> None:
@@ -396,30 +413,60 @@ def seed_demo_if_empty(db_path=None, progress: ProgressCallback | None = None) -
         return seeded
 
 
-def import_uploaded_file(
-    file_name: str, data: bytes, symbol: str, interval: str, db_path=None, progress: ProgressCallback | None = None
-) -> RefreshReport:
-    """Import an upload (bytes, e.g. from the app) exactly as `--source csv|parquet --path FILE` would: under the
-    refresh lock, validated, spacing-checked, in one transaction, and logged.
+# How an upload is named in messages: its base name without control characters, at most this long.
+UPLOAD_LABEL_CHARS = 80
 
-    The bytes go to a private temporary folder under the upload's own base name, so every message names the file
-    the user chose. Raises ValueError for a bad symbol, interval or an oversized upload (before anything is written).
+
+def upload_label(file_name: str) -> str:
+    """A safe name for an uploaded file in messages and the log: the base name (after / or \\), control and format
+    characters removed, at most UPLOAD_LABEL_CHARS characters; "upload" when nothing usable is left (".", "..")."""
+    base = re.split(r"[/\\]", str(file_name or ""))[-1]
+    text = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    if not text.strip("."):
+        return "upload"
+    return text if len(text) <= UPLOAD_LABEL_CHARS else text[: UPLOAD_LABEL_CHARS - 1] + "…"
+
+
+def import_uploaded_file(
+    file_name: str,
+    data: bytes | BinaryIO,
+    symbol: str,
+    interval: str,
+    db_path=None,
+    progress: ProgressCallback | None = None,
+    *,
+    date_format: str | None = None,
+) -> RefreshReport:
+    """Import an upload (bytes, or a binary file object such as Streamlit's UploadedFile) exactly as
+    `--source csv|parquet --path FILE` would: under the refresh lock, validated, spacing-checked, in one
+    transaction, and logged.
+
+    The bytes go to a private temporary folder under a generated name (upload.csv or upload.parquet), so no name a
+    browser sends (.., 300 bytes of CJK, control characters) reaches the file system; messages name the upload by
+    upload_label(file_name). Raises ValueError for a bad symbol, interval or an oversized upload (before
+    anything is written).
     """
     from storage.sources.files import MAX_FILE_BYTES
 
-    if len(data) > MAX_FILE_BYTES:
+    label = upload_label(file_name)
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    stream.seek(0, io.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if size > MAX_FILE_BYTES:
         raise ValueError(
-            f"{file_name}: {len(data) / 1024 / 1024:.0f} MB is over the {MAX_FILE_BYTES / 1024 / 1024:.0f} MB "
-            "import limit; split the file or import it with python -m storage.refresh --source csv --path FILE"
+            f"{label}: {size / 1024 / 1024:.0f} MB is over the {MAX_FILE_BYTES / 1024 / 1024:.0f} MB "
+            "import limit; split the file"
         )
-    base_name = Path(file_name).name or "upload.csv"
-    source = "parquet" if data[:4] == b"PAR1" else "csv"
+    source = "parquet" if stream.read(4) == b"PAR1" else "csv"
+    stream.seek(0)
     with tempfile.TemporaryDirectory(prefix="regime-import-") as folder:
-        path = Path(folder) / base_name
-        path.write_bytes(data)
+        path = Path(folder) / f"upload.{source}"
+        with open(path, "wb") as out:
+            shutil.copyfileobj(stream, out, 1024 * 1024)  # no second copy of the upload in memory
         request = RefreshRequest(
-            symbols=(symbol,), interval=interval, source=source, path=path, path_label=base_name, db_path=db_path,
-            command=f"app: import {base_name}",
+            symbols=(symbol,), interval=interval, source=source, path=path, path_label=label, db_path=db_path,
+            command=f"app: import {label}", date_format=date_format,
         )
         return run_refresh(request, progress=progress)
 
@@ -497,6 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch or import bars opening BEFORE TIME: --end is EXCLUSIVE (--start 2024-01-01 --end 2024-02-01 "
         "is the whole of January and nothing of February 1)",
     )
+    parser.add_argument(
+        "--date-format", metavar="ORDER",
+        help="file imports with dates like 04/01/2021: day-first, month-first, or a strptime format such as "
+        "%%d/%%m/%%Y. Without it the order is read from the column (a field above 12 is the day) and a file that "
+        "cannot tell is refused",
+    )
+    parser.add_argument(
+        "--max-log-return", type=float, default=MAX_LOG_RETURN, metavar="X",
+        help=f"file imports: flag one-bar moves with |log return| above X in the report (default {MAX_LOG_RETURN:g}, "
+        "a 20-fold move); flagged bars are kept",
+    )
     return parser
 
 
@@ -519,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             start=args.start,
             end=args.end,
             command="python -m storage.refresh " + shlex.join(sys.argv[1:] if argv is None else argv),
+            date_format=args.date_format,
+            max_log_return=args.max_log_return,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -527,6 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RefreshBusyError as error:
         print(f"refresh not started: {error}", file=sys.stderr)
         return EXIT_BUSY
+    except NotADuckDBFileError as error:
+        print(f"refresh not started: {error}", file=sys.stderr)
+        return EXIT_USAGE
     for result in report.results:
         print(result.line(), file=sys.stderr if result.outcome == "error" else sys.stdout)
         if result.import_report is not None:

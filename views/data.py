@@ -1,7 +1,6 @@
 """Data page: what is cached per symbol and how fresh, price charts, refresh now, import files, fetch real data."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from engine.figures.prices import price_chart
@@ -95,15 +94,20 @@ with st.form("import"):
     import_symbol = st.text_input("Symbol", value="", key="import_symbol", help="The symbol to store these bars under, e.g. MSFT.")
     import_interval = st.selectbox("Interval", list(INTERVAL_SECONDS), index=list(INTERVAL_SECONDS).index("1d"),
                                    key="import_interval")
+    import_date_order = st.selectbox(
+        "Dates like 04/01/2021", ["detect", "day-first", "month-first"], key="import_date_order",
+        help="detect: the order the dates show (a field above 12 is the day); a file that cannot tell is refused.",
+    )
     do_import = st.form_submit_button("Import")
 if do_import:
     if upload is None:
         st.error("Choose a file to import.")
     else:
         try:
-            report = import_uploaded_file(upload.name, upload.getvalue(), import_symbol, import_interval,
-                                          selection.db_path)
-        except (ValueError, RefreshBusyError, CacheBusyError) as error:
+            # The upload object itself, not getvalue(): no second copy of the file in the server's memory.
+            report = import_uploaded_file(upload.name, upload, import_symbol, import_interval, selection.db_path,
+                                          date_format=None if import_date_order == "detect" else import_date_order)
+        except (ValueError, OSError, RefreshBusyError, CacheBusyError) as error:
             st.error(f"Nothing was imported. {error}")
         else:
             clear_cached_reads()

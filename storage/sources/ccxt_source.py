@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,21 @@ KRAKEN_LATEST_ONLY = 720
 # Without a start, fetch this many bars back from now (a first fill; the cache refreshes incrementally after).
 DEFAULT_HISTORY_BARS = 5000
 MAX_PAGES = 10_000  # a guard against an exchange that keeps answering the same page
+
+
+def check_exchange(exchange: str) -> str:
+    """The ccxt exchange id (lower case) if ccxt lists it in ccxt.exchanges; else ValueError with a suggestion.
+
+    Never looked up on the ccxt module by name first: `getattr(ccxt, "__class__")` is not an exchange.
+    """
+    import ccxt  # slow to import; only when a ccxt exchange is named
+
+    name = exchange.strip().lower() if isinstance(exchange, str) else ""
+    if name in ccxt.exchanges:
+        return name
+    close = difflib.get_close_matches(name, ccxt.exchanges, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "e.g. bybit, binance, coinbase, kraken or okx"
+    raise ValueError(f"ccxt has no exchange {exchange!r}: {hint} (ccxt.exchanges lists the {len(ccxt.exchanges)} it has)")
 
 
 class CcxtSource:
@@ -72,8 +88,7 @@ class CcxtSource:
         if self._client is None:
             import ccxt  # slow to import; only when a fetch really happens
 
-            if not hasattr(ccxt, self.exchange_id):
-                raise ValueError(f"ccxt has no exchange {self.exchange_id!r} (e.g. bybit, binance, coinbase, kraken)")
+            check_exchange(self.exchange_id)
             options = {"defaultType": "spot"}
             if self.exchange_id == "bybit":
                 options["fetchMarkets"] = {"types": ["spot"]}  # one request instead of four when loading
