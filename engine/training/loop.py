@@ -222,6 +222,16 @@ def train_walk_forward(
         barrier(ctx)
         message = f"rank {ctx.rank}: finished its share of {len(folds)} folds; rank 0 wrote the checkpoint"
         return TrainResult("finished", run_dir, message, seconds=time.monotonic() - started)
+    return _write_run(run, panel, folds, outcomes, feature_set, fingerprint=fingerprint, run_id=run_id, ctx=ctx,
+                      parallel=parallel)
+
+
+def _write_run(run: RunContext, panel: Panel, folds: list[Fold], outcomes: list[FoldOutcome], feature_set: FeatureSet,
+               *, fingerprint: DataFingerprint, run_id: str | None, ctx: DistContext,
+               parallel: ParallelMode) -> TrainResult:
+    """Rank 0, every fold trained: the checkpoint (the last fold's model), the out-of-sample predictions of every
+    test span, the resume folders removed -> the finished run."""
+    config, run_dir, started = run.config, run.run_dir, run.started
     summaries = [o.summary for o in outcomes]
     fold_predictions = [o.predictions for o in outcomes]
     model = outcomes[-1].model  # the final model: the last fold's
@@ -239,7 +249,7 @@ def train_walk_forward(
     barrier(ctx)  # the other ranks return once the checkpoint is on disk (see above)
     elapsed = time.monotonic() - started
     message = f"trained {len(folds)} folds in {elapsed:.0f} s on {manifest.device}; checkpoint in {run_dir}"
-    notify(_event("done", len(folds) - 1, len(folds), config.max_epochs - 1, config.max_epochs, 1, 1, started,
+    run.notify(_event("done", len(folds) - 1, len(folds), config.max_epochs - 1, config.max_epochs, 1, 1, started,
                   skipped_total, message=message))
     return TrainResult("finished", run_dir, message, model=model, manifest=manifest, predictions=predictions,
                        folds=summaries, skipped_steps=skipped_total, seconds=elapsed)
