@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from tests.app.conftest import figure_specs, open_page
 
@@ -83,3 +84,50 @@ def test_refresh_now_reports_each_symbol(seeded_db):
     messages = [s.value for s in at.success] + [e.value for e in at.error]
     assert any("BTC" in m for m in messages), messages
     assert not at.error, [e.value for e in at.error]
+
+
+# Streamlit itself refuses a name without an allowed extension (or with a NUL byte) before the page sees it; names
+# it lets through used to reach the file system: too long for it (300 bytes of CJK), or with path parts.
+@pytest.mark.parametrize("name", ["价" * 100 + ".csv", "../../../etc/passwd.csv", "a\nb.csv", "x" * 300 + ".csv"])
+def test_an_upload_with_a_hostile_name_is_imported_without_an_os_error(seeded_db, name):
+    at = open_page(DATA_PAGE)
+    at.file_uploader[0].set_value((name, (FIXTURES / "plain_bars.csv").read_bytes(), "text/csv"))
+    at.text_input(key="import_symbol").set_value("TESTCOIN")
+    at.selectbox(key="import_interval").set_value("1h")
+    at.button(key="FormSubmitter:import-Import").click().run()
+    assert not at.exception
+    assert any("TESTCOIN" in s.value and "new" in s.value for s in at.success), [e.value for e in at.error]
+    assert _bar_count(seeded_db, "TESTCOIN") == 3
+
+
+def test_a_parquet_bomb_upload_is_refused_from_its_metadata(seeded_db):
+    import io
+
+    from tests.storage.test_import_limits import constant_parquet
+
+    buffer = io.BytesIO()
+    constant_parquet(buffer, 6_000_000)
+    at = open_page(DATA_PAGE)
+    at.file_uploader[0].set_value(("价" * 100 + ".parquet", buffer.getvalue(), "application/octet-stream"))
+    at.text_input(key="import_symbol").set_value("BOMB")
+    at.button(key="FormSubmitter:import-Import").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors and "holds 6,000,000 rows (its metadata says; nothing was decompressed)" in errors[0]
+    assert _bar_count(seeded_db, "BOMB") == 0
+
+
+def test_ambiguous_dates_can_be_told_their_order_on_the_page(seeded_db):
+    rows = "".join(f"{day:02d}/01/2021,100,101,99,100.5,1000\n" for day in range(4, 13))
+    data = ("Date,Open,High,Low,Close,Volume\n" + rows).encode()
+    at = open_page(DATA_PAGE)
+    at.file_uploader[0].set_value(("ambiguous.csv", data, "text/csv"))
+    at.text_input(key="import_symbol").set_value("DMY")
+    at.button(key="FormSubmitter:import-Import").click().run()
+    assert any("ambiguous dates" in e.value for e in at.error)
+    assert _bar_count(seeded_db, "DMY") == 0
+
+    at.selectbox(key="import_date_order").set_value("day-first")
+    at.button(key="FormSubmitter:import-Import").click().run()
+    assert not at.exception and any("DMY" in s.value for s in at.success), [e.value for e in at.error]
+    assert _bar_count(seeded_db, "DMY") == 9
