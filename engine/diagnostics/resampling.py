@@ -1,0 +1,46 @@
+"""Resampling for the diagnostics' intervals and nulls: moving blocks of bars, circular shifts.
+
+Bars are not independent (volatility clusters; a model's state and the labels drawn from it move slowly), so an
+interval from resampling single bars would be far too narrow. A moving-block bootstrap resamples runs of
+`block` consecutive bars (Kunsch 1989) and keeps the dependence within each run; a circular shift moves one
+sequence against another and keeps each one's own dependence whole.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def default_block(n: int) -> int:
+    """sqrt(n) bars, at least 1: long enough for dependence that dies out within tens of bars at n in the
+    thousands; a caller with slower dependence (a smooth state) passes a longer block."""
+    return max(1, int(round(np.sqrt(n))))
+
+
+def moving_block_indices(n: int, block: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) indices into a sequence of n bars: each row is ceil(n / block) runs of `block` consecutive bars
+    starting anywhere in 0..n-block, cut to n."""
+    if n < 1:
+        raise ValueError("moving_block_indices: no bars to resample")
+    block = int(min(max(block, 1), n))
+    n_blocks = -(-n // block)
+    starts = rng.integers(0, n - block + 1, size=(n_boot, n_blocks))
+    return (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
+
+
+def circular_shifts(n: int, n_shifts: int, rng: np.random.Generator, min_fraction: float = 0.1) -> np.ndarray:
+    """(n_shifts,) offsets in [min_fraction n, (1 - min_fraction) n]: shifts so short that a slow sequence still
+    lines up with itself would make the null look like the data."""
+    low = max(1, int(np.floor(min_fraction * n)))
+    high = max(low + 1, n - low)
+    return rng.integers(low, high, size=n_shifts)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) percentile interval of bootstrap samples along `axis`, ignoring NaN (a resample without a
+    regime's bars)."""
+    tail = 100 * (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: NaN, said by the caller
+        return np.nanpercentile(samples, tail, axis=axis), np.nanpercentile(samples, 100 - tail, axis=axis)
