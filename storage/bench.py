@@ -7,16 +7,23 @@ Measures what the issue sets targets for, each as the median of several runs on 
   the cache's way (plain INSERT of new keys by anti-join + UPDATE of changed keys, from Arrow) beside the
   textbook INSERT .. ON CONFLICT DO UPDATE from a pandas DataFrame and from Arrow;
 - reading an aligned panel of 3 assets x 50,000 bars, connection included (target < 100 ms): read_panel beside
-  the same alignment done by a DuckDB ASOF JOIN, and a plain query + pandas pivot + forward fill.
+  the same alignment done by a DuckDB ASOF JOIN, and a plain query + pandas pivot + forward fill;
+- the peak memory of importing the largest file the import limits allow (storage.sources.files.MAX_ROWS rows, as
+  a CSV with text times and as Parquet) through the app's upload path, each in a fresh subprocess (peak RSS from
+  getrusage, the baseline after the imports a server has loaded anyway), against IMPORT_MEMORY_MULTIPLE times the
+  kept bars (48 bytes each): pass or fail.
 
 Not a test: timings depend on the machine, which the table names.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,9 +33,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from storage import cache
 from storage.panel import read_panel as read_aligned_panel
+from storage.sources.files import MAX_ROWS
 from storage.validation import validate_bars
 
 UPSERT_TARGET_BARS_PER_SECOND = 750_000
@@ -224,6 +234,77 @@ def panel_rows(n_bars: int, repeats: int, workdir: Path) -> list[dict]:
     return [{"case": case, "way": name, "median (ms)": 1000 * statistics.median(t)} for name, t in timings.items()]
 
 
+# --- import memory ------------------------------------------------------------------------------------------
+
+# An import's peak memory above the process's baseline, in multiples of the bars it keeps (48 bytes a bar: ts and
+# five float64), i.e. 384 bytes a bar. Where it goes, measured at MAX_ROWS on the dev machine: reading the file in
+# batches and checking it about 2x; DuckDB about 4.5x (~210 bytes a bar) while the one transaction commits, since
+# the primary-key index of the new rows is built in memory and merged at COMMIT and cannot spill to disk.
+IMPORT_MEMORY_MULTIPLE = 8.0
+KEPT_BYTES_PER_BAR = 48
+
+# Runs in a fresh interpreter: argv = path, file name, db path. Prints one JSON line.
+_IMPORT_CHILD = r"""
+import json, re, resource, sys, time
+import duckdb, exchange_calendars, pyarrow.parquet  # what the app has loaded before anyone imports
+from storage.refresh import import_uploaded_file
+from storage.sessions import nyse_schedule
+import pandas as pd
+nyse_schedule(pd.Timestamp("2020-01-01"), pd.Timestamp("2020-01-02"))
+status = open("/proc/self/status").read()
+baseline = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024
+path, name, db = sys.argv[1:4]
+started = time.perf_counter()
+with open(path, "rb") as upload:
+    (result,) = import_uploaded_file(name, upload, "BTC", "1m", db).results
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"outcome": result.outcome, "message": result.message[:200], "kept": result.fetched,
+                  "baseline": baseline, "peak": peak, "seconds": seconds}))
+"""
+
+
+def largest_import_files(workdir: Path, rows: int) -> dict[str, Path]:
+    """rows one-minute bars as the product's plain CSV (ISO text times: the costliest to parse) and as Parquet."""
+    bars = synthetic_bars(rows, start="2018-01-01")
+    table = pa.table({
+        "ts": pa.array(bars["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        **{c: pa.array(np.round(bars[c].to_numpy(), 6)) for c in ("open", "high", "low", "close", "volume")},
+    })
+    csv_path, parquet_path = workdir / "largest.csv", workdir / "largest.parquet"
+    pa_csv.write_csv(table, csv_path, pa_csv.WriteOptions(quoting_style="none"))
+    pq.write_table(pa.Table.from_pandas(bars, preserve_index=False), parquet_path)
+    return {"CSV": csv_path, "Parquet": parquet_path}
+
+
+def import_memory_rows(rows: int, workdir: Path) -> list[dict]:
+    out = []
+    for kind, path in largest_import_files(workdir, rows).items():
+        db_path = workdir / f"import-{kind}.duckdb"
+        done = subprocess.run(
+            [sys.executable, "-c", _IMPORT_CHILD, str(path), path.name, str(db_path)],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+        )
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        if measured["outcome"] != "ok":
+            raise RuntimeError(f"the import failed: {measured['message']}")
+        kept = measured["kept"] * KEPT_BYTES_PER_BAR
+        above = measured["peak"] - measured["baseline"]
+        budget = IMPORT_MEMORY_MULTIPLE * kept
+        mb = 1024 * 1024
+        out.append({
+            "file": f"{kind}, {measured['kept']:,} rows, {path.stat().st_size / mb:.0f} MB",
+            "kept bars (MB)": kept / mb,
+            "baseline RSS (MB)": measured["baseline"] / mb,
+            "peak RSS (MB)": measured["peak"] / mb,
+            "above baseline (x kept)": above / kept,
+            f"budget ({IMPORT_MEMORY_MULTIPLE:g}x kept, MB)": budget / mb,
+            "import (s)": measured["seconds"],
+            "result": "pass" if above <= budget else "FAIL",
+        })
+    return out
+
+
 # --- report -------------------------------------------------------------------------------------------------
 
 
@@ -257,21 +338,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--panel-repeats", type=int, default=21, help="runs per panel read; the median is shown")
     parser.add_argument("--bars", type=int, default=1_000_000, help="bars per upsert batch")
     parser.add_argument("--panel-bars", type=int, default=50_000, help="bars per asset in the panel read")
+    parser.add_argument("--import-rows", type=int, default=MAX_ROWS, help="rows of the largest import (the limit)")
+    parser.add_argument("--only", choices=["upsert", "panel", "import"], help="run one benchmark")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
 
     with tempfile.TemporaryDirectory(prefix="storage-bench-") as tmp:
         workdir = Path(tmp)
-        upserts = upsert_rows(args.bars, args.repeats, workdir)
-        panels = panel_rows(args.panel_bars, args.panel_repeats, workdir)
+        upserts = upsert_rows(args.bars, args.repeats, workdir) if args.only in (None, "upsert") else []
+        panels = panel_rows(args.panel_bars, args.panel_repeats, workdir) if args.only in (None, "panel") else []
+        imports = import_memory_rows(args.import_rows, workdir) if args.only in (None, "import") else []
 
     print(f"Machine: {machine()}")
     print(f"Load average (1 min) before / after the run: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     print(f"Upserts: median of {args.repeats} runs, each on a fresh file; panel reads: median of {args.panel_repeats}.\n")
-    print(f"### Upsert (target >= {UPSERT_TARGET_BARS_PER_SECOND:,} new bars/s)\n")
-    print(markdown(upserts, {"batch (s)": "{:.3f}", "bars/s": "{:,.0f}", "bars/s incl. CHECKPOINT": "{:,.0f}"}))
-    print(f"\n### Panel read, connection included (target < {PANEL_TARGET_MS:.0f} ms)\n")
-    print(markdown(panels, {"median (ms)": "{:.1f}"}))
+    if upserts:
+        print(f"### Upsert (target >= {UPSERT_TARGET_BARS_PER_SECOND:,} new bars/s)\n")
+        print(markdown(upserts, {"batch (s)": "{:.3f}", "bars/s": "{:,.0f}", "bars/s incl. CHECKPOINT": "{:,.0f}"}))
+    if panels:
+        print(f"\n### Panel read, connection included (target < {PANEL_TARGET_MS:.0f} ms)\n")
+        print(markdown(panels, {"median (ms)": "{:.1f}"}))
+    if imports:
+        print(f"\n### Import memory: the largest file allowed, through the upload path, in a fresh process (budget: "
+              f"peak RSS above baseline <= {IMPORT_MEMORY_MULTIPLE:g} x the kept bars)\n")
+        number = "{:,.0f}"
+        print(markdown(imports, {k: number for k in imports[0] if "MB" in k} | {
+            "above baseline (x kept)": "{:.2f}", "import (s)": "{:.1f}"}))
 
 
 if __name__ == "__main__":

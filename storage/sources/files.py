@@ -32,9 +32,10 @@ Limits (MAX_ROWS, MAX_COLUMNS, MAX_UNCOMPRESSED_BYTES, MAX_LINE_LENGTH, MAX_FILE
 hold, and are checked before the data is decoded: a Parquet file's row count and uncompressed size come from its
 footer, a CSV's column count from its first line and its line lengths and encoding from one pass over the raw
 bytes. The data is then read in batches of CHUNK_ROWS rows, only the columns the layout uses, each batch
-validated as it comes (storage.validation, unsorted) and kept as compact float64/int64 columns; the batches are
-joined, sorted and de-duplicated once at the end. Memory is therefore a small multiple of the bars kept (48 bytes
-a bar), never the file's text: storage/bench.py measures it on the largest file the limits allow.
+validated as it comes (storage.validation, unsorted) and written into float64/int64 columns allocated once for
+the rows the file can hold; they are sorted and de-duplicated once at the end. Reading needs the kept bars (48
+bytes a bar, plus a row number) and one batch, never the file's text; storage/bench.py measures a whole import of
+the largest file the limits allow (DuckDB's commit included) against a stated multiple of the kept bars.
 """
 from __future__ import annotations
 
@@ -121,7 +122,10 @@ class BarFileError(BarValidationError):
 # --- limits -------------------------------------------------------------------------------------------------
 # What one import may hold. The memory of an import follows the rows and the columns read, not the file's bytes:
 # a Parquet file of 50 million constant rows compresses to a megabyte, and a CSV line can hold a million fields.
-MAX_ROWS = 5_000_000  # data rows (about 9.5 years of 1-minute bars); 48 bytes each once read
+# Rows: 2 million is 3.8 years of 1-minute bars, 228 years of hourly ones. Each costs 52 bytes here once read,
+# and about 220 more inside DuckDB while the import commits (the primary-key index of the new rows is built in
+# memory and merged at COMMIT; it cannot spill), so the row limit is what bounds an import's memory.
+MAX_ROWS = 2_000_000
 MAX_COLUMNS = 64  # columns in a file (vendor files have 6-15)
 MAX_UNCOMPRESSED_BYTES = 512 * 1024 * 1024  # Parquet: the columns read, uncompressed, as the footer states
 MAX_LINE_LENGTH = 4096  # characters in one CSV line (vendor lines are 50-300)
@@ -577,7 +581,8 @@ class _ParquetReader:
             stream.seek(0)
             text_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
             # Text stays dictionary-encoded: a value repeated in every row is decoded once, not once per row.
-            self.file = pq.ParquetFile(stream, read_dictionary=text_columns)
+            # buffer_size: column chunks are read as a stream of pages, not whole into memory first.
+            self.file = pq.ParquetFile(stream, read_dictionary=text_columns, buffer_size=1 << 20, pre_buffer=False)
         except Exception as error:  # pyarrow raises several types for corrupt files; all mean the same here
             raise BarFileError(origin, f"the Parquet file cannot be read: {error}") from error
         metadata = self.file.metadata
@@ -622,6 +627,10 @@ class _ParquetReader:
             raise
         except Exception as error:  # a corrupt page shows only when it is read
             raise BarFileError(self.origin, f"the Parquet file cannot be read: {error}") from error
+        finally:
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed batches for reuse otherwise
 
     def _decoded(self, column: pd.Series) -> pd.Series:
         """A dictionary-encoded text column as plain text (pointers to its few distinct values)."""
