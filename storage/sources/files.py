@@ -367,6 +367,7 @@ def _scan_pass(stream: BinaryIO, encoding: str, errors: str, shape: _TextShape, 
     decoder = codecs.getincrementaldecoder(encoding)(errors=errors)
     one_byte = encoding != "utf-16"
     line, length, fields, quoted, offset = 1, 0, 0, False, 0  # the line in progress at the end of a block
+    tail = np.zeros(2, dtype=np.uint8)  # the last two bytes of the blocks before
     newline, delimiter = shape.newline[0], ord(shape.delimiter)
     while True:
         block = stream.read(SCAN_BYTES)
@@ -384,18 +385,26 @@ def _scan_pass(stream: BinaryIO, encoding: str, errors: str, shape: _TextShape, 
         else:
             raw = np.frombuffer(block, dtype=np.uint8)
             ends = np.flatnonzero(raw == newline)
-            starts = np.concatenate(([0], ends + 1))
-            lengths = np.concatenate((ends, [len(raw)])) - starts
+            # Each line of the block ends at a newline, the last one at the block's end (at the file's end, the
+            # final block is empty and holds only the line carried over). The two bytes before each end, the
+            # blocks before included, tell a CRLF ending and a trailing delimiter.
+            line_ends = np.concatenate((ends, [len(raw)]))
+            extended = np.concatenate((tail, raw))
+            last, second_last = extended[line_ends + 1], extended[line_ends]
+            carriage_return = (last == 13) & (newline == 10)
+            content_end = np.where(carriage_return, second_last, last)
+            lengths = line_ends - np.concatenate(([0], ends + 1)) - carriage_return
             lengths[0] += length
-            lengths[:-1] -= (raw[ends - 1] == 13) if newline == 10 and len(ends) else 0  # CRLF: \r is no content
             _refuse_long_line(lengths, line, origin)
-            # Fields per line: delimiters in it, unless a quote makes the count uncertain (pandas reads quotes).
+            # Fields per line: its delimiters, less one that ends the line (an empty last field, which some
+            # exporters add to every line); a line with a quote is left to pandas, which reads quotes.
             counts = np.bincount(np.searchsorted(ends, np.flatnonzero(raw == delimiter)), minlength=len(ends) + 1)
             quotes = np.bincount(np.searchsorted(ends, np.flatnonzero(raw == 34)), minlength=len(ends) + 1) > 0
             counts[0] += fields
             quotes[0] |= quoted
             numbers = line + np.arange(len(counts))
-            wide = (counts + 1 > shape.width) & ~quotes & (numbers > shape.skip_lines)
+            fields_in_line = counts + 1 - (content_end == delimiter)
+            wide = (fields_in_line > shape.width) & ~quotes & (numbers > shape.skip_lines)
             if not block:
                 wide &= lengths > 0
             elif len(wide):
@@ -404,10 +413,11 @@ def _scan_pass(stream: BinaryIO, encoding: str, errors: str, shape: _TextShape, 
                 at = int(np.argmax(wide))
                 raise BarFileError(
                     origin,
-                    f"line {numbers[at]:,} has {counts[at] + 1} fields, more than the {shape.width} of the header "
+                    f"line {numbers[at]:,} has {fields_in_line[at]} fields, more than the {shape.width} of the header "
                     "(or first line): an unquoted delimiter, such as a thousands separator, would shift its columns",
                 )
             line, length, fields, quoted = line + len(ends), int(lengths[-1]), int(counts[-1]), bool(quotes[-1])
+            tail = extended[-2:]
         if not block:
             return line
 

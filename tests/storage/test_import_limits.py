@@ -110,6 +110,27 @@ class TestCsvBeforeParsing:
         with pytest.raises(BarFileError, match="line 3 has 7 fields, more than the 6 of the header"):
             load_bar_file(path)
 
+    def test_a_delimiter_ending_every_line_is_an_empty_field_not_a_shift(self, tmp_path):
+        path = tmp_path / "broker.csv"
+        path.write_bytes(b"ts,open,high,low,close,volume\r\n2024-01-01,1,2,0.5,1.5,1,\r\n2024-01-02,1,2,0.5,1.5,1,\r\n")
+        assert len(load_bar_file(path).bars) == 2
+
+    @pytest.mark.parametrize("block", [3, 5, 64])
+    def test_the_scan_gives_the_same_answer_whatever_its_block_size(self, tmp_path, monkeypatch, block):
+        monkeypatch.setattr(files, "SCAN_BYTES", block)
+        monkeypatch.setattr(files, "MAX_LINE_LENGTH", 40)
+        good = tmp_path / "good.csv"
+        good.write_bytes(b"ts,open,high,low,close,volume\r\n2024-01-01,1,2,0.5,1.5,1,\r\n2024-01-02,1,2,0.5,1.5,1")
+        assert len(load_bar_file(good).bars) == 2
+        wide = tmp_path / "wide.csv"
+        wide.write_bytes(b"ts,open,high,low,close,volume\n2024-01-01,1,2,0.5,1.5,1\n2024-01-02,1,2,0.5,1,5,1")
+        with pytest.raises(BarFileError, match="line 3 has 7 fields"):
+            load_bar_file(wide)
+        long = tmp_path / "long.csv"
+        long.write_bytes(b"ts,open,high,low,close,volume\n2024-01-01,1,2,0.5,1.5,1\n2024-01-02,1,2,0.5,1.5,1" + b"0" * 30)
+        with pytest.raises(BarFileError, match="line 3 is over 40 characters long"):
+            load_bar_file(long)
+
     def test_quoted_fields_may_hold_the_delimiter(self, tmp_path):
         path = tmp_path / "quoted.csv"
         path.write_text('ts,open,high,low,close,volume,note\n2024-01-01,1,2,0.5,1.5,1,"a, b"\n')
