@@ -8,6 +8,7 @@ from storage.cache import read_bars
 from storage.config import INTERVAL_SECONDS
 from storage.locks import CacheBusyError, RefreshBusyError
 from storage.refresh import RefreshRequest, import_uploaded_file, run_refresh
+from storage.sources.files import limits_text
 from views.frame import clear_cached_reads, current_selection, load_summary, show_refresh_report
 
 selection = current_selection()
@@ -88,7 +89,8 @@ if submitted:
 
 st.subheader("Import a CSV or Parquet file")
 st.caption("Yahoo-style, exchange kline (unix s/ms), the 1-minute Bitcoin history layout, or ts/open/high/low/close/volume. "
-           "Naive timestamps are read as UTC. The file is validated before anything is stored.")
+           "Naive timestamps are read as UTC. The file is validated before anything is stored. "
+           f"Limits: {limits_text()}.")
 with st.form("import"):
     upload = st.file_uploader("File", type=["csv", "parquet", "pq", "txt"])
     import_symbol = st.text_input("Symbol", value="", key="import_symbol", help="The symbol to store these bars under, e.g. MSFT.")
