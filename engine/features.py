@@ -11,7 +11,9 @@ checkpoint.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Sequence
 
 import numpy as np
@@ -246,30 +248,76 @@ class FeatureScaler:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureScaler":
+        """The scaler of to_dict, checked: ValueError naming the key, the entry and what it holds otherwise.
+
+        symbols and names are lists of strings; lower, upper, mean and std are (assets x features) lists of finite
+        numbers (lower and upper may hold null for an unbounded side, as to_dict writes it); std > 0; lower <= upper;
+        fit_rows is [start, stop) with 0 <= start < stop."""
+        if not isinstance(data, dict):
+            raise ValueError(f"scaler must be a JSON object, got {type(data).__name__}")
         required = ("symbols", "names", "lower", "upper", "mean", "std", "fit_rows")
         missing = [key for key in required if key not in data]
         if missing:
             raise ValueError(f"scaler dict is missing {missing}")
+        for key in ("symbols", "names"):
+            values = data[key]
+            if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"scaler {key!r} must be a non-empty list of strings, got {_short(values)}")
         shape = (len(data["symbols"]), len(data["names"]))
 
-        def array(key: str, none_as: float) -> np.ndarray:
-            values = np.array([[none_as if v is None else v for v in row] for row in data[key]], dtype=float)
-            if values.shape != shape:
-                raise ValueError(f"scaler {key!r} has shape {values.shape}, expected {shape} (assets, features)")
+        def array(key: str, none_as: float | None) -> np.ndarray:
+            rows = data[key]
+            if not isinstance(rows, (list, tuple)):
+                raise ValueError(f"scaler {key!r} must be a list of lists {shape} (assets, features), got "
+                                 f"{_short(rows)}")
+            if len(rows) != shape[0]:
+                raise ValueError(f"scaler {key!r} has shape ({len(rows)}, ...), expected {shape} (assets, features)")
+            values = np.empty(shape)
+            for i, row in enumerate(rows):
+                if not isinstance(row, (list, tuple)):
+                    raise ValueError(f"scaler {key!r}[{i}] must be a list of {shape[1]} numbers (one per feature), "
+                                     f"got {_short(row)}")
+                if len(row) != shape[1]:
+                    raise ValueError(f"scaler {key!r} has shape ({shape[0]}, {len(row)}) at row {i}, expected "
+                                     f"{shape} (assets, features)")
+                for j, value in enumerate(row):
+                    if value is None and none_as is not None:
+                        values[i, j] = none_as
+                    elif isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value):
+                        values[i, j] = value
+                    else:
+                        allowed = "a finite number or null" if none_as is not None else "a finite number"
+                        raise ValueError(f"scaler {key!r}[{i}][{j}] is {_short(value)}: expected {allowed}")
             return values
 
-        std = array("std", np.nan)
-        if not (np.isfinite(std) & (std > 0)).all():
-            raise ValueError("scaler 'std' must be finite and positive everywhere")
+        lower, upper = array("lower", -np.inf), array("upper", np.inf)
+        mean, std = array("mean", None), array("std", None)
+        if not (std > 0).all():
+            i, j = np.argwhere(~(std > 0))[0]
+            raise ValueError(f"scaler 'std'[{i}][{j}] is {float(std[i, j])!r}: it must be positive")
+        if (lower > upper).any():
+            i, j = np.argwhere(lower > upper)[0]
+            raise ValueError(f"scaler bounds of asset {i}, feature {j} are reversed: lower {float(lower[i, j])!r} > "
+                             f"upper {float(upper[i, j])!r}")
+        rows = data["fit_rows"]
+        if (not isinstance(rows, (list, tuple)) or len(rows) != 2
+                or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in rows)
+                or not 0 <= rows[0] < rows[1]):
+            raise ValueError(f"scaler 'fit_rows' must be [start, stop) with 0 <= start < stop, got {_short(rows)}")
         return cls(
             symbols=tuple(data["symbols"]),
             names=tuple(data["names"]),
-            lower=array("lower", -np.inf),
-            upper=array("upper", np.inf),
-            mean=array("mean", np.nan),
+            lower=lower,
+            upper=upper,
+            mean=mean,
             std=std,
-            fit_rows=tuple(int(v) for v in data["fit_rows"]),
+            fit_rows=(int(rows[0]), int(rows[1])),
         )
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,63 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
 from typing import Any
 
 LAYER_KINDS = ("ssm", "attn")
 # Keys an older ModelConfig had that now live elsewhere (a checkpoint's manifest is upgraded on load).
 MOVED_KEYS = {"loss_weights": "engine.training.config.TrainConfig.loss_weights"}
+
+# ----- what the app can run ------------------------------------------------------------------------------------------
+# A checkpoint's config is checked against these caps before any tensor is built (ModelConfig.check_app_limits,
+# engine.model.checkpoint): a manifest asking for d_model=32768 is refused with the field, its value and the cap,
+# not met with a 51 GB allocation. Training is not capped by them (a GPU may train wider), but the app will refuse
+# to load what it cannot run. The shipped demo is d_model 32, d_state 8, 3 assets, 2 layers, ~34k parameters.
+MAX_N_ASSETS = 256
+MAX_N_FEATURES = 256
+MAX_D_MODEL = 1024
+MAX_D_STATE = 256
+MAX_EXPAND = 8
+MAX_D_CONV = 64
+MAX_N_HEADS = 64
+MAX_LAYERS = 32
+MAX_LAG = 512  # attention look-back in bars
+MAX_HORIZON = 4096  # bars ahead
+MAX_N_HORIZONS = 64
+MAX_N_QUANTILES = 99
+MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights
+# The working memory of one inference chunk (engine.model.inference runs the panel in chunks of
+# INFERENCE_CHUNK_BARS bars): weights, one layer's activations, the scan's state buffers and the attention scores.
+MAX_INFERENCE_BYTES = 4 * 2**30
+INFERENCE_CHUNK_BARS = 2048  # engine.model.inference.InferenceConfig.chunk_size's default
+SCAN_MIN_CHUNK_BARS = 16  # engine.model.scan: its state buffers hold at least this many bars
+
+_INT_FIELDS = ("n_assets", "n_features", "d_model", "d_state", "expand", "d_conv", "dt_rank", "n_heads", "max_lag",
+               "lead_features")
+_FLOAT_FIELDS = ("dt_min", "dt_max", "dt_clamp_min", "dt_clamp_max", "dropout")
+_BOOL_FIELDS = ("shared_ssm", "point_head", "lead_path")
+_OPTIONAL_FIELDS = ("dt_rank", "lead_features")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _sequence(name: str, value: Any, limit: int) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"ModelConfig: {name} must be a list, got {type(value).__name__} {_short(value)}")
+    if len(value) > limit:
+        raise ValueError(f"ModelConfig: {name} has {len(value)} entries, more than the app runs ({limit})")
+    return tuple(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -51,13 +103,39 @@ class ModelConfig:
     lead_features: int | None = 1
 
     def __post_init__(self) -> None:
-        # JSON gives lists back; keep tuples so configs compare equal after a round trip.
+        # JSON gives lists back; keep tuples so configs compare equal after a round trip. Types are checked first,
+        # so a config read from a file fails with the field's name rather than a TypeError deep inside a layer.
+        self._check_types()
         self.layer_pattern = tuple(self.layer_pattern)
         self.horizons = tuple(int(h) for h in self.horizons)
         self.quantiles = tuple(float(q) for q in self.quantiles)
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         self._validate()
+
+    def _check_types(self) -> None:
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if not (_is_int(value) or (value is None and name in _OPTIONAL_FIELDS)):
+                raise ValueError(f"ModelConfig: {name} must be an integer, got {_short(value)}")
+        for name in _FLOAT_FIELDS:
+            if not _is_real(getattr(self, name)):
+                raise ValueError(f"ModelConfig: {name} must be a finite number, got {_short(getattr(self, name))}")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig: {name} must be true or false, got {_short(getattr(self, name))}")
+        # Sequences are capped here already: a list of a million horizons is not worth converting.
+        pattern = _sequence("layer_pattern", self.layer_pattern, 10 * MAX_LAYERS)
+        if not all(isinstance(kind, str) for kind in pattern):
+            raise ValueError(f"ModelConfig: layer_pattern must hold {LAYER_KINDS}, got {_short(pattern)}")
+        horizons = _sequence("horizons", self.horizons, 10 * MAX_N_HORIZONS)
+        bad = [h for h in horizons if not (_is_int(h) or (_is_real(h) and float(h).is_integer()))]
+        if bad:
+            raise ValueError(f"ModelConfig: horizons must be whole numbers of bars, got {_short(bad[0])}")
+        quantiles = _sequence("quantiles", self.quantiles, 10 * MAX_N_QUANTILES)
+        bad = [q for q in quantiles if not _is_real(q)]
+        if bad:
+            raise ValueError(f"ModelConfig: quantiles must be finite numbers, got {_short(bad[0])}")
 
     def _validate(self) -> None:
         def fail(message: str) -> None:
@@ -89,6 +167,61 @@ class ModelConfig:
         if self.lead_path and "attn" not in self.layer_pattern:
             fail(f"lead_path reads the first attention layer, but layer_pattern {self.layer_pattern} has none "
                  "(add an 'attn' layer, or set lead_path=False)")
+
+    def check_app_limits(self) -> None:
+        """ValueError naming the field, its value and the cap when the app could not run this model (the caps at
+        the top of this module); a checkpoint's config passes this before anything is built."""
+        caps = {"n_assets": MAX_N_ASSETS, "n_features": MAX_N_FEATURES, "d_model": MAX_D_MODEL,
+                "d_state": MAX_D_STATE, "expand": MAX_EXPAND, "d_conv": MAX_D_CONV, "n_heads": MAX_N_HEADS,
+                "max_lag": MAX_LAG, "dt_rank": self.d_model}
+        for name, cap in caps.items():
+            if getattr(self, name) > cap:
+                raise ValueError(f"ModelConfig: {name}={getattr(self, name)} is more than the app runs "
+                                 f"({name} <= {cap})")
+        counts = {"layer_pattern": (len(self.layer_pattern), MAX_LAYERS, "layers"),
+                  "horizons": (len(self.horizons), MAX_N_HORIZONS, "horizons"),
+                  "quantiles": (len(self.quantiles), MAX_N_QUANTILES, "quantile levels")}
+        for name, (count, cap, what) in counts.items():
+            if count > cap:
+                raise ValueError(f"ModelConfig: {name} has {count} {what}, more than the app runs (<= {cap})")
+        if max(self.horizons) > MAX_HORIZON:
+            raise ValueError(f"ModelConfig: horizon {max(self.horizons)} bars is more than the app runs "
+                             f"(horizons <= {MAX_HORIZON} bars)")
+        parameters = self.estimated_parameters()
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(f"ModelConfig: the model would have {parameters:,} parameters, more than the app runs "
+                             f"(<= {MAX_PARAMETERS:,})")
+        memory = self.estimated_inference_bytes()
+        if memory > MAX_INFERENCE_BYTES:
+            raise ValueError(f"ModelConfig: running the model would take about {memory / 2**30:.1f} GiB per "
+                             f"{INFERENCE_CHUNK_BARS}-bar chunk, more than the app allows "
+                             f"({MAX_INFERENCE_BYTES / 2**30:.0f} GiB)")
+
+    def estimated_parameters(self) -> int:
+        """The parameter count of the HybridModel this config builds, from the sizes alone (nothing allocated);
+        tests/engine/test_checkpoint_hardening.py checks it against HybridModel.num_parameters."""
+        A, F, M, N, Di, R = self.n_assets, self.n_features, self.d_model, self.d_state, self.d_inner, self.dt_rank
+        w = 1 if self.shared_ssm else A  # weight sets of an SSM layer
+        ssm = w * (M + M * 2 * Di + Di * self.d_conv + Di + Di * (R + 2 * N) + R * Di + Di + Di * N + Di + Di * M)
+        attention = (self.max_lag + 1) * M + A * M + M + 3 * M * M + M * M
+        n_ssm = sum(kind == "ssm" for kind in self.layer_pattern)
+        n_attn = len(self.layer_pattern) - n_ssm
+        columns = len(self.horizons) * (len(self.quantiles) + 2 + int(self.point_head))
+        heads = A * M * columns + A * columns
+        lead = A * self.n_heads * self.lead_input_width * len(self.horizons) if self.lead_path else 0
+        embedding = A * M if self.shared_ssm else 0
+        return A * F * M + A * M + embedding + n_ssm * ssm + n_attn * attention + A * M + heads + lead
+
+    def estimated_inference_bytes(self, chunk_bars: int = INFERENCE_CHUNK_BARS) -> int:
+        """A rough upper estimate (float32) of the memory one inference chunk needs: the weights, one layer's
+        activations for every bar of the chunk, the scan's state buffers and the attention's keys and scores."""
+        A, M, N, Di, R, H = self.n_assets, self.d_model, self.d_state, self.d_inner, self.dt_rank, self.n_heads
+        window = self.max_lag + 1
+        per_bar = A * (8 * Di + R + 2 * N + 6 * M)  # projections, conv, gate, Delta, outputs, residual stream
+        if "attn" in self.layer_pattern:
+            per_bar += 2 * A * window * M + 4 * H * A * A * window  # key/value windows; scores, softmax, weights
+        scan = 2 * SCAN_MIN_CHUNK_BARS * A * Di * N
+        return 4 * (self.estimated_parameters() + chunk_bars * per_bar + scan)
 
     @property
     def d_inner(self) -> int:
