@@ -426,7 +426,9 @@ def check_on_stored_grid(
         clashes = near_after | near_before
         if clashes.any():
             i = int(np.argmax(clashes))
-            neighbour = new[i] + to_after[i] if near_after[i] else new[i] - to_before[i]
+            # The nearer stored bar; the earlier one on a tie.
+            nearer_before = near_before[i] and (not near_after[i] or to_before[i] <= to_after[i])
+            neighbour = new[i] - to_before[i] if nearer_before else new[i] + to_after[i]
             raise _off_grid(origin, symbol, source, interval, neighbour, new[i], int(clashes.sum()), len(new))
     if INTERVAL_SECONDS[interval] > PHASE_CHECKED_UP_TO_SECONDS:
         return
@@ -440,19 +442,24 @@ def check_on_stored_grid(
     off = (new - reference) % bar_us != 0
     if off.any():
         i = int(np.argmax(off))
-        raise _off_grid(origin, symbol, source, interval, reference, new[i], int(off.sum()), len(new))
+        raise _off_grid(origin, symbol, source, interval, reference, new[i], int(off.sum()), len(new),
+                        phase_us=int((new[i] - reference) % bar_us))
 
 
-def _off_grid(origin, symbol, source, interval, stored_us: int, new_us: int, clashes: int, total: int) -> OffGridError:
+def _off_grid(
+    origin, symbol, source, interval, stored_us: int, new_us: int, clashes: int, total: int, phase_us: int | None = None
+) -> OffGridError:
     def stamp(us: int) -> str:
         return pd.Timestamp(int(us), unit="us", tz="UTC").isoformat()
 
-    apart = duration_text(abs(new_us - stored_us) / 1e6) if abs(new_us - stored_us) % 1_000_000 == 0 else \
-        f"{abs(new_us - stored_us) / 1e6:g} s"
+    def duration(us: int) -> str:
+        return duration_text(us / 1e6) if us % 1_000_000 == 0 else f"{us / 1e6:g} s"
+
+    how = f"{duration(abs(new_us - stored_us))} apart" if phase_us is None else f"{duration(phase_us)} off its clock"
     where = f"{origin}: " if origin else ""
     return OffGridError(
         f"{where}{clashes:,} of {total:,} bars are not on the clock of the {interval} bars already stored for {symbol} "
-        f"({source}): the first clash is stored {stamp(stored_us)}, new {stamp(new_us)} ({apart} apart). Bars "
+        f"({source}): the first clash is stored {stamp(stored_us)}, new {stamp(new_us)} ({how}). Bars "
         "offset by minutes, fractions of a second or a time zone would sit between the stored ones: fix the times "
         "in the file; nothing was stored"
     )
