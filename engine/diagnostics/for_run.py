@@ -54,12 +54,14 @@ class RunOnPanel:
 
 
 def load_model(run_dir: str | os.PathLike) -> tuple[HybridModel, Manifest]:
-    """The checkpoint's model (eval mode) and manifest; safetensors + JSON only."""
+    """The checkpoint's model (eval mode) and manifest; safetensors + JSON only. load_checkpoint has checked every
+    manifest field (the model's sizes against what the app runs) and the weights (finite floats, exactly the names
+    and shapes the config builds) before the model is built; anything left is a CheckpointError too."""
     weights, manifest = load_checkpoint(run_dir)
-    model = HybridModel(ModelConfig.from_dict(manifest.model_config))
     try:
+        model = HybridModel(ModelConfig.from_dict(manifest.model_config))
         model.load_state_dict(weights)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"weights in {run_dir} do not fit the model its manifest describes: {error}") from error
     return model.eval(), manifest
 

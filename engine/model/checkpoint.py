@@ -3,22 +3,47 @@
 Nothing here unpickles: weights go through safetensors, everything else is JSON. A checkpoint records the data it
 was trained on (a fingerprint) so it can refuse a panel it does not fit and so diagnostics can be cached per
 (checkpoint, data) pair.
+
+A checkpoint is read as untrusted input: every manifest field is type- and bound-checked (validate_manifest; the
+model's sizes against what the app can run, engine.model.config.MAX_*) before anything is built, and the weights
+(check_weights) must be exactly the finite float tensors, names and shapes the config builds. Every failure is a
+CheckpointError whose message names the field or tensor, what it holds and what was expected.
+
+On disk (save_checkpoint, one atomic publish):
+
+    <run dir>/ckpt-<UTC time>-<random>/weights.safetensors   one published version: weights and manifest together
+    <run dir>/ckpt-<UTC time>-<random>/manifest.json
+    <run dir>/current -> ckpt-...                            a symlink naming the published version
+    <run dir>/manifest.json -> current/manifest.json         the familiar names, for readers that open them directly
+    <run dir>/weights.safetensors -> current/weights.safetensors
+
+A run directory written before this layout holds the two files directly; it is read as before and moves to the
+layout at its next publish.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import secrets
+import shutil
+import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta, timezone
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save, save_file
 
+from engine.features import FeatureConfig, FeatureScaler
+from engine.model.config import MAX_PARAMETERS, ModelConfig
 from storage.panel import DataFingerprint, asset_name
 
 RUNS_ENV_VAR = "REGIME_RUNS"
@@ -27,6 +52,9 @@ DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_che
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 REGISTRY_FILE = "registry.jsonl"
+CURRENT_LINK = "current"  # the symlink naming the published version (see the module docstring)
+VERSION_PREFIX = "ckpt-"
+PUBLISH_LOCK = ".checkpoint.lock"
 # 2: ModelConfig holds architecture only (loss_weights moved to the training config); point_head, lead_path and
 #    lead_features are written by every checkpoint. Older manifests are upgraded on load (see upgrade_manifest).
 # 3: the training spans are timestamps: training["fit_span_utc"] (the scaler's fit span: first and last bar open,
@@ -34,9 +62,23 @@ REGISTRY_FILE = "registry.jsonl"
 #    panel by time (engine.diagnostics.for_run); the row ranges stay as the record of the panel it was trained on.
 FORMAT_VERSION = 3
 
+# Bounds on what a checkpoint may hold beyond the model's sizes (those are engine.model.config's MAX_*).
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_TEXT = 200  # run_id, device, symbols, feature names, interval, hashes
+MAX_FOLDS = 1000
+MAX_FEATURE_WINDOW = 100_000  # bars, for engine.features.FeatureConfig's windows and periods
+FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtype -> bytes per value
+MIN_YEAR, MAX_YEAR = 1900, 2200  # timestamps outside are not dates a market had (and overflow pandas after 2262)
+# A registry date later than now by more than this is not believed (clocks of two machines differ a little).
+CLOCK_SKEW = timedelta(minutes=10)
+
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, corrupt, or not fitting the data it is asked to run on."""
+    """A checkpoint that cannot be used: unreadable, corrupt, not fitting the data it is asked to run on, beyond what
+    the app runs, or of a format this code does not read. The message says which and what to do."""
+
+
+RETRAIN = "retrain it (Model page, or python -m engine.train)"
 
 
 @dataclass
@@ -57,10 +99,208 @@ class Manifest:
         return json.dumps(data, indent=1, default=_json_default, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
-        data = upgrade_manifest(json.loads(text))
-        data["fingerprint"] = DataFingerprint.from_dict(data["fingerprint"])
-        return cls(**data)
+    def from_json(cls, text: str | bytes, where: str = "checkpoint manifest") -> "Manifest":
+        """Parse, upgrade to FORMAT_VERSION and check every field (validate_manifest); CheckpointError otherwise.
+        `where` names the checkpoint in messages."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise CheckpointError(f"{where} is not valid JSON ({error}): the file is damaged; restore it or "
+                                  f"{RETRAIN}") from error
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where} must be a JSON object, got {type(data).__name__}: {RETRAIN}")
+        data = upgrade_manifest(data, where)
+        validate_manifest(data, where)
+        return cls(**{**data, "fingerprint": DataFingerprint.from_dict(data["fingerprint"])})
+
+
+# ----- manifest checks -----------------------------------------------------------------------------------------------
+
+_REQUIRED_FIELDS = ("run_id", "model_config", "feature_names", "scaler", "fingerprint", "created_at", "device")
+_FINGERPRINT_FIELDS = {"symbols", "interval", "first_ts", "last_ts", "n_rows", "content_hash", "sources"}
+_SPAN_NAMES = ("train", "val", "test")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_OMIT = object()
+
+
+class _Invalid(Exception):
+    """One field that fails its check: (field path, its value, what it must be); turned into a CheckpointError."""
+
+    def __init__(self, name: str, value: Any, rule: str):
+        shown = "" if value is _OMIT else f" = {_short(value)}"
+        super().__init__(f"manifest field {name}{shown}: {rule}" if name else f"manifest {rule}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _text(name: str, value: Any, *, limit: int = MAX_TEXT, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(name, value, "must be a string")
+    if len(value) > limit or (not value and not empty) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _Invalid(name, value, f"must be {'' if empty else 'non-empty '}text of at most {limit} printable "
+                                    "characters")
+    return value
+
+
+def _texts(name: str, value: Any, *, count: int | None = None, limit: int = MAX_TEXT) -> list[str]:
+    if not isinstance(value, list):
+        raise _Invalid(name, value, "must be a list of strings")
+    if count is not None and len(value) != count:
+        raise _Invalid(name, value, f"must hold {count} entries (the model's), not {len(value)}")
+    for index, item in enumerate(value):
+        _text(f"{name}[{index}]", item, limit=limit)
+    return value
+
+
+def parse_utc(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp string -> an aware UTC datetime (naive is read as UTC); None when it is not one or its
+    year is outside [MIN_YEAR, MAX_YEAR]."""
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    stamp = stamp.replace(tzinfo=timezone.utc) if stamp.tzinfo is None else stamp.astimezone(timezone.utc)
+    return stamp if MIN_YEAR <= stamp.year <= MAX_YEAR else None
+
+
+def _timestamp(name: str, value: Any, *, empty: bool = False) -> None:
+    if empty and value == "":
+        return
+    if parse_utc(value) is None:
+        raise _Invalid(name, value, f"must be an ISO 8601 timestamp between {MIN_YEAR} and {MAX_YEAR}")
+
+
+def _span(name: str, value: Any) -> None:
+    if not isinstance(value, list) or len(value) != 2:
+        raise _Invalid(name, value, "must be [first, last] ISO timestamps")
+    _timestamp(f"{name}[0]", value[0])
+    _timestamp(f"{name}[1]", value[1])
+    if parse_utc(value[0]) > parse_utc(value[1]):
+        raise _Invalid(name, value, "first must not be after last")
+
+
+def _rows(name: str, value: Any) -> None:
+    if not isinstance(value, list) or len(value) != 2 or not all(_is_int(v) for v in value) \
+            or not 0 <= value[0] <= value[1]:
+        raise _Invalid(name, value, "must be [start, stop) rows with 0 <= start <= stop")
+
+
+def _feature_config(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _Invalid(name, value, "must be a JSON object of engine.features.FeatureConfig fields")
+    defaults = {f.name: f.default for f in fields(FeatureConfig)}
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise _Invalid(name, unknown, f"are not FeatureConfig fields (known: {', '.join(defaults)})")
+    for key, item in value.items():
+        if key == "clip_quantile":
+            if not (isinstance(item, Real) and not isinstance(item, bool) and 0 <= item < 0.5):
+                raise _Invalid(f"{name}.{key}", item, "must be a number in [0, 0.5)")
+        elif isinstance(defaults[key], float):
+            if not (isinstance(item, Real) and not isinstance(item, bool) and math.isfinite(item) and 0 < item <= 100):
+                raise _Invalid(f"{name}.{key}", item, "must be a number in (0, 100]")
+        elif not (_is_int(item) and 1 <= item <= MAX_FEATURE_WINDOW):
+            raise _Invalid(f"{name}.{key}", item, f"must be a whole number of bars in 1..{MAX_FEATURE_WINDOW}")
+
+
+def _training(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _Invalid("training", value, "must be a JSON object")
+    # Present keys must have their types (the readers use .get(key, default), which a null would defeat).
+    if "config" in value:
+        config = value["config"]
+        if not isinstance(config, dict):
+            raise _Invalid("training.config", config, "must be a JSON object (the TrainConfig)")
+        if "features" in config:
+            _feature_config("training.config.features", config["features"])
+    if "fit_span_utc" in value:
+        _span("training.fit_span_utc", value["fit_span_utc"])
+    for key, check in (("fold_spans_utc", _span), ("folds", _rows)):
+        if key not in value:
+            continue
+        folds = value[key]
+        if not isinstance(folds, list) or len(folds) > MAX_FOLDS:
+            raise _Invalid(f"training.{key}", folds, f"must be a list of at most {MAX_FOLDS} folds")
+        for index, fold in enumerate(folds):
+            if not isinstance(fold, dict):
+                raise _Invalid(f"training.{key}[{index}]", fold, "must be a JSON object")
+            if key == "fold_spans_utc" and "test" not in fold:
+                raise _Invalid(f"training.{key}[{index}]", fold, "must have its test span")
+            for span in _SPAN_NAMES:
+                if span in fold:
+                    check(f"training.{key}[{index}].{span}", fold[span])
+
+
+def _fingerprint(value: Any, n_assets: int) -> None:
+    if not isinstance(value, dict):
+        raise _Invalid("fingerprint", value, "must be a JSON object")
+    unknown = sorted(set(value) - _FINGERPRINT_FIELDS)
+    missing = sorted(_FINGERPRINT_FIELDS - set(value) - {"sources"})
+    if unknown or missing:
+        raise _Invalid("fingerprint", _OMIT, f"has unknown fields {unknown}" if unknown
+                       else f"lacks the required fields {missing}")
+    _texts("fingerprint.symbols", value["symbols"], count=n_assets)
+    _text("fingerprint.interval", value["interval"], limit=16)
+    _timestamp("fingerprint.first_ts", value["first_ts"], empty=True)
+    _timestamp("fingerprint.last_ts", value["last_ts"], empty=True)
+    if not (_is_int(value["n_rows"]) and value["n_rows"] >= 0):
+        raise _Invalid("fingerprint.n_rows", value["n_rows"], "must be a whole number >= 0")
+    _text("fingerprint.content_hash", value["content_hash"], limit=128, empty=True)
+    if "sources" in value:
+        _texts("fingerprint.sources", value["sources"])
+
+
+def validate_manifest(data: dict[str, Any], where: str = "checkpoint manifest") -> ModelConfig:
+    """Check every field of a manifest dict in FORMAT_VERSION before anything is built from it: types, lengths,
+    finite numbers, timestamps, and the model's sizes against what the app runs. Returns the model config;
+    CheckpointError naming the field, its value and the bound otherwise."""
+    try:
+        unknown = sorted(set(data) - {f.name for f in fields(Manifest)})
+        missing = [name for name in _REQUIRED_FIELDS if name not in data]
+        if unknown or missing:
+            raise _Invalid("", _OMIT, f"has unknown fields {unknown}" if unknown
+                           else f"lacks the required fields {missing}")
+        _text("run_id", data["run_id"])
+        if not isinstance(data["model_config"], dict):
+            raise _Invalid("model_config", data["model_config"], "must be a JSON object")
+        try:
+            config = ModelConfig.from_dict(data["model_config"])
+            config.check_app_limits()
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{where}: manifest field model_config: {error}; this app cannot run it: "
+                                  f"{RETRAIN} within those sizes") from error
+        _texts("feature_names", data["feature_names"], count=config.n_features)
+        _fingerprint(data["fingerprint"], config.n_assets)
+        scaler = data["scaler"]
+        if scaler != {}:  # {}: none recorded (load_checkpoint refuses that; a manifest may still be read)
+            try:
+                parsed = FeatureScaler.from_dict(scaler)
+            except ValueError as error:
+                raise _Invalid("scaler", _OMIT, str(error)) from error
+            if list(parsed.names) != list(data["feature_names"]):
+                raise _Invalid("scaler.names", scaler["names"], "must equal feature_names")
+            if list(parsed.symbols) != list(data["fingerprint"]["symbols"]):
+                raise _Invalid("scaler.symbols", scaler["symbols"], "must equal fingerprint.symbols")
+        _timestamp("created_at", data["created_at"])
+        _text("device", data["device"], empty=True)
+        if not isinstance(data.get("scores", {}), dict):
+            raise _Invalid("scores", data["scores"], "must be a JSON object")
+        _training(data.get("training", {}))
+        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise _Invalid("format_version", data["format_version"], f"must be {FORMAT_VERSION} after the upgrade")
+    except _Invalid as error:
+        raise CheckpointError(f"{where}: {error}; {RETRAIN}") from error
+    return config
 
 
 # ----- manifest migrations -------------------------------------------------------------------------------------------
@@ -128,19 +368,26 @@ def _fit_span_from_folds(scaler: Any, training: dict[str, Any]) -> list[str] | N
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}  # format n -> n+1
 
 
-def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:
+def upgrade_manifest(data: dict[str, Any], where: str = "checkpoint manifest") -> dict[str, Any]:
     """A manifest dict of any format this code knows -> the same manifest in FORMAT_VERSION. The input is not
     modified. A format newer than this code, or none at all, is refused with what to do."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} must be a JSON object, got {type(data).__name__}: {RETRAIN}")
     version = data.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version:
-        raise CheckpointError(f"checkpoint manifest has no valid format_version (got {version!r}): it was not "
+        raise CheckpointError(f"{where} has no valid format_version (got {_short(version)}): it was not "
                               f"written by this dashboard's engine.model.checkpoint; retrain it")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format {version} is newer than this code reads (format {FORMAT_VERSION}): "
                               f"update the dashboard's code (git pull) to load it, or retrain the checkpoint with "
-                              f"this version")
+                              f"this version ({where}; this app reads formats 1 to {FORMAT_VERSION})")
     while version < FORMAT_VERSION:
-        data = MIGRATIONS[version](data)
+        try:
+            data = MIGRATIONS[version](data)
+        except (KeyError, TypeError, AttributeError, ValueError) as error:  # a malformed old manifest
+            raise CheckpointError(f"{where} is format {version} but malformed, so it cannot be upgraded to format "
+                                  f"{FORMAT_VERSION} ({type(error).__name__}: {_short(str(error), 120)}); "
+                                  f"{RETRAIN}") from error
         version = data["format_version"]
     return data
 
@@ -163,36 +410,287 @@ def resolve_runs_dir(explicit: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get(RUNS_ENV_VAR, DEFAULT_RUNS_DIR))
 
 
+# ----- one atomic publish --------------------------------------------------------------------------------------------
+#
+# Two files cannot be replaced together by renames: a kill between two os.replace calls pairs new weights with an
+# old manifest. So a checkpoint is published as one unit. The weights and the manifest are written into a NEW
+# directory ckpt-<time>-<random> (each file fsync'd, then the directory), and ONE rename makes it the checkpoint:
+# a symlink `current` naming it, made under a temporary name and renamed onto the old one (rename(2) of a symlink
+# onto a symlink is atomic on POSIX, where renaming a directory onto a non-empty one is refused). A reader resolves
+# `current` once and reads both files from that directory, so it sees the old pair or the new pair, never a mix.
+# Afterwards manifest.json and weights.safetensors in the run directory are made symlinks through `current` (for
+# tools that open them by name; they follow every later publish by themselves), and other ckpt-* directories are
+# removed. A kill at any point leaves the last published pair readable; the directories and temporary links it
+# leaves behind are never read and are removed at the next publish (under a file lock, so two writers of one run
+# directory take turns). A reader that finds its version removed under it (a publish between resolving and
+# reading) resolves `current` again. POSIX only (symlinks).
+
+
 def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], manifest: Manifest) -> Path:
-    """Write weights and manifest atomically (temporary names, then os.replace); refuse non-finite weights."""
+    """Publish weights and manifest together, atomically (see above); refuse non-finite weights."""
     directory = Path(directory)
     bad = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
     if bad:
         raise CheckpointError(f"refusing to save weights with NaN or infinite values in: {', '.join(bad[:5])}")
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
-    weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
-    manifest_tmp = directory / (MANIFEST_FILE + ".tmp")
-    save_file(tensors, str(weights_tmp), metadata={"run_id": manifest.run_id})
-    manifest_tmp.write_text(manifest.to_json())
-    os.replace(weights_tmp, directory / WEIGHTS_FILE)
-    os.replace(manifest_tmp, directory / MANIFEST_FILE)
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory / PUBLISH_LOCK), timeout=60):
+        version = _new_version(directory)
+        _write_synced(version / WEIGHTS_FILE, save(tensors, metadata={"run_id": manifest.run_id}))
+        _write_synced(version / MANIFEST_FILE, manifest.to_json().encode())
+        _publish(directory, version)
     return directory
 
 
-def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Manifest]:
+def update_manifest_scores(directory: str | os.PathLike, scores: dict[str, Any]) -> Manifest:
+    """Replace the scores in a checkpoint's manifest, publishing a new version with the same weights (a hard link,
+    or a copy where links are not possible): atomically, like save_checkpoint."""
     directory = Path(directory)
-    manifest_path, weights_path = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
-    if not manifest_path.exists() or not weights_path.exists():
-        raise CheckpointError(f"{directory} is not a checkpoint: it needs {MANIFEST_FILE} and {WEIGHTS_FILE}")
+    with FileLock(str(directory / PUBLISH_LOCK), timeout=60):
+        manifest_path, weights_path = _published_files(directory)
+        manifest = Manifest.from_json(_read_regular(manifest_path, MAX_MANIFEST_BYTES, directory),
+                                      f"checkpoint {directory}")
+        manifest.scores = scores
+        version = _new_version(directory)
+        try:
+            os.link(weights_path, version / WEIGHTS_FILE)
+        except OSError:
+            shutil.copyfile(weights_path, version / WEIGHTS_FILE)
+            _fsync_path(version / WEIGHTS_FILE)
+        _write_synced(version / MANIFEST_FILE, manifest.to_json().encode())
+        _publish(directory, version)
+    return manifest
+
+
+def _new_version(directory: Path) -> Path:
+    name = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}"
+    (directory / name).mkdir()
+    return directory / name
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
     try:
-        manifest = Manifest.from_json(manifest_path.read_text())
-        weights = load_file(str(weights_path), device="cpu")
-    except (json.JSONDecodeError, KeyError, TypeError, OSError) as error:
-        raise CheckpointError(f"checkpoint {directory} is unreadable: {error}") from error
-    except Exception as error:  # safetensors raises its own SafetensorError for corrupt files
-        raise CheckpointError(f"checkpoint weights in {weights_path} are corrupt: {error}") from error
-    return weights, manifest
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _swap_link(link: Path, target: str) -> None:
+    """Point the symlink `link` at `target` with one rename (made under a temporary name first)."""
+    temporary = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+def _publish(directory: Path, version: Path) -> None:
+    """The complete version directory becomes the checkpoint: fsync it, ONE rename of `current` (the commit), then
+    the convenience links and the clean-up, which a kill may skip without harm."""
+    _fsync_path(version)
+    current = directory / CURRENT_LINK
+    if current.is_dir() and not current.is_symlink():  # a copied run directory (links followed): move it aside
+        os.replace(current, directory / f"{VERSION_PREFIX}copied-{secrets.token_hex(4)}")
+    _swap_link(current, version.name)  # THE commit
+    _fsync_path(directory)
+    _link_familiar_names(directory)
+    _remove_stale(directory, keep=version.name)
+
+
+def _link_familiar_names(directory: Path) -> None:
+    for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        path, target = directory / name, f"{CURRENT_LINK}/{name}"
+        if path.is_symlink() and os.readlink(path) == target:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            continue  # not ours to replace
+        _swap_link(path, target)
+    _fsync_path(directory)
+
+
+def _remove_stale(directory: Path, keep: str) -> None:
+    """Versions no longer published and temporary links a killed publish left behind."""
+    for child in directory.iterdir():
+        if child.name.startswith(VERSION_PREFIX) and child.name != keep and not child.is_symlink() and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name.startswith(".") and child.name.endswith(".tmp") and child.is_symlink():
+            child.unlink(missing_ok=True)
+
+
+class _Moved(Exception):
+    """The version being read was unpublished under the reader: resolve `current` again."""
+
+
+def _published_files(directory: Path) -> tuple[Path, Path]:
+    """(manifest, weights) of the published pair: inside the version `current` names, or side by side in a run
+    directory written before atomic publishing."""
+    current = directory / CURRENT_LINK
+    if current.is_symlink():
+        target = os.readlink(current)
+        if not re.fullmatch(re.escape(VERSION_PREFIX) + r"[A-Za-z0-9._-]+", target):
+            raise CheckpointError(f"checkpoint {directory}: {CURRENT_LINK} points at {_short(target)}, not at one of "
+                                  f"its own {VERSION_PREFIX}* versions; {RETRAIN}")
+        base = directory / target
+    elif current.is_dir():
+        base = current
+    else:
+        base = directory
+    return base / MANIFEST_FILE, base / WEIGHTS_FILE
+
+
+def _read_regular(path: Path, limit: int, directory: Path) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (a FIFO or a device is never opened)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"checkpoint {directory}: {path.name} is not a regular file; {RETRAIN}")
+        if info.st_size > limit:
+            raise CheckpointError(f"checkpoint {directory}: {path.name} is {info.st_size:,} bytes, more than a "
+                                  f"checkpoint's {limit:,}; {RETRAIN}")
+        with open(path, "rb") as handle:
+            return handle.read(limit + 1)[:limit]
+    except FileNotFoundError:
+        raise _Moved() from None
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {directory}: {path.name} cannot be read ({error})") from error
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Manifest]:
+    """(weights, manifest) of the published pair, both checked: the manifest field by field (validate_manifest),
+    the weights against what its config builds (check_weights). CheckpointError, saying what and what to do,
+    for anything else."""
+    directory = Path(directory)
+    vanished = None
+    for _ in range(5):
+        manifest_path, weights_path = _published_files(directory)
+        legacy = manifest_path.parent == directory
+        if legacy and not (manifest_path.exists() and weights_path.exists()):
+            raise CheckpointError(f"{directory} is not a checkpoint: it needs {MANIFEST_FILE} and {WEIGHTS_FILE}")
+        try:
+            text = _read_regular(manifest_path, MAX_MANIFEST_BYTES, directory)
+            manifest = Manifest.from_json(text, f"checkpoint {directory}")
+            if not manifest.scaler:
+                raise CheckpointError(f"checkpoint {directory}: its manifest records no feature scaler, so its "
+                                      f"inputs cannot be normalised as in training; {RETRAIN}")
+            weights = check_weights(weights_path, ModelConfig.from_dict(manifest.model_config), directory)
+        except _Moved:
+            if vanished == manifest_path:  # the same version missing twice: not a publish under way
+                raise CheckpointError(f"checkpoint {directory}: its published version "
+                                      f"{manifest_path.parent.name} is incomplete or missing; {RETRAIN}") from None
+            vanished = manifest_path
+            continue
+        if legacy and (directory / CURRENT_LINK).exists():
+            continue  # published while read: read the published pair
+        return weights, manifest
+    raise CheckpointError(f"checkpoint {directory} kept changing while it was read (a training run or evaluation "
+                          "writing it?): try again in a moment")
+
+
+def checkpoint_written(directory: str | os.PathLike) -> tuple[str, str] | None:
+    """(run id, when it was written) of the checkpoint published in `directory`, None when there is none; read
+    leniently (the manifest's run_id and created_at when it parses, else the folder's name and the file's time)."""
+    directory = Path(directory)
+    try:
+        manifest_path, weights_path = _published_files(directory)
+        if not (manifest_path.is_file() and weights_path.is_file()):
+            return None
+        when = _iso(datetime.fromtimestamp(manifest_path.stat().st_mtime, timezone.utc))
+    except (OSError, CheckpointError):
+        return None
+    try:
+        data = json.loads(_read_regular(manifest_path, MAX_MANIFEST_BYTES, directory))
+    except (ValueError, RecursionError, _Moved):
+        data = None
+    if not isinstance(data, dict):
+        return directory.name, when
+    run_id = data["run_id"] if isinstance(data.get("run_id"), str) else directory.name
+    created = parse_utc(data.get("created_at"))
+    return run_id, _iso(created) if created is not None else when
+
+
+def _iso(stamp: datetime) -> str:
+    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expected_weights(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the weights a config's HybridModel has, from a model built on the meta device (no
+    memory is allocated); the config must have passed check_app_limits."""
+    from engine.model.hybrid import HybridModel  # the model's modules: only when weights are checked
+
+    with torch.device("meta"):
+        model = HybridModel(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def check_weights(path: Path, config: ModelConfig, directory: Path | None = None) -> dict[str, torch.Tensor]:
+    """The weights file's tensors, refused (CheckpointError naming the tensor) unless they are exactly the float
+    tensors, names and shapes `config` builds, and finite. The header is checked before any tensor is read."""
+    where = f"checkpoint {directory or path.parent}"
+    expected = expected_weights(config)
+    largest = sum(math.prod(shape) for shape in expected.values()) * max(FLOAT_DTYPES.values())
+    limit = min(largest, MAX_PARAMETERS * 8) + 2**20 + 1024 * len(expected)  # + the JSON header
+    _check_regular_size(path, limit, where)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+                      for name in handle.keys()}
+            problems = _weight_problems(header, expected)
+            if problems:
+                raise CheckpointError(f"weights in {where} do not fit the model its manifest describes: "
+                                      + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+                                      + f"; the manifest and weights do not belong together: {RETRAIN}")
+            weights = {name: handle.get_tensor(name) for name in header}
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise _Moved() from None
+    except Exception as error:  # safetensors' SafetensorError, a header that is not JSON, a truncated file
+        detail = f"{type(error).__name__}: {_short(str(error), 160)}"
+        raise CheckpointError(f"weights file of {where} ({WEIGHTS_FILE}) is damaged or not a safetensors file "
+                              f"({detail}); restore it or {RETRAIN}") from error
+    for name, tensor in weights.items():
+        finite = torch.isfinite(tensor)
+        if not finite.all():
+            count = int((~finite).sum())
+            raise CheckpointError(f"weights in {where}: tensor {name} holds {count:,} NaN or infinite value(s) of "
+                                  f"{tensor.numel():,}; the model would forecast nothing meaningful: {RETRAIN}")
+    return weights
+
+
+def _check_regular_size(path: Path, limit: int, where: str) -> None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise _Moved() from None
+    except OSError as error:
+        raise CheckpointError(f"{where}: {path.name} cannot be read ({error})") from error
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{where}: {path.name} is not a regular file; {RETRAIN}")
+    if info.st_size > limit:
+        raise CheckpointError(f"{where}: {path.name} is {info.st_size:,} bytes, more than the weights of the model "
+                              f"its manifest describes can take ({limit:,}); {RETRAIN}")
+
+
+def _weight_problems(header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]]) -> list[str]:
+    problems = []
+    missing = [name for name in expected if name not in header]
+    unexpected = [name for name in header if name not in expected]
+    if missing:
+        problems.append(f"missing tensor(s) {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"unexpected tensor(s) {', '.join(unexpected[:5])}")
+    for name, (shape, dtype) in header.items():
+        if name in expected and shape != expected[name]:
+            problems.append(f"tensor {name} has shape {shape}, the config builds {expected[name]}")
+        if dtype not in FLOAT_DTYPES:
+            problems.append(f"tensor {name} is {dtype}, not a float type ({', '.join(FLOAT_DTYPES)})")
+    return problems
 
 
 def check_fits(manifest: Manifest, *, symbols, interval: str, feature_names) -> None:
@@ -248,33 +746,90 @@ def fitting_runs(runs: list[dict], symbols, interval: str) -> list[dict]:
             if run.get("interval") == interval and sorted(run_assets(run.get("symbols", ()))) == wanted]
 
 
+def checked_created_at(value: Any, file_time: float, now: datetime | None = None) -> tuple[str, str | None]:
+    """A registry date -> (ISO UTC date to use, None) when it is an ISO timestamp not later than now (plus
+    CLOCK_SKEW); otherwise (the file system's time of the checkpoint, a note saying why it replaced the date)."""
+    now = now or datetime.now(timezone.utc)
+    stamp = parse_utc(value)
+    if stamp is not None and stamp <= now + CLOCK_SKEW:
+        return _iso(stamp), None
+    reason = "is in the future" if stamp is not None else "is not an ISO timestamp"
+    file_stamp = datetime.fromtimestamp(file_time, timezone.utc)
+    return _iso(file_stamp), (f"registry date {_short(value)} {reason}; shown with its file's time "
+                              f"{_iso(file_stamp)} instead, and never the default checkpoint")
+
+
+def _registry_entry(entry: Any, now: datetime) -> dict | None:
+    """A registry line made safe for the pages, or None when it cannot name a checkpoint: run_id, path, symbols
+    and interval of the right types; created_at checked (checked_created_at: "date_trusted" False and a
+    "created_at_note" when replaced); scores a dict."""
+    if not isinstance(entry, dict):
+        return None
+    run_id, path, symbols, interval = (entry.get(key) for key in ("run_id", "path", "symbols", "interval"))
+    if not (isinstance(run_id, str) and 0 < len(run_id) <= MAX_TEXT and isinstance(path, str) and path
+            and isinstance(interval, str) and isinstance(symbols, list) and symbols
+            and all(isinstance(symbol, str) for symbol in symbols)):
+        return None
+    try:
+        file_time = Path(path).joinpath(MANIFEST_FILE).stat().st_mtime  # follows the published layout's links
+    except (OSError, ValueError):
+        return None
+    created_at, note = checked_created_at(entry.get("created_at"), file_time, now)
+    clean = {**entry, "created_at": created_at, "date_trusted": note is None,
+             "scores": entry.get("scores") if isinstance(entry.get("scores"), dict) else {},
+             "assets": list(run_assets(symbols))}
+    if note:
+        clean["created_at_note"] = note
+    return clean
+
+
 def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = True) -> list[dict]:
     """Registered runs, newest first, then the shipped demo checkpoint; unreadable lines are skipped.
 
-    Each entry has the run's symbols as trained and "assets": their asset names in the model's order.
+    Each entry has the run's symbols as trained and "assets": their asset names in the model's order. A registry
+    date that is not an ISO timestamp, or lies in the future, is replaced by the checkpoint file's time and noted
+    ("date_trusted" False, "created_at_note"); such runs come after the runs with trusted dates, so a forged date
+    never makes a run the first (default) one.
     """
+    now = datetime.now(timezone.utc)
     runs: list[dict] = []
     registry = resolve_runs_dir(runs_dir) / REGISTRY_FILE
-    if registry.exists():
-        for line in registry.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if Path(entry.get("path", "")).joinpath(MANIFEST_FILE).exists():
-                runs.append({**entry, "assets": list(run_assets(entry.get("symbols", ())))})
-    runs.sort(key=lambda e: e.get("created_at", ""), reverse=True)
-    if include_demo and (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).exists():
-        manifest = Manifest.from_json((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
-        runs.append({
-            "run_id": manifest.run_id, "path": str(DEMO_CHECKPOINT_DIR), "created_at": manifest.created_at,
-            "device": manifest.device, "symbols": list(manifest.fingerprint.symbols),
-            "interval": manifest.fingerprint.interval,
-            "span": [manifest.fingerprint.first_ts, manifest.fingerprint.last_ts],
-            "data_hash": manifest.fingerprint.content_hash, "scores": manifest.scores, "demo": True,
-            "assets": list(run_assets(manifest.fingerprint.symbols)),
-        })
+    try:
+        lines = registry.read_text(encoding="utf-8", errors="replace").splitlines() if registry.exists() else []
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            entry = _registry_entry(json.loads(line), now)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        if entry is not None:
+            runs.append(entry)
+    runs.sort(key=lambda e: (e["date_trusted"], e["created_at"]), reverse=True)
+    if include_demo:
+        demo = _demo_entry()
+        if demo is not None:
+            runs.append(demo)
     return runs
+
+
+def _demo_entry() -> dict | None:
+    try:
+        manifest_path, _ = _published_files(DEMO_CHECKPOINT_DIR)
+        if not manifest_path.exists():
+            return None
+        manifest = Manifest.from_json(_read_regular(manifest_path, MAX_MANIFEST_BYTES, DEMO_CHECKPOINT_DIR),
+                                      f"checkpoint {DEMO_CHECKPOINT_DIR}")
+    except (CheckpointError, _Moved):
+        return None  # the pages then say that no checkpoint fits, and the demo's own page errors stay away
+    return {
+        "run_id": manifest.run_id, "path": str(DEMO_CHECKPOINT_DIR), "created_at": manifest.created_at,
+        "device": manifest.device, "symbols": list(manifest.fingerprint.symbols),
+        "interval": manifest.fingerprint.interval,
+        "span": [manifest.fingerprint.first_ts, manifest.fingerprint.last_ts],
+        "data_hash": manifest.fingerprint.content_hash, "scores": manifest.scores, "demo": True,
+        "date_trusted": True, "assets": list(run_assets(manifest.fingerprint.symbols)),
+    }
 
 
 # ----- resumable training state (weights + AdamW moments), same rules: safetensors and JSON only ---------------------
@@ -330,14 +885,3 @@ def load_training_state(directory: str | os.PathLike, optimizer: torch.optim.Opt
                                          for i, s in per_param.items()},
                                "param_groups": saved["param_groups"]})
     return weights, best, saved["meta"]
-
-
-def update_manifest_scores(directory: str | os.PathLike, scores: dict[str, Any]) -> Manifest:
-    """Replace the scores in a checkpoint's manifest (atomically), leaving the weights untouched."""
-    directory = Path(directory)
-    manifest = Manifest.from_json((directory / MANIFEST_FILE).read_text())
-    manifest.scores = scores
-    tmp = directory / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, directory / MANIFEST_FILE)
-    return manifest

@@ -53,6 +53,7 @@ from engine.features import FeatureSet, build_feature_set
 from engine.model.checkpoint import (
     DataFingerprint,
     Manifest,
+    checkpoint_written,
     load_training_state,
     new_run_id,
     save_checkpoint,
@@ -180,6 +181,10 @@ def train_walk_forward(
     ctx = dist or DistContext.single(config.device)
     if not resume and (run_dir / RESUME_DIR).exists():
         raise TrainingError(f"{run_dir} holds an unfinished run: pass resume=True (--resume) or choose another dir")
+    finished = checkpoint_written(run_dir) if resume and not (run_dir / RESUME_DIR).exists() else None
+    if finished is not None:  # resuming a finished run would silently train it again from scratch
+        raise TrainingError(f"run {finished[0]} is finished (checkpoint written at {finished[1]} in {run_dir}): "
+                            "nothing to resume; choose another --out to train again")
     if config.threads is not None:
         configure_cpu_threads(config.threads)
     device = ctx.device
