@@ -3,7 +3,8 @@
 Bars are not independent (volatility clusters; a model's state and the labels drawn from it move slowly), so an
 interval from resampling single bars would be far too narrow. A moving-block bootstrap resamples runs of
 `block` consecutive bars (Kunsch 1989) and keeps the dependence within each run; a circular shift moves one
-sequence against another and keeps each one's own dependence whole.
+sequence against another and keeps each one's own dependence whole. When both sequences are slow compared with
+their length, few shifts differ from each other and a shift test has little power: that is what the data allow.
 """
 from __future__ import annotations
 
@@ -29,12 +30,16 @@ def moving_block_indices(n: int, block: int, n_boot: int, rng: np.random.Generat
     return (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
 
 
-def circular_shifts(n: int, n_shifts: int, rng: np.random.Generator, min_fraction: float = 0.1) -> np.ndarray:
-    """(n_shifts,) offsets in [min_fraction n, (1 - min_fraction) n]: shifts so short that a slow sequence still
-    lines up with itself would make the null look like the data."""
-    low = max(1, int(np.floor(min_fraction * n)))
-    high = max(low + 1, n - low)
-    return rng.integers(low, high, size=n_shifts)
+def circular_shifts(n: int, n_shifts: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_shifts,) offsets drawn uniformly from 1..n-1: the whole group of rotations but the identity.
+
+    Short shifts are kept on purpose. With two slow sequences, shifts near 0 (and near n) give statistics close to
+    the observed one; leaving them out removes the observed value's own neighbourhood from the null and makes it look
+    extreme: measured on a smooth series (AR(1), phi 0.995) against independent labels with spells of 200 bars, 2,000
+    bars, shifts restricted to [n/10, 9n/10] declared a difference at 5% in 15% of 200 seeds."""
+    if n < 2:
+        raise ValueError("circular_shifts: at least two bars are needed to shift")
+    return rng.integers(1, n, size=n_shifts)
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
