@@ -766,8 +766,8 @@ def _registry_entry(entry: Any, now: datetime) -> dict | None:
     if not isinstance(entry, dict):
         return None
     run_id, path, symbols, interval = (entry.get(key) for key in ("run_id", "path", "symbols", "interval"))
-    if not (isinstance(run_id, str) and 0 < len(run_id) <= MAX_TEXT and isinstance(path, str) and path
-            and isinstance(interval, str) and isinstance(symbols, list) and symbols
+    if not (isinstance(run_id, str) and 0 < len(run_id) <= MAX_TEXT and run_id.isprintable()
+            and isinstance(path, str) and path and isinstance(interval, str) and isinstance(symbols, list) and symbols
             and all(isinstance(symbol, str) for symbol in symbols)):
         return None
     try:
@@ -775,12 +775,31 @@ def _registry_entry(entry: Any, now: datetime) -> dict | None:
     except (OSError, ValueError):
         return None
     created_at, note = checked_created_at(entry.get("created_at"), file_time, now)
-    clean = {**entry, "created_at": created_at, "date_trusted": note is None,
-             "scores": entry.get("scores") if isinstance(entry.get("scores"), dict) else {},
-             "assets": list(run_assets(symbols))}
+    span, device = entry.get("span"), entry.get("device")
+    clean = {**entry, "created_at": created_at, "date_trusted": note is None, "scores": _listed_scores(entry),
+             "span": span if isinstance(span, list) and all(isinstance(s, str) for s in span) else [],
+             "device": device if isinstance(device, str) else "", "assets": list(run_assets(symbols))}
     if note:
         clean["created_at_note"] = note
     return clean
+
+
+def _listed_scores(entry: dict) -> dict:
+    """The registry's copy of a run's score summary when it has the shape the Model page reads (a dict; its
+    "assets" a dict of dicts, each vs_<baseline> a dict of numbers or null), else {} (the page says 'not scored')."""
+    scores = entry.get("scores")
+    if not isinstance(scores, dict):
+        return {}
+    assets = scores.get("assets", {})
+    if not isinstance(assets, dict) or not all(isinstance(a, dict) for a in assets.values()):
+        return {}
+    for per_asset in assets.values():
+        for key, versus in per_asset.items():
+            if key.startswith("vs_") and not (isinstance(versus, dict) and all(
+                    value is None or (isinstance(value, Real) and not isinstance(value, bool))
+                    for value in versus.values())):
+                return {}
+    return scores
 
 
 def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = True) -> list[dict]:

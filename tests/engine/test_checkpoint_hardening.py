@@ -501,6 +501,17 @@ def test_malformed_registry_lines_are_skipped_or_made_safe(tmp_path):
     (runs / REGISTRY_FILE).write_text("\n".join(lines) + "\n")
     listed = list_runs(runs, include_demo=False)
     assert [entry["run_id"] for entry in listed] == ["ok"] and listed[0]["scores"] == {}
+    # the fields the Model page reads keep their types
+    demo_scores = demo_manifest()["scores"]
+    lines = [json.dumps({**good, "scores": demo_scores, "span": [1, 2], "device": 7}),
+             json.dumps({**good, "run_id": "bad-scores",
+                         "scores": {"assets": {"BTC": {"vs_zero": {"dm_p_mse": "x"}}}}}),
+             json.dumps({**good, "run_id": "line\nbreak"})]
+    (runs / REGISTRY_FILE).write_text("\n".join(lines) + "\n")
+    listed = {entry["run_id"]: entry for entry in list_runs(runs, include_demo=False)}
+    assert set(listed) == {"ok", "bad-scores"}
+    assert listed["ok"]["scores"] == demo_scores and listed["ok"]["span"] == [] and listed["ok"]["device"] == ""
+    assert listed["bad-scores"]["scores"] == {}
 
 
 # ----- check_fits still names the misfit ------------------------------------------------------------------------
