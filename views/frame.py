@@ -139,7 +139,17 @@ def model_order(checkpoint: dict, symbols: list[str]) -> tuple[str, ...]:
 
 def _run_label(run: dict) -> str:
     tag = "demo checkpoint" if run.get("demo") else run.get("created_at", "")[:16].replace("T", " ")
+    if not run.get("date_trusted", True):
+        tag += ", date unverified"
     return f"{run['run_id']} ({tag})"
+
+
+def default_checkpoint(fitting: list[dict]) -> int:
+    """The index of the checkpoint shown before the user (or a link) chooses: the newest run whose registry date
+    is trusted. A date that is not ISO or lies in the future (engine.model.checkpoint.list_runs replaces it by the
+    file's time and marks the run) never makes a run the default, so a registry line dated 2099 cannot take over
+    every page; only when no fitting run has a trusted date is the first (by file time) shown."""
+    return next((index for index, run in enumerate(fitting) if run.get("date_trusted", True)), 0)
 
 
 def render_frame() -> Selection:
@@ -177,9 +187,13 @@ def render_frame() -> Selection:
         checkpoint = None
         if fitting:
             labels = [_run_label(run) for run in fitting]
-            chosen = st.selectbox("Checkpoint", labels, key="checkpoint", bind="query-params",
+            chosen = st.selectbox("Checkpoint", labels, index=default_checkpoint(fitting), key="checkpoint",
+                                  bind="query-params",
                                   help="Trained runs that fit these symbols and this interval (Model page).")
             checkpoint = fitting[labels.index(chosen)]
+            if checkpoint.get("created_at_note"):
+                note = checkpoint["created_at_note"]
+                st.caption(f"{note[:1].upper()}{note[1:]}.")
             if list(model_order(checkpoint, symbols)) != list(symbols):
                 st.caption(f"The model reads its assets in its own order: {', '.join(model_order(checkpoint, symbols))}.")
         else:

@@ -89,24 +89,35 @@ def model_view(selection: Selection) -> ModelView:
         )
         st.stop()
     freshness = f"{selection.last_bar}"
+    name = _plain(str(selection.checkpoint.get("run_id", "?")))
+    # Only the errors a checkpoint or the data can cause are caught, each shown as a message that names the
+    # checkpoint and what to do; engine.model.checkpoint turns every problem of a checkpoint's files (unreadable,
+    # hostile, beyond what the app runs, another format) into a CheckpointError. Anything else is a bug to see.
     try:
         with st.spinner("Running the model over the cached history (once per checkpoint and data)…"):
             loaded, run, bundle, status = _load(selection.checkpoint["path"], selection.db_path,
                                                 model_order(selection.checkpoint, list(selection.symbols)),
                                                 selection.interval, freshness)
     except CheckpointError as error:
-        st.error(f"This checkpoint cannot run on the selected data. {error}")
+        st.error(f"Checkpoint **{name}** cannot be used here: {_plain(str(error))}\n\nChoose another checkpoint "
+                 "in the sidebar, or train a new one on the Model page. The Data page still shows the prices and "
+                 "their quality.", icon=":material/error:")
         st.stop()
     except CacheBusyError as error:
-        st.warning(f"The cache is busy ({error}); try again in a moment.")
+        st.warning(f"The cache is busy ({_plain(str(error))}); try again in a moment.")
         st.stop()
     except ValueError as error:
-        st.error(f"The model could not run on this selection: {error}")
+        st.error(f"Checkpoint **{name}** could not run on this selection: {_plain(str(error))}")
         st.stop()
     ts = bundle.inference.ts
     if run.span_text():  # the spans are found on this data by time (engine.diagnostics.for_run)
         st.caption(f"Model `{run.manifest.run_id}`. {run.span_text()}")
     return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest))
+
+
+def _plain(text: str) -> str:
+    """Text from a file or an error, shown literally by st.error/st.warning (which read Markdown and $...$ math)."""
+    return "".join("\\" + char if char in "\\`*_[]<>$~#|{}" else char for char in text)
 
 
 def asset_closes(view: ModelView, symbol: str) -> np.ndarray:
