@@ -99,9 +99,11 @@ class Manifest:
         return json.dumps(data, indent=1, default=_json_default, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str | bytes, where: str = "checkpoint manifest") -> "Manifest":
-        """Parse, upgrade to FORMAT_VERSION and check every field (validate_manifest); CheckpointError otherwise.
-        `where` names the checkpoint in messages."""
+    def from_json(cls, text: str | bytes, where: str = "checkpoint manifest", *, app_limits: bool = False
+                  ) -> "Manifest":
+        """Parse, upgrade to FORMAT_VERSION and check every field (validate_manifest; with app_limits also the
+        model's sizes against what the app runs, as load_checkpoint does); CheckpointError otherwise. `where` names
+        the checkpoint in messages."""
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
@@ -110,7 +112,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise CheckpointError(f"{where} must be a JSON object, got {type(data).__name__}: {RETRAIN}")
         data = upgrade_manifest(data, where)
-        validate_manifest(data, where)
+        validate_manifest(data, where, app_limits=app_limits)
         return cls(**{**data, "fingerprint": DataFingerprint.from_dict(data["fingerprint"])})
 
 
@@ -260,10 +262,13 @@ def _fingerprint(value: Any, n_assets: int) -> None:
         _texts("fingerprint.sources", value["sources"])
 
 
-def validate_manifest(data: dict[str, Any], where: str = "checkpoint manifest") -> ModelConfig:
+def validate_manifest(data: dict[str, Any], where: str = "checkpoint manifest", *, app_limits: bool = False
+                      ) -> ModelConfig:
     """Check every field of a manifest dict in FORMAT_VERSION before anything is built from it: types, lengths,
-    finite numbers, timestamps, and the model's sizes against what the app runs. Returns the model config;
-    CheckpointError naming the field, its value and the bound otherwise."""
+    finite numbers, timestamps, and with app_limits the model's sizes against what the app runs
+    (ModelConfig.check_app_limits: load_checkpoint asks for it; reading a manifest to score or register a run
+    trained for a larger machine does not). Returns the model config; CheckpointError naming the field, its value
+    and the bound otherwise."""
     try:
         unknown = sorted(set(data) - {f.name for f in fields(Manifest)})
         missing = [name for name in _REQUIRED_FIELDS if name not in data]
@@ -275,8 +280,12 @@ def validate_manifest(data: dict[str, Any], where: str = "checkpoint manifest") 
             raise _Invalid("model_config", data["model_config"], "must be a JSON object")
         try:
             config = ModelConfig.from_dict(data["model_config"])
-            config.check_app_limits()
         except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{where}: manifest field model_config: {error}; {RETRAIN}") from error
+        try:
+            if app_limits:
+                config.check_app_limits()
+        except ValueError as error:
             raise CheckpointError(f"{where}: manifest field model_config: {error}; this app cannot run it: "
                                   f"{RETRAIN} within those sizes") from error
         _texts("feature_names", data["feature_names"], count=config.n_features)
@@ -574,7 +583,7 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
             raise CheckpointError(f"{directory} is not a checkpoint: it needs {MANIFEST_FILE} and {WEIGHTS_FILE}")
         try:
             text = _read_regular(manifest_path, MAX_MANIFEST_BYTES, directory)
-            manifest = Manifest.from_json(text, f"checkpoint {directory}")
+            manifest = Manifest.from_json(text, f"checkpoint {directory}", app_limits=True)
             if not manifest.scaler:
                 raise CheckpointError(f"checkpoint {directory}: its manifest records no feature scaler, so its "
                                       f"inputs cannot be normalised as in training; {RETRAIN}")

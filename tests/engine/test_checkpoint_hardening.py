@@ -193,7 +193,17 @@ def test_a_hostile_manifest_is_refused_naming_the_field_value_and_bound(name, tm
     assert time.perf_counter() - started < 10  # refused before anything is built (d_model 32768 was 51 GB)
     assert "corrupt" not in str(refused.value)
     with pytest.raises(CheckpointError, match=message):  # the same from the manifest alone
-        Manifest.from_json((run / MANIFEST_FILE).read_text())
+        Manifest.from_json((run / MANIFEST_FILE).read_text(), app_limits=True)
+
+
+def test_a_run_trained_for_a_larger_machine_can_be_scored_and_listed_but_not_loaded(tmp_path):
+    run = write_run(tmp_path / "run", changed(**{"model_config.d_model": 2048, "model_config.dt_rank": 128})(
+        demo_manifest()))
+    manifest = Manifest.from_json((run / MANIFEST_FILE).read_text())  # what evaluate and register_run read
+    assert manifest.model_config["d_model"] == 2048
+    with pytest.raises(CheckpointError, match=r"d_model=2048 is more than the app runs \(d_model <= 1024\); this "
+                                              r"app cannot run it"):
+        load_checkpoint(run)
 
 
 def test_the_format_message_names_both_versions_and_never_blames_the_weights(tmp_path):
