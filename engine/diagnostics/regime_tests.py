@@ -26,6 +26,10 @@ diagonal is therefore no evidence of regimes. What would be: the regimes describ
               circularly shifted by one offset relative to the returns (labels and returns each keep their own
               dependence, persistent labels and clustered volatility alike; only their alignment is broken). Holm's
               correction over the assets tested together. THIS is the test a regime verdict rests on.
+  beyond      the same test (selection included) on the next bar's return divided by a causal EWMA volatility
+              forecast (half-life ewma_half_life own bars): do the regimes tell more than the recent volatility?
+              Volatility clustering alone (GARCH, one regime) makes a state that tracks recent volatility pass the
+              separation test; it does not pass this one. Reported (beyond_recent_vol_p), not part of `significant`.
   persistence the share of consecutive own bars with the same label against the labels shuffled. Reported with the
               caveat above: it says the labels are slow, not that they mean anything.
   baseline    agreement (adjusted Rand index) with a 2-state Gaussian HMM on |gap-normalised return|, fitted on the
@@ -70,6 +74,7 @@ class RegimeTestConfig:
     max_fit_bars: int = 20_000  # mixture and HMM fits use at most this many training bars
     min_regime_bars: int = 30  # a chosen regime with fewer bars joins its neighbour
     min_vol_ratio: float = 1.25  # neighbouring regimes whose volatilities differ by less are merged
+    ewma_half_life: float = 20.0  # own bars, for the recent-volatility forecast of beyond_recent_vol_p
 
     def __post_init__(self) -> None:
         if self.max_regimes < 1 or self.n_components < 1:
@@ -94,6 +99,7 @@ class RegimeVerdict:
     regimes: pd.DataFrame  # regime, n_bars, share, volatility, vol_low, vol_high, mean, mean_low, mean_high
     n_bars: int  # (label, return) pairs counted
     ari_hmm: float = np.nan  # agreement with the 2-state HMM baseline on |gap-normalised return|
+    beyond_recent_vol_p: float = np.nan  # the separation test on returns divided by a causal EWMA volatility
     returns_criterion: tuple[float, ...] = ()  # per candidate (k = 1..max_regimes clusters): LR - (regimes - 1) log n
     embedding_bic: tuple[float, ...] = ()  # BIC of mixtures of 1..max_regimes Gaussians over the embedding
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)  # (T,)
@@ -112,8 +118,14 @@ class RegimeVerdict:
             return (f"{self.symbol}: one regime, or none distinct: no split of the state into regimes describes the "
                     f"next bar's volatility better than one does (volatility {vols}).")
         if self.significant:
+            if self.beyond_recent_vol_p <= 0.05:
+                beyond = f"they tell more than the recent volatility does (p {self.beyond_recent_vol_p:.3f})"
+            else:
+                beyond = (f"but no more than the recent volatility does (p {self.beyond_recent_vol_p:.2f}): "
+                          "volatility clustering without distinct states would read the same")
             return (f"{self.symbol}: {self.n_regimes} regimes with different volatility (next-bar volatility {vols}; "
-                    f"p {self.separation_p:.3f}, q {self.separation_q:.3f} against shifted labels); {persistence}.")
+                    f"p {self.separation_p:.3f}, q {self.separation_q:.3f} against shifted labels), {beyond}; "
+                    f"{persistence}.")
         return (f"{self.symbol}: one regime, or none distinct: the {self.n_regimes} clusters' next-bar volatilities "
                 f"({vols}) differ no more than with the labels shifted in time (p {self.separation_p:.2f}, "
                 f"q {self.separation_q:.2f}); {persistence}.")
@@ -129,7 +141,7 @@ class RegimeTests:
         return pd.DataFrame.from_records([{
             "symbol": v.symbol, "n_regimes": v.n_regimes, "significant": v.significant,
             "separation_p": v.separation_p, "separation_q": v.separation_q, "stay_share": v.stay_share,
-            "stay_share_shuffled": v.stay_share_shuffled, "persistence_p": v.persistence_p, "ari_hmm": v.ari_hmm,
+            "stay_share_shuffled": v.stay_share_shuffled, "persistence_p": v.persistence_p, "beyond_recent_vol_p": v.beyond_recent_vol_p, "ari_hmm": v.ari_hmm,
             "n_bars": v.n_bars, "verdict": v.text,
         } for v in self.verdicts])
 
@@ -214,6 +226,23 @@ def candidate_labels(
 
 
 # --- the evidence for a set of labels ----------------------------------------------------------------------------
+
+
+def ewma_variance_before(normalised: np.ndarray, half_life: float) -> np.ndarray:
+    """(T,) at each bar with a return: the exponentially weighted mean of the asset's squared (gap-normalised)
+    returns over its bars BEFORE this one, a causal forecast of this bar's variance (NaN at its first few bars,
+    until half_life bars have been seen). NaN where the asset has no return."""
+    weight = 1 - 0.5 ** (1 / half_life)
+    rows = np.flatnonzero(np.isfinite(normalised))
+    out = np.full(len(normalised), np.nan)
+    level, seen = np.nan, 0
+    for row in rows:
+        if seen >= half_life:
+            out[row] = level
+        square = normalised[row] ** 2
+        level = square if seen == 0 else (1 - weight) * level + weight * square
+        seen += 1
+    return out
 
 
 def _pair_rows(open_bars: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,7 +334,7 @@ def _separation(candidates: list[np.ndarray], squares: np.ndarray, select: bool,
     if select:  # the fewest regimes scoring within one penalty of the best: a tie does not buy a regime
         near = [i for i in range(len(candidates)) if observed[i] >= observed[chosen] - penalty]
         chosen = min(near, key=lambda i: (len(merged[i]), -observed[i]))
-    if len(merged[chosen]) < 2 or n < 4:
+    if max(sizes) < 2 or n < 4:
         return _Separation(chosen, merged[chosen], np.nan, np.nan, tuple(observed))
     stat = float(observed.max() if select else observed[chosen])
     null = np.array([scored(int(shift))[0].max() for shift in circular_shifts(n, config.n_shifts, rng)])
@@ -339,7 +368,12 @@ def _evidence(
     raw, norm = returns[later], normalised[later]
     values = [np.unique(c[here], return_inverse=True) for c in candidates]  # (labels present, dense labels)
     rng = np.random.default_rng(config.seed)
-    separation = _separation([dense.astype(np.int64) for _, dense in values], norm**2, select, config, rng)
+    dense_candidates = [dense.astype(np.int64) for _, dense in values]
+    separation = _separation(dense_candidates, norm**2, select, config, rng)
+    standardised = norm / np.sqrt(ewma_variance_before(normalised, config.ewma_half_life)[later])
+    usable = np.isfinite(standardised)
+    beyond = _separation([c[usable] for c in dense_candidates], standardised[usable] ** 2, select, config, rng) \
+        if usable.sum() > 3 else None
     present, _ = values[separation.chosen]
     if select:  # the chosen labels, merged, renumbered calm (0) to turbulent
         recode = np.full(int(candidates.max()) + 1, NO_LABEL, dtype=np.int64)
@@ -370,6 +404,7 @@ def _evidence(
         shuffled_stay, persistence_p,
         _describe(regimes_present, dense, raw, norm, config, rng), len(here),
         returns_criterion=separation.criterion, labels=labels,
+        beyond_recent_vol_p=beyond.p if beyond is not None and k >= 2 else np.nan,
     )
 
 
