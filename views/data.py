@@ -9,7 +9,13 @@ from storage.config import INTERVAL_SECONDS
 from storage.locks import CacheBusyError, RefreshBusyError
 from storage.refresh import RefreshRequest, import_uploaded_file, run_refresh
 from storage.sources.files import limits_text
-from views.frame import clear_cached_reads, current_selection, load_summary, show_refresh_report
+from views.frame import (
+    clear_cached_reads,
+    current_selection,
+    load_import_reports,
+    load_summary,
+    show_refresh_report,
+)
 
 selection = current_selection()
 st.title("Data")
@@ -40,6 +46,34 @@ else:
     stale = table[table["stale"] & ~is_demo & table["last_ts"].notna()]
     for row in stale.itertuples():
         st.warning(f"{row.symbol} ({row.source}, {row.interval}) is stale: last bar {row.last_ts:%Y-%m-%d %H:%M} UTC.")
+
+st.subheader("Data quality of imported files")
+reports = load_import_reports(selection.db_path)
+if reports.empty:
+    st.caption("No file imports recorded yet: imported files' reports (rows repaired, partial last bar, missing "
+               "sessions against the exchange calendar) appear here.")
+else:
+    quality = reports.assign(
+        missing=[f"{m:,} of {e:,} {u}" for m, e, u in zip(reports["missing"], reports["expected"],
+                                                         reports["missing_unit"])])
+    st.dataframe(
+        quality[["symbol", "source", "interval", "layout", "rows_read", "rows_kept", "rows_repaired",
+                 "partial_last_bar", "calendar", "missing", "first_missing", "imported_at"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "rows_repaired": st.column_config.NumberColumn("rows repaired", help="OHLC off by float rounding "
+                                                           "(e.g. yfinance auto_adjust): high/low widened"),
+            "partial_last_bar": st.column_config.CheckboxColumn("partial last bar dropped"),
+            "missing": st.column_config.TextColumn("missing sessions", help="Against the exchange calendar (NYSE) "
+                                                   "or every period for 24/7 markets: a warning, not a refusal."),
+            "first_missing": st.column_config.TextColumn("first missing"),
+            "imported_at": st.column_config.DatetimeColumn("imported (UTC)", format="YYYY-MM-DD HH:mm"),
+        },
+    )
+    gaps = reports[reports["missing"] > 0]
+    for row in gaps.itertuples():
+        st.warning(f"{row.symbol} ({row.interval}, {row.source}): {row.missing:,} of {row.expected:,} "
+                   f"{row.missing_unit} missing from the imported file (first: {row.first_missing}).")
 
 st.subheader("Prices")
 if not selection.symbols:

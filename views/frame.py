@@ -24,6 +24,7 @@ from engine.model.checkpoint import fitting_runs, list_runs
 from engine.runtime import device_label
 from storage.cache import SOURCE_PREFERENCE, cache_summary
 from storage.config import INTERVAL_SECONDS, resolve_db_path
+from storage.importing import latest_import_reports
 from storage.locks import CacheBusyError
 from storage.refresh import seed_demo_if_empty
 from storage.sources.demo import DEMO_SYMBOLS
@@ -55,6 +56,11 @@ class Selection:
 @st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
 def load_summary(db_path: str) -> pd.DataFrame:
     return cache_summary(db_path=db_path)
+
+
+@st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
+def load_import_reports(db_path: str) -> pd.DataFrame:
+    return latest_import_reports(db_path=db_path)
 
 
 @st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
