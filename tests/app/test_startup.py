@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from tests.browser.conftest import free_port
+from tests.browser.conftest import free_port, stop_server, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,23 +25,8 @@ def test_the_readme_command_serves_with_stdin_closed_and_a_home_without_credenti
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"streamlit exited with {process.returncode}: {log.read_text()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no answer within 60 s: {log.read_text()[-2000:]}"
-            time.sleep(0.2)
+        wait_until_serving(process, f"http://localhost:{port}", log, timeout_s=60)
         assert "Email" not in log.read_text()
         assert not (home / ".streamlit" / "credentials.toml").exists()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)

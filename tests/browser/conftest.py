@@ -75,27 +75,37 @@ def streamlit_server(db_path: Path, runs_dir: Path, log: Path, diagnostics_dir: 
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"streamlit exited with {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"streamlit did not answer /_stcore/health within {HEALTH_TIMEOUT_S}s")
-            time.sleep(0.2)
+        wait_until_serving(process, url, log)
         yield AppServer(url, process, log)
     finally:
-        process.terminate()
+        stop_server(process)
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, log: Path, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+    """Return once the server at url answers /_stcore/health; fail with its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"streamlit exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"streamlit did not answer /_stcore/health within {timeout_s}s: "
+                                 f"{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
