@@ -9,16 +9,19 @@ model's sizes against what the app can run, engine.model.config.MAX_*) before an
 (check_weights) must be exactly the finite float tensors, names and shapes the config builds. Every failure is a
 CheckpointError whose message names the field or tensor, what it holds and what was expected.
 
-On disk (save_checkpoint, one atomic publish):
+On disk (save_checkpoint, one atomic publish; no symlinks, so a run folder is written on Windows without admin
+rights and still loads after a copy or a zip):
 
     <run dir>/ckpt-<UTC time>-<random>/weights.safetensors   one published version: weights and manifest together
     <run dir>/ckpt-<UTC time>-<random>/manifest.json
-    <run dir>/current -> ckpt-...                            a symlink naming the published version
-    <run dir>/manifest.json -> current/manifest.json         the familiar names, for readers that open them directly
-    <run dir>/weights.safetensors -> current/weights.safetensors
+    <run dir>/CURRENT_VERSION                                one line naming the published version, replaced with
+                                                             os.replace of a complete, fsync'd temporary file
 
-A run directory written before this layout holds the two files directly; it is read as before and moves to the
-layout at its next publish.
+Every reader finds the files through published_files(run dir) (read_manifest and load_checkpoint resolve it again
+if a concurrent publish removes the version they resolved); nothing opens <run dir>/manifest.json by name. Two older
+layouts are read as before and move to this one at their next publish: the two files side by side in the run
+directory (the shipped demo checkpoint, which is never rewritten by reading), and a `current` symlink naming the
+version, with manifest.json and weights.safetensors linked through it (written by this module before the pointer).
 """
 from __future__ import annotations
 
@@ -52,7 +55,9 @@ DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_che
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 REGISTRY_FILE = "registry.jsonl"
-CURRENT_LINK = "current"  # the symlink naming the published version (see the module docstring)
+POINTER_FILE = "CURRENT_VERSION"  # one line: the name of the published ckpt-* directory (see the module docstring)
+MAX_POINTER_BYTES = 256
+CURRENT_LINK = "current"  # the symlink the previous layout published with: still read, removed at the next publish
 VERSION_PREFIX = "ckpt-"
 PUBLISH_LOCK = ".checkpoint.lock"
 # 2: ModelConfig holds architecture only (loss_weights moved to the training config); point_head, lead_path and
@@ -424,15 +429,15 @@ def resolve_runs_dir(explicit: str | os.PathLike | None = None) -> Path:
 # Two files cannot be replaced together by renames: a kill between two os.replace calls pairs new weights with an
 # old manifest. So a checkpoint is published as one unit. The weights and the manifest are written into a NEW
 # directory ckpt-<time>-<random> (each file fsync'd, then the directory), and ONE rename makes it the checkpoint:
-# a symlink `current` naming it, made under a temporary name and renamed onto the old one (rename(2) of a symlink
-# onto a symlink is atomic on POSIX, where renaming a directory onto a non-empty one is refused). A reader resolves
-# `current` once and reads both files from that directory, so it sees the old pair or the new pair, never a mix.
-# Afterwards manifest.json and weights.safetensors in the run directory are made symlinks through `current` (for
-# tools that open them by name; they follow every later publish by themselves), and other ckpt-* directories are
-# removed. A kill at any point leaves the last published pair readable; the directories and temporary links it
-# leaves behind are never read and are removed at the next publish (under a file lock, so two writers of one run
-# directory take turns). A reader that finds its version removed under it (a publish between resolving and
-# reading) resolves `current` again. POSIX only (symlinks).
+# the pointer file CURRENT_VERSION, one line naming that directory, is written complete and fsync'd under a
+# temporary name and os.replace'd onto the old pointer (rename(2) on POSIX, MoveFileEx with MOVEFILE_REPLACE_EXISTING
+# on Windows: atomic on both, and neither needs a symlink, so a run folder works on a Windows laptop without admin
+# rights and survives a copy or a zip). A reader resolves the pointer once (published_files) and reads both files from
+# that directory, so it sees the old pair or the new pair, never a mix. Afterwards other ckpt-* directories, the
+# temporaries a killed publish left and the files of an older layout are removed. A kill at any point leaves the last
+# published pair readable; what it leaves behind is never read and is removed at the next publish (under a file lock,
+# so two writers of one run directory take turns). A reader that finds its version removed under it (a publish
+# between resolving and reading) resolves the pointer again (_read_published, a bounded number of times).
 
 
 def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], manifest: Manifest) -> Path:
@@ -456,16 +461,15 @@ def update_manifest_scores(directory: str | os.PathLike, scores: dict[str, Any])
     or a copy where links are not possible): atomically, like save_checkpoint."""
     directory = Path(directory)
     with FileLock(str(directory / PUBLISH_LOCK), timeout=60):
-        manifest_path, weights_path = _published_files(directory)
-        manifest = Manifest.from_json(_read_regular(manifest_path, MAX_MANIFEST_BYTES, directory),
-                                      f"checkpoint {directory}")
+        manifest, weights_path = _read_published(directory, lambda manifest_path, weights_path: (
+            Manifest.from_json(_read_regular(manifest_path, MAX_MANIFEST_BYTES, directory),
+                               f"checkpoint {directory}"), weights_path))
         manifest.scores = scores
         version = _new_version(directory)
         try:
             os.link(weights_path, version / WEIGHTS_FILE)
         except OSError:
-            shutil.copyfile(weights_path, version / WEIGHTS_FILE)
-            _fsync_path(version / WEIGHTS_FILE)
+            _copy_synced(weights_path, version / WEIGHTS_FILE)
         _write_synced(version / MANIFEST_FILE, manifest.to_json().encode())
         _publish(directory, version)
     return manifest
@@ -484,7 +488,18 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_path(path: Path) -> None:
+def _copy_synced(source: Path, target: Path) -> None:
+    with open(source, "rb") as reader, open(target, "xb") as writer:
+        shutil.copyfileobj(reader, writer, 2**20)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries durable (POSIX; Windows cannot open a directory to flush it, and NTFS journals its
+    metadata)."""
+    if os.name == "nt":
+        return
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -492,65 +507,109 @@ def _fsync_path(path: Path) -> None:
         os.close(descriptor)
 
 
-def _swap_link(link: Path, target: str) -> None:
-    """Point the symlink `link` at `target` with one rename (made under a temporary name first)."""
-    temporary = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
-    os.symlink(target, temporary)
-    os.replace(temporary, link)
+def _replace(source: Path, target: Path) -> None:
+    """os.replace, retried for a moment where Windows refuses to replace a file a reader holds open."""
+    for attempt in range(100):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if os.name != "nt" or attempt == 99:
+                raise
+            time.sleep(0.01)
 
 
 def _publish(directory: Path, version: Path) -> None:
-    """The complete version directory becomes the checkpoint: fsync it, ONE rename of `current` (the commit), then
-    the convenience links and the clean-up, which a kill may skip without harm."""
-    _fsync_path(version)
-    current = directory / CURRENT_LINK
-    if current.is_dir() and not current.is_symlink():  # a copied run directory (links followed): move it aside
-        os.replace(current, directory / f"{VERSION_PREFIX}copied-{secrets.token_hex(4)}")
-    _swap_link(current, version.name)  # THE commit
-    _fsync_path(directory)
-    _link_familiar_names(directory)
+    """The complete version directory becomes the checkpoint: fsync it, write the pointer's temporary, ONE rename of
+    it onto the pointer (the commit), then the clean-up, which a kill may skip without harm."""
+    _fsync_dir(version)
+    temporary = directory / f".{POINTER_FILE}.{secrets.token_hex(4)}.tmp"
+    _write_synced(temporary, f"{version.name}\n".encode("ascii"))
+    _replace(temporary, directory / POINTER_FILE)  # THE commit
+    _fsync_dir(directory)
     _remove_stale(directory, keep=version.name)
 
 
-def _link_familiar_names(directory: Path) -> None:
-    for name in (MANIFEST_FILE, WEIGHTS_FILE):
-        path, target = directory / name, f"{CURRENT_LINK}/{name}"
-        if path.is_symlink() and os.readlink(path) == target:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            continue  # not ours to replace
-        _swap_link(path, target)
-    _fsync_path(directory)
-
-
 def _remove_stale(directory: Path, keep: str) -> None:
-    """Versions no longer published and temporary links a killed publish left behind."""
+    """Versions no longer published, temporaries a killed publish left behind, and an older layout's files: the
+    `current` symlink (or the directory a copy made of it), the links or plain files manifest.json and
+    weights.safetensors beside it. The pointer is written already, so no reader resolves to any of them again; one
+    that was reading them resolves again. Whatever cannot be removed now (a file Windows keeps while a reader has it
+    open) is left for the next publish."""
     for child in directory.iterdir():
-        if child.name.startswith(VERSION_PREFIX) and child.name != keep and not child.is_symlink() and child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        elif child.name.startswith(".") and child.name.endswith(".tmp") and child.is_symlink():
-            child.unlink(missing_ok=True)
+        try:
+            if child.name.startswith(VERSION_PREFIX) and child.name != keep and not child.is_symlink() \
+                    and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            elif child.name.startswith(".") and child.name.endswith(".tmp") and not child.is_dir():
+                child.unlink(missing_ok=True)  # a pointer's temporary, or the symlink layout's temporary link
+            elif child.name == CURRENT_LINK and child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            elif child.name in (CURRENT_LINK, MANIFEST_FILE, WEIGHTS_FILE) and (child.is_symlink() or child.is_file()):
+                child.unlink(missing_ok=True)
+        except OSError:
+            continue
+    _fsync_dir(directory)
 
 
 class _Moved(Exception):
-    """The version being read was unpublished under the reader: resolve `current` again."""
+    """The version being read was unpublished under the reader: resolve the pointer again."""
 
 
-def _published_files(directory: Path) -> tuple[Path, Path]:
-    """(manifest, weights) of the published pair: inside the version `current` names, or side by side in a run
-    directory written before atomic publishing."""
+_VERSION_NAME = re.compile(re.escape(VERSION_PREFIX) + r"[A-Za-z0-9._-]{1,100}")
+
+
+def _version_named(directory: Path, name: str, by: str) -> Path:
+    if not _VERSION_NAME.fullmatch(name):
+        raise CheckpointError(f"checkpoint {directory}: {by} names {_short(name)}, not one of its own "
+                              f"{VERSION_PREFIX}* versions; {RETRAIN}")
+    return directory / name
+
+
+def _pointer(directory: Path) -> str | None:
+    """The version name in the pointer file, None when there is none; CheckpointError when it is not one line of at
+    most MAX_POINTER_BYTES in a regular file (a line end written on Windows, CRLF, is accepted)."""
+    path = directory / POINTER_FILE
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_POINTER_BYTES:
+            raise CheckpointError(f"checkpoint {directory}: {POINTER_FILE} is not a one-line file naming its "
+                                  f"published version; {RETRAIN}")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_POINTER_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {directory}: {POINTER_FILE} cannot be read ({error})") from error
+    text = raw.decode("ascii", errors="replace")
+    return text[:-1].removesuffix("\r") if text.endswith("\n") else text
+
+
+def published_files(directory: str | os.PathLike) -> tuple[Path, Path]:
+    """(manifest, weights) of the pair published in a run directory: THE way to find a checkpoint's files (nothing
+    opens <run dir>/manifest.json by name). Inside the version the pointer file names; in a folder written by the
+    symlink layout, inside the version its `current` link names (or `current` itself, where a copy followed the
+    link); in a run folder written before either (the shipped demo), the two files side by side. Resolve once and
+    read both files from the result; a reader racing a publish may find them removed and resolves again
+    (read_manifest and load_checkpoint do). CheckpointError for a pointer or link naming anything but one of the
+    run's own versions."""
+    directory = Path(directory)
+    name = _pointer(directory)
     current = directory / CURRENT_LINK
-    if current.is_symlink():
-        target = os.readlink(current)
-        if not re.fullmatch(re.escape(VERSION_PREFIX) + r"[A-Za-z0-9._-]+", target):
-            raise CheckpointError(f"checkpoint {directory}: {CURRENT_LINK} points at {_short(target)}, not at one of "
-                                  f"its own {VERSION_PREFIX}* versions; {RETRAIN}")
-        base = directory / target
+    if name is not None:
+        base = _version_named(directory, name, POINTER_FILE)
+    elif current.is_symlink():
+        base = _version_named(directory, os.readlink(current), f"its {CURRENT_LINK} link")
     elif current.is_dir():
         base = current
     else:
         base = directory
     return base / MANIFEST_FILE, base / WEIGHTS_FILE
+
+
+def _published_elsewhere(directory: Path) -> bool:
+    """True when the run directory names a published version (a pointer, or the symlink layout's `current`)."""
+    return os.path.lexists(directory / POINTER_FILE) or os.path.lexists(directory / CURRENT_LINK)
 
 
 def _read_regular(path: Path, limit: int, directory: Path) -> bytes:
@@ -570,35 +629,58 @@ def _read_regular(path: Path, limit: int, directory: Path) -> bytes:
         raise CheckpointError(f"checkpoint {directory}: {path.name} cannot be read ({error})") from error
 
 
-def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Manifest]:
-    """(weights, manifest) of the published pair, both checked: the manifest field by field (validate_manifest),
-    the weights against what its config builds (check_weights). CheckpointError, saying what and what to do,
-    for anything else."""
-    directory = Path(directory)
+def _read_published(directory: Path, read, *, need_weights: bool = True):
+    """read(manifest path, weights path) on the published pair, resolved again (a bounded number of times) when the
+    version it resolved to is removed under it (read raises _Moved) or, for an old side-by-side folder, when a
+    publish converts it while read."""
     vanished = None
     for _ in range(5):
-        manifest_path, weights_path = _published_files(directory)
+        manifest_path, weights_path = published_files(directory)
         legacy = manifest_path.parent == directory
-        if legacy and not (manifest_path.exists() and weights_path.exists()):
-            raise CheckpointError(f"{directory} is not a checkpoint: it needs {MANIFEST_FILE} and {WEIGHTS_FILE}")
+        if legacy and not (manifest_path.exists() and (weights_path.exists() or not need_weights)):
+            if _published_elsewhere(directory):
+                continue  # converted to the published layout since it was resolved
+            needs = f"{MANIFEST_FILE} and {WEIGHTS_FILE}" if need_weights else MANIFEST_FILE
+            raise CheckpointError(f"{directory} is not a checkpoint: it needs {needs}")
         try:
-            text = _read_regular(manifest_path, MAX_MANIFEST_BYTES, directory)
-            manifest = Manifest.from_json(text, f"checkpoint {directory}", app_limits=True)
-            if not manifest.scaler:
-                raise CheckpointError(f"checkpoint {directory}: its manifest records no feature scaler, so its "
-                                      f"inputs cannot be normalised as in training; {RETRAIN}")
-            weights = check_weights(weights_path, ModelConfig.from_dict(manifest.model_config), directory)
+            result = read(manifest_path, weights_path)
         except _Moved:
             if vanished == manifest_path:  # the same version missing twice: not a publish under way
                 raise CheckpointError(f"checkpoint {directory}: its published version "
                                       f"{manifest_path.parent.name} is incomplete or missing; {RETRAIN}") from None
             vanished = manifest_path
             continue
-        if legacy and (directory / CURRENT_LINK).exists():
+        if legacy and _published_elsewhere(directory):
             continue  # published while read: read the published pair
-        return weights, manifest
+        return result
     raise CheckpointError(f"checkpoint {directory} kept changing while it was read (a training run or evaluation "
                           "writing it?): try again in a moment")
+
+
+def read_manifest(directory: str | os.PathLike, *, app_limits: bool = False) -> Manifest:
+    """The published manifest of a run directory, checked field by field (validate_manifest; with app_limits also
+    the model's sizes against what the app runs). CheckpointError when there is none or it fails a check."""
+    directory = Path(directory)
+    return _read_published(directory, lambda manifest_path, _: Manifest.from_json(
+        _read_regular(manifest_path, MAX_MANIFEST_BYTES, directory), f"checkpoint {directory}",
+        app_limits=app_limits), need_weights=False)
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Manifest]:
+    """(weights, manifest) of the published pair, both checked: the manifest field by field (validate_manifest),
+    the weights against what its config builds (check_weights). CheckpointError, saying what and what to do,
+    for anything else."""
+    directory = Path(directory)
+
+    def read(manifest_path: Path, weights_path: Path) -> tuple[dict[str, torch.Tensor], Manifest]:
+        text = _read_regular(manifest_path, MAX_MANIFEST_BYTES, directory)
+        manifest = Manifest.from_json(text, f"checkpoint {directory}", app_limits=True)
+        if not manifest.scaler:
+            raise CheckpointError(f"checkpoint {directory}: its manifest records no feature scaler, so its "
+                                  f"inputs cannot be normalised as in training; {RETRAIN}")
+        return check_weights(weights_path, ModelConfig.from_dict(manifest.model_config), directory), manifest
+
+    return _read_published(directory, read)
 
 
 def checkpoint_written(directory: str | os.PathLike) -> tuple[str, str] | None:
@@ -606,7 +688,7 @@ def checkpoint_written(directory: str | os.PathLike) -> tuple[str, str] | None:
     leniently (the manifest's run_id and created_at when it parses, else the folder's name and the file's time)."""
     directory = Path(directory)
     try:
-        manifest_path, weights_path = _published_files(directory)
+        manifest_path, weights_path = published_files(directory)
         if not (manifest_path.is_file() and weights_path.is_file()):
             return None
         when = _iso(datetime.fromtimestamp(manifest_path.stat().st_mtime, timezone.utc))
@@ -780,8 +862,8 @@ def _registry_entry(entry: Any, now: datetime) -> dict | None:
             and all(isinstance(symbol, str) for symbol in symbols)):
         return None
     try:
-        file_time = Path(path).joinpath(MANIFEST_FILE).stat().st_mtime  # follows the published layout's links
-    except (OSError, ValueError):
+        file_time = published_files(path)[0].stat().st_mtime
+    except (OSError, ValueError, CheckpointError):
         return None
     created_at, note = checked_created_at(entry.get("created_at"), file_time, now)
     span, device = entry.get("span"), entry.get("device")
@@ -843,12 +925,8 @@ def list_runs(runs_dir: str | os.PathLike | None = None, include_demo: bool = Tr
 
 def _demo_entry() -> dict | None:
     try:
-        manifest_path, _ = _published_files(DEMO_CHECKPOINT_DIR)
-        if not manifest_path.exists():
-            return None
-        manifest = Manifest.from_json(_read_regular(manifest_path, MAX_MANIFEST_BYTES, DEMO_CHECKPOINT_DIR),
-                                      f"checkpoint {DEMO_CHECKPOINT_DIR}")
-    except (CheckpointError, _Moved):
+        manifest = read_manifest(DEMO_CHECKPOINT_DIR)
+    except CheckpointError:
         return None  # the pages then say that no checkpoint fits, and the demo's own page errors stay away
     return {
         "run_id": manifest.run_id, "path": str(DEMO_CHECKPOINT_DIR), "created_at": manifest.created_at,

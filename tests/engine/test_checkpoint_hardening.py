@@ -26,6 +26,7 @@ from engine.model.checkpoint import (
     DEMO_CHECKPOINT_DIR,
     FORMAT_VERSION,
     MANIFEST_FILE,
+    POINTER_FILE,
     REGISTRY_FILE,
     WEIGHTS_FILE,
     CheckpointError,
@@ -35,6 +36,8 @@ from engine.model.checkpoint import (
     checkpoint_written,
     list_runs,
     load_checkpoint,
+    published_files,
+    read_manifest,
     register_run,
     save_checkpoint,
     update_manifest_scores,
@@ -343,13 +346,33 @@ def kill_at(monkeypatch, name: str, *, after: bool = False, call: int = 1):
     monkeypatch.setattr(ck, name, dying)
 
 
+def pointer(run: Path) -> str:
+    return (run / POINTER_FILE).read_text().strip()
+
+
+def no_links(run: Path) -> bool:
+    return not any(os.path.islink(path) for path in [run, *run.rglob("*")])
+
+
+def symlink_layout(run: Path, run_id: str, k: int, version: str = "ckpt-20261201T000000Z-0000abcd") -> Path:
+    """A run folder as the symlink layout (this module before the pointer file) wrote it."""
+    (run / version).mkdir(parents=True)
+    save_file(version_weights(k), str(run / version / WEIGHTS_FILE))
+    (run / version / MANIFEST_FILE).write_text(version_manifest(run_id).to_json())
+    os.symlink(version, run / CURRENT_LINK)
+    for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        os.symlink(f"{CURRENT_LINK}/{name}", run / name)
+    return run
+
+
 @pytest.mark.parametrize("step, after, call, expected", [
     ("_write_synced", False, 1, "v1"),  # before the weights are written
     ("_write_synced", True, 1, "v1"),  # new weights written, no manifest beside them yet
     ("_write_synced", True, 2, "v1"),  # the new version is complete but not published
-    ("_swap_link", False, 1, "v1"),  # just before the one rename
-    ("_swap_link", True, 1, "v2"),  # just after it
-    ("_link_familiar_names", False, 1, "v2"),
+    ("_write_synced", True, 3, "v1"),  # the pointer's temporary is written, not yet renamed
+    ("_replace", False, 1, "v1"),  # just before the one rename
+    ("_replace", True, 1, "v2"),  # just after it
+    ("_fsync_dir", False, 2, "v2"),  # renamed, the run directory not yet fsync'd
     ("_remove_stale", False, 1, "v2"),
 ])
 def test_a_kill_at_any_step_of_a_publish_leaves_a_consistent_pair(step, after, call, expected, tmp_path,
@@ -361,13 +384,15 @@ def test_a_kill_at_any_step_of_a_publish_leaves_a_consistent_pair(step, after, c
         save_checkpoint(run, version_weights(2), version_manifest("v2"))
     monkeypatch.undo()
     assert read_pair(run) == (expected, int(expected[1]))
-    # the familiar names agree with what load_checkpoint reads
-    assert json.loads((run / MANIFEST_FILE).read_text())["run_id"] == expected
-    assert int(load_file(str(run / WEIGHTS_FILE))["final_norm.weight"][0, 0]) == int(expected[1])
+    # what published_files names agrees with what load_checkpoint reads
+    manifest_path, weights_path = published_files(run)
+    assert json.loads(manifest_path.read_text())["run_id"] == expected
+    assert int(load_file(str(weights_path))["final_norm.weight"][0, 0]) == int(expected[1])
     save_checkpoint(run, version_weights(3), version_manifest("v3"))  # the next publish cleans up after the kill
     assert read_pair(run) == ("v3", 3)
-    assert [p.name for p in run.iterdir() if p.name.startswith("ckpt-")] == [os.readlink(run / CURRENT_LINK)]
+    assert [p.name for p in run.iterdir() if p.name.startswith("ckpt-")] == [pointer(run)]
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert no_links(run)
 
 
 def test_a_kill_while_an_old_run_folder_moves_to_the_published_layout_leaves_a_consistent_pair(tmp_path,
@@ -375,39 +400,92 @@ def test_a_kill_while_an_old_run_folder_moves_to_the_published_layout_leaves_a_c
     run = tmp_path / "run"
     write_run(run, json.loads(version_manifest("old").to_json()), weights=version_weights(1))
     assert read_pair(run) == ("old", 1)
-    kill_at(monkeypatch, "_link_familiar_names")  # published, but the old plain files are still in place
+    kill_at(monkeypatch, "_remove_stale")  # published, but the old plain files are still in place
     with pytest.raises(Killed):
         save_checkpoint(run, version_weights(2), version_manifest("v2"))
     monkeypatch.undo()
-    assert not (run / MANIFEST_FILE).is_symlink()
-    assert read_pair(run) == ("v2", 2)  # `current` wins over the plain files
+    assert (run / MANIFEST_FILE).is_file() and (run / WEIGHTS_FILE).is_file()
+    assert read_pair(run) == ("v2", 2)  # the pointer wins over the plain files
+    update_manifest_scores(run, {"horizon": 1})
+    assert not (run / MANIFEST_FILE).exists() and not (run / WEIGHTS_FILE).exists()  # the old layout is gone
+    assert read_pair(run) == ("v2", 2)
 
 
 def test_the_published_layout_and_a_scores_update(tmp_path):
     run = tmp_path / "run"
     save_checkpoint(run, version_weights(1), version_manifest("v1"))
-    current = os.readlink(run / CURRENT_LINK)
-    assert current.startswith("ckpt-") and os.readlink(run / MANIFEST_FILE) == f"{CURRENT_LINK}/{MANIFEST_FILE}"
+    current = pointer(run)
+    assert current.startswith("ckpt-") and (run / POINTER_FILE).read_bytes() == f"{current}\n".encode()
     assert sorted((run / current).iterdir()) == [run / current / MANIFEST_FILE, run / current / WEIGHTS_FILE]
-    before = (run / WEIGHTS_FILE).read_bytes()
+    assert published_files(run) == (run / current / MANIFEST_FILE, run / current / WEIGHTS_FILE)
+    before = published_files(run)[1].read_bytes()
     update_manifest_scores(run, {"horizon": 1})
-    assert os.readlink(run / CURRENT_LINK) != current and not (run / current).exists()
-    assert Manifest.from_json((run / MANIFEST_FILE).read_text()).scores == {"horizon": 1}
-    assert (run / WEIGHTS_FILE).read_bytes() == before
+    assert pointer(run) != current and not (run / current).exists()
+    assert read_manifest(run).scores == {"horizon": 1}
+    assert published_files(run)[1].read_bytes() == before
     assert read_pair(run) == ("v1", 1)
 
 
-def test_a_current_link_pointing_outside_the_run_is_refused(tmp_path):
+def test_save_checkpoint_creates_no_symlink_and_a_copied_or_zipped_run_still_loads(tmp_path):
     run = tmp_path / "run"
     save_checkpoint(run, version_weights(1), version_manifest("v1"))
-    os.remove(run / CURRENT_LINK)
-    os.symlink("../../etc", run / CURRENT_LINK)
-    with pytest.raises(CheckpointError, match="points at '../../etc', not at one of its own ckpt-"):
-        load_checkpoint(run)
-    os.remove(run / CURRENT_LINK)
-    os.symlink("ckpt-gone", run / CURRENT_LINK)
+    update_manifest_scores(run, {"horizon": 1})
+    assert no_links(run)
+    assert {p.name for p in run.iterdir()} <= {POINTER_FILE, pointer(run), ck.PUBLISH_LOCK}
+    expected = load_checkpoint(run)
+    copied = Path(shutil.copytree(run, tmp_path / "copied"))
+    archive = shutil.make_archive(str(tmp_path / "run"), "zip", root_dir=run)
+    shutil.unpack_archive(archive, tmp_path / "unzipped")
+    for other in (copied, tmp_path / "unzipped"):
+        weights, manifest = load_checkpoint(other)
+        assert manifest == expected[1] and weights.keys() == expected[0].keys()
+        assert all(torch.equal(weights[name], expected[0][name]) for name in weights)
+        assert published_files(other)[0].parent.parent == other  # read from the copy, not through the original
+    save_checkpoint(copied, version_weights(2), version_manifest("v2"))  # a copy publishes on its own
+    assert read_pair(copied) == ("v2", 2) and read_pair(run) == ("v1", 1)
+
+
+def test_a_pointer_naming_anything_but_its_own_version_is_refused(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run, version_weights(1), version_manifest("v1"))
+    name = pointer(run)
+    (run / POINTER_FILE).write_bytes(f"{name}\r\n".encode())  # rewritten with a Windows line end: still read
+    assert read_pair(run) == ("v1", 1)
+    for text, message in (("../../etc\n", "names '../../etc', not one of its own ckpt-"),
+                          (f"{name}\n{name}\n", "not one of its own ckpt-"),
+                          ("", "names '', not one of its own ckpt-"),
+                          ("ckpt-" + "x" * 300, "is not a one-line file naming its published version"),
+                          ("ckpt-gone\n", "published version ckpt-gone is incomplete or missing")):
+        (run / POINTER_FILE).write_text(text)
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(run)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="the symlink layout was POSIX only")
+def test_a_run_folder_of_the_symlink_layout_is_read_and_its_next_publish_drops_the_links(tmp_path):
+    run = symlink_layout(tmp_path / "run", "linked", 1)
+    assert read_pair(run) == ("linked", 1) and read_manifest(run).run_id == "linked"
+    assert checkpoint_written(run)[0] == "linked"
+    followed = Path(shutil.copytree(run, tmp_path / "followed"))  # a copy that followed the links: `current` a dir
+    assert (followed / CURRENT_LINK).is_dir() and read_pair(followed) == ("linked", 1)
+    for folder, update in ((run, False), (followed, True)):
+        if update:
+            update_manifest_scores(folder, {"horizon": 1})
+        else:
+            save_checkpoint(folder, version_weights(2), version_manifest("v2"))
+        assert no_links(folder) and not os.path.lexists(folder / CURRENT_LINK)
+        assert not os.path.lexists(folder / MANIFEST_FILE) and not os.path.lexists(folder / WEIGHTS_FILE)
+        assert [p.name for p in folder.iterdir() if p.name.startswith("ckpt-")] == [pointer(folder)]
+    assert read_pair(run) == ("v2", 2) and read_pair(followed) == ("linked", 1)
+    bad = symlink_layout(tmp_path / "bad", "linked", 1)
+    os.remove(bad / CURRENT_LINK)
+    os.symlink("../../etc", bad / CURRENT_LINK)
+    with pytest.raises(CheckpointError, match="its current link names '../../etc', not one of its own ckpt-"):
+        load_checkpoint(bad)
+    os.remove(bad / CURRENT_LINK)
+    os.symlink("ckpt-gone", bad / CURRENT_LINK)
     with pytest.raises(CheckpointError, match="published version ckpt-gone is incomplete or missing"):
-        load_checkpoint(run)
+        load_checkpoint(bad)
 
 
 def test_a_reader_never_sees_a_mixed_pair_while_a_writer_publishes(tmp_path):
@@ -440,12 +518,12 @@ from engine.model import checkpoint as ck
 manifest = json.loads((ck.DEMO_CHECKPOINT_DIR / ck.MANIFEST_FILE).read_text())
 weights = load_file(str(ck.DEMO_CHECKPOINT_DIR / ck.WEIGHTS_FILE))
 weights["final_norm.weight"][0, 0] = 2.0
-original = ck._swap_link
-def swap(link, target):
+original = ck._replace
+def replace(source, target):
     if {after}:
-        original(link, target)
+        original(source, target)
     os._exit(9)
-ck._swap_link = swap
+ck._replace = replace
 ck.save_checkpoint(sys.argv[1], weights, ck.Manifest.from_json(json.dumps({{**manifest, "run_id": "v2"}})))
 """
 
@@ -464,7 +542,7 @@ def test_a_real_kill_of_the_writing_process(after, expected, tmp_path):
 
 
 def register(runs: Path, run: Path, **entry) -> None:
-    register_run(runs, Manifest.from_json((run / MANIFEST_FILE).read_text()), run)
+    register_run(runs, read_manifest(run), run)
     if entry:  # rewrite the line just appended with the given fields
         lines = (runs / REGISTRY_FILE).read_text().splitlines()
         lines[-1] = json.dumps({**json.loads(lines[-1]), **entry})
@@ -487,7 +565,7 @@ def test_a_forged_registry_date_never_makes_the_default_run(tmp_path):
     for name, why in (("forged", "is in the future"), ("garbled", "is not an ISO timestamp")):
         entry = by_id[name]
         assert not entry["date_trusted"] and why in entry["created_at_note"]
-        mtime = datetime.fromtimestamp((tmp_path / name / MANIFEST_FILE).stat().st_mtime, timezone.utc)
+        mtime = datetime.fromtimestamp(published_files(tmp_path / name)[0].stat().st_mtime, timezone.utc)
         assert entry["created_at"] == mtime.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
