@@ -67,7 +67,9 @@ def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> tuple[fl
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if hits == 0 else max(0.0, centre - half)  # exactly 0 and 1 at the edges (no float residue)
+    high = 1.0 if hits == n else min(1.0, centre + half)
+    return low, high
 
 
 @dataclass(frozen=True)
