@@ -21,22 +21,28 @@ diagonal is therefore no evidence of regimes. What would be: the regimes describ
               gap-normalised returns (a return after a gap of g hours times sqrt(usual spacing / g): an equity's
               first bar after a close carries the overnight move); the mean is of the raw own-bar log returns.
   separation  LR_k = n log s - sum_k n_k log s_k (s: mean squared normalised return, overall and per regime), twice
-              the Gaussian log-likelihood gained by per-regime variances. The statistic is the chosen criterion
-              max_k (LR_k - (k-1) log n), its null the same maximum, selection included, with every labelling
+              the Gaussian log-likelihood gained by per-regime variances. The statistic is the best candidate's
+              score (after merging), its null the same best score, selection included, with every labelling
               circularly shifted by one offset relative to the returns (labels and returns each keep their own
               dependence, persistent labels and clustered volatility alike; only their alignment is broken). Holm's
               correction over the assets tested together. THIS is the test a regime verdict rests on.
   beyond      the same test (selection included) on the next bar's return divided by a causal EWMA volatility
               forecast (half-life ewma_half_life own bars): do the regimes tell more than the recent volatility?
               Volatility clustering alone (GARCH, one regime) makes a state that tracks recent volatility pass the
-              separation test; it does not pass this one. Reported (beyond_recent_vol_p), not part of `significant`.
+              separation test; it does not pass this one. Nor do long regimes, which an EWMA follows within a few
+              dozen bars: it is a check on what the regimes add, not a regime test. Reported
+              (beyond_recent_vol_p), not part of `significant`.
   persistence the share of consecutive own bars with the same label against the labels shuffled. Reported with the
               caveat above: it says the labels are slow, not that they mean anything.
   baseline    agreement (adjusted Rand index) with a 2-state Gaussian HMM on |gap-normalised return|, fitted on the
               training rows and read with FILTERED probabilities (data up to each bar; no Viterbi path).
 
 A verdict is significant when there are at least two regimes and the separation q is at most alpha; otherwise it
-reads "one regime, or none distinct". regime_evidence runs the description and the tests on any labels (the Regimes
+reads "one regime, or none distinct". Measured (tests/engine/test_regime_tests.py, 2,000 bars, Student-t returns, a
+stand-in state): constant volatility, significant in 3 of 60 seeds; volatility 1% / 2.5% in spells of ~200 bars,
+significant in 49 of 50, exactly 2 regimes in 45; GARCH(0.08, 0.90), significant in 60% of seeds and beyond recent
+volatility in 2 of 30. On the demo's null market (GARCH, one regime) BTC's state clusters are significant (p 0.01)
+and add nothing beyond recent volatility (p 1.0). regime_evidence runs the description and the tests on any labels (the Regimes
 page's k-means clusters as well as the labels chosen here).
 """
 from __future__ import annotations
