@@ -25,12 +25,12 @@ from engine.evaluation.scores import score_table
 from engine.evaluation.skill import skill_headlines, skill_verdicts
 from engine.features import FEATURE_NAMES
 from engine.model.checkpoint import (
-    MANIFEST_FILE,
     CheckpointError,
     Manifest,
     check_fits,
     update_manifest_scores,
 )
+from engine.model.checkpoint import read_manifest as read_published_manifest
 from engine.targets import compute_targets
 from engine.training.splits import Fold
 from storage.panel import LoadedPanel
@@ -45,10 +45,7 @@ SUMMARY_METRICS = ("n", "mse", "pinball", "coverage_10_90", "hit_rate", "brier",
 
 
 def read_manifest(run_dir: str | Path) -> Manifest:
-    path = Path(run_dir) / MANIFEST_FILE
-    if not path.exists():
-        raise CheckpointError(f"{run_dir} is not a checkpoint: it has no {MANIFEST_FILE}")
-    return Manifest.from_json(path.read_text())
+    return read_published_manifest(run_dir)  # the published version's (engine.model.checkpoint.published_files)
 
 
 def run_folds(manifest: Manifest) -> list[Fold]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from engine.model.checkpoint import checkpoint_written
 from tests.app.conftest import open_page
 
 MODEL_PAGE = "views/model.py"
@@ -45,7 +46,7 @@ def test_training_shows_progress_then_lists_the_new_scored_checkpoint(seeded_db,
     runs = at.dataframe[-1].value
     new = runs[runs["run"].str.startswith("run-")]
     assert len(new) == 1 and new.iloc[0]["interval"] == "1d" and new.iloc[0]["1-bar MSE vs zero (DM p)"] != "not scored"
-    assert list((tmp_path / "runs").glob("run-*/weights.safetensors"))
+    assert [r for r in (tmp_path / "runs").glob("run-*") if checkpoint_written(r)]
 
 
 def test_a_cancelled_training_can_be_resumed_to_the_end(seeded_db, tmp_path):
@@ -54,8 +55,8 @@ def test_a_cancelled_training_can_be_resumed_to_the_end(seeded_db, tmp_path):
     _poll(at, lambda page: any("epoch" in text for text in _progress_texts(page)))
     at.button(key="train_cancel").click().run()
     _poll(at, lambda page: any("cancelled" in w.value for w in page.warning))
-    assert not list((tmp_path / "runs").glob("run-*/weights.safetensors"))  # nothing half-trained was saved
+    assert not [r for r in (tmp_path / "runs").glob("run-*") if checkpoint_written(r)]  # nothing half-trained was saved
     at.button(key="train_resume").click().run()
     _poll(at, lambda page: bool(page.success) or bool(page.error))
     assert not at.error, [e.value for e in at.error]
-    assert len(list((tmp_path / "runs").glob("run-*/weights.safetensors"))) == 1
+    assert len([r for r in (tmp_path / "runs").glob("run-*") if checkpoint_written(r)]) == 1

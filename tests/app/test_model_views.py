@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import streamlit as st
 
-from engine.model.checkpoint import MANIFEST_FILE, Manifest, register_run
+from engine.model.checkpoint import published_files, read_manifest, register_run
 from engine.runtime import configure_cpu_threads
 from storage.panel import cached_panel
 from storage.sources.demo import DEMO_SYMBOLS
@@ -48,7 +48,7 @@ def with_run(seeded_db, tiny_run, diagnostics_dir, tmp_path, monkeypatch):
     runs = tmp_path / "registered_runs"
     monkeypatch.setenv("REGIME_RUNS", str(runs))
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
-    register_run(runs, Manifest.from_json((tiny_run / MANIFEST_FILE).read_text()), tiny_run)
+    register_run(runs, read_manifest(tiny_run), tiny_run)
     st.cache_data.clear()  # the frame caches the run list for 30 s: an earlier test's empty list would hide this run
     return tiny_run
 
@@ -201,9 +201,9 @@ def test_the_shipped_demo_checkpoint_drives_all_three_pages_with_the_planted_lea
                                                                                          monkeypatch):
     from engine.model.checkpoint import DEMO_CHECKPOINT_DIR
 
-    if not (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).exists():
+    if not published_files(DEMO_CHECKPOINT_DIR)[0].exists():
         pytest.skip(f"no demo checkpoint shipped in {DEMO_CHECKPOINT_DIR}")
-    demo = Manifest.from_json((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
+    demo = read_manifest(DEMO_CHECKPOINT_DIR)
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
     st.cache_data.clear()
     lag = {"1d": 1, "1h": 3}[demo.fingerprint.interval] - 1  # the planted lead (DEMO.md) at key lag L-1

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
-from engine.model.checkpoint import WEIGHTS_FILE
+from engine.model.checkpoint import WEIGHTS_FILE, published_files
 from engine.model.hybrid import HybridModel
 from engine.runtime import configure_cpu_threads
 from engine.training.config import TrainConfig, default_model_config
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                                     parallel=args.parallel, resume=args.resume)
         # Every rank returns only once rank 0 has written the checkpoint (a rank that left earlier and tore down
         # its process group while rank 0 still took in its last fold aborted at exit under CPU load).
-        if result.outcome == "finished" and not (Path(args.run_dir) / WEIGHTS_FILE).exists():
+        if result.outcome == "finished" and not published_files(args.run_dir)[1].exists():
             raise RuntimeError(f"returned before rank 0 wrote {WEIGHTS_FILE}")
     except Exception as error:  # the message torchrun's log shows for this rank
         print(f"rank {ctx.rank}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from engine.evaluation.predictions import PREDICTIONS_FILE
 from engine.features import build_feature_set
-from engine.model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
+from engine.model.checkpoint import list_runs, published_files
 from engine.runtime import configure_cpu_threads
 from engine.targets import compute_targets
 from engine.training.dataset import make_windows
@@ -47,7 +47,7 @@ def one_process_reference(run_dir: Path, device: str = "cpu") -> Path:
 
 
 def max_weight_difference(a: Path, b: Path) -> float:
-    first, second = load_file(str(a / WEIGHTS_FILE)), load_file(str(b / WEIGHTS_FILE))
+    first, second = load_file(str(published_files(a)[1])), load_file(str(published_files(b)[1]))
     assert first.keys() == second.keys()
     return max(float((first[k] - second[k]).abs().max()) for k in first)
 
@@ -102,7 +102,7 @@ def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_checkpoint_and
     assert result.returncode != 0
     assert "rank 1: RuntimeError: injected failure" in result.stderr
     assert "ChildFailedError" in result.stderr  # torchrun's own summary names the failed rank
-    assert not (run_dir / WEIGHTS_FILE).exists() and not (run_dir / MANIFEST_FILE).exists()
+    assert not published_files(run_dir)[1].exists() and not published_files(run_dir)[0].exists()
     assert not (run_dir / PREDICTIONS_FILE).exists()
     assert (run_dir / FOLDS_DIR / "fold_0").exists()  # finished work is kept for --resume
     resumed = torchrun(str(WORKER), str(run_dir), "--resume")

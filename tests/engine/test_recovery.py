@@ -17,7 +17,7 @@ from engine.diagnostics.recovery import (
     regime_claim,
 )
 from engine.evaluation.scores import Predictions
-from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, MANIFEST_FILE, Manifest
+from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, Manifest, published_files, read_manifest
 from engine.runtime import configure_cpu_threads
 from engine.targets import Targets
 from storage.panel import demo_panel
@@ -104,17 +104,17 @@ def test_forecast_claim_is_a_significant_win_over_every_baseline():
 
 @pytest.fixture(scope="module")
 def shipped_report():
-    if not (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).exists():
+    if not published_files(DEMO_CHECKPOINT_DIR)[0].exists():
         pytest.skip(f"no demo checkpoint shipped yet in {DEMO_CHECKPOINT_DIR}")
     configure_cpu_threads(1)
-    manifest = Manifest.from_json((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
+    manifest = read_manifest(DEMO_CHECKPOINT_DIR)
     interval = manifest.fingerprint.interval
     loaded = demo_panel(interval, variant="planted")
     return evaluate_recovery(DEMO_CHECKPOINT_DIR, loaded, demo_market(interval, "planted").truth)
 
 
 def shipped_checkpoint_id() -> tuple[str, str] | None:
-    path = DEMO_CHECKPOINT_DIR / MANIFEST_FILE
+    path = published_files(DEMO_CHECKPOINT_DIR)[0]
     if not path.exists():
         return None
     manifest = Manifest.from_json(path.read_text())

@@ -13,6 +13,7 @@ from engine.model.checkpoint import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     CheckpointError,
+    published_files,
     upgrade_manifest,
 )
 from engine.runtime import configure_cpu_threads
@@ -79,7 +80,7 @@ def test_a_panel_that_does_not_contain_the_fit_span_is_refused_with_the_span_it_
 
 def test_a_format_2_manifest_gets_its_fit_span_from_the_fold_that_fitted_the_scaler(sub_span_run, tmp_path):
     run_dir, trained_on, manifest = sub_span_run
-    written = json.loads((run_dir / MANIFEST_FILE).read_text())
+    written = json.loads(published_files(run_dir)[0].read_text())
     old = {**written, "format_version": 2, "training": dict(written["training"])}
     del old["training"]["fit_span_utc"]
     assert upgrade_manifest(old)["training"]["fit_span_utc"] == written["training"]["fit_span_utc"]
@@ -88,7 +89,7 @@ def test_a_format_2_manifest_gets_its_fit_span_from_the_fold_that_fitted_the_sca
     del old["training"]["fold_spans_utc"]
     assert "fit_span_utc" not in upgrade_manifest(old)["training"]
     for name in ("weights.safetensors",):
-        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+        (tmp_path / name).write_bytes(published_files(run_dir)[1].read_bytes())
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(old))
     assert run_on_panel(tmp_path, trained_on).fit_rows == range(*manifest.scaler["fit_rows"])
     with pytest.raises(CheckpointError, match="records its training span only as rows"):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import engine.training.loop as training
 import engine.training.objective as objective
 from engine.evaluation.predictions import PREDICTIONS_FILE, load_predictions
-from engine.model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_runs
+from engine.model.checkpoint import list_runs, published_files
 from engine.model.hybrid import HybridModel
 from engine.model.losses import LossWeights
 from engine.runtime import configure_cpu_threads
@@ -50,7 +50,7 @@ def train(panel, config, run_dir, **kwargs):
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / WEIGHTS_FILE))
+    return load_file(str(published_files(run_dir)[1]))
 
 
 def same_weights(a: dict, b: dict) -> bool:
@@ -121,8 +121,8 @@ def test_persistent_non_finite_losses_stop_training_with_a_clear_error_and_save_
     _nan_loss_on(None, monkeypatch)
     with pytest.raises(TrainingDiverged, match=r"consecutive steps had a non-finite loss"):
         train(small_panel(), tiny_config(max_bad_steps=3), tmp_path)
-    assert not (tmp_path / WEIGHTS_FILE).exists()
-    assert not (tmp_path / MANIFEST_FILE).exists()
+    assert not published_files(tmp_path)[1].exists()
+    assert not published_files(tmp_path)[0].exists()
     assert not list(tmp_path.rglob("*.safetensors"))
 
 
@@ -137,7 +137,7 @@ def test_cancel_then_resume_finishes_with_the_weights_of_an_uninterrupted_run(tm
     cancelled = train(panel, config, tmp_path / "cut", cancel=cancel_in_the_second_fold, progress=events.append)
     assert cancelled.outcome == "cancelled" and "resume" in cancelled.message
     assert events[-1].phase == "cancelled"
-    assert not (tmp_path / "cut" / WEIGHTS_FILE).exists()
+    assert not published_files(tmp_path / "cut")[1].exists()
     assert (tmp_path / "cut" / RESUME_DIR).exists()
     with pytest.raises(TrainingError, match="unfinished run"):
         train(panel, config, tmp_path / "cut")  # a fresh start over a half-done run is refused
