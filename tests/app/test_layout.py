@@ -77,6 +77,8 @@ def _imported(path: Path, modules) -> list[tuple[str, str | None, tuple[str, ...
 ENTRY_POINTS = {
     "engine.train": "python -m engine.train: trains on the cache (--symbols) or the demo market (--demo)",
     "engine.evaluate": "python -m engine.evaluate: scores a checkpoint on the panel it reads from the cache or the demo",
+    "engine.findings": "python -m engine.findings: prints a checkpoint's findings on the cache, the demo it was trained "
+                       "on or the demo's null variant",
     "engine.bench": "python -m engine.bench: runs every benchmark below",
     "engine.benchmarks": "each benchmark has a command line and builds its own data (demo panel, synthetic universe)",
     "engine.diagnostics.planted_memory:main": "the probe's command line reads the demo market; the probe takes any panel",
