@@ -49,11 +49,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def demo_manifest() -> dict:
-    return json.loads((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
+    return json.loads(published_files(DEMO_CHECKPOINT_DIR)[0].read_text())
 
 
 def demo_weights() -> dict[str, torch.Tensor]:
-    return load_file(str(DEMO_CHECKPOINT_DIR / WEIGHTS_FILE))
+    return load_file(str(published_files(DEMO_CHECKPOINT_DIR)[1]))
 
 
 def write_run(directory: Path, manifest: dict | str | bytes | None = None, weights=None) -> Path:
@@ -196,13 +196,13 @@ def test_a_hostile_manifest_is_refused_naming_the_field_value_and_bound(name, tm
     assert time.perf_counter() - started < 10  # refused before anything is built (d_model 32768 was 51 GB)
     assert "corrupt" not in str(refused.value)
     with pytest.raises(CheckpointError, match=message):  # the same from the manifest alone
-        Manifest.from_json((run / MANIFEST_FILE).read_text(), app_limits=True)
+        read_manifest(run, app_limits=True)
 
 
 def test_a_run_trained_for_a_larger_machine_can_be_scored_and_listed_but_not_loaded(tmp_path):
     run = write_run(tmp_path / "run", changed(**{"model_config.d_model": 2048, "model_config.dt_rank": 128})(
         demo_manifest()))
-    manifest = Manifest.from_json((run / MANIFEST_FILE).read_text())  # what evaluate and register_run read
+    manifest = read_manifest(run)  # what evaluate and register_run read
     assert manifest.model_config["d_model"] == 2048
     with pytest.raises(CheckpointError, match=r"d_model=2048 is more than the app runs \(d_model <= 1024\); this "
                                               r"app cannot run it"):
@@ -246,7 +246,7 @@ def test_a_manifest_that_is_not_a_regular_file_or_too_large_is_refused_without_r
 
 def test_a_checkpoint_without_a_scaler_reads_but_does_not_load(tmp_path):
     run = write_run(tmp_path / "run", changed(scaler={})(demo_manifest()))
-    assert Manifest.from_json((run / MANIFEST_FILE).read_text()).scaler == {}
+    assert read_manifest(run).scaler == {}
     with pytest.raises(CheckpointError, match="records no feature scaler"):
         load_checkpoint(run)
 

@@ -97,7 +97,7 @@ def test_a_format_2_manifest_gets_its_fit_span_from_the_fold_that_fitted_the_sca
 
 
 def test_the_shipped_demo_manifest_upgrades_to_the_span_of_its_last_fold():
-    on_disk = json.loads((DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_text())
+    on_disk = json.loads(published_files(DEMO_CHECKPOINT_DIR)[0].read_text())
     upgraded = upgrade_manifest(on_disk)
     assert on_disk["format_version"] == 1 and "fit_span_utc" not in on_disk["training"]
     assert upgraded["training"]["fit_span_utc"] == ["2022-01-01 00:00:00+00:00", "2024-05-27 17:00:00+00:00"]
