@@ -214,16 +214,25 @@ def summarise(results: list[dict], attention: bool) -> tuple[list[dict], dict]:
     return rows, record
 
 
-def tasks_for(n_members: int, interval: str, n_bars: int, device: str, attention: bool) -> list[MemberTask]:
+def recipe_for(n_bars: int, **overrides) -> dict:
+    """ATTENTION_RECIPE with the one fold's training span sized to the member (n_bars - 1,000 rows: validation,
+    test and the purges take the rest), then `overrides` (e.g. max_epochs, patience)."""
+    return {**ATTENTION_RECIPE, "min_train": max(n_bars - 1000, 500), **overrides}
+
+
+def tasks_for(n_members: int, interval: str, n_bars: int, device: str, attention: bool,
+              recipe: dict | None = None) -> list[MemberTask]:
     """Held-out null and lead members (the same seeds: paired), and validation nulls for the threshold."""
     from storage.sources.planted_family import family_split
 
+    recipe = tuple(sorted((recipe or recipe_for(n_bars)).items()))
+
     split = family_split(n_members)
     assert not set(split["validation"]) & set(split["held_out"]), "validation and held-out seeds overlap"
-    tasks = [MemberTask(seed, kind, "held_out", interval, n_bars, device, attention)
+    tasks = [MemberTask(seed, kind, "held_out", interval, n_bars, device, attention, recipe)
              for seed in split["held_out"] for kind in ("null", LEAD_KIND)]
     if attention:
-        tasks += [MemberTask(seed, "null", "validation", interval, n_bars, device, True)
+        tasks += [MemberTask(seed, "null", "validation", interval, n_bars, device, True, recipe)
                   for seed in split["validation"]]
     return tasks
 
@@ -244,12 +253,13 @@ def _init_worker() -> None:
 
 
 def measure(n_members: int, device: str, workers: int, interval: str = "1h", n_bars: int = DEFAULT_BARS,
-            attention: bool = True) -> tuple[list[dict], dict]:
+            attention: bool = True, recipe: dict | None = None) -> tuple[list[dict], dict]:
     """-> the claims table's rows and a record of the run (machine, torch, device, N, seconds, threshold)."""
     import torch
 
     started = time.perf_counter()
-    tasks = tasks_for(n_members, interval, n_bars, device, attention)
+    recipe = recipe or recipe_for(n_bars)
+    tasks = tasks_for(n_members, interval, n_bars, device, attention, recipe)
     results = run_members(tasks, workers)
     rows, record = summarise(results, attention)
     epochs = [e for r in results for e in r.get("epochs", [])]
@@ -258,7 +268,7 @@ def measure(n_members: int, device: str, workers: int, interval: str = "1h", n_b
         device=_device_name(device), members_per_group=n_members, tasks=len(tasks), workers=workers,
         interval=interval, bars=n_bars, assets=N_ASSETS, seconds=round(time.perf_counter() - started, 1),
         mean_member_seconds=round(float(np.mean([r["seconds"] for r in results])), 1),
-        mean_epochs=round(float(np.mean(epochs)), 1) if epochs else None,
+        mean_epochs=round(float(np.mean(epochs)), 1) if epochs else None, recipe=recipe,
     )
     return rows, record
 
@@ -271,8 +281,8 @@ def _device_name(device: str) -> str:
     return "cpu (1 torch thread per worker)"
 
 
-def recipe_text() -> str:
-    settings = ", ".join(f"{k}={v}" for k, v in ATTENTION_RECIPE.items())
+def recipe_text(recipe: dict) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in recipe.items())
     return (f"attention model: quick_config('1h') (demo recipe cut short: lead path, d_model 32, 4 heads, SSM + "
             f"attention) with {settings}, max_lag={ATTENTION_MAX_LAG} (leads 1..{ATTENTION_MAX_LAG + 1} bars); "
             "map over every bar, excess over null_lead_lag_map")
@@ -296,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 16)")
     parser.add_argument("--interval", default="1h", choices=("1h", "1d"))
     parser.add_argument("--bars", type=int, default=DEFAULT_BARS)
+    parser.add_argument("--max-epochs", type=int, default=ATTENTION_RECIPE["max_epochs"])
+    parser.add_argument("--patience", type=int, default=ATTENTION_RECIPE["patience"])
     parser.add_argument("--no-attention", action="store_true", help="the model-free test only (no training)")
     args = parser.parse_args(argv)
 
@@ -305,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     device = str(pick_device(args.device))
     workers = args.workers or min(os.cpu_count() or 1, 16)
     attention = not args.no_attention
-    table, record = measure(args.members, device, workers, args.interval, args.bars, attention)
+    recipe = recipe_for(args.bars, max_epochs=args.max_epochs, patience=args.patience)
+    table, record = measure(args.members, device, workers, args.interval, args.bars, attention, recipe)
     print("# claims benchmark: issue 14's acceptance numbers on the planted family (SYNTHETIC)\n")
     print(format_table(table))
     print()
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
           + (f" + {args.members} validation null (threshold only)" if attention else "")
           + f"; family_split({args.members}); {args.interval}, {args.bars} bars, {N_ASSETS} assets")
     if attention:
-        print(f"- {recipe_text()}")
+        print(f"- {recipe_text(recipe)}")
         print(f"- attention threshold {record['threshold']:.4f} from {record['validation_nulls']} validation nulls; "
               f"failed trainings: {record['failed']}; mean epochs run {record['mean_epochs']}")
     print(f"- machine {record['machine']}, torch {record['torch']}, device {record['device']}, workers {workers}, "
