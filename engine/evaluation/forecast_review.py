@@ -117,14 +117,49 @@ def read_scores(run_dir: str | Path) -> pd.DataFrame | None:
     return pd.DataFrame.from_records(payload["rows"])
 
 
-SCORE_COLUMNS = ("n", "pinball", "coverage_10_90", "mse", "hit_rate", "brier", "log_loss", "ece", "qlike",
-                 "dm_stat_mse", "dm_p_mse", "dm_p_pinball")
+SCORE_COLUMNS = ("n", "pinball", "coverage_10_90", "quantile_spread", "mse", "hit_rate", "brier", "log_loss", "ece",
+                 "qlike")
 
 
-def score_board(scores: pd.DataFrame, symbol: str, horizon: int) -> pd.DataFrame:
-    """One row per forecaster (the model first) for one asset and horizon; DM columns are the model vs that row."""
+def comparison_column(metric: str) -> str:
+    return f"model vs this: {metric}"
+
+
+def score_board(scores: pd.DataFrame, symbol: str, horizon: int, method: str = "holm") -> pd.DataFrame:
+    """One row per forecaster (the model first) for one asset and horizon: its losses, and for each baseline the
+    model against it on mse, brier, qlike and pinball in words, one-sided in the observed direction ("better than
+    ar1, p = 0.012" / "worse than garch_t, p < 0.001"), corrected (Holm by default) over every comparison in the
+    board, both directions counted. Pinball against a baseline whose quantiles have no spread is no test: "no
+    spread". Never a two-sided p: it says the losses differ, not who is better."""
+    from engine.evaluation.skill import VERDICT_METRICS, adjusted_p_values, format_p, pairwise_comparisons
+
     rows = scores[(scores["asset"] == symbol) & (scores["horizon"] == horizon)]
     wide = rows.pivot_table(index="model", columns="metric", values="value", sort=False)
     order = ["model"] + [m for m in wide.index if m != "model"]
     columns = [c for c in SCORE_COLUMNS if c in wide.columns]
-    return wide.reindex(order)[columns].rename_axis("forecaster").reset_index()
+    board = wide.reindex(order)[columns].rename_axis("forecaster").reset_index()
+    pairs = pairwise_comparisons(rows) if "model" in wide.index else pd.DataFrame()
+    if pairs.empty:
+        return board
+    tested = pairs["eligible"].to_numpy(bool)
+    raw = np.concatenate([pairs["p_better"].to_numpy(float), pairs["p_worse"].to_numpy(float)])
+    usable = np.concatenate([tested, tested]) & np.isfinite(raw)
+    corrected = np.full(len(raw), np.nan)
+    if usable.any():
+        corrected[usable] = adjusted_p_values(raw[usable], method)
+    pairs = pairs.assign(p_better=corrected[: len(pairs)], p_worse=corrected[len(pairs):])
+    for metric in VERDICT_METRICS:
+        cells = pairs[pairs["metric"] == metric]
+        if cells.empty:
+            continue
+        words = {}
+        for cell in cells.itertuples():
+            if not cell.eligible:
+                words[cell.baseline] = "no spread: not compared"
+            elif cell.direction == "tie":
+                words[cell.baseline] = f"no different from {cell.baseline}"
+            else:
+                p = cell.p_better if cell.direction == "better" else cell.p_worse
+                words[cell.baseline] = f"{cell.direction} than {cell.baseline}, {format_p(p)}"
+        board[comparison_column(metric)] = [words.get(name, "") for name in board["forecaster"]]
+    return board

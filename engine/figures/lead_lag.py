@@ -2,7 +2,10 @@
 target's attention on each source moves over time.
 
 A lead-lag map is weights (A_tgt, A_src, K+1): the mean attention of target i on source j's bar `lag` bars back,
-over the target's open bars (engine.diagnostics.lead_lag). Each target's row sums to 1 over sources and lags. On the
+over the target's open bars (engine.diagnostics.lead_lag). Each target's row sums to 1 over sources and lags, so a
+weight means nothing alone: given the uninformed model's map (engine.diagnostics.attention_null.null_lead_lag_map),
+the heatmaps draw the excess over it (above 0: the model looks there more than a model that knows nothing would),
+on a scale centred at 0. The leads a model-free test found (engine.diagnostics.findings) are outlined. On the
 demo the planted lead (truth.leader moves truth.followers truth.lag_bars bars later) is boxed on the heatmap, so
 the reader can see whether the weight sits where it was planted. The map is read at the forecast origin, for the
 next bar's return, so a lead of L bars shows at key lag L-1 (engine.diagnostics.lead_lag.key_lag_of_lead). Lags
@@ -23,6 +26,8 @@ from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, lab
 
 PLANTED_MARK_COLOUR = "#D62728"
 PLANTED_MARK_NAME = "planted lead"  # the name every planted box carries (tests and the legend look for it)
+FOUND_MARK_COLOUR = "#111111"
+FOUND_MARK_NAME = "lead found (model-free)"
 
 
 def _check_map(weights: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
@@ -49,30 +54,49 @@ def lead_lag_heatmaps(
     hide_self: bool = False,
     span_text: str = "",
     step: pd.Timedelta | None = None,
+    null: np.ndarray | None = None,
+    leads: Sequence[tuple[str, str, int]] = (),
     synthetic: bool,
 ) -> go.Figure:
     """One heatmap per target (columns of subplots): sources down, lags across, one colour scale for all.
 
     hide_self blanks each target's attention on itself, which dominates every map, so the cross-asset cells get
     the colour range; truth (the demo's PlantedTruth) boxes the planted (follower, leader, lag) cells; step (the
-    panel's Panel.clock_step) labels each lag with its duration."""
+    panel's Panel.clock_step) labels each lag with its duration. null (same shape): draw weights - null, the excess
+    over an uninformed model, on a diverging scale centred at 0. leads: (target, source, lead in bars) the
+    model-free test found, outlined at key lag lead - 1."""
     weights = _check_map(weights, symbols)
     n_assets, n_lags = len(symbols), weights.shape[2]
-    shown = weights.copy()
+    excess = null is not None
+    if excess:
+        null = np.asarray(null, dtype=float)
+        if null.shape != weights.shape:
+            raise ValueError(f"null {null.shape} must have the map's shape {weights.shape}")
+    shown = weights - null if excess else weights.copy()
     if hide_self:
         shown[np.arange(n_assets), np.arange(n_assets)] = np.nan
-    top = float(np.nanmax(shown)) if np.isfinite(shown).any() else 1.0
+    top = float(np.nanmax(np.abs(shown) if excess else shown)) if np.isfinite(shown).any() else 1.0
+    top = top if top > 0 else 1.0
+    custom = np.empty((n_assets, n_assets, n_lags, 3), dtype=object)  # lag label, weight, null
     fig = make_subplots(rows=1, cols=n_assets, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=[f"target {s}" for s in symbols])
     lags = list(range(n_lags))
     labels = [lag_label(lag, step) for lag in lags]
     hover_lags = np.tile(np.array(labels, dtype=object), (n_assets, 1))  # (sources, lags)
+    number = "{:+.3f}" if excess else "{:.3f}"
     for target, symbol in enumerate(symbols):
-        text = np.where(np.isnan(shown[target]), "", np.vectorize("{:.3f}".format)(np.nan_to_num(shown[target])))
+        text = np.where(np.isnan(shown[target]), "", np.vectorize(number.format)(np.nan_to_num(shown[target])))
+        if excess:
+            custom[target, :, :, 0] = hover_lags
+            custom[target, :, :, 1] = np.vectorize("{:.4f}".format)(weights[target])
+            custom[target, :, :, 2] = np.vectorize("{:.4f}".format)(null[target])
+            hover = (f"target {symbol}<br>source %{{y}}, %{{customdata[0]}}<br>weight %{{customdata[1]}}, uninformed "
+                     f"%{{customdata[2]}}<br>excess %{{z:+.4f}}<extra></extra>")
+        else:
+            hover = f"target {symbol}<br>source %{{y}}, %{{customdata}}<br>weight %{{z:.4f}}<extra></extra>"
         fig.add_trace(go.Heatmap(
             z=shown[target], x=lags, y=list(symbols), coloraxis="coloraxis", text=text, texttemplate="%{text}",
-            name=f"target {symbol}", customdata=hover_lags,
-            hovertemplate=f"target {symbol}<br>source %{{y}}, %{{customdata}}<br>weight %{{z:.4f}}<extra></extra>",
+            name=f"target {symbol}", customdata=custom[target] if excess else hover_lags, hovertemplate=hover,
         ), row=1, col=target + 1)
         fig.update_xaxes(title_text="lag (clock rows before the forecast origin)", tickmode="array", tickvals=lags,
                          ticktext=labels, row=1, col=target + 1)
@@ -86,14 +110,26 @@ def lead_lag_heatmaps(
         fig.add_annotation(x=lag, y=source, xref=f"x{axis}", yref=f"y{axis}", yshift=-14, showarrow=False,
                            text=f"planted lead {truth.lag_bars}", font=dict(size=10, color=PLANTED_MARK_COLOUR),
                            name=PLANTED_MARK_NAME)
+    for target, source, lead in leads:
+        if target not in symbols or source not in symbols or not 1 <= lead <= n_lags:
+            continue
+        column, row, key = list(symbols).index(target) + 1, list(symbols).index(source), key_lag_of_lead(lead)
+        axis = "" if column == 1 else str(column)
+        fig.add_shape(type="rect", x0=key - 0.42, x1=key + 0.42, y0=row - 0.42, y1=row + 0.42, xref=f"x{axis}",
+                      yref=f"y{axis}", line=dict(color=FOUND_MARK_COLOUR, width=2, dash="dot"), name=FOUND_MARK_NAME)
     if truth is not None and truth.lag_bars is not None and key_lag_of_lead(truth.lag_bars) > n_lags - 1:
         fig.add_annotation(text=f"planted lead {truth.lag_bars} bars (key lag {key_lag_of_lead(truth.lag_bars)}) is "
                                 f"beyond the model's largest lag {n_lags - 1}",
                            xref="paper", yref="paper", x=0.0, y=-0.25, showarrow=False, xanchor="left")
-    title = "Cross-asset attention by source and lag" + (f" · {span_text}" if span_text else "")
+    title = ("Cross-asset attention above an uninformed model's, by source and lag" if excess
+             else "Cross-asset attention by source and lag") + (f" · {span_text}" if span_text else "")
     base_layout(fig, title + (" (self-attention hidden)" if hide_self else ""), 380)
     fig.update_yaxes(title_text="source", type="category", autorange="reversed", row=1, col=1)
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0.0, cmax=top, colorbar=dict(title="weight")))
+    if excess:
+        fig.update_layout(coloraxis=dict(colorscale="RdBu", reversescale=True, cmin=-top, cmax=top,
+                                         colorbar=dict(title="weight −<br>uninformed")))
+    else:
+        fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0.0, cmax=top, colorbar=dict(title="weight")))
     return label_synthetic(fig, synthetic)
 
 

@@ -92,6 +92,35 @@ def lookback_by_regime_chart(table: pd.DataFrame, symbols: Sequence[str], *, lab
     return label_synthetic(fig, synthetic)
 
 
+def lookback_intervals_chart(intervals: pd.DataFrame, symbols: Sequence[str], *, labels_from: str,
+                             level: float = 0.95, synthetic: bool) -> go.Figure:
+    """The median look-back per (asset, regime) with its block-bootstrap interval, from
+    engine.diagnostics.lookback_test.LookbackTest.intervals (symbol, regime_name, n_bars, median, low, high): how
+    sure the median is, where the boxes of lookback_by_regime_chart only show the spread over bars."""
+    missing = {"symbol", "regime_name", "n_bars", "median", "low", "high"} - set(intervals.columns)
+    if missing:
+        raise ValueError(f"lookback_intervals_chart: the table lacks columns {sorted(missing)}")
+    fig = go.Figure()
+    for symbol in symbols:
+        rows = intervals[(intervals["symbol"] == symbol) & (intervals["n_bars"] > 0)]
+        if rows.empty:
+            continue
+        median = rows["median"].to_numpy(dtype=float)
+        fig.add_trace(go.Scatter(
+            x=rows["regime_name"], y=median, mode="markers", name=symbol, marker=dict(size=10,
+                                                                                     color=asset_colour(symbol, symbols)),
+            error_y=dict(type="data", symmetric=False, array=rows["high"].to_numpy(dtype=float) - median,
+                         arrayminus=median - rows["low"].to_numpy(dtype=float)),
+            customdata=rows["n_bars"], hovertemplate=f"{symbol} · %{{x}}<br>median %{{y:.1f}} bars<br>"
+                                                     "%{customdata:,} bars<extra></extra>",
+        ))
+    base_layout(fig, f"Median look-back per regime ({labels_from}) with {level:.0%} intervals", 380)
+    fig.update_layout(scattermode="group")
+    fig.update_xaxes(title_text="regime", type="category")
+    fig.update_yaxes(title_text="median look-back (bars)")
+    return label_synthetic(fig, synthetic)
+
+
 def hidden_attention_chart(frame: pd.DataFrame, symbol: str, *, synthetic: bool) -> go.Figure:
     """engine.diagnostics.hidden_attention's frame (index ts of the past bars, columns lag, weight) as bars over the
     lag: how much of the SSM output at the picked bar (lag 0) comes from each earlier bar."""

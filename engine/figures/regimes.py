@@ -251,3 +251,35 @@ def adjusted_rand_by_asset(
         ari = adjusted_rand_score(planted[use], labels[asset, use]) if use.sum() > 1 else float("nan")
         records.append({"symbol": symbol, "n_bars": int(use.sum()), "adjusted_rand_index": float(ari)})
     return pd.DataFrame.from_records(records)
+
+
+# ------------------------------------------------------------------------ the regimes the tests support, per asset
+
+
+def regime_levels_chart(levels: pd.DataFrame, *, level: float = 0.95, synthetic: bool) -> go.Figure:
+    """Each asset's regimes, as chosen on the data (engine.diagnostics.findings: Findings.regime_levels_table):
+    next-bar volatility (top) and mean return (bottom) per regime with their block-bootstrap intervals as error bars.
+    An asset with one regime has one point: its whole history."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("next-bar volatility (gap-normalised)", "next-bar mean log return"))
+    if levels.empty:
+        base_layout(fig, "Regimes chosen on the data: none to show", 420)
+        return label_synthetic(fig, synthetic)
+    counts = levels["asset"].value_counts()
+    labels = [f"{row.asset} · one regime" if counts[row.asset] == 1 else f"{row.asset} · regime {row.regime}"
+              for row in levels.itertuples()]
+    colours = [regime_colour(int(r)) for r in levels["regime"]]
+    for row_index, (value, low, high) in enumerate((("volatility", "volatility low", "volatility high"),
+                                                    ("mean return", "mean low", "mean high")), start=1):
+        y = levels[value].to_numpy(dtype=float)
+        fig.add_trace(go.Scatter(
+            x=labels, y=y, mode="markers", marker=dict(size=10, color=colours), showlegend=False, name=value,
+            error_y=dict(type="data", symmetric=False, array=levels[high].to_numpy(dtype=float) - y,
+                         arrayminus=y - levels[low].to_numpy(dtype=float), color="#555555"),
+            customdata=np.stack([levels["bars"], levels["share"]], axis=1),
+            hovertemplate="%{x}<br>" + value + " %{y:.3g}<br>%{customdata[0]:,} bars (%{customdata[1]:.0%})"
+                          "<extra></extra>",
+        ), row=row_index, col=1)
+    fig.add_hline(y=0.0, line_width=1, line_color="#999999", row=2, col=1)
+    base_layout(fig, f"Regimes chosen on the data, per asset, with {level:.0%} intervals", 520)
+    return label_synthetic(fig, synthetic)
