@@ -41,9 +41,15 @@ def chart_with_downloads(fig: go.Figure, key: str, file_stem: str | None = None,
             st.caption(unavailable)
 
 
+VERDICTS_HEADING = "Verdicts (each tested against a null)"
+
+
 def report_buttons(page_title: str, selection, *, tables: dict | None = None, settings: dict | None = None,
-                   notes: list[str] | None = None, key: str = "report") -> None:
-    """"Export report" (HTML, and PDF where chromium exists) of every chart this page drew in this run."""
+                   notes: list[str] | None = None, verdicts: list[str] | None = None, key: str = "report") -> None:
+    """"Export report" (HTML, and PDF where chromium exists) of every chart this page drew in this run.
+
+    verdicts: the page's claims in words (engine.diagnostics.findings), the report's first table, so the exported
+    view says what the screen says."""
     import pandas as pd
 
     from engine.report import ReportContent, report_html, report_pdf
@@ -59,7 +65,8 @@ def report_buttons(page_title: str, selection, *, tables: dict | None = None, se
     def content() -> ReportContent:
         return ReportContent(
             title=f"{page_title} · {', '.join(selection.symbols)} · {selection.interval}", figures=figures,
-            tables={name: table for name, table in (tables or {}).items() if isinstance(table, pd.DataFrame)},
+            tables={**({VERDICTS_HEADING: pd.DataFrame({"verdict": list(verdicts)})} if verdicts else {}),
+                    **{name: table for name, table in (tables or {}).items() if isinstance(table, pd.DataFrame)}},
             settings=chosen, data_spans=spans, synthetic=selection.synthetic,
             checkpoint_id=selection.checkpoint["run_id"] if selection.checkpoint else None, share_url=url,
             notes=[f"device: {selection.device}", *(notes or [])],

@@ -21,6 +21,7 @@ import streamlit as st
 
 from engine.diagnostics import DiagnosticsBundle
 from engine.diagnostics.cache import load_or_compute_diagnostics
+from engine.diagnostics.findings import PARTS, Findings, findings_for_run
 from engine.diagnostics.for_run import RunOnPanel, run_on_panel
 from engine.model.checkpoint import CheckpointError
 from storage.locks import CacheBusyError
@@ -123,3 +124,29 @@ def _plain(text: str) -> str:
 def asset_closes(view: ModelView, symbol: str) -> np.ndarray:
     """(T,) close prices on the union clock (carried while the market is closed)."""
     return np.asarray(view.loaded.panel.fields["close"])[:, view.loaded.symbols.index(symbol)]
+
+
+# --- the findings: what the pages claim, tested (engine.diagnostics.findings, shared with python -m engine.findings)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _findings(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, freshness: str,
+              parts: tuple[str, ...], _loaded: LoadedPanel, _bundle: DiagnosticsBundle) -> Findings:
+    del db_path, symbols, interval, freshness  # only key the cache, with the run and the parts
+    return findings_for_run(Path(run_path), _loaded, _bundle, parts=parts)
+
+
+def model_findings(view: ModelView, selection: Selection, parts: tuple[str, ...] = PARTS) -> Findings:
+    """The findings of the selected checkpoint on the selection's data (the parts a page states), computed once per
+    checkpoint and data and cached on disk beside the diagnostics; a failure is said on the page and stops it."""
+    name = _plain(view.run_id)
+    try:
+        with st.spinner("Testing what the model shows against its nulls (once per checkpoint and data)…"):
+            return _findings(selection.checkpoint["path"], selection.db_path, tuple(view.loaded.symbols),
+                             selection.interval, f"{selection.last_bar}", tuple(parts), view.loaded, view.bundle)
+    except CacheBusyError as error:
+        st.warning(f"The cache is busy ({_plain(str(error))}); try again in a moment.")
+        st.stop()
+    except (CheckpointError, ValueError) as error:
+        st.error(f"The findings of checkpoint **{name}** could not be computed: {_plain(str(error))}")
+        st.stop()

@@ -140,6 +140,11 @@ class Findings:
         cell = self.skill_cell(asset, horizon, metric) if "forecast_skill" in self.parts else None
         return "not scored" if cell is None else skill_phrase(cell)
 
+    def skill_word(self, asset: str, horizon: int, metric: str) -> str:
+        """"edge", "no edge", "worse" or "not scored": the verdict in one word or two, for a narrow table."""
+        cell = self.skill_cell(asset, horizon, metric) if "forecast_skill" in self.parts else None
+        return "not scored" if cell is None else {"edge": "edge", "none": "no edge", "worse": "worse"}[cell["verdict"]]
+
     def skill_lines(self, horizon: int | None = None) -> list[str]:
         """One line per (asset, horizon): the headline, then each metric's verdict."""
         if not self.forecast_skill:
@@ -165,6 +170,46 @@ class Findings:
 
     def regime_lines(self) -> list[str]:
         return [entry["text"] for entry in self.regimes.values()]
+
+    # ---- as tables (the pages and the report show these) ----
+
+    def lead_lag_table(self) -> pd.DataFrame:
+        """The significant leads, one row each; empty (with the columns) when no lead-lag was found."""
+        agrees = {True: "yes", False: "no", None: "cannot say"}
+        return pd.DataFrame([{
+            "leader": p["source"], "follower": p["target"], "lead (bars)": p["lead_bars"], "lead (time)": p["lead_time"],
+            "slope": p["effect"], "corr": p["corr"], "q": p["q_value"], "bars": p["n_bars"],
+            "attention agrees": agrees[p["attention_agrees"]],
+        } for p in self.lead_lag], columns=["leader", "follower", "lead (bars)", "lead (time)", "slope", "corr", "q",
+                                            "bars", "attention agrees"])
+
+    def regimes_table(self) -> pd.DataFrame:
+        """One row per asset: regimes chosen, the verdict, the tests' p's, persistence and HMM agreement."""
+        return pd.DataFrame([{
+            "asset": asset, "regimes chosen": e["n_regimes"], "verdict": e["verdict"],
+            "separation p": e["separation_p"], "separation q": e["separation_q"],
+            "beyond recent volatility p": e["beyond_recent_vol_p"],
+            "stays in its regime": e["persistence"]["stay_share"],
+            "stays, labels shuffled": e["persistence"]["stay_share_shuffled"], "persistence p": e["persistence"]["p"],
+            "agreement with a 2-state HMM (ARI)": e["ari_hmm"],
+        } for asset, e in self.regimes.items()])
+
+    def regime_levels_table(self) -> pd.DataFrame:
+        """One row per (asset, regime): share of bars, next-bar volatility and mean return with their intervals."""
+        return pd.DataFrame([{
+            "asset": asset, "regime": r["regime"], "bars": r["n_bars"], "share": r["share"],
+            "volatility": r["volatility"], "volatility low": r["volatility_interval"][0],
+            "volatility high": r["volatility_interval"][1], "mean return": r["mean_return"],
+            "mean low": r["mean_return_interval"][0], "mean high": r["mean_return_interval"][1],
+        } for asset, e in self.regimes.items() for r in e["regimes"]])
+
+    def skill_table(self, horizon: int | None = None) -> pd.DataFrame:
+        """One row per (asset, horizon, metric): the verdict against the best baseline, in words and numbers."""
+        return pd.DataFrame([{
+            "asset": c["asset"], "horizon": c["horizon"], "metric": c["metric"], "verdict": c["verdict"],
+            "best baseline": c["vs"], "p (one-sided, corrected)": c["p_value"], "in words": skill_phrase(c),
+        } for c in self.forecast_skill if horizon is None or c["horizon"] == horizon],
+            columns=["asset", "horizon", "metric", "verdict", "best baseline", "p (one-sided, corrected)", "in words"])
 
     def report(self) -> str:
         """The findings in words, one section per part computed."""
@@ -474,6 +519,19 @@ def _cached(root: Path, key: dict, compute) -> tuple[dict, pd.DataFrame | None]:
 
 
 # --- what a page draws beside the findings ----------------------------------------------------------------------
+
+
+def cluster_evidence(loaded: LoadedPanel, labels: np.ndarray, mask: np.ndarray, symbol: str,
+                     rows: range | None = None, config: RegimeTestConfig = RegimeTestConfig()) -> RegimeVerdict:
+    """The regime tests on GIVEN labels of one asset (the Regimes page's clusters, any number of them): labels and
+    mask (A, T) on the panel's clock. Not corrected over assets (one asset is tested); see regime_evidence."""
+    from engine.diagnostics.regime_tests import hours_since_previous_bar, regime_evidence
+    from storage.panel import own_bar_log_returns
+
+    asset = list(loaded.symbols).index(symbol)
+    returns = own_bar_log_returns(loaded.panel)[asset]
+    gaps = hours_since_previous_bar(loaded.panel)[asset]
+    return regime_evidence(np.asarray(labels)[asset], np.asarray(mask)[asset], returns, gaps, symbol, config, rows)
 
 
 def attention_and_null(bundle: DiagnosticsBundle, rows: range) -> tuple[np.ndarray, np.ndarray]:
