@@ -1,6 +1,8 @@
-"""Forecasts page: the latest multi-horizon fan per asset, the walk-forward forecasts against what happened,
-calibration of P(up), and the score table against the baselines. Layout only: numbers come from
-engine.evaluation.forecast_review, charts from engine.figures.forecasts."""
+"""Forecasts page: the latest multi-horizon fan per asset with the verdict on each forecast, the walk-forward
+forecasts against what happened, calibration of P(up), the per-asset per-horizon verdict in words (one-sided against
+the best baseline, corrected) and the score table against the baselines. Layout only: verdicts come from
+engine.diagnostics.findings (views.model_results.model_findings), numbers from engine.evaluation.forecast_review,
+charts from engine.figures.forecasts."""
 from __future__ import annotations
 
 import pandas as pd
@@ -9,7 +11,6 @@ import streamlit as st
 from engine.evaluation.forecast_review import (
     latest_forecast,
     past_forecasts,
-    read_scores,
     score_board,
 )
 from engine.evaluation.predictions import load_predictions
@@ -17,12 +18,13 @@ from engine.figures import forecasts as charts
 from storage.config import INTERVAL_SECONDS
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection
-from views.model_results import asset_closes, model_view
+from views.model_results import asset_closes, model_findings, model_view
 
 selection = current_selection()
 st.title("Forecasts")
 view = model_view(selection)
 run_path = selection.checkpoint["path"]
+findings = model_findings(view, selection, ("forecast_skill",))
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -30,12 +32,6 @@ def walk_forward_record(path: str, run_id: str):
     del run_id  # keys the cache: a retrained run in the same folder is a new record
     predictions, folds, ts_us = load_predictions(path)
     return predictions, folds, ts_us
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def scores_of(path: str, run_id: str):
-    del run_id
-    return read_scores(path)
 
 
 predictions, _, ts_us = walk_forward_record(run_path, view.run_id)
@@ -59,6 +55,10 @@ for column, symbol in zip(columns, selection.symbols):
         recent = pd.Series(asset_closes(view, symbol), index=view.ts).loc[:latest.made_at].iloc[-60:]
         chart_with_downloads(charts.latest_fan_chart(latest, recent, bar, synthetic=selection.synthetic),
                              key=f"fc_latest_{symbol}", file_stem=f"forecast-latest-{symbol}")
+        st.caption(f"Out of sample, {horizon} bar{'s' if horizon > 1 else ''}: P(up) {findings.skill_phrase(symbol, horizon, 'brier')}; "
+                   f"median and band {findings.skill_phrase(symbol, horizon, 'pinball')}; mean "
+                   f"{findings.skill_phrase(symbol, horizon, 'mse')}; volatility "
+                   f"{findings.skill_phrase(symbol, horizon, 'qlike')}.")
 
 st.subheader("Walk-forward forecasts against what happened")
 st.caption("Every point was forecast by a model trained only on bars before its test span (out of sample). The "
@@ -82,21 +82,31 @@ if calibration:
     chart_with_downloads(charts.calibration_chart(calibration, horizon, synthetic=selection.synthetic),
                          key="fc_calibration", file_stem="forecast-calibration")
 
-st.subheader("Scores against the baselines")
-scores = scores_of(run_path, view.run_id)
+st.subheader("Does the model beat the baselines?")
+scores = findings.scores
+verdicts = findings.skill_lines(horizon)
 report_tables = {}
 if scores is None:
-    st.info(f"This run has not been scored yet: `python -m engine.evaluate --run {run_path}` scores it against "
-            "every baseline on the same walk-forward test spans.")
+    st.info(f"No verdict on the forecasts' skill: {findings.skill_note}.")
 else:
-    st.caption("Same walk-forward test spans for every forecaster. Lower is better for every loss; the DM columns "
-               "test the model against that row (negative statistic: the model's loss is lower; small p: the "
-               "difference is unlikely to be luck).")
+    for line in verdicts:
+        st.markdown(f"- {line}")
+    verdict_table = findings.skill_table(horizon)
+    st.table(verdict_table.style.format({"p (one-sided, corrected)": "{:.3g}"}, na_rep="–"))
+    st.caption("Per asset, horizon and loss: the model against the best baseline on that loss (lowest loss on the "
+               "same walk-forward test bars), one-sided Diebold-Mariano (HAC), Holm-corrected over every cell of the "
+               "table (all horizons, both directions). 'edge': the model's loss is lower beyond chance; 'worse': the "
+               "baseline's is; 'no edge' otherwise. Pinball is compared only with baselines whose quantiles have a "
+               f"spread. Scores: {findings.skill_note}.")
+    st.subheader("Scores against the baselines")
     asset = st.selectbox("Asset", selection.symbols, key="fc_score_asset")
-    report_tables = {f"Scores of {symbol}, {horizon}-bar horizon": score_board(scores, symbol, horizon)
-                     for symbol in selection.symbols}
-    st.dataframe(report_tables[f"Scores of {asset}, {horizon}-bar horizon"], hide_index=True, width="stretch",
-                 column_config={"dm_p_mse": st.column_config.NumberColumn("DM p (MSE)", format="%.4f"),
-                                "dm_p_pinball": st.column_config.NumberColumn("DM p (pinball)", format="%.4f")})
+    report_tables = {"Verdicts against the best baseline": verdict_table,
+                     **{f"Scores of {symbol}, {horizon}-bar horizon": score_board(scores, symbol, horizon)
+                        for symbol in selection.symbols}}
+    st.dataframe(report_tables[f"Scores of {asset}, {horizon}-bar horizon"], hide_index=True, width="stretch")
+    st.caption("Same walk-forward test spans for every forecaster; lower is better for every loss. The 'model vs "
+               "this' columns test the model against that row alone, one-sided in the direction observed, "
+               "Holm-corrected over the comparisons in this table.")
 
-report_buttons("Forecasts", selection, tables=report_tables, settings={"horizon (bars)": horizon}, key="fc_report")
+report_buttons("Forecasts", selection, tables=report_tables, settings={"horizon (bars)": horizon},
+               verdicts=verdicts, key="fc_report")

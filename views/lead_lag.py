@@ -1,20 +1,23 @@
-"""Lead-lag page: who attends to whom at which lag (one source x lag heatmap per target), how it changes over time
-(a trailing window ending at a chosen bar), and the strongest cross-asset pairs; the planted lead boxed on the demo.
+"""Lead-lag page: the leads a model-free test finds (after false-discovery control) beside the model's attention,
+drawn as its excess over an uninformed model's weights (one source x lag heatmap per target), how the attention
+changes over time (a trailing window ending at a chosen bar), and the largest raw weights; the planted lead boxed on
+the demo. "No lead-lag found" when the test finds none.
 
-Layout only: the attention comes from views.model_results, the maps from engine.diagnostics (bundle methods), the
-charts from engine.figures.lead_lag.
+Layout only: the verdicts come from engine.diagnostics.findings (views.model_results.model_findings), the maps from
+engine.diagnostics (bundle methods, findings.attention_and_null), the charts from engine.figures.lead_lag.
 """
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
+from engine.diagnostics.findings import attention_and_null
 from engine.diagnostics.lead_lag import lag_convention, lag_duration
 from engine.figures import lead_lag as charts
 from views.bar_picker import pick_bar
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection
-from views.model_results import model_view
+from views.model_results import model_findings, model_view
 
 WINDOW_CHOICES = (20, 60, 120, 250, 500, 1000, 2000)
 
@@ -23,6 +26,7 @@ st.title("Lead-lag")
 view = model_view(selection)
 bundle, symbols, synthetic, ts = view.bundle, view.bundle.symbols, selection.synthetic, view.ts
 step = view.loaded.panel.clock_step  # one clock row: lags are shown as time with it
+findings = model_findings(view, selection, ("lead_lag",))
 
 
 @st.cache_data(show_spinner="Computing the rolling lead-lag map…", max_entries=16)
@@ -40,7 +44,7 @@ whole = controls[0].toggle("Whole chosen span", True, key="ll_whole",
 hide_self = controls[1].toggle("Hide self-attention", True, key="ll_hide_self",
                                help="An asset's attention on its own past dominates every map; hiding it gives the "
                                     "colour range to the cross-asset cells.")
-top = controls[2].number_input("Strongest pairs listed", 1, 20, 5, key="ll_top")
+top = controls[2].number_input("Raw weights listed", 1, 20, 5, key="ll_top")
 
 windows = [w for w in WINDOW_CHOICES if w <= len(ts)] or [len(ts)]
 window = st.select_slider("Trailing window (bars)", windows, value=windows[min(2, len(windows) - 1)],
@@ -57,21 +61,45 @@ if kept.start > 0:  # a wide universe: per-bar attention is kept only for the la
     st.info(f"With {len(symbols)} assets the per-bar attention is kept for the latest {len(kept):,} bars (from "
             f"{ts[kept.start]:%Y-%m-%d %H:%M} UTC). The whole-span map counts every bar; a window or span that "
             f"starts earlier is drawn from its bars since then.")
-weights = bundle.lead_lag_over(rows)  # (A_tgt, A_src, K+1)
+weights, null = attention_and_null(bundle, rows)  # (A_tgt, A_src, K+1) each: the map and an uninformed model's
 if not np.isfinite(weights).any():
     st.info("No target market was open in this window: widen it or move it.")
     st.stop()
-st.caption(f"Run `{view.run_id}` · {span_text}. Each target's weights sum to 1 over sources and lags; only bars "
-           "where the target's market is open count." + (" The planted lead of the synthetic demo is boxed."
-                                                         if view.truth is not None else ""))
-chart_with_downloads(charts.lead_lag_heatmaps(weights, symbols, truth=view.truth, hide_self=hide_self,
-                                              span_text=span_text, step=step, synthetic=synthetic),
-                     key="ll_heatmaps", file_stem="lead-lag-heatmaps")
-st.caption("Read a column of panels as: the target (title) looks at each source (rows) this many clock rows "
-           "back (columns). Weight at a lag above 0 on another asset is a lead that asset has over the target. "
-           + lag_convention(step))
+tests = findings.lead_lag_tests
+found = findings.lead_lag_table()
+verdict = findings.lead_lag_lines()
 
-st.subheader("Strongest cross-asset pairs")
+map_column, test_column = st.columns([3, 2])
+with test_column:
+    st.subheader("What the data shows, without the model")
+    if found.empty:
+        st.success(verdict[0], icon=":material/block:")
+    else:
+        st.markdown(f"**{len(found)} lead(s) found** by the model-free test: significant after false-discovery "
+                    f"control ({tests['fdr']:.0%}, {tests['n_tests']} tests).")
+        st.table(found.style.format({"slope": "{:.3g}", "corr": "{:.3f}", "q": "{:.2g}", "bars": "{:,}"}))
+    for line in verdict[1 if found.empty else len(found):]:
+        st.caption(line)
+    st.caption(f"The test: {tests['method']}, over the whole cached history. 'attention agrees': the model's "
+               "weight on that source at key lag lead − 1 is above an uninformed model's and the pair's largest "
+               "excess over it (one model's point estimate, not a test of the attention).")
+with map_column:
+    chart_with_downloads(charts.lead_lag_heatmaps(
+        weights, symbols, truth=view.truth, hide_self=hide_self, span_text=span_text, step=step, null=null,
+        leads=[(p["target"], p["source"], p["lead_bars"]) for p in findings.lead_lag], synthetic=synthetic,
+    ), key="ll_heatmaps", file_stem="lead-lag-heatmaps")
+st.caption(f"Run `{view.run_id}` · {span_text}. Colour: the model's attention minus an uninformed model's, which "
+           "spreads each bar's weight evenly over the keys it may look at (red: more than chance, blue: less); only "
+           "bars where the target's market is open count. Dotted outlines: leads the model-free test found."
+           + (" The planted lead of the synthetic demo is boxed in red." if view.truth is not None else ""))
+st.caption("How to read the lags, once: a lead of k bars means the source's return k bars before the target's bar "
+           "predicts it (lag 0, the same bar, is co-movement and never a lead). The map is read at the forecast "
+           "origin for the next bar, so a lead of k bars shows at key lag k − 1: a column of panels is a target "
+           "(title) looking at each source (rows) that many clock rows back (columns). " + lag_convention(step))
+
+st.subheader("Largest raw attention weights")
+st.caption("Raw weights are no evidence on their own: each target's weights sum to 1 and an uninformed model "
+           "spreads them over the open keys. Read the map above (the excess) and the test beside it.")
 strongest = bundle.strongest_pairs(int(top), rows)
 strongest.insert(strongest.columns.get_loc("lag") + 1, "lag as time",
                  [lag_duration(lag, step) for lag in strongest["lag"]])
@@ -90,4 +118,6 @@ chart_with_downloads(charts.attention_over_time(
 st.caption("The target's share of attention on each source (all lags) over a trailing window at every bar; the "
            "dashed line is the end of the window drawn above. Shaded spans are out of sample.")
 
-report_buttons("Lead-lag", selection, tables={"Strongest lead-lag pairs": strongest}, key="ll_report")
+report_buttons("Lead-lag", selection, verdicts=verdict,
+               tables={"Leads found by the model-free test": found, "Largest raw attention weights": strongest},
+               key="ll_report")

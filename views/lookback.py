@@ -1,9 +1,10 @@
 """Lookback page: how many bars of memory the model uses at each bar (effective look-back under the price, shaded by
-regime), its distribution per regime, and for one picked bar which past bars the SSM state draws on.
+regime), its distribution per regime, each regime's median with an interval and the test of the differences (a
+ranking is stated only where the test supports it), and for one picked bar which past bars the SSM state draws on.
 
-Layout only: the look-back comes from views.model_results, the per-regime table from the bundle, the hidden
-attention of the picked bar from engine.diagnostics.hidden_attention (cached per bar), charts from
-engine.figures.lookback.
+Layout only: the look-back comes from views.model_results, the per-regime table from the bundle, the intervals and
+differences from engine.diagnostics.lookback_test (cached per labels and dates), the hidden attention of the picked
+bar from engine.diagnostics.hidden_attention (cached per bar), charts from engine.figures.lookback.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.diagnostics import hidden_attention
+from engine.diagnostics.lookback_test import LookbackTest, lookback_regime_test
 from engine.figures import lookback as charts
 from engine.figures.regimes import planted_on_clock
 from views.bar_picker import pick_bar
@@ -35,6 +37,14 @@ def bar_attention(run_id: str, data_key: str, symbol: str, at: int, max_lag: int
     return hidden_attention(_run.model, _run.features, symbol, at, max_lag=max_lag)
 
 
+@st.cache_data(show_spinner="Testing the look-back's differences between regimes…", max_entries=16)
+def lookback_tested(run_id: str, data_key: str, regime_source: str, rows: tuple[int, int], _labels,
+                    _names) -> LookbackTest:
+    """lookback_regime_test on the shading's labels over the chosen dates; keyed by run, data, labels and dates."""
+    del run_id, data_key, regime_source
+    return lookback_regime_test(inference.lookback_median, inference.mask, _labels, symbols, _names, range(*rows))
+
+
 controls = st.columns([1, 1])
 sources = REGIME_SOURCES if view.truth is not None else REGIME_SOURCES[:1]
 regime_source = controls[0].radio("Shade by regimes", sources, key="lb_regimes", horizontal=True)
@@ -44,6 +54,8 @@ if regime_source == REGIME_SOURCES[1]:
     names, labels_arg = view.truth.regime_names, shared
 else:
     labels_per_asset, names, labels_arg = list(bundle.regimes.labels), None, None
+test_labels = labels_arg if labels_arg is not None else bundle.regimes.labels
+test_names = names if names is not None else [f"regime {k}" for k in range(int(bundle.regimes.labels.max()) + 1)]
 chosen = controls[1].multiselect("Assets", symbols, list(symbols), key="lb_assets")
 if not chosen:
     st.info("Choose at least one asset.")
@@ -84,12 +96,34 @@ st.caption("Bar height: how strongly each earlier bar reaches the SSM output at 
            "implicit attention). Closed bars of an equity take no step and weigh 0.")
 
 st.subheader("Look-back per regime")
+tested = lookback_tested(view.run_id, f"{selection.db_path}|{selection.last_bar}", regime_source,
+                         (view.rows.start, view.rows.stop), test_labels, test_names)
+rankings = [tested.ranking(symbol) for symbol in chosen]
+for line in rankings:
+    st.markdown(f"- {line}")
+chart_with_downloads(charts.lookback_intervals_chart(tested.intervals, chosen, labels_from=regime_source,
+                                                     synthetic=synthetic),
+                     key="lb_intervals", file_stem="lookback-intervals")
+differences = tested.differences[tested.differences["symbol"].isin(chosen)].copy()
+differences["regime_a"] = [test_names[int(r)] for r in differences["regime_a"]]
+differences["regime_b"] = [test_names[int(r)] for r in differences["regime_b"]]
+st.table(differences.rename(columns={"regime_a": "regime A", "regime_b": "regime B",
+                                     "difference": "B − A (bars)"}).style.format(
+    {"B − A (bars)": "{:+.3g}", "low": "{:+.3g}", "high": "{:+.3g}", "p": "{:.3f}", "q": "{:.3f}"}))
+st.caption("Median look-back of each regime with a moving-block bootstrap interval (blocks as long as the regimes' "
+           "spells; with a state this slow, read them as a lower bound on the uncertainty). Each pair's difference "
+           f"is tested against the labels circularly shifted in time, Holm-corrected over every pair of every asset "
+           f"at {tested.alpha:.0%}: a ranking is stated only where that test supports it. Over the chosen dates.")
 table = bundle.lookback_by_regime(labels=labels_arg, regime_names=names, rows=view.rows)
 chart_with_downloads(charts.lookback_by_regime_chart(table, chosen, labels_from=regime_source, synthetic=synthetic),
                      key="lb_by_regime", file_stem="lookback-by-regime")
 if view.truth is not None and view.truth.memory_order:
     st.caption("Planted memory, longest first: " + " > ".join(view.truth.memory_order) +
-               ". With planted shading, the boxes should follow that order if the model's memory moves with it.")
-st.caption("Each box spans the middle half of the asset's open bars in that regime; the line is the median.")
+               ". With planted shading, a model whose memory moves with it would show that order, and the test "
+               "above says whether the differences are more than chance.")
+st.caption("Each box spans the middle half of the asset's open bars in that regime; the line is the median. The "
+           "spread over bars says nothing about how sure the median is: that is the interval above.")
 
-report_buttons("Lookback", selection, key="lb_report")
+report_buttons("Lookback", selection, verdicts=rankings,
+               tables={"Look-back per regime (median, interval)": tested.intervals,
+                       "Differences between regimes (tested)": differences}, key="lb_report")

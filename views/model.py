@@ -16,6 +16,7 @@ from storage.panel import cached_panel
 from views.frame import clear_cached_reads, current_selection, load_runs
 
 JOB = "train"
+SKILL_COLUMN = "1-bar skill vs the best baseline"
 selection = current_selection()
 st.title("Model")
 st.caption(f"Training runs on **{selection.device}**. Walk-forward only: each fold trains on the past, stops early "
@@ -129,14 +130,22 @@ runs = load_runs(str(st.session_state.get("_runs_version", 0)))
 if not runs:
     st.info("No checkpoints yet: train one above.")
 else:
-    def headline(run: dict) -> str:
+    def headlines(run: dict) -> dict[str, dict]:
+        """Per asset the stored 1-bar headline (engine.evaluation.run_scores.summary_skill): verdict and words."""
+        from engine.evaluation.run_scores import summary_skill
+
         assets = (run.get("scores") or {}).get("assets", {})
-        parts = []
-        for symbol, entry in assets.items():
-            p = (entry.get("vs_zero") or {}).get("dm_p_mse")
-            if p is not None:
-                parts.append(f"{symbol} p={p:.3f}")
-        return ", ".join(parts) or "not scored"
+        return {symbol: summary_skill(entry)["headline"] or {"verdict": None, "text": ""}
+                for symbol, entry in assets.items() if isinstance(entry, dict)}
+
+    def headline(run: dict) -> str:
+        found = headlines(run)
+        if not found:
+            return "not scored"
+        if all(h["verdict"] is None for h in found.values()):
+            return "scored before the one-sided tests: re-run engine.evaluate"
+        words = {"edge": "edge", "worse": "worse", "mixed": "mixed", "none": "no edge", None: "?"}
+        return " · ".join(f"{symbol} {words.get(h['verdict'], '?')}" for symbol, h in found.items())
 
     table = pd.DataFrame([{
         "run": run["run_id"] + (" (shipped demo)" if run.get("demo") else ""),
@@ -145,10 +154,21 @@ else:
         "data span (UTC)": " .. ".join(s[:16] for s in run.get("span", [])),
         "trained": run.get("created_at", "")[:16].replace("T", " "),
         "device": run.get("device"),
-        "1-bar MSE vs zero (DM p)": headline(run),
+        SKILL_COLUMN: headline(run),
         "in use": bool(selection.checkpoint and selection.checkpoint["run_id"] == run["run_id"]),
     } for run in runs])
     st.dataframe(table, hide_index=True, width="stretch")
-    st.caption("DM p: Diebold-Mariano test of the model's 1-bar squared error against the zero-return forecast on "
-               "the walk-forward test spans (small p: the model's edge is unlikely to be luck). The full tables are "
-               "on the Forecasts page.")
+    st.caption("1-bar skill, as scored when the run was evaluated: per asset, the model against the best baseline on "
+               "each loss (squared error, pinball, Brier, QLIKE), one-sided Diebold-Mariano on the walk-forward test "
+               "spans, Holm-corrected. 'edge': better on some loss beyond chance and worse on none; 'worse': the "
+               "other way; 'mixed': both; 'no edge': neither. A run scored before these tests says so (python -m "
+               "engine.evaluate --run <its folder> scores it again); the Forecasts page tests the selected run at "
+               "every horizon.")
+    chosen = next((run for run in runs if selection.checkpoint and run["run_id"] == selection.checkpoint["run_id"]),
+                  None)
+    if chosen is not None:
+        stated = pd.DataFrame([{"asset": symbol, "1-bar verdict (as scored)": h["text"]}
+                               for symbol, h in headlines(chosen).items() if h["text"]])
+        if not stated.empty:
+            st.caption("The checkpoint in use, in words (text from its manifest):")
+            st.table(stated)

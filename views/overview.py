@@ -1,5 +1,7 @@
-"""Overview page: one card per asset with its latest price and move, current regime, the latest multi-horizon
-forecast and freshness, on one screen. Layout only; numbers come from the shared model results and the cache summary."""
+"""Overview page: one card per asset with its latest price and move, current regime (and whether regimes hold up
+when tested), the latest multi-horizon forecast with the verdict on each of its numbers (P(up), median, volatility:
+edge, no edge or worse against the best baseline), and freshness, on one screen. Layout only; numbers come from the
+shared model results, the findings (engine.diagnostics.findings) and the cache summary."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +14,7 @@ from engine.figures import forecasts as charts
 from storage.config import INTERVAL_SECONDS
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, load_summary
-from views.model_results import asset_closes, model_view
+from views.model_results import asset_closes, model_findings, model_view
 
 selection = current_selection()
 st.title("Overview")
@@ -20,10 +22,12 @@ view = model_view(selection)
 summary = load_summary(selection.db_path)
 bar = pd.Timedelta(seconds=INTERVAL_SECONDS[selection.interval])
 regimes = view.bundle.regimes
+findings = model_findings(view, selection, ("forecast_skill", "regimes"))
 
 
-st.caption(f"Forecasts by checkpoint **{view.run_id}**; regimes are clusters of each asset's SSM state "
-           f"({regimes.labels.max() + 1} found on the training span). Horizons are in {selection.interval} bars.")
+st.caption(f"Forecasts by checkpoint **{view.run_id}**; the current regime is a cluster of each asset's SSM state "
+           f"({regimes.labels.max() + 1} clusters cut on the training span; whether the data supports regimes is "
+           f"tested, per asset, on the Regimes page). Horizons are in {selection.interval} bars.")
 cards = st.columns(len(selection.symbols))
 for column, symbol in zip(cards, selection.symbols):
     asset = selection.symbols.index(symbol)
@@ -43,17 +47,27 @@ for column, symbol in zip(cards, selection.symbols):
         st.metric("Current regime", f"regime {regime}" if regime >= 0 else "none",
                   f"for {held} bars (since {since:%Y-%m-%d %H:%M} UTC)" if since is not None else None,
                   delta_color="off", help="The cluster of the asset's SSM state at its last bar (Regimes page).")
+        st.caption(f"Regimes tested on the data: {findings.regimes[symbol]['verdict']}.")
         table = latest.table
         mid = [c for c in table.columns if c.startswith("q")][len(view.bundle.inference.quantile_levels) // 2]
+        horizons = [int(h) for h in table.index]
         st.dataframe(
             pd.DataFrame({"horizon (bars)": table.index, "P(up)": table["prob_up"].map("{:.0%}".format),
+                          "P(up) skill": [findings.skill_word(symbol, h, "brier") for h in horizons],
                           "median return": table[mid].map("{:+.2%}".format),
-                          "volatility": table["volatility"].map("{:.2%}".format)}),
+                          "median skill": [findings.skill_word(symbol, h, "pinball") for h in horizons],
+                          "volatility": table["volatility"].map("{:.2%}".format),
+                          "volatility skill": [findings.skill_word(symbol, h, "qlike") for h in horizons]}),
             hide_index=True, width="stretch",
         )
         recent = pd.Series(closes, index=view.ts).loc[:latest.made_at].iloc[-60:]
         chart_with_downloads(charts.latest_fan_chart(latest, recent, bar, synthetic=selection.synthetic),
                              key=f"ov_{symbol}", file_stem=f"overview-{symbol}")
+        first = horizons[0]
+        st.caption(f"Out of sample at {first} bar{'s' if first > 1 else ''}: P(up) "
+                   f"{findings.skill_phrase(symbol, first, 'brier')}; median and band "
+                   f"{findings.skill_phrase(symbol, first, 'pinball')}; volatility "
+                   f"{findings.skill_phrase(symbol, first, 'qlike')}.")
         if rows.empty:
             st.caption("No cache summary for this series.")
         else:
@@ -62,4 +76,11 @@ for column, symbol in zip(cards, selection.symbols):
                          else ("stale" if row["stale"] else "fresh"))
             st.caption(f"{row['source']} · last bar {row['last_ts']:%Y-%m-%d %H:%M} UTC · {freshness}")
 
-report_buttons("Overview", selection, notes=[f"checkpoint {view.run_id}"], key="ov_report")
+if not findings.forecast_skill:
+    st.info(f"No verdict on the forecasts' skill: {findings.skill_note}.")
+st.caption("Skill: each forecast against the best baseline on the run's walk-forward test bars, one-sided "
+           "Diebold-Mariano, Holm-corrected (P(up): Brier score; median and band: pinball loss; volatility: QLIKE). "
+           "'edge' = better beyond chance, 'worse' = the baseline is, 'no edge' otherwise; details on the Forecasts "
+           "page.")
+report_buttons("Overview", selection, notes=[f"checkpoint {view.run_id}"],
+               verdicts=findings.skill_lines() + findings.regime_lines(), key="ov_report")

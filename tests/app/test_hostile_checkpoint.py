@@ -124,7 +124,7 @@ def test_the_other_pages_still_work_with_a_hostile_default_checkpoint(hostile_ru
     if page == "views/model.py":
         table = at.dataframe[-1].value
         assert {"huge-dmodel", "nan-weights", FORGED}.issubset(set(table["run"]))
-        assert set(table.loc[table["run"] == "huge-dmodel", "1-bar MSE vs zero (DM p)"]) == {"not scored"}
+        assert set(table.loc[table["run"] == "huge-dmodel", "1-bar skill vs the best baseline"]) == {"not scored"}
 
 
 def test_the_demo_copies_are_hostile_only_where_intended(hostile_runs):

@@ -45,7 +45,7 @@ def test_training_shows_progress_then_lists_the_new_scored_checkpoint(seeded_db,
     assert any(text.startswith("fold 1/1 · epoch") for text in seen), seen
     runs = at.dataframe[-1].value
     new = runs[runs["run"].str.startswith("run-")]
-    assert len(new) == 1 and new.iloc[0]["interval"] == "1d" and new.iloc[0]["1-bar MSE vs zero (DM p)"] != "not scored"
+    assert len(new) == 1 and new.iloc[0]["interval"] == "1d" and new.iloc[0]["1-bar skill vs the best baseline"] != "not scored"
     assert [r for r in (tmp_path / "runs").glob("run-*") if checkpoint_written(r)]
 
 
