@@ -65,6 +65,9 @@ def app_on_the_cache(walked_through, monkeypatch):
     monkeypatch.setenv("REGIME_DB", str(home / "bars.duckdb"))
     monkeypatch.setenv("REGIME_RUNS", str(home / "runs"))
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(home / "diagnostics"))
+    import streamlit as st
+
+    st.cache_data.clear()  # the frame caches the run list for 30 s: an earlier module's list would hide the new run
     return home
 
 
