@@ -135,15 +135,23 @@ else:
         from engine.evaluation.run_scores import summary_skill
 
         assets = (run.get("scores") or {}).get("assets", {})
-        return {symbol: summary_skill(entry)["headline"] or {"verdict": None, "text": ""}
-                for symbol, entry in assets.items() if isinstance(entry, dict)}
+        found = {}
+        for symbol, entry in assets.items():
+            stated = summary_skill(entry)["headline"] if isinstance(entry, dict) else None
+            # the registry line is a file: take only the shape evaluate writes
+            if not (isinstance(stated, dict) and stated.get("verdict") in (None, "edge", "worse", "mixed", "none")
+                    and isinstance(stated.get("text", ""), str)):
+                stated = {"verdict": None, "text": ""}
+            found[str(symbol)] = stated
+        return found
 
     def headline(run: dict) -> str:
         found = headlines(run)
         if not found:
             return "not scored"
         if all(h["verdict"] is None for h in found.values()):
-            return "scored before the one-sided tests: re-run engine.evaluate"
+            return ("scored before the one-sided tests: re-run engine.evaluate" if any(h["text"] for h in found.values())
+                    else "no readable verdict")
         words = {"edge": "edge", "worse": "worse", "mixed": "mixed", "none": "no edge", None: "?"}
         return " · ".join(f"{symbol} {words.get(h['verdict'], '?')}" for symbol, h in found.items())
 
