@@ -2,8 +2,9 @@
 
 Past forecasts come from the run's walk-forward record (predictions.npz: each fold's model on its own test span), so
 every one shown against its outcome is out of sample. The latest forecast, for the bar after the last cached one, is
-the final model's (engine.model.inference over the whole cached history). Scores against the baselines are the ones
-`python -m engine.evaluate` wrote (scores.json in the run folder).
+the final model's (engine.model.inference over the whole cached history). Scores against the baselines are the table
+the findings' skill verdicts came from (engine.diagnostics.findings: the run's scores.json when the current scorer
+wrote it, else the run scored now), laid out per asset and horizon by score_board.
 """
 from __future__ import annotations
 
