@@ -66,3 +66,12 @@ def figure_specs(at: AppTest) -> list[dict]:
     import json
 
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+DEFAULT_SUITE_PAGES = ("views/overview.py", "views/lead_lag.py", "views/regimes.py")
+
+
+def sampled(pages, keep=DEFAULT_SUITE_PAGES) -> list:
+    """A page sweep whose pages outside `keep` run only with -m slow: the default suite still opens a model page
+    of each kind on every market, within its ten minutes on two cores; `pytest -m slow` opens them all."""
+    return [page if page in keep else pytest.param(page, marks=pytest.mark.slow) for page in pages]

@@ -18,7 +18,7 @@ from engine.diagnostics.findings import NO_LEAD_LAG, ONE_REGIME
 from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, published_files
 from storage.refresh import RefreshRequest, run_refresh
 from storage.sources.demo import DEMO_SYMBOLS
-from tests.app.conftest import open_page
+from tests.app.conftest import open_page, sampled
 from tests.app.test_real_data_walkthrough import app_on_the_cache, walked_through  # noqa: F401 (fixtures)
 
 MODEL_PAGES = ("views/overview.py", "views/forecasts.py", "views/lead_lag.py", "views/regimes.py",
@@ -109,7 +109,7 @@ def null_db(null_cache_template, tmp_path, diagnostics_dir, monkeypatch):
     return path
 
 
-@pytest.mark.parametrize("page", MODEL_PAGES)
+@pytest.mark.parametrize("page", sampled(MODEL_PAGES))
 def test_every_page_states_its_verdict_on_the_null_demo(null_db, page):
     at = open_clean(page)
     text = assert_states_a_verdict(at, page)
@@ -123,7 +123,7 @@ def test_every_page_states_its_verdict_on_the_null_demo(null_db, page):
 # ----- real-looking daily data -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", MODEL_PAGES)
+@pytest.mark.parametrize("page", sampled(MODEL_PAGES))
 def test_every_page_states_its_verdict_on_real_daily_data(app_on_the_cache, page):  # noqa: F811
     at = open_clean(page)
     assert not any("Synthetic demo data" in w.value for w in at.warning)

@@ -1,7 +1,6 @@
 """What a careless or hostile file does now: encodings, duplicated headers, day/month dates, implausible values."""
 from __future__ import annotations
 
-import re
 
 import pandas as pd
 import pytest
@@ -126,11 +125,13 @@ class TestImplausibleValues:
         assert import_file(db_path, path, "IBM", "1d").outcome == "ok"
 
     @pytest.mark.parametrize("price, rule", [
-        (1e308, "price above 1e+09"), (1e-320, "price below 1e-08"), (1e-9, "price below 1e-08"), (-1.0, "non-positive"),
-    ])
+        (1e308, r"price above 1e\+09"), (1e-9, r"price below 1e-08"), (-1.0, "non-positive"),
+        # A subnormal may be read as 0.0 by the CSV parser (its float path underflows): refused either way.
+        (1e-320, r"price below 1e-08|non-positive price"),
+    ], ids=["1e308", "1e-9", "-1", "1e-320"])
     def test_absurd_prices_are_refused(self, price, rule):
         data = f"ts,open,high,low,close,volume\n2024-01-01,{price},{price},{price},{price},1\n".encode()
-        with pytest.raises(BarValidationError, match=re.escape(rule)):
+        with pytest.raises(BarValidationError, match=rule):
             load_bar_file(data, origin="absurd.csv")
 
     def test_a_huge_one_bar_move_is_flagged_in_the_report_and_kept(self, db_path, tmp_path):
