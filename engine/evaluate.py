@@ -46,14 +46,20 @@ def panel_for_run(manifest: Manifest) -> LoadedPanel:
     return demo_panel(manifest.fingerprint.interval, variant, int(seed), tuple(manifest.fingerprint.symbols))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__.split("\n\n")[0])
+def add_run_and_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--run and the data to run it on (the demo it was trained on by default, or the cache): shared by the
+    commands that read a run (evaluate, findings)."""
     parser.add_argument("--run", default=str(DEMO_CHECKPOINT_DIR), help="run directory (default: the demo checkpoint)")
     parser.add_argument("--db", help="DuckDB cache to read the panel from (default: the demo the run was trained on)")
     parser.add_argument("--symbols", nargs="+", help="symbols, in the run's order")
     parser.add_argument("--interval", help="bar interval, e.g. 1d")
     parser.add_argument("--start")
     parser.add_argument("--end")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__.split("\n\n")[0])
+    add_run_and_data_arguments(parser)
     parser.add_argument("--baselines", nargs="+", choices=sorted(BASELINES), help="default: all of them")
     parser.add_argument("--horizon", type=int, help="print only this horizon")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write scores into the run")

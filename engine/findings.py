@@ -17,18 +17,14 @@ import json
 import sys
 
 from engine.diagnostics.findings import findings_for_run
-from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, CheckpointError, read_manifest
+from engine.evaluate import add_run_and_data_arguments
+from engine.model.checkpoint import CheckpointError, read_manifest
 from storage.panel import cached_panel, demo_panel
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.findings", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default=str(DEMO_CHECKPOINT_DIR), help="run directory (default: the demo checkpoint)")
-    parser.add_argument("--db", help="DuckDB cache to read the panel from (default: the demo the run was trained on)")
-    parser.add_argument("--symbols", nargs="+", help="symbols, in the run's order")
-    parser.add_argument("--interval", help="bar interval, e.g. 1d")
-    parser.add_argument("--start")
-    parser.add_argument("--end")
+    add_run_and_data_arguments(parser)
     parser.add_argument("--demo", choices=("planted", "null"),
                         help="run on this variant of the demo market (the run's symbols and interval) instead")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -12,18 +12,9 @@ import numpy as np
 import pandas as pd
 
 
-def lookback_by_regime(
-    lookback_median: np.ndarray,
-    open_bars: np.ndarray,
-    labels: np.ndarray,
-    symbols: Sequence[str],
-    regime_names: Sequence[str] | None = None,
-    rows: range | None = None,
-) -> pd.DataFrame:
-    """lookback_median (A, T) bars, open_bars (A, T) bool, labels (T,) shared or (A, T) per asset, -1 = none.
-
-    -> one row per (asset, regime): n_bars, median, p25 and p75 (over bars) of the per-bar median half-life.
-    """
+def checked_lookback_inputs(lookback_median, open_bars, labels, symbols: Sequence[str], rows: range | None):
+    """-> (lookback_median (A, T) float, open_bars (A, T) bool, labels (A, T), span (T,) bool of `rows`), or
+    ValueError saying which shapes disagree. Labels (T,) are shared by every asset."""
     lookback_median, open_bars = np.asarray(lookback_median, dtype=float), np.asarray(open_bars, dtype=bool)
     n_assets, n_rows = lookback_median.shape
     if open_bars.shape != (n_assets, n_rows) or len(symbols) != n_assets:
@@ -37,6 +28,23 @@ def lookback_by_regime(
         raise ValueError(f"labels must be (time,) = ({n_rows},) or (assets, time), got {labels.shape}")
     span = np.zeros(n_rows, dtype=bool)
     span[slice(None) if rows is None else slice(rows.start, rows.stop)] = True
+    return lookback_median, open_bars, labels, span
+
+
+def lookback_by_regime(
+    lookback_median: np.ndarray,
+    open_bars: np.ndarray,
+    labels: np.ndarray,
+    symbols: Sequence[str],
+    regime_names: Sequence[str] | None = None,
+    rows: range | None = None,
+) -> pd.DataFrame:
+    """lookback_median (A, T) bars, open_bars (A, T) bool, labels (T,) shared or (A, T) per asset, -1 = none.
+
+    -> one row per (asset, regime): n_bars, median, p25 and p75 (over bars) of the per-bar median half-life.
+    """
+    lookback_median, open_bars, labels, span = checked_lookback_inputs(
+        lookback_median, open_bars, labels, symbols, rows)
     n_regimes = int(labels.max()) + 1 if labels.size else 0
     records = []
     for asset, symbol in enumerate(symbols):

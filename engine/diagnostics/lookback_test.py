@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from engine.diagnostics.lookback import checked_lookback_inputs
 from engine.diagnostics.resampling import circular_shifts, moving_block_indices, percentile_interval
 
 
@@ -117,18 +118,9 @@ def lookback_regime_test(
     automatic_block per asset."""
     from statsmodels.stats.multitest import multipletests
 
-    lookback_median, open_bars = np.asarray(lookback_median, dtype=float), np.asarray(open_bars, dtype=bool)
+    lookback_median, open_bars, labels, span = checked_lookback_inputs(
+        lookback_median, open_bars, labels, symbols, rows)
     n_assets, n_rows = lookback_median.shape
-    if open_bars.shape != (n_assets, n_rows) or len(symbols) != n_assets:
-        raise ValueError(f"lookback {lookback_median.shape}, open_bars {open_bars.shape} and {len(symbols)} symbols "
-                         "must agree")
-    labels = np.asarray(labels)
-    if labels.shape == (n_rows,):
-        labels = np.broadcast_to(labels, (n_assets, n_rows))
-    if labels.shape != (n_assets, n_rows):
-        raise ValueError(f"labels must be (time,) = ({n_rows},) or (assets, time), got {labels.shape}")
-    span = np.zeros(n_rows, dtype=bool)
-    span[slice(None) if rows is None else slice(rows.start, rows.stop)] = True
     n_regimes = int(labels.max()) + 1 if labels.size else 0
     rng = np.random.default_rng(seed)
     intervals, differences = [], []
