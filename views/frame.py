@@ -20,7 +20,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine.model.checkpoint import fitting_runs, list_runs
+from engine.model.checkpoint import (
+    default_run,
+    fitting_runs,
+    list_runs,
+    misfit_text,
+    pinned_default,
+)
 from engine.runtime import device_label
 from storage.cache import SOURCE_PREFERENCE, cache_summary
 from storage.config import INTERVAL_SECONDS, resolve_db_path
@@ -29,6 +35,7 @@ from storage.locks import CacheBusyError
 from storage.refresh import seed_demo_if_empty
 from storage.sources.demo import DEMO_SYMBOLS
 from storage.symbols import choose_stored
+from views.url_state import url_widget
 from views.view_charts import start_view
 
 DEFAULT_INTERVAL = "1d"
@@ -51,6 +58,9 @@ class Selection:
     synthetic: bool = False  # any shown series comes from the demo market
     device: str = ""
     last_bar: pd.Timestamp | None = None
+    # When no checkpoint fits: the one the user would otherwise see (the link's, the pinned default or the demo),
+    # so the model pages can state why it does not fit and offer its universe or training this one.
+    unfit: dict | None = None
 
 
 @st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
@@ -67,6 +77,12 @@ def load_import_reports(db_path: str) -> pd.DataFrame:
 def load_runs(runs_marker: str) -> list[dict]:
     del runs_marker  # only part of the cache key: a new run (Model page) clears this cache
     return list_runs()
+
+
+@st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
+def load_pinned_default(runs_marker: str) -> str | None:
+    del runs_marker  # "Use as default" on the Model page bumps it
+    return pinned_default()
 
 
 @st.cache_resource(show_spinner=False)
@@ -150,14 +166,6 @@ def _run_label(run: dict) -> str:
     return f"{run['run_id']} ({tag})"
 
 
-def default_checkpoint(fitting: list[dict]) -> int:
-    """The index of the checkpoint shown before the user (or a link) chooses: the newest run whose registry date
-    is trusted. A date that is not ISO or lies in the future (engine.model.checkpoint.list_runs replaces it by the
-    file's time and marks the run) never makes a run the default, so a registry line dated 2099 cannot take over
-    every page; only when no fitting run has a trusted date is the first (by file time) shown."""
-    return next((index for index, run in enumerate(fitting) if run.get("date_trusted", True)), 0)
-
-
 def render_frame() -> Selection:
     start_view()
     db_path = str(resolve_db_path())
@@ -175,35 +183,46 @@ def render_frame() -> Selection:
     known_intervals = [i for i in INTERVAL_SECONDS if i in set(summary["interval"])] or [DEFAULT_INTERVAL]
     default_symbols, default_interval = _default_selection(summary, runs, known_symbols, known_intervals)
 
+    pinned = load_pinned_default(str(st.session_state.get("_runs_version", 0)))
     with st.sidebar:
         st.markdown("### Selection")
-        symbols = st.multiselect(
-            "Symbols", options=known_symbols, default=default_symbols, key="symbols", bind="query-params",
+        symbols = url_widget(
+            st.multiselect, "Symbols", key="symbols", default=default_symbols, options=known_symbols,
             help="Assets to show (BTC-USD, BTCUSDT and BTC/USDT are all BTC); add more on the Data page (import or "
                  "fetch). A checkpoint fits when it was trained on the same assets, in any order; the model pages "
                  "then show them in the model's order.",
         )
-        interval = st.selectbox(
-            "Interval", options=known_intervals, index=known_intervals.index(default_interval),
-            key="interval", bind="query-params",
-        )
+        interval = url_widget(st.selectbox, "Interval", key="interval", default=default_interval,
+                              options=known_intervals)
         shown = _series_read(summary, symbols, interval)
         start, end = _date_range(shown)
         fitting = fitting_runs(runs, tuple(symbols), interval)
-        checkpoint = None
+        by_id = {run["run_id"]: run for run in runs}
+        linked = st.query_params.get("checkpoint") if "checkpoint" not in st.session_state else None
+        checkpoint, why_default = None, ""
         if fitting:
-            labels = [_run_label(run) for run in fitting]
-            chosen = st.selectbox("Checkpoint", labels, index=default_checkpoint(fitting), key="checkpoint",
-                                  bind="query-params",
-                                  help="Trained runs that fit these symbols and this interval (Model page).")
-            checkpoint = fitting[labels.index(chosen)]
+            fallback, why_default = default_run(fitting, pinned)
+            ids = [run["run_id"] for run in fitting]
+            chosen = url_widget(st.selectbox, "Checkpoint", key="checkpoint", default=fallback["run_id"],
+                                options=ids, format_func=lambda run_id: _run_label(by_id[run_id]),
+                                help="Trained runs that fit these symbols and this interval (Model page). The "
+                                     "default is the run pinned with \"Use as default\" on the Model page, else the "
+                                     "shipped demo checkpoint; a new run never replaces it on its own.")
+            checkpoint = by_id[chosen]
+            if linked and linked != chosen and linked in by_id:
+                st.caption(f"The link's checkpoint {linked} does not fit this selection "
+                           f"({misfit_text(by_id[linked], symbols, interval)}); showing {chosen}.")
+            st.caption(f"Default: {why_default}." if chosen == fallback["run_id"] else
+                       f"Chosen by you or the link; the default is {fallback['run_id']} ({why_default}).")
             if checkpoint.get("created_at_note"):
                 note = checkpoint["created_at_note"]
                 st.caption(f"{note[:1].upper()}{note[1:]}.")
             if list(model_order(checkpoint, symbols)) != list(symbols):
                 st.caption(f"The model reads its assets in its own order: {', '.join(model_order(checkpoint, symbols))}.")
         else:
-            st.caption("No checkpoint fits these symbols at this interval: train one on the Model page.")
+            st.caption("No checkpoint fits these symbols at this interval: the model pages say why and offer a "
+                       "fitting one or training on the Model page.")
+        reference = _reference_run(runs, by_id, linked, pinned) if checkpoint is None else None
         st.button("Reset to defaults", on_click=_reset_selection, icon=":material/restart_alt:",
                   kwargs={"defaults": {"symbols": default_symbols, "interval": default_interval,
                                        "dates": _full_span(summary, default_symbols, default_interval)}})
@@ -216,11 +235,20 @@ def render_frame() -> Selection:
         sources={a: read.at[a, "source"] for a in ordered if a in read.index},
         stored={a: read.at[a, "symbol"] for a in ordered if a in read.index},
         synthetic="demo" in set(shown["source"]), device=load_device_label(),
-        last_bar=shown["last_ts"].max() if not shown.empty else None,
+        last_bar=shown["last_ts"].max() if not shown.empty else None, unfit=reference,
     )
     st.session_state["selection"] = selection
     _status_line(selection)
     return selection
+
+
+def _reference_run(runs: list[dict], by_id: dict[str, dict], linked: str | None, pinned: str | None) -> dict | None:
+    """When no checkpoint fits: the one the user would otherwise see (the link's, the pinned default, the demo), so
+    the model pages can say why it does not fit and offer to switch to its universe."""
+    for run_id in (linked, pinned):
+        if run_id and run_id in by_id:
+            return by_id[run_id]
+    return next((run for run in runs if run.get("demo")), runs[-1] if runs else None)
 
 
 def _date_range(shown: pd.DataFrame) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
@@ -228,8 +256,8 @@ def _date_range(shown: pd.DataFrame) -> tuple[pd.Timestamp | None, pd.Timestamp 
         return None, None
     first = shown["first_ts"].min().date()
     last = shown["last_ts"].max().date()
-    picked = st.date_input(
-        "Date range (UTC)", value=(first, last), min_value=first, max_value=last, key="dates", bind="query-params",
+    picked = url_widget(
+        st.date_input, "Date range (UTC)", key="dates", default=(first, last), min_value=first, max_value=last,
         help="Charts, forecasts and backtests use the bars in this span; models still warm up on earlier bars.",
     )
     if not isinstance(picked, (tuple, list)) or len(picked) != 2:

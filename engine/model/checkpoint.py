@@ -837,6 +837,78 @@ def fitting_runs(runs: list[dict], symbols, interval: str) -> list[dict]:
             if run.get("interval") == interval and sorted(run_assets(run.get("symbols", ()))) == wanted]
 
 
+def misfit(run: dict, symbols, interval: str) -> dict[str, Any]:
+    """Why a run (a list_runs entry) does not fit a selection: {"interval": (trained, selected) or None,
+    "missing": assets it was trained on that the selection lacks, "extra": selected assets it never saw}."""
+    trained, wanted = run_assets(run.get("symbols", ())), run_assets(symbols)
+    return {"interval": None if run.get("interval") == interval else (run.get("interval"), interval),
+            "missing": [a for a in trained if a not in wanted], "extra": [a for a in wanted if a not in trained]}
+
+
+def misfit_text(run: dict, symbols, interval: str) -> str:
+    """misfit in words, naming which of interval and symbols is the cause ("" when the run fits)."""
+    why = misfit(run, symbols, interval)
+    parts = []
+    if why["interval"]:
+        parts.append(f"interval: it was trained on {why['interval'][0]} bars, the selection is {why['interval'][1]}")
+    if why["missing"] or why["extra"]:
+        words = []
+        if why["missing"]:
+            words.append(f"the selection lacks {', '.join(why['missing'])}")
+        if why["extra"]:
+            words.append(f"it never saw {', '.join(why['extra'])}")
+        parts.append(f"symbols: it was trained on {', '.join(run_assets(run.get('symbols', ())))}; "
+                     + " and ".join(words))
+    return "; ".join(parts)
+
+
+DEFAULT_RUN_FILE = "default_run.json"  # {"run_id": ...}: the checkpoint the user pinned as the default
+
+
+def pinned_default(runs_dir: str | os.PathLike | None = None) -> str | None:
+    """The run id the user pinned as the default checkpoint ("Use as default" on the Model page), or None."""
+    path = resolve_runs_dir(runs_dir) / DEFAULT_RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size < 4096 else {}
+    except (OSError, ValueError):
+        return None
+    run_id = data.get("run_id") if isinstance(data, dict) else None
+    return run_id if isinstance(run_id, str) and 0 < len(run_id) <= MAX_TEXT and run_id.isprintable() else None
+
+
+def pin_default(run_id: str | None, runs_dir: str | os.PathLike | None = None) -> None:
+    """Pin `run_id` as the default checkpoint (None: unpin, the demo rule applies again); written atomically."""
+    directory = resolve_runs_dir(runs_dir)
+    path = directory / DEFAULT_RUN_FILE
+    if run_id is None:
+        path.unlink(missing_ok=True)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / f".{DEFAULT_RUN_FILE}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps({"run_id": run_id, "pinned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}),
+                         encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def default_run(fitting: list[dict], pinned: str | None) -> tuple[dict | None, str]:
+    """The checkpoint shown before the user (or a link) picks one, among the runs that fit, and why.
+
+    The rule the user sets, never recency: the pinned run when it fits; else the shipped demo checkpoint when it
+    fits; else the first run registered for this universe (by its trusted date, oldest first), so a new run,
+    a one-fold toy from the Model page included, never takes over as the default by being new. Runs whose registry
+    date is not believable come last."""
+    if not fitting:
+        return None, "no checkpoint fits"
+    for run in fitting:
+        if pinned is not None and run.get("run_id") == pinned:
+            return run, "pinned as the default"
+    for run in fitting:
+        if run.get("demo"):
+            return run, "the shipped demo checkpoint (no default pinned)"
+    first = min(fitting, key=lambda run: (not run.get("date_trusted", True), str(run.get("created_at", ""))))
+    return first, "the first run trained on this universe (no default pinned)"
+
+
 def checked_created_at(value: Any, file_time: float, now: datetime | None = None) -> tuple[str, str | None]:
     """A registry date -> (ISO UTC date to use, None) when it is an ISO timestamp not later than now (plus
     CLOCK_SKEW); otherwise (the file system's time of the checkpoint, a note saying why it replaced the date)."""

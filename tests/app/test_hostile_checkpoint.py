@@ -93,11 +93,11 @@ def test_the_default_checkpoint_is_never_the_one_with_a_forged_date(hostile_runs
     at = open_page("views/data.py", interval=INTERVAL)  # a page that does not run the (sound) forged checkpoint
     assert not at.exception, at.exception
     chosen = at.sidebar.selectbox(key="checkpoint").value
-    assert chosen.startswith("huge-dmodel ("), labels(at)  # the newest run with a believable date
+    assert chosen == "demo-1h", labels(at)  # no default pinned: the demo, never the newest (nor a forged date)
     forged = label_of(at, FORGED)
     assert "date unverified" in forged and "2099" not in forged
     assert labels(at)[-1].startswith("demo-1h (demo checkpoint)")
-    at.sidebar.selectbox(key="checkpoint").set_value(forged).run()
+    at.sidebar.selectbox(key="checkpoint").set_value(FORGED).run()
     assert not at.exception, at.exception
     assert any("Registry date '2099-01-01T00:00:00Z' is in the future" in c.value for c in at.sidebar.caption)
 
@@ -106,7 +106,7 @@ def test_the_default_checkpoint_is_never_the_one_with_a_forged_date(hostile_runs
 def test_every_model_page_shows_a_message_for_every_hostile_checkpoint(hostile_runs, page):
     at = open_page(page, interval=INTERVAL)
     for run_id, (_, message, _) in HOSTILE.items():
-        at.sidebar.selectbox(key="checkpoint").set_value(label_of(at, run_id)).run()
+        at.sidebar.selectbox(key="checkpoint").set_value(run_id).run()
         assert not at.exception, (run_id, at.exception)
         shown = errors(at)
         assert any(f"Checkpoint {run_id} cannot be used here" in e and message in e for e in shown), (run_id, shown)
@@ -116,9 +116,12 @@ def test_every_model_page_shows_a_message_for_every_hostile_checkpoint(hostile_r
 
 @pytest.mark.parametrize("page", ("views/data.py", "views/model.py", "views/backtest.py"))
 def test_the_other_pages_still_work_with_a_hostile_default_checkpoint(hostile_runs, page):
+    from engine.model.checkpoint import pin_default
+
+    pin_default("huge-dmodel", hostile_runs)  # the user pinned it ("Use as default" on the Model page)
     at = open_page(page, interval=INTERVAL)
     assert not at.exception, at.exception
-    assert at.sidebar.selectbox(key="checkpoint").value.startswith("huge-dmodel (")
+    assert at.sidebar.selectbox(key="checkpoint").value == "huge-dmodel"
     if page == "views/data.py":
         assert at.get("plotly_chart"), "the price chart"
     if page == "views/model.py":
