@@ -47,6 +47,7 @@ from engine.training.distributed import (
     local_world_size,
     shutdown,
 )
+from engine.training.peer_presets import PRESETS, apply_preset
 from engine.training.presets import demo_config
 from engine.training.progress import ConsoleProgressBar
 from engine.training.run import run_training
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--start")
     data.add_argument("--end")
     run = p.add_argument_group("training")
+    run.add_argument("--preset", choices=tuple(PRESETS), default="hybrid",
+                     help="the model: the hybrid, or a peer trained by the same recipe (engine/training/peer_presets.py)")
     run.add_argument("--folds", type=int)
     run.add_argument("--mode", choices=("expanding", "rolling"))
     run.add_argument("--min-train", type=int, help="rows in the first training span")
@@ -118,7 +121,8 @@ def config_from_args(args: argparse.Namespace, loaded=None) -> TrainConfig:
     threads = args.threads
     if threads is None and launched_by_torchrun():  # the node's cores split between its processes
         threads = max(1, min((os.cpu_count() or 1) // local_world_size(), 4))
-    return dataclasses.replace(base, **given, threads=configure_cpu_threads(threads))
+    config = dataclasses.replace(base, **given, threads=configure_cpu_threads(threads))
+    return apply_preset(config, getattr(args, "preset", "hybrid"))  # after --window: the transformer's context
 
 
 def load_data(args: argparse.Namespace):

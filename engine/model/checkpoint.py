@@ -710,12 +710,13 @@ def _iso(stamp: datetime) -> str:
 
 
 def expected_weights(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of the weights a config's HybridModel has, from a model built on the meta device (no
-    memory is allocated); the config must have passed check_app_limits."""
-    from engine.model.hybrid import HybridModel  # the model's modules: only when weights are checked
+    """The names and shapes of the weights a config's model has (the hybrid, or the peer config.kind names: a
+    manifest written before kinds existed is a hybrid), from a model built on the meta device (no memory is
+    allocated); the config must have passed check_app_limits."""
+    from engine.model.peers import build_model  # the model's modules: only when weights are checked
 
     with torch.device("meta"):
-        model = HybridModel(config)
+        model = build_model(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 

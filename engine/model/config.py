@@ -14,6 +14,9 @@ from numbers import Integral, Real
 from typing import Any
 
 LAYER_KINDS = ("ssm", "attn")
+# The model a config builds (engine.model.peers.build_model): the hybrid, or a neural peer trained by the same
+# recipe for comparison (engine.training.peer_presets). A peer reads len(layer_pattern) as its number of layers.
+MODEL_KINDS = ("hybrid", "transformer", "lstm")
 # Keys an older ModelConfig had that now live elsewhere (a checkpoint's manifest is upgraded on load).
 MOVED_KEYS = {"loss_weights": "engine.training.config.TrainConfig.loss_weights"}
 
@@ -101,6 +104,9 @@ class ModelConfig:
     # return (ret_1) first: 1 reads the sources' latest returns only, the channel a lead-lag moves through, so the
     # path has n_heads weights per asset and horizon to fit instead of n_heads * n_features.
     lead_features: int | None = 1
+    # Which model this config builds: "hybrid" (HybridModel), or a per-asset peer (engine.model.peers): a causal
+    # "transformer" over the last max_lag + 1 bars, an "lstm". Checkpoints written before the field are hybrids.
+    kind: str = "hybrid"
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep tuples so configs compare equal after a round trip. Types are checked first,
@@ -164,6 +170,10 @@ class ModelConfig:
             fail(f"dropout must be in [0, 1), got {self.dropout}")
         if self.lead_features is not None and not 1 <= self.lead_features <= self.n_features:
             fail(f"lead_features must be in 1..n_features={self.n_features}, got {self.lead_features}")
+        if self.kind not in MODEL_KINDS:
+            fail(f"kind must be one of {MODEL_KINDS}, got {_short(self.kind)}")
+        if self.kind != "hybrid" and (self.lead_path or self.shared_ssm):
+            fail(f"a {self.kind} peer has no lead path or shared SSM weights (set lead_path=False, shared_ssm=False)")
         if self.lead_path and "attn" not in self.layer_pattern:
             fail(f"lead_path reads the first attention layer, but layer_pattern {self.layer_pattern} has none "
                  "(add an 'attn' layer, or set lead_path=False)")

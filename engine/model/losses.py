@@ -129,3 +129,44 @@ def _checked_targets(output: Forecasts, targets: Mapping[str, Tensor]) -> Tensor
     if targets["valid"].dtype != torch.bool:
         raise ValueError(f"multitask_loss: targets['valid'] must be bool, got {targets['valid'].dtype}")
     return targets["valid"]
+
+
+# ----- the cost-aware objective --------------------------------------------------------------------------------------
+#
+# The statistical losses above score forecasts; the backtest (engine.backtest.engine) charges costs on what a
+# strategy does with them. This term trains on the second directly: the net return of the position the direction
+# head implies, after the backtest's cost per unit of turnover. The position is the backtest's own
+# size_by_confidence sizing, 2 (P(up) - 1/2) = tanh(logit / 2), sharpened by k: tanh(k * logit / 2) tends to the
+# threshold rule's sign(logit) as k grows and stays differentiable. Maximising it asks the head to be confident
+# (|p| near 1) only where the move pays more than the cost of getting in and out, and weights each bar by the size
+# of its move: what "only predict when confident, weight larger moves, charge spread and slippage" asks for.
+
+
+def implied_position(direction_logit: Tensor, sharpness: float = 1.0) -> Tensor:
+    """The position in [-1, 1] a direction logit implies: tanh(sharpness * logit / 2) (sharpness 1: 2 P(up) - 1)."""
+    return torch.tanh(sharpness * direction_logit / 2)
+
+
+def cost_aware_loss(direction_logit: Tensor, ret: Tensor, valid: Tensor, cost: Tensor | float,
+                    sharpness: float = 1.0) -> Tensor:
+    """Minus the mean net return of the implied position, over valid entries; time is the LAST axis.
+
+    direction_logit, ret, valid (..., T): one horizon's logits, realised returns and target mask; cost: per unit of
+    position change, in ret's units (a float or a tensor broadcasting to (..., T)). With p_t the implied position
+    (implied_position) and p_prev the position at the previous valid bar of the same series,
+
+        loss = -(1/N) sum_valid [ p_t * ret_t - cost * |p_t - p_prev| ]
+
+    The first valid bar of a series pays no turnover (the position before it is not known). Positions are set at
+    valid bars only; a closed bar between two open ones carries the position (no charge for the gap itself).
+    """
+    position = torch.where(valid, implied_position(direction_logit, sharpness),
+                           torch.zeros((), dtype=direction_logit.dtype, device=direction_logit.device))
+    steps = torch.arange(valid.shape[-1], device=valid.device).expand(valid.shape)
+    last_valid = torch.where(valid, steps, torch.full_like(steps, -1)).cummax(dim=-1).values  # (..., T)
+    previous = torch.cat([torch.full_like(last_valid[..., :1], -1), last_valid[..., :-1]], dim=-1)
+    has_previous = valid & (previous >= 0)
+    previous_position = position.gather(-1, previous.clamp_min(0))
+    turnover = torch.where(has_previous, (position - previous_position).abs(), torch.zeros_like(position))
+    net = position * _where_valid(ret.to(position.dtype), valid) - cost * turnover
+    return -masked_mean(net, valid)

@@ -65,6 +65,9 @@ class TrainConfig:
     # The horizons that loss is taken over; None: all. The long horizons' forecasts overfit within an epoch or
     # two on a few thousand bars, and averaged in they stop a fold before the 1-bar forecast has learned anything.
     early_stop_horizons: tuple[int, ...] | None = None
+    # Validate the starting point before the first epoch and keep it when no epoch beats it (with the skip paths the
+    # start is the closed-form statistical fit; without, an untrained network, which never wins).
+    validate_start: bool = False
     zero_init_centre: bool = False  # the median and mean head columns start at the zero forecast
     # Average the loss per asset, then over assets (training and early stopping). Pooled, a 24/7 asset has ~5x the
     # valid bars of an equity at 1h, so the shared layers and the stop follow BTC's (unforecastable) noise.
@@ -85,6 +88,13 @@ class TrainConfig:
     # Decay pulls A_log toward 0 (every state's rate toward 1) and Delta's bias toward softplus^-1(0.69), i.e.
     # toward one memory length for all channels, whatever the data want.
     decay_ssm_dynamics: bool = True
+    # The cost-aware objective (engine.model.losses.cost_aware_loss, wired in engine.training.objective): minus the
+    # net return of the position the direction head implies at the first horizon, after costs, added to the loss
+    # with this weight; 0: off. Sharpness k: position tanh(k * logit / 2), 1 = the backtest's size_by_confidence.
+    # cost_bps: per unit of position change; None: the backtest's default commission + slippage.
+    cost_aware_weight: float = 0.0
+    cost_aware_sharpness: float = 1.0
+    cost_bps: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -109,6 +119,9 @@ class TrainConfig:
         for name in ("lr", "grad_clip", "lead_gain", "centre_gain"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig: {name} must be > 0, got {getattr(self, name)!r}")
+        if self.cost_aware_weight < 0 or not self.cost_aware_sharpness > 0 or (self.cost_bps or 0) < 0:
+            raise ValueError(f"TrainConfig: need cost_aware_weight >= 0, cost_aware_sharpness > 0 and cost_bps >= 0, "
+                             f"got {self.cost_aware_weight!r}, {self.cost_aware_sharpness!r}, {self.cost_bps!r}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.window > self.min_train:

@@ -62,6 +62,7 @@ from engine.model.checkpoint import (
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.losses import LossWeights
+from engine.model.peers import build_model
 from engine.runtime import configure_cpu_threads, device_label
 from engine.targets import Targets, compute_targets
 from engine.training.config import (
@@ -83,6 +84,7 @@ from engine.training.distributed import (
     owner_of_fold,
     shard_of,
 )
+from engine.training.skip_fit import fit_skip_paths
 from engine.training.head_scale import (
     bake_head_scale,
     scale_heads_for_training,
@@ -90,6 +92,7 @@ from engine.training.head_scale import (
 )
 from engine.training.objective import (
     StandardisedOutput,
+    cost_aware_term,
     early_stop_targets,
     loss_targets,
     sharded_loss,
@@ -312,7 +315,7 @@ def _gather_folds(ctx: DistContext, outcomes: list[FoldOutcome | None], model_co
             np.savez(buffer, **predictions_to_arrays(outcome.predictions))
         arrays = broadcast_bytes(ctx, buffer.getvalue() if mine else None, owner)
         if ctx.is_main:
-            model = HybridModel(model_config).to(device)
+            model = build_model(model_config).to(device)
             model.load_state_dict(load_tensors(weights))
             with np.load(io.BytesIO(arrays), allow_pickle=False) as data:
                 prediction = predictions_from_arrays({k: data[k] for k in data.files})
@@ -356,8 +359,10 @@ def _train_fold(job: FoldJob, run: RunContext) -> FoldOutcome | None:
     config, device, fold = run.config, run.device, job.fold
     fold_started = time.monotonic()
     torch.manual_seed(seed_for(config, fold.index, -1))
-    model = HybridModel(model_config_for(config, job.features)).to(device)
+    model = build_model(model_config_for(config, job.features)).to(device)  # the hybrid or a peer
     scale = target_scale(run.feature_targets, job.features, fold.train)
+    if config.model.skip_paths:  # before the head scale's parametrisation: it zeroes the plain log-vol column
+        fit_skip_paths(model, job.features, run.feature_targets, fold.train, scale)
     # before the optimiser: it must hold the parametrised tensors
     scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
@@ -424,6 +429,25 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
     n_windows = windows.x.shape[0]
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
 
+    def validate() -> float:
+        # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
+        # so all take the same early-stopping decision.
+        loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
+                               scale_t, config.early_stop_weights or config.loss_weights,
+                               config.balance_assets,
+                               # the stop watches the training objective unless told otherwise
+                               None if config.early_stop_weights else cost_aware_term(config, scale_t)
+                               ) if sync.is_main else None
+        return broadcast_float(sync, loss)
+
+    if config.validate_start and state.next_epoch == 0 and state.best_weights is None:
+        # The starting point (closed-form skip paths, zero residual) competes with every epoch: when no epoch beats
+        # it on the validation span, the fold keeps it (best_epoch -1) rather than the least bad trained epoch.
+        start_loss = validate()
+        if math.isfinite(start_loss):
+            state.best_val_loss = start_loss
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_seed = seed_for(config, fold.index, epoch)
         if config.random_window_offsets:
@@ -457,12 +481,7 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
                                  train_loss=float(np.mean(losses)) if losses else None,
                                  best_val_loss=_finite_or_none(state.best_val_loss)))
 
-        # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
-        # so all take the same early-stopping decision.
-        val_loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
-                                   scale_t, config.early_stop_weights or config.loss_weights,
-                                   config.balance_assets) if sync.is_main else None
-        val_loss = broadcast_float(sync, val_loss)
+        val_loss = validate()
         if math.isfinite(val_loss) and val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.epochs_without_gain = val_loss, epoch, 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -501,14 +520,18 @@ def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows
     output = StandardisedOutput.of(train_model(x, mask), scale)  # tensors (b, A, W, H[, Q])
     std_targets = standardised_targets(batch_targets, scale)
     optimizer.zero_grad(set_to_none=True)
+    cost = cost_aware_term(config, scale)
     if sync.active:
+        if cost is not None:
+            raise TrainingError("the cost-aware objective (cost_aware_weight) is not wired for torchrun yet: "
+                                "train it in one process")
         loss, reported, not_finite, cancelled = sharded_loss(output, std_targets, weights, config.balance_assets,
                                                              sync, is_cancelled())
         if cancelled:
             return None
         finite = not not_finite
     else:
-        loss = training_loss(output, std_targets, weights, config.balance_assets)
+        loss = training_loss(output, std_targets, weights, config.balance_assets, cost)
         finite = bool(torch.isfinite(loss))
         reported = float(loss.detach()) if finite else math.nan
     if finite:

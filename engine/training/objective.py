@@ -12,7 +12,7 @@ from torch import Tensor
 from engine.evaluation.predictions import forward_history
 from engine.features import FeatureSet
 from engine.model.hybrid import HybridModel
-from engine.model.losses import LossWeights, multitask_loss
+from engine.model.losses import LossWeights, cost_aware_loss, multitask_loss
 from engine.targets import Targets
 from engine.training.config import TrainConfig
 from engine.training.distributed import (
@@ -73,12 +73,54 @@ class StandardisedOutput:
                    tuple(output.quantile_levels), None if mean is None else mean / s)
 
 
-def training_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, balance_assets: bool) -> Tensor:
-    """multitask_loss, pooled over every valid entry, or (balance_assets) its mean over assets of each asset's
-    own loss. output: StandardisedOutput, tensors (B, A, T, H[, Q])."""
+@dataclass(frozen=True)
+class CostAware:
+    """The cost-aware term of a training loss (TrainConfig.cost_aware_weight > 0): its weight, the position's
+    sharpness and the cost per unit of position change (A,) in the standardised units of each asset's first-horizon
+    return (the backtest's cost rate divided by the fold's target scale, as the returns are)."""
+
+    weight: float
+    sharpness: float
+    cost: Tensor  # (A,)
+
+
+def backtest_cost_rate(config: TrainConfig) -> float:
+    """Cost per unit of position change as a fraction: config.cost_bps, or the backtest's default commission +
+    slippage (engine.backtest.engine.StrategyConfig), so the objective charges what the Backtest page charges."""
+    if config.cost_bps is not None:
+        return config.cost_bps / 1e4
+    from engine.backtest.engine import StrategyConfig
+
+    return StrategyConfig().cost_rate
+
+
+def cost_aware_term(config: TrainConfig, scale: Tensor) -> CostAware | None:
+    """The fold's cost-aware term (scale (A, H): the fold's target scale), or None when the objective is off."""
+    if config.cost_aware_weight == 0:
+        return None
+    return CostAware(config.cost_aware_weight, config.cost_aware_sharpness, backtest_cost_rate(config) / scale[:, 0])
+
+
+def cost_term_loss(output, targets: Mapping[str, Tensor], cost: CostAware, balance_assets: bool) -> Tensor:
+    """engine.model.losses.cost_aware_loss at the first horizon (the one the backtest trades by default), pooled
+    or averaged per asset like the other terms; output and targets standardised, (B, A, T, H)."""
+    logit, ret, valid = output.direction_logit[..., 0], targets["ret"][..., 0], targets["valid"][..., 0]  # (B, A, T)
+    per_unit = cost.cost.to(logit)[None, :, None]  # (1, A, 1)
     if not balance_assets:
-        return multitask_loss(output, targets, weights)[0]
-    return per_asset_losses(output, targets, weights).mean()
+        return cost_aware_loss(logit, ret, valid, per_unit, cost.sharpness)
+    return torch.stack([cost_aware_loss(logit[:, a], ret[:, a], valid[:, a], per_unit[:, a], cost.sharpness)
+                        for a in range(logit.shape[1])]).mean()
+
+
+def training_loss(output, targets: Mapping[str, Tensor], weights: LossWeights, balance_assets: bool,
+                  cost: CostAware | None = None) -> Tensor:
+    """multitask_loss, pooled over every valid entry, or (balance_assets) its mean over assets of each asset's
+    own loss; plus the cost-aware term when `cost` is given. output: StandardisedOutput, tensors (B, A, T, H[, Q])."""
+    if not balance_assets:
+        total = multitask_loss(output, targets, weights)[0]
+    else:
+        total = per_asset_losses(output, targets, weights).mean()
+    return total if cost is None else total + cost.weight * cost_term_loss(output, targets, cost, balance_assets)
 
 
 def per_asset_losses(output, targets: Mapping[str, Tensor], weights: LossWeights) -> Tensor:
@@ -136,9 +178,9 @@ def standardised_targets(targets: Mapping[str, Tensor], scale: Tensor) -> dict[s
 
 def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mapping[str, Tensor], stop: int,
                     chunk: int, scale: Tensor, weights: LossWeights,
-                    balance_assets: bool = False) -> float:
-    """The training loss (standardised units, under `weights`) over the targets given, from a
-    causal pass over rows [0, stop)."""
+                    balance_assets: bool = False, cost: CostAware | None = None) -> float:
+    """The training loss (standardised units, under `weights`, plus the cost-aware term when given) over the
+    targets given, from a causal pass over rows [0, stop)."""
     was_training = model.training
     model.eval()
     try:
@@ -153,5 +195,5 @@ def validation_loss(model: HybridModel, x: Tensor, mask: Tensor, targets: Mappin
         quantile_levels=outputs[0].quantile_levels,
         mean=None if outputs[0].mean is None else torch.cat([o.mean for o in outputs], dim=2)), scale)
     total = training_loss(joined, standardised_targets(targets, scale), weights,
-                          balance_assets)
+                          balance_assets, cost)
     return float(total)
