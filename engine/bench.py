@@ -11,6 +11,7 @@ import pkgutil
 import platform
 import sys
 
+from engine.benchmarks._measure import machine_line
 from engine.runtime import configure_cpu_threads, device_label, pick_device
 
 
@@ -40,12 +41,12 @@ def run_single(title: str, rows, description: str | None, argv: list[str] | None
     args = parser.parse_args(argv)
     configure_cpu_threads()
     device = pick_device(args.device)
-    print(f"# {title} on {device_label(device)}\n")
+    print(f"# {title} on {device_label(device)}\n\n{machine_line(device)}\n")
     print(format_table(rows(device)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    import engine.benchmarks as benchmarks
+    from engine import benchmarks
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="benchmark modules to run (default: all)")
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_cpu_threads()
     device = pick_device(args.device)
     print(f"# engine benchmarks on {device_label(device)}; python {platform.python_version()}, {platform.machine()}")
-    names = [m.name for m in pkgutil.iter_modules(benchmarks.__path__)]
+    print(f"\n{machine_line(device)}")
+    # A leading underscore marks a helper (engine.benchmarks._measure: timing, spread, the machine), not a benchmark.
+    names = [m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_")]
     for name in names:
         if args.only and name not in args.only:
             continue

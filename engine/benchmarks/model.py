@@ -1,15 +1,22 @@
-"""Model benchmarks: one SSM mixer layer against its sequential-scan self, mambapy's Mamba block and a causal
-Transformer layer; step mode per bar; the full model's training step.
+"""Model benchmarks: one SSM mixer layer against its fairly sized peers; step mode per bar; the full model's
+training step against a Transformer of the same width.
 
-`rows(device)` returns one dict per measurement (medians in ms after a warm-up); `python -m engine.benchmarks.model`
-prints them as a markdown table. "fwd" is inference (eval mode, no autograd); "fwd+bwd" is a training pass (train
-mode, forward, backward of the sum). Every layer is the pre-norm residual block of width 64 (d_inner 128, state 16).
+`rows(device)` returns one dict per measurement: the median ms and its spread (IQR, min..max), "fwd" inference
+(eval mode, no autograd), "fwd+bwd" a training pass (train mode, forward, backward of the sum). Every layer is the
+pre-norm residual block of width 64 (d_inner 128, state 16) with the same dropout (ModelConfig's default, 0.1):
+
+* our SSM layer (chunked scan; and with the sequential reference scan, the exactness baseline);
+* mambapy's Mamba block (RMSNorm + mixer + residual: the same scope), with its parallel pscan and sequential mode;
+* a causal pre-norm nn.TransformerEncoderLayer with the standard 4x feed-forward (256 wide), NOT torch's default
+  2048 (32x d_model, 8x our layer's parameters), and the same dropout. Parameter counts are in every row.
+
+The peers of one length are timed interleaved (each once per round), and the ratios are medians of the rounds'
+paired ratios, so load on a shared CPU hits both sides of a ratio alike. Each budget row says pass or FAIL.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -18,7 +25,14 @@ import torch
 from torch import nn
 
 import engine.model.ssm as ssm_module
-from engine.benchmarks.scan import median_ms
+from engine.benchmarks._measure import (
+    Timing,
+    machine_line,
+    paired_ratio,
+    time_interleaved,
+    time_on,
+    verdict,
+)
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.scan import selective_scan_reference
@@ -28,25 +42,18 @@ from engine.runtime import configure_cpu_threads, device_label, pick_device
 LAYER_BATCH = 8
 LAYER_LENGTHS = (1024, 4096)
 D_MODEL, D_STATE, EXPAND, N_HEADS = 64, 16, 2, 4
+DROPOUT = ModelConfig().dropout  # every peer trains with the dropout our layer has
+FF_MULT = 4  # the Transformer's feed-forward width, as a multiple of d_model (the standard choice)
 MODEL_BATCH, MODEL_LENGTH, MODEL_ASSETS = 32, 512, 3
+TRANSFORMER_LAYERS = 4  # the full model's peer: as many layers as our default pattern has
+STEP_BUDGET_MS = 1.0  # step mode, 3 assets, one new bar, one CPU thread
+# Targets for our layer against its peers (our time / peer time; mambapy: its time / ours).
+TRANSFORMER_RATIO_TARGET = {1024: 1.5, 4096: 1.0}
+MAMBAPY_SPEEDUP_TARGET = 20.0
 
 
-def forward_and_backward_ms(layer: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                            device: torch.device, with_backward: bool = True) -> tuple[float, float | str]:
-    """(inference ms, training-pass ms or "-") of run(x) -> output tensor."""
-    layer.eval()
-    with torch.no_grad():
-        forward = median_ms(lambda: run(x), device)
-    if not with_backward:
-        return forward, "-"
-    layer.train()
-    x_grad = x.detach().requires_grad_(True)
-
-    def train_pass() -> None:
-        layer.zero_grad(set_to_none=True)
-        run(x_grad).sum().backward()
-
-    return forward, median_ms(train_pass, device)
+def params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 @contextlib.contextmanager
@@ -60,58 +67,118 @@ def sequential_reference_scan() -> Iterator[None]:
         ssm_module.selective_scan = fast
 
 
-def ssm_layer_rows(device: torch.device, length: int, *, reference_backward: bool = True) -> list[dict]:
+class _Peer:
+    """One candidate of the layer table: a module, how to run it on x, and whether its training pass is timed."""
+
+    def __init__(self, name: str, module: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 *, backward: bool = True, context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 why_no_backward: str = ""):
+        self.name, self.module, self.run, self.backward = name, module, run, backward
+        self.context, self.why_no_backward = context, why_no_backward
+        self.x = x
+        self.x_grad = x.detach().requires_grad_(True)
+
+    def forward(self) -> None:
+        with self.context(), torch.no_grad():
+            self.run(self.x)
+
+    def train_pass(self) -> None:
+        with self.context():
+            self.module.zero_grad(set_to_none=True)
+            self.run(self.x_grad).sum().backward()
+
+
+def layer_peers(device: torch.device, length: int) -> tuple[list[_Peer], list[dict]]:
+    """Every layer of the table at one length, and the rows of peers that could not be built."""
+    peers, missing = [], []
     torch.manual_seed(0)
-    config = ModelConfig(n_assets=1, n_features=D_MODEL, d_model=D_MODEL, d_state=D_STATE, expand=EXPAND, dropout=0.0)
-    layer = SelectiveSSMBlock(config).to(device)
-    x = torch.randn(LAYER_BATCH, length, 1, D_MODEL, device=device)  # (B, T, A=1, M)
+    config = ModelConfig(n_assets=1, n_features=D_MODEL, d_model=D_MODEL, d_state=D_STATE, expand=EXPAND,
+                         dropout=DROPOUT)
+    ours = SelectiveSSMBlock(config).to(device)
+    x4 = torch.randn(LAYER_BATCH, length, 1, D_MODEL, device=device)  # (B, T, A=1, M)
     mask = torch.ones(LAYER_BATCH, length, 1, dtype=torch.bool, device=device)
-    rows = []
-    fwd, fwd_bwd = forward_and_backward_ms(layer, lambda t: layer(t, mask)[0], x, device)
-    rows.append(dict(case="our SSM layer (chunked scan)", length=length, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd))
-    with sequential_reference_scan():
-        fwd, fwd_bwd = forward_and_backward_ms(layer, lambda t: layer(t, mask)[0], x, device, reference_backward)
-    rows.append(dict(case="our SSM layer (sequential reference scan)", length=length, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd))
-    return rows
-
-
-def mambapy_rows(device: torch.device, length: int, *, with_backward: bool = True) -> list[dict]:
+    peers.append(_Peer("our SSM layer (chunked scan)", ours, lambda t: ours(t, mask)[0], x4))
+    long = length > 1024 and device.type == "cpu"
+    peers.append(_Peer("our SSM layer (sequential reference scan)", ours, lambda t: ours(t, mask)[0], x4,
+                       context=sequential_reference_scan, backward=not long,
+                       why_no_backward="its training pass is a Python loop under autograd: minutes at this length"))
+    x3 = torch.randn(LAYER_BATCH, length, D_MODEL, device=device)
     try:
         from mambapy.mamba import MambaConfig, ResidualBlock
         version = metadata.version("mambapy")
+        for parallel in (True, False):  # mambapy's own switch: Blelloch pscan, or a Python loop over time
+            torch.manual_seed(0)
+            mamba_config = MambaConfig(d_model=D_MODEL, n_layers=1, d_state=D_STATE, expand_factor=EXPAND,
+                                       pscan=parallel)
+            block = ResidualBlock(mamba_config).to(device)
+            scan = "parallel pscan" if parallel else "sequential"
+            peers.append(_Peer(f"mambapy {version} Mamba block ({scan})", block, block, x3, backward=parallel,
+                               why_no_backward="its sequential mode's training pass is a Python loop under autograd "
+                                               "(over a minute at 1024 bars)"))
     except ImportError:
-        return [dict(case="mambapy block", length=length, note="mambapy not installed (pip install mambapy==1.2.0)")]
-    x = torch.randn(LAYER_BATCH, length, D_MODEL, device=device)
-    rows = []
-    for parallel in (True, False):  # mambapy's own switch: Blelloch pscan, or a Python loop over time
-        torch.manual_seed(0)
-        config = MambaConfig(d_model=D_MODEL, n_layers=1, d_state=D_STATE, expand_factor=EXPAND, pscan=parallel)
-        block = ResidualBlock(config).to(device)  # RMSNorm + mixer + residual, the same scope as our layer
-        # The sequential mode's training pass is a Python loop under autograd: over a minute at 1024 bars.
-        fwd, fwd_bwd = forward_and_backward_ms(block, block, x, device, with_backward and parallel)
-        scan = "parallel pscan" if parallel else "sequential"
-        rows.append(dict(case=f"mambapy {version} Mamba block ({scan})", length=length, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd))
+        missing.append({"case": "mambapy Mamba block", "length": length,
+                            "note": "mambapy not installed (pip install mambapy==1.2.0)"})
+    torch.manual_seed(0)
+    transformer = nn.TransformerEncoderLayer(D_MODEL, N_HEADS, dim_feedforward=FF_MULT * D_MODEL, dropout=DROPOUT,
+                                             batch_first=True, norm_first=True).to(device)
+    causal = nn.Transformer.generate_square_subsequent_mask(length, device=device)
+    peers.append(_Peer(f"Transformer layer, causal, pre-norm, FF {FF_MULT}x", transformer,
+                       lambda t: transformer(t, src_mask=causal, is_causal=True), x3))
+    return peers, missing
+
+
+def layer_rows(device: torch.device, length: int, budget_s: float = 8.0) -> list[dict]:
+    peers, rows = layer_peers(device, length)
+    for peer in peers:
+        peer.module.eval()
+    forward = time_interleaved({p.name: p.forward for p in peers}, device, budget_s=budget_s)
+    for peer in peers:
+        peer.module.train()
+    trained = [p for p in peers if p.backward]
+    train = time_interleaved({p.name: p.train_pass for p in trained}, device, budget_s=budget_s)
+    for peer in peers:
+        t = train.get(peer.name)
+        rows.append({"case": peer.name, "length": length, "parameters": f"{params(peer.module):,}",
+                         "fwd_ms": forward[peer.name].median, "fwd_spread": forward[peer.name].spread(),
+                         "fwd_bwd_ms": t.median if t else "-", "fwd_bwd_spread": t.spread() if t else "-",
+                         "note": "" if t else peer.why_no_backward})
+    rows.extend(ratio_rows(peers, forward, train, length))
     return rows
 
 
-def transformer_rows(device: torch.device, length: int) -> list[dict]:
-    torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(D_MODEL, N_HEADS, batch_first=True).to(device)  # default FF width 2048
-    causal = nn.Transformer.generate_square_subsequent_mask(length, device=device)
-    x = torch.randn(LAYER_BATCH, length, D_MODEL, device=device)
-    fwd, fwd_bwd = forward_and_backward_ms(layer, lambda t: layer(t, src_mask=causal, is_causal=True), x, device)
-    return [dict(case="nn.TransformerEncoderLayer, causal", length=length, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd)]
+def ratio_rows(peers: list[_Peer], forward: dict[str, Timing], train: dict[str, Timing], length: int) -> list[dict]:
+    """Our layer against the Transformer (our time / its time) and mambapy's parallel block (its time / ours), as
+    paired ratios, with their targets and pass/fail."""
+    ours = peers[0].name
+    out = []
+    transformer = next(p.name for p in peers if p.name.startswith("Transformer"))
+    target = TRANSFORMER_RATIO_TARGET.get(length, None)
+    for mode, timings in (("fwd", forward), ("fwd+bwd", train)):
+        if ours in timings and transformer in timings:
+            ratio = paired_ratio(timings[ours], timings[transformer])
+            out.append({"case": f"ratio: our layer / Transformer layer, {mode}", "length": length, "ratio": ratio,
+                            "budget": f"<= {target}" if target else "-",
+                            "result": verdict(ratio, target) if target else "-"})
+    mambapy = next((p.name for p in peers if "parallel pscan" in p.name), None)
+    if mambapy:
+        for mode, timings in (("fwd", forward), ("fwd+bwd", train)):
+            if ours in timings and mambapy in timings:
+                speedup = paired_ratio(timings[mambapy], timings[ours])
+                out.append({"case": f"ratio: mambapy pscan block / our layer, {mode}", "length": length, "ratio": speedup,
+                                "budget": f">= {MAMBAPY_SPEEDUP_TARGET:g}",
+                                "result": verdict(speedup, MAMBAPY_SPEEDUP_TARGET, at_least=True)})
+    return out
 
 
 def step_rows(device: torch.device, bars: int = 400) -> list[dict]:
-    """Median time per new bar of HybridModel.step, batch 1, in inference mode: with the configured thread count
-    and, on CPU, with one thread (a bar's tensors are far too small to split across threads)."""
+    """Time per new bar of HybridModel.step, batch 1, in inference mode: with the configured thread count and, on
+    CPU, with one thread (a bar's tensors are far too small to split across threads), against the 1 ms budget."""
     torch.manual_seed(0)
     model = HybridModel(ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)).to(device).eval()
     x = torch.randn(bars, 1, MODEL_ASSETS, model.config.n_features, device=device)
     mask = torch.ones(bars, 1, MODEL_ASSETS, dtype=torch.bool, device=device)
 
-    def per_bar_ms() -> float:
+    def per_bar() -> Timing:
         with torch.inference_mode():
             state = model.init_state(1)
             for t in range(20):  # warm-up
@@ -122,58 +189,104 @@ def step_rows(device: torch.device, bars: int = 400) -> list[dict]:
                 _, state = model.step(x[t], mask[t], state)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+                times.append((time.perf_counter() - t0) * 1e3)
+        return Timing(tuple(times))
 
-    case = f"full model step, {MODEL_ASSETS} assets, one new bar"
-    result = [dict(case=case, length=1, fwd_ms=per_bar_ms(),
-                   note=f"median of {bars} bars, batch 1, {torch.get_num_threads()} threads")]
-    if device.type == "cpu" and torch.get_num_threads() > 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            one_thread = per_bar_ms()
-            result.append(dict(case=case, length=1, fwd_ms=one_thread,
-                               note=f"median of {bars} bars, batch 1, 1 thread"))
-        finally:
-            torch.set_num_threads(threads)
+    case = f"full model step, {MODEL_ASSETS} assets, one new bar, batch 1"
+    counts = [torch.get_num_threads()]
+    if device.type == "cpu" and counts[0] > 1:
+        counts.append(1)
+    result = []
+    threads = torch.get_num_threads()
+    try:
+        for count in counts:
+            torch.set_num_threads(count)
+            timing = per_bar()
+            one_thread = device.type == "cpu" and count == 1
+            result.append({"case": case, "length": 1, "parameters": f"{model.num_parameters():,}", "fwd_ms": timing.median,
+                               "fwd_spread": timing.spread(),
+                               "budget": f"<= {STEP_BUDGET_MS:g} ms" if one_thread else "-",
+                               "result": verdict(timing.median, STEP_BUDGET_MS) if one_thread else "-",
+                               "note": f"{bars} bars, {count} thread{'s' if count > 1 else ''}"})
+    finally:
+        torch.set_num_threads(threads)
     return result
 
 
-def full_model_rows(device: torch.device) -> list[dict]:
+class TransformerPeer(nn.Module):
+    """The full model's peer: per-asset input projection, TRANSFORMER_LAYERS causal pre-norm layers of the same width
+    (FF 4x, same dropout) over each asset's stream, and a linear head with as many outputs as ours."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_proj = nn.Linear(config.n_features, config.d_model)
+        layer = nn.TransformerEncoderLayer(config.d_model, config.n_heads, dim_feedforward=FF_MULT * config.d_model,
+                                           dropout=config.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, TRANSFORMER_LAYERS, enable_nested_tensor=False)
+        self.head = nn.Linear(config.d_model, len(config.horizons) * (len(config.quantiles) + 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, assets, length, features = x.shape
+        h = self.input_proj(x.reshape(batch * assets, length, features))
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
+        return self.head(self.encoder(h, mask=causal, is_causal=True))
+
+
+def full_model_rows(device: torch.device, budget_s: float = 8.0) -> list[dict]:
     torch.manual_seed(0)
     config = ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)
     model = HybridModel(config).to(device)
+    peer = TransformerPeer(config).to(device)
     x = torch.randn(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, config.n_features, device=device)
     mask = torch.ones(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, dtype=torch.bool, device=device)
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        output = model(inputs, mask)
-        return output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()
+    def ours_forward() -> None:
+        with torch.no_grad():
+            model(x, mask)
 
-    fwd, fwd_bwd = forward_and_backward_ms(model, run, x, device)
-    return [dict(case=f"full model, {MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}",
-                 length=MODEL_LENGTH, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd,
-                 note=f"{model.num_parameters():,} parameters, pattern {'/'.join(config.layer_pattern)}")]
+    def peer_forward() -> None:
+        with torch.no_grad():
+            peer(x)
+
+    def ours_train() -> None:
+        model.zero_grad(set_to_none=True)
+        output = model(x, mask)
+        (output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()).backward()
+
+    def peer_train() -> None:
+        peer.zero_grad(set_to_none=True)
+        peer(x).sum().backward()
+
+    model.eval(), peer.eval()
+    forward = time_interleaved({"ours": ours_forward, "peer": peer_forward}, device, budget_s=budget_s)
+    model.train(), peer.train()
+    train = time_interleaved({"ours": ours_train, "peer": peer_train}, device, budget_s=budget_s)
+    shape = f"{MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}"
+    return [
+        {"case": f"full model, {shape}", "length": MODEL_LENGTH, "parameters": f"{model.num_parameters():,}",
+             "fwd_ms": forward["ours"].median, "fwd_spread": forward["ours"].spread(), "fwd_bwd_ms": train["ours"].median,
+             "fwd_bwd_spread": train["ours"].spread(), "note": f"pattern {'/'.join(config.layer_pattern)}"},
+        {"case": f"{TRANSFORMER_LAYERS}-layer causal Transformer, same width, FF {FF_MULT}x, {shape}",
+             "length": MODEL_LENGTH, "parameters": f"{params(peer):,}", "fwd_ms": forward["peer"].median,
+             "fwd_spread": forward["peer"].spread(), "fwd_bwd_ms": train["peer"].median,
+             "fwd_bwd_spread": train["peer"].spread(), "note": "per-asset streams, no cross-asset attention"},
+        {"case": "ratio: full model / Transformer, fwd+bwd (training step)", "length": MODEL_LENGTH,
+             "ratio": paired_ratio(train["ours"], train["peer"]),
+             "budget": "<= 0.5 (issue 18, GPU)" if device.type == "cuda" else "-",
+             "result": verdict(paired_ratio(train["ours"], train["peer"]), 0.5) if device.type == "cuda" else "-"},
+    ]
 
 
 GROUPS = ("layers", "step", "model")
-COLUMNS = ("case", "length", "fwd_ms", "fwd_bwd_ms", "note")
+COLUMNS = ("case", "length", "parameters", "fwd_ms", "fwd_spread", "fwd_bwd_ms", "fwd_bwd_spread", "ratio",
+           "budget", "result", "note")
 
 
 def row_groups(device: torch.device, only: tuple[str, ...] = GROUPS) -> Iterator[list[dict]]:
     """The measurements in groups, so a caller can print each as soon as it is done (the slow ones take minutes)."""
     if "layers" in only:
         for length in LAYER_LENGTHS:
-            # mambapy's and the sequential scan's training pass at 4096 take minutes on two cores: forward only there.
-            with_backward = length <= 1024
-            layer_rows = (
-                ssm_layer_rows(device, length, reference_backward=with_backward)
-                + mambapy_rows(device, length, with_backward=with_backward)
-                + transformer_rows(device, length)
-            )
-            add_ratios(layer_rows)
-            yield layer_rows
+            yield layer_rows(device, length)
     if "step" in only:
         yield step_rows(device)
     if "model" in only:
@@ -184,20 +297,8 @@ def rows(device: torch.device | str) -> list[dict]:
     return [row for group in row_groups(torch.device(device)) for row in group]
 
 
-def add_ratios(layer_rows: list[dict]) -> None:
-    """On our fast layer's row: its time over the Transformer's (target < 1 at 4096, <= 1.5 at 1024) and the
-    parallel mambapy block's time over ours (target >= 20)."""
-    ours = layer_rows[0]
-    by_case = {row["case"]: row for row in layer_rows}
-    transformer = by_case.get("nn.TransformerEncoderLayer, causal")
-    mambapy = next((row for case, row in by_case.items() if "parallel pscan" in case and "fwd_ms" in row), None)
-    notes = []
-    if transformer:
-        notes.append(f"{ours['fwd_ms'] / transformer['fwd_ms']:.2f}x the Transformer's time fwd, "
-                     f"{ours['fwd_bwd_ms'] / transformer['fwd_bwd_ms']:.2f}x fwd+bwd")
-    if mambapy:
-        notes.append(f"{mambapy['fwd_ms'] / ours['fwd_ms']:.1f}x faster fwd than mambapy's block")
-    ours["note"] = "; ".join(notes)
+def median_ms(fn: Callable[[], object], device: torch.device) -> float:
+    return time_on(device, fn).median
 
 
 def format_row(row: dict) -> str:
@@ -215,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_cpu_threads()
     device = pick_device(args.device)
-    print(f"# model benchmarks on {device_label(device)}, torch {torch.__version__}\n")
+    print(f"# model benchmarks on {device_label(device)}\n\n{machine_line(device)}\n")
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
     for group in row_groups(device, tuple(args.only)):
         for row in group:

@@ -1,14 +1,20 @@
-"""Scan benchmarks: the selective scan alone, sequential reference vs our fast path vs mambapy's parallel scan.
+"""Scan benchmarks: the selective scan alone, our paths against their peers, with the bytes each must move.
 
-`rows(device)` returns one dict per (method, shape): median ms after a warm-up, for the forward alone (no autograd)
-and for forward + backward of y.sum() into every input. Shapes are (batch, L, D, N) with one group (G = 1), the
-layer the model runs (d_inner 128, state 16). `python -m engine.benchmarks.scan` prints them as a markdown table.
+`rows(device)` returns one dict per (method, shape): the median ms and its spread (IQR, min..max) after a warm-up,
+for the forward alone (no autograd) and for forward + backward of y.sum() into every input. Shapes are
+(batch, L, D, N) with one group (G = 1); (8, *, 128, 16) is the layer the model runs.
+
+On a GPU the timing is CUDA events with the L2 cache flushed before every repeat (engine.benchmarks._measure), and
+every row carries the byte floor of the scan: the bytes it cannot avoid moving (read u, delta, B, C, A once, write
+y once; the backward also reads dy and writes du, d delta, dB, dC, dA), that floor at the bandwidth a plain device
+copy reaches on this machine (measured in the same run), the achieved bandwidth (floor bytes / time) and the time
+as a multiple of the floor time. Peers: mambapy's pscan (the parallel scan of a pure-PyTorch Mamba) and, where
+mamba_ssm imports (its CUDA/Triton kernels: Mamba-1's selective_scan_fn and Mamba-2's SSD chunk scan), those; a
+row says so when they are not installed. `python -m engine.benchmarks.scan` prints the table.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from importlib import metadata
 
@@ -18,6 +24,7 @@ from engine.runtime import configure_cpu_threads, device_label, pick_device  # i
 import torch
 from torch import Tensor
 
+from engine.benchmarks._measure import Timing, machine_line, time_on
 from engine.model.scan import (
     expand_groups,
     fused_kernel_available,
@@ -26,25 +33,14 @@ from engine.model.scan import (
     selective_scan_reference,
 )
 
-SHAPES = ((8, 1024, 128, 16), (8, 4096, 128, 16))  # (batch, L, D, N)
+SHAPES = ((8, 1024, 128, 16), (8, 4096, 128, 16))  # (batch, L, D, N): the model's layer
+GPU_SHAPES = SHAPES + ((32, 8192, 512, 16),)  # and the issue's large shape, where the bytes dominate
+SEQUENTIAL_MAX_ELEMENTS = 8 * 4096 * 128  # the Python-loop reference is skipped past this (minutes per call)
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, *, budget_s: float = 3.0, max_reps: int = 20) -> float:
-    """Median wall time of fn after one warm-up call: at least 3 timed calls, more while within budget_s."""
-    def synchronise() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    synchronise()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < 3 or (len(times) < max_reps and time.perf_counter() - started < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        synchronise()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    """Median ms of fn (CUDA events with L2 flushed on a GPU, wall clock on the CPU): the older callers' API."""
+    return time_on(device, fn, budget_s=budget_s, max_reps=max_reps).median
 
 
 def scan_inputs(shape: tuple[int, int, int, int], device: torch.device) -> list[Tensor]:
@@ -59,6 +55,31 @@ def scan_inputs(shape: tuple[int, int, int, int], device: torch.device) -> list[
     return [t.to(device) for t in (u, delta, A, B, C)]
 
 
+def floor_bytes(shape: tuple[int, int, int, int], *, element: int = 4, groups: int = 1) -> tuple[int, int]:
+    """(forward, forward+backward) bytes a scan cannot avoid moving at this shape.
+
+    forward: read u, delta (b L D each), B, C (b L G N each), A (D N); write y (b L D).
+    backward: read the same inputs and dy again; write du, d delta, dB, dC, dA. A kernel that keeps the states on
+    chip moves no more; everything above the floor is recomputation traffic, spills or launch overhead.
+    """
+    batch, length, channels, state = shape
+    per_channel = batch * length * channels
+    per_group = batch * length * groups * state
+    inputs = 2 * per_channel + 2 * per_group + channels * state
+    forward = inputs + per_channel
+    backward = inputs + per_channel + inputs  # inputs and dy in, gradients of the inputs out
+    return forward * element, (forward + backward) * element
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a plain device copy (read + write of 512 MB on a GPU, 64 MB on the CPU)."""
+    n = (512 if device.type == "cuda" else 64) * 2**20 // 4
+    source = torch.ones(n, device=device)
+    target = torch.empty_like(source)
+    timing = time_on(device, lambda: target.copy_(source), budget_s=1.0, max_reps=20)
+    return 2 * n * 4 / (timing.median / 1e3)
+
+
 def mambapy_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """mambapy's selective scan (its Mamba.selective_scan, without the D skip): decay and input materialised as
     (batch, L, D, N), then its Blelloch parallel scan."""
@@ -70,24 +91,69 @@ def mambapy_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> T
     return (states @ C[:, :, 0].unsqueeze(-1)).squeeze(3)  # (b, L, D)
 
 
-def methods(device: torch.device) -> dict[str, Callable[..., Tensor]]:
+def mamba_ssm_methods() -> tuple[dict[str, Callable[..., Tensor]], str | None]:
+    """mamba_ssm's kernels on our inputs, or ({}, why not). Mamba-1's selective_scan_fn is the same computation
+    (B, C in (batch, G, N, L) layout, delta taken as is); Mamba-2's SSD chunk scan has one scalar decay per head
+    (here one head per 64 channels) and is the kernel family the issue names as the speed to beat."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        version = metadata.version("mamba_ssm")
+    except (ImportError, OSError, RuntimeError, metadata.PackageNotFoundError) as error:  # or built for another torch
+        return {}, f"mamba_ssm not importable here ({type(error).__name__}: {str(error)[:80]})"
+    found: dict[str, Callable[..., Tensor]] = {}
+
+    def mamba1(u, delta, A, B, C):
+        return selective_scan_fn(u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 2, 3, 1),
+                                 C.permute(0, 2, 3, 1)).transpose(1, 2)
+
+    found[f"mamba_ssm {version} selective_scan_fn (Mamba-1 CUDA)"] = mamba1
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        def mamba2(u, delta, A, B, C, head_dim=64):
+            batch, length, channels = u.shape
+            heads = channels // head_dim
+            x = u.view(batch, length, heads, head_dim)
+            dt = delta.view(batch, length, heads, head_dim)[..., 0].contiguous()
+            return mamba_chunk_scan_combined(x, dt, A[::head_dim, 0].contiguous(), B, C, chunk_size=256)
+
+        found[f"mamba_ssm {version} SSD chunk scan (Mamba-2 Triton)"] = mamba2
+    except (ImportError, OSError, RuntimeError):
+        return found, "mamba_ssm's Mamba-2 SSD kernels not importable here (Mamba-1's are timed)"
+    return found, None
+
+
+def methods(device: torch.device) -> tuple[dict[str, Callable[..., Tensor]], list[str]]:
+    """The scans to time and the notes on peers that could not be."""
+    notes: list[str] = []
     found: dict[str, Callable[..., Tensor]] = {
         "sequential reference": lambda *x: selective_scan_reference(*x).y,
         "chunked PyTorch (ours)": lambda *x: selective_scan_chunked(*x).y,
     }
-    if device.type == "cuda" and fused_kernel_available():
-        found["fused Triton (ours)"] = lambda *x: selective_scan(*x).y
+    if device.type == "cuda":
+        if fused_kernel_available():
+            found["fused Triton (ours)"] = lambda *x: selective_scan(*x).y
+        else:
+            notes.append("our Triton kernel is not available (triton not importable)")
+        peers, why_not = mamba_ssm_methods()
+        found |= peers
+        if why_not:
+            notes.append(why_not)
+    else:
+        notes.append("mamba_ssm kernels: CUDA only, skipped on the CPU")
     try:
         found[f"mambapy {metadata.version('mambapy')} pscan"] = mambapy_scan
     except metadata.PackageNotFoundError:
-        pass  # not installed here: its rows are left out
-    return found
+        notes.append("mambapy not installed (pip install mambapy==1.2.0)")
+    return found, notes
 
 
-def forward_and_backward_ms(scan: Callable[..., Tensor], inputs: list[Tensor], device: torch.device,
-                            budget_s: float) -> tuple[float, float]:
+def forward_and_backward(scan: Callable[..., Tensor], inputs: list[Tensor], device: torch.device,
+                         budget_s: float, *, with_backward: bool = True) -> tuple[Timing, Timing | None]:
     with torch.no_grad():
-        forward = median_ms(lambda: scan(*inputs), device, budget_s=budget_s)
+        forward = time_on(device, lambda: scan(*inputs), budget_s=budget_s, max_reps=20)
+    if not with_backward:
+        return forward, None
     leaves = [t.detach().requires_grad_() for t in inputs]
 
     def train_pass() -> None:
@@ -95,22 +161,45 @@ def forward_and_backward_ms(scan: Callable[..., Tensor], inputs: list[Tensor], d
             leaf.grad = None
         scan(*leaves).sum().backward()
 
-    return forward, median_ms(train_pass, device, budget_s=budget_s)
+    return forward, time_on(device, train_pass, budget_s=budget_s, max_reps=20)
 
 
-def rows(device: torch.device | str | None = None, *, shapes=SHAPES, budget_s: float = 3.0) -> list[dict]:
+def rows(device: torch.device | str | None = None, *, shapes=None, budget_s: float = 3.0) -> list[dict]:
     device = pick_device(device)
+    shapes = shapes or (GPU_SHAPES if device.type == "cuda" else SHAPES)
+    bandwidth = copy_bandwidth(device)
+    found, notes = methods(device)
     results = []
     for shape in shapes:
         inputs = scan_inputs(shape, device)
-        for name, scan in methods(device).items():
-            forward, train = forward_and_backward_ms(scan, inputs, device, budget_s)
-            results.append({
+        fwd_bytes, train_bytes = floor_bytes(shape)
+        for name, scan in found.items():
+            batch, length, channels, _ = shape
+            if name == "sequential reference" and batch * length * channels > SEQUENTIAL_MAX_ELEMENTS:
+                continue  # a Python loop over 8192 bars of a wide batch: minutes, and no news
+            try:
+                forward, train = forward_and_backward(scan, inputs, device, budget_s)
+            except (RuntimeError, ValueError, TypeError) as error:  # a peer failing at this shape: say so, go on
+                results.append({"scan": name, "(batch, L, D, N)": str(shape), "note": f"failed: {error!s:.100}"})
+                continue
+            row = {
                 "scan": name,
                 "(batch, L, D, N)": str(shape),
-                "fwd ms": forward,
-                "fwd+bwd ms": train,
-            })
+                "fwd ms": forward.median,
+                "fwd spread": forward.spread(),
+                "fwd+bwd ms": train.median,
+                "fwd+bwd spread": train.spread(),
+                "floor MB (fwd / fwd+bwd)": f"{fwd_bytes / 2**20:,.0f} / {train_bytes / 2**20:,.0f}",
+                "achieved GB/s fwd": fwd_bytes / (forward.median / 1e3) / 1e9,
+                "x floor fwd": forward.median / (fwd_bytes / bandwidth * 1e3),
+                "x floor fwd+bwd": train.median / (train_bytes / bandwidth * 1e3),
+            }
+            results.append(row)
+        if device.type == "cuda":
+            del inputs
+            torch.cuda.empty_cache()
+    results.append({"scan": f"plain device copy: {bandwidth / 1e9:,.0f} GB/s (the floor's bandwidth)",
+                    "note": "; ".join(notes)})
     return results
 
 
@@ -123,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_cpu_threads(args.threads)
     device = pick_device(args.device)
-    print(f"# selective scan on {device_label(device)}\n")
+    print(f"# selective scan on {device_label(device)}\n\n{machine_line(device)}\n")
     print(format_table(rows(device)))
 
 
