@@ -18,15 +18,19 @@ from engine.backtest.inputs import (
     backtested_span_text,
     model_forecasts,
 )
-from engine.backtest.metrics import TrialCounter
 from engine.backtest.sweep import sweep
+from engine.backtest.tearsheet import tearsheet_of
+from engine.backtest.trials import TrialLog, trials_for_backtest
 from engine.figures import backtest as charts
 from engine.figures.export import browser_unavailable_reason
+from engine.figures.style import red_losses
 from engine.report import ReportContent, report_html, report_pdf
 from storage.locks import CacheBusyError
 from storage.panel import read_panel
+from views.csv_downloads import csv_buttons
 from views.export_widgets import chart_with_downloads, share_url
 from views.frame import current_selection, load_summary, selection_series
+from views.url_state import url_widget
 
 FORECAST_HORIZONS = (1, 5, 20)
 # The grids a sweep may run over: two sliders at a time, every cell counted as a trial.
@@ -39,6 +43,8 @@ SWEEP_GRIDS = {
     "vol_target": (None, 0.1, 0.2, 0.3, 0.5),
 }
 SWEEP_METRICS = ("sharpe", "cagr", "max_drawdown", "calmar", "turnover")
+TIME_ZONES = ("UTC", "America/New_York", "Europe/London", "Europe/Berlin", "Asia/Tokyo", "Asia/Hong_Kong",
+              "Australia/Sydney")
 
 selection = current_selection()
 st.title("Backtest")
@@ -75,15 +81,18 @@ synthetic = "demo" in set(spans["source"])
 top = st.columns([2, 1])
 run_path = selection.checkpoint["path"] if selection.checkpoint else None
 forecaster_options = ([MODEL_FORECASTER] if run_path else []) + list(FORECASTERS)
-forecaster = top[0].selectbox(
-    "Forecaster", forecaster_options, key="bt_forecaster", bind="query-params",
-    help="What produces P(up) and the volatility the strategy trades on: the selected checkpoint's walk-forward "
+with top[0]:
+    forecaster = url_widget(
+        st.selectbox, "Forecaster", key="bt_forecaster", default=forecaster_options[0], options=forecaster_options,
+        help="What produces P(up) and the volatility the strategy trades on: the selected checkpoint's walk-forward "
          "out-of-sample forecasts, or a walk-forward baseline. Either way every traded forecast was made by a "
          "model fitted on earlier bars only.",
-)
+    )
 if run_path is None:
     st.caption("No checkpoint fits this selection, so a baseline drives the backtest (train one on the Model page).")
-horizon = top[1].selectbox("Forecast horizon (bars)", FORECAST_HORIZONS, key="bt_horizon", bind="query-params")
+with top[1]:
+    horizon = url_widget(st.selectbox, "Forecast horizon (bars)", key="bt_horizon", default=FORECAST_HORIZONS[0],
+                         options=FORECAST_HORIZONS)
 freshness = tuple(spans.sort_values("asset")[["asset", "symbol", "source", "last_ts"]].itertuples(index=False, name=None))
 try:
     panel, forecasts = load_forecasts(selection.db_path, selection.symbols, selection.interval, forecaster, freshness,
@@ -114,12 +123,18 @@ span_text = backtested_span_text(inputs)
 st.caption(f"**Backtested span:** {span_text}. The strategy and its buy-and-hold benchmark are measured over "
            "these same bars.")
 trials_key = (selection.db_path, selection.symbols, selection.interval, forecaster, freshness, dates)
-if st.session_state.get("bt_trials_key") != trials_key:  # trials count per data span
-    st.session_state["bt_trials"] = TrialCounter()
+if st.session_state.get("bt_trials_key") != trials_key:  # trials count per checkpoint, data and span, on disk
+    st.session_state["bt_trials"] = trials_for_backtest(
+        panel, selection.interval, forecaster, dates,
+        run_path=run_path if forecaster == MODEL_FORECASTER else None,
+        run_id=selection.checkpoint["run_id"] if forecaster == MODEL_FORECASTER else None,
+    )
     st.session_state["bt_trials_key"] = trials_key
     st.session_state.pop("bt_sweep", None)
+    st.session_state.pop("bt_sweep_table", None)
     st.session_state.pop("bt_report_figures", None)
-trials: TrialCounter = st.session_state["bt_trials"]
+trials: TrialLog = st.session_state["bt_trials"]
+trials.refresh()  # another session may have tried settings since
 # The charts of the current view, shared by both fragments; the report reads it when its button is clicked.
 report_figures: dict = st.session_state.setdefault("bt_report_figures", {})
 
@@ -135,20 +150,25 @@ def data_spans_table() -> pd.DataFrame:
 def strategy_sliders() -> StrategyConfig:
     left, right = st.columns(2)
     with left:
-        threshold = st.slider("Threshold |P(up) - 0.5|", 0.0, 0.2, 0.02, 0.005, key="bt_threshold", bind="query-params",
-                              help="Trade long above 0.5 + threshold, short (if allowed) below 0.5 - threshold.")
-        max_position = st.slider("Maximum position", 0.1, 2.0, 1.0, 0.05, key="bt_max_position", bind="query-params",
-                                 help="Cap on |position| as a fraction of each asset's sleeve.")
-        long_short = st.toggle("Long/short (off: long or flat only)", True, key="bt_long_short", bind="query-params")
-        vol_target = st.slider("Volatility target (annual, 0 = off)", 0.0, 0.6, 0.0, 0.05, key="bt_vol_target",
-                               bind="query-params", help="Size x target / predicted annualised volatility.")
+        threshold = url_widget(st.slider, "Threshold |P(up) - 0.5|", key="bt_threshold", default=0.02,
+                               min_value=0.0, max_value=0.2, step=0.005,
+                               help="Trade long above 0.5 + threshold, short (if allowed) below 0.5 - threshold.")
+        max_position = url_widget(st.slider, "Maximum position", key="bt_max_position", default=1.0, min_value=0.1,
+                                  max_value=2.0, step=0.05, help="Cap on |position| as a fraction of each asset's sleeve.")
+        long_short = url_widget(st.toggle, "Long/short (off: long or flat only)", key="bt_long_short", default=True)
+        vol_target = url_widget(st.slider, "Volatility target (annual, 0 = off)", key="bt_vol_target", default=0.0,
+                                min_value=0.0, max_value=0.6, step=0.05,
+                                help="Size x target / predicted annualised volatility.")
     with right:
-        commission = st.slider("Commission (bps)", 0.0, 20.0, 1.0, 0.5, key="bt_commission", bind="query-params")
-        slippage = st.slider("Slippage (bps)", 0.0, 20.0, 2.0, 0.5, key="bt_slippage", bind="query-params")
-        holding = st.slider("Holding horizon (bars)", 1, 20, 1, 1, key="bt_holding", bind="query-params",
-                            help="Re-decide every this many of the asset's open bars; positions are held between.")
-        assets = st.multiselect("Assets", list(inputs.symbols), list(inputs.symbols), key="bt_assets",
-                                bind="query-params")
+        commission = url_widget(st.slider, "Commission (bps)", key="bt_commission", default=1.0, min_value=0.0,
+                                max_value=20.0, step=0.5)
+        slippage = url_widget(st.slider, "Slippage (bps)", key="bt_slippage", default=2.0, min_value=0.0,
+                              max_value=20.0, step=0.5)
+        holding = url_widget(st.slider, "Holding horizon (bars)", key="bt_holding", default=1, min_value=1,
+                             max_value=20, step=1,
+                             help="Re-decide every this many of the asset's open bars; positions are held between.")
+        assets = url_widget(st.multiselect, "Assets", key="bt_assets", default=list(inputs.symbols),
+                            options=list(inputs.symbols))
     if not assets:
         st.info("Choose at least one asset to backtest.")
         st.stop()
@@ -156,8 +176,9 @@ def strategy_sliders() -> StrategyConfig:
     weights = {}
     for column, symbol in zip(weight_columns, assets):
         with column:
-            weights[symbol] = st.slider(f"Weight {symbol}", 0.0, 1.0, 1.0, 0.05, key=f"bt_weight_{symbol}",
-                                        help="Starting share of capital; weights are normalised to sum to 1.")
+            weights[symbol] = url_widget(st.slider, f"Weight {symbol}", key=f"bt_weight_{symbol}", default=1.0,
+                                         min_value=0.0, max_value=1.0, step=0.05,
+                                         help="Starting share of capital; weights are normalised to sum to 1.")
     if sum(weights.values()) <= 0:
         st.info("Give at least one asset a positive weight.")
         st.stop()
@@ -181,9 +202,12 @@ def headline_metrics(result, n_trials: int) -> None:
         (f"DSR ({n_trials} trials)", charts.format_metric(dsr, "pct"), None),
     ]
     help_text[cells[-1][0]] = ("Deflated Sharpe ratio: PSR against the best Sharpe that this many skill-less trials "
-                               "would reach by luck. Every distinct setting tried this session is a trial.")
+                               "would reach by luck. Every distinct setting ever tried on this checkpoint (or "
+                               "baseline), data and span is a trial, in any session; they are kept in "
+                               f"{trials.path.name} beside the run.")
     for column, (label, value, delta) in zip(st.columns(len(cells)), cells):
-        column.metric(label, value, delta, delta_color="off", help=help_text[label] + annualisation)
+        # The benchmark's value is a reference, not a change: no arrow, no colour.
+        column.metric(label, value, delta, delta_color="off", delta_arrow="off", help=help_text[label] + annualisation)
 
 
 @st.fragment
@@ -191,7 +215,7 @@ def strategy_view() -> None:
     config = strategy_sliders()
     result = run_backtest(inputs, config)
     st.session_state["bt_last_config"] = config
-    trials.record((horizon, config), result.sharpe_per_period)
+    trials.with_context(horizon=horizon).record(config, result.sharpe_per_period)
     headline_metrics(result, trials.n_trials)
     st.caption(f"Annualisation: {result.annualisation}")
 
@@ -208,10 +232,58 @@ def strategy_view() -> None:
 
     st.subheader("Metrics")
     table = charts.metrics_table(result, trials)
-    st.dataframe(table, hide_index=True, width="stretch", key="bt_metrics_table")
+    st.dataframe(red_losses(table, columns=["strategy", "buy and hold"]), hide_index=True, width="stretch",
+                 height="content", key="bt_metrics_table",
+                 column_config={"meaning": st.column_config.TextColumn("meaning", width="large")})
+
+    sheet = tearsheet_of(result)
+    st.subheader("Tearsheet")
+    st.caption(f"Against buy and hold on the same bars. Annualisation: {sheet.annualisation}.")
+    tearsheet_figures = {
+        "Return distribution": charts.return_distribution_chart(sheet, synthetic=synthetic),
+        "Yearly returns": charts.yearly_returns_chart(sheet, synthetic=synthetic),
+    }
+    chart_columns = st.columns(2)
+    for column, (name, fig) in zip(chart_columns, tearsheet_figures.items()):
+        with column:
+            chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
+    figures |= tearsheet_figures
+    relative = charts.relative_table(sheet)
+    relative_shown = relative.assign(value=[charts.format_metric(v, k) for v, k in zip(relative["value"],
+                                                                                      relative["kind"])])
+    with st.columns(3)[0]:
+        zone = url_widget(
+            st.selectbox, "Time zone of the tables", key="bt_zone", default="UTC", options=TIME_ZONES,
+            help="Trade and drawdown times are kept in UTC and shown in this zone (named in the column titles).")
+    drawdowns = charts.drawdowns_table(sheet, zone)
+    yearly = charts.yearly_table(sheet)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Against buy and hold**")
+        st.dataframe(red_losses(relative_shown.drop(columns="kind"), columns=["value"]), hide_index=True,
+                     width="stretch", height="content", key="bt_relative_table")
+        st.markdown("**Yearly net returns**")
+        st.dataframe(red_losses(yearly, columns=list(yearly.columns[1:]), percent=list(yearly.columns[1:])),
+                     hide_index=True, width="stretch", height="content", key="bt_yearly_table")
+    with right:
+        st.markdown(f"**Worst drawdowns** (times in {zone})")
+        st.dataframe(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing=""), hide_index=True,
+                     width="stretch", height="content", key="bt_drawdowns_table",
+                     column_config={"depth": st.column_config.Column(help="Fall from the running peak of equity."),
+                                    "length (bars)": st.column_config.Column(
+                                        help="Bars from the first bar under water to recovery (or the last bar).")})
+
     st.subheader("Trades")
-    trades = charts.trades_table(result)
-    st.dataframe(trades, hide_index=True, width="stretch", height=280)
+    trades = charts.trades_table(result, zone)
+    st.dataframe(red_losses(trades, columns=["return"], percent=["return"], number=["size"]), hide_index=True,
+                 width="stretch", height=280, key="bt_trades_table",
+                 column_config={"return": st.column_config.Column(
+                     help="The trade's net return on its sleeve, entry and exit costs included."),
+                     "size": st.column_config.Column(help="|position| at entry, as a fraction of the sleeve.")})
+    csv_buttons({"Trades": lambda: charts.trades_csv(result), "Equity": lambda: charts.equity_csv(result),
+                 "Metrics": table, "Worst drawdowns": sheet.drawdowns, "Yearly returns": sheet.yearly.reset_index(),
+                 "Monthly returns": sheet.monthly.reset_index(), "Against buy and hold": relative},
+                key="bt", file_stem="backtest")
 
     report_figures.update(figures)
     settings = {"forecaster": forecaster, "forecast horizon (bars)": horizon, **asdict(config)}
@@ -221,7 +293,8 @@ def strategy_view() -> None:
         # Built on click (on Streamlit's download thread) from the figures shown now, the sweep included.
         return ReportContent(
             title=f"Backtest · {', '.join(config_assets(config))} · {selection.interval}",
-            figures=dict(report_figures), tables={"Metrics": table, "Trades (latest 200)": trades.head(200)},
+            figures=dict(report_figures), tables={"Metrics": table, "Against buy and hold": relative_shown.drop(
+                columns="kind"), "Worst drawdowns": drawdowns, "Trades (latest 200)": trades.head(200)},
             settings=settings, data_spans=data_spans_table(), synthetic=synthetic,
             checkpoint_id=selection.checkpoint["run_id"] if forecaster == MODEL_FORECASTER else None,
             share_url=url, notes=[forecasts.description, f"Backtested span: {span_text}",
@@ -260,11 +333,13 @@ def sweep_view() -> None:
     if st.button("Run sweep", key="bt_run_sweep"):
         base = st.session_state.get("bt_last_config", StrategyConfig())
         result = sweep(inputs, base, param_x, SWEEP_GRIDS[param_x], param_y, SWEEP_GRIDS[param_y],
-                       metric_names=SWEEP_METRICS, trials=trials)
+                       metric_names=SWEEP_METRICS, trials=trials.with_context(horizon=horizon))
         st.session_state["bt_sweep"] = charts.sweep_heatmap(result, metric, synthetic=synthetic)
+        st.session_state["bt_sweep_table"] = charts.sweep_table(result)
         report_figures["Parameter sweep"] = st.session_state["bt_sweep"]
     if st.session_state.get("bt_sweep") is not None:
         chart_with_downloads(st.session_state["bt_sweep"], key="sweep", file_stem="backtest-sweep")
+        csv_buttons({"Sweep": st.session_state["bt_sweep_table"]}, key="bt_sweep", file_stem="backtest")
 
 
 strategy_view()

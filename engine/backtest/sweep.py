@@ -140,7 +140,8 @@ def sweep(
     metric_names: Sequence[str] = DEFAULT_METRICS,
     trials: metrics.TrialCounter | None = None,
 ) -> SweepResult:
-    """Every combination of values_x x values_y (one row when param_y is None); each is recorded in `trials`."""
+    """Every combination of values_x x values_y (one row when param_y is None); each is recorded in `trials`
+    (anything with a `record(setting, sharpe_per_period)` method: a TrialCounter, or a trials.TrialLog on disk)."""
     values_x, values_y = _check_grid(param_x, values_x, param_y, values_y)
     unknown = [name for name in metric_names if name not in SWEEP_METRICS]
     if unknown:

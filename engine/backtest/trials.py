@@ -23,7 +23,7 @@ import math
 import os
 import re
 from collections.abc import Hashable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filelock import FileLock
@@ -37,7 +37,8 @@ LOCK_TIMEOUT_S = 10
 
 def trials_path(run_path: str | os.PathLike | None, name: str, runs_dir: str | os.PathLike | None = None) -> Path:
     """The trial log of a run (run_path: its folder) or, with run_path None, of the forecaster called `name`."""
-    from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, resolve_runs_dir  # torch only when used
+    # Imported here: the checkpoint module brings torch, which only a run's log needs.
+    from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, resolve_runs_dir
 
     if run_path is not None:
         folder = Path(run_path)
@@ -104,11 +105,10 @@ class TrialLog(TrialCounter):
         sharpe = None if sharpe_per_period is None or not math.isfinite(sharpe_per_period) else float(sharpe_per_period)
         self.sharpes[key] = sharpe
         line = json.dumps({"scope": self.scope, "setting": json.loads(key), "sharpe": sharpe,
-                           "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, sort_keys=True)
+                           "at": datetime.now(UTC).isoformat(timespec="seconds")}, sort_keys=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+        with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S), open(self.path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
 
     def reset(self) -> None:
         raise TypeError("TrialLog: a trial, once tried, stays counted (that is the point of the deflated Sharpe)")

@@ -14,8 +14,11 @@ import plotly.graph_objects as go
 from engine.backtest import metrics
 from engine.backtest.engine import BacktestResult
 from engine.backtest.sweep import SweepResult
+from engine.backtest.tearsheet import Tearsheet
 from engine.figures.style import (
     BENCHMARK_COLOUR,
+    LOSS_COLOUR,
+    LOSS_FILL,
     OUT_OF_SAMPLE_FILL,
     STRATEGY_COLOUR,
     TIME_AXIS_TITLE,
@@ -78,7 +81,7 @@ def drawdown_chart(result: BacktestResult, out_of_sample_start=None, *, syntheti
     fig.add_trace(go.Scatter(x=times[rows], y=result.benchmark.drawdown[rows], mode="lines", name=BENCHMARK_NAME,
                              line=dict(color=BENCHMARK_COLOUR, width=1.0)))
     fig.add_trace(go.Scatter(x=times[rows], y=result.drawdown[rows], mode="lines", name=STRATEGY_NAME,
-                             fill="tozeroy", line=dict(color=STRATEGY_COLOUR, width=1.0)))
+                             fill="tozeroy", line=dict(color=LOSS_COLOUR, width=1.0), fillcolor=LOSS_FILL))
     fig = _time_chart(fig, "Drawdown", "drawdown", times, out_of_sample_start, synthetic)
     fig.update_yaxes(tickformat=".0%")
     return fig
@@ -161,6 +164,16 @@ def sweep_heatmap(result: SweepResult, metric: str = "sharpe", *, synthetic: boo
     return label_synthetic(fig, synthetic)
 
 
+def sweep_table(result: SweepResult) -> pd.DataFrame:
+    """Every cell of a sweep as a row: the two swept values and every metric computed (for download)."""
+    rows = []
+    for iy, y in enumerate(result.values_y):
+        for ix, x in enumerate(result.values_x):
+            row = {result.param_x: x} | ({} if result.param_y is None else {result.param_y: y})
+            rows.append(row | {name: float(grid[iy, ix]) for name, grid in result.metrics.items()})
+    return pd.DataFrame(rows)
+
+
 def _cell_text(values: np.ndarray, template: str) -> np.ndarray:
     """Heatmap cell labels; empty where the value is undefined."""
     return np.where(np.isnan(values), "", np.vectorize(template.format)(np.nan_to_num(values)))
@@ -237,13 +250,144 @@ def metrics_table(result: BacktestResult, trials: metrics.TrialCounter | int | N
             "buy and hold": format_metric(metrics.deflated_sharpe_ratio(result.benchmark.net_returns,
                                                                         benchmark_trials), "pct"),
             "meaning": (f"Deflated Sharpe ratio: the PSR against the best Sharpe ratio {n_trials} skill-less trials "
-                        "would show by luck; every distinct setting tried this session counts as a trial."),
+                        "would show by luck; every distinct setting ever tried on this checkpoint, data and span "
+                        "counts as a trial."),
         })
     return pd.DataFrame(rows)
 
 
-def trades_table(result: BacktestResult) -> pd.DataFrame:
-    """The trade list, newest first, with side as a word."""
-    frame = result.trades_frame()
+def trades_table(result: BacktestResult, zone: str = "UTC") -> pd.DataFrame:
+    """The trade list for the screen, newest first: side as a word, times in `zone` (named in the column titles),
+    the return a number (the page shows it as a percentage, losses red)."""
+    frame = result.trades_frame().sort_values("entry_ts", ascending=False, ignore_index=True)
+    return pd.DataFrame({
+        "symbol": frame["symbol"],
+        "side": frame["side"].map({1: "long", -1: "short"}),
+        f"entry ({zone})": frame["entry_ts"].map(lambda t: format_time(t, zone)),
+        f"exit ({zone})": frame["exit_ts"].map(lambda t: format_time(t, zone)),
+        "bars held": frame["bars_held"],
+        "size": frame["size"],
+        "return": frame["return"],
+        "status": np.where(frame["open"], "open", "closed"),
+    })
+
+
+def trades_csv(result: BacktestResult) -> pd.DataFrame:
+    """The trade list for download: ISO UTC times, full-precision numbers, oldest first."""
+    frame = result.trades_frame().sort_values("entry_ts", ignore_index=True)
     frame["side"] = frame["side"].map({1: "long", -1: "short"})
-    return frame.sort_values("entry_ts", ascending=False, ignore_index=True)
+    for column in ("entry_ts", "exit_ts"):
+        frame[column] = frame[column].map(lambda t: t.isoformat())
+    return frame
+
+
+def equity_csv(result: BacktestResult) -> pd.DataFrame:
+    """Per bar: time (UTC), the strategy's and buy-and-hold's net return, equity and drawdown, and each position."""
+    frame = pd.DataFrame({
+        "ts_utc": [t.isoformat() for t in result_times(result)],
+        "strategy_net_return": result.portfolio_net_returns, "strategy_equity": result.equity,
+        "strategy_drawdown": result.drawdown,
+        "buy_and_hold_net_return": result.benchmark.net_returns, "buy_and_hold_equity": result.benchmark.equity,
+        "buy_and_hold_drawdown": result.benchmark.drawdown,
+    })
+    for a, symbol in enumerate(result.inputs.symbols):
+        frame[f"position_{symbol}"] = result.positions[:, a]
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------- tearsheet
+def return_distribution_chart(sheet: Tearsheet, *, synthetic: bool) -> go.Figure:
+    """Histograms of the strategy's and the benchmark's returns (per day for intraday bars), on shared bins."""
+    frame = sheet.distribution
+    values = frame.to_numpy().ravel()
+    values = values[np.isfinite(values)]
+    fig = go.Figure()
+    if values.size:
+        lo, hi = float(values.min()), float(values.max())
+        size = (hi - lo) / 60 if hi > lo else 0.001
+        bins = {"start": lo, "end": hi + size, "size": size}
+        for column, name, colour in (("benchmark", BENCHMARK_NAME, BENCHMARK_COLOUR),
+                                     ("strategy", STRATEGY_NAME, STRATEGY_COLOUR)):
+            fig.add_trace(go.Histogram(x=frame[column], name=name, xbins=bins, marker_color=colour, opacity=0.6,
+                                       hovertemplate="%{x:.2%}: %{y} " + sheet.distribution_period + "s<extra></extra>"))
+    fig.add_vline(x=0.0, line_width=1.0, line_color="#444444")
+    period = "daily (bars compounded per UTC day)" if sheet.distribution_period == "day" else "per-bar"
+    base_layout(fig, f"Distribution of {period} net returns", height=360)
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title_text=f"return per {sheet.distribution_period}", tickformat=".1%")
+    fig.update_yaxes(title_text=f"number of {sheet.distribution_period}s")
+    return label_synthetic(fig, synthetic)
+
+
+def yearly_returns_chart(sheet: Tearsheet, *, synthetic: bool) -> go.Figure:
+    """Compounded return per calendar year, strategy beside buy-and-hold; losses drawn red."""
+    table = sheet.yearly
+    years = [str(year) for year in table.index]
+    strategy = table["strategy"].to_numpy()
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=years, y=table["benchmark"], name=BENCHMARK_NAME, marker_color=BENCHMARK_COLOUR,
+                         hovertemplate="%{x}: %{y:+.2%}<extra>" + BENCHMARK_NAME + "</extra>"))
+    fig.add_trace(go.Bar(x=years, y=strategy, name=STRATEGY_NAME,
+                         marker_color=np.where(strategy < 0, LOSS_COLOUR, STRATEGY_COLOUR).tolist(),
+                         hovertemplate="%{x}: %{y:+.2%}<extra>" + STRATEGY_NAME + "</extra>"))
+    fig.add_hline(y=0.0, line_width=0.8, line_color="#999999")
+    base_layout(fig, "Yearly net returns (UTC calendar years; a losing year of the strategy in red)", height=340)
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="year", type="category")
+    fig.update_yaxes(title_text="return", tickformat=".0%")
+    return label_synthetic(fig, synthetic)
+
+
+RELATIVE_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("alpha", "Alpha (annual)", "pct", "Mean bar return not explained by beta x the benchmark's, x {year}."),
+    ("beta", "Beta", "num", "cov(strategy, buy and hold) / var(buy and hold), on the same bars."),
+    ("correlation", "Correlation", "num", "Pearson correlation of bar returns with buy and hold."),
+    ("information_ratio", "Information ratio", "num", "Mean / std of (strategy - buy and hold) bar returns x "
+     "sqrt({year}) (quantstats does not annualise it)."),
+    ("tracking_error", "Tracking error (annual)", "pct", "Std of (strategy - buy and hold) bar returns x sqrt({year})."),
+)
+
+
+def relative_table(sheet: Tearsheet) -> pd.DataFrame:
+    """Alpha, beta, correlation, information ratio, tracking error: value (a number) and meaning, one row each."""
+    year = f"{sheet.periods_per_year:,.0f} bars/year"
+    rel = sheet.relative
+    return pd.DataFrame([
+        {"statistic": label, "value": getattr(rel, name), "kind": kind, "meaning": text.format(year=year)}
+        for name, label, kind, text in RELATIVE_ROWS
+    ])
+
+
+def drawdowns_table(sheet: Tearsheet, zone: str = "UTC") -> pd.DataFrame:
+    """The worst drawdowns with times in `zone` (the zone named in the column titles)."""
+    frame = sheet.drawdowns.copy()
+    for column in ("start", "trough", "recovery"):
+        frame[column] = frame[column].map(lambda t: format_time(t, zone, empty="not yet"))
+    frame["length"] = frame["length"].map(format_duration)
+    return frame.rename(columns={c: f"{c} ({zone})" for c in ("start", "trough", "recovery")})
+
+
+def yearly_table(sheet: Tearsheet) -> pd.DataFrame:
+    table = sheet.yearly.reset_index()
+    table["year"] = table["year"].astype(str)
+    return table.rename(columns={"benchmark": BENCHMARK_NAME, "strategy": STRATEGY_NAME})
+
+
+def format_time(value, zone: str = "UTC", empty: str = "") -> str:
+    """A UTC timestamp as 'YYYY-MM-DD HH:MM' in `zone`; `empty` for a missing one."""
+    if value is None or pd.isna(value):
+        return empty
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+    return f"{stamp.tz_convert(zone):%Y-%m-%d %H:%M}"
+
+
+def format_duration(value) -> str:
+    """A Timedelta in words an analyst reads at a glance: '3 d 4 h', '5 h', '0 h'."""
+    if value is None or pd.isna(value):
+        return ""
+    delta = pd.Timedelta(value)
+    days, hours = delta.days, delta.seconds // 3600
+    if days and hours:
+        return f"{days:,} d {hours} h"
+    return f"{days:,} d" if days else f"{hours} h"

@@ -44,6 +44,8 @@ def base_layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
 
 # Backtest charts: the strategy against its buy-and-hold benchmark, and the shading of the out-of-sample span.
 STRATEGY_COLOUR = "#2CA02C"
+LOSS_COLOUR = "#D62728"  # losses and drawdowns, on every chart and table
+LOSS_FILL = "rgba(214, 39, 40, 0.25)"
 BENCHMARK_COLOUR = "#7F7F7F"
 OUT_OF_SAMPLE_FILL = "rgba(31, 119, 180, 0.08)"
 
@@ -72,3 +74,21 @@ def display_rows(series: list, max_points: int = MAX_DISPLAY_POINTS) -> np.ndarr
             elif hi > lo:
                 keep.add(lo)
     return np.array(sorted(keep))
+
+
+def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missing: str = "n/a"):
+    """A pandas Styler of `frame`: negative values (numbers, or formatted text starting with '-') in red, the
+    `percent` columns as +1.23%, `number` as 1.234, `scientific` as 1.23e-04, missing values as `missing`.
+
+    Only pandas: the pages hand it to st.dataframe, the report renders the frame itself."""
+    columns = list(frame.columns) if columns is None else list(columns)
+
+    def colour(value) -> str:
+        negative = (isinstance(value, str) and value.strip().startswith(("-", "−"))
+                    or isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and value < 0)
+        return f"color: {LOSS_COLOUR}" if negative else ""
+
+    styler = frame.style.map(colour, subset=[c for c in columns if c in frame.columns])
+    formats = {c: "{:+.2%}" for c in percent} | {c: "{:.3f}" for c in number} | {c: "{:.2e}" for c in scientific}
+    formats = {c: f for c, f in formats.items() if c in frame.columns}
+    return styler.format(formats, na_rep=missing)

@@ -52,17 +52,43 @@ def test_costs_lower_the_strategy_and_every_chart_has_download_buttons(page):
     total = lambda table: float(table.set_index("metric").loc["Total return", "strategy"].rstrip("%"))
     assert total(high_cost) < total(low_cost)
     labels = [b.label for b in page.get("download_button")]
-    assert labels.count("HTML") == 4 and "Export report (HTML)" in labels
+    assert labels.count("HTML") == 6 and "Export report (HTML)" in labels  # 4 charts and the tearsheet's 2
+    for table in ("Trades", "Equity", "Metrics", "Worst drawdowns", "Yearly returns", "Monthly returns"):
+        assert f"{table} (CSV)" in labels
 
 
-def test_a_sweep_draws_a_heatmap_and_counts_its_cells_as_trials(page):
+def test_benchmark_values_carry_no_arrow_and_the_tearsheet_and_trades_follow_the_chosen_zone(page):
+    from streamlit.proto.Metric_pb2 import Metric
+
+    benchmark = [m for m in page.metric if m.proto.delta.startswith("B&H")]
+    assert len(benchmark) == 3
+    assert all(m.proto.direction == Metric.NONE and m.proto.color == Metric.GRAY for m in benchmark)
+    titles = [spec["layout"]["title"]["text"] for spec in figure_specs(page)]
+    assert any(t.startswith("Distribution of") for t in titles) and any(t.startswith("Yearly") for t in titles)
+    page.selectbox(key="bt_zone").set_value("America/New_York").run()
+    assert not page.exception, page.exception
+    columns = [list(frame.value.columns) for frame in page.dataframe]
+    assert any("entry (America/New_York)" in c for c in columns) and any("start (America/New_York)" in c for c in columns)
+    assert page.query_params["bt_zone"] == "America/New_York"
+
+
+def dsr_trials(at) -> int:
+    return int(next(label for label in metric_values(at) if label.startswith("DSR")).split("(")[1].split()[0])
+
+
+def test_a_sweep_draws_a_heatmap_and_counts_its_cells_as_trials_in_later_sessions_too(page):
     page.button(key="bt_run_sweep").click().run()
     assert not page.exception, page.exception
     heatmaps = [s for s in figure_specs(page) if s["layout"]["title"]["text"].startswith("Sweep")]
     assert len(heatmaps) == 1 and heatmaps[0]["data"][0]["type"] == "heatmap"
     page.slider(key="bt_threshold").set_value(0.035).run()
-    n_trials = int(next(label for label in metric_values(page) if label.startswith("DSR")).split("(")[1].split()[0])
-    assert n_trials >= 7 * 6  # the 7 x 6 grid of threshold x max_position, plus the settings tried by hand
+    assert dsr_trials(page) == 7 * 6 + 1  # the 7 x 6 grid of threshold x max_position (the default setting is
+    # one of its cells) and 0.035 tried by hand
+    later = open_page(PAGE, interval="1d")  # a new session (a shared link, a restart) on the same data
+    assert not later.exception, later.exception
+    assert dsr_trials(later) == 7 * 6 + 1
+    later.slider(key="bt_threshold").set_value(0.045).run()
+    assert dsr_trials(later) == 7 * 6 + 2
 
 
 def test_the_selected_checkpoint_drives_the_backtest_with_its_walk_forward_forecasts(seeded_db):

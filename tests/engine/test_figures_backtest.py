@@ -93,10 +93,51 @@ def test_metrics_table_puts_buy_and_hold_beside_the_strategy_and_states_the_annu
     assert charts.format_metric(None, "pct") == "n/a"
 
 
-def test_trades_table_names_sides_and_lists_newest_first(result):
-    trades = charts.trades_table(result)
+def test_trades_table_names_sides_and_zone_and_lists_newest_first(result):
+    trades = charts.trades_table(result, zone="America/New_York")
     assert set(trades["side"]) <= {"long", "short"} and len(trades) == len(result.trades)
-    assert trades["entry_ts"].is_monotonic_decreasing
+    first = pd.Timestamp(result.trades_frame()["entry_ts"].max())
+    assert trades["entry (America/New_York)"].iloc[0] == f"{first.tz_convert('America/New_York'):%Y-%m-%d %H:%M}"
+    assert "+00:00" not in trades["entry (America/New_York)"].iloc[0]
+    assert set(trades["status"]) <= {"open", "closed"}
+    csv = charts.trades_csv(result)
+    assert csv["entry_ts"].iloc[0].endswith("+00:00") and len(csv) == len(trades)
+
+
+def test_drawdown_is_red_and_losses_are_styled_red(result):
+    from engine.figures.style import LOSS_COLOUR, red_losses
+
+    fig = charts.drawdown_chart(result, None, synthetic=False)
+    strategy = next(t for t in fig.data if t.name == charts.STRATEGY_NAME)
+    assert strategy.line.color == LOSS_COLOUR
+    frame = pd.DataFrame({"return": [0.01, -0.02], "text": ["1.00%", "-2.00%"]})
+    html = red_losses(frame, percent=["return"]).to_html()
+    css = html.split("</style>")[0]
+    assert LOSS_COLOUR in css and "row1_col0" in css and "row1_col1" in css and "row0" not in css  # the losses
+    assert "+1.00%" in html and "-2.00%" in html
+
+
+def test_equity_csv_holds_every_bar_of_both_curves(result):
+    frame = charts.equity_csv(result)
+    assert len(frame) == len(result.equity)
+    np.testing.assert_allclose(frame["strategy_equity"], result.equity)
+    np.testing.assert_allclose(frame["buy_and_hold_drawdown"], result.benchmark.drawdown)
+
+
+def test_tearsheet_figures_and_tables(result):
+    from engine.backtest.tearsheet import tearsheet_of
+
+    sheet = tearsheet_of(result)
+    fig = charts.return_distribution_chart(sheet, synthetic=True)
+    assert [t.type for t in fig.data] == ["histogram", "histogram"] and "daily" in fig.layout.title.text
+    assert sum(len(t.x) for t in fig.data) == 2 * len(sheet.distribution)
+    years = charts.yearly_returns_chart(sheet, synthetic=False)
+    assert list(years.data[1].y) == pytest.approx(list(sheet.yearly["strategy"]))
+    table = charts.drawdowns_table(sheet, zone="Asia/Tokyo")
+    assert "start (Asia/Tokyo)" in table.columns and len(table) == min(5, len(sheet.drawdowns))
+    relative = charts.relative_table(sheet).set_index("statistic")
+    assert relative.loc["Beta", "value"] == pytest.approx(sheet.relative.beta)
+    assert "8,760 bars/year" in relative.loc["Alpha (annual)", "meaning"]
 
 
 def test_display_thinning_keeps_every_buckets_extremes():
@@ -109,3 +150,11 @@ def test_display_thinning_keeps_every_buckets_extremes():
     assert len(rows) <= 502 and rows[0] == 0 and rows[-1] == len(series) - 1
     assert 12_345 in rows and np.argmin(series) in rows
     assert np.array_equal(display_rows([series[:300]], max_points=500), np.arange(300))  # short: untouched
+
+
+def test_sweep_table_has_a_row_per_cell_with_every_metric():
+    grid = sweep(random_inputs(seed=1), StrategyConfig(), "threshold", [0.0, 0.05], "vol_target", [None, 0.2, 0.4])
+    table = charts.sweep_table(grid)
+    assert len(table) == 6 and list(table.columns[:2]) == ["threshold", "vol_target"]
+    row = table[(table["threshold"] == 0.05) & (table["vol_target"] == 0.2)].iloc[0]
+    assert row["sharpe"] == pytest.approx(grid.metrics["sharpe"][1, 1])
