@@ -23,7 +23,7 @@ from engine.diagnostics import DiagnosticsBundle
 from engine.diagnostics.cache import load_or_compute_diagnostics
 from engine.diagnostics.findings import PARTS, Findings, findings_for_run
 from engine.diagnostics.for_run import RunOnPanel, run_on_panel
-from engine.model.checkpoint import CheckpointError
+from engine.model.checkpoint import CheckpointError, misfit_text
 from storage.locks import CacheBusyError
 from storage.panel import LoadedPanel, PlantedTruth, cached_panel
 from views.frame import Selection, model_order
@@ -78,17 +78,13 @@ def _rows_in_range(ts: pd.DatetimeIndex, selection: Selection) -> range:
 
 
 def model_view(selection: Selection) -> ModelView:
-    """The results for the selection, or a message on the page saying why there are none (and the page stops)."""
+    """The results for the selection; when there are none, the page still shows the selection's prices and data
+    quality, says the true reason and offers one click onward (`no_model_fallback`), then stops."""
     if not selection.symbols:
         st.info("Choose symbols in the sidebar.")
         st.stop()
     if selection.checkpoint is None:
-        st.info(
-            f"No checkpoint fits {', '.join(selection.symbols)} at {selection.interval}: a model runs on the symbols "
-            "and interval it was trained on. Choose the demo universe (BTC, SPY, AAPL) or train a model for this "
-            "selection on the Model page."
-        )
-        st.stop()
+        no_model_fallback(selection)
     freshness = f"{selection.last_bar}"
     name = _plain(str(selection.checkpoint.get("run_id", "?")))
     # Only the errors a checkpoint or the data can cause are caught, each shown as a message that names the
@@ -101,19 +97,120 @@ def model_view(selection: Selection) -> ModelView:
                                                 selection.interval, freshness)
     except CheckpointError as error:
         st.error(f"Checkpoint **{name}** cannot be used here: {_plain(str(error))}\n\nChoose another checkpoint "
-                 "in the sidebar, or train a new one on the Model page. The Data page still shows the prices and "
-                 "their quality.", icon=":material/error:")
+                 "in the sidebar, or train a new one on the Model page. The prices and their quality follow.",
+                 icon="⛔")
+        _train_link(selection)
+        selection_prices(selection)
         st.stop()
     except CacheBusyError as error:
         st.warning(f"The cache is busy ({_plain(str(error))}); try again in a moment.")
         st.stop()
     except ValueError as error:
         st.error(f"Checkpoint **{name}** could not run on this selection: {_plain(str(error))}")
+        _train_link(selection)
+        selection_prices(selection)
         st.stop()
     ts = bundle.inference.ts
     if run.span_text():  # the spans are found on this data by time (engine.diagnostics.for_run)
         st.caption(f"Model `{run.manifest.run_id}`. {run.span_text()}")
     return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest))
+
+
+# --- no dead ends: what a model page shows when no checkpoint fits the selection ----------------------------------
+
+
+def no_model_fallback(selection: Selection) -> None:
+    """No checkpoint fits: the true reason (interval or symbols, which), one click onward (switch to the universe of
+    the checkpoint the user would otherwise see, or train this one on the Model page), then the selection's prices
+    and data quality. Stops the page."""
+    reference = selection.unfit
+    chosen = f"{', '.join(selection.symbols)} at {selection.interval}"
+    if reference is None:
+        st.warning(f"No model has been trained yet, so there is nothing to show for {chosen} but its prices: train "
+                   "one on the Model page.", icon="🧠")
+    else:
+        why = misfit_text(reference, selection.symbols, selection.interval)
+        st.warning(f"No checkpoint fits {chosen}. The checkpoint you would see, **{_plain(reference['run_id'])}**, "
+                   f"does not fit: {why}. A model runs only on the assets and interval it was trained on.",
+                   icon="🧩")
+    columns = st.columns(2)
+    with columns[0]:
+        if reference is not None and _universe_available(selection, reference):
+            assets = list(reference.get("assets") or reference.get("symbols", []))
+            st.button(f"Show {reference['run_id']}: switch to {', '.join(assets)} at {reference['interval']}",
+                      key="fallback_switch", type="primary", on_click=_switch_to, args=(reference,),
+                      help="Changes the sidebar's symbols and interval to the ones this checkpoint was trained on.")
+    with columns[1]:
+        _train_link(selection)
+    selection_prices(selection)
+    st.stop()
+
+
+def _universe_available(selection: Selection, run: dict) -> bool:
+    from views.frame import load_summary
+
+    summary = load_summary(selection.db_path)
+    have = set(summary.loc[(summary["interval"] == run.get("interval")) & (summary["rows"].fillna(0) > 0), "asset"])
+    return all(asset in have for asset in (run.get("assets") or run.get("symbols", [])))
+
+
+def _switch_to(run: dict) -> None:
+    """Button callback: the sidebar's selection becomes the run's universe (its widgets read these keys)."""
+    st.session_state["symbols"] = list(run.get("assets") or run.get("symbols", []))
+    st.session_state["interval"] = run["interval"]
+    st.session_state["checkpoint"] = run["run_id"]
+    st.session_state.pop("dates", None)
+
+
+def _train_link(selection: Selection) -> None:
+    """A link to the Model page with this selection in its URL; the page opens with it and a Train button."""
+    query = {key: st.query_params.get_all(key) for key in ("symbols", "interval", "dates") if key in st.query_params}
+    st.page_link("views/model.py", label=f"Train a model on {', '.join(selection.symbols)} at {selection.interval}",
+                 icon="🧠", query_params=query)
+
+
+def selection_prices(selection: Selection) -> None:
+    """The selection's price charts and data quality (what every page can show without a model)."""
+    from engine.figures.prices import price_chart
+    from storage.cache import read_bars
+    from views.frame import load_summary, selection_series
+
+    summary = load_summary(selection.db_path)
+    series = selection_series(summary, selection)
+    st.subheader("Data quality")
+    if series.empty:
+        st.info(f"No {selection.interval} bars are cached for {', '.join(selection.symbols)}: fetch or import them on "
+                "the Data page.")
+        return
+    table = series.assign(freshness=np.where(series["source"] == "demo", "synthetic, fixed span",
+                                             np.where(series["stale"].fillna(False).astype(bool), "stale", "fresh")))
+    missing = [a for a in selection.symbols if a not in set(series["asset"])]
+    if missing:
+        st.warning(f"No {selection.interval} bars cached for {', '.join(missing)}.")
+    st.dataframe(
+        table[["asset", "symbol", "source", "rows", "first_ts", "last_ts", "freshness"]], hide_index=True,
+        width="stretch",
+        column_config={
+            "asset": st.column_config.TextColumn("Asset"), "symbol": st.column_config.TextColumn(
+                "Stored as", help="The spelling and source the cache holds this asset's bars under."),
+            "source": st.column_config.TextColumn("Source"),
+            "rows": st.column_config.NumberColumn("Bars", format="localized"),
+            "first_ts": st.column_config.DatetimeColumn("First bar (UTC)", format="YYYY-MM-DD HH:mm"),
+            "last_ts": st.column_config.DatetimeColumn("Last bar (UTC)", format="YYYY-MM-DD HH:mm"),
+            "freshness": st.column_config.TextColumn("Freshness", help="fresh, stale (behind the interval's "
+                                                     "expected last bar), or the demo's fixed synthetic span"),
+        },
+    )
+    st.subheader("Prices")
+    for row in series.itertuples():
+        try:
+            bars = read_bars(row.symbol, selection.interval, start=selection.start, end=selection.end,
+                             db_path=selection.db_path)
+        except CacheBusyError as error:
+            st.warning(str(error))
+            continue
+        st.plotly_chart(price_chart(bars, row.symbol, selection.interval, synthetic=(row.source == "demo"),
+                                    source=row.source), key=f"fallback-price-{row.symbol}", theme=None)
 
 
 def _plain(text: str) -> str:
