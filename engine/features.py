@@ -52,10 +52,37 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("dow_cos", "cos(2 pi weekday / 7)", "day-of-week effects", standardise=False),
     FeatureSpec("market_open", "1 if the asset had its own bar at t else 0",
                 "tells the model the other features are carried, not fresh", standardise=False),
+    # The gap and volatility-state features (issue 15). An equity's first bar after a close carries the whole
+    # overnight or weekend move: as a raw return it looks like a volatility burst, which swamps the hourly volatility
+    # features, the regimes read from the state and the squared-error fits. Every one of these divides a return by
+    # the square root of the time it took (a random walk's variance grows with time), so a gap bar counts like one
+    # bar at the usual spacing, and says how long the gap was on its own.
+    FeatureSpec("gap_log", "log(hours since the previous own bar / bar length), 0 at the usual spacing",
+                "how much closed time the latest return spans (overnight, weekend)", standardise=False),
+    FeatureSpec("next_gap_log", "gap_log of the bar that followed this asset's bar at the same weekday and time one "
+                "week earlier (0 before there is one)",
+                "a close or weekend ahead, learnt from the asset's own past calendar: the next return spans it",
+                standardise=False),
+    FeatureSpec("ret_1_gap", "ret_1 * sqrt(bar length / hours since the previous own bar)",
+                "the latest move per usual bar: a gap's move no longer looks like a burst"),
+    FeatureSpec("log_var_hl2", "log EWMA(ret_1_gap^2), half-life 2 own bars", "volatility now (GARCH-like memory)"),
+    FeatureSpec("log_var_hl8", "log EWMA(ret_1_gap^2), half-life 8 own bars", "volatility over the last day or so"),
+    FeatureSpec("log_var_hl32", "log EWMA(ret_1_gap^2), half-life 32 own bars", "volatility over the last week(s)"),
+    FeatureSpec("log_var_hl128", "log EWMA(ret_1_gap^2), half-life 128 own bars",
+                "the slow volatility level a regime moves"),
 )
-FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
+# Every feature the product can compute, in a fixed order.
+ALL_FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
+# The first sixteen: the feature set of runs made before the gap features existed (their manifests list these). A
+# run's FeatureConfig.names says which it reads; old manifests have no such field and get these.
+FEATURE_NAMES: tuple[str, ...] = ALL_FEATURE_NAMES[: ALL_FEATURE_NAMES.index("gap_log")]
+GAP_FEATURE_NAMES: tuple[str, ...] = ALL_FEATURE_NAMES[len(FEATURE_NAMES):]
 # The features computed from the asset's own bars; the rest come from the clock and the observed flag.
 INDICATOR_NAMES: tuple[str, ...] = FEATURE_NAMES[: FEATURE_NAMES.index("hour_sin")]
+VARIANCE_HALF_LIVES: dict[str, float] = {"log_var_hl2": 2.0, "log_var_hl8": 8.0, "log_var_hl32": 32.0,
+                                         "log_var_hl128": 128.0}
+_SPECS = {spec.name: spec for spec in FEATURES}
+VARIANCE_FLOOR = 1e-14
 
 
 def features_table() -> pd.DataFrame:
@@ -78,6 +105,17 @@ class FeatureConfig:
     # Robust clipping: training values are winsorised at these quantiles before mean/std, and so is every value
     # transformed later, so one flash crash cannot blow up a standardised input.
     clip_quantile: float = 0.005
+    # The features a run reads, in this order (the model's input columns). Default: the original sixteen, which the
+    # shipped demo checkpoint and every run before issue 15 read; the general recipe adds GAP_FEATURE_NAMES.
+    names: tuple[str, ...] = FEATURE_NAMES
+
+    def __post_init__(self) -> None:
+        names = tuple(self.names)
+        object.__setattr__(self, "names", names)  # a JSON manifest gives a list
+        unknown = [name for name in names if name not in _SPECS]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ValueError(f"FeatureConfig.names must be distinct names from {list(ALL_FEATURE_NAMES)}, got "
+                             f"{list(names)}")
 
 
 def _safe_ratio(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
@@ -136,6 +174,27 @@ def _indicator_frame(bars: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     )
 
 
+def _gap_frame(bars: pd.DataFrame, bar_hours: float) -> pd.DataFrame:
+    """The gap features on ONE asset's own bars (bars indexed by their union rows, with a 'ts' column)."""
+    ret_1 = np.log(bars["close"]).diff()
+    hours = pd.Series(bars["ts"].to_numpy(), index=bars.index).diff() / pd.Timedelta(hours=1)
+    spacing = (hours / bar_hours).clip(lower=1.0)  # a gap shorter than the bar (a clock shift) counts as one bar
+    normalised = ret_1 / np.sqrt(spacing)
+    # The gap after a bar is only known once the next bar is in, so each bar reads the gap that followed the most
+    # recent earlier bar at the same weekday and time of day: the session calendar, learnt causally.
+    ts = pd.DatetimeIndex(bars["ts"])
+    slot = pd.Series(ts.dayofweek * 1440 + ts.hour * 60 + ts.minute, index=bars.index)
+    gap_after = np.log(spacing).shift(-1)
+    next_gap = gap_after.groupby(slot.to_numpy()).shift(1).fillna(0.0)
+    frame = {"gap_log": np.log(spacing), "next_gap_log": next_gap, "ret_1_gap": normalised}
+    squared = normalised**2
+    for name, half_life in VARIANCE_HALF_LIVES.items():
+        # + VARIANCE_FLOOR: far below any traded bar's variance; keeps log finite after a run of unchanged closes
+        frame[name] = np.log(squared.ewm(halflife=half_life, min_periods=min(int(half_life), 20)).mean()
+                             + VARIANCE_FLOOR)
+    return pd.DataFrame(frame)
+
+
 def _calendar_columns(ts: pd.DatetimeIndex) -> dict[str, np.ndarray]:
     hour = ts.hour.to_numpy() + ts.minute.to_numpy() / 60.0
     weekday = ts.day_of_week.to_numpy().astype(float)
@@ -155,24 +214,38 @@ class RawFeatures:
 
 
 def compute_raw_features(panel: Panel, config: FeatureConfig = FeatureConfig()) -> RawFeatures:
+    """The features config.names, in that order, for every asset on the panel's clock."""
     check_panel(panel)
+    names = config.names
     n_assets, n_rows = len(panel.symbols), len(panel.ts)
-    values = np.full((n_assets, n_rows, len(FEATURES)), np.nan)
+    values = np.full((n_assets, n_rows, len(names)), np.nan)
     observed = np.asarray(panel.observed).T  # (A, T)
+    own = [name for name in names if name in INDICATOR_NAMES or name in GAP_FEATURE_NAMES]
+    step = panel.clock_step
+    bar_hours = step / pd.Timedelta(hours=1) if step is not None else 1.0
     for asset in range(n_assets):
         rows, bars = own_bars(panel, asset)
-        if len(rows) == 0:
+        if len(rows) == 0 or not own:
             continue
-        indicators = _indicator_frame(bars, config)[list(INDICATOR_NAMES)].to_numpy()  # (n_own, F_ind)
+        parts = []
+        if any(name in INDICATOR_NAMES for name in own):
+            parts.append(_indicator_frame(bars, config))
+        if any(name in GAP_FEATURE_NAMES for name in own):
+            parts.append(_gap_frame(bars.assign(ts=panel.ts[rows]), bar_hours))
+        indicators = pd.concat(parts, axis=1)[own].to_numpy()  # (n_own, F_own)
         # Scatter onto the union clock and carry the last own-bar value across closed rows (ffill looks back only).
-        on_clock = np.full((n_rows, len(INDICATOR_NAMES)), np.nan)
+        on_clock = np.full((n_rows, len(own)), np.nan)
         on_clock[rows] = indicators
-        values[asset, :, : len(INDICATOR_NAMES)] = pd.DataFrame(on_clock).ffill().to_numpy()
+        carried = pd.DataFrame(on_clock).ffill().to_numpy()
+        for j, name in enumerate(own):
+            values[asset, :, names.index(name)] = carried[:, j]
     for name, column in _calendar_columns(panel.ts).items():
-        values[:, :, FEATURE_NAMES.index(name)] = column[None, :]
-    values[:, :, FEATURE_NAMES.index("market_open")] = observed.astype(float)
+        if name in names:
+            values[:, :, names.index(name)] = column[None, :]
+    if "market_open" in names:
+        values[:, :, names.index("market_open")] = observed.astype(float)
     warmed_up = np.isfinite(values).all(axis=2)
-    return RawFeatures(values=values, mask=observed & warmed_up, names=FEATURE_NAMES)
+    return RawFeatures(values=values, mask=observed & warmed_up, names=names)
 
 
 @dataclass(frozen=True)
@@ -198,7 +271,7 @@ class FeatureScaler:
         n_assets, n_rows, n_features = raw.values.shape
         if fit_rows.step != 1 or not 0 <= fit_rows.start < fit_rows.stop <= n_rows:
             raise ValueError(f"fit_rows {fit_rows} must be a contiguous range inside [0, {n_rows})")
-        standardise = np.array([spec.standardise for spec in FEATURES])
+        standardise = np.array([_SPECS[name].standardise for name in raw.names])
         lower = np.full((n_assets, n_features), -np.inf)
         upper = np.full((n_assets, n_features), np.inf)
         mean = np.zeros((n_assets, n_features))

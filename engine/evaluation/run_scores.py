@@ -23,7 +23,7 @@ from engine.evaluation.baselines import (
 from engine.evaluation.predictions import load_predictions
 from engine.evaluation.scores import score_table
 from engine.evaluation.skill import skill_headlines, skill_verdicts
-from engine.features import FEATURE_NAMES
+from engine.features import FeatureConfig
 from engine.model.checkpoint import (
     CheckpointError,
     Manifest,
@@ -60,7 +60,9 @@ def run_folds(manifest: Manifest) -> list[Fold]:
 
 def check_same_data(manifest: Manifest, loaded: LoadedPanel) -> None:
     """Refuse data the run's stored forecasts were not made on, saying what differs."""
-    check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=FEATURE_NAMES)
+    # the features the run reads (FeatureConfig.names; runs before the field read FEATURE_NAMES) must still exist
+    names = FeatureConfig(**manifest.training.get("config", {}).get("features", {})).names
+    check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=names)
     have, want = loaded.fingerprint(), manifest.fingerprint
     if have.content_hash != want.content_hash:
         raise CheckpointError(

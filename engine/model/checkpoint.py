@@ -210,7 +210,12 @@ def _feature_config(name: str, value: Any) -> None:
     if unknown:
         raise _Invalid(name, unknown, f"are not FeatureConfig fields (known: {', '.join(defaults)})")
     for key, item in value.items():
-        if key == "clip_quantile":
+        if key == "names":
+            try:
+                FeatureConfig(names=item if isinstance(item, list) and all(isinstance(v, str) for v in item) else ())
+            except ValueError as error:
+                raise _Invalid(f"{name}.{key}", item, str(error)) from None
+        elif key == "clip_quantile":
             if not (isinstance(item, Real) and not isinstance(item, bool) and 0 <= item < 0.5):
                 raise _Invalid(f"{name}.{key}", item, "must be a number in [0, 0.5)")
         elif isinstance(defaults[key], float):

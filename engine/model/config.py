@@ -47,7 +47,7 @@ SCAN_MIN_CHUNK_BARS = 16  # engine.model.scan: its state buffers hold at least t
 _INT_FIELDS = ("n_assets", "n_features", "d_model", "d_state", "expand", "d_conv", "dt_rank", "n_heads", "max_lag",
                "lead_features")
 _FLOAT_FIELDS = ("dt_min", "dt_max", "dt_clamp_min", "dt_clamp_max", "dropout")
-_BOOL_FIELDS = ("shared_ssm", "point_head", "lead_path")
+_BOOL_FIELDS = ("shared_ssm", "point_head", "lead_path", "skip_paths")
 _OPTIONAL_FIELDS = ("dt_rank", "lead_features")
 
 
@@ -107,6 +107,14 @@ class ModelConfig:
     # Which model this config builds: "hybrid" (HybridModel), or a per-asset peer (engine.model.peers): a causal
     # "transformer" over the last max_lag + 1 bars, an "lstm". Checkpoints written before the field are hybrids.
     kind: str = "hybrid"
+    # Linear skip paths to the heads, fitted in closed form on each fold's training rows and then held fixed
+    # (engine.model.heads.SkipPaths, engine.training.skip_fit); the network learns what they leave. Needs the lead
+    # path (it carries the sources' last K bars). The mean skip reads every source's ret_1 (feature 0) at lags
+    # 0..max_lag, the ridge regression a lead-lag needs; the volatility skip reads the asset's own features at
+    # vol_skip_features (indices into the input features: the gap-scaled variance EWMAs and the gap), a log-link
+    # QLIKE fit, the GARCH-like recursion the volatility forecast starts from. False: no skip paths (old runs).
+    skip_paths: bool = False
+    vol_skip_features: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep tuples so configs compare equal after a round trip. Types are checked first,
@@ -115,6 +123,7 @@ class ModelConfig:
         self.layer_pattern = tuple(self.layer_pattern)
         self.horizons = tuple(int(h) for h in self.horizons)
         self.quantiles = tuple(float(q) for q in self.quantiles)
+        self.vol_skip_features = tuple(int(i) for i in self.vol_skip_features)
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         self._validate()
@@ -142,6 +151,9 @@ class ModelConfig:
         bad = [q for q in quantiles if not _is_real(q)]
         if bad:
             raise ValueError(f"ModelConfig: quantiles must be finite numbers, got {_short(bad[0])}")
+        skip_features = _sequence("vol_skip_features", self.vol_skip_features, MAX_N_FEATURES)
+        if not all(_is_int(i) for i in skip_features):
+            raise ValueError(f"ModelConfig: vol_skip_features must be feature indices, got {_short(skip_features)}")
 
     def _validate(self) -> None:
         def fail(message: str) -> None:
@@ -174,6 +186,10 @@ class ModelConfig:
             fail(f"kind must be one of {MODEL_KINDS}, got {_short(self.kind)}")
         if self.kind != "hybrid" and (self.lead_path or self.shared_ssm):
             fail(f"a {self.kind} peer has no lead path or shared SSM weights (set lead_path=False, shared_ssm=False)")
+        if self.skip_paths and not self.lead_path:
+            fail("skip_paths read the sources' last bars through the lead path: set lead_path=True")
+        if any(not 0 <= i < self.n_features for i in self.vol_skip_features):
+            fail(f"vol_skip_features must index the {self.n_features} input features, got {self.vol_skip_features}")
         if self.lead_path and "attn" not in self.layer_pattern:
             fail(f"lead_path reads the first attention layer, but layer_pattern {self.layer_pattern} has none "
                  "(add an 'attn' layer, or set lead_path=False)")
@@ -220,6 +236,7 @@ class ModelConfig:
         heads = A * M * columns + A * columns
         lead = A * self.n_heads * self.lead_input_width * len(self.horizons) if self.lead_path else 0
         embedding = A * M if self.shared_ssm else 0
+        # the skip paths (heads.SkipPaths) are fitted in closed form and held as buffers, not parameters
         return A * F * M + A * M + embedding + n_ssm * ssm + n_attn * attention + A * M + heads + lead
 
     def estimated_inference_bytes(self, chunk_bars: int = INFERENCE_CHUNK_BARS) -> int:

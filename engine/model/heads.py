@@ -68,6 +68,8 @@ class ForecastHeads(nn.Module):
                                    bias=False) if config.lead_path else None
         if self.lead is not None:
             nn.init.zeros_(self.lead.weight)  # starts as no shift: the data must earn it
+        self.lead_width = config.n_heads * config.lead_input_width if config.lead_path else 0
+        self.skips = SkipPaths(config) if config.skip_paths else None
 
     @property
     def n_columns(self) -> int:
@@ -103,10 +105,43 @@ class ForecastHeads(nn.Module):
         Q = self.n_quantiles
         quantiles = monotone_quantiles(raw[..., :Q], self.anchor, self.offsets.to(raw.dtype))
         mean = raw[..., self.column(0, "mean")] if self.has_mean else None  # column(0, .): the offset in a block
+        log_vol = raw[..., self.column(0, "log_vol")]
         if self.lead is not None:
             if attended is None:
                 raise ValueError("ForecastHeads: the lead path needs the attended input features")
+            skip_inputs = attended[..., self.lead_width:]
+            attended = attended[..., : self.lead_width]
             shift = self.lead(attended)  # (..., A, H)
+            if self.skips is not None:
+                mean_shift, vol_shift = self.skips(skip_inputs)
+                shift = shift + mean_shift
+                log_vol = log_vol + vol_shift
             quantiles = quantiles + shift.unsqueeze(-1)  # the whole fan moves; its gaps stay
             mean = None if mean is None else mean + shift
-        return quantiles, raw[..., self.column(0, "direction_logit")], raw[..., self.column(0, "log_vol")], mean
+        return quantiles, raw[..., self.column(0, "direction_logit")], log_vol, mean
+
+
+class SkipPaths(nn.Module):
+    """The heads' linear skip paths (ModelConfig.skip_paths): fitted in closed form on a fold's training rows by
+    engine.training.skip_fit and held fixed while the network trains, so they are buffers, not parameters.
+
+    mean:  per target asset and horizon, a linear map of every source's ret_1 at lags 0..K (a ridge regression:
+           the lead-lag a least-squares fit finds), added to every quantile and the mean, in raw return units.
+    vol:   per asset and horizon, a linear map of the asset's own volatility-skip features plus a constant, added
+           to the log volatility (a QLIKE fit with a log link, like a HAR or GARCH recursion in logs).
+    Both start at zero: a model whose skips were never fitted forecasts as it would without them."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        A, H, K = config.n_assets, len(config.horizons), config.max_lag
+        self.n_lagged = A * (K + 1)
+        self.register_buffer("mean_weight", torch.zeros(A, self.n_lagged, H))  # (A_tgt, A_src * (K+1), H)
+        self.register_buffer("vol_weight", torch.zeros(A, len(config.vol_skip_features), H))  # (A, V, H)
+        self.register_buffer("vol_bias", torch.zeros(A, H))  # (A, H)
+
+    def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """inputs (..., A, A_src * (K+1) + V) -> (mean shift (..., A, H), log-vol shift (..., A, H))."""
+        lagged, own = inputs[..., : self.n_lagged], inputs[..., self.n_lagged:]
+        mean = torch.einsum("...ai,aih->...ah", lagged, self.mean_weight.to(lagged.dtype))
+        vol = torch.einsum("...av,avh->...ah", own, self.vol_weight.to(own.dtype)) + self.vol_bias.to(own.dtype)
+        return mean, vol

@@ -65,6 +65,9 @@ class TrainConfig:
     # The horizons that loss is taken over; None: all. The long horizons' forecasts overfit within an epoch or
     # two on a few thousand bars, and averaged in they stop a fold before the 1-bar forecast has learned anything.
     early_stop_horizons: tuple[int, ...] | None = None
+    # Validate the starting point before the first epoch and keep it when no epoch beats it (with the skip paths the
+    # start is the closed-form statistical fit; without, an untrained network, which never wins).
+    validate_start: bool = False
     zero_init_centre: bool = False  # the median and mean head columns start at the zero forecast
     # Average the loss per asset, then over assets (training and early stopping). Pooled, a 24/7 asset has ~5x the
     # valid bars of an equity at 1h, so the shared layers and the stop follow BTC's (unforecastable) noise.

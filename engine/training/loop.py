@@ -84,6 +84,7 @@ from engine.training.distributed import (
     owner_of_fold,
     shard_of,
 )
+from engine.training.skip_fit import fit_skip_paths
 from engine.training.head_scale import (
     bake_head_scale,
     scale_heads_for_training,
@@ -360,6 +361,8 @@ def _train_fold(job: FoldJob, run: RunContext) -> FoldOutcome | None:
     torch.manual_seed(seed_for(config, fold.index, -1))
     model = build_model(model_config_for(config, job.features)).to(device)  # the hybrid or a peer
     scale = target_scale(run.feature_targets, job.features, fold.train)
+    if config.model.skip_paths:  # before the head scale's parametrisation: it zeroes the plain log-vol column
+        fit_skip_paths(model, job.features, run.feature_targets, fold.train, scale)
     # before the optimiser: it must hold the parametrised tensors
     scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)
@@ -426,6 +429,25 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
     n_windows = windows.x.shape[0]
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
 
+    def validate() -> float:
+        # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
+        # so all take the same early-stopping decision.
+        loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
+                               scale_t, config.early_stop_weights or config.loss_weights,
+                               config.balance_assets,
+                               # the stop watches the training objective unless told otherwise
+                               None if config.early_stop_weights else cost_aware_term(config, scale_t)
+                               ) if sync.is_main else None
+        return broadcast_float(sync, loss)
+
+    if config.validate_start and state.next_epoch == 0 and state.best_weights is None:
+        # The starting point (closed-form skip paths, zero residual) competes with every epoch: when no epoch beats
+        # it on the validation span, the fold keeps it (best_epoch -1) rather than the least bad trained epoch.
+        start_loss = validate()
+        if math.isfinite(start_loss):
+            state.best_val_loss = start_loss
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_seed = seed_for(config, fold.index, epoch)
         if config.random_window_offsets:
@@ -459,15 +481,7 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
                                  train_loss=float(np.mean(losses)) if losses else None,
                                  best_val_loss=_finite_or_none(state.best_val_loss)))
 
-        # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
-        # so all take the same early-stopping decision.
-        val_loss = validation_loss(model, x_all, mask_all, val_targets, fold.val.stop, config.predict_chunk,
-                                   scale_t, config.early_stop_weights or config.loss_weights,
-                                   config.balance_assets,
-                                   # the stop watches the training objective unless told otherwise
-                                   None if config.early_stop_weights else cost_aware_term(config, scale_t)
-                                   ) if sync.is_main else None
-        val_loss = broadcast_float(sync, val_loss)
+        val_loss = validate()
         if math.isfinite(val_loss) and val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.epochs_without_gain = val_loss, epoch, 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}

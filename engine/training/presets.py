@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from engine.features import FEATURE_NAMES, GAP_FEATURE_NAMES, VARIANCE_HALF_LIVES
 from engine.model.losses import LossWeights
 from engine.training.config import TrainConfig, default_model_config
 
@@ -49,6 +50,31 @@ def demo_config(interval: str = "1h") -> TrainConfig:
                            n_folds=3, min_train=800, val_size=180, test_size=240, window=128, stride=16,
                            batch_size=8, max_epochs=20, patience=5, lr=1e-3, weight_decay=0.1)
     raise ValueError(f"the demo has 1d and 1h bars, not {interval!r}")
+
+
+def general_config(interval: str = "1h") -> TrainConfig:
+    """The recipe a user's data gets (engine.training.settings sizes its folds), chosen on the VALIDATION members
+    of the planted family (storage.sources.planted_family.family_split), never on the demo or held-out members;
+    `python -m engine.benchmarks.recovery` reports it on held-out members (issue 15; the variants tried and their
+    validation figures are in storage/sources/DEMO.md, "Choosing the general recipe").
+
+    What it adds to the demo's recipe, and why:
+      - gap features (engine.features.GAP_FEATURE_NAMES): returns scaled by the time they took, the gap's length,
+        and log variance EWMAs at half-lives 2..128 bars of the gap-scaled returns. An equity's first bar after a
+        close carries the overnight move; unscaled, it dominated the volatility inputs, the regimes and the fits.
+      - linear skip paths to the heads, fitted in closed form per fold (engine.training.skip_fit): a ridge lead-lag
+        regression for the mean and a log-link QLIKE fit for the volatility; the network learns the residual.
+      - the starting point competes in early stopping (validate_start), so a fold never ends worse on its
+        validation span than the statistical fits it starts from;
+      - attention lags 0..5 (leads of 1..6 bars), the range the findings' lead-lag test scans at least.
+    """
+    base = demo_config(interval if interval in ("1h", "1d") else "1h")
+    names = FEATURE_NAMES + GAP_FEATURE_NAMES
+    vol_inputs = tuple(names.index(name) for name in ("gap_log", "next_gap_log", *VARIANCE_HALF_LIVES))
+    model = dataclasses.replace(base.model, n_features=len(names), max_lag=5, point_head=True, lead_path=True,
+                                lead_features=1, skip_paths=True, vol_skip_features=vol_inputs)
+    return dataclasses.replace(base, model=model, features=dataclasses.replace(base.features, names=names),
+                               validate_start=True, zero_init_centre=True)
 
 
 def quick_config(interval: str = "1h", **overrides: Any) -> TrainConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from engine.features import compute_raw_features
 from engine.targets import compute_targets
 from engine.training.config import TrainConfig
 from engine.training.loop import make_folds
-from engine.training.presets import demo_config
+from engine.training.presets import general_config
 from storage.panel import LoadedPanel, Panel
 
 TEST_SHARE = 0.10  # of all rows, per fold
@@ -44,19 +45,20 @@ class TrainingSpan:
 
 
 def settings_for_panel(panel: Panel, interval: str, *, n_folds: int = 3, max_epochs: int | None = None,
-                       seed: int = 0) -> TrainConfig:
+                       seed: int = 0, recipe: Callable[[str], TrainConfig] = general_config) -> TrainConfig:
     """A TrainConfig whose folds fit the panel (its common span when the full history cannot be trained on, see
-    training_span); raises ValueError saying how many bars are missing when none can."""
-    config = _sized(panel, interval, n_folds, max_epochs, seed)
+    training_span); raises ValueError saying how many bars are missing when none can. recipe: interval -> the
+    settings to size (default the general recipe; benchmarks pass others to compare)."""
+    config = _sized(panel, interval, n_folds, max_epochs, seed, recipe)
     span = training_span(panel, config)
     if span.is_full:
         return config
-    return _sized(panel_rows(panel, span.rows), interval, n_folds, max_epochs, seed, why=span.reason)
+    return _sized(panel_rows(panel, span.rows), interval, n_folds, max_epochs, seed, recipe, why=span.reason)
 
 
 def _sized(panel: Panel, interval: str, n_folds: int, max_epochs: int | None, seed: int,
-           why: str | None = None) -> TrainConfig:
-    base = demo_config(interval if interval in ("1d", "1h") else "1h")
+           recipe: Callable[[str], TrainConfig], why: str | None = None) -> TrainConfig:
+    base = recipe(interval if interval in ("1d", "1h") else "1h")
     n_rows = len(panel.ts)
     # The purge must cover the longest target in union rows (an equity's 20 bars can span a weekend), as training
     # itself computes it when purge is None.

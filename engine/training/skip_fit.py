@@ -1,0 +1,122 @@
+"""Closed-form fits of the heads' linear skip paths (engine.model.heads.SkipPaths) on a fold's training rows.
+
+Why closed form. On the planted family a lead that ordinary least squares finds in one pass over the training rows
+(the target's return on the source's lagged returns) was only ~20 % learned by gradient descent before early
+stopping ended training: the network fits the follower's own noise first and the best validation epoch came at
+0 or 1. A volatility forecast lost to GARCH for the same reason. So the two statistical parts every market
+needs are fitted exactly, and the network trains on what they leave:
+
+  mean  per (target asset, horizon): ridge regression of the h-bar log return on every source's standardised ret_1
+        at lags 0..K (K = ModelConfig.max_lag), each row weighted by 1 / the time its return spans
+        (target_spans), the penalty chosen by 5-fold contiguous cross-validation on the
+        training rows (sklearn RidgeCV). With nothing to find the penalty grows and the path stays near zero.
+  vol   per (asset, horizon): a Gamma GLM with a log link (sklearn GammaRegressor) of the h-bar realised variance on
+        the asset's own gap-scaled variance EWMAs and gap length. The Gamma deviance is QLIKE up to terms free of the
+        forecast, so this is the QLIKE-optimal log-linear forecast: a HAR/GARCH-like recursion in logs.
+
+Only the training rows' targets that end before the training span does (Targets.until) are used, as for the
+network. The heads' own log-volatility column is zeroed so the forecast starts exactly at the fit (it starts at
+the training scale, log s, which the vol path is fitted relative to); zero_init_centre does the same for the mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.features import FeatureSet
+from engine.targets import Targets
+
+RIDGE_ALPHAS = np.logspace(-1, 6, 15)  # on standardised inputs: from almost OLS to almost nothing
+CV_FOLDS = 5
+GLM_PENALTY = 1e-4
+MIN_ROWS = 50  # fewer usable training rows than this for an (asset, horizon): that path stays at zero
+
+
+@dataclass(frozen=True)
+class SkipFit:
+    """What the fits chose, for the training record: the ridge penalty per (asset, horizon) (NaN: not fitted)."""
+
+    ridge_alpha: np.ndarray  # (A, H)
+    n_rows: np.ndarray  # (A, H) training rows each fit used
+
+    def to_dict(self) -> dict:
+        return {"ridge_alpha": [[None if not np.isfinite(v) else float(v) for v in row] for row in self.ridge_alpha],
+                "n_rows": self.n_rows.tolist()}
+
+
+def lagged_returns(values: np.ndarray, mask: np.ndarray, max_lag: int) -> np.ndarray:
+    """values (A, T, F) standardised features, mask (A, T) -> (T, A_src * (K+1)): every source's ret_1 (feature 0)
+    at lags 0..K, 0 where the source had no fresh bar or before the first row; the lead path's layout."""
+    n_assets, n_rows, _ = values.shape
+    ret = np.where(mask, values[:, :, 0], 0.0)  # (A, T)
+    out = np.zeros((n_rows, n_assets, max_lag + 1), dtype=np.float64)
+    for lag in range(max_lag + 1):
+        out[lag:, :, lag] = ret[:, : n_rows - lag].T
+    return out.reshape(n_rows, -1)
+
+
+def target_spans(feature_set: FeatureSet, targets: Targets, rows: np.ndarray) -> np.ndarray:
+    """(A, n, H) the time each target return spans, in bars of the clock's usual step (>= 1; 1 where invalid).
+    A return's variance grows with the time it spans, so the ridge weighs each target by 1 / span: an equity's
+    overnight return, with the whole night's noise in it, does not outweigh the session's hourly returns."""
+    hours = np.asarray((feature_set.ts - feature_set.ts[0]) / np.timedelta64(1, "h"), dtype=float)
+    step = np.median(np.diff(hours)) if len(hours) > 1 else 1.0
+    end = targets.end_row[:, rows]  # (A, n, H)
+    spanned = np.where(end >= 0, hours[np.clip(end, 0, None)] - hours[rows][None, :, None], step)
+    return np.maximum(spanned / step / np.asarray(targets.horizons)[None, None, :], 1.0)
+
+
+def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: range, scale: np.ndarray) -> SkipFit:
+    """Fit model.heads.skips on the training rows (in place) and zero the heads' log-volatility column so the
+    forecast starts at the fits. scale (A, H): the training return scale the log-vol column starts at (head_scale)."""
+    from sklearn.linear_model import GammaRegressor, RidgeCV
+    from sklearn.model_selection import KFold
+
+    heads, config = model.heads, model.config
+    skips = heads.skips
+    n_assets, n_horizons = len(feature_set.symbols or range(feature_set.values.shape[0])), len(config.horizons)
+    purged = targets.until(train.stop)
+    rows = np.arange(train.start, train.stop)
+    lagged = lagged_returns(feature_set.values.astype(np.float64), feature_set.mask, config.max_lag)[rows]
+    vol_index = list(config.vol_skip_features)
+    spans = target_spans(feature_set, purged, rows)
+    mean_weight = np.zeros(tuple(skips.mean_weight.shape))
+    vol_weight = np.zeros(tuple(skips.vol_weight.shape))
+    vol_bias = np.zeros(tuple(skips.vol_bias.shape))
+    alphas = np.full((n_assets, n_horizons), np.nan)
+    counts = np.zeros((n_assets, n_horizons), dtype=np.int64)
+    for asset in range(n_assets):
+        own = feature_set.values[asset, rows][:, vol_index].astype(np.float64)  # (n, V)
+        for j in range(n_horizons):
+            usable = purged.valid[asset, rows, j] & feature_set.mask[asset, rows]
+            counts[asset, j] = int(usable.sum())
+            if usable.sum() < MIN_ROWS:
+                continue
+            y = purged.log_return[asset, rows, j][usable]
+            weight = 1.0 / spans[asset, :, j][usable]
+            ridge = RidgeCV(alphas=RIDGE_ALPHAS, cv=KFold(CV_FOLDS, shuffle=False)).fit(lagged[usable], y,
+                                                                                         sample_weight=weight)
+            mean_weight[asset, :, j] = ridge.coef_
+            alphas[asset, j] = ridge.alpha_
+            if vol_index:
+                variance = purged.realised_vol[asset, rows, j][usable] ** 2
+                positive = variance[variance > 0]
+                if len(positive) < MIN_ROWS:
+                    continue
+                # a bar with no move at all has variance 0, which a log link cannot fit: floor it far below typical
+                variance = np.maximum(variance, 1e-4 * np.median(positive))
+                glm = GammaRegressor(alpha=GLM_PENALTY, max_iter=300).fit(own[usable], variance)
+                # log sigma = eta / 2 = log s + shift  ->  shift = (coef . x + intercept) / 2 - log s
+                vol_weight[asset, :, j] = glm.coef_ / 2.0
+                vol_bias[asset, j] = glm.intercept_ / 2.0 - np.log(scale[asset, j])
+    with torch.no_grad():
+        skips.mean_weight.copy_(torch.as_tensor(mean_weight))
+        skips.vol_weight.copy_(torch.as_tensor(vol_weight))
+        skips.vol_bias.copy_(torch.as_tensor(vol_bias))
+        if vol_index:
+            columns = [heads.column(j, "log_vol") for j in range(n_horizons)]
+            heads.proj.weight[..., columns] = 0.0
+            heads.proj.bias[..., columns] = 0.0
+    return SkipFit(alphas, counts)
