@@ -12,13 +12,16 @@ from engine.evaluation.forecast_review import (
     latest_forecast,
     past_forecasts,
     score_board,
+    score_column_specs,
 )
 from engine.evaluation.predictions import load_predictions
 from engine.figures import forecasts as charts
 from storage.config import INTERVAL_SECONDS
+from views.csv_downloads import csv_buttons
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection
 from views.model_results import asset_closes, model_findings, model_view
+from views.url_state import url_widget
 
 selection = current_selection()
 st.title("Forecasts")
@@ -36,8 +39,8 @@ def walk_forward_record(path: str, run_id: str):
 
 predictions, _, ts_us = walk_forward_record(run_path, view.run_id)
 horizons = list(predictions.horizons)
-horizon = st.segmented_control("Horizon (bars)", horizons, default=horizons[0], key="fc_horizon",
-                               bind="query-params") or horizons[0]
+horizon = url_widget(st.segmented_control, "Horizon (bars)", key="fc_horizon", default=horizons[0],
+                     options=horizons) or horizons[0]
 bar = pd.Timedelta(seconds=INTERVAL_SECONDS[selection.interval])
 
 st.subheader("Latest forecast")
@@ -64,6 +67,7 @@ st.subheader("Walk-forward forecasts against what happened")
 st.caption("Every point was forecast by a model trained only on bars before its test span (out of sample). The "
            "band should hold the outcome about as often as its nominal coverage says.")
 calibration = {}
+past_tables = {}
 for symbol in selection.symbols:
     past = past_forecasts(view.loaded.panel, predictions, ts_us, symbol, horizon)
     if selection.start is not None:
@@ -73,6 +77,7 @@ for symbol in selection.symbols:
         st.info(f"No walk-forward forecasts of {symbol} fall in the selected dates: widen the date range.")
         continue
     calibration[symbol] = past.calibration()
+    past_tables[f"Walk-forward forecasts {symbol}"] = past.frame.reset_index()
     chart_with_downloads(charts.past_fan_chart(past, synthetic=selection.synthetic), key=f"fc_past_{symbol}",
                          file_stem=f"forecast-walk-forward-{symbol}")
     st.caption(f"{symbol}: {len(past.frame.dropna(subset=['realised'])):,} scored forecasts; band coverage "
@@ -81,6 +86,9 @@ for symbol in selection.symbols:
 if calibration:
     chart_with_downloads(charts.calibration_chart(calibration, horizon, synthetic=selection.synthetic),
                          key="fc_calibration", file_stem="forecast-calibration")
+    past_tables["Calibration"] = pd.concat({s: t for s, t in calibration.items()}, names=["asset"]).reset_index(0)
+if past_tables:
+    csv_buttons(past_tables, key="fc_past", file_stem=f"forecasts-h{horizon}")
 
 st.subheader("Does the model beat the baselines?")
 scores = findings.scores
@@ -92,18 +100,31 @@ else:
     for line in verdicts:
         st.markdown(f"- {line}")
     verdict_table = findings.skill_table(horizon)
-    st.table(verdict_table.style.format({"p (one-sided, corrected)": "{:.3g}"}, na_rep="–"))
+    st.table(verdict_table.astype(object).where(verdict_table.notna(), "–").style.format(
+        {"p (one-sided, corrected)": lambda p: p if isinstance(p, str) else f"{p:.3g}"}))
     st.caption("Per asset, horizon and loss: the model against the best baseline on that loss (lowest loss on the "
                "same walk-forward test bars), one-sided Diebold-Mariano (HAC), Holm-corrected over every cell of the "
                "table (all horizons, both directions). 'edge': the model's loss is lower beyond chance; 'worse': the "
                "baseline's is; 'no edge' otherwise. Pinball is compared only with baselines whose quantiles have a "
                f"spread. Scores: {findings.skill_note}.")
     st.subheader("Scores against the baselines")
-    asset = st.selectbox("Asset", selection.symbols, key="fc_score_asset")
+    asset = url_widget(st.selectbox, "Asset", key="fc_score_asset", default=selection.symbols[0],
+                       options=list(selection.symbols))
     report_tables = {"Verdicts against the best baseline": verdict_table,
                      **{f"Scores of {symbol}, {horizon}-bar horizon": score_board(scores, symbol, horizon)
                         for symbol in selection.symbols}}
-    st.dataframe(report_tables[f"Scores of {asset}, {horizon}-bar horizon"], hide_index=True, width="stretch")
+    board = report_tables[f"Scores of {asset}, {horizon}-bar horizon"]
+    column_config = {
+        column: (st.column_config.TextColumn(title, help=text) if fmt is None
+                 else st.column_config.NumberColumn(title, help=text, format=fmt))
+        for column, (title, text, fmt) in score_column_specs(board).items()
+    }
+    st.dataframe(board, hide_index=True, width="stretch", height="content", column_config=column_config,
+                 placeholder="–", key="fc_score_table")
+    csv_buttons({"Verdicts": verdict_table, **{f"Scores {symbol}": report_tables[f"Scores of {symbol}, {horizon}-bar "
+                                                                                  "horizon"]
+                                               for symbol in selection.symbols}},
+                key="fc_scores", file_stem=f"forecasts-h{horizon}")
     st.caption("Same walk-forward test spans for every forecaster; lower is better for every loss. The 'model vs "
                "this' columns test the model against that row alone, one-sided in the direction observed, "
                "Holm-corrected over the comparisons in this table.")

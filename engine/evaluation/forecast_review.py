@@ -122,6 +122,49 @@ SCORE_COLUMNS = ("n", "pinball", "coverage_10_90", "quantile_spread", "mse", "hi
                  "qlike")
 
 
+# What each score column means, for the page's column titles and tooltips (lower is better unless said).
+SCORE_LABELS: dict[str, tuple[str, str]] = {
+    "forecaster": ("forecaster", "The model, or a baseline scored on the same walk-forward test bars."),
+    "n": ("forecasts", "Number of scored out-of-sample forecasts."),
+    "pinball": ("pinball loss", "Mean pinball (quantile) loss over the quantile levels, in log return; lower is better."),
+    "coverage_10_90": ("10-90% band coverage", "Share of outcomes inside the 10%-90% quantile band; 80% is calibrated."),
+    "quantile_spread": ("band width", "Mean width of the 10%-90% quantile band, in log return."),
+    "mse": ("MSE of the mean", "Mean squared error of the forecast mean log return; lower is better."),
+    "hit_rate": ("hit rate", "Share of forecasts whose sign matched the outcome's; higher is better."),
+    "brier": ("Brier score of P(up)", "Mean squared error of P(up) against up/down (0.25 = a coin); lower is better."),
+    "log_loss": ("log loss of P(up)",
+                 "Mean negative log-likelihood of the outcome under P(up) (0.693 = a coin); lower is better."),
+    "ece": ("calibration error of P(up)", "Expected calibration error over 10 equal-width bins; lower is better."),
+    "qlike": ("QLIKE of volatility",
+              "Quasi-likelihood loss of the forecast variance against the squared outcome; lower is better."),
+}
+SMALL_SCORE = 1e-2  # a column whose typical size is below this is shown in scientific notation
+
+
+def score_column_specs(board: pd.DataFrame) -> dict[str, tuple[str, str, str | None]]:
+    """Column -> (title, tooltip, number format or None for text) for a score_board: counts as integers, columns
+    of small numbers (MSE of log returns is ~1e-4) in scientific notation, others with 4 decimals."""
+    specs = {}
+    for column in board.columns:
+        if column in SCORE_LABELS:
+            title, text = SCORE_LABELS[column]
+        elif column.startswith("model vs this: "):
+            metric = column.removeprefix("model vs this: ")
+            title = f"model vs this row: {SCORE_LABELS.get(metric, (metric, ''))[0]}"
+            text = (f"The model against this forecaster on {SCORE_LABELS.get(metric, (metric, ''))[0]}: one-sided "
+                    "Diebold-Mariano (HAC) in the direction observed, Holm-corrected over this table.")
+        else:
+            title, text = column, ""
+        if not pd.api.types.is_numeric_dtype(board[column]):
+            specs[column] = (title, text, None)
+            continue
+        values = board[column].to_numpy(float)
+        typical = np.nanmedian(np.abs(values[values != 0])) if np.any(np.isfinite(values) & (values != 0)) else 1.0
+        fmt = "%d" if column == "n" else ("%.3e" if typical < SMALL_SCORE else "%.4f")
+        specs[column] = (title, text, fmt)
+    return specs
+
+
 def comparison_column(metric: str) -> str:
     return f"model vs this: {metric}"
 

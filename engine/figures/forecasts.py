@@ -11,6 +11,7 @@ from engine.figures.style import (
     TIME_AXIS_TITLE,
     asset_colour,
     base_layout,
+    display_rows,
     label_synthetic,
 )
 
@@ -20,29 +21,60 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
-def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = 3000) -> go.Figure:
-    """The h-bar log-return band (outer quantiles), the median, and the realised return at every origin bar.
+MAX_FAN_POINTS = 10_000  # forecasts drawn per chart; beyond this each bucket keeps its band extremes and outcomes
+MIN_CALIBRATION_COUNT = 30  # a calibration bin with fewer forecasts than this is not drawn
 
-    Every point is a walk-forward forecast, so the whole chart is out of sample; long spans keep the last max_points.
+
+def add_range_selector(fig: go.Figure, slider: bool = True) -> go.Figure:
+    """Zoom buttons (1 month, 3 months, 1 year, all) over the time axis, and a range slider under it."""
+    fig.update_xaxes(
+        rangeselector={"buttons": [
+            {"count": 1, "label": "1m", "step": "month", "stepmode": "backward"},
+            {"count": 3, "label": "3m", "step": "month", "stepmode": "backward"},
+            {"count": 1, "label": "1y", "step": "year", "stepmode": "backward"},
+            {"step": "all", "label": "all"},
+        ], "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom", "font": {"size": 10}},
+        rangeslider={"visible": slider, "thickness": 0.06},
+    )
+    return fig
+
+
+def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MAX_FAN_POINTS) -> go.Figure:
+    """The h-bar log-return band (outer quantiles), the median, and the realised return at every origin bar, over
+    the whole out-of-sample history, with zoom buttons and a range slider.
+
+    Every point is a walk-forward forecast, so the whole chart is out of sample. Beyond max_points forecasts the
+    chart draws, per bucket of neighbouring bars, the ones holding the band's and the outcomes' extremes, and says
+    so in its title.
     """
-    frame = past.frame.iloc[-max_points:]
     levels = past.quantile_levels
     lo, mid, hi = f"q{levels[0]:g}", f"q{levels[len(levels) // 2]:g}", f"q{levels[-1]:g}"
+    rows = display_rows([past.frame[lo].to_numpy(), past.frame[hi].to_numpy(), past.frame["realised"].to_numpy()],
+                        max_points)
+    frame = past.frame.iloc[rows]
     colour = asset_colour(past.symbol)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=frame.index, y=frame[hi], mode="lines", line=dict(width=0), showlegend=False,
+    fig.add_trace(go.Scatter(x=frame.index, y=frame[hi], mode="lines", line={"width": 0}, showlegend=False,
                              hoverinfo="skip", name=f"{hi}"))
     fig.add_trace(go.Scatter(
-        x=frame.index, y=frame[lo], mode="lines", line=dict(width=0), fill="tonexty",
+        x=frame.index, y=frame[lo], mode="lines", line={"width": 0}, fill="tonexty",
         fillcolor=_rgba(colour, 0.22), name=f"{levels[0]:.0%}-{levels[-1]:.0%} band",
     ))
-    fig.add_trace(go.Scatter(x=frame.index, y=frame[mid], mode="lines", line=dict(color=colour, width=1.2),
+    fig.add_trace(go.Scatter(x=frame.index, y=frame[mid], mode="lines", line={"color": colour, "width": 1.2},
                              name=f"median ({levels[len(levels) // 2]:.0%})"))
     fig.add_trace(go.Scatter(x=frame.index, y=frame["realised"], mode="markers",
-                             marker=dict(size=3, color="#222222"), name="what happened"))
-    base_layout(fig, f"{past.symbol} · {past.horizon}-bar log return: walk-forward forecasts vs outcome")
+                             marker={"size": 3, "color": "#222222"}, name="what happened"))
+    title = f"{past.symbol} · {past.horizon}-bar log return: walk-forward forecasts vs outcome"
+    if len(frame) < len(past.frame):
+        title += f"<br><sup>{len(frame):,} of {len(past.frame):,} forecasts drawn (each stretch's extremes kept)</sup>"
+    else:
+        title += f"<br><sup>all {len(past.frame):,} out-of-sample forecasts</sup>"
+    base_layout(fig, title, height=480)
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 110, "b": 40},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "xanchor": "right", "x": 1.0})
     fig.update_xaxes(title_text=TIME_AXIS_TITLE)
     fig.update_yaxes(title_text=f"{past.horizon}-bar log return")
+    add_range_selector(fig)
     if len(frame):
         shade_out_of_sample(fig, pd.DatetimeIndex(frame.index), frame.index[0])
     return label_synthetic(fig, synthetic)
@@ -77,19 +109,25 @@ def latest_fan_chart(latest: LatestForecast, recent: pd.Series, bar: pd.Timedelt
     return label_synthetic(fig, synthetic)
 
 
-def calibration_chart(tables: dict[str, pd.DataFrame], horizon: int, *, synthetic: bool) -> go.Figure:
-    """Reliability diagram: forecast P(up) per bin against how often the return was up; the diagonal is perfect."""
+def calibration_chart(tables: dict[str, pd.DataFrame], horizon: int, *, synthetic: bool,
+                      min_count: int = MIN_CALIBRATION_COUNT) -> go.Figure:
+    """Reliability diagram: forecast P(up) per bin against how often the return was up; the diagonal is perfect.
+
+    Bins holding fewer than min_count forecasts are left out (their frequency is mostly noise); the title says so."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#999999", dash="dash"),
                              name="perfectly calibrated"))
     for symbol, table in tables.items():
-        used = table[table["count"] > 0]
+        used = table[table["count"] >= max(min_count, 1)]
         fig.add_trace(go.Scatter(
             x=used["mean_prob"], y=used["frequency"], mode="lines+markers", name=symbol,
             line=dict(color=asset_colour(symbol)), marker=dict(size=np.clip(np.sqrt(used["count"]) * 1.5, 5, 18)),
             customdata=used["count"], hovertemplate="P(up) %{x:.2f}<br>up %{y:.2f}<br>%{customdata} bars<extra></extra>",
         ))
-    base_layout(fig, f"Calibration of P(up), {horizon}-bar horizon (out of sample)", height=380)
+    title = (f"Calibration of P(up), {horizon}-bar horizon (out of sample)<br><sup>bins with fewer than {min_count} "
+             "forecasts are not drawn</sup>")
+    base_layout(fig, title, height=400)
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 80, "b": 40})
     fig.update_xaxes(title_text="forecast P(up)", range=[0, 1])
     fig.update_yaxes(title_text="observed frequency of up", range=[0, 1])
     return label_synthetic(fig, synthetic)

@@ -1,0 +1,66 @@
+"""Forecast charts and score tables: the whole out-of-sample history, honest calibration bins, readable scores."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.evaluation.forecast_review import PastForecasts, score_column_specs
+from engine.figures import forecasts as charts
+
+LEVELS = (0.1, 0.5, 0.9)
+
+
+def past(n: int, seed: int = 0) -> PastForecasts:
+    rng = np.random.default_rng(seed)
+    index = pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC", name="ts")
+    mid = rng.normal(0, 0.001, n)
+    frame = pd.DataFrame({"q0.1": mid - 0.01, "q0.5": mid, "q0.9": mid + 0.01, "prob_up": rng.uniform(0.3, 0.7, n),
+                          "realised": rng.normal(0, 0.01, n)}, index=index)
+    return PastForecasts("BTC", 1, frame, LEVELS)
+
+
+def test_the_fan_chart_draws_every_forecast_from_the_first_with_a_range_selector():
+    forecasts = past(9_000)
+    fig = charts.past_fan_chart(forecasts, synthetic=False)
+    realised = fig.data[3]
+    assert len(realised.x) == 9_000 and pd.Timestamp(realised.x[0]) == forecasts.frame.index[0]
+    assert "all 9,000" in fig.layout.title.text
+    assert fig.layout.xaxis.rangeslider.visible and len(fig.layout.xaxis.rangeselector.buttons) == 4
+
+
+def test_a_longer_history_is_thinned_keeping_the_extremes_and_the_chart_says_so():
+    forecasts = past(30_000, seed=1)
+    forecasts.frame.iloc[12_345, forecasts.frame.columns.get_loc("realised")] = 0.5  # an outlier must stay visible
+    fig = charts.past_fan_chart(forecasts, synthetic=False)
+    realised = np.asarray(fig.data[3].y)
+    assert len(realised) <= charts.MAX_FAN_POINTS + 2 and 0.5 in realised
+    assert pd.Timestamp(fig.data[3].x[0]) == forecasts.frame.index[0]  # still from the first forecast
+    assert "of 30,000 forecasts drawn" in fig.layout.title.text
+
+
+def test_calibration_leaves_out_bins_with_too_few_forecasts_and_says_the_minimum():
+    table = pd.DataFrame({"mean_prob": [0.15, 0.45, 0.55, 0.85], "frequency": [0.0, 0.44, 0.57, 1.0],
+                          "count": [3, 500, 480, 29]})
+    fig = charts.calibration_chart({"BTC": table}, 1, synthetic=False, min_count=30)
+    drawn = fig.data[1]
+    assert list(drawn.x) == [0.45, 0.55]
+    assert "fewer than 30 forecasts" in fig.layout.title.text
+
+
+def test_score_columns_get_friendly_titles_tooltips_and_scientific_notation_for_small_numbers():
+    board = pd.DataFrame({"forecaster": ["model", "zero"], "n": [8999.0, 8999.0], "mse": [1.03e-4, 1.02e-4],
+                          "brier": [0.2512, 0.25], "coverage_10_90": [0.78, 0.8],
+                          "model vs this: mse": ["", "worse than zero, p = 1.000"]})
+    specs = score_column_specs(board)
+    assert specs["mse"] == ("MSE of the mean", specs["mse"][1], "%.3e") and "squared error" in specs["mse"][1]
+    assert specs["brier"][2] == "%.4f" and specs["n"][2] == "%d"
+    assert specs["coverage_10_90"][0] == "10-90% band coverage"
+    assert specs["model vs this: mse"][0] == "model vs this row: MSE of the mean" and specs["model vs this: mse"][2] is None
+    assert all(text for _, text, _ in specs.values())
+
+
+@pytest.mark.parametrize("n", [1, 50])
+def test_short_histories_draw_without_thinning(n):
+    fig = charts.past_fan_chart(past(n), synthetic=True)
+    assert len(fig.data[3].x) == n
