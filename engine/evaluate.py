@@ -57,6 +57,16 @@ def add_run_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end")
 
 
+def panel_from_arguments(args: argparse.Namespace) -> LoadedPanel:
+    """The panel add_run_and_data_arguments' options choose: the cache (--db, --symbols, --interval, --start,
+    --end), or by default the demo panel the run in --run was trained on."""
+    if args.db or args.symbols or args.interval:
+        if not (args.symbols and args.interval):
+            raise ValueError("cached data needs --symbols and --interval (and --db unless the default cache)")
+        return cached_panel(args.symbols, args.interval, db_path=args.db, start=args.start, end=args.end)
+    return panel_for_run(read_manifest(args.run))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__.split("\n\n")[0])
     add_run_and_data_arguments(parser)
@@ -77,12 +87,7 @@ def ships_with_the_app(run_dir: str | Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        loaded = None
-        if args.db or args.symbols or args.interval:
-            if not (args.symbols and args.interval):
-                raise ValueError("cached data needs --symbols and --interval (and --db unless the default cache)")
-            loaded = cached_panel(args.symbols, args.interval, db_path=args.db, start=args.start, end=args.end)
-        loaded = loaded or panel_for_run(read_manifest(args.run))
+        loaded = panel_from_arguments(args)
         write = not args.no_write and (args.write_shipped or not ships_with_the_app(args.run))
         table = evaluate_run(args.run, loaded, tuple(args.baselines) if args.baselines else None, write=write)
     except (CheckpointError, ValueError) as error:

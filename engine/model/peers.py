@@ -256,7 +256,7 @@ class LSTMPeer(_PeerBase):
     def init_state(self, batch: int, *, device=None, dtype=None) -> PeerState:
         reference = next(self.parameters())
         device, dtype = device or reference.device, dtype or reference.dtype
-        zeros = lambda: torch.zeros(batch, self.config.n_assets, self.config.d_model, device=device, dtype=dtype)  # noqa: E731
+        zeros = lambda: torch.zeros(batch, self.config.n_assets, self.config.d_model, device=device, dtype=dtype)
         return PeerState([(zeros(), zeros()) for _ in self.layers])
 
     def _layers(self, h: Tensor, mask: Tensor, state: PeerState | None) -> tuple[Tensor, PeerState]:

@@ -9,7 +9,12 @@ import torch
 from engine.backtest.engine import StrategyConfig
 from engine.model.losses import LossWeights, cost_aware_loss, implied_position
 from engine.training.config import TrainConfig
-from engine.training.objective import StandardisedOutput, backtest_cost_rate, cost_aware_term, training_loss
+from engine.training.objective import (
+    StandardisedOutput,
+    backtest_cost_rate,
+    cost_aware_term,
+    training_loss,
+)
 
 
 def test_the_gradient_matches_the_hand_derivation_with_a_closed_bar_between_two_open_ones():
