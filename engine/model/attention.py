@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.model.config import ModelConfig
-from engine.model.layer import LayerOutput
+from engine.model.layer import LayerOutput, derived_weights
 from engine.model.ssm import PerAssetRMSNorm
 
 
@@ -138,6 +138,45 @@ class LeadLagAttention(nn.Module):
         if x.shape[1] != 1:
             raise ValueError(f"LeadLagAttention.step takes one bar, got a window of {x.shape[1]}")
         return self(x, mask, state, return_state=return_state, readout=readout)
+
+    # ----- the batch-1 fast path (engine.model.layer) ------------------------------------------------------------
+
+    def _step_weights(self) -> dict[str, Tensor]:
+        """qkv with the norm's gain folded in and the queries' 1/sqrt(head_dim) too, and the key embeddings laid
+        out like the bar's keys, (K+1, A_src, M) with slot w = lag K-w; cached until a parameter changes."""
+        def build() -> dict[str, Tensor]:
+            M = self.d_model
+            qkv = self.qkv.weight * self.norm.weight.view(1, M)  # (3M, M): F.linear reads x @ W.T
+            qkv = torch.cat([qkv[:M] / math.sqrt(self.head_dim), qkv[M:]])
+            embeddings = self._key_embeddings().permute(3, 2, 0, 1).reshape(self.max_lag + 1, self.n_assets, M)
+            return {"qkv": qkv.contiguous(), "keys": embeddings.contiguous(), "out": self.out_proj.weight}
+
+        return derived_weights(self, build, lambda: (
+            self.qkv.weight, self.norm.weight, self.lag_embedding, self.source_embedding, self.out_proj.weight))
+
+    def step_fast(self, x: Tensor, mask: Tensor, state: AttentionLayerState, *, readout: bool = False
+                  ) -> tuple[Tensor, AttentionLayerState, AttentionWeights | None]:
+        """step() for batch 1 in inference, float32/float64: x (A, 1, M) (the bar's stream viewed asset first),
+        mask (1, A) bool -> (x (A, 1, M), state, the weights or None). The same arithmetic as forward with T = 1,
+        with the keys in (lag slot, source) order inside the softmax instead of (source, lag slot)."""
+        w = self._step_weights()
+        A, M, H, dh, W = self.n_assets, self.d_model, self.n_heads, self.head_dim, self.max_lag + 1
+        qkv = F.linear(F.rms_norm(x.view(A, M), (M,), eps=self.norm.eps), w["qkv"])  # (A, 3M)
+        keys = torch.cat([state.keys, qkv[:, M : 2 * M].view(1, 1, A, M)], dim=1)  # (1, K+1, A, M)
+        values = torch.cat([state.values, qkv[:, 2 * M :].view(1, 1, A, M)], dim=1)
+        key_mask = torch.cat([state.key_mask, mask.view(1, 1, A)], dim=1)  # (1, K+1, A)
+        keys_h = (keys[0] + w["keys"]).view(W * A, H, dh).permute(1, 2, 0)  # (H, dh, (K+1) * A_src)
+        scores = torch.matmul(qkv[:, :M].view(A, H, dh).transpose(0, 1), keys_h)  # (H, A_tgt, (K+1) * A_src)
+        scores = torch.where(key_mask.view(W * A), scores, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1) * mask.view(1, A, 1)  # closed targets attend to nothing
+        attended = torch.matmul(weights, values[0].view(W * A, H, dh).transpose(0, 1))  # (H, A_tgt, dh)
+        out = F.linear(attended.transpose(0, 1).reshape(A, M), w["out"])
+        new_state = AttentionLayerState(keys[:, 1:], values[:, 1:], key_mask[:, 1:])
+        attention = None
+        if readout:  # forward's layout: (1, 1, A_tgt, H, A_src, K+1), lag 0 first
+            per_head = weights.view(H, A, W, A).permute(1, 0, 3, 2).flip(-1).unsqueeze(0).unsqueeze(0)
+            attention = AttentionWeights(per_head.mean(dim=3), per_head)
+        return x + out.view(A, 1, M), new_state, attention
 
     def _key_embeddings(self) -> Tensor:
         """Lag + source-asset embeddings laid out like the key windows: (H, dh, A_src, K+1), slot w = lag K-w."""

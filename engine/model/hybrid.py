@@ -33,6 +33,7 @@ from engine.model.attention import (
 )
 from engine.model.config import ModelConfig
 from engine.model.heads import ForecastHeads
+from engine.model.layer import fast_step_applies
 from engine.model.lead_path import LeadPath, LeadPathState
 from engine.model.ssm import (
     PerAssetLinear,
@@ -166,8 +167,14 @@ class HybridModel(nn.Module):
     def step(
         self, x_t: Tensor, mask_t: Tensor, state: StepState, *, return_diagnostics: bool = False
     ) -> tuple[ModelOutput, StepState]:
-        """One new bar: x_t (B, A, F), mask_t (B, A) bool -> (ModelOutput with T=1, the state after this bar)."""
+        """One new bar: x_t (B, A, F), mask_t (B, A) bool -> (ModelOutput with T=1, the state after this bar).
+
+        Live stepping (batch 1, inference, no diagnostics) takes the fast path, _step_fast: the same numbers in
+        fewer ops. Everything else (training, diagnostics, batches, autocast, tracing or export) takes this loop.
+        """
         self._check_inputs(x_t.unsqueeze(2), mask_t.unsqueeze(2), state, where="step")
+        if not return_diagnostics and x_t.dtype in (torch.float32, torch.float64) and fast_step_applies(self, x_t):
+            return self._step_fast(x_t, mask_t, state)
         x, mask = x_t.unsqueeze(1), mask_t.unsqueeze(1)  # (B, T=1, A, F), (B, 1, A)
         # The per-asset projections around the layers see one bar as (B, A, .): PerAssetLinear's one-bar form.
         h = self._embed(x_t, mask_t).unsqueeze(1)  # (B, 1, A, M)
@@ -178,6 +185,33 @@ class HybridModel(nn.Module):
         output = self._output(*forecasts, readouts=readouts if return_diagnostics else None, attention_per_head=False,
                               state=None)
         return output, new_state
+
+    def _step_fast(self, x_t: Tensor, mask_t: Tensor, state: StepState | None) -> tuple[ModelOutput, StepState]:
+        """step() for batch 1 in inference: each layer's step_fast on the bar's stream viewed asset first (A, 1, M),
+        which for batch 1 is the same memory as (1, A, M), so the per-asset matmuls need no transposes."""
+        if state is None:
+            state = self.init_state(1, device=x_t.device, dtype=x_t.dtype)
+        A, M = self.config.n_assets, self.config.d_model
+        h = self._embed(x_t, mask_t).view(A, 1, M)
+        open_bars = mask_t.view(A, 1, 1).to(h.dtype)
+        reads = None if self.lead_path is None else self.lead_path.reads_layer
+        new_layer_states, weights = [], None
+        for i, (layer, layer_state) in enumerate(zip(self.layers, state.layers)):
+            if isinstance(layer, SelectiveSSMBlock):
+                h, layer_state = layer.step_fast(h, open_bars, layer_state)
+            else:
+                h, layer_state, readout = layer.step_fast(h, mask_t, layer_state, readout=i == reads)
+                weights = readout.per_head if i == reads else weights
+            new_layer_states.append(layer_state)
+        attended, lead_state = None, None
+        if self.lead_path is not None:
+            attended, lead_state = self.lead_path(x_t.unsqueeze(1), mask_t.unsqueeze(1), weights, state.lead_path,
+                                                  return_state=True)
+            attended = attended[:, 0]
+        forecasts = self.heads(self.final_norm(h.view(1, A, M)), attended)  # (1, A, H[, Q])
+        forecasts = [None if f is None else f.unsqueeze(1) for f in forecasts]  # (1, 1, A, H[, Q])
+        output = self._output(*forecasts, readouts=None, attention_per_head=False, state=None)
+        return output, StepState(new_layer_states, lead_state)
 
     # ----- the one loop -----------------------------------------------------------------------------------------
 

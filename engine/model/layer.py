@@ -19,6 +19,7 @@ the stream's (B, T, A, .) layout: SSMDiagnostics for an SSM block, AttentionWeig
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -40,3 +41,39 @@ class Layer(Protocol):
 
     def init_state(self, batch: int, *, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> Any: ...
+
+
+# ----- the batch-1 fast path of step mode ---------------------------------------------------------------------
+#
+# Live stepping takes one bar of one batch at a time: every op works on a few hundred numbers, so the time is the
+# ops' dispatch, not their arithmetic. The fast path does the same arithmetic in fewer ops: weights that only
+# depend on parameters (the norm gain folded into the next projection, A = -exp(A_log), the lag and source
+# embeddings in the key layout) are derived once and kept until a parameter changes, and batch 1 makes the
+# model's (B, A, .) layout and the per-asset matmuls' (A, B, .) layout the same memory, so no transposes.
+
+
+def fast_step_applies(module: torch.nn.Module, *tensors: Tensor) -> bool:
+    """Whether the batch-1 fast path may run: inference (no autograd, eval mode, no autocast), batch 1, plain
+    tensors (not a tracer's or an exporter's fake ones: torch.export and the ONNX exporter see the plain path)."""
+    if module.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if any(type(t) is not torch.Tensor for t in tensors) or tensors[0].shape[0] != 1:
+        return False
+    device_type = tensors[0].device.type
+    return not torch.is_autocast_enabled(device_type)
+
+
+def derived_weights(module: torch.nn.Module, build, sources: Callable[[], tuple[Tensor, ...]]):
+    """build() -> tensors derived from the parameters sources() names, cached on `module` until one changes: when
+    its version counter moves (an optimiser step, load_state_dict's copy_) or its storage, dtype or device does
+    (model.to(...)), so a stale derivation is never used. sources() is called once: the parameter objects stay the
+    same through those changes, and looking them up through nn.Module's attributes costs more than the check."""
+    state = module.__dict__.get("_derived_weights")
+    if state is None:
+        state = module.__dict__["_derived_weights"] = {"sources": tuple(sources()), "key": None, "value": None}
+    key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in state["sources"])
+    if state["key"] != key:
+        with torch.no_grad():
+            state["value"] = build()
+        state["key"] = key
+    return state["value"]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.model.config import ModelConfig
-from engine.model.layer import LayerOutput
+from engine.model.layer import LayerOutput, derived_weights
 from engine.model.scan import scan_dtype, selective_scan
 
 LN2 = math.log(2.0)
@@ -308,6 +308,53 @@ class SelectiveSSMBlock(nn.Module):
         new_state = SSMLayerState(window[..., 1:], h.reshape(batch, A * Di, N)) if return_state else None
         diagnostics = self._diagnostics(h.unsqueeze(1), delta.unsqueeze(1), mask.unsqueeze(1)) if readout else None
         return LayerOutput((x + F.dropout(out, self.dropout, self.training)).unsqueeze(1), new_state, diagnostics)
+
+    # ----- the batch-1 fast path (engine.model.layer) ------------------------------------------------------------
+
+    def _step_weights(self) -> dict[str, Tensor]:
+        """The parameters as the fast step reads them, per asset (A, ...) even when shared; cached until one changes.
+        The norm's gain is folded into in_proj: rms_norm(x) * g @ W = rms_norm(x) @ (g[:, None] * W)."""
+        def build() -> dict[str, Tensor]:
+            A, Di, N = self.n_assets, self.d_inner, self.d_state
+
+            def per_asset(w: Tensor) -> Tensor:
+                return w.expand(A, *w.shape[1:]).contiguous()
+
+            conv_weight, conv_bias = self._conv_params()
+            return {
+                "in": per_asset(self.norm.weight.unsqueeze(-1) * self.in_proj.weight),  # (A, M, 2 Di)
+                "conv_weight": conv_weight.unsqueeze(0).contiguous(),  # (1, D_total, d_conv)
+                "conv_bias": conv_bias.unsqueeze(0).contiguous(),  # (1, D_total)
+                "x": per_asset(self.x_proj.weight),  # (A, Di, dt_rank + 2N)
+                "dt": per_asset(self.dt_proj.weight),  # (A, dt_rank, Di)
+                "dt_bias": per_asset(self.dt_proj.bias.unsqueeze(1)),  # (A, 1, Di)
+                "A": self.decay_rates().view(A, Di, N).contiguous(),
+                "D": per_asset(self.D.unsqueeze(1)),  # (A, 1, Di)
+                "out": per_asset(self.out_proj.weight),  # (A, Di, M)
+            }
+
+        return derived_weights(self, build, lambda: (
+            self.norm.weight, self.in_proj.weight, self.conv_weight, self.conv_bias, self.x_proj.weight,
+            self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight))
+
+    def step_fast(self, x: Tensor, open_bars: Tensor, state: SSMLayerState) -> tuple[Tensor, SSMLayerState]:
+        """step() for batch 1 in inference, float32/float64: x (A, 1, M) (the bar's (1, A, M) stream viewed asset
+        first), open_bars (A, 1, 1) 1.0/0.0 -> (x (A, 1, M), state). The same arithmetic as step in fewer ops."""
+        w = self._step_weights()
+        A, Di, N, r = self.n_assets, self.d_inner, self.d_state, self.dt_rank
+        uz = torch.bmm(F.rms_norm(x, (x.shape[-1],), eps=self.norm.eps), w["in"])  # (A, 1, 2 Di)
+        u_in = uz[..., :Di] * open_bars  # closed bars feed zeros to the conv
+        window = torch.cat([state.conv_buffer, u_in.view(1, A * Di, 1)], dim=-1)  # (1, D, d_conv)
+        u = F.silu(torch.linalg.vecdot(window, w["conv_weight"]) + w["conv_bias"]).view(A, 1, Di)
+        selection = torch.bmm(u, w["x"])  # (A, 1, dt_rank + 2N): low-rank dt, B, C
+        delta = F.softplus(torch.baddbmm(w["dt_bias"], selection[..., :r], w["dt"])).clamp_(*self.dt_clamp)
+        delta = delta.mul_(open_bars)  # (A, 1, Di)
+        h = state.ssm_state.view(A, Di, N)
+        decay = torch.exp(delta.view(A, Di, 1) * w["A"])
+        h = torch.addcmul(decay * h, (delta * u).view(A, Di, 1), selection[..., r : r + N])  # (A, Di, N)
+        y = (h * selection[..., r + N :]).sum(-1).view(A, 1, Di) + u * w["D"]
+        out = torch.bmm(y * F.silu(uz[..., Di:]), w["out"]) * open_bars
+        return x + out, SSMLayerState(window[..., 1:], h.view(1, A * Di, N))
 
     def _diagnostics(self, h: Tensor, delta: Tensor, mask: Tensor) -> SSMDiagnostics:
         """h (B, T, A, Di, N), delta (B, T, A, Di), mask (B, T, A) -> readouts in (B, T, A, .) layout."""

@@ -531,3 +531,45 @@ def test_the_lead_path_shifts_the_whole_fan_and_the_mean_alike_in_both_modes():
     torch.testing.assert_close(lead_path(moved.transpose(1, 2), mask.transpose(1, 2), weights)[0], read)
     moved[..., 0] += 1.0
     assert not torch.allclose(lead_path(moved.transpose(1, 2), mask.transpose(1, 2), weights)[0], read)
+
+
+# ----- the batch-1 fast path of step mode (live stepping) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("overrides", [{}, {"point_head": True, "lead_path": True}, {"shared_ssm": True}])
+def test_the_batch_1_fast_step_matches_the_full_sequence(dtype, tolerance, overrides):
+    model = make_model(dtype=dtype, **overrides)
+    x, mask = random_panel(batch=1, length=14, dtype=dtype)
+    x = x.masked_fill(~mask.unsqueeze(-1), float("nan"))  # closed bars' features are ignored on the fast path too
+    with torch.inference_mode():
+        full = model(x, mask)
+        state = model.init_state(1)
+        for t in range(x.shape[2]):
+            output, state = model.step(x[:, :, t], mask[:, :, t], state)
+            for name in ("quantiles", "direction_logit", "log_vol", "mean"):
+                if getattr(full, name) is not None:
+                    torch.testing.assert_close(getattr(output, name), getattr(full, name)[:, :, t : t + 1],
+                                               rtol=tolerance, atol=tolerance, msg=f"{name} at bar {t}")
+    # The fast path ran: it derives its weights once and keeps them on the layers.
+    assert all("_derived_weights" in layer.__dict__ for layer in model.layers)
+
+
+def test_fast_and_plain_steps_share_one_state_and_the_fast_path_sees_new_weights():
+    model = make_model(point_head=True, lead_path=True)
+    x, mask = random_panel(batch=1, length=10)
+    with torch.no_grad():
+        history = model(x[:, :, :6], mask[:, :, :6], return_state=True)
+        state = history.state
+        for t in range(6, 8):  # fast (batch 1, no grad) then plain (with diagnostics) from the fast path's state
+            _, state = model.step(x[:, :, t], mask[:, :, t], state)
+        plain, _ = model.step(x[:, :, 8], mask[:, :, 8], state, return_diagnostics=True)
+        torch.testing.assert_close(plain.quantiles, model(x, mask).quantiles[:, :, 8:9], rtol=1e-10, atol=1e-10)
+        # A weight changed in place (as an optimiser step does) is seen by the next fast step, not a stale copy.
+        before, _ = model.step(x[:, :, 8], mask[:, :, 8], state)
+        model.layers[0].in_proj.weight.mul_(1.5)
+        model.layers[2].qkv.weight.mul_(0.5)
+        fast, _ = model.step(x[:, :, 8], mask[:, :, 8], state)
+        plain, _ = model.step(x[:, :, 8], mask[:, :, 8], state, return_diagnostics=True)
+        assert not torch.allclose(fast.quantiles, before.quantiles)
+        torch.testing.assert_close(fast.quantiles, plain.quantiles, rtol=1e-10, atol=1e-10)
