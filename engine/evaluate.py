@@ -11,6 +11,12 @@ Diebold-Mariano test of the model against each baseline) is written as scores.cs
 directory, and a per-asset summary at horizon 1 goes into the manifest's scores, where the app's run list reads it.
 
 The data must be the data the run was trained on (same fingerprint hash): the stored forecasts were made on it.
+
+The hybrid's neural peers (python -m engine.train --preset pure_ssm|transformer|lstm|late_fusion|cost_aware, on the
+same data and settings, hence the same folds) score beside the baselines, with the same one-sided tests, as
+forecasters named "peer: NAME"; the Forecasts page lists them from the scores this writes:
+
+    python -m engine.evaluate --run runs/hybrid --peers lstm=runs/lstm transformer=runs/transformer ...
 """
 from __future__ import annotations
 
@@ -67,10 +73,25 @@ def panel_from_arguments(args: argparse.Namespace) -> LoadedPanel:
     return panel_for_run(read_manifest(args.run))
 
 
+def parse_peers(values) -> dict[str, Path]:
+    """["lstm=runs/a", "runs/b"] -> {"lstm": runs/a, "b": runs/b}; ValueError on a name given twice."""
+    peers: dict[str, Path] = {}
+    for value in values:
+        name, _, path = value.rpartition("=") if "=" in value else ("", "", value)
+        name = name or Path(path).name
+        if name in peers:
+            raise ValueError(f"--peers names {name!r} twice")
+        peers[name] = Path(path)
+    return peers
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__.split("\n\n")[0])
     add_run_and_data_arguments(parser)
     parser.add_argument("--baselines", nargs="+", choices=sorted(BASELINES), help="default: all of them")
+    parser.add_argument("--peers", nargs="+", metavar="NAME=RUN",
+                        help="other runs on the same data and folds (e.g. python -m engine.train --preset lstm) to "
+                             "score beside the baselines as 'peer: NAME' (NAME= optional: the folder's name)")
     parser.add_argument("--horizon", type=int, help="print only this horizon")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write scores into the run")
     parser.add_argument("--write-shipped", action="store_true",
@@ -89,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = panel_from_arguments(args)
         write = not args.no_write and (args.write_shipped or not ships_with_the_app(args.run))
-        table = evaluate_run(args.run, loaded, tuple(args.baselines) if args.baselines else None, write=write)
+        table = evaluate_run(args.run, loaded, tuple(args.baselines) if args.baselines else None, write=write,
+                             peers=parse_peers(args.peers or ()))
     except (CheckpointError, ValueError) as error:
         print(f"evaluate: {error}", file=sys.stderr)
         return 2

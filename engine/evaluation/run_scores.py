@@ -10,6 +10,7 @@ The command line is engine.evaluate.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from engine.evaluation.baselines import (
     walk_forward_baselines,
 )
 from engine.evaluation.predictions import load_predictions
-from engine.evaluation.scores import score_table
+from engine.evaluation.scores import Predictions, score_table
 from engine.evaluation.skill import skill_headlines, skill_verdicts
 from engine.features import FeatureConfig
 from engine.model.checkpoint import (
@@ -40,6 +41,8 @@ SCORES_CSV = "scores.csv"
 
 SCORES_JSON = "scores.json"
 
+
+PEER_PREFIX = "peer: "  # a neural peer's forecasts in a score table: "peer: lstm"
 
 SUMMARY_METRICS = ("n", "mse", "pinball", "coverage_10_90", "hit_rate", "brier", "qlike")
 
@@ -72,9 +75,32 @@ def check_same_data(manifest: Manifest, loaded: LoadedPanel) -> None:
         )
 
 
+def peer_predictions(run_dir: Path, manifest: Manifest, loaded: LoadedPanel,
+                     peers: Mapping[str, str | Path]) -> dict[str, Predictions]:
+    """{PEER_PREFIX + name: forecasts} of other runs (the hybrid's neural peers, engine.training.peer_presets) on the
+    SAME data and walk-forward folds as the run; CheckpointError naming the peer when one is not comparable."""
+    folds = [(f.train, f.val, f.test) for f in run_folds(manifest)]
+    found = {}
+    for name, path in peers.items():
+        peer = read_manifest(path)
+        try:
+            check_same_data(peer, loaded)
+        except CheckpointError as error:
+            raise CheckpointError(f"peer {name!r} ({path}): {error}") from error
+        if [(f.train, f.val, f.test) for f in run_folds(peer)] != folds:
+            raise CheckpointError(f"peer {name!r} ({path}) was trained on other walk-forward folds than run "
+                                  f"{manifest.run_id}: its forecasts cover other bars; train it with the same "
+                                  "settings (python -m engine.train --preset ...)")
+        found[PEER_PREFIX + name] = load_predictions(path)[0]
+    return found
+
+
 def evaluate_run(run_dir: str | Path, loaded: LoadedPanel | None = None,
-                 baselines: tuple[str, ...] | None = None, write: bool = True) -> pd.DataFrame:
-    """The long score table (model, asset, horizon, metric, value) of the run vs baselines; written when `write`."""
+                 baselines: tuple[str, ...] | None = None, write: bool = True,
+                 peers: Mapping[str, str | Path] | None = None) -> pd.DataFrame:
+    """The long score table (model, asset, horizon, metric, value) of the run vs baselines, and vs the neural peers
+    given ({name: run directory}: other runs on the same data and folds, scored as forecasters named
+    PEER_PREFIX + name beside the baselines, with the same one-sided tests); written when `write`."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if loaded is None:  # the engine computes on the panel it is handed; the CLI finds a demo run's own panel
@@ -86,7 +112,8 @@ def evaluate_run(run_dir: str | Path, loaded: LoadedPanel | None = None,
     data = BaselineInput.from_panel(loaded.panel, targets)
     baseline_config = BaselineConfig(quantile_levels=predictions.quantile_levels)
     baseline_predictions = walk_forward_baselines(data, folds, names=baselines, config=baseline_config)
-    table = score_table({"model": predictions, **baseline_predictions}, targets, reference="model")
+    peer_forecasts = peer_predictions(run_dir, manifest, loaded, peers) if peers else {}
+    table = score_table({"model": predictions, **peer_forecasts, **baseline_predictions}, targets, reference="model")
     if write:
         write_scores(run_dir, table, manifest, loaded)
     return table

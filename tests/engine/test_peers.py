@@ -156,3 +156,34 @@ def test_presets_refuse_what_they_cannot_build():
         ModelConfig(kind="lstm", lead_path=True)
     with pytest.raises(ValueError, match="kind must be one of"):
         ModelConfig(kind="gru", lead_path=False)
+
+
+def test_evaluate_scores_the_peers_beside_the_baselines_with_the_same_one_sided_tests(runs, panel):
+    from engine.evaluation.run_scores import evaluate_run
+    from storage.panel import LoadedPanel
+
+    loaded = LoadedPanel(panel, "1d", (), "demo 1d, first rows (SYNTHETIC)", synthetic=True)
+    peers = {"lstm": runs["lstm"].run_dir, "transformer": runs["transformer"].run_dir}
+    table = evaluate_run(runs["hybrid"].run_dir, loaded, baselines=("zero",), write=False, peers=peers)
+    assert set(table["model"]) == {"model", "peer: lstm", "peer: transformer", "zero"}
+    lstm = table[(table["model"] == "peer: lstm") & (table["horizon"] == 1)].set_index(["asset", "metric"])["value"]
+    for asset in panel.symbols:  # the hybrid against the peer, one-sided both ways, on the rows both forecast
+        assert 0 <= lstm[(asset, "dm_p_better_brier")] <= 1 and 0 <= lstm[(asset, "dm_p_worse_brier")] <= 1
+    with pytest.raises(Exception, match="other walk-forward folds|trained on data"):
+        evaluate_run(runs["hybrid"].run_dir, loaded, baselines=("zero",), write=False,
+                     peers={"elsewhere": _run_on_other_folds(panel, runs["hybrid"].run_dir.parent)})
+
+
+def _run_on_other_folds(panel, root):
+    config = dataclasses.replace(apply_preset(tiny_config(), "lstm"), test_size=50)
+    train_walk_forward(panel, config, interval="1d", fingerprint=panel_fingerprint(panel, "1d"),
+                       run_dir=root / "other_folds")
+    return root / "other_folds"
+
+
+def test_the_train_command_takes_a_preset():
+    from engine.train import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--demo", "1d", "--preset", "transformer", "--window", "64"]))
+    assert config.model.kind == "transformer" and config.model.max_lag == 63  # context = the training window
+    assert config_from_args(build_parser().parse_args(["--demo", "1d"])).model.kind == "hybrid"
