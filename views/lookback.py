@@ -19,6 +19,7 @@ from views.bar_picker import pick_bar
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, date_span_text
 from views.model_results import asset_closes, model_view
+from views.url_state import url_widget
 
 LAG_CHOICES = (20, 50, 100, 200, 500)
 REGIME_SOURCES = ("found in the embeddings", "planted (synthetic demo)")
@@ -47,7 +48,9 @@ def lookback_tested(run_id: str, data_key: str, regime_source: str, rows: tuple[
 
 controls = st.columns([1, 1])
 sources = REGIME_SOURCES if view.truth is not None else REGIME_SOURCES[:1]
-regime_source = controls[0].radio("Shade by regimes", sources, key="lb_regimes", horizontal=True)
+with controls[0]:
+    regime_source = url_widget(st.radio, "Shade by regimes", key="lb_regimes", default=sources[0],
+                               options=list(sources), horizontal=True)
 if regime_source == REGIME_SOURCES[1]:
     shared = planted_on_clock(ts, view.truth.regimes)
     labels_per_asset = [shared] * len(symbols)
@@ -56,7 +59,8 @@ else:
     labels_per_asset, names, labels_arg = list(bundle.regimes.labels), None, None
 test_labels = labels_arg if labels_arg is not None else bundle.regimes.labels
 test_names = names if names is not None else [f"regime {k}" for k in range(int(bundle.regimes.labels.max()) + 1)]
-chosen = controls[1].multiselect("Assets", symbols, list(symbols), key="lb_assets")
+with controls[1]:
+    chosen = url_widget(st.multiselect, "Assets", key="lb_assets", default=list(symbols), options=list(symbols))
 if not chosen:
     st.info("Choose at least one asset.")
     st.stop()
@@ -69,7 +73,8 @@ pick = st.columns([3, 1])
 with pick[0]:
     at = pick_bar("Bar", ts, view.rows, selection.interval, key="lb_bar",
                   help="The bar whose SSM output is traced back over the bars before it.")
-max_lag = pick[1].select_slider("Lags shown", LAG_CHOICES, value=100, key="lb_max_lag")
+with pick[1]:
+    max_lag = url_widget(st.select_slider, "Lags shown", key="lb_max_lag", default=100, options=LAG_CHOICES)
 
 for symbol in chosen:
     asset = symbols.index(symbol)
@@ -79,8 +84,10 @@ for symbol in chosen:
         regime_names=names, rows=view.rows, marked_time=ts[at], out_of_sample=view.out_of_sample,
         synthetic=synthetic,
     ), key=f"lb_trace_{symbol}", file_stem=f"lookback-{symbol}")
-st.caption("Top: the price. Bottom: the look-back, shaded by regime. A longer look-back means the model keeps "
-           "older bars in its state; the dashed line marks the bar traced below.")
+st.caption("Top: the price. Bottom: the look-back, shaded by regime: the line is a rolling median of the per-bar "
+           "look-back and the grey band its rolling 10-90 % range (the window is in each chart's title). A longer "
+           "look-back means the model keeps older bars in its state; the dashed line marks the bar traced below. "
+           "Zoom with the buttons or the range slider; long spans are thinned for display, as each title says.")
 
 for symbol in chosen:
     try:

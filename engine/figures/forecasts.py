@@ -9,6 +9,7 @@ from engine.evaluation.forecast_review import LatestForecast, PastForecasts
 from engine.figures.backtest import shade_out_of_sample
 from engine.figures.style import (
     TIME_AXIS_TITLE,
+    add_range_selector,
     asset_colour,
     base_layout,
     display_rows,
@@ -23,20 +24,6 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 MAX_FAN_POINTS = 10_000  # forecasts drawn per chart; beyond this each bucket keeps its band extremes and outcomes
 MIN_CALIBRATION_COUNT = 30  # a calibration bin with fewer forecasts than this is not drawn
-
-
-def add_range_selector(fig: go.Figure, slider: bool = True) -> go.Figure:
-    """Zoom buttons (1 month, 3 months, 1 year, all) over the time axis, and a range slider under it."""
-    fig.update_xaxes(
-        rangeselector={"buttons": [
-            {"count": 1, "label": "1m", "step": "month", "stepmode": "backward"},
-            {"count": 3, "label": "3m", "step": "month", "stepmode": "backward"},
-            {"count": 1, "label": "1y", "step": "year", "stepmode": "backward"},
-            {"step": "all", "label": "all"},
-        ], "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom", "font": {"size": 10}},
-        rangeslider={"visible": slider, "thickness": 0.06},
-    )
-    return fig
 
 
 def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MAX_FAN_POINTS) -> go.Figure:

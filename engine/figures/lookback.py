@@ -15,9 +15,37 @@ from plotly.subplots import make_subplots
 
 from engine.figures.regimes import add_regime_bands
 from engine.figures.spans import shade_test_spans
-from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+from engine.figures.style import (
+    MAX_DISPLAY_POINTS,
+    TIME_AXIS_TITLE,
+    add_range_selector,
+    asset_colour,
+    base_layout,
+    display_rows,
+    label_synthetic,
+)
 
 REGIME_SHADE_OPACITY = 0.18
+
+
+BAND_QUANTILES = (0.10, 0.90)  # the raw look-back's rolling band behind the smoothed trace
+SMOOTHING_WINDOWS = 400  # the smoothing window is about 1/400 of the bars shown (at least 5 bars)
+
+
+def smoothing_window(n_bars: int) -> int:
+    """Bars in the rolling window: odd, at least 5, about n_bars / SMOOTHING_WINDOWS."""
+    window = max(5, n_bars // SMOOTHING_WINDOWS)
+    return window + 1 - window % 2
+
+
+def smoothed_lookback(lookback: np.ndarray, window: int,
+                      quantiles: tuple[float, float] = BAND_QUANTILES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rolling median, rolling low quantile, rolling high quantile) of a look-back series over `window` bars,
+    centred; NaN bars (closed market) are skipped and a window needs a third of its bars. (T,) -> 3 x (T,)"""
+    series = pd.Series(np.asarray(lookback, dtype=np.float64))
+    rolling = series.rolling(window, center=True, min_periods=max(1, window // 3))
+    return (rolling.median().to_numpy(), rolling.quantile(quantiles[0]).to_numpy(),
+            rolling.quantile(quantiles[1]).to_numpy())
 
 
 def lookback_chart(
@@ -33,36 +61,65 @@ def lookback_chart(
     marked_time=None,
     out_of_sample: Sequence[tuple] = (),
     synthetic: bool,
+    window: int | None = None,
+    max_points: int = MAX_DISPLAY_POINTS,
 ) -> go.Figure:
     """Price (T,) on top, effective look-back (T,) in bars under it on the same time axis, the look-back row
     shaded by regime labels (T,) when given; marked_time draws the bar picked for the hidden attention.
 
-    With open_bars (T,), price and look-back are drawn at the asset's open bars only (a closed bar repeats the last
-    price and has no look-back): an hourly equity then costs a fifth of the points."""
+    The look-back is drawn smoothed (a centred rolling median over `window` open bars, chosen from the span when
+    None) in front of the raw look-back's rolling 10-90 % band over the same window: a per-bar line of 26k hourly
+    bars is a solid block of ink. With open_bars (T,), everything is computed on the asset's open bars only (a closed
+    bar repeats the last price and has no look-back). Beyond max_points bars the price keeps each stretch's extremes
+    and the smooth curves every k-th bar; the title says how many bars are drawn. Zoom buttons and a range slider
+    sit on the time axis."""
     for name, array in (("closes", closes), ("lookback", lookback), ("labels", labels), ("open_bars", open_bars)):
         if array is not None and len(array) != len(ts):
             raise ValueError(f"{name} has {len(array)} rows but the clock has {len(ts)}: pass one asset's row")
     span = slice(None) if rows is None else slice(rows.start, rows.stop)
     ts, closes, lookback = pd.DatetimeIndex(ts[span]), np.asarray(closes)[span], np.asarray(lookback, float)[span]
     drawn = np.ones(len(ts), dtype=bool) if open_bars is None else np.asarray(open_bars, dtype=bool)[span]
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.05, row_heights=[0.55, 0.45])
+    open_ts, open_closes, open_lookback = ts[drawn], closes[drawn], lookback[drawn]
+    window = smoothing_window(int(np.isfinite(open_lookback).sum())) if window is None else int(window)
+    median, low, high = smoothed_lookback(open_lookback, window)
+    price_rows = display_rows([open_closes], max_points)
+    step = max(1, int(np.ceil(len(open_ts) / max_points)))
+    curve_rows = np.unique(np.r_[np.arange(0, len(open_ts), step), max(len(open_ts) - 1, 0)])[: len(open_ts)]
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.5, 0.5])
     colour = asset_colour(symbol)
-    fig.add_trace(go.Scatter(x=ts[drawn], y=closes[drawn], mode="lines", name=f"{symbol} close", line=dict(color=colour, width=1.2),
+    fig.add_trace(go.Scatter(x=open_ts[price_rows], y=open_closes[price_rows], mode="lines", name=f"{symbol} close",
+                             line={"color": colour, "width": 1.2},
                              hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>price %{y:,.2f}<extra></extra>"), row=1, col=1)
-    finite = lookback[np.isfinite(lookback)]
+    finite = high[np.isfinite(high)]  # shade up to the band's top: a raw spike would squash the curves
     if labels is not None and finite.size:
         add_regime_bands(fig, ts, np.asarray(labels)[span], regime_names, row=2, height=float(finite.max()) * 1.05,
                          opacity=REGIME_SHADE_OPACITY)
-    fig.add_trace(go.Scatter(x=ts[drawn], y=lookback[drawn], mode="lines", name="effective look-back", connectgaps=True,
-                             line=dict(color="#222222", width=1.0),
-                             hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>look-back %{y:.1f} bars<extra></extra>"),
-                  row=2, col=1)
+    x = open_ts[curve_rows]
+    band = f"raw look-back, rolling {BAND_QUANTILES[0]:.0%}-{BAND_QUANTILES[1]:.0%}"
+    fig.add_trace(go.Scatter(x=x, y=high[curve_rows], mode="lines", line={"width": 0}, showlegend=False,
+                             hoverinfo="skip", connectgaps=True, name=band), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=low[curve_rows], mode="lines", line={"width": 0}, fill="tonexty",
+                             fillcolor="rgba(34, 34, 34, 0.18)", connectgaps=True, name=band,
+                             hoverinfo="skip"), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=median[curve_rows], mode="lines", connectgaps=True,
+                             name=f"look-back, rolling median of {window} bars", line={"color": "#222222", "width": 1.4},
+                             hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>look-back %{y:.1f} bars (rolling median)"
+                                           "<extra></extra>"), row=2, col=1)
     if marked_time is not None:
         fig.add_vline(x=pd.Timestamp(marked_time), line_width=1, line_dash="dash", line_color="#444444")
-    base_layout(fig, f"{symbol}: price and effective look-back (median half-life over channels)", 480)
+    drawn_note = (f"all {len(open_ts):,} open bars drawn" if step == 1 and len(price_rows) == len(open_ts)
+                  else f"{len(curve_rows):,} of {len(open_ts):,} open bars drawn")
+    title = (f"{symbol}: price and effective look-back (median half-life over channels)<br><sup>look-back smoothed: "
+             f"centred rolling median of {window} open bars, band = rolling {BAND_QUANTILES[0]:.0%}-"
+             f"{BAND_QUANTILES[1]:.0%} of the raw values; {drawn_note}</sup>")
+    base_layout(fig, title, 560)
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 120, "b": 40},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.07, "xanchor": "right", "x": 1.0})
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="look-back (bars)", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text=TIME_AXIS_TITLE, row=2, col=1)
+    add_range_selector(fig, row=1)
     shade_test_spans(fig, out_of_sample, ts, on_subplots=True)
     return label_synthetic(fig, synthetic)
 

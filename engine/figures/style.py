@@ -92,3 +92,24 @@ def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missin
     formats = {c: "{:+.2%}" for c in percent} | {c: "{:.3f}" for c in number} | {c: "{:.2e}" for c in scientific}
     formats = {c: f for c, f in formats.items() if c in frame.columns}
     return styler.format(formats, na_rep=missing)
+
+
+def add_range_selector(fig: go.Figure, slider: bool = True, row: int | None = None) -> go.Figure:
+    """Zoom buttons (1 month, 3 months, 1 year, all) over a time axis, and a range slider under the chart.
+
+    row: on a figure of stacked subplots sharing the time axis, the buttons go over that row's axis (the top one)
+    and the slider under the bottom axis; None: every x axis of a single chart."""
+    buttons = {"buttons": [
+        {"count": 1, "label": "1m", "step": "month", "stepmode": "backward"},
+        {"count": 3, "label": "3m", "step": "month", "stepmode": "backward"},
+        {"count": 1, "label": "1y", "step": "year", "stepmode": "backward"},
+        {"step": "all", "label": "all"},
+    ], "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom", "font": {"size": 10}}
+    if row is None:
+        fig.update_xaxes(rangeselector=buttons, rangeslider={"visible": slider, "thickness": 0.06})
+        return fig
+    fig.update_xaxes(rangeselector=buttons, row=row, col=1)
+    if slider:
+        n_rows = len(fig._grid_ref) if getattr(fig, "_grid_ref", None) else 1
+        fig.update_xaxes(rangeslider={"visible": True, "thickness": 0.05}, row=n_rows, col=1)
+    return fig

@@ -187,15 +187,34 @@ def test_the_lookback_sits_under_the_price_on_one_time_axis_shaded_by_regime():
     assert len(price.x) == len(line.x) == OPEN.sum()  # closed bars are not drawn
     bands = [t for t in fig.data if t.fill == "toself"]
     assert [t.name for t in bands] == ["calm", "wild", "chop"]
-    assert max(y for y in bands[0].y if y is not None) == pytest.approx(12 * 1.05)
+    window = lookback.smoothing_window(int(OPEN.sum()))
+    _, _, high = lookback.smoothed_lookback(LOOKBACK[OPEN], window)
+    assert max(y for y in bands[0].y if y is not None) == pytest.approx(np.nanmax(high) * 1.05)  # over the band
     assert SYNTHETIC_NOTE.upper() in notes(fig) and "out of sample" in notes(fig)
+    assert f"rolling median of {window} open bars" in fig.layout.title.text
 
 
 def test_the_lookback_without_labels_has_no_bands():
     fig = lookback.lookback_chart(TS, CLOSES, LOOKBACK, "BTC", synthetic=False)
-    assert [t.fill for t in fig.data] == [None, None] and len(fig.data[0].x) == T
+    assert [t.fill for t in fig.data] == [None, None, "tonexty", None] and len(fig.data[0].x) == T
     with pytest.raises(ValueError, match="lookback has 3 rows"):
         lookback.lookback_chart(TS, CLOSES, LOOKBACK[:3], "BTC", synthetic=False)
+
+
+def test_the_lookback_is_smoothed_with_the_raw_band_behind_and_a_long_history_is_thinned_for_display():
+    n = 26_000
+    ts = pd.date_range("2022-01-01", periods=n, freq="h", tz="UTC")
+    rng = np.random.default_rng(0)
+    raw = 60 + 5 * rng.standard_normal(n)  # the noisy 55-65 bar band that drew a solid block
+    fig = lookback.lookback_chart(ts, 100 + np.cumsum(rng.standard_normal(n)), raw, "BTC", synthetic=False)
+    median, band_low, band_high = fig.data[-1], fig.data[-2], fig.data[-3]
+    assert len(median.x) <= 2_001 and band_low.fill == "tonexty"
+    window = lookback.smoothing_window(n)
+    assert window == 65 and "65 open bars" in fig.layout.title.text and "of 26,000 open bars drawn" in fig.layout.title.text
+    smooth = np.asarray(median.y, dtype=float)
+    assert np.nanstd(smooth) < 5 / 3  # much smoother than the raw values
+    assert np.nanmean(np.asarray(band_low.y, dtype=float)) < np.nanmean(smooth) < np.nanmean(np.asarray(band_high.y, dtype=float))
+    assert fig.layout.xaxis.rangeselector.buttons and fig.layout.xaxis2.rangeslider.visible
 
 
 def test_the_per_regime_boxes_carry_the_quartiles_of_the_diagnostics_table():
