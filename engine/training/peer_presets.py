@@ -16,6 +16,10 @@ only in the architecture (or, for cost_aware, the objective) and their out-of-sa
                   engine.model.losses.cost_aware_loss)
 
 Depth: a peer has as many layers as the base's layer_pattern (engine.model.config: a peer reads its length).
+The skip paths of the general recipe (closed-form linear fits, read through the lead path) go with the lead path:
+pure_ssm, transformer and lstm train without them, so on a base with skip paths those peers also lack its
+statistical starting point (compare on a base without them, as engine.benchmarks.peers does, to isolate the
+architecture).
 """
 from __future__ import annotations
 
@@ -27,6 +31,11 @@ from engine.training.config import TrainConfig
 # The cost-aware preset's weight on the net-return term, next to the statistical losses (standardised units:
 # the net return of a unit position is ~N(0, 1) per bar, the other terms are of order 1 too).
 COST_AWARE_WEIGHT = 1.0
+
+
+# The skip paths (engine.model.heads.SkipPaths: closed-form linear fits read through the lead path) need the lead
+# path, which only the hybrid's cross-asset attention has: a model without it trains without them.
+NO_SKIP_PATHS = {"skip_paths": False, "vol_skip_features": ()}
 
 
 def _model(config: TrainConfig, **changes) -> TrainConfig:
@@ -41,7 +50,7 @@ def pure_ssm(config: TrainConfig) -> TrainConfig:
     pattern = tuple(kind for kind in config.model.layer_pattern if kind == "ssm")
     if not pattern:
         raise ValueError(f"pure_ssm: the base layer_pattern {config.model.layer_pattern} has no SSM layer")
-    return _model(config, kind="hybrid", layer_pattern=pattern, lead_path=False)
+    return _model(config, kind="hybrid", layer_pattern=pattern, lead_path=False, **NO_SKIP_PATHS)
 
 
 def late_fusion(config: TrainConfig) -> TrainConfig:
@@ -52,11 +61,12 @@ def late_fusion(config: TrainConfig) -> TrainConfig:
 def transformer(config: TrainConfig) -> TrainConfig:
     # Context = one training window: the Transformer sees at a bar what a window lets it learn from, no more.
     context = min(config.window, 512)
-    return _model(config, kind="transformer", lead_path=False, shared_ssm=False, max_lag=context - 1)
+    return _model(config, kind="transformer", lead_path=False, shared_ssm=False, max_lag=context - 1,
+                  **NO_SKIP_PATHS)
 
 
 def lstm(config: TrainConfig) -> TrainConfig:
-    return _model(config, kind="lstm", lead_path=False, shared_ssm=False)
+    return _model(config, kind="lstm", lead_path=False, shared_ssm=False, **NO_SKIP_PATHS)
 
 
 def cost_aware(config: TrainConfig) -> TrainConfig:

@@ -187,3 +187,14 @@ def test_the_train_command_takes_a_preset():
     config = config_from_args(build_parser().parse_args(["--demo", "1d", "--preset", "transformer", "--window", "64"]))
     assert config.model.kind == "transformer" and config.model.max_lag == 63  # context = the training window
     assert config_from_args(build_parser().parse_args(["--demo", "1d"])).model.kind == "hybrid"
+
+
+@pytest.mark.parametrize("interval", ["1h", "1d"])
+def test_every_preset_applies_to_the_shipped_recipes(interval):
+    from engine.training.presets import demo_config, general_config
+
+    for base in (demo_config(interval), general_config(interval)):
+        for name in PRESETS:
+            config = apply_preset(base, name)
+            assert config.model.n_features == base.model.n_features
+            assert config.window == base.window and config.n_folds == base.n_folds
