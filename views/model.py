@@ -9,7 +9,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.model.checkpoint import new_run_id, resolve_runs_dir
+from engine.model.checkpoint import (
+    new_run_id,
+    pin_default,
+    pinned_default,
+    resolve_runs_dir,
+)
 from engine.training.jobs import JobRegistry
 from engine.training.settings import settings_for_panel
 from storage.panel import cached_panel
@@ -125,6 +130,40 @@ def training_status() -> None:
 
 training_status()
 
+def _pin(run_id: str | None) -> None:
+    """Button callback: write the user's default (runs/default_run.json) and let every cached read see it."""
+    pin_default(run_id)
+    st.session_state["_runs_version"] = st.session_state.get("_runs_version", 0) + 1
+    # This session shows the new default at once where it fits (the sidebar checks), as a new session would.
+    if run_id is None:
+        st.session_state.pop("checkpoint", None)
+        if "checkpoint" in st.query_params:
+            del st.query_params["checkpoint"]
+    else:
+        st.session_state["checkpoint"] = run_id
+    clear_cached_reads()
+
+
+def _default_checkpoint_controls(runs: list[dict]) -> None:
+    """"Use as default": the rule the user sets for which checkpoint a new session (or a link without one) shows."""
+    pinned = pinned_default()
+    ids = [run["run_id"] for run in runs]
+    demos = {run["run_id"] for run in runs if run.get("demo")}
+    st.markdown("**Default checkpoint**: " + (
+        f"`{pinned}`, pinned by you." if pinned in ids else
+        "none pinned: the shipped demo checkpoint where it fits, else the first run trained on the selection's "
+        "universe (a new run never becomes the default on its own)."))
+    left, middle, right = st.columns([3, 1, 1], vertical_alignment="bottom")
+    current = selection.checkpoint["run_id"] if selection.checkpoint and selection.checkpoint["run_id"] in ids else None
+    choice = left.selectbox("Checkpoint to pin", ids, index=ids.index(pinned if pinned in ids else current)
+                            if (pinned in ids or current) else 0, key="pin_choice",
+                            format_func=lambda run_id: run_id + (" (shipped demo)" if run_id in demos else ""))
+    middle.button("Use as default", key="pin_default", type="primary", on_click=_pin, args=(choice,),
+                  help="Every new session, and every link that names no checkpoint, shows this one where it fits the "
+                       "selection. Stored in default_run.json beside the run registry.")
+    right.button("Unpin", key="unpin_default", on_click=_pin, args=(None,), disabled=pinned is None)
+
+
 st.subheader("Checkpoints")
 runs = load_runs(str(st.session_state.get("_runs_version", 0)))
 if not runs:
@@ -172,6 +211,7 @@ else:
                "other way; 'mixed': both; 'no edge': neither. A run scored before these tests says so (python -m "
                "engine.evaluate --run <its folder> scores it again); the Forecasts page tests the selected run at "
                "every horizon.")
+    _default_checkpoint_controls(runs)
     chosen = next((run for run in runs if selection.checkpoint and run["run_id"] == selection.checkpoint["run_id"]),
                   None)
     if chosen is not None:

@@ -113,3 +113,54 @@ def test_one_click_switches_to_the_checkpoint_s_universe_and_shows_the_model(see
     assert at.query_params["interval"] == ["1h"] or at.query_params["interval"] == "1h"
     assert not any("No checkpoint fits" in w.value for w in at.warning)
     assert any(m.label == "Last close" for m in at.metric)  # the model's Overview cards
+
+
+# ----- the default checkpoint is a rule the user sets, never recency -----------------------------------------------
+
+
+def _register(runs_dir, run_id: str, created_at: str, interval: str) -> None:
+    """A registry line for a copy of the demo checkpoint (registered as trained at `interval`)."""
+    import json
+    import shutil
+
+    from engine.model.checkpoint import (
+        DEMO_CHECKPOINT_DIR,
+        MANIFEST_FILE,
+        REGISTRY_FILE,
+    )
+
+    directory = runs_dir.parent / "checkpoints" / run_id
+    shutil.copytree(DEMO_CHECKPOINT_DIR, directory)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["run_id"] = run_id
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(runs_dir / REGISTRY_FILE, "a") as registry:
+        registry.write(json.dumps({"run_id": run_id, "path": str(directory), "created_at": created_at,
+                                   "symbols": ["BTC", "SPY", "AAPL"], "interval": interval, "device": "cpu"}) + "\n")
+
+
+def test_a_new_run_never_becomes_the_default_and_use_as_default_pins_one(seeded_db):
+    import streamlit as st
+
+    # Daily runs (the demo checkpoint is hourly, so the rule falls through to the runs of this universe). Their
+    # weights are the hourly demo's, so the model pages refuse them at once: the sweep stays cheap.
+    runs_dir = seeded_db.parent / "runs"  # REGIME_RUNS
+    _register(runs_dir, "first-run", "2026-11-01T10:00:00Z", "1d")
+    _register(runs_dir, "toy-run", "2026-12-01T10:00:00Z", "1d")  # newer: a one-fold toy from the Model page
+    st.cache_data.clear()
+    at = open_page("views/model.py", interval="1d")
+    _no_exception(at)
+    assert at.sidebar.selectbox(key="checkpoint").value == "first-run"  # never the newest
+    at.selectbox(key="pin_choice").set_value("toy-run").run()
+    at.button(key="pin_default").click().run()
+    _no_exception(at)
+    assert at.sidebar.selectbox(key="checkpoint").value == "toy-run"
+    assert (runs_dir / "default_run.json").exists()
+    fresh = open_page("views/data.py", interval="1d")  # a new session follows the pinned rule
+    assert fresh.sidebar.selectbox(key="checkpoint").value == "toy-run"
+    assert fresh.query_params["checkpoint"] in ("toy-run", ["toy-run"])  # and its link pins it
+    linked = open_page("views/data.py", interval="1d", checkpoint="first-run")  # a link's own run wins
+    assert linked.sidebar.selectbox(key="checkpoint").value == "first-run"
+    hourly = open_page("views/data.py", interval="1h")  # where the pinned run does not fit: the demo
+    assert hourly.sidebar.selectbox(key="checkpoint").value == "demo-1h"
