@@ -14,10 +14,13 @@ import streamlit as st
 from engine.diagnostics.findings import attention_and_null
 from engine.diagnostics.lead_lag import lag_convention, lag_duration
 from engine.figures import lead_lag as charts
+from engine.figures.lead_lag import attention_map_frame
 from views.bar_picker import pick_bar
+from views.csv_downloads import csv_buttons
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection
 from views.model_results import model_findings, model_view
+from views.url_state import url_widget
 
 WINDOW_CHOICES = (20, 60, 120, 250, 500, 1000, 2000)
 
@@ -39,16 +42,19 @@ def rolling_map(run_id: str, data_key: str, window: int, target: str, _bundle) -
 
 shown = view.rows
 controls = st.columns([1, 1, 1])
-whole = controls[0].toggle("Whole chosen span", True, key="ll_whole",
-                           help="Off: a trailing window that ends at the bar picked below.")
-hide_self = controls[1].toggle("Hide self-attention", True, key="ll_hide_self",
-                               help="An asset's attention on its own past dominates every map; hiding it gives the "
-                                    "colour range to the cross-asset cells.")
-top = controls[2].number_input("Raw weights listed", 1, 20, 5, key="ll_top")
+with controls[0]:
+    whole = url_widget(st.toggle, "Whole chosen span", key="ll_whole", default=True,
+                       help="Off: a trailing window that ends at the bar picked below.")
+with controls[1]:
+    hide_self = url_widget(st.toggle, "Hide self-attention", key="ll_hide_self", default=True,
+                           help="An asset's attention on its own past dominates every map; hiding it gives the "
+                                "colour range to the cross-asset cells.")
+with controls[2]:
+    top = url_widget(st.number_input, "Raw weights listed", key="ll_top", default=5, min_value=1, max_value=20)
 
 windows = [w for w in WINDOW_CHOICES if w <= len(ts)] or [len(ts)]
-window = st.select_slider("Trailing window (bars)", windows, value=windows[min(2, len(windows) - 1)],
-                          key="ll_window", disabled=whole)
+window = url_widget(st.select_slider, "Trailing window (bars)", key="ll_window",
+                    default=windows[min(2, len(windows) - 1)], options=windows, disabled=whole)
 end = pick_bar("Window ends at", ts, shown, selection.interval, key="ll_end", disabled=whole)
 if whole:
     rows, span_text = shown, f"{ts[shown.start]:%Y-%m-%d} .. {ts[shown.stop - 1]:%Y-%m-%d} UTC"
@@ -103,11 +109,14 @@ st.caption("Raw weights are no evidence on their own: each target's weights sum 
 strongest = bundle.strongest_pairs(int(top), rows)
 strongest.insert(strongest.columns.get_loc("lag") + 1, "lag as time",
                  [lag_duration(lag, step) for lag in strongest["lag"]])
-st.dataframe(strongest, hide_index=True, width="content", key="ll_pairs",
+st.dataframe(strongest, hide_index=True, width="content", key="ll_pairs", placeholder="–",
              column_config={"weight": st.column_config.NumberColumn(format="%.4f")})
+csv_buttons({"Leads found": found, "Largest raw weights": strongest,
+             "Attention map": lambda: attention_map_frame(weights, null, symbols, step)},
+            key="ll", file_stem="lead-lag")
 
 st.subheader("Over time")
-target = st.selectbox("Target", symbols, index=len(symbols) - 1, key="ll_target")
+target = url_widget(st.selectbox, "Target", key="ll_target", default=symbols[-1], options=list(symbols))
 over_time_window = window if not whole else windows[min(2, len(windows) - 1)]
 rolling = rolling_map(view.run_id, f"{selection.db_path}|{selection.last_bar}", over_time_window, target, bundle)
 chart_with_downloads(charts.attention_over_time(

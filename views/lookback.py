@@ -82,7 +82,7 @@ for symbol in chosen:
         ts, asset_closes(view, symbol), inference.lookback_median[asset], symbol, open_bars=inference.mask[asset],
         labels=labels_per_asset[asset],
         regime_names=names, rows=view.rows, marked_time=ts[at], out_of_sample=view.out_of_sample,
-        synthetic=synthetic,
+        synthetic=synthetic, regime_palette="planted" if regime_source == REGIME_SOURCES[1] else "found",
     ), key=f"lb_trace_{symbol}", file_stem=f"lookback-{symbol}")
 st.caption("Top: the price. Bottom: the look-back, shaded by regime: the line is a rolling median of the per-bar "
            "look-back and the grey band its rolling 10-90 % range (the window is in each chart's title). A longer "

@@ -10,14 +10,20 @@ the training rows, and every chart is built by engine.figures.regimes.
 """
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
+from engine.backtest.inputs import bars_per_year_of, infer_markets
 from engine.diagnostics import RegimeConfig, RegimeResult, fit_regimes
 from engine.diagnostics.findings import cluster_evidence
+from engine.diagnostics.regimes import regime_table as per_regime_table
 from engine.figures import regimes as charts
+from engine.figures.style import red_losses
+from views.csv_downloads import csv_buttons
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, date_span_text
 from views.model_results import asset_closes, model_findings, model_view
+from views.url_state import url_widget
 
 MAX_REGIMES = 8
 
@@ -70,12 +76,16 @@ st.caption(
 st.subheader("Explore the model's state")
 shipped_k = bundle.regimes.transition_matrix.shape[1]
 controls = st.columns([2, 2, 1])
-symbol = controls[0].selectbox("Asset", symbols, key="rg_asset", bind="query-params")
-n_regimes = controls[1].slider(
-    "Number of regimes", 2, MAX_REGIMES, shipped_k, key="rg_k", bind="query-params",
-    help="Clusters of the embeddings, fitted on the training span only; a change refits them (cached).",
-)
-colour_by = controls[2].radio("Colour points by", charts.COLOUR_BY, key="rg_colour", horizontal=False)
+with controls[0]:
+    symbol = url_widget(st.selectbox, "Asset", key="rg_asset", default=symbols[0], options=list(symbols))
+with controls[1]:
+    n_regimes = url_widget(
+        st.slider, "Number of regimes", key="rg_k", default=shipped_k, min_value=2, max_value=MAX_REGIMES,
+        help="Clusters of the embeddings, fitted on the training span only; a change refits them (cached).",
+    )
+with controls[2]:
+    colour_by = url_widget(st.radio, "Colour points by", key="rg_colour", default=charts.COLOUR_BY[0],
+                           options=list(charts.COLOUR_BY))
 
 try:
     regimes = bundle.regimes if n_regimes == shipped_k else refit_regimes(
@@ -86,6 +96,17 @@ except ValueError as error:
 
 asset = symbols.index(symbol)
 mask, ts = bundle.inference.mask, view.ts
+# the asset's own clock (365 or 252 days of bars) for the per-regime table's annual figures
+asset_year = float(bars_per_year_of(selection.interval, infer_markets(view.loaded.panel))[
+    view.loaded.symbols.index(symbol)])
+
+
+def transitions_frame() -> pd.DataFrame:
+    names = [f"regime {k}" for k in range(regimes.transition_matrix.shape[1])]
+    frame = pd.DataFrame(regimes.transition_matrix[asset], columns=[f"to {n}" for n in names])
+    frame.insert(0, "from", names)
+    frame["bars counted"] = regimes.transition_counts[asset].sum(axis=1)
+    return frame
 closes = asset_closes(view, symbol)
 truth = view.truth
 planted = charts.planted_on_clock(ts, truth.regimes) if truth is not None else None
@@ -117,6 +138,22 @@ with right:
                "of a slowly moving state stay put on any data, independent random walks included, so the diagonal "
                "is no evidence of regimes: see the tests above.")
 
+st.markdown(f"**{symbol}: what each regime looks like** (over the chosen dates)")
+span = slice(view.rows.start, view.rows.stop)
+per_regime = per_regime_table(regimes.labels[asset][span], mask[asset][span], closes[span], ts[span],
+                              asset_year)
+per_regime_shown = charts.regime_table_display(per_regime)
+st.dataframe(
+    red_losses(per_regime_shown, columns=["annual return"], percent=["share of time", "annual return",
+                                                                  "annual volatility"], number=[]).format(
+        {"mean spell (bars)": "{:,.1f}", "median spell (bars)": "{:,.1f}"}, na_rep="–"),
+    hide_index=True, width="stretch", height="content", key="rg_per_regime",
+    column_config={name: st.column_config.Column(help=text) for name, text in charts.REGIME_TABLE_HELP.items()},
+)
+st.caption(f"Return and volatility are of the bar AFTER a bar in the regime (the label is known at the bar's "
+           f"close, so this is what it says about what follows), annualised with {asset_year:,.0f} "
+           f"bars/year ({symbol}'s own clock). A spell is a run of consecutive open bars in one regime.")
+
 chart_with_downloads(charts.regime_timeline(
     ts, closes, regimes.labels[asset], symbol, planted=planted,
     planted_names=truth.regime_names if truth is not None else None, rows=view.rows,
@@ -129,7 +166,7 @@ st.caption("The ribbon under the price is the regime found at every bar" +
 if planted is not None:
     st.subheader("Found vs planted")
     agreement = charts.adjusted_rand_by_asset(regimes.labels, planted, mask, symbols, rows=view.rows)
-    st.dataframe(agreement, hide_index=True, width="content", key="rg_ari",
+    st.dataframe(agreement, hide_index=True, width="content", key="rg_ari", placeholder="–",
                  column_config={"adjusted_rand_index": st.column_config.NumberColumn("adjusted Rand index",
                                                                                      format="%.3f")})
     st.caption("Adjusted Rand index between the found and the planted regimes on each asset's open bars in the "
@@ -140,6 +177,12 @@ chart_with_downloads(charts.explained_variance_chart(regimes.explained_variance_
 st.caption("How much of the training states' variance each principal component holds, per asset: the scatter "
            "shows the first two.")
 
+csv_buttons({"Regime tests": findings.regimes_table(), "Regimes chosen on the data": levels,
+             f"Per-regime table {symbol}": per_regime, f"Transitions {symbol}": transitions_frame(),
+             **({"Found vs planted": agreement} if planted is not None else {})},
+            key="rg", file_stem="regimes")
+
 report_buttons("Regimes", selection, verdicts=verdicts,
-               tables={"Regime tests per asset": findings.regimes_table(), "Regimes chosen on the data": levels},
+               tables={"Regime tests per asset": findings.regimes_table(), "Regimes chosen on the data": levels,
+                       f"Regimes of {symbol}": per_regime_shown},
                settings={"asset": symbol, "clusters explored": n_regimes}, key="rg_report")

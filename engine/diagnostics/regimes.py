@@ -70,7 +70,9 @@ def _check_inputs(embeddings: np.ndarray, mask: np.ndarray, fit_rows: range) -> 
 
 def _clusterer(config: RegimeConfig):
     if config.method == "kmeans":
-        from sklearn.cluster import KMeans  # scikit-learn costs ~1 s to import: only when regimes are fitted
+        from sklearn.cluster import (
+            KMeans,  # scikit-learn costs ~1 s to import: only when regimes are fitted
+        )
 
         return KMeans(n_clusters=config.n_regimes, n_init=4, random_state=config.seed)
     from sklearn.mixture import GaussianMixture
@@ -161,3 +163,71 @@ def current_spell(labels: np.ndarray, open_bars: np.ndarray) -> RegimeSpell:
     changed = np.flatnonzero(seen != now)
     start = changed[-1] + 1 if len(changed) else 0  # index into open_rows of the spell's first bar
     return RegimeSpell(now, int(open_rows[start]), int(len(seen) - start))
+
+
+# ---------------------------------------------------------------------------------------------- per-regime table
+REGIME_TABLE_COLUMNS = ("regime", "regime_name", "share_of_time", "n_bars", "mean_return", "volatility",
+                        "annual_return", "annual_volatility", "n_spells", "mean_spell_bars", "median_spell_bars",
+                        "mean_spell_hours", "median_spell_hours")
+
+
+def regime_table(labels: np.ndarray, open_bars: np.ndarray, closes: np.ndarray, ts, periods_per_year: float,
+                 regime_names=None) -> "pd.DataFrame":
+    """One asset's regimes described: share of time, return and volatility, and how long a spell lasts.
+
+    labels, open_bars, closes: (T,) on the panel clock (closed bars carry the last close; they are skipped).
+    Over the asset's open, labelled bars:
+    - share_of_time: the regime's share of those bars;
+    - mean_return, volatility: mean and sample std (ddof=1) of the simple return of the NEXT open bar after a bar in
+      the regime (the label is known at the bar's close, so this is what the regime says about what follows, with no
+      look-ahead); annual_*: x periods_per_year and x sqrt(periods_per_year) (engine.calendar's convention);
+    - spells: runs of consecutive open bars with the same label; their length in bars, and in hours of wall-clock
+      time from the spell's first bar to the next spell's first bar (to one bar past the last bar for the final
+      spell, one bar being the median spacing of open bars), so a weekend inside an equity spell counts as time.
+    NaN where a figure is undefined (no bars, fewer than two returns).
+    """
+    import pandas as pd
+
+    labels = np.asarray(labels)
+    open_bars = np.asarray(open_bars, dtype=bool)
+    closes = np.asarray(closes, dtype=np.float64)
+    times = pd.DatetimeIndex(ts)
+    if not (len(labels) == len(open_bars) == len(closes) == len(times)):
+        raise ValueError(f"regime_table: labels {len(labels)}, open_bars {len(open_bars)}, closes {len(closes)} and "
+                         f"ts {len(times)} must have one value per bar")
+    rows = np.flatnonzero(open_bars & (labels != NO_LABEL))
+    lab, close, when = labels[rows], closes[rows], times[rows]
+    next_return = np.full(len(rows), np.nan)
+    if len(rows) > 1:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            next_return[:-1] = close[1:] / close[:-1] - 1.0
+    bar = (when[1:] - when[:-1]).median() if len(rows) > 1 else pd.Timedelta(0)
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]]) if len(rows) else np.array([], dtype=int)
+    stops = np.r_[starts[1:], len(rows)]
+    spell_bars = stops - starts
+    spell_end_time = [when[stop] if stop < len(rows) else when[-1] + bar for stop in stops]
+    spell_hours = np.array([(end - when[start]) / pd.Timedelta(hours=1) for start, end in zip(starts, spell_end_time)])
+    spell_label = lab[starts]
+    n_regimes = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+    records = []
+    for regime in range(n_regimes):
+        in_regime = lab == regime
+        returns = next_return[in_regime]
+        returns = returns[np.isfinite(returns)]
+        mean = float(returns.mean()) if returns.size else np.nan
+        std = float(returns.std(ddof=1)) if returns.size > 1 else np.nan
+        spells = spell_label == regime
+        records.append({
+            "regime": regime,
+            "regime_name": str(regime_names[regime]) if regime_names is not None else f"regime {regime}",
+            "share_of_time": float(in_regime.mean()) if len(rows) else np.nan,
+            "n_bars": int(in_regime.sum()),
+            "mean_return": mean, "volatility": std,
+            "annual_return": mean * periods_per_year, "annual_volatility": std * np.sqrt(periods_per_year),
+            "n_spells": int(spells.sum()),
+            "mean_spell_bars": float(spell_bars[spells].mean()) if spells.any() else np.nan,
+            "median_spell_bars": float(np.median(spell_bars[spells])) if spells.any() else np.nan,
+            "mean_spell_hours": float(spell_hours[spells].mean()) if spells.any() else np.nan,
+            "median_spell_hours": float(np.median(spell_hours[spells])) if spells.any() else np.nan,
+        })
+    return pd.DataFrame(records, columns=list(REGIME_TABLE_COLUMNS))

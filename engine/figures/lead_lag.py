@@ -22,7 +22,12 @@ from plotly.subplots import make_subplots
 
 from engine.diagnostics.lead_lag import key_lag_of_lead, lag_label
 from engine.figures.spans import shade_test_spans
-from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+from engine.figures.style import (
+    TIME_AXIS_TITLE,
+    asset_colour,
+    base_layout,
+    label_synthetic,
+)
 
 PLANTED_MARK_COLOUR = "#D62728"
 PLANTED_MARK_NAME = "planted lead"  # the name every planted box carries (tests and the legend look for it)
@@ -98,8 +103,9 @@ def lead_lag_heatmaps(
             z=shown[target], x=lags, y=list(symbols), coloraxis="coloraxis", text=text, texttemplate="%{text}",
             name=f"target {symbol}", customdata=custom[target] if excess else hover_lags, hovertemplate=hover,
         ), row=1, col=target + 1)
-        fig.update_xaxes(title_text="lag (clock rows before the forecast origin)", tickmode="array", tickvals=lags,
-                         ticktext=labels, row=1, col=target + 1)
+        # One axis title, under the first map: repeated under every map they ran into each other.
+        fig.update_xaxes(title_text="lag (clock rows before the forecast origin)" if target == 0 else None,
+                         tickmode="array", tickvals=lags, ticktext=labels, row=1, col=target + 1)
     for follower, leader, lag in planted_cells(truth, symbols, n_lags - 1):
         column = list(symbols).index(follower) + 1
         source = list(symbols).index(leader)
@@ -122,15 +128,18 @@ def lead_lag_heatmaps(
                                 f"beyond the model's largest lag {n_lags - 1}",
                            xref="paper", yref="paper", x=0.0, y=-0.25, showarrow=False, xanchor="left")
     title = ("Cross-asset attention above an uninformed model's, by source and lag" if excess
-             else "Cross-asset attention by source and lag") + (f" · {span_text}" if span_text else "")
-    base_layout(fig, title + (" (self-attention hidden)" if hide_self else ""), 380)
+             else "Cross-asset attention by source and lag")
+    subtitle = " · ".join(part for part in (span_text, "self-attention hidden" if hide_self else "") if part)
+    base_layout(fig, title + (f"<br><sup>{subtitle}</sup>" if subtitle else ""), 420)
+    # The title's two lines, then the demo stamp on a line of its own over the "target ..." subplot titles.
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 110, "b": 40})
     fig.update_yaxes(title_text="source", type="category", autorange="reversed", row=1, col=1)
     if excess:
         fig.update_layout(coloraxis=dict(colorscale="RdBu", reversescale=True, cmin=-top, cmax=top,
                                          colorbar=dict(title="weight −<br>uninformed")))
     else:
         fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0.0, cmax=top, colorbar=dict(title="weight")))
-    return label_synthetic(fig, synthetic)
+    return label_synthetic(fig, synthetic, yshift=24)
 
 
 def attention_over_time(
@@ -175,3 +184,18 @@ def attention_over_time(
     fig.update_yaxes(title_text="share of attention", rangemode="tozero")
     shade_test_spans(fig, out_of_sample, times)
     return label_synthetic(fig, synthetic)
+
+
+def attention_map_frame(weights: np.ndarray, null: np.ndarray | None, symbols: Sequence[str],
+                        step: pd.Timedelta | None = None) -> pd.DataFrame:
+    """The lead-lag map as rows (target, source, lag, lag as time, weight, uninformed, excess), for download."""
+    weights = _check_map(weights, symbols)
+    null = np.full_like(weights, np.nan) if null is None else np.asarray(null, dtype=float)
+    targets, sources, lags = np.meshgrid(np.arange(len(symbols)), np.arange(len(symbols)),
+                                         np.arange(weights.shape[2]), indexing="ij")
+    names = np.asarray(symbols, dtype=object)
+    return pd.DataFrame({
+        "target": names[targets.ravel()], "source": names[sources.ravel()], "lag": lags.ravel(),
+        "lag as time": [lag_label(int(lag), step) for lag in lags.ravel()],
+        "weight": weights.ravel(), "uninformed": null.ravel(), "excess": (weights - null).ravel(),
+    })

@@ -63,9 +63,11 @@ def lookback_chart(
     synthetic: bool,
     window: int | None = None,
     max_points: int = MAX_DISPLAY_POINTS,
+    regime_palette: str = "found",
 ) -> go.Figure:
     """Price (T,) on top, effective look-back (T,) in bars under it on the same time axis, the look-back row
-    shaded by regime labels (T,) when given; marked_time draws the bar picked for the hidden attention.
+    shaded by regime labels (T,) when given (regime_palette "planted" for the demo's truth, "found" for the
+    model's); marked_time draws the bar picked for the hidden attention.
 
     The look-back is drawn smoothed (a centred rolling median over `window` open bars, chosen from the span when
     None) in front of the raw look-back's rolling 10-90 % band over the same window: a per-bar line of 26k hourly
@@ -94,7 +96,7 @@ def lookback_chart(
     finite = high[np.isfinite(high)]  # shade up to the band's top: a raw spike would squash the curves
     if labels is not None and finite.size:
         add_regime_bands(fig, ts, np.asarray(labels)[span], regime_names, row=2, height=float(finite.max()) * 1.05,
-                         opacity=REGIME_SHADE_OPACITY)
+                         opacity=REGIME_SHADE_OPACITY, palette=regime_palette)
     x = open_ts[curve_rows]
     band = f"raw look-back, rolling {BAND_QUANTILES[0]:.0%}-{BAND_QUANTILES[1]:.0%}"
     fig.add_trace(go.Scatter(x=x, y=high[curve_rows], mode="lines", line={"width": 0}, showlegend=False,

@@ -19,15 +19,26 @@ from sklearn.metrics import adjusted_rand_score
 
 from engine.diagnostics.regimes import NO_LABEL
 from engine.figures.spans import shade_test_spans
-from engine.figures.style import TIME_AXIS_TITLE, asset_colour, base_layout, label_synthetic
+from engine.figures.style import (
+    TIME_AXIS_TITLE,
+    asset_colour,
+    base_layout,
+    display_rows,
+    label_synthetic,
+)
 
 # Regime colours are not asset colours (those stay one per asset on every page): a separate qualitative set.
 REGIME_COLOURS = ("#4C78A8", "#E45756", "#54A24B", "#B279A2", "#EECA3B", "#72B7B2", "#FF9DA6", "#9D755D")
+# The demo's planted regimes get a palette of their own (greys, never a found regime's hue), so a found regime
+# that happens to share a planted one's number can never pass for a match by colour.
+PLANTED_COLOURS = ("#3B3B3B", "#8C8C8C", "#C9C9C9", "#5E5E5E", "#ABABAB", "#242424", "#747474", "#DADADA")
+PALETTES = {"found": REGIME_COLOURS, "planted": PLANTED_COLOURS}
 COLOUR_BY = ("regime", "date")
 
 
-def regime_colour(regime: int) -> str:
-    return REGIME_COLOURS[regime % len(REGIME_COLOURS)]
+def regime_colour(regime: int, palette: str = "found") -> str:
+    colours = PALETTES[palette]
+    return colours[regime % len(colours)]
 
 
 def regime_name(regime: int, names: Sequence[str] | None) -> str:
@@ -123,8 +134,10 @@ def regime_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def add_regime_bands(fig: go.Figure, ts: pd.DatetimeIndex, labels: np.ndarray, names: Sequence[str] | None, *,
-                     row: int, height: float = 1.0, opacity: float = 1.0, legend: bool = True) -> None:
+                     row: int, height: float = 1.0, opacity: float = 1.0, legend: bool = True,
+                     palette: str = "found") -> None:
     """Fill 0..height over every run of a regime, one trace per regime drawn from the runs' corners only.
+    palette: "found" (the model's regimes) or "planted" (the demo's truth, in greys).
 
     A run of rows i..j covers ts[i] to ts[j + 1] (so neighbouring runs touch). Six points per run instead of one
     per bar: 26k hourly bars in a few dozen runs cost a few hundred points, not 26k per regime."""
@@ -140,8 +153,9 @@ def add_regime_bands(fig: go.Figure, ts: pd.DatetimeIndex, labels: np.ndarray, n
         x, y = by_regime[regime]
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="lines", line=dict(width=0), fill="toself", hoveron="fills",
-            fillcolor=_with_opacity(regime_colour(regime), opacity), name=regime_name(regime, names),
-            legendgroup=f"regime-{regime}", showlegend=legend, hoverinfo="name",
+            fillcolor=_with_opacity(regime_colour(regime, palette), opacity),
+            name=regime_name(regime, names),
+            legendgroup=f"{palette}-regime-{regime}", showlegend=legend, hoverinfo="name",
         ), row=row, col=1)
 
 
@@ -170,12 +184,13 @@ def regime_timeline(
     n_ribbons = 1 if planted is None else 2
     fig = make_subplots(rows=1 + n_ribbons, cols=1, shared_xaxes=True, vertical_spacing=0.03,
                         row_heights=[0.7] + [0.3 / n_ribbons] * n_ribbons)
-    fig.add_trace(go.Scatter(x=ts, y=closes, mode="lines", name=f"{symbol} close",
+    drawn = display_rows([closes])  # long histories keep each stretch's extremes: the shape, not 26k points
+    fig.add_trace(go.Scatter(x=ts[drawn], y=closes[drawn], mode="lines", name=f"{symbol} close",
                              line=dict(color=asset_colour(symbol), width=1.2)), row=1, col=1)
     add_regime_bands(fig, ts, labels, regime_names, row=2)
     fig.update_yaxes(title_text="found", range=[0, 1], showticklabels=False, showgrid=False, row=2, col=1)
     if planted is not None:
-        add_regime_bands(fig, ts, np.asarray(planted)[keep], planted_names, row=3)
+        add_regime_bands(fig, ts, np.asarray(planted)[keep], planted_names, row=3, palette="planted")
         fig.update_yaxes(title_text="planted", range=[0, 1], showticklabels=False, showgrid=False, row=3, col=1)
     base_layout(fig, f"{symbol}: price and regimes" + (" (found vs planted)" if planted is not None else ""), 500)
     fig.update_layout(margin=dict(t=110))  # room for a two-row legend (found and planted names) under the title
@@ -220,7 +235,9 @@ def transition_heatmap(
         customdata=counts, colorbar=dict(title="P(next)"),
         hovertemplate="from %{y}<br>to %{x}<br>P = %{z:.3f} (%{customdata:,} bars)<extra></extra>",
     ))
-    base_layout(fig, f"{symbol}: regime transitions between consecutive open bars", 380)
+    # Two short title lines: the chart sits in a narrow column, where one long line was cut.
+    base_layout(fig, f"{symbol}: regime transitions<br><sup>between consecutive open bars</sup>", 400)
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 90, "b": 40})
     fig.update_xaxes(title_text="next regime", type="category")
     fig.update_yaxes(title_text="regime now", type="category", autorange="reversed")
     return label_synthetic(fig, synthetic)
@@ -283,3 +300,40 @@ def regime_levels_chart(levels: pd.DataFrame, *, level: float = 0.95, synthetic:
     fig.add_hline(y=0.0, line_width=1, line_color="#999999", row=2, col=1)
     base_layout(fig, f"Regimes chosen on the data, per asset, with {level:.0%} intervals", 520)
     return label_synthetic(fig, synthetic)
+
+
+# --------------------------------------------------------------------------------------------- per-regime table
+def spell_time_text(hours: float) -> str:
+    """A spell's length in words: hours below two days, days above ('5.0 h', '3.4 d'); '' when undefined."""
+    if hours is None or not np.isfinite(hours):
+        return ""
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+REGIME_TABLE_HELP = {
+    "regime": "The regime's name (found regimes are numbered along the first principal component).",
+    "share of time": "Share of the asset's open, labelled bars in this regime.",
+    "annual return": "Mean simple return of the next open bar after a bar in this regime, x bars/year.",
+    "annual volatility": "Sample std of those next-bar returns, x sqrt(bars/year).",
+    "spells": "Runs of consecutive open bars in this regime.",
+    "mean spell (bars)": "Mean length of a spell, in open bars.",
+    "median spell (bars)": "Median length of a spell, in open bars.",
+    "mean spell (time)": "Mean wall-clock length of a spell (closed hours inside it count).",
+    "median spell (time)": "Median wall-clock length of a spell.",
+}
+
+
+def regime_table_display(table: pd.DataFrame) -> pd.DataFrame:
+    """engine.diagnostics.regimes.regime_table's frame with readable column names; durations in hours or days.
+    Numbers stay numbers (the page formats them: percentages, losses red)."""
+    return pd.DataFrame({
+        "regime": table["regime_name"],
+        "share of time": table["share_of_time"],
+        "annual return": table["annual_return"],
+        "annual volatility": table["annual_volatility"],
+        "spells": table["n_spells"],
+        "mean spell (bars)": table["mean_spell_bars"],
+        "median spell (bars)": table["median_spell_bars"],
+        "mean spell (time)": [spell_time_text(h) for h in table["mean_spell_hours"]],
+        "median spell (time)": [spell_time_text(h) for h in table["median_spell_hours"]],
+    })

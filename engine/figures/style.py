@@ -21,12 +21,15 @@ def asset_colour(symbol: str, universe: tuple[str, ...] | list[str] = ()) -> str
     return _EXTRA_COLOURS[index % len(_EXTRA_COLOURS)]
 
 
-def label_synthetic(fig: go.Figure, synthetic: bool) -> go.Figure:
-    """Stamp the demo label onto a chart so an exported image cannot be mistaken for market data."""
+def label_synthetic(fig: go.Figure, synthetic: bool, yshift: int = 0) -> go.Figure:
+    """Stamp the demo label onto a chart so an exported image cannot be mistaken for market data.
+
+    It sits over the plot's top right corner; yshift (pixels) lifts it over whatever a chart puts there itself
+    (the subplot titles of the lead-lag maps)."""
     if synthetic:
         fig.add_annotation(
             text=SYNTHETIC_NOTE.upper(), xref="paper", yref="paper", x=1.0, y=1.0,
-            xanchor="right", yanchor="bottom", showarrow=False,
+            xanchor="right", yanchor="bottom", showarrow=False, yshift=yshift,
             font=dict(size=11, color="#B00020"),
         )
     return fig

@@ -121,14 +121,28 @@ def test_regimes_slider_refits_and_the_planted_regimes_sit_beside_the_found(with
     assert timeline["layout"]["yaxis3"]["title"]["text"] == "planted"
     planted_bands = {t["name"] for t in timeline["data"] if t.get("yaxis") == "y3" and t.get("fill") == "toself"}
     assert planted_bands == {"calm uptrend", "volatile downtrend", "choppy mean-reverting"}
-    ari = at.dataframe[0].value
+    ari = next(frame.value for frame in at.dataframe if "adjusted_rand_index" in frame.value.columns)
     assert list(ari["symbol"]) == list(DEMO_SYMBOLS) and ari["n_bars"].gt(0).all()
 
     assert trace_arrays(at, "BTC: regime transitions", "z")[0].shape == (3, 3)
     at.slider(key="rg_k").set_value(5).run()
     assert not at.exception, at.exception
     assert trace_arrays(at, "BTC: regime transitions", "z")[0].shape == (5, 5)
-    assert not ari.equals(at.dataframe[0].value)
+    assert not ari.equals(next(f.value for f in at.dataframe if "adjusted_rand_index" in f.value.columns))
+
+
+def test_regimes_shows_a_per_regime_table_and_csv_downloads_of_its_tables(with_run):
+    at = open_model_page("views/regimes.py")
+    table = next(frame.value for frame in at.dataframe if "share of time" in frame.value.columns)
+    assert {"annual return", "annual volatility", "mean spell (bars)", "median spell (time)"} <= set(table.columns)
+    assert table["share of time"].sum() == pytest.approx(1.0)
+    labels = [b.label for b in at.get("download_button")]
+    assert "Regime tests (CSV)" in labels and "Per-regime table BTC (CSV)" in labels
+
+
+def test_lead_lag_offers_csv_downloads_of_its_score_tables(with_run):
+    at = open_model_page("views/lead_lag.py")
+    assert any(b.label.endswith("(CSV)") for b in at.get("download_button"))
 
 
 def test_regimes_colour_toggle_and_asset_change_the_scatter(with_run):

@@ -77,6 +77,11 @@ def test_the_timeline_puts_the_found_ribbon_under_the_price_and_the_planted_one_
     regime_0 = found[0]  # two runs: rows 1..3 and 9..10, each drawn to the next bar's start
     assert list(regime_0.x) == [TS[1], TS[4], TS[4], TS[1], TS[1], None, TS[9], TS[11], TS[11], TS[9], TS[9], None]
     assert {t.name for t in fig.data if t.yaxis == "y3"} == {"up", "down"}
+    # found and planted regimes are drawn from separate palettes: no planted colour is ever a found one's
+    found_colours = {t.fillcolor for t in found}
+    planted_colours = {t.fillcolor for t in fig.data if t.yaxis == "y3"}
+    assert found_colours and planted_colours and not found_colours & planted_colours
+    assert not set(regimes.REGIME_COLOURS) & set(regimes.PLANTED_COLOURS)
     assert any(s.type == "rect" and s.fillcolor for s in fig.layout.shapes)  # the out-of-sample shading
     assert "out of sample" in notes(fig)
 
@@ -145,6 +150,20 @@ def test_without_truth_nothing_is_marked_and_hiding_self_attention_blanks_the_di
     assert fig.layout.coloraxis.cmax == pytest.approx(0.15)  # the colour range now belongs to cross-asset cells
     with pytest.raises(ValueError, match="targets, sources, lags"):
         lead_lag.lead_lag_heatmaps(np.ones((2, 3, 3)), SYMBOLS, synthetic=False)
+
+
+def test_the_synthetic_stamp_is_lifted_over_the_target_titles_and_the_map_downloads_as_rows():
+    weights = np.random.default_rng(0).dirichlet(np.ones(6), size=(2, 2)).reshape(2, 2, 3, 2).sum(-1)
+    fig = lead_lag.lead_lag_heatmaps(weights, ("BTC", "SPY"), span_text="2024", step=pd.Timedelta(hours=1),
+                                     null=np.full_like(weights, 1 / 6), synthetic=True)
+    stamp = next(a for a in fig.layout.annotations if a.text == SYNTHETIC_NOTE.upper())
+    titles = [a for a in fig.layout.annotations if a.text.startswith("target ")]
+    assert stamp.yshift >= 20 and all(t.yshift in (None, 0) for t in titles)  # above them, on a line of its own
+    assert "<br>" in fig.layout.title.text  # the span goes on a second line instead of running into the stamp
+    frame = lead_lag.attention_map_frame(weights, np.full_like(weights, 1 / 6), ("BTC", "SPY"), pd.Timedelta(hours=1))
+    assert len(frame) == weights.size
+    row = frame[(frame["target"] == "SPY") & (frame["source"] == "BTC") & (frame["lag"] == 2)].iloc[0]
+    assert row["weight"] == pytest.approx(weights[1, 0, 2]) and row["excess"] == pytest.approx(weights[1, 0, 2] - 1 / 6)
 
 
 def test_a_planted_lag_beyond_the_model_lags_is_said_not_boxed(truth):
