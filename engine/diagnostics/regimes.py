@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 NO_LABEL = -1
 
@@ -172,7 +173,7 @@ REGIME_TABLE_COLUMNS = ("regime", "regime_name", "share_of_time", "n_bars", "mea
 
 
 def regime_table(labels: np.ndarray, open_bars: np.ndarray, closes: np.ndarray, ts, periods_per_year: float,
-                 regime_names=None) -> "pd.DataFrame":
+                 regime_names=None) -> pd.DataFrame:
     """One asset's regimes described: share of time, return and volatility, and how long a spell lasts.
 
     labels, open_bars, closes: (T,) on the panel clock (closed bars carry the last close; they are skipped).
@@ -186,8 +187,6 @@ def regime_table(labels: np.ndarray, open_bars: np.ndarray, closes: np.ndarray, 
       spell, one bar being the median spacing of open bars), so a weekend inside an equity spell counts as time.
     NaN where a figure is undefined (no bars, fewer than two returns).
     """
-    import pandas as pd
-
     labels = np.asarray(labels)
     open_bars = np.asarray(open_bars, dtype=bool)
     closes = np.asarray(closes, dtype=np.float64)
