@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from engine.backtest.engine import BacktestInputs, StrategyConfig, run_backtest
 from engine.backtest.sweep import sweep
+from engine.benchmarks._measure import Timing, verdict
 
 N_BARS = 50_000
 SYMBOLS = ("BTC", "SPY", "AAPL")
@@ -43,15 +43,15 @@ def synthetic_inputs(seed: int = 0) -> BacktestInputs:
     )
 
 
-def _median_seconds(run: Callable[[int], object], repeats: int) -> tuple[float, float]:
-    """(median wall seconds, median CPU seconds of this process): on a shared machine the two differ."""
+def _timed(run: Callable[[int], object], repeats: int) -> tuple[Timing, Timing]:
+    """(wall ms, CPU ms of this process) over the repeats: on a shared machine the two differ."""
     wall, cpu = [], []
     for i in range(repeats):
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         run(i)
-        wall.append(time.perf_counter() - start_wall)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+        wall.append((time.perf_counter() - start_wall) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return Timing(tuple(wall)), Timing(tuple(cpu))
 
 
 def machine() -> str:
@@ -73,7 +73,7 @@ def rows(device=None) -> list[dict]:
     inputs = synthetic_inputs()
     run_backtest(inputs, config)  # warm: held signals and the benchmark are now reused, as on a slider move
     slider_moves = [StrategyConfig(**{**config.__dict__, "threshold": 0.01 + 0.001 * i}) for i in range(15)]
-    fresh = [synthetic_inputs(seed) for seed in range(7)]  # built beforehand: validation is not timed
+    fresh = [synthetic_inputs(seed) for seed in range(11)]  # built beforehand: validation is not timed
     result = run_backtest(inputs, config)
     thresholds = np.linspace(0.0, 0.2, 40)
     costs = np.linspace(0.0, 20.0, 25)
@@ -83,23 +83,25 @@ def rows(device=None) -> list[dict]:
 
     measured = [
         ("run_backtest, slider move (signals + benchmark reused)", 30.0,
-         _median_seconds(lambda i: run_backtest(inputs, slider_moves[i]), 15)),
+         _timed(lambda i: run_backtest(inputs, slider_moves[i]), 15)),
         ("run_backtest, first run on new inputs", 30.0,
-         _median_seconds(lambda i: run_backtest(fresh[i], config), len(fresh))),
+         _timed(lambda i: run_backtest(fresh[i], config), len(fresh))),
         (f"trades_frame ({len(result.trades):,} trades, on demand)", None,
-         _median_seconds(lambda i: result.trades_frame(), 7)),
+         _timed(lambda i: result.trades_frame(), 7)),
         ("sweep threshold x commission, 1,000 settings", 5000.0,
-         _median_seconds(lambda i: sweep(inputs, config, "threshold", thresholds, "commission_bps", costs), 3)),
+         _timed(lambda i: sweep(inputs, config, "threshold", thresholds, "commission_bps", costs), 3)),
         ("sweep holding horizon (40) x cap (25), 1,000 settings", 5000.0,
-         _median_seconds(lambda i: sweep(inputs, config, "holding_horizon", range(1, 41), "max_position", caps), 3)),
+         _timed(lambda i: sweep(inputs, config, "holding_horizon", range(1, 41), "max_position", caps), 3)),
     ]
     return [
         {
             "benchmark": name,
             "assets x bars": shape,
-            "median ms": wall * 1e3,
-            "median cpu ms": cpu * 1e3,
+            "median ms": wall.median,
+            "spread ms": wall.spread(),
+            "median cpu ms": cpu.median,
             "budget ms": "" if budget is None else f"{budget:,.0f}",
+            "result": "" if budget is None else verdict(wall.median, budget),
             "machine": where,
         }
         for name, budget, (wall, cpu) in measured

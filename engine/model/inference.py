@@ -11,6 +11,9 @@ The attention map is the exception: it is (T, A, A, K+1) per bar, quadratic in t
 the per-bar weights (what trailing windows are drawn from) are kept for as many of the LATEST bars as fit
 `attention_budget_mb`: every bar for the three-asset demo, the last few thousand for a wide universe.
 
+Live updates: run_inference_with_state also hands back the model's state after the last bar, and extend_inference
+continues from it over the bars a refresh appended, so k new bars cost O(k) model work instead of the history's.
+
 Everything here is causal by construction: the model is, and nothing is smoothed afterwards.
 """
 from __future__ import annotations
@@ -121,7 +124,64 @@ def run_inference(
 ) -> InferenceResult:
     """Forecasts and diagnostics for every bar of the panel, in chunks carrying the model state; the model runs on
     the device it is on (only one chunk at a time is moved there)."""
+    return run_inference_with_state(model, features, config)[0]
+
+
+@torch.inference_mode()
+def run_inference_with_state(
+    model: HybridModel, features: FeatureSet, config: InferenceConfig = InferenceConfig()
+) -> tuple[InferenceResult, StepState]:
+    """run_inference, and the model's state after the panel's last bar: what extend_inference continues from when
+    a refresh appends bars, so the history is not run again."""
     check_features_fit_model(model, features)
+    n_rows = features.values.shape[1]
+    n_assets, n_lags = features.values.shape[0], model.config.max_lag + 1
+    attention_start = n_rows - attention_rows_kept(n_rows, n_assets, n_lags, config.attention_budget_mb)
+    parts, total, count, state = _infer_rows(model, features, range(n_rows), None, attention_start, config)
+    return _result(model, features, parts, total, count, attention_start), state
+
+
+@torch.inference_mode()
+def extend_inference(
+    model: HybridModel, previous: InferenceResult, end_state: StepState, features: FeatureSet,
+    config: InferenceConfig = InferenceConfig(),
+) -> tuple[InferenceResult, StepState]:
+    """The result of run_inference over `features` from `previous` (over the first len(previous.ts) of its rows)
+    and the model's state after them: only the new rows are run, so showing k new bars costs O(k), not the history.
+
+    The numbers are run_inference's over the whole panel (the model is causal and continues from its state; the
+    whole-span lead-lag map is un-averaged and summed on, exact to float64 rounding). `previous` and end_state must
+    come from run_inference_with_state or extend_inference with this model on these features' first rows: the
+    timestamps and symbols are checked, the feature values are the caller's word.
+    """
+    check_features_fit_model(model, features)
+    n_old, n_rows = len(previous.ts), features.values.shape[1]
+    if tuple(features.symbols) != tuple(previous.symbols):
+        raise ValueError(f"extend_inference: symbols {list(features.symbols)} differ from the previous result's "
+                         f"{list(previous.symbols)}")
+    if n_rows < n_old or not pd.DatetimeIndex(features.ts[:n_old]).equals(previous.ts):
+        raise ValueError("extend_inference: the features do not start with the previous result's bars (a revised or "
+                         "shortened history needs run_inference)")
+    n_assets, n_lags = features.values.shape[0], model.config.max_lag + 1
+    attention_start = n_rows - attention_rows_kept(n_rows, n_assets, n_lags, config.attention_budget_mb)
+    parts, total, count, state = _infer_rows(model, features, range(n_old, n_rows), end_state, attention_start,
+                                             config)
+    old_count = previous.mask[:, :n_old].sum(axis=1).astype(np.float64)
+    total += torch.from_numpy(np.nan_to_num(previous.lead_lag, nan=0.0) * old_count[:, None, None])
+    count += torch.from_numpy(old_count)
+    for name in ("quantiles", "prob_up", "volatility", "embeddings", "lookback"):
+        parts[name].insert(0, getattr(previous, name))
+    kept_before = previous.attention[max(attention_start - previous.attention_start, 0):]
+    parts["attention"].insert(0, kept_before)
+    return _result(model, features, parts, total, count, attention_start), state
+
+
+def _infer_rows(
+    model: HybridModel, features: FeatureSet, rows: range, state: StepState | None, attention_start: int,
+    config: InferenceConfig,
+) -> tuple[dict[str, list[np.ndarray]], torch.Tensor, torch.Tensor, StepState | None]:
+    """The model over `rows` of the features in chunks from `state` -> (per-output arrays of those rows, the
+    lead-lag attention summed over target-open bars (A, A, K+1) float64, the open bars per target (A,), state)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout: the same input always gives the same diagnostics
@@ -129,17 +189,14 @@ def run_inference(
         x_all = torch.from_numpy(np.ascontiguousarray(features.values)).unsqueeze(0)  # (1, A, T, F)
         mask_all = torch.from_numpy(np.ascontiguousarray(features.mask)).unsqueeze(0)  # (1, A, T)
         levels = torch.tensor(LOOKBACK_LEVELS, dtype=torch.float32)
-        state: StepState | None = None
         parts: dict[str, list[np.ndarray]] = {name: [] for name in
                                               ("quantiles", "prob_up", "volatility", "embeddings", "lookback",
                                                "attention")}
-        n_rows = x_all.shape[2]
         n_assets, n_lags = x_all.shape[1], model.config.max_lag + 1
-        attention_start = n_rows - attention_rows_kept(n_rows, n_assets, n_lags, config.attention_budget_mb)
         attention_total = torch.zeros((n_assets, n_assets, n_lags), dtype=torch.float64)
         open_count = torch.zeros(n_assets, dtype=torch.float64)
-        for start in range(0, n_rows, config.chunk_size):
-            stop = min(start + config.chunk_size, n_rows)
+        for start in range(rows.start, rows.stop, config.chunk_size):
+            stop = min(start + config.chunk_size, rows.stop)
             x = x_all[:, :, start:stop].to(device)
             mask = mask_all[:, :, start:stop].to(device)
             out = model(x, mask, return_diagnostics=True, state=state, return_state=True)
@@ -160,7 +217,16 @@ def run_inference(
                 parts["attention"].append(attention[max(attention_start - start, 0):].numpy())
     finally:
         model.train(was_training)
-    joined = {name: np.concatenate(arrays, axis=0 if name == "attention" else 1) for name, arrays in parts.items()}
+    return parts, attention_total, open_count, state
+
+
+def _result(model: HybridModel, features: FeatureSet, parts: dict[str, list[np.ndarray]], attention_total: torch.Tensor,
+            open_count: torch.Tensor, attention_start: int) -> InferenceResult:
+    n_assets, n_lags = features.values.shape[0], model.config.max_lag + 1
+    empty = {"attention": np.zeros((0, n_assets, n_assets, n_lags), dtype=np.float32)}
+    joined = {name: np.concatenate(arrays, axis=0 if name == "attention" else 1) if arrays else empty[name]
+              for name, arrays in parts.items()}
+    count = open_count.numpy()
     return InferenceResult(
         ts=pd.DatetimeIndex(features.ts),
         symbols=tuple(features.symbols),
@@ -168,7 +234,7 @@ def run_inference(
         quantile_levels=tuple(model.config.quantiles),
         mask=np.asarray(features.mask, dtype=bool).copy(),
         attention_start=attention_start,
-        lead_lag=np.where(open_count.numpy()[:, None, None] > 0,
-                          attention_total.numpy() / np.maximum(open_count.numpy(), 1)[:, None, None], np.nan),
+        lead_lag=np.where(count[:, None, None] > 0,
+                          attention_total.numpy() / np.maximum(count, 1)[:, None, None], np.nan),
         **joined,
     )

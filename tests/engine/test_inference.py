@@ -20,7 +20,7 @@ N_ROWS = 400  # the first 400 daily demo bars (SYNTHETIC): long enough for warm-
 def features():
     configure_cpu_threads(1)
     panel = demo_panel("1d").panel
-    return build_feature_set(panel, range(0, 300))
+    return build_feature_set(panel, range(300))
 
 
 def truncated(features, n_rows=N_ROWS):
@@ -140,3 +140,29 @@ def test_past_the_attention_budget_only_the_latest_bars_are_kept_and_the_whole_s
     np.testing.assert_array_equal(cut.quantiles, full.quantiles)  # nothing else changes
     with pytest.raises(ValueError, match="attention_budget_mb"):
         InferenceConfig(attention_budget_mb=0)
+
+
+@pytest.mark.parametrize("budget_bars", [None, 150])
+def test_new_bars_extend_the_result_from_the_saved_end_state_as_one_pass_over_everything(model, features, budget_bars):
+    from engine.model.inference import extend_inference, run_inference_with_state
+
+    per_bar_mb = 3 * 3 * (model.config.max_lag + 1) * 4 / 2**20
+    budget = 512.0 if budget_bars is None else (budget_bars + 0.5) * per_bar_mb
+    config = InferenceConfig(chunk_size=64, attention_budget_mb=budget)
+    everything = run_inference(model, truncated(features), config)
+    result, state = run_inference_with_state(model, truncated(features, N_ROWS - 7), config)
+    for n_rows in (N_ROWS - 6, N_ROWS):  # one new bar, then six (a refresh after a gap)
+        result, state = extend_inference(model, result, state, truncated(features, n_rows), config)
+    assert result.attention_start == everything.attention_start and len(result.ts) == N_ROWS
+    for name in ("quantiles", "prob_up", "volatility", "embeddings", "attention"):
+        np.testing.assert_allclose(getattr(result, name), getattr(everything, name), rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    np.testing.assert_allclose(result.lookback, everything.lookback, rtol=1e-4, equal_nan=True)
+    np.testing.assert_allclose(result.lead_lag, everything.lead_lag, rtol=1e-6)
+    np.testing.assert_array_equal(result.mask, everything.mask)
+    # A history that is not the previous one's (a revised bar moved the clock) is refused, not silently extended.
+    from dataclasses import replace
+
+    shifted = replace(truncated(features, N_ROWS), ts=features.ts[:N_ROWS] + pd.Timedelta(hours=1))
+    with pytest.raises(ValueError, match="previous result's bars"):
+        extend_inference(model, result, state, shifted, config)
