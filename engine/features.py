@@ -183,7 +183,7 @@ def _gap_frame(bars: pd.DataFrame, bar_hours: float) -> pd.DataFrame:
     # The gap after a bar is only known once the next bar is in, so each bar reads the gap that followed the most
     # recent earlier bar at the same weekday and time of day: the session calendar, learnt causally.
     ts = pd.DatetimeIndex(bars["ts"])
-    slot = pd.Series(ts.dayofweek * 1440 + ts.hour * 60 + ts.minute, index=bars.index)
+    slot = pd.Series(ts.day_of_week * 1440 + ts.hour * 60 + ts.minute, index=bars.index)
     gap_after = np.log(spacing).shift(-1)
     next_gap = gap_after.groupby(slot.to_numpy()).shift(1).fillna(0.0)
     frame = {"gap_log": np.log(spacing), "next_gap_log": next_gap, "ret_1_gap": normalised}
@@ -222,7 +222,9 @@ def compute_raw_features(panel: Panel, config: FeatureConfig = FeatureConfig()) 
     observed = np.asarray(panel.observed).T  # (A, T)
     own = [name for name in names if name in INDICATOR_NAMES or name in GAP_FEATURE_NAMES]
     step = panel.clock_step
-    bar_hours = step / pd.Timedelta(hours=1) if step is not None else 1.0
+    if step is None and n_rows > 1:  # a panel that does not say its interval: the clock's usual step
+        step = pd.Series(panel.ts).diff().median()
+    bar_hours = step / pd.Timedelta(hours=1) if step is not None and step > pd.Timedelta(0) else 1.0
     for asset in range(n_assets):
         rows, bars = own_bars(panel, asset)
         if len(rows) == 0 or not own:

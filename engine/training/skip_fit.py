@@ -7,15 +7,15 @@ stopping ended training: the network fits the follower's own noise first and the
 needs are fitted exactly, and the network trains on what they leave:
 
   mean  per (target asset, horizon): the leads the findings' model-free test declares on the training rows alone
-        (tested_leads; the same HAC regressions and Benjamini-Hochberg cut the Lead-lag page reports), then a ridge
+        (declared_leads; the same HAC regressions and Benjamini-Hochberg cut the Lead-lag page reports), then a ridge
         regression of the h-bar log return on those sources' standardised ret_1 at the key lags a forecast can
         already see (lead_columns), each row weighted by 1 / the time its return spans (target_spans), the penalty
         chosen by 5-fold contiguous cross-validation (sklearn RidgeCV). No lead declared: the path stays at zero,
         so a market without a lead gets no lead-shaped noise. (A ridge on every source and lag instead captured
         ~50 % of the oracle's reduction on a weakly led equity, shrinking the one true coefficient with 17 empty
         ones; validation members, issue 15.)
-  vol   per (asset, horizon): a Gamma GLM with a log link (sklearn GammaRegressor) of the h-bar realised variance on
-        the asset's own gap-scaled variance EWMAs and gap length. The Gamma deviance is QLIKE up to terms free of the
+  vol   per (asset, horizon): a Gamma GLM with a log link (statsmodels GLM, Gamma family) of the h-bar realised variance on
+        the asset's own gap-scaled variance EWMAs and gap lengths, by IRLS (statsmodels GLM). The Gamma deviance is QLIKE up to terms free of the
         forecast, so this is the QLIKE-optimal log-linear forecast: a HAR/GARCH-like recursion in logs.
 
 Only the training rows' targets that end before the training span does (Targets.until) are used, as for the
@@ -35,7 +35,6 @@ from engine.targets import Targets
 RIDGE_ALPHAS = np.logspace(-2, 5, 15)  # on standardised inputs: from almost OLS to almost nothing
 LEAD_FDR = 0.05  # the lead-lag test's false-discovery rate, as the findings use it
 CV_FOLDS = 5
-GLM_PENALTY = 1e-4
 MIN_ROWS = 50  # fewer usable training rows than this for an (asset, horizon): that path stays at zero
 
 
@@ -63,7 +62,7 @@ def lagged_returns(values: np.ndarray, mask: np.ndarray, max_lag: int) -> np.nda
     return out.reshape(n_rows, -1)
 
 
-def tested_leads(feature_set: FeatureSet, train: range, max_lead: int) -> dict[int, list[tuple[int, int]]]:
+def declared_leads(feature_set: FeatureSet, train: range, max_lead: int) -> dict[int, list[tuple[int, int]]]:
     """target asset -> [(source asset, lead in bars)] that the findings' model-free lead-lag test
     (engine.diagnostics.lead_lag_test: HAC regressions, Benjamini-Hochberg at FDR) declares on the training rows
     alone, leads 1..max_lead. The standardised ret_1 feature stands in for the returns: the test's t statistics do
@@ -105,7 +104,8 @@ def target_spans(feature_set: FeatureSet, targets: Targets, rows: np.ndarray) ->
 def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: range, scale: np.ndarray) -> SkipFit:
     """Fit model.heads.skips on the training rows (in place) and zero the heads' log-volatility column so the
     forecast starts at the fits. scale (A, H): the training return scale the log-vol column starts at (head_scale)."""
-    from sklearn.linear_model import GammaRegressor, RidgeCV
+    import statsmodels.api as sm
+    from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold
 
     heads, config = model.heads, model.config
@@ -121,7 +121,7 @@ def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: rang
     vol_bias = np.zeros(tuple(skips.vol_bias.shape))
     alphas = np.full((n_assets, n_horizons), np.nan)
     counts = np.zeros((n_assets, n_horizons), dtype=np.int64)
-    leads = tested_leads(feature_set, train, config.max_lag + 1)
+    leads = declared_leads(feature_set, train, config.max_lag + 1)
     for asset in range(n_assets):
         own = feature_set.values[asset, rows][:, vol_index].astype(np.float64)  # (n, V)
         for j, horizon in enumerate(config.horizons):
@@ -144,10 +144,13 @@ def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: rang
                     continue
                 # a bar with no move at all has variance 0, which a log link cannot fit: floor it far below typical
                 variance = np.maximum(variance, 1e-4 * np.median(positive))
-                glm = GammaRegressor(alpha=GLM_PENALTY, max_iter=300).fit(own[usable], variance)
+                inputs = own[usable]
+                moving = inputs.std(axis=0) > 1e-12  # a 24/7 asset's gap columns are constant: the intercept's
+                design = np.column_stack([np.ones(len(inputs)), inputs[:, moving]])
+                glm = sm.GLM(variance, design, family=sm.families.Gamma(sm.families.links.Log())).fit(maxiter=100)
                 # log sigma = eta / 2 = log s + shift  ->  shift = (coef . x + intercept) / 2 - log s
-                vol_weight[asset, :, j] = glm.coef_ / 2.0
-                vol_bias[asset, j] = glm.intercept_ / 2.0 - np.log(scale[asset, j])
+                vol_weight[asset, moving, j] = glm.params[1:] / 2.0
+                vol_bias[asset, j] = glm.params[0] / 2.0 - np.log(scale[asset, j])
     selected = {int(a): [[int(s), int(lag)] for s, lag in pairs] for a, pairs in leads.items()}
     with torch.no_grad():
         skips.mean_weight.copy_(torch.as_tensor(mean_weight))
