@@ -11,10 +11,13 @@ import streamlit as st
 from engine.diagnostics.regimes import current_spell
 from engine.evaluation.forecast_review import latest_forecast
 from engine.figures import forecasts as charts
+from engine.figures.prices import price_chart
 from storage.config import INTERVAL_SECONDS
+from storage.panel import own_bars
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, load_summary
 from views.model_results import asset_closes, model_findings, model_view
+from views.url_state import url_widget
 
 selection = current_selection()
 st.title("Overview")
@@ -51,14 +54,26 @@ for column, symbol in zip(cards, selection.symbols):
         table = latest.table
         mid = [c for c in table.columns if c.startswith("q")][len(view.bundle.inference.quantile_levels) // 2]
         horizons = [int(h) for h in table.index]
+        # Four columns, each value with its verdict: seven columns did not fit a card at 1440 px (volatility cut).
         st.dataframe(
-            pd.DataFrame({"horizon (bars)": table.index, "P(up)": table["prob_up"].map("{:.0%}".format),
-                          "P(up) skill": [findings.skill_word(symbol, h, "brier") for h in horizons],
-                          "median return": table[mid].map("{:+.2%}".format),
-                          "median skill": [findings.skill_word(symbol, h, "pinball") for h in horizons],
-                          "volatility": table["volatility"].map("{:.2%}".format),
-                          "volatility skill": [findings.skill_word(symbol, h, "qlike") for h in horizons]}),
-            hide_index=True, width="stretch",
+            pd.DataFrame({
+                "bars": horizons,
+                "P(up)": [f"{p:.0%} · {findings.skill_word(symbol, h, 'brier')}"
+                          for p, h in zip(table["prob_up"], horizons)],
+                "median": [f"{m:+.2%} · {findings.skill_word(symbol, h, 'pinball')}"
+                           for m, h in zip(table[mid], horizons)],
+                "volatility": [f"{v:.2%} · {findings.skill_word(symbol, h, 'qlike')}"
+                               for v, h in zip(table["volatility"], horizons)],
+            }),
+            hide_index=True, width="stretch", key=f"ov_table_{symbol}",
+            column_config={
+                "bars": st.column_config.NumberColumn("bars", help="Forecast horizon in bars.", width="small"),
+                "P(up)": st.column_config.TextColumn(help="Probability of an up move over the horizon · its verdict "
+                                                          "against the best baseline (Brier score)."),
+                "median": st.column_config.TextColumn(help="Median forecast log return · verdict (pinball loss)."),
+                "volatility": st.column_config.TextColumn(help="Forecast volatility over the horizon · verdict "
+                                                               "(QLIKE)."),
+            },
         )
         recent = pd.Series(closes, index=view.ts).loc[:latest.made_at].iloc[-60:]
         chart_with_downloads(charts.latest_fan_chart(latest, recent, bar, synthetic=selection.synthetic),
@@ -75,6 +90,29 @@ for column, symbol in zip(cards, selection.symbols):
             freshness = ("synthetic, fixed span" if row["source"] == "demo"
                          else ("stale" if row["stale"] else "fresh"))
             st.caption(f"{row['source']} · last bar {row['last_ts']:%Y-%m-%d %H:%M} UTC · {freshness}")
+
+st.subheader("Prices")
+price_controls = st.columns([3, 1], vertical_alignment="bottom")
+with price_controls[0]:
+    price_symbol = url_widget(st.segmented_control, "Asset", key="ov_price_asset", default=selection.symbols[0],
+                              options=list(selection.symbols)) or selection.symbols[0]
+with price_controls[1]:
+    log_scale = url_widget(st.toggle, "Log scale", key="ov_log", default=False,
+                           help="A log price axis: equal moves in percent look equal over a long span.")
+price_asset = selection.symbols.index(price_symbol)
+own_rows, bars = own_bars(view.loaded.panel, view.loaded.symbols.index(price_symbol))
+in_span = (own_rows >= view.rows.start) & (own_rows < view.rows.stop)
+own_rows, bars = own_rows[in_span], bars[in_span].reset_index(drop=True)
+bars.insert(0, "ts", view.ts[own_rows])
+chart_with_downloads(price_chart(
+    bars, price_symbol, selection.interval, synthetic=selection.synthetic,
+    source=selection.sources.get(price_symbol, "cache"), log_scale=log_scale,
+    labels=regimes.labels[price_asset][own_rows],
+), key="ov_price", file_stem=f"overview-price-{price_symbol}")
+st.caption("Candles of the asset's own bars in the chosen dates (UTC), volume under them, shaded by the regime "
+           "the model's state was in (its cluster at each candle's last bar; whether regimes hold up is tested on "
+           "the Regimes page). Zoom with the buttons or by dragging; long spans are resampled for display, as the "
+           "title says.")
 
 if not findings.forecast_skill:
     st.info(f"No verdict on the forecasts' skill: {findings.skill_note}.")

@@ -232,3 +232,19 @@ def test_the_shipped_demo_checkpoint_drives_all_three_pages_with_the_planted_lea
             marks = [s for s in spec_titled(at, "Cross-asset attention")["layout"]["shapes"]
                      if s.get("name") == "planted lead"]
             assert {m["x0"] + 0.5 for m in marks} == {float(lag)} and len(marks) == 2
+
+
+def test_overview_draws_candles_with_volume_and_regime_shading_and_the_log_toggle_reaches_the_chart(with_run):
+    at = open_model_page("views/overview.py")
+    price = spec_titled(at, "BTC · 1d · source")
+    types = [trace["type"] for trace in price["data"]]
+    assert "candlestick" in types and "bar" in types
+    assert any(trace.get("fill") == "toself" for trace in price["data"])  # the regimes behind the candles
+    assert price["layout"]["yaxis"]["type"] == "linear"
+    at.toggle(key="ov_log").set_value(True).run()
+    assert not at.exception, at.exception
+    assert spec_titled(at, "BTC · 1d · source")["layout"]["yaxis"]["type"] == "log"
+    at.segmented_control(key="ov_price_asset").set_value("SPY").run()
+    assert spec_titled(at, "SPY · 1d · source")
+    cards = [frame.value for frame in at.dataframe if "volatility" in frame.value.columns]
+    assert cards and all(list(c.columns) == ["bars", "P(up)", "median", "volatility"] for c in cards)
