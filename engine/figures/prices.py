@@ -17,7 +17,6 @@ from engine.figures.regimes import regime_colour, regime_name, regime_runs
 from engine.figures.style import (
     TIME_AXIS_TITLE,
     add_range_selector,
-    asset_colour,
     base_layout,
     label_synthetic,
 )
