@@ -58,8 +58,14 @@ def load_model(run_dir: str | os.PathLike) -> tuple[HybridModel, Manifest]:
     manifest field (the model's sizes against what the app runs) and the weights (finite floats, exactly the names
     and shapes the config builds) before the model is built; anything left is a CheckpointError too."""
     weights, manifest = load_checkpoint(run_dir)
+    config = ModelConfig.from_dict(manifest.model_config)
+    if config.kind != "hybrid":  # a neural peer (engine.training.peer_presets): no states or attention to show
+        raise CheckpointError(f"run {manifest.run_id} is a {config.kind} peer of the hybrid, trained to compare with "
+                              "it: it has no SSM states or lead-lag attention to show. Score it beside the hybrid "
+                              f"(python -m engine.evaluate --run HYBRID_RUN --peers {run_dir}); the Backtest page "
+                              "trades its forecasts")
     try:
-        model = HybridModel(ModelConfig.from_dict(manifest.model_config))
+        model = HybridModel(config)
         model.load_state_dict(weights)
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"weights in {run_dir} do not fit the model its manifest describes: {error}") from error

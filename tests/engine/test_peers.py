@@ -198,3 +198,12 @@ def test_every_preset_applies_to_the_shipped_recipes(interval):
             config = apply_preset(base, name)
             assert config.model.n_features == base.model.n_features
             assert config.window == base.window and config.n_folds == base.n_folds
+
+
+def test_the_model_pages_refuse_a_peer_with_what_to_do_instead(runs):
+    from engine.diagnostics.for_run import load_model
+    from engine.model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="lstm peer of the hybrid.*--peers"):
+        load_model(runs["lstm"].run_dir)
+    assert isinstance(load_model(runs["late_fusion"].run_dir)[0], HybridModel)  # a hybrid-kind peer shows as usual
