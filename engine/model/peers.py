@@ -70,7 +70,11 @@ class PeerState:
 
 
 class _PeerBase(nn.Module):
-    """What every peer shares: the per-asset input projection, the final norm, the hybrid's heads and the output."""
+    """What every peer shares: the per-asset input projection, len(layer_pattern) residual blocks of its kind, the
+    final norm, the hybrid's heads and the output. A block maps (h (B, T, A, M), mask (B, T, A), its state) to
+    (h, its state after the last bar) and has init_state(batch, n_assets, device, dtype)."""
+
+    block: type[nn.Module]
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -81,7 +85,7 @@ class _PeerBase(nn.Module):
         self.input_proj = PerAssetLinear(A, config.n_features, M)
         self.final_norm = PerAssetRMSNorm(A, M)
         self.heads = ForecastHeads(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(self.block(config) for _ in config.layer_pattern)
 
     @property
     def n_layers(self) -> int:
@@ -127,8 +131,19 @@ class _PeerBase(nn.Module):
             raise ValueError(f"{name}: the state is for {len(state.layers)} layers and batch {state.batch_size}, "
                              f"the model has {self.n_layers} layers and x batch {x.shape[0]}")
 
+    def init_state(self, batch: int, *, device=None, dtype=None) -> PeerState:
+        """The state before the first bar (zeros; no open bar in the Transformer's window)."""
+        reference = next(self.parameters())
+        device, dtype = device or reference.device, dtype or reference.dtype
+        return PeerState([layer.init_state(batch, self.config.n_assets, device, dtype) for layer in self.layers])
+
     def _layers(self, h: Tensor, mask: Tensor, state: PeerState | None) -> tuple[Tensor, PeerState]:
-        raise NotImplementedError
+        state = state or self.init_state(h.shape[0], device=h.device, dtype=h.dtype)
+        new_layers = []
+        for layer, layer_state in zip(self.layers, state.layers):
+            h, layer_state = layer(h, mask, layer_state)
+            new_layers.append(layer_state)
+        return h, PeerState(new_layers)
 
 
 # ----- the Transformer ------------------------------------------------------------------------------------------------
@@ -193,30 +208,15 @@ class CausalBlock(nn.Module):
 class TransformerPeer(_PeerBase):
     """Per-asset causal Transformer of the hybrid's width, len(layer_pattern) blocks, the hybrid's heads."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
-        self.layers = nn.ModuleList(CausalBlock(config) for _ in config.layer_pattern)
-
-    def init_state(self, batch: int, *, device=None, dtype=None) -> PeerState:
-        reference = next(self.parameters())
-        device, dtype = device or reference.device, dtype or reference.dtype
-        return PeerState([layer.init_state(batch, self.config.n_assets, device, dtype) for layer in self.layers])
-
-    def _layers(self, h: Tensor, mask: Tensor, state: PeerState | None) -> tuple[Tensor, PeerState]:
-        state = state or self.init_state(h.shape[0], device=h.device, dtype=h.dtype)
-        new_layers = []
-        for layer, layer_state in zip(self.layers, state.layers):
-            h, layer_state = layer(h, mask, layer_state)
-            new_layers.append(layer_state)
-        return h, PeerState(new_layers)
+    block = CausalBlock
 
 
 # ----- the LSTM -------------------------------------------------------------------------------------------------------
 
 
-class PerAssetLSTM(nn.Module):
-    """One LSTM layer per asset (hidden size M), stepped in one loop over time for every asset at once; the state is
-    carried unchanged over closed bars."""
+class LSTMBlock(nn.Module):
+    """x + LSTM(norm x): one LSTM layer per asset (hidden size M), stepped in one loop over time for every asset at
+    once; the state is carried unchanged over closed bars, which add nothing to the stream."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -227,9 +227,15 @@ class PerAssetLSTM(nn.Module):
         self.recurrent = nn.Parameter(torch.empty(A, M, 4 * M).uniform_(-bound, bound))
         with torch.no_grad():  # forget gate bias 1: remember by default at the start of training
             self.input_gates.bias[:, M: 2 * M] += 1.0
+        self.dropout = nn.Dropout(config.dropout)
+
+    def init_state(self, batch: int, n_assets: int, device, dtype) -> tuple[Tensor, Tensor]:
+        shape = (batch, n_assets, self.recurrent.shape[1])
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
     def forward(self, h: Tensor, mask: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """h (B, T, A, M), mask (B, T, A), state (h, c) each (B, A, M) -> (outputs (B, T, A, M), (h, c))."""
+        """h (B, T, A, M), mask (B, T, A), state (h, c) each (B, A, M) -> (h (B, T, A, M), (h, c) after the last
+        bar)."""
         gates_in = self.input_gates(self.norm(h)).permute(1, 2, 0, 3)  # (T, A, B, 4M)
         open_bars = mask.permute(1, 2, 0).unsqueeze(-1)  # (T, A, B, 1)
         h_t, c_t = (s.transpose(0, 1) for s in state)  # (A, B, M)
@@ -243,28 +249,11 @@ class PerAssetLSTM(nn.Module):
             h_t, c_t = torch.where(is_open, h_new, h_t), torch.where(is_open, c_new, c_t)
             outputs.append(h_t)
         out = torch.stack(outputs, dim=0).permute(2, 0, 1, 3)  # (B, T, A, M)
-        return out, (h_t.transpose(0, 1), c_t.transpose(0, 1))
+        h = h + torch.where(mask.unsqueeze(-1), self.dropout(out), torch.zeros((), dtype=h.dtype, device=h.device))
+        return h, (h_t.transpose(0, 1), c_t.transpose(0, 1))
 
 
 class LSTMPeer(_PeerBase):
-    """Per-asset stacked LSTM (hidden d_model, len(layer_pattern) layers, residual), the hybrid's heads."""
+    """Per-asset stacked LSTM (hidden d_model, len(layer_pattern) residual layers), the hybrid's heads."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
-        self.layers = nn.ModuleList(PerAssetLSTM(config) for _ in config.layer_pattern)
-
-    def init_state(self, batch: int, *, device=None, dtype=None) -> PeerState:
-        reference = next(self.parameters())
-        device, dtype = device or reference.device, dtype or reference.dtype
-        zeros = lambda: torch.zeros(batch, self.config.n_assets, self.config.d_model, device=device, dtype=dtype)
-        return PeerState([(zeros(), zeros()) for _ in self.layers])
-
-    def _layers(self, h: Tensor, mask: Tensor, state: PeerState | None) -> tuple[Tensor, PeerState]:
-        state = state or self.init_state(h.shape[0], device=h.device, dtype=h.dtype)
-        keep = mask.unsqueeze(-1)
-        new_layers = []
-        for layer, layer_state in zip(self.layers, state.layers):
-            out, layer_state = layer(h, mask, layer_state)
-            h = h + torch.where(keep, self.dropout(out), torch.zeros((), dtype=h.dtype, device=h.device))
-            new_layers.append(layer_state)
-        return h, PeerState(new_layers)
+    block = LSTMBlock

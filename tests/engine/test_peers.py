@@ -112,12 +112,16 @@ def test_a_manifest_without_a_kind_is_a_hybrid(runs):
     assert isinstance(build_model(ModelConfig.from_dict(config)), HybridModel)
 
 
+def small_peer(kind: str, seed: int, **sizes):
+    """A fresh peer in eval mode, no dropout, seeded."""
+    torch.manual_seed(seed)
+    config = ModelConfig(d_state=4, n_heads=2, lead_path=False, kind=kind, dropout=0.0, **sizes)
+    return build_model(config).eval()
+
+
 @pytest.mark.parametrize("kind", ["transformer", "lstm"])
 def test_a_peer_gives_the_same_numbers_over_a_window_in_chunks_and_bar_by_bar(kind):
-    torch.manual_seed(0)
-    config = ModelConfig(n_assets=3, n_features=5, d_model=16, d_state=4, n_heads=2, max_lag=6, point_head=True,
-                         lead_path=False, kind=kind, dropout=0.0)
-    model = build_model(config).eval()
+    model = small_peer(kind, seed=0, n_assets=3, n_features=5, d_model=16, max_lag=6, point_head=True)
     x, mask = torch.randn(2, 3, 30, 5), torch.rand(2, 3, 30) > 0.25
     x[~mask] = float("nan")  # closed bars' features are ignored
     with torch.no_grad():
@@ -135,10 +139,7 @@ def test_a_peer_gives_the_same_numbers_over_a_window_in_chunks_and_bar_by_bar(ki
 
 @pytest.mark.parametrize("kind", ["transformer", "lstm"])
 def test_a_peer_sees_only_the_past_and_nothing_of_other_assets(kind):
-    torch.manual_seed(1)
-    config = ModelConfig(n_assets=2, n_features=4, d_model=8, d_state=4, n_heads=2, max_lag=4, point_head=False,
-                         lead_path=False, kind=kind, dropout=0.0)
-    model = build_model(config).eval()
+    model = small_peer(kind, seed=1, n_assets=2, n_features=4, d_model=8, max_lag=4, point_head=False)
     x, mask = torch.randn(1, 2, 20, 4), torch.ones(1, 2, 20, dtype=torch.bool)
     changed = x.clone()
     changed[:, 0, 12:] += 5.0  # asset 0's future, from bar 12 on
