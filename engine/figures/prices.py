@@ -35,7 +35,10 @@ def display_bars(bars: pd.DataFrame, max_candles: int = MAX_CANDLES,
     bars: ts (UTC), open, high, low, close, volume. labels: (len(bars),) regime of each bar (-1 = none)."""
     if len(bars) <= max_candles:
         return bars, None, None if labels is None else np.asarray(labels)
-    frame = bars.set_index(pd.DatetimeIndex(bars["ts"]))
+    index = pd.DatetimeIndex(bars["ts"])
+    utc = index.tz is not None
+    # Buckets on naive UTC times: pandas ignores origin= for day buckets of a tz-aware index.
+    frame = bars.set_index(index.tz_convert("UTC").tz_localize(None) if utc else index)
     if labels is not None:
         frame = frame.assign(label=np.asarray(labels))
     rule = DISPLAY_INTERVALS[-1]
@@ -47,6 +50,8 @@ def display_bars(bars: pd.DataFrame, max_candles: int = MAX_CANDLES,
     if labels is not None:
         aggregations["label"] = "last"
     resampled = frame.resample(rule, origin="epoch").agg(aggregations).dropna(subset=["close"])
+    if utc:
+        resampled.index = resampled.index.tz_localize("UTC")
     resampled = resampled.rename_axis("ts").reset_index()
     drawn_labels = resampled.pop("label").to_numpy(dtype=np.int64) if labels is not None else None
     return resampled, rule, drawn_labels
