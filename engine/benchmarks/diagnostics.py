@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -22,14 +23,13 @@ from engine.diagnostics import (
     load_or_compute_diagnostics,
 )
 from engine.diagnostics.bundle import DiagnosticsConfig
-from engine.diagnostics.regimes import fit_regimes
+from engine.diagnostics.cache import CacheKey, save_bundle
+from engine.diagnostics.live import advance, start_live
 from engine.features import build_feature_set
 from engine.model.config import ModelConfig
 from engine.model.hybrid import HybridModel
 from engine.model.inference import (
-    extend_inference,
     run_inference,
-    run_inference_with_state,
 )
 from engine.runtime import device_label
 from storage.panel import Panel, demo_panel, panel_fingerprint
@@ -85,32 +85,36 @@ def rows(device: torch.device | str) -> list[dict]:
 
 
 def live_rows(model: HybridModel, panel: Panel, config: DiagnosticsConfig, full_s: float) -> list[dict]:
-    """One new hourly bar after 20,000: the model advanced from its saved end state over the new bar only
-    (extend_inference, exact to run_inference over everything), against the full recompute, and the parts of a
-    refresh that are still O(history): the features (pandas over the panel) and the regime fit (PCA + clusters
-    refitted on the training rows, since the fitted transforms are not kept)."""
+    """One new hourly bar after 20,000, the app's way (engine.diagnostics.cache keeps the last bundle live): the
+    model advanced from its saved end state over the new bar and the bar labelled with the kept regime fit
+    (engine.diagnostics.live.advance), the bundle written to the disk cache, the features rebuilt (pandas over the
+    panel, not incremental). Their sum is the time to show the bar, against the full recompute above."""
     fit_rows = range(N_BARS // 2)
     features = build_feature_set(panel, fit_rows)  # N_BARS + 1 rows: the history and the new bar
     history = replace(features, values=features.values[:, :N_BARS], mask=features.mask[:, :N_BARS],
                       ts=features.ts[:N_BARS])
-    previous, state = run_inference_with_state(model, history, config.inference)
-    advance = time_cpu(lambda: extend_inference(model, previous, state, features, config.inference),
-                       budget_s=2.0, min_reps=5, max_reps=20)
-    extended, _ = extend_inference(model, previous, state, features, config.inference)
+    live = start_live(model, history, fit_rows, config)
+    advanced, how = advance(model, live, features)
+    if not how.startswith("advanced"):
+        raise RuntimeError(f"the live bundle did not advance: {how}")
+    advance_t = time_cpu(lambda: advance(model, live, features), budget_s=2.0, min_reps=5, max_reps=20)
     features_t = time_cpu(lambda: build_feature_set(panel, fit_rows), budget_s=2.0, min_reps=3, max_reps=10)
-    regimes_t = time_cpu(lambda: fit_regimes(extended.embeddings, extended.mask, fit_rows, config.regimes),
-                         budget_s=2.0, min_reps=3, max_reps=5)
-    shown = advance.median / 1e3
+    with tempfile.TemporaryDirectory() as cache_dir:
+        key = CacheKey("bench", "live", (fit_rows.start, fit_rows.stop), config.identity())
+        save_t = time_cpu(lambda: save_bundle(Path(cache_dir) / "entry", advanced.bundle, key), budget_s=2.0,
+                          min_reps=3, max_reps=10)
+    total = (advance_t.median + save_t.median + features_t.median) / 1e3
     case = f"1 new hourly bar on 3 x {N_BARS:,}"
     return [
-        {"case": f"{case}: model advanced from the saved end state (extend_inference)", "seconds": shown,
-         "spread": _seconds_spread(advance), "budget_s": LIVE_BUDGET_S, "result": verdict(shown, LIVE_BUDGET_S),
-         "note": f"O(new bars); {full_s / shown:,.0f}x less than the full recompute above"},
-        {"case": f"{case}: features rebuilt over the panel (today's refresh)", "seconds": features_t.median / 1e3,
-         "spread": _seconds_spread(features_t), "budget_s": "-", "note": "O(history): engine.features, not incremental"},
-        {"case": f"{case}: regimes refitted on the training rows (today's refresh)", "seconds": regimes_t.median / 1e3,
-         "spread": _seconds_spread(regimes_t), "budget_s": "-",
-         "note": "O(training rows): the fitted PCA/clusters are not kept, so new bars cannot just be labelled"},
+        {"case": f"{case}: model + regimes advanced over the new bar (live.advance)",
+         "seconds": advance_t.median / 1e3, "spread": _seconds_spread(advance_t), "budget_s": "-",
+         "note": "O(new bars) + one comparison of the stored features"},
+        {"case": f"{case}: the bundle written to the disk cache", "seconds": save_t.median / 1e3,
+         "spread": _seconds_spread(save_t), "budget_s": "-", "note": "O(history): npz + SHA-256 of every array"},
+        {"case": f"{case}: features rebuilt over the panel", "seconds": features_t.median / 1e3,
+         "spread": _seconds_spread(features_t), "budget_s": "-", "note": "O(history): engine.features is pandas"},
+        {"case": f"{case}: time to show it (the three above)", "seconds": total, "budget_s": LIVE_BUDGET_S,
+         "result": verdict(total, LIVE_BUDGET_S), "note": f"the full recompute above took {full_s / total:,.1f}x this"},
     ]
 
 

@@ -5,6 +5,11 @@ key, the labels that are not arrays, the npz file's SHA-256). Nothing is trusted
 JSON does not parse, whose key differs, whose hash does not match its arrays, or whose arrays have the wrong shapes
 is recomputed and overwritten, never used. Entries are written to a temporary folder and renamed into place under
 a file lock, so a reader never sees half an entry and two writers do not interleave.
+
+Live updates: a refresh that appends bars changes the data hash, so the disk entry misses; the process then
+advances the last bundle it computed for the same run, weights, fit rows and settings over the new bars only
+(engine.diagnostics.live, status "advanced by k bars ..."), when the new features begin with that bundle's rows
+unchanged, and computes afresh otherwise. The result is written to the disk cache like a computed one.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +31,8 @@ from filelock import FileLock
 from engine.diagnostics.bundle import (
     DiagnosticsBundle,
     DiagnosticsConfig,
-    compute_diagnostics,
 )
+from engine.diagnostics.live import LiveDiagnostics, advance, start_live
 from engine.diagnostics.regimes import RegimeResult
 from engine.features import FeatureSet
 from engine.model.checkpoint import DataFingerprint
@@ -172,6 +179,43 @@ def load_or_compute_diagnostics(
             return load_bundle(directory, key), "cached"
         except CacheMiss as miss:
             reason = str(miss)
-        bundle = compute_diagnostics(model, features, fit_rows, config)
+        bundle, how = _live_or_computed(model, features, fit_rows, run_id, config)
         save_bundle(directory, bundle, key)
-    return bundle, f"computed: {reason}"
+    return bundle, how if how.startswith("advanced") else f"computed: {reason}"
+
+
+# Live updates: this process keeps, per (run, weights, fit rows, settings), the last bundle it computed with what
+# continuing it needs (engine.diagnostics.live). When a refresh appends bars the disk cache misses (new data hash)
+# and the bundle is advanced over the new bars only, instead of recomputed over the whole history.
+LIVE_ENTRIES = 4  # bundles kept in memory, least recently used dropped (as the app's st.cache_resource keeps 4)
+_live: OrderedDict[tuple, LiveDiagnostics] = OrderedDict()
+_live_lock = threading.Lock()
+
+
+def _weights_digest(model: HybridModel) -> str:
+    """Which weights: a run id names a checkpoint, but the same name must never continue another model's state."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _live_or_computed(model: HybridModel, features: FeatureSet, fit_rows: range, run_id: str,
+                      config: DiagnosticsConfig) -> tuple[DiagnosticsBundle, str]:
+    """-> (bundle, "advanced by k bars ...") when this process holds the bundle of a panel these features extend,
+    else (compute_diagnostics' bundle, "computed"), keeping it live either way."""
+    live_key = (run_id, _weights_digest(model), (fit_rows.start, fit_rows.stop), json.dumps(config.identity()))
+    with _live_lock:
+        live = _live.get(live_key)
+    if live is not None and live.starts(features) and live.fit_rows == fit_rows:
+        live, how = advance(model, live, features)
+        how = f"{how} from the state kept in memory (live update)"
+    else:
+        live, how = start_live(model, features, fit_rows, config), "computed"
+    with _live_lock:
+        _live[live_key] = live
+        _live.move_to_end(live_key)
+        while len(_live) > LIVE_ENTRIES:
+            _live.popitem(last=False)
+    return live.bundle, how

@@ -80,3 +80,26 @@ def test_a_revised_history_is_computed_afresh_not_extended(features, model):
     assert said.startswith("computed")
     expected = compute_diagnostics(model, revised, FIT_ROWS, CONFIG)
     np.testing.assert_array_equal(fresh.bundle.regimes.labels, expected.regimes.labels)
+
+
+def test_the_app_s_cached_diagnostics_advance_over_a_refresh_s_new_bars(features, model, tmp_path):
+    from engine.diagnostics.cache import load_or_compute_diagnostics
+
+    loaded = demo_panel("1d")
+
+    def fingerprint(n_rows):  # what the app passes: the panel's own fingerprint, new with every refresh
+        return replace(loaded.fingerprint(), n_rows=n_rows, content_hash=f"test-{n_rows}")
+
+    args = {"run_id": "live-test", "config": CONFIG, "cache_dir": tmp_path}
+    _, status = load_or_compute_diagnostics(model, first(features, N_ROWS - 1), FIT_ROWS,
+                                            fingerprint=fingerprint(N_ROWS - 1), **args)
+    assert status.startswith("computed: no entry")
+    bundle, status = load_or_compute_diagnostics(model, first(features, N_ROWS), FIT_ROWS,
+                                                 fingerprint=fingerprint(N_ROWS), **args)
+    assert status.startswith("advanced by 1 bars")
+    expected = compute_diagnostics(model, first(features, N_ROWS), FIT_ROWS, CONFIG)
+    np.testing.assert_allclose(bundle.inference.quantiles, expected.inference.quantiles, rtol=1e-4, atol=1e-5)
+    assert (bundle.regimes.labels == expected.regimes.labels).mean() > 0.995
+    _, status = load_or_compute_diagnostics(model, first(features, N_ROWS), FIT_ROWS,
+                                            fingerprint=fingerprint(N_ROWS), **args)
+    assert status == "cached"  # the advanced bundle was written to the disk cache like a computed one
