@@ -16,6 +16,7 @@ from engine.model.config import ModelConfig
 from engine.model.peers import build_model
 
 
+@pytest.mark.slow  # ~7 s idle on two cores (the dynamo export is most of it), twice that under load
 def test_the_demo_step_exports_with_its_state_explicit_and_matches_pytorch_over_1000_bars(tmp_path):
     torch.manual_seed(0)
     model, _ = load_model(DEMO_CHECKPOINT_DIR)
