@@ -6,9 +6,14 @@ assets. Weak scaling: every rank takes the same per-rank batch, so the global ba
 
     scaling efficiency = throughput(P) / (P * throughput(1)).
 
-On GPUs each process takes one GPU (NCCL); on a CPU each takes `cores // P` threads (gloo), so there the row says
-how the same cores do split into processes rather than how more hardware helps. NVLink multicast stays off
-(NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1): the lender's machines require it.
+On GPUs each process takes one GPU (NCCL). On a CPU (gloo) every process takes ONE thread, the 1-process baseline
+too, so each process brings the same resource (one core) and the efficiency means what it means on GPUs. (Before,
+the baseline ran one process with every core's threads, and two one-thread processes beat it by 20%: intra-op
+threads on small tensors scale worse than processes, so the ">100% efficiency" measured the baseline's threading,
+not the data parallelism.) The 1-process row with all cores' threads is printed too, marked as not a baseline.
+Each run reports the median ms per step with its spread over the timed steps, and the efficiency is given with the
+range its steps' interquartile ranges allow. NVLink multicast stays off (NCCL_NVLS_ENABLE=0,
+TORCH_SYMM_MEM_DISABLE_MULTICAST=1): the lender's machines require it.
 
     python -m engine.benchmarks.scaling --device cuda --procs 1 2 4     # on a machine with 4 GPUs
     python -m engine.bench --only scaling                                # as many processes as there are GPUs
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from engine.benchmarks._measure import Timing
 from engine.runtime import configure_cpu_threads, device_label
 
 N_ASSETS = 50
@@ -53,7 +59,7 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
     try:
         n_windows = per_rank_batch * ctx.world_size * 4
         panel = synthetic_universe(n_assets, WINDOW + n_windows * 64 + 64, seed=1)
-        rows = range(0, len(panel.ts))
+        rows = range(len(panel.ts))
         features = build_feature_set(panel, rows)
         model_config = ModelConfig(n_assets=n_assets, n_features=features.values.shape[2], point_head=False,
                                    lead_path=False)
@@ -81,10 +87,13 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
             torch.cuda.synchronize(ctx.device)
         barrier(ctx)
         started = time.perf_counter()
+        step_times = []
         for _ in range(steps):
+            t0 = time.perf_counter()
             step()
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            step_times.append(time.perf_counter() - t0)
         barrier(ctx)
         seconds = time.perf_counter() - started
         if ctx.is_main:
@@ -92,38 +101,52 @@ def worker(out: Path, device: str, per_rank_batch: int, steps: int, n_assets: in
                 "processes": ctx.world_size, "backend": ctx.backend or "none", "device": device_label(ctx.device),
                 "parameters": model.num_parameters(), "global_batch": config.batch_size,
                 "s_per_step": seconds / steps, "windows_per_s": config.batch_size * steps / seconds,
-                "threads": torch.get_num_threads(), "assets": n_assets,
+                "threads": torch.get_num_threads(), "assets": n_assets, "step_times": step_times,
             }))
     finally:
         shutdown(ctx)
 
 
 def run_processes(procs: int, device: str, per_rank_batch: int = PER_RANK_BATCH, steps: int = TIMED_STEPS,
-                  n_assets: int = N_ASSETS) -> dict:
-    """torchrun with `procs` processes on this machine -> rank 0's timing."""
+                  n_assets: int = N_ASSETS, threads: int = 1) -> dict:
+    """torchrun with `procs` processes of `threads` CPU threads each on this machine -> rank 0's timing."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timing.json"
-        threads = max(1, (os.cpu_count() or 1) // procs) if device == "cpu" else 1
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
                    "-m", "engine.benchmarks.scaling", "--worker", "--out", str(out), "--device", device,
                    "--per-rank-batch", str(per_rank_batch), "--steps", str(steps), "--assets", str(n_assets)]
         env = {**os.environ, **MULTICAST_OFF, "OMP_NUM_THREADS": str(threads)}
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not out.exists():
             raise RuntimeError(f"torchrun with {procs} processes failed:\n{result.stderr[-4000:]}")
         return json.loads(out.read_text())
 
 
 def table(timings: list[dict]) -> list[dict]:
-    base = next(t for t in timings if t["processes"] == 1)["windows_per_s"]
+    """One row per run; the efficiency against the 1-process run with the same threads per process."""
+    def per_step(t: dict) -> Timing:
+        return Timing(tuple(1e3 * x for x in t["step_times"]))
+
+    base = next(t for t in timings if t["processes"] == 1 and t.get("baseline", True))
+    base_steps = per_step(base)
     rows = []
     for t in timings:
+        steps = per_step(t)
+        if t.get("baseline", True):
+            # throughput ~ global batch / ms per step; the IQRs bound the ratio from both sides.
+            scale = t["global_batch"] / (t["processes"] * base["global_batch"])
+            efficiency = scale * base_steps.median / steps.median
+            low, high = scale * base_steps.q1 / steps.q3, scale * base_steps.q3 / steps.q1
+            shown = f"{efficiency:.0%} ({low:.0%}..{high:.0%})"
+        else:
+            shown = "- (not a baseline: one process with every core's threads)"
         rows.append({
             "processes": t["processes"], "backend": t["backend"], "device": t["device"],
             "threads/process": t["threads"], "assets": t["assets"], "parameters": f"{t['parameters']:,}",
-            "global batch (windows of 512 bars)": t["global_batch"], "ms per step": t["s_per_step"] * 1e3,
-            "windows/s": t["windows_per_s"], "asset-bars/s (M)": t["windows_per_s"] * WINDOW * t["assets"] / 1e6,
-            "scaling efficiency": f"{t['windows_per_s'] / (t['processes'] * base):.0%}",
+            "global batch (windows of 512 bars)": t["global_batch"], "ms per step": steps.median,
+            "spread": steps.spread(), "windows/s": t["global_batch"] / steps.median * 1e3,
+            "asset-bars/s (M)": t["global_batch"] / steps.median * 1e3 * WINDOW * t["assets"] / 1e6,
+            "scaling efficiency (IQR range)": shown,
         })
     return rows
 
@@ -136,7 +159,12 @@ def available_procs(device: torch.device) -> list[int]:
 def rows(device: torch.device | str) -> list[dict]:
     device = torch.device(device)
     if device.type == "cpu":  # a step of 50 assets takes seconds on a laptop CPU: fewer, smaller steps
-        return table([run_processes(p, "cpu", per_rank_batch=2, steps=3) for p in available_procs(device)[:2]])
+        timings = [run_processes(p, "cpu", per_rank_batch=2, steps=6) for p in available_procs(device)[:2]]
+        cores = os.cpu_count() or 1
+        if cores > 1:
+            threaded = run_processes(1, "cpu", per_rank_batch=2, steps=6, threads=cores)
+            timings.append({**threaded, "baseline": False})
+        return table(timings)
     return table([run_processes(p, device.type) for p in available_procs(device)])
 
 
