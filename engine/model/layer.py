@@ -66,11 +66,17 @@ def fast_step_applies(module: torch.nn.Module, *tensors: Tensor) -> bool:
 def derived_weights(module: torch.nn.Module, build, sources: Callable[[], tuple[Tensor, ...]]):
     """build() -> tensors derived from the parameters sources() names, cached on `module` until one changes: when
     its version counter moves (an optimiser step, load_state_dict's copy_) or its storage, dtype or device does
-    (model.to(...)), so a stale derivation is never used. sources() is called once: the parameter objects stay the
-    same through those changes, and looking them up through nn.Module's attributes costs more than the check."""
+    (model.to(...)), or the parameter object itself is replaced (load_state_dict(assign=True)), so a stale
+    derivation is never used. The check reads each parameter from its owner's parameter dict, which costs far less
+    than looking it up through nn.Module's attributes again."""
     state = module.__dict__.get("_derived_weights")
+    if state is not None and not all(slot[name] is t for (slot, name), t in zip(state["slots"], state["sources"])):
+        state = None  # a parameter object was replaced: find them again
     if state is None:
-        state = module.__dict__["_derived_weights"] = {"sources": tuple(sources()), "key": None, "value": None}
+        tensors = tuple(sources())
+        owners = {id(p): (m._parameters, n) for m in module.modules() for n, p in m._parameters.items()}
+        state = {"sources": tensors, "slots": tuple(owners[id(t)] for t in tensors), "key": None, "value": None}
+        module.__dict__["_derived_weights"] = state
     key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in state["sources"])
     if state["key"] != key:
         with torch.no_grad():

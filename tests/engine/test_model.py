@@ -573,3 +573,9 @@ def test_fast_and_plain_steps_share_one_state_and_the_fast_path_sees_new_weights
         plain, _ = model.step(x[:, :, 8], mask[:, :, 8], state, return_diagnostics=True)
         assert not torch.allclose(fast.quantiles, before.quantiles)
         torch.testing.assert_close(fast.quantiles, plain.quantiles, rtol=1e-10, atol=1e-10)
+        # ... and so are parameter objects replaced outright (load_state_dict(assign=True)).
+        weights = {name: value.clone() * 1.1 for name, value in model.state_dict().items()}
+        model.load_state_dict(weights, assign=True)
+        fast, _ = model.step(x[:, :, 8], mask[:, :, 8], state)
+        plain, _ = model.step(x[:, :, 8], mask[:, :, 8], state, return_diagnostics=True)
+        torch.testing.assert_close(fast.quantiles, plain.quantiles, rtol=1e-10, atol=1e-10)
