@@ -169,7 +169,7 @@ def run_member(job: MemberJob) -> dict:
             out["oracle"] = oracle_share(truth, panel, pred, fold_of_row)
         out["regime_claims"] = [s for s, entry in findings.regimes.items() if entry["significant"]]
         out["regime_verdicts"] = {s: {k: entry[k] for k in ("n_regimes", "verdict", "separation_q",
-                                                          "beyond_recent_vol_p", "persistence")}
+                                                          "beyond_recent_vol_p", "lasting_p", "persistence")}
                                   for s, entry in findings.regimes.items()}
         out["edge_claims"] = [f"{c['asset']} h{c['horizon']} {c['metric']}" for c in findings.forecast_skill
                               if c.get("verdict") == "edge"]

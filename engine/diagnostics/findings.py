@@ -52,7 +52,7 @@ from engine.model.checkpoint import CheckpointError, Manifest, read_manifest
 from storage.panel import LoadedPanel
 
 PARTS: tuple[str, ...] = ("lead_lag", "forecast_skill", "regimes")
-FINDINGS_FORMAT = 1
+FINDINGS_FORMAT = 2  # 2: regime entries carry lasting_p
 FINDINGS_FOLDER = "findings"
 NO_LEAD_LAG = "No lead-lag found"
 ONE_REGIME = "one regime, or none distinct"
@@ -327,6 +327,7 @@ def regime_entry(verdict: RegimeVerdict) -> dict:
         "verdict": _regime_verdict_words(verdict),
         "separation_p": _plain(verdict.separation_p), "separation_q": _plain(verdict.separation_q),
         "beyond_recent_vol_p": _plain(getattr(verdict, "beyond_recent_vol_p", math.nan)),
+        "lasting_p": _plain(getattr(verdict, "lasting_p", math.nan)), "lasting_bars": int(verdict.lasting_bars),
         "persistence": {"stay_share": _plain(verdict.stay_share),
                         "stay_share_shuffled": _plain(verdict.stay_share_shuffled),
                         "p": _plain(verdict.persistence_p)},
