@@ -14,6 +14,7 @@ from engine.figures.style import (
     base_layout,
     display_rows,
     label_synthetic,
+    plain_times,
 )
 
 
@@ -41,15 +42,16 @@ def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MA
     frame = past.frame.iloc[rows]
     colour = asset_colour(past.symbol)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=frame.index, y=frame[hi], mode="lines", line={"width": 0}, showlegend=False,
+    times = plain_times(frame.index)
+    fig.add_trace(go.Scatter(x=times, y=frame[hi], mode="lines", line={"width": 0}, showlegend=False,
                              hoverinfo="skip", name=f"{hi}"))
     fig.add_trace(go.Scatter(
-        x=frame.index, y=frame[lo], mode="lines", line={"width": 0}, fill="tonexty",
+        x=times, y=frame[lo], mode="lines", line={"width": 0}, fill="tonexty",
         fillcolor=_rgba(colour, 0.22), name=f"{levels[0]:.0%}-{levels[-1]:.0%} band",
     ))
-    fig.add_trace(go.Scatter(x=frame.index, y=frame[mid], mode="lines", line={"color": colour, "width": 1.2},
+    fig.add_trace(go.Scatter(x=times, y=frame[mid], mode="lines", line={"color": colour, "width": 1.2},
                              name=f"median ({levels[len(levels) // 2]:.0%})"))
-    fig.add_trace(go.Scatter(x=frame.index, y=frame["realised"], mode="markers",
+    fig.add_trace(go.Scatter(x=times, y=frame["realised"], mode="markers",
                              marker={"size": 3, "color": "#222222"}, name="what happened"))
     title = f"{past.symbol} · {past.horizon}-bar log return: walk-forward forecasts vs outcome"
     if len(frame) < len(past.frame):

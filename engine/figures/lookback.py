@@ -23,6 +23,7 @@ from engine.figures.style import (
     base_layout,
     display_rows,
     label_synthetic,
+    plain_times,
 )
 
 REGIME_SHADE_OPACITY = 0.18
@@ -90,7 +91,7 @@ def lookback_chart(
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.5, 0.5])
     colour = asset_colour(symbol)
-    fig.add_trace(go.Scatter(x=_plain_times(open_ts[price_rows]), y=open_closes[price_rows], mode="lines",
+    fig.add_trace(go.Scatter(x=plain_times(open_ts[price_rows]), y=open_closes[price_rows], mode="lines",
                              name=f"{symbol} close",
                              line={"color": colour, "width": 1.2},
                              hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>price %{y:,.2f}<extra></extra>"), row=1, col=1)
@@ -98,7 +99,7 @@ def lookback_chart(
     if labels is not None and finite.size:
         add_regime_bands(fig, ts, np.asarray(labels)[span], regime_names, row=2, height=float(finite.max()) * 1.05,
                          opacity=REGIME_SHADE_OPACITY, palette=regime_palette)
-    x = _plain_times(open_ts[curve_rows])
+    x = plain_times(open_ts[curve_rows])
     band = f"raw look-back, rolling {BAND_QUANTILES[0]:.0%}-{BAND_QUANTILES[1]:.0%}"
     fig.add_trace(go.Scatter(x=x, y=high[curve_rows], mode="lines", line={"width": 0}, showlegend=False,
                              hoverinfo="skip", connectgaps=True, name=band), row=2, col=1)
@@ -125,13 +126,6 @@ def lookback_chart(
     add_range_selector(fig, row=1)
     shade_test_spans(fig, out_of_sample, ts, on_subplots=True)
     return label_synthetic(fig, synthetic)
-
-
-def _plain_times(times: pd.DatetimeIndex) -> np.ndarray:
-    """UTC times as naive datetime64 for plotly (the axis says UTC): tz-aware ones become object arrays of
-    Timestamps, which plotly deep-copies one by one."""
-    times = pd.DatetimeIndex(times)
-    return (times.tz_convert("UTC").tz_localize(None) if times.tz is not None else times).to_numpy()
 
 
 def lookback_by_regime_chart(table: pd.DataFrame, symbols: Sequence[str], *, labels_from: str,

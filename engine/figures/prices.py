@@ -19,6 +19,7 @@ from engine.figures.style import (
     add_range_selector,
     base_layout,
     label_synthetic,
+    plain_times,
 )
 
 MAX_CANDLES = 2_000
@@ -63,10 +64,7 @@ def price_chart(bars: pd.DataFrame, symbol: str, interval: str, *, synthetic: bo
     """Candlesticks of one symbol's bars with their volume under them (one time axis, UTC), zoom buttons, an
     optional log price scale, and the price panel shaded by regime when `labels` (one per bar) are given."""
     drawn, rule, drawn_labels = display_bars(bars, max_candles, labels)
-    ts = pd.DatetimeIndex(drawn["ts"])
-    # Naive UTC datetime64 for plotly (the axis says UTC): tz-aware times become object arrays of Timestamps,
-    # which plotly deep-copies one by one.
-    ts = ts.tz_convert("UTC").tz_localize(None) if ts.tz is not None else ts
+    ts = pd.DatetimeIndex(plain_times(drawn["ts"]))  # naive UTC: see style.plain_times
     fig = go.Figure()
     if drawn_labels is not None and len(ts):
         _shade_regimes(fig, ts, drawn_labels, regime_names, drawn)  # first: under the candles

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 # Fixed colours for the default universe; further symbols take the next free colour in a stable order.
@@ -116,3 +117,10 @@ def add_range_selector(fig: go.Figure, slider: bool = True, row: int | None = No
         n_rows = len(fig._grid_ref) if getattr(fig, "_grid_ref", None) else 1
         fig.update_xaxes(rangeslider={"visible": True, "thickness": 0.05}, row=n_rows, col=1)
     return fig
+
+
+def plain_times(times) -> np.ndarray:
+    """UTC times as naive datetime64 for a plotly trace (the axis says UTC): tz-aware ones become object arrays of
+    Timestamps, which plotly deep-copies one by one (a second for 26k bars)."""
+    index = pd.DatetimeIndex(times)
+    return (index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index).to_numpy()

@@ -24,7 +24,7 @@ def test_the_fan_chart_draws_every_forecast_from_the_first_with_a_range_selector
     forecasts = past(9_000)
     fig = charts.past_fan_chart(forecasts, synthetic=False)
     realised = fig.data[3]
-    assert len(realised.x) == 9_000 and pd.Timestamp(realised.x[0]) == forecasts.frame.index[0]
+    assert len(realised.x) == 9_000 and pd.Timestamp(realised.x[0]) == forecasts.frame.index[0].tz_localize(None)  # naive UTC
     assert "all 9,000" in fig.layout.title.text
     assert fig.layout.xaxis.rangeslider.visible and len(fig.layout.xaxis.rangeselector.buttons) == 4
 
@@ -35,7 +35,7 @@ def test_a_longer_history_is_thinned_keeping_the_extremes_and_the_chart_says_so(
     fig = charts.past_fan_chart(forecasts, synthetic=False)
     realised = np.asarray(fig.data[3].y)
     assert len(realised) <= charts.MAX_FAN_POINTS + 2 and 0.5 in realised
-    assert pd.Timestamp(fig.data[3].x[0]) == forecasts.frame.index[0]  # still from the first forecast
+    assert pd.Timestamp(fig.data[3].x[0]) == forecasts.frame.index[0].tz_localize(None)  # still from the first forecast
     assert "of 30,000 forecasts drawn" in fig.layout.title.text
 
 
