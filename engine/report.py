@@ -19,7 +19,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from engine.figures.export import HEADLESS_CHROMIUM_ARGS, require_browser, static_images
+from engine.figures.export import (
+    HEADLESS_CHROMIUM_ARGS,
+    compact_figure,
+    require_browser,
+    static_images,
+)
 from engine.figures.style import SYNTHETIC_NOTE
 
 PDF_TIMEOUT_SECONDS = 120
@@ -69,7 +74,8 @@ def report_html(content: ReportContent) -> bytes:
     charts = []
     for i, (heading, fig) in enumerate(content.figures.items()):
         # plotly.js once, inline, with the first chart; the others reuse it.
-        div = pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+        div = pio.to_html(compact_figure(fig), full_html=False, include_plotlyjs=(i == 0),
+                          config={"displaylogo": False})
         charts.append(f'<div class="chart"><h3>{html.escape(heading)}</h3>{div}</div>')
     return _page(content, charts).encode("utf-8")
 

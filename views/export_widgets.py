@@ -12,7 +12,13 @@ import re
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.figures.export import MIME_TYPES, browser_unavailable_reason, figure_bytes
+from engine.figures.export import (
+    MIME_TYPES,
+    PLOTLY_JS_FILE,
+    browser_unavailable_reason,
+    figure_bytes,
+    plotly_js,
+)
 from views.frame import date_span_text, load_summary, selection_series
 from views.view_charts import view_figures
 
@@ -85,12 +91,21 @@ def report_buttons(page_title: str, selection, *, tables: dict | None = None, se
                                    on_click="ignore", icon=":material/picture_as_pdf:")
     else:
         columns[1].caption(reason)
-    columns[2].caption(f"{len(figures)} charts of this view, the selection, data spans and the shareable link.")
+    columns[2].caption(f"{len(figures)} charts of this view, the selection, data spans and the shareable link. "
+                       f"A chart's own HTML file loads {PLOTLY_JS_FILE} from its folder: save it there once.")
+    columns[2].download_button(f"{PLOTLY_JS_FILE} (for HTML charts)", data=plotly_js, file_name=PLOTLY_JS_FILE,
+                               mime="text/javascript", key=f"{key}_plotly_js", on_click="ignore", width="content")
 
 
 def share_url() -> str:
-    """The link that reopens this view: the page's URL with every bound widget's query parameter."""
+    """The link that reopens this view: the page's URL with every bound widget's query parameter (views.url_state
+    writes them defaults included, the checkpoint by run id), repeated parameters (symbols) kept."""
+    return link_to(st.context.url or "", {key: st.query_params.get_all(key) for key in st.query_params})
+
+
+def link_to(page_url: str, params: dict[str, list[str]]) -> str:
+    """page_url (its own query dropped) with params, each value list as repeated parameters."""
     from urllib.parse import urlencode, urlsplit, urlunsplit
 
-    base = urlsplit(st.context.url or "")
-    return urlunsplit((base.scheme, base.netloc, base.path, urlencode(st.query_params.to_dict(), doseq=True), ""))
+    base = urlsplit(page_url)
+    return urlunsplit((base.scheme, base.netloc, base.path, urlencode(params, doseq=True), ""))

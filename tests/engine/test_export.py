@@ -14,12 +14,14 @@ def small_figure(title: str = "export test") -> go.Figure:
     return go.Figure(go.Scatter(x=[1, 2, 3], y=[2, 1, 3], name="series"), layout=dict(title=title))
 
 
-def test_html_is_standalone_and_opens_offline():
+def test_html_loads_plotly_js_once_from_beside_it_and_opens_offline():
     page = export.figure_html(small_figure()).decode("utf-8")
     assert page.startswith("<html>") or page.lower().startswith("<!doctype html")
     assert "export test" in page
-    assert not re.findall(r"<script[^>]*src=", page)  # plotly.js is inline, nothing to fetch
-    assert len(page) > 1_000_000  # the inlined plotly.js bundle
+    # plotly.js once, from the file beside the chart (nothing from the internet), never inlined per chart
+    assert re.findall(r"<script[^>]*src=\"([^\"]+)\"", page) == [export.PLOTLY_JS_FILE]
+    assert len(page) < 50_000
+    assert export.plotly_js().startswith(b"/**") and len(export.plotly_js()) > 1_000_000
     assert pio.defaults.mathjax is False
 
 
