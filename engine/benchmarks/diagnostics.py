@@ -87,8 +87,9 @@ def rows(device: torch.device | str) -> list[dict]:
 def live_rows(model: HybridModel, panel: Panel, config: DiagnosticsConfig, full_s: float) -> list[dict]:
     """One new hourly bar after 20,000, the app's way (engine.diagnostics.cache keeps the last bundle live): the
     model advanced from its saved end state over the new bar and the bar labelled with the kept regime fit
-    (engine.diagnostics.live.advance), the bundle written to the disk cache, the features rebuilt (pandas over the
-    panel, not incremental). Their sum is the time to show the bar, against the full recompute above."""
+    (engine.diagnostics.live.advance), the features rebuilt (pandas over the panel, not incremental): their sum is
+    the time to show the bar, against the full recompute above. The disk-cache write is timed too; the app does it
+    in a background thread after showing the bar."""
     fit_rows = range(N_BARS // 2)
     features = build_feature_set(panel, fit_rows)  # N_BARS + 1 rows: the history and the new bar
     history = replace(features, values=features.values[:, :N_BARS], mask=features.mask[:, :N_BARS],
@@ -103,17 +104,18 @@ def live_rows(model: HybridModel, panel: Panel, config: DiagnosticsConfig, full_
         key = CacheKey("bench", "live", (fit_rows.start, fit_rows.stop), config.identity())
         save_t = time_cpu(lambda: save_bundle(Path(cache_dir) / "entry", advanced.bundle, key), budget_s=2.0,
                           min_reps=3, max_reps=10)
-    total = (advance_t.median + save_t.median + features_t.median) / 1e3
+    total = (advance_t.median + features_t.median) / 1e3
     case = f"1 new hourly bar on 3 x {N_BARS:,}"
     return [
         {"case": f"{case}: model + regimes advanced over the new bar (live.advance)",
          "seconds": advance_t.median / 1e3, "spread": _seconds_spread(advance_t), "budget_s": "-",
          "note": "O(new bars) + one comparison of the stored features"},
         {"case": f"{case}: the bundle written to the disk cache", "seconds": save_t.median / 1e3,
-         "spread": _seconds_spread(save_t), "budget_s": "-", "note": "O(history): npz + SHA-256 of every array"},
+         "spread": _seconds_spread(save_t), "budget_s": "-",
+         "note": "O(history): npz + SHA-256 of every array; written behind the answer, in a background thread"},
         {"case": f"{case}: features rebuilt over the panel", "seconds": features_t.median / 1e3,
          "spread": _seconds_spread(features_t), "budget_s": "-", "note": "O(history): engine.features is pandas"},
-        {"case": f"{case}: time to show it (the three above)", "seconds": total, "budget_s": LIVE_BUDGET_S,
+        {"case": f"{case}: time to show it (features + advance)", "seconds": total, "budget_s": LIVE_BUDGET_S,
          "result": verdict(total, LIVE_BUDGET_S), "note": f"the full recompute above took {full_s / total:,.1f}x this"},
     ]
 

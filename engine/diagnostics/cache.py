@@ -9,7 +9,8 @@ a file lock, so a reader never sees half an entry and two writers do not interle
 Live updates: a refresh that appends bars changes the data hash, so the disk entry misses; the process then
 advances the last bundle it computed for the same run, weights, fit rows and settings over the new bars only
 (engine.diagnostics.live, status "advanced by k bars ..."), when the new features begin with that bundle's rows
-unchanged, and computes afresh otherwise. The result is written to the disk cache like a computed one.
+unchanged, and computes afresh otherwise. An advanced bundle is returned at once and written to the disk cache by
+a background thread under the same lock (wait_for_cache_writes waits for those writes).
 """
 from __future__ import annotations
 
@@ -174,14 +175,41 @@ def load_or_compute_diagnostics(
     root = resolve_cache_dir(cache_dir)
     directory = root / key.folder_name()
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / (key.folder_name() + ".lock")), timeout=600):
+    lock_path = str(root / (key.folder_name() + ".lock"))
+    with FileLock(lock_path, timeout=600):
         try:
             return load_bundle(directory, key), "cached"
         except CacheMiss as miss:
             reason = str(miss)
         bundle, how = _live_or_computed(model, features, fit_rows, run_id, config)
-        save_bundle(directory, bundle, key)
-    return bundle, how if how.startswith("advanced") else f"computed: {reason}"
+        if not how.startswith("advanced"):
+            save_bundle(directory, bundle, key)
+            return bundle, f"computed: {reason}"
+    # A live update shows at once; its entry (O(history) bytes to write and hash) is written behind it.
+    _write_behind(directory, bundle, key, lock_path)
+    return bundle, how
+
+
+_writes: list[threading.Thread] = []
+
+
+def _write_behind(directory: Path, bundle: DiagnosticsBundle, key: CacheKey, lock_path: str) -> None:
+    def write() -> None:
+        with FileLock(lock_path, timeout=600):
+            save_bundle(directory, bundle, key)
+
+    thread = threading.Thread(target=write, name="diagnostics-cache-write")  # not a daemon: finishes before exit
+    thread.start()
+    with _live_lock:
+        _writes[:] = [t for t in _writes if t.is_alive()] + [thread]
+
+
+def wait_for_cache_writes() -> None:
+    """Block until the disk-cache entries of live updates are written (tests, and a command about to exit)."""
+    with _live_lock:
+        pending = list(_writes)
+    for thread in pending:
+        thread.join()
 
 
 # Live updates: this process keeps, per (run, weights, fit rows, settings), the last bundle it computed with what

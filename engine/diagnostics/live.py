@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig
 from engine.diagnostics.regimes import (
@@ -136,7 +137,7 @@ class LiveDiagnostics:
         n_old = old.values.shape[1]
         return (tuple(features.symbols) == tuple(old.symbols) and tuple(features.names) == tuple(old.names)
                 and features.values.shape[1] >= n_old
-                and np.array_equal(np.asarray(features.ts[:n_old]), np.asarray(old.ts))
+                and pd.DatetimeIndex(features.ts[:n_old]).equals(pd.DatetimeIndex(old.ts))
                 and np.array_equal(features.mask[:, :n_old], old.mask)
                 and np.array_equal(features.values[:, :n_old], old.values, equal_nan=True))
 

@@ -83,7 +83,10 @@ def test_a_revised_history_is_computed_afresh_not_extended(features, model):
 
 
 def test_the_app_s_cached_diagnostics_advance_over_a_refresh_s_new_bars(features, model, tmp_path):
-    from engine.diagnostics.cache import load_or_compute_diagnostics
+    from engine.diagnostics.cache import (
+        load_or_compute_diagnostics,
+        wait_for_cache_writes,
+    )
 
     loaded = demo_panel("1d")
 
@@ -100,6 +103,7 @@ def test_the_app_s_cached_diagnostics_advance_over_a_refresh_s_new_bars(features
     expected = compute_diagnostics(model, first(features, N_ROWS), FIT_ROWS, CONFIG)
     np.testing.assert_allclose(bundle.inference.quantiles, expected.inference.quantiles, rtol=1e-4, atol=1e-5)
     assert (bundle.regimes.labels == expected.regimes.labels).mean() > 0.995
+    wait_for_cache_writes()  # the advanced bundle is written behind the answer
     _, status = load_or_compute_diagnostics(model, first(features, N_ROWS), FIT_ROWS,
                                             fingerprint=fingerprint(N_ROWS), **args)
-    assert status == "cached"  # the advanced bundle was written to the disk cache like a computed one
+    assert status == "cached"  # ... to the disk cache, like a computed one
