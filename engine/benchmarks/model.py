@@ -24,6 +24,7 @@ from importlib import metadata
 import torch
 from torch import nn
 
+import engine.model.hybrid as hybrid_module
 import engine.model.ssm as ssm_module
 from engine.benchmarks._measure import (
     Timing,
@@ -170,29 +171,45 @@ def ratio_rows(peers: list[_Peer], forward: dict[str, Timing], train: dict[str, 
     return out
 
 
+@contextlib.contextmanager
+def plain_step_loop() -> Iterator[None]:
+    """Step with the plain layer loop (what step mode was before the batch-1 fast path), for the paired row."""
+    fast = hybrid_module.fast_step_applies
+    hybrid_module.fast_step_applies = lambda *args: False
+    try:
+        yield
+    finally:
+        hybrid_module.fast_step_applies = fast
+
+
 def step_rows(device: torch.device, bars: int = 400) -> list[dict]:
-    """Time per new bar of HybridModel.step, batch 1, in inference mode: with the configured thread count and, on
-    CPU, with one thread (a bar's tensors are far too small to split across threads), against the 1 ms budget."""
+    """Time per new bar of HybridModel.step, batch 1, in inference mode, the fast path and the plain loop taking
+    turns bar by bar (each on its own state): wall clock and this thread's CPU time (on a shared CPU the wall
+    clock includes time other processes held the core). With the configured thread count and, on CPU, one thread
+    (a bar's tensors are far too small to split across threads), against the 1 ms budget."""
     torch.manual_seed(0)
     model = HybridModel(ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)).to(device).eval()
-    x = torch.randn(bars, 1, MODEL_ASSETS, model.config.n_features, device=device)
-    mask = torch.ones(bars, 1, MODEL_ASSETS, dtype=torch.bool, device=device)
+    x = torch.randn(bars + 20, 1, MODEL_ASSETS, model.config.n_features, device=device)
+    mask = torch.ones(bars + 20, 1, MODEL_ASSETS, dtype=torch.bool, device=device)
 
-    def per_bar() -> Timing:
+    def per_bar() -> dict[str, tuple[Timing, Timing]]:
+        wall: dict[str, list[float]] = {"fast": [], "plain": []}
+        cpu: dict[str, list[float]] = {"fast": [], "plain": []}
         with torch.inference_mode():
-            state = model.init_state(1)
-            for t in range(20):  # warm-up
-                _, state = model.step(x[t], mask[t], state)
-            times = []
-            for t in range(bars):
-                t0 = time.perf_counter()
-                _, state = model.step(x[t], mask[t], state)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append((time.perf_counter() - t0) * 1e3)
-        return Timing(tuple(times))
+            states = {"fast": model.init_state(1), "plain": model.init_state(1)}
+            for t in range(bars + 20):
+                for path in ("fast", "plain"):
+                    with plain_step_loop() if path == "plain" else contextlib.nullcontext():
+                        t0, c0 = time.perf_counter(), time.thread_time()
+                        _, states[path] = model.step(x[t], mask[t], states[path])
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)
+                        c1, t1 = time.thread_time(), time.perf_counter()
+                    if t >= 20:  # the first bars warm up
+                        wall[path].append((t1 - t0) * 1e3)
+                        cpu[path].append((c1 - c0) * 1e3)
+        return {path: (Timing(tuple(wall[path])), Timing(tuple(cpu[path]))) for path in wall}
 
-    case = f"full model step, {MODEL_ASSETS} assets, one new bar, batch 1"
     counts = [torch.get_num_threads()]
     if device.type == "cpu" and counts[0] > 1:
         counts.append(1)
@@ -201,13 +218,21 @@ def step_rows(device: torch.device, bars: int = 400) -> list[dict]:
     try:
         for count in counts:
             torch.set_num_threads(count)
-            timing = per_bar()
+            timings = per_bar()
             one_thread = device.type == "cpu" and count == 1
-            result.append({"case": case, "length": 1, "parameters": f"{model.num_parameters():,}", "fwd_ms": timing.median,
-                               "fwd_spread": timing.spread(),
-                               "budget": f"<= {STEP_BUDGET_MS:g} ms" if one_thread else "-",
-                               "result": verdict(timing.median, STEP_BUDGET_MS) if one_thread else "-",
-                               "note": f"{bars} bars, {count} thread{'s' if count > 1 else ''}"})
+            for path, label in (("fast", "batch-1 fast path"), ("plain", "plain layer loop (before)")):
+                wall, cpu = timings[path]
+                budgeted = one_thread and path == "fast"
+                result.append({
+                    "case": f"full model step, {MODEL_ASSETS} assets, one new bar: {label}", "length": 1,
+                    "parameters": f"{model.num_parameters():,}", "fwd_ms": wall.median, "fwd_spread": wall.spread(),
+                    "budget": f"<= {STEP_BUDGET_MS:g} ms" if budgeted else "-",
+                    "result": verdict(wall.median, STEP_BUDGET_MS) if budgeted else "-",
+                    "note": f"{bars} bars, {count} thread{'s' if count > 1 else ''}; thread CPU time median "
+                            f"{cpu.median:.3f} ms"})
+            result.append({"case": "ratio: fast path / plain loop, per bar (paired)", "length": 1,
+                           "ratio": paired_ratio(timings["fast"][0], timings["plain"][0]),
+                           "note": f"{count} thread{'s' if count > 1 else ''}"})
     finally:
         torch.set_num_threads(threads)
     return result
@@ -313,8 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(GROUPS), help="which groups to run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: all cores, <= 4; 1 on a CPU that others share)")
     args = parser.parse_args(argv)
-    configure_cpu_threads()
+    configure_cpu_threads(args.threads)
     device = pick_device(args.device)
     print(f"# model benchmarks on {device_label(device)}\n\n{machine_line(device)}\n")
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
