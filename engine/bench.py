@@ -38,8 +38,10 @@ def run_single(title: str, rows, description: str | None, argv: list[str] | None
     rows(device) as one table under a heading naming the device."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: all cores, <= 4; 1 on a CPU that others share)")
     args = parser.parse_args(argv)
-    configure_cpu_threads()
+    configure_cpu_threads(args.threads)
     device = pick_device(args.device)
     print(f"# {title} on {device_label(device)}\n\n{machine_line(device)}\n")
     print(format_table(rows(device)))
@@ -51,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="benchmark modules to run (default: all)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: all cores, <= 4; 1 on a CPU that others share)")
     args = parser.parse_args(argv)
 
-    configure_cpu_threads()
+    configure_cpu_threads(args.threads)
     device = pick_device(args.device)
     print(f"# engine benchmarks on {device_label(device)}; python {platform.python_version()}, {platform.machine()}")
     print(f"\n{machine_line(device)}")
