@@ -43,6 +43,7 @@ SWEEP_GRIDS = {
     "vol_target": (None, 0.1, 0.2, 0.3, 0.5),
 }
 SWEEP_METRICS = ("sharpe", "cagr", "max_drawdown", "calmar", "turnover")
+LOSS_STATISTICS = ("Alpha (annual)", "Information ratio")
 TIME_ZONES = ("UTC", "America/New_York", "Europe/London", "Europe/Berlin", "Asia/Tokyo", "Asia/Hong_Kong",
               "Australia/Sydney")
 
@@ -230,11 +231,10 @@ def strategy_view() -> None:
     for name, fig in figures.items():
         chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
 
+    # Static tables (st.table) for the short ones: they wrap their text and never scroll inside themselves.
     st.subheader("Metrics")
     table = charts.metrics_table(result, trials)
-    st.dataframe(red_losses(table, columns=["strategy", "buy and hold"]), hide_index=True, width="stretch",
-                 height="content", key="bt_metrics_table",
-                 column_config={"meaning": st.column_config.TextColumn("meaning", width="large")})
+    st.table(red_losses(table, columns=["strategy", "buy and hold"]).hide(axis="index"))
 
     sheet = tearsheet_of(result)
     st.subheader("Tearsheet")
@@ -251,27 +251,28 @@ def strategy_view() -> None:
     relative = charts.relative_table(sheet)
     relative_shown = relative.assign(value=[charts.format_metric(v, k) for v, k in zip(relative["value"],
                                                                                       relative["kind"])])
+    yearly = charts.yearly_table(sheet)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Against buy and hold**")
+        # Red only where negative is a loss (alpha, information ratio); a negative beta is no loss.
+        st.table(red_losses(relative_shown.drop(columns="kind"), columns=["value"],
+                            rows=relative_shown.index[relative_shown["statistic"].isin(LOSS_STATISTICS)])
+                 .hide(axis="index"))
+    with right:
+        st.markdown("**Yearly net returns**")
+        st.table(red_losses(yearly, columns=list(yearly.columns[1:]), percent=list(yearly.columns[1:]))
+                 .hide(axis="index"))
     with st.columns(3)[0]:
         zone = url_widget(
             st.selectbox, "Time zone of the tables", key="bt_zone", default="UTC", options=TIME_ZONES,
             help="Trade and drawdown times are kept in UTC and shown in this zone (named in the column titles).")
     drawdowns = charts.drawdowns_table(sheet, zone)
-    yearly = charts.yearly_table(sheet)
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Against buy and hold**")
-        st.dataframe(red_losses(relative_shown.drop(columns="kind"), columns=["value"]), hide_index=True,
-                     width="stretch", height="content", key="bt_relative_table")
-        st.markdown("**Yearly net returns**")
-        st.dataframe(red_losses(yearly, columns=list(yearly.columns[1:]), percent=list(yearly.columns[1:])),
-                     hide_index=True, width="stretch", height="content", key="bt_yearly_table")
-    with right:
-        st.markdown(f"**Worst drawdowns** (times in {zone})")
-        st.dataframe(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing=""), hide_index=True,
-                     width="stretch", height="content", key="bt_drawdowns_table",
-                     column_config={"depth": st.column_config.Column(help="Fall from the running peak of equity."),
-                                    "length (bars)": st.column_config.Column(
-                                        help="Bars from the first bar under water to recovery (or the last bar).")})
+    st.markdown(f"**Worst drawdowns** (times in {zone})")
+    st.table(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing="")
+             .format({"length (bars)": "{:,}"}).hide(axis="index"))
+    st.caption("Start: the first bar under the running peak of equity; trough: its lowest bar; recovery: the first "
+               "bar back at the peak. Length: bars (and time) from the start to the recovery, or to the last bar.")
 
     st.subheader("Trades")
     trades = charts.trades_table(result, zone)

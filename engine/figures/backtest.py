@@ -311,9 +311,12 @@ def return_distribution_chart(sheet: Tearsheet, *, synthetic: bool) -> go.Figure
             fig.add_trace(go.Histogram(x=frame[column], name=name, xbins=bins, marker_color=colour, opacity=0.6,
                                        hovertemplate="%{x:.2%}: %{y} " + sheet.distribution_period + "s<extra></extra>"))
     fig.add_vline(x=0.0, line_width=1.0, line_color="#444444")
-    period = "daily (bars compounded per UTC day)" if sheet.distribution_period == "day" else "per-bar"
-    base_layout(fig, f"Distribution of {period} net returns", height=360)
-    fig.update_layout(barmode="overlay")
+    period = "Daily" if sheet.distribution_period == "day" else "Per-bar"
+    note = "bars compounded per UTC day" if sheet.distribution_period == "day" else "one count per bar"
+    base_layout(fig, f"{period} net returns<br><sup>{note}</sup>", height=380)
+    # Half a page wide: the legend goes under the plot, clear of the demo stamp over its top right corner.
+    fig.update_layout(barmode="overlay", margin={"l": 50, "r": 20, "t": 70, "b": 100},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0.0})
     fig.update_xaxes(title_text=f"return per {sheet.distribution_period}", tickformat=".1%")
     fig.update_yaxes(title_text=f"number of {sheet.distribution_period}s")
     return label_synthetic(fig, synthetic)
@@ -331,8 +334,10 @@ def yearly_returns_chart(sheet: Tearsheet, *, synthetic: bool) -> go.Figure:
                          marker_color=np.where(strategy < 0, LOSS_COLOUR, STRATEGY_COLOUR).tolist(),
                          hovertemplate="%{x}: %{y:+.2%}<extra>" + STRATEGY_NAME + "</extra>"))
     fig.add_hline(y=0.0, line_width=0.8, line_color="#999999")
-    base_layout(fig, "Yearly net returns (UTC calendar years; a losing year of the strategy in red)", height=340)
-    fig.update_layout(barmode="group")
+    base_layout(fig, "Yearly net returns<br><sup>UTC calendar years; a losing year of the strategy in red</sup>",
+                height=380)
+    fig.update_layout(barmode="group", margin={"l": 50, "r": 20, "t": 70, "b": 100},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0.0})
     fig.update_xaxes(title_text="year", type="category")
     fig.update_yaxes(title_text="return", tickformat=".0%")
     return label_synthetic(fig, synthetic)

@@ -80,9 +80,10 @@ def display_rows(series: list, max_points: int = MAX_DISPLAY_POINTS) -> np.ndarr
     return np.array(sorted(keep))
 
 
-def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missing: str = "n/a"):
+def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missing: str = "n/a", rows=None):
     """A pandas Styler of `frame`: negative values (numbers, or formatted text starting with '-') in red, the
     `percent` columns as +1.23%, `number` as 1.234, `scientific` as 1.23e-04, missing values as `missing`.
+    rows: the index labels where a negative value is a loss (default: every row).
 
     Only pandas: the pages hand it to st.dataframe, the report renders the frame itself."""
     columns = list(frame.columns) if columns is None else list(columns)
@@ -92,7 +93,8 @@ def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missin
                     or isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and value < 0)
         return f"color: {LOSS_COLOUR}" if negative else ""
 
-    styler = frame.style.map(colour, subset=[c for c in columns if c in frame.columns])
+    shown = [c for c in columns if c in frame.columns]
+    styler = frame.style.map(colour, subset=shown if rows is None else (list(rows), shown))
     formats = {c: "{:+.2%}" for c in percent} | {c: "{:.3f}" for c in number} | {c: "{:.2e}" for c in scientific}
     formats = {c: f for c, f in formats.items() if c in frame.columns}
     return styler.format(formats, na_rep=missing)

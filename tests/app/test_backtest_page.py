@@ -46,9 +46,9 @@ def test_metrics_state_the_annualisation_and_count_each_distinct_setting_as_a_tr
 
 
 def test_costs_lower_the_strategy_and_every_chart_has_download_buttons(page):
-    low_cost = page.dataframe[0].value  # the metrics table
+    low_cost = page.table[0].value  # the metrics table
     page.slider(key="bt_commission").set_value(20.0).run()
-    high_cost = page.dataframe[0].value
+    high_cost = page.table[0].value
     total = lambda table: float(table.set_index("metric").loc["Total return", "strategy"].rstrip("%"))
     assert total(high_cost) < total(low_cost)
     labels = [b.label for b in page.get("download_button")]
@@ -64,10 +64,10 @@ def test_benchmark_values_carry_no_arrow_and_the_tearsheet_and_trades_follow_the
     assert len(benchmark) == 3
     assert all(m.proto.direction == Metric.NONE and m.proto.color == Metric.GRAY for m in benchmark)
     titles = [spec["layout"]["title"]["text"] for spec in figure_specs(page)]
-    assert any(t.startswith("Distribution of") for t in titles) and any(t.startswith("Yearly") for t in titles)
+    assert any(t.startswith("Per-bar net returns") for t in titles) and any(t.startswith("Yearly") for t in titles)
     page.selectbox(key="bt_zone").set_value("America/New_York").run()
     assert not page.exception, page.exception
-    columns = [list(frame.value.columns) for frame in page.dataframe]
+    columns = [list(frame.value.columns) for frame in list(page.dataframe) + list(page.table)]
     assert any("entry (America/New_York)" in c for c in columns) and any("start (America/New_York)" in c for c in columns)
     assert page.query_params["bt_zone"] == "America/New_York"
 

@@ -129,7 +129,7 @@ def test_tearsheet_figures_and_tables(result):
 
     sheet = tearsheet_of(result)
     fig = charts.return_distribution_chart(sheet, synthetic=True)
-    assert [t.type for t in fig.data] == ["histogram", "histogram"] and "daily" in fig.layout.title.text
+    assert [t.type for t in fig.data] == ["histogram", "histogram"] and "Daily" in fig.layout.title.text
     assert sum(len(t.x) for t in fig.data) == 2 * len(sheet.distribution)
     years = charts.yearly_returns_chart(sheet, synthetic=False)
     assert list(years.data[1].y) == pytest.approx(list(sheet.yearly["strategy"]))
