@@ -347,8 +347,8 @@ RELATIVE_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("alpha", "Alpha (annual)", "pct", "Mean bar return not explained by beta x the benchmark's, x {year}."),
     ("beta", "Beta", "num", "cov(strategy, buy and hold) / var(buy and hold), on the same bars."),
     ("correlation", "Correlation", "num", "Pearson correlation of bar returns with buy and hold."),
-    ("information_ratio", "Information ratio", "num", "Mean / std of (strategy - buy and hold) bar returns x "
-     "sqrt({year}) (quantstats does not annualise it)."),
+    ("information_ratio", "Information ratio", "num",
+     "Mean / std of (strategy - buy and hold) bar returns x sqrt({year}) (quantstats does not annualise it)."),
     ("tracking_error", "Tracking error (annual)", "pct", "Std of (strategy - buy and hold) bar returns x sqrt({year})."),
 )
 
