@@ -53,7 +53,8 @@ for column, symbol in zip(columns, selection.symbols):
         row = latest.table.loc[horizon]
         st.metric(f"{symbol} P(up), {horizon} bars", f"{row['prob_up']:.0%}",
                   f"median {row[f'q{predictions.quantile_levels[len(predictions.quantile_levels) // 2]:g}']:+.2%}",
-                  delta_color="off", help="Probability that the log return over the next bars is positive, and the "
+                  delta_color="off", delta_arrow="off",
+                  help="Probability that the log return over the next bars is positive, and the "
                                           "median forecast log return.")
         recent = pd.Series(asset_closes(view, symbol), index=view.ts).loc[:latest.made_at].iloc[-60:]
         chart_with_downloads(charts.latest_fan_chart(latest, recent, bar, synthetic=selection.synthetic),

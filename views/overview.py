@@ -49,13 +49,15 @@ for column, symbol in zip(cards, selection.symbols):
                   help=f"Close of the bar opening {latest.made_at:%Y-%m-%d %H:%M} UTC.")
         st.metric("Current regime", f"regime {regime}" if regime >= 0 else "none",
                   f"for {held} bars (since {since:%Y-%m-%d %H:%M} UTC)" if since is not None else None,
-                  delta_color="off", help="The cluster of the asset's SSM state at its last bar (Regimes page).")
+                  delta_color="off", delta_arrow="off",
+                  help="The cluster of the asset's SSM state at its last bar (Regimes page).")
         st.caption(f"Regimes tested on the data: {findings.regimes[symbol]['verdict']}.")
         table = latest.table
         mid = [c for c in table.columns if c.startswith("q")][len(view.bundle.inference.quantile_levels) // 2]
         horizons = [int(h) for h in table.index]
-        # Four columns, each value with its verdict: seven columns did not fit a card at 1440 px (volatility cut).
-        st.dataframe(
+        # Four columns, each value with its verdict, in a static table that wraps: seven columns in a scrolling grid
+        # did not fit a card at 1440 px (volatility cut).
+        st.table(
             pd.DataFrame({
                 "bars": horizons,
                 "P(up)": [f"{p:.0%} · {findings.skill_word(symbol, h, 'brier')}"
@@ -64,16 +66,7 @@ for column, symbol in zip(cards, selection.symbols):
                            for m, h in zip(table[mid], horizons)],
                 "volatility": [f"{v:.2%} · {findings.skill_word(symbol, h, 'qlike')}"
                                for v, h in zip(table["volatility"], horizons)],
-            }),
-            hide_index=True, width="stretch", key=f"ov_table_{symbol}",
-            column_config={
-                "bars": st.column_config.NumberColumn("bars", help="Forecast horizon in bars.", width="small"),
-                "P(up)": st.column_config.TextColumn(help="Probability of an up move over the horizon · its verdict "
-                                                          "against the best baseline (Brier score)."),
-                "median": st.column_config.TextColumn(help="Median forecast log return · verdict (pinball loss)."),
-                "volatility": st.column_config.TextColumn(help="Forecast volatility over the horizon · verdict "
-                                                               "(QLIKE)."),
-            },
+            }).style.hide(axis="index"),
         )
         recent = pd.Series(closes, index=view.ts).loc[:latest.made_at].iloc[-60:]
         chart_with_downloads(charts.latest_fan_chart(latest, recent, bar, synthetic=selection.synthetic),
@@ -120,5 +113,7 @@ st.caption("Skill: each forecast against the best baseline on the run's walk-for
            "Diebold-Mariano, Holm-corrected (P(up): Brier score; median and band: pinball loss; volatility: QLIKE). "
            "'edge' = better beyond chance, 'worse' = the baseline is, 'no edge' otherwise; details on the Forecasts "
            "page.")
+st.caption("Card tables: bars = forecast horizon; P(up) = probability of an up move over it; median = median forecast "
+           "log return; volatility = forecast volatility over the horizon; each with its verdict.")
 report_buttons("Overview", selection, notes=[f"checkpoint {view.run_id}"],
                verdicts=findings.skill_lines() + findings.regime_lines(), key="ov_report")

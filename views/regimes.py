@@ -143,13 +143,14 @@ span = slice(view.rows.start, view.rows.stop)
 per_regime = per_regime_table(regimes.labels[asset][span], mask[asset][span], closes[span], ts[span],
                               asset_year)
 per_regime_shown = charts.regime_table_display(per_regime)
-st.dataframe(
-    red_losses(per_regime_shown, columns=["annual return"], percent=["share of time", "annual return",
-                                                                  "annual volatility"], number=[]).format(
-        {"mean spell (bars)": "{:,.1f}", "median spell (bars)": "{:,.1f}"}, na_rep="–"),
-    hide_index=True, width="stretch", height="content", key="rg_per_regime",
-    column_config={name: st.column_config.Column(help=text) for name, text in charts.REGIME_TABLE_HELP.items()},
+st.table(  # static: it wraps instead of cutting the last columns at 1280 px
+    red_losses(per_regime_shown, columns=["annual return"], percent=["annual return"], missing="–",
+               formats={"share of time": "{:.1%}", "annual volatility": "{:.1%}", "mean spell (bars)": "{:,.1f}",
+                        "median spell (bars)": "{:,.1f}"}).hide(axis="index"),
 )
+st.caption("Columns: share of the asset's open bars in the regime; the next bar's return and volatility, "
+           "annualised; spells (runs of consecutive open bars in one regime), their mean and median length in bars "
+           "and in wall-clock time (closed hours inside a spell count).")
 st.caption(f"Return and volatility are of the bar AFTER a bar in the regime (the label is known at the bar's "
            f"close, so this is what it says about what follows), annualised with {asset_year:,.0f} "
            f"bars/year ({symbol}'s own clock). A spell is a run of consecutive open bars in one regime.")

@@ -89,11 +89,12 @@ def latest_fan_chart(latest: LatestForecast, recent: pd.Series, bar: pd.Timedelt
                              line=dict(color=colour, dash="dot"), name="median path",
                              text=[""] + [f"{h} bars: P(up) {p:.0%}" for h, p in zip(horizons, latest.table["prob_up"])],
                              hovertemplate="%{x}<br>%{y:.2f}<br>%{text}<extra></extra>"))
-    base_layout(fig, f"{latest.symbol} · from {latest.made_at:%Y-%m-%d %H:%M} UTC", height=420)
+    # Two short lines: a card on the Overview is a third of the page wide.
+    base_layout(fig, f"{latest.symbol} forecast<br><sup>from {latest.made_at:%Y-%m-%d %H:%M} UTC</sup>", height=420)
     # Under the plot, so the chart still reads in a narrow Overview card.
     # The time axis's ticks wrap to two lines in a narrow card: the legend sits well below its title.
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.34, "xanchor": "left", "x": 0.0},
-                      margin={"l": 50, "r": 20, "t": 60, "b": 130}, height=420)
+                      margin={"l": 50, "r": 20, "t": 70, "b": 130}, height=420)
     fig.update_xaxes(title_text=TIME_AXIS_TITLE)
     fig.update_yaxes(title_text="price")
     return label_synthetic(fig, synthetic)

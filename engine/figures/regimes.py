@@ -108,7 +108,10 @@ def regime_scatter(
                 title="date (UTC)", tickvals=[t.timestamp() for t in ticks],
                 ticktext=[f"{t:%Y-%m-%d}" for t in ticks])),
         ))
-    base_layout(fig, f"{symbol}: regime embeddings, first two principal components ({len(x):,} open bars)", 460)
+    # Two lines: the scatter sits in three fifths of the page, where one line was cut.
+    base_layout(fig, f"{symbol}: regime embeddings<br><sup>first two principal components, {len(x):,} open bars</sup>",
+                480)
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 90, "b": 40})
     fig.update_xaxes(title_text=_component_title(0, explained))
     fig.update_yaxes(title_text=_component_title(1, explained))
     return label_synthetic(fig, synthetic)

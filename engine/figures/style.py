@@ -80,10 +80,12 @@ def display_rows(series: list, max_points: int = MAX_DISPLAY_POINTS) -> np.ndarr
     return np.array(sorted(keep))
 
 
-def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missing: str = "n/a", rows=None):
+def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missing: str = "n/a", rows=None,
+               formats: dict | None = None):
     """A pandas Styler of `frame`: negative values (numbers, or formatted text starting with '-') in red, the
     `percent` columns as +1.23%, `number` as 1.234, `scientific` as 1.23e-04, missing values as `missing`.
-    rows: the index labels where a negative value is a loss (default: every row).
+    rows: the index labels where a negative value is a loss (default: every row). formats: more column -> format
+    string (one Styler.format call: a second one would reset the first's).
 
     Only pandas: the pages hand it to st.dataframe, the report renders the frame itself."""
     columns = list(frame.columns) if columns is None else list(columns)
@@ -95,7 +97,8 @@ def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missin
 
     shown = [c for c in columns if c in frame.columns]
     styler = frame.style.map(colour, subset=shown if rows is None else (list(rows), shown))
-    formats = {c: "{:+.2%}" for c in percent} | {c: "{:.3f}" for c in number} | {c: "{:.2e}" for c in scientific}
+    formats = ({c: "{:+.2%}" for c in percent} | {c: "{:.3f}" for c in number} | {c: "{:.2e}" for c in scientific}
+               | (formats or {}))
     formats = {c: f for c, f in formats.items() if c in frame.columns}
     return styler.format(formats, na_rep=missing)
 

@@ -133,7 +133,7 @@ def test_regimes_slider_refits_and_the_planted_regimes_sit_beside_the_found(with
 
 def test_regimes_shows_a_per_regime_table_and_csv_downloads_of_its_tables(with_run):
     at = open_model_page("views/regimes.py")
-    table = next(frame.value for frame in at.dataframe if "share of time" in frame.value.columns)
+    table = next(t.value for t in at.table if "share of time" in t.value.columns)
     assert {"annual return", "annual volatility", "mean spell (bars)", "median spell (time)"} <= set(table.columns)
     assert table["share of time"].sum() == pytest.approx(1.0)
     labels = [b.label for b in at.get("download_button")]
@@ -246,5 +246,5 @@ def test_overview_draws_candles_with_volume_and_regime_shading_and_the_log_toggl
     assert spec_titled(at, "BTC · 1d · source")["layout"]["yaxis"]["type"] == "log"
     at.segmented_control(key="ov_price_asset").set_value("SPY").run()
     assert spec_titled(at, "SPY · 1d · source")
-    cards = [frame.value for frame in at.dataframe if "volatility" in frame.value.columns]
+    cards = [table.value for table in at.table if "volatility" in table.value.columns]
     assert cards and all(list(c.columns) == ["bars", "P(up)", "median", "volatility"] for c in cards)
