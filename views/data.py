@@ -30,12 +30,29 @@ else:
     # The demo market is a fixed synthetic span: "stale" would be noise there, so it is labelled for what it is.
     is_demo = table["source"] == "demo"
     table["freshness"] = table["stale"].map({True: "stale", False: "fresh"}).where(~is_demo, "synthetic, fixed span")
+    zone = selection.zone
     st.dataframe(
-        table.drop(columns=["stale"]), hide_index=True, width="stretch",
+        table[["asset", "symbol", "source", "interval", "rows", "freshness", "first_ts", "last_ts", "last_refresh_at",
+               "last_outcome", "last_error"]],
+        hide_index=True, width="stretch",
         column_config={
-            "first_ts": st.column_config.DatetimeColumn("first bar (UTC)", format="YYYY-MM-DD HH:mm"),
-            "last_ts": st.column_config.DatetimeColumn("last bar (UTC)", format="YYYY-MM-DD HH:mm"),
-            "last_refresh_at": st.column_config.DatetimeColumn("last refresh (UTC)", format="YYYY-MM-DD HH:mm"),
+            "asset": st.column_config.TextColumn("Asset", help="The asset name (BTC-USD, BTCUSDT and BTC/USDT are BTC)."),
+            "symbol": st.column_config.TextColumn("Stored as", help="The symbol the bars are stored under."),
+            "source": st.column_config.TextColumn("Source"),
+            "interval": st.column_config.TextColumn("Interval", width="small"),
+            "rows": st.column_config.NumberColumn("Bars", format="localized", width="small"),
+            "freshness": st.column_config.TextColumn(
+                "Freshness", width="medium",
+                help="fresh: the last bar is as recent as the market's calendar allows; stale: older than that; the "
+                     "synthetic demo is a fixed span."),
+            "first_ts": st.column_config.DatetimeColumn(f"First bar ({zone})", format="YYYY-MM-DD HH:mm",
+                                                        timezone=zone, help="Bar open time."),
+            "last_ts": st.column_config.DatetimeColumn(f"Last bar ({zone})", format="YYYY-MM-DD HH:mm",
+                                                       timezone=zone, help="Bar open time."),
+            "last_refresh_at": st.column_config.DatetimeColumn(f"Last refresh ({zone})", format="YYYY-MM-DD HH:mm",
+                                                               timezone=zone),
+            "last_outcome": st.column_config.TextColumn("Last outcome", width="small"),
+            "last_error": st.column_config.TextColumn("Last error", help="Why the last refresh or import failed."),
         },
     )
     # A failed first fetch or import leaves a refresh-log row and no bars: say so, never format a missing time.
@@ -45,7 +62,8 @@ else:
         st.warning(f"{row.symbol} ({row.source}, {row.interval}) has no bars stored{why}. Fetch or import it below.")
     stale = table[table["stale"] & ~is_demo & table["last_ts"].notna()]
     for row in stale.itertuples():
-        st.warning(f"{row.symbol} ({row.source}, {row.interval}) is stale: last bar {row.last_ts:%Y-%m-%d %H:%M} UTC.")
+        st.warning(f"{row.symbol} ({row.source}, {row.interval}) is stale: last bar "
+                   f"{row.last_ts.tz_convert(selection.zone):%Y-%m-%d %H:%M} {selection.zone}.")
 
 st.subheader("Data quality of imported files")
 reports = load_import_reports(selection.db_path)
@@ -67,7 +85,8 @@ else:
             "missing": st.column_config.TextColumn("missing sessions", help="Against the exchange calendar (NYSE) "
                                                    "or every period for 24/7 markets: a warning, not a refusal."),
             "first_missing": st.column_config.TextColumn("first missing"),
-            "imported_at": st.column_config.DatetimeColumn("imported (UTC)", format="YYYY-MM-DD HH:mm"),
+            "imported_at": st.column_config.DatetimeColumn(f"imported ({selection.zone})", format="YYYY-MM-DD HH:mm",
+                                                           timezone=selection.zone),
         },
     )
     gaps = reports[reports["missing"] > 0]

@@ -41,6 +41,8 @@ from views.view_charts import start_view
 DEFAULT_INTERVAL = "1d"
 SUMMARY_TTL_SECONDS = 30
 SELECTION_KEYS = ("symbols", "interval", "dates", "checkpoint")
+TIME_ZONES = ("UTC", "America/New_York", "America/Chicago", "Europe/London", "Europe/Berlin", "Asia/Tokyo",
+              "Asia/Hong_Kong", "Asia/Singapore", "Australia/Sydney")
 SYNTHETIC_BANNER = ("**Synthetic demo data**: generated with planted regimes and a planted lead-lag "
                     "(see storage/sources/DEMO.md); not market prices.")
 
@@ -61,6 +63,7 @@ class Selection:
     # When no checkpoint fits: the one the user would otherwise see (the link's, the pinned default or the demo),
     # so the model pages can state why it does not fit and offer its universe or training this one.
     unfit: dict | None = None
+    zone: str = "UTC"  # the time zone tables show times in (named in their column titles); data stay in UTC
 
 
 @st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
@@ -223,6 +226,9 @@ def render_frame() -> Selection:
             st.caption("No checkpoint fits these symbols at this interval: the model pages say why and offer a "
                        "fitting one or training on the Model page.")
         reference = _reference_run(runs, by_id, linked, pinned) if checkpoint is None else None
+        zone = url_widget(st.selectbox, "Time zone of tables", key="tz", default="UTC", options=TIME_ZONES,
+                          help="Tables show times in this zone, named in their column titles; the data, the charts' "
+                               "axes and the date range stay in UTC.")
         st.button("Reset to defaults", on_click=_reset_selection, icon=":material/restart_alt:",
                   kwargs={"defaults": {"symbols": default_symbols, "interval": default_interval,
                                        "dates": _full_span(summary, default_symbols, default_interval)}})
@@ -235,7 +241,7 @@ def render_frame() -> Selection:
         sources={a: read.at[a, "source"] for a in ordered if a in read.index},
         stored={a: read.at[a, "symbol"] for a in ordered if a in read.index},
         synthetic="demo" in set(shown["source"]), device=load_device_label(),
-        last_bar=shown["last_ts"].max() if not shown.empty else None, unfit=reference,
+        last_bar=shown["last_ts"].max() if not shown.empty else None, unfit=reference, zone=zone,
     )
     st.session_state["selection"] = selection
     _status_line(selection)

@@ -38,11 +38,15 @@ def training_work(symbols, interval, db_path, n_folds, max_epochs, seed, run_dir
 
     def work(report, cancel):
         # torch and the baselines load only when a run starts
+        from engine.training.progress import EtaEstimator, with_better_eta
         from engine.training.run import run_training
+
+        estimator = EtaEstimator()  # timed from the epochs, not the set-up (engine.training.progress)
 
         loaded = cached_panel(symbols, interval, db_path=db_path)
         config = settings_for_panel(loaded.panel, interval, n_folds=n_folds, max_epochs=max_epochs, seed=seed)
-        return run_training(loaded, config, run_dir, run_id=run_dir.name, progress=report, cancel=cancel.is_set,
+        return run_training(loaded, config, run_dir, run_id=run_dir.name,
+                            progress=lambda event: report(with_better_eta(event, estimator)), cancel=cancel.is_set,
                             resume=resume).result
 
     return work
@@ -199,12 +203,27 @@ else:
         "symbols": ", ".join(run.get("symbols", [])),
         "interval": run.get("interval"),
         "data span (UTC)": " .. ".join(s[:16] for s in run.get("span", [])),
-        "trained": run.get("created_at", "")[:16].replace("T", " "),
+        "trained": pd.Timestamp(run["created_at"]) if run.get("created_at") else pd.NaT,
         "device": run.get("device"),
         SKILL_COLUMN: headline(run),
         "in use": bool(selection.checkpoint and selection.checkpoint["run_id"] == run["run_id"]),
     } for run in runs])
-    st.dataframe(table, hide_index=True, width="stretch")
+    zone = selection.zone
+    table["trained"] = pd.to_datetime(table["trained"], utc=True, errors="coerce")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "run": st.column_config.TextColumn("Run", help="The run id: the sidebar and links name the checkpoint by it."),
+        "symbols": st.column_config.TextColumn("Symbols", help="The assets it was trained on, in its order."),
+        "interval": st.column_config.TextColumn("Interval", width="small"),
+        "data span (UTC)": st.column_config.TextColumn("Data span (UTC)", help="First and last bar it was trained "
+                                                       "and tested on."),
+        "trained": st.column_config.DatetimeColumn(f"Trained ({zone})", format="YYYY-MM-DD HH:mm", timezone=zone),
+        "device": st.column_config.TextColumn("Device", width="small"),
+        SKILL_COLUMN: st.column_config.TextColumn(
+            "1-bar skill (DM test vs best baseline)", width="large",
+            help="Per asset: 'edge' when the model beats the best baseline on some loss by a one-sided Diebold-Mariano "
+                 "test (Holm-corrected) and loses on none; 'worse' the other way; 'mixed' both; 'no edge' neither."),
+        "in use": st.column_config.CheckboxColumn("In use", width="small", help="The checkpoint the sidebar shows."),
+    })
     st.caption("1-bar skill, as scored when the run was evaluated: per asset, the model against the best baseline on "
                "each loss (squared error, pinball, Brier, QLIKE), one-sided Diebold-Mariano on the walk-forward test "
                "spans, Holm-corrected. 'edge': better on some loss beyond chance and worse on none; 'worse': the "

@@ -195,8 +195,10 @@ def selection_prices(selection: Selection) -> None:
                 "Stored as", help="The spelling and source the cache holds this asset's bars under."),
             "source": st.column_config.TextColumn("Source"),
             "rows": st.column_config.NumberColumn("Bars", format="localized"),
-            "first_ts": st.column_config.DatetimeColumn("First bar (UTC)", format="YYYY-MM-DD HH:mm"),
-            "last_ts": st.column_config.DatetimeColumn("Last bar (UTC)", format="YYYY-MM-DD HH:mm"),
+            "first_ts": st.column_config.DatetimeColumn(f"First bar ({selection.zone})", format="YYYY-MM-DD HH:mm",
+                                                        timezone=selection.zone),
+            "last_ts": st.column_config.DatetimeColumn(f"Last bar ({selection.zone})", format="YYYY-MM-DD HH:mm",
+                                                       timezone=selection.zone),
             "freshness": st.column_config.TextColumn("Freshness", help="fresh, stale (behind the interval's "
                                                      "expected last bar), or the demo's fixed synthetic span"),
         },

@@ -13,8 +13,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, TextIO
+
+import numpy as np
 
 Phase = Literal["start", "step", "epoch", "fold", "done", "cancelled"]
 
@@ -67,6 +69,89 @@ def eta_seconds(elapsed_s: float, fraction: float) -> float | None:
     return elapsed_s * (1 - fraction) / fraction
 
 
+FIRST_SETUP_SHARE = 0.5
+
+
+class EtaEstimator:
+    """Remaining seconds of a run from its progress events, by the pace of its epochs alone.
+
+    `eta_seconds(elapsed, fraction)` divides the time so far by the share done, so the seconds spent loading the
+    panel and computing features before the first step count as if they were training: after the first epoch of a
+    52 s run it said 07:44. This estimator times each epoch from its own events (the first epoch of a fold from its
+    first step, scaled up by one step), so set-up is not pace; it adds each remaining fold's set-up as the set-up of
+    the folds seen after the first (the first one also loads the panel), half the first fold's until one is seen; it
+    sizes later folds' epochs by the growth of steps per epoch seen so far (walk-forward folds grow). Every fold is
+    assumed to run all its epochs, so early stopping only ever makes the run end sooner than said.
+
+    Feed it every event (`observe`); it returns the estimate, None until an epoch has finished."""
+
+    RECENT_EPOCHS = 3  # the pace is the median of the last few epochs' seconds per step
+
+    def __init__(self) -> None:
+        self._fold_started: dict[int, float] = {}  # the first step event's time, per fold
+        self._setup: dict[int, float] = {}  # seconds from the previous fold's end (or the start) to that event
+        self._steps: dict[int, int] = {}  # steps per epoch, per fold
+        self._epoch_mark: float | None = None  # when the current epoch started (an event time)
+        self._per_step: list[float] = []  # seconds per step of each finished epoch, validation included
+        self._fold_ended = 0.0
+
+    def observe(self, event: TrainingProgress) -> float | None:
+        t, fold = event.elapsed_s, event.fold
+        if event.phase in ("done", "cancelled"):
+            return 0.0
+        if event.phase == "step" and fold not in self._fold_started:
+            self._fold_started[fold] = t
+            self._setup[fold] = t - self._fold_ended
+            self._steps[fold] = max(event.steps_per_epoch, 1)
+            self._epoch_mark = None
+        elif event.phase == "epoch":
+            steps = max(event.steps_per_epoch, 1)
+            self._steps[fold] = steps
+            if self._epoch_mark is None:  # a fold's first epoch: timed from its first step's end
+                start = self._fold_started.get(fold, t)
+                counted = max(steps - 1, 0)
+                per_step = (t - start) / counted if counted else None
+            else:
+                per_step = (t - self._epoch_mark) / steps
+            if per_step is not None and per_step > 0:
+                self._per_step.append(per_step)
+            self._epoch_mark = t
+        elif event.phase == "fold":
+            self._fold_ended = t
+            self._epoch_mark = None
+        return self.estimate(event)
+
+    def estimate(self, event: TrainingProgress) -> float | None:
+        if not self._per_step:
+            return None
+        recent = sorted(self._per_step[-self.RECENT_EPOCHS:])
+        per_step = recent[len(recent) // 2]
+        fold, steps = event.fold, max(event.steps_per_epoch, 1)
+        if event.phase == "fold":
+            left_in_fold = 0.0
+        else:
+            done_steps = steps if event.phase == "epoch" else event.step
+            epochs_left = max(event.n_epochs - event.epoch - 1, 0)
+            left_in_fold = per_step * ((steps - done_steps) + epochs_left * steps)
+        later = range(fold + 1, event.n_folds)
+        setups = [seconds for f, seconds in self._setup.items() if f > 0]
+        # Until a later fold is seen, half the first fold's set-up: that one also loaded the panel and computed the
+        # features (on the demo run, 5.9 s against 3.3 s and 2.4 s for the next folds).
+        setup = float(np.median(setups)) if setups else FIRST_SETUP_SHARE * self._setup.get(0, 0.0)
+        growth = 0.0
+        if len(self._steps) >= 2:
+            first, last = min(self._steps), max(self._steps)
+            growth = (self._steps[last] - self._steps[first]) / (last - first)
+        future = sum(setup + per_step * event.n_epochs * max(steps + growth * (f - fold), 1.0) for f in later)
+        return max(left_in_fold + future, 0.0)
+
+
+def with_better_eta(event: TrainingProgress, estimator: EtaEstimator) -> TrainingProgress:
+    """The event with its ETA from `estimator` (fed every event in order), the loop's own until an epoch is timed."""
+    eta = estimator.observe(event)
+    return event if eta is None else replace(event, eta_s=eta)
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
@@ -98,8 +183,10 @@ class ConsoleProgressBar:
         self.width = width
         self.min_interval_s = min_interval_s
         self._last_draw = 0.0
+        self._eta = EtaEstimator()
 
     def __call__(self, event: TrainingProgress) -> None:
+        event = with_better_eta(event, self._eta)
         now = time.monotonic()
         if event.phase == "step" and now - self._last_draw < self.min_interval_s:
             return
