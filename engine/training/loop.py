@@ -84,7 +84,7 @@ from engine.training.distributed import (
     owner_of_fold,
     shard_of,
 )
-from engine.training.skip_fit import fit_skip_paths
+from engine.training.skip_fit import fit_skip_paths, gate_centre
 from engine.training.head_scale import (
     bake_head_scale,
     scale_heads_for_training,
@@ -376,6 +376,8 @@ def _train_fold(job: FoldJob, run: RunContext) -> FoldOutcome | None:
         _, best, _ = load_training_state(finished, optimizer)
         model.load_state_dict(best)
         bake_head_scale(model)
+        if config.gate_centre:  # deterministic: the same gate the fold applied before
+            gate_centre(model, job.features, run.feature_targets, fold.val, device, config.predict_chunk)
         with np.load(finished / "test.npz", allow_pickle=False) as data:
             prediction = predictions_from_arrays({k: data[k] for k in data.files})
         return FoldOutcome(model, FoldSummary(**json.loads((finished / "summary.json").read_text())), prediction)
@@ -390,6 +392,8 @@ def _train_fold(job: FoldJob, run: RunContext) -> FoldOutcome | None:
     if job.writer:  # the fold's record, so a resumed run does not train it again (parametrised, like the resume state)
         save_training_state(finished, model.state_dict(), optimizer, state.best_weights, {})
     bake_head_scale(model)
+    if config.gate_centre:
+        gate_centre(model, job.features, run.feature_targets, fold.val, device, config.predict_chunk)
     summary = FoldSummary(
         fold=fold.index, train=(fold.train.start, fold.train.stop), val=(fold.val.start, fold.val.stop),
         test=(fold.test.start, fold.test.stop), epochs_run=state.next_epoch, best_epoch=state.best_epoch,

@@ -65,7 +65,8 @@ def general_config(interval: str = "1h") -> TrainConfig:
       - linear skip paths to the heads, fitted in closed form per fold (engine.training.skip_fit): a ridge lead-lag
         regression for the mean and a log-link QLIKE fit for the volatility; the network learns the residual.
       - the starting point competes in early stopping (validate_start), so a fold never ends worse on its
-        validation span than the statistical fits it starts from;
+        validation span than the statistical fits it starts from; and per asset and horizon the network's part of
+        the centre forecast is kept only where it lowers the validation MSE (gate_centre);
       - attention lags 0..5 (leads of 1..6 bars), the range the findings' lead-lag test scans at least.
     """
     base = demo_config(interval if interval in ("1h", "1d") else "1h")
@@ -74,7 +75,7 @@ def general_config(interval: str = "1h") -> TrainConfig:
     model = dataclasses.replace(base.model, n_features=len(names), max_lag=5, point_head=True, lead_path=True,
                                 lead_features=1, skip_paths=True, vol_skip_features=vol_inputs)
     return dataclasses.replace(base, model=model, features=dataclasses.replace(base.features, names=names),
-                               validate_start=True, zero_init_centre=True)
+                               validate_start=True, zero_init_centre=True, gate_centre=True)
 
 
 def quick_config(interval: str = "1h", **overrides: Any) -> TrainConfig:
