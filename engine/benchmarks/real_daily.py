@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         scores = run.scores
         summary = {h: score_summary(scores, horizon=h) for h in (1, 5)}
         table = qlike_table(scores[scores["horizon"].isin([1, 5])], summary)
-        test = scores.attrs.get("test_span", "")
+        folds = run.result.folds
+        ts = loaded.panel.ts
+        test = ", ".join(f"{ts[f.test[0]]:%Y-%m-%d}..{ts[f.test[1] - 1]:%Y-%m-%d}" for f in folds)
+        test = f"(test spans {test})" if test else ""
     print(f"Real daily data (S&P 500, NASDAQ Composite; tests/fixtures/files/real_daily), {len(loaded.panel.ts)} rows "
           f"{loaded.panel.ts[0]:%Y-%m-%d}..{loaded.panel.ts[-1]:%Y-%m-%d}; {args.recipe} recipe, {args.folds} "
           f"walk-forward folds {test}; torch {torch.__version__} on {args.device}; {time.perf_counter() - started:.0f} s")
