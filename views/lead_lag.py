@@ -75,25 +75,24 @@ tests = findings.lead_lag_tests
 found = findings.lead_lag_table()
 verdict = findings.lead_lag_lines()
 
-map_column, test_column = st.columns([3, 2])
-with test_column:
-    st.subheader("What the data shows, without the model")
-    if found.empty:
-        st.success(verdict[0], icon=":material/block:")
-    else:
-        st.markdown(f"**{len(found)} lead(s) found** by the model-free test: significant after false-discovery "
-                    f"control ({tests['fdr']:.0%}, {tests['n_tests']} tests).")
-        st.table(found.style.format({"slope": "{:.3g}", "corr": "{:.3f}", "q": "{:.2g}", "bars": "{:,}"}))
-    for line in verdict[1 if found.empty else len(found):]:
-        st.caption(line)
-    st.caption(f"The test: {tests['method']}, over the whole cached history. 'attention agrees': the model's "
-               "weight on that source at key lag lead − 1 is above an uninformed model's and the pair's largest "
-               "excess over it (one model's point estimate, not a test of the attention).")
-with map_column:
-    chart_with_downloads(charts.lead_lag_heatmaps(
-        weights, symbols, truth=view.truth, hide_self=hide_self, span_text=span_text, step=step, null=null,
-        leads=[(p["target"], p["source"], p["lead_bars"]) for p in findings.lead_lag], synthetic=synthetic,
-    ), key="ll_heatmaps", file_stem="lead-lag-heatmaps")
+# One above the other, each the page's width: side by side at 1280 px the maps were cramped and the table cut.
+st.subheader("What the data shows, without the model")
+if found.empty:
+    st.success(verdict[0], icon="🚫")
+else:
+    st.markdown(f"**{len(found)} lead(s) found** by the model-free test: significant after false-discovery "
+                f"control ({tests['fdr']:.0%}, {tests['n_tests']} tests).")
+    st.table(found.style.format({"slope": "{:.3g}", "corr": "{:.3f}", "q": "{:.2g}", "bars": "{:,}"}))
+for line in verdict[1 if found.empty else len(found):]:
+    st.caption(line)
+st.caption(f"The test: {tests['method']}, over the whole cached history. 'attention agrees': the model's "
+           "weight on that source at key lag lead − 1 is above an uninformed model's and the pair's largest "
+           "excess over it (one model's point estimate, not a test of the attention).")
+st.subheader("What the model attends to")
+chart_with_downloads(charts.lead_lag_heatmaps(
+    weights, symbols, truth=view.truth, hide_self=hide_self, span_text=span_text, step=step, null=null,
+    leads=[(p["target"], p["source"], p["lead_bars"]) for p in findings.lead_lag], synthetic=synthetic,
+), key="ll_heatmaps", file_stem="lead-lag-heatmaps")
 st.caption(f"Run `{view.run_id}` · {span_text}. Colour: the model's attention minus an uninformed model's, which "
            "spreads each bar's weight evenly over the keys it may look at (red: more than chance, blue: less); only "
            "bars where the target's market is open count. Dotted outlines: leads the model-free test found."

@@ -103,8 +103,9 @@ def lead_lag_heatmaps(
             z=shown[target], x=lags, y=list(symbols), coloraxis="coloraxis", text=text, texttemplate="%{text}",
             name=f"target {symbol}", customdata=custom[target] if excess else hover_lags, hovertemplate=hover,
         ), row=1, col=target + 1)
-        # One axis title, under the first map: repeated under every map they ran into each other.
-        fig.update_xaxes(title_text="lag (clock rows before the forecast origin)" if target == 0 else None,
+        # One axis title, under the middle map: repeated under every map they ran into each other.
+        middle = target == (n_assets - 1) // 2
+        fig.update_xaxes(title_text="lag (clock rows before the forecast origin)" if middle else None,
                          tickmode="array", tickvals=lags, ticktext=labels, row=1, col=target + 1)
     for follower, leader, lag in planted_cells(truth, symbols, n_lags - 1):
         column = list(symbols).index(follower) + 1
@@ -127,9 +128,9 @@ def lead_lag_heatmaps(
         fig.add_annotation(text=f"planted lead {truth.lag_bars} bars (key lag {key_lag_of_lead(truth.lag_bars)}) is "
                                 f"beyond the model's largest lag {n_lags - 1}",
                            xref="paper", yref="paper", x=0.0, y=-0.25, showarrow=False, xanchor="left")
-    title = ("Cross-asset attention above an uninformed model's, by source and lag" if excess
-             else "Cross-asset attention by source and lag")
-    subtitle = " · ".join(part for part in (span_text, "self-attention hidden" if hide_self else "") if part)
+    title = "Cross-asset attention by source and lag"
+    subtitle = " · ".join(part for part in ("above an uninformed model's weights" if excess else "",
+                                            span_text, "self-attention hidden" if hide_self else "") if part)
     base_layout(fig, title + (f"<br><sup>{subtitle}</sup>" if subtitle else ""), 420)
     # The title's two lines, then the demo stamp on a line of its own over the "target ..." subplot titles.
     fig.update_layout(margin={"l": 50, "r": 20, "t": 110, "b": 40})

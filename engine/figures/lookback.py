@@ -74,8 +74,8 @@ def lookback_chart(
     None) in front of the raw look-back's rolling 10-90 % band over the same window: a per-bar line of 26k hourly
     bars is a solid block of ink. With open_bars (T,), everything is computed on the asset's open bars only (a closed
     bar repeats the last price and has no look-back). Beyond max_points bars the price keeps each stretch's extremes
-    and the smooth curves every k-th bar; the title says how many bars are drawn. Zoom buttons and a range slider
-    sit on the time axis."""
+    and the smooth curves every k-th bar; the title says how many bars are drawn. Zoom buttons
+    sit over the price (drag over the plot to zoom further)."""
     for name, array in (("closes", closes), ("lookback", lookback), ("labels", labels), ("open_bars", open_bars)):
         if array is not None and len(array) != len(ts):
             raise ValueError(f"{name} has {len(array)} rows but the clock has {len(ts)}: pass one asset's row")
@@ -114,16 +114,18 @@ def lookback_chart(
         fig.add_vline(x=pd.Timestamp(marked_time), line_width=1, line_dash="dash", line_color="#444444")
     drawn_note = (f"all {len(open_ts):,} open bars drawn" if step == 1 and len(price_rows) == len(open_ts)
                   else f"{len(curve_rows):,} of {len(open_ts):,} open bars drawn")
-    title = (f"{symbol}: price and effective look-back (median half-life over channels)<br><sup>look-back smoothed: "
-             f"centred rolling median of {window} open bars, band = rolling {BAND_QUANTILES[0]:.0%}-"
-             f"{BAND_QUANTILES[1]:.0%} of the raw values; {drawn_note}</sup>")
-    base_layout(fig, title, 560)
-    fig.update_layout(margin={"l": 50, "r": 20, "t": 120, "b": 40},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.07, "xanchor": "right", "x": 1.0})
+    title = (f"{symbol}: price and effective look-back<br><sup>median half-life over channels, smoothed: a centred "
+             f"rolling median of {window} open bars; band: its rolling {BAND_QUANTILES[0]:.0%}-"
+             f"{BAND_QUANTILES[1]:.0%}</sup><br><sup>{drawn_note}</sup>")
+    base_layout(fig, title, 640)
+    # The legend under the time axis title; over the plot sit the title's lines, the zoom buttons and the demo
+    # stamp. Zoom: the buttons, or drag over the plot (a range slider under two stacked rows crowded the legend).
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 120, "b": 120},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.16, "xanchor": "left", "x": 0.0})
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="look-back (bars)", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text=TIME_AXIS_TITLE, row=2, col=1)
-    add_range_selector(fig, row=1)
+    add_range_selector(fig, slider=False, row=1)
     shade_test_spans(fig, out_of_sample, ts, on_subplots=True)
     return label_synthetic(fig, synthetic)
 

@@ -184,7 +184,7 @@ def test_lead_lag_marks_the_planted_lead_and_the_window_changes_the_map(with_run
 def test_lookback_shows_price_and_lookback_per_asset_and_the_bar_picker_moves_the_hidden_attention(with_run):
     at = open_model_page("views/lookback.py")
     assert [t.split("<br>")[0] for t in titles(at) if "effective look-back" in t] == [
-        f"{s}: price and effective look-back (median half-life over channels)" for s in DEMO_SYMBOLS]
+        f"{s}: price and effective look-back" for s in DEMO_SYMBOLS]
     assert all("rolling median of" in t for t in titles(at) if "effective look-back" in t)  # smoothing stated
     by_regime = spec_titled(at, "Effective look-back per regime")
     assert [trace["name"] for trace in by_regime["data"]] == list(DEMO_SYMBOLS)
