@@ -85,8 +85,9 @@ def relative_metrics(returns, benchmark_returns, periods_per_year: float) -> Rel
     return RelativeMetrics(alpha, beta, correlation, information_ratio, tracking_error, n)
 
 
-def drawdown_periods(returns, ts) -> pd.DataFrame:
-    """Every drawdown of compounded equity (start, trough, recovery, depth, length), in time order."""
+def drawdown_periods(returns, ts, worst: int | None = None) -> pd.DataFrame:
+    """The drawdowns of compounded equity (start, trough, recovery, depth, length): all of them in time order, or
+    the `worst` deepest, deepest first."""
     r = np.nan_to_num(np.asarray(returns, dtype=np.float64))
     times = _utc(ts)
     if len(times) != r.size:
@@ -95,14 +96,17 @@ def drawdown_periods(returns, ts) -> pd.DataFrame:
     underwater = drawdown < 0
     edges = np.diff(np.concatenate([[0], underwater.astype(np.int8), [0]]))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # ends: first bar back at the peak
+    order = np.arange(starts.size)
+    if worst is not None and starts.size:
+        depths = np.minimum.reduceat(drawdown, starts)  # each period's deepest bar (periods never touch)
+        order = np.argsort(depths, kind="stable")[:worst]
     rows = []
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts[order], ends[order]):
         trough = start + int(np.argmin(drawdown[start:end]))
         recovered = end < r.size
-        length = int(end - start) if recovered else int(r.size - start)
         rows.append({
             "start": times[start], "trough": times[trough], "recovery": times[end] if recovered else pd.NaT,
-            "depth": float(drawdown[trough]), "length (bars)": length,
+            "depth": float(drawdown[trough]), "length (bars)": int(end - start),
             "length": (times[end] if recovered else times[-1]) - times[start],
         })
     frame = pd.DataFrame(rows, columns=list(DRAWDOWN_COLUMNS))
@@ -111,8 +115,7 @@ def drawdown_periods(returns, ts) -> pd.DataFrame:
 
 def worst_drawdowns(returns, ts, n: int = WORST_DRAWDOWNS) -> pd.DataFrame:
     """The n deepest drawdowns, deepest first."""
-    periods = drawdown_periods(returns, ts)
-    return periods.sort_values("depth", kind="stable").head(n).reset_index(drop=True)
+    return drawdown_periods(returns, ts, worst=n)
 
 
 def calendar_returns(returns, ts, frequency: str) -> pd.Series:
