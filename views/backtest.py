@@ -44,8 +44,6 @@ SWEEP_GRIDS = {
 }
 SWEEP_METRICS = ("sharpe", "cagr", "max_drawdown", "calmar", "turnover")
 LOSS_STATISTICS = ("Alpha (annual)", "Information ratio")
-TIME_ZONES = ("UTC", "America/New_York", "Europe/London", "Europe/Berlin", "Asia/Tokyo", "Asia/Hong_Kong",
-              "Australia/Sydney")
 
 selection = current_selection()
 st.title("Backtest")
@@ -263,10 +261,7 @@ def strategy_view() -> None:
         st.markdown("**Yearly net returns**")
         st.table(red_losses(yearly, columns=list(yearly.columns[1:]), percent=list(yearly.columns[1:]))
                  .hide(axis="index"))
-    with st.columns(3)[0]:
-        zone = url_widget(
-            st.selectbox, "Time zone of the tables", key="bt_zone", default="UTC", options=TIME_ZONES,
-            help="Trade and drawdown times are kept in UTC and shown in this zone (named in the column titles).")
+    zone = selection.zone  # the sidebar's "Time zone of tables"; times are kept in UTC
     drawdowns = charts.drawdowns_table(sheet, zone)
     st.markdown(f"**Worst drawdowns** (times in {zone})")
     st.table(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing="")
