@@ -152,6 +152,8 @@ def trials_for_backtest(panel, interval: str, forecaster: str, span: tuple, run_
     from storage.panel import panel_fingerprint
 
     fingerprint = panel_fingerprint(panel, interval)
-    scope = trial_scope(forecaster, fingerprint.content_hash, fingerprint.symbols, interval, span)
+    # The run id is part of the scope: a run retrained in the same folder is another checkpoint, with trials of its own.
+    tried_with = forecaster if run_id is None else f"{forecaster} | {run_id}"
+    scope = trial_scope(tried_with, fingerprint.content_hash, fingerprint.symbols, interval, span)
     name = f"forecaster-{forecaster}" if run_path is None else f"run-{run_id or Path(run_path).name}"
     return TrialLog(trials_path(run_path, name, runs_dir), scope)
