@@ -32,8 +32,7 @@ else:
     table["freshness"] = table["stale"].map({True: "stale", False: "fresh"}).where(~is_demo, "synthetic, fixed span")
     zone = selection.zone
     st.dataframe(
-        table[["asset", "symbol", "source", "interval", "rows", "freshness", "first_ts", "last_ts", "last_refresh_at",
-               "last_outcome", "last_error"]],
+        table[["asset", "symbol", "source", "interval", "rows", "freshness", "first_ts", "last_ts"]],
         hide_index=True, width="stretch",
         column_config={
             "asset": st.column_config.TextColumn("Asset", help="The asset name (BTC-USD, BTCUSDT and BTC/USDT are BTC)."),
@@ -55,6 +54,19 @@ else:
             "last_error": st.column_config.TextColumn("Last error", help="Why the last refresh or import failed."),
         },
     )
+    with st.expander("Last refresh of each series"):  # apart, so the table above fits a 13-inch screen
+        st.dataframe(
+            table[["asset", "source", "interval", "last_refresh_at", "last_outcome", "last_error"]], hide_index=True,
+            width="stretch",
+            column_config={
+                "asset": st.column_config.TextColumn("Asset"), "source": st.column_config.TextColumn("Source"),
+                "interval": st.column_config.TextColumn("Interval", width="small"),
+                "last_refresh_at": st.column_config.DatetimeColumn(f"Last refresh ({zone})",
+                                                                   format="YYYY-MM-DD HH:mm", timezone=zone),
+                "last_outcome": st.column_config.TextColumn("Outcome", width="small"),
+                "last_error": st.column_config.TextColumn("Error", help="Why the last refresh or import failed."),
+            },
+        )
     # A failed first fetch or import leaves a refresh-log row and no bars: say so, never format a missing time.
     empty = table[table["last_ts"].isna()]
     for row in empty.itertuples():

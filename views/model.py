@@ -202,7 +202,7 @@ else:
         "run": run["run_id"] + (" (shipped demo)" if run.get("demo") else ""),
         "symbols": ", ".join(run.get("symbols", [])),
         "interval": run.get("interval"),
-        "data span (UTC)": " .. ".join(s[:16] for s in run.get("span", [])),
+        "data span (UTC)": " .. ".join(s[:10] for s in run.get("span", [])),
         "trained": pd.Timestamp(run["created_at"]) if run.get("created_at") else pd.NaT,
         "device": run.get("device"),
         SKILL_COLUMN: headline(run),
@@ -210,7 +210,9 @@ else:
     } for run in runs])
     zone = selection.zone
     table["trained"] = pd.to_datetime(table["trained"], utc=True, errors="coerce")
-    st.dataframe(table, hide_index=True, width="stretch", column_config={
+    # The columns a 13-inch screen shows without scrolling; the data span and device are in the expander below.
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_order=["run", "symbols", "interval", "trained", SKILL_COLUMN, "in use"], column_config={
         "run": st.column_config.TextColumn("Run", help="The run id: the sidebar and links name the checkpoint by it."),
         "symbols": st.column_config.TextColumn("Symbols", help="The assets it was trained on, in its order."),
         "interval": st.column_config.TextColumn("Interval", width="small"),
@@ -219,11 +221,13 @@ else:
         "trained": st.column_config.DatetimeColumn(f"Trained ({zone})", format="YYYY-MM-DD HH:mm", timezone=zone),
         "device": st.column_config.TextColumn("Device", width="small"),
         SKILL_COLUMN: st.column_config.TextColumn(
-            "1-bar skill (DM test vs best baseline)", width="large",
+            "1-bar skill (DM vs best baseline)",
             help="Per asset: 'edge' when the model beats the best baseline on some loss by a one-sided Diebold-Mariano "
                  "test (Holm-corrected) and loses on none; 'worse' the other way; 'mixed' both; 'no edge' neither."),
         "in use": st.column_config.CheckboxColumn("In use", width="small", help="The checkpoint the sidebar shows."),
     })
+    with st.expander("Data span and device of each run"):
+        st.table(table[["run", "data span (UTC)", "device"]].set_index("run"))
     st.caption("1-bar skill, as scored when the run was evaluated: per asset, the model against the best baseline on "
                "each loss (squared error, pinball, Brier, QLIKE), one-sided Diebold-Mariano on the walk-forward test "
                "spans, Holm-corrected. 'edge': better on some loss beyond chance and worse on none; 'worse': the "
