@@ -175,8 +175,9 @@ def rows(device: torch.device | str | None = None, *, shapes=None, budget_s: flo
         fwd_bytes, train_bytes = floor_bytes(shape)
         for name, scan in found.items():
             batch, length, channels, _ = shape
-            if name == "sequential reference" and batch * length * channels > SEQUENTIAL_MAX_ELEMENTS:
-                continue  # a Python loop over 8192 bars of a wide batch: minutes, and no news
+            too_long = batch * length * channels > SEQUENTIAL_MAX_ELEMENTS or (device.type == "cuda" and length > 1024)
+            if name == "sequential reference" and too_long:
+                continue  # a Python loop over thousands of bars (one launch per op per bar on a GPU): no news
             try:
                 forward, train = forward_and_backward(scan, inputs, device, budget_s)
             except (RuntimeError, ValueError, TypeError) as error:  # a peer failing at this shape: say so, go on
