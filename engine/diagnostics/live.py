@@ -5,8 +5,8 @@ bars, to show one new bar. Here the bundle is kept together with what continuing
 
   * the model's state after the last bar (engine.model.inference.run_inference_with_state), so the model takes
     only the new bars (extend_inference: the numbers of one pass over everything);
-  * the fitted regime transforms (standardiser, PCA, clusterer and the renumbering, per asset), fitted exactly as
-    engine.diagnostics.regimes.fit_regimes fits them on the training rows, so a new bar is projected and labelled
+  * the fitted regime transforms (standardiser, PCA, clusterer and the renumbering, per asset) that
+    engine.diagnostics.regimes.fit_regimes fitted on the training rows, so a new bar is projected and labelled
     without a refit, and the transition counts are carried on from the last labelled open bar;
   * the features the bundle was computed on, so `advance` can check that the new panel extends them (the same
     rows, bit for bit, plus new ones) and falls back to a full compute when a refresh revised the history.
@@ -28,9 +28,7 @@ from engine.diagnostics.regimes import (
     NO_LABEL,
     RegimeConfig,
     RegimeResult,
-    _check_inputs,
-    _clusterer,
-    _thin,
+    fit_regimes,
     row_normalise,
     transition_counts,
 )
@@ -52,46 +50,10 @@ class AssetRegimeFit:
 
 def fit_regimes_kept(embeddings: np.ndarray, mask: np.ndarray, fit_rows: range,
                      config: RegimeConfig | None = None) -> tuple[RegimeResult, tuple[AssetRegimeFit, ...]]:
-    """fit_regimes (the same fit, step for step) and the fitted transforms, to label later bars without a refit."""
-    config = config or RegimeConfig()
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    embeddings, mask = np.asarray(embeddings), np.asarray(mask, dtype=bool)
-    _check_inputs(embeddings, mask, fit_rows)
-    n_assets, n_rows, n_dims = embeddings.shape
-    k, n_components = config.n_regimes, min(config.n_components, n_dims)
-    projections = np.zeros((n_assets, n_rows, n_components), dtype=np.float32)
-    labels = np.full((n_assets, n_rows), NO_LABEL, dtype=np.int64)
-    explained = np.zeros((n_assets, n_components))
-    counts = np.zeros((n_assets, k, k), dtype=np.int64)
-    fits = []
-    for asset in range(n_assets):
-        train = np.flatnonzero(mask[asset, fit_rows.start : fit_rows.stop]) + fit_rows.start
-        if len(train) < max(k, n_components) + 1:
-            raise ValueError(
-                f"asset {asset} has {len(train)} fresh bars in the training rows {fit_rows.start}..{fit_rows.stop - 1}: "
-                f"too few to fit {n_components} components and {k} regimes"
-            )
-        scaler = StandardScaler().fit(embeddings[asset, train])
-        pca = PCA(n_components=n_components, random_state=config.seed).fit(scaler.transform(embeddings[asset, train]))
-        coords = pca.transform(scaler.transform(embeddings[asset])).astype(np.float32)
-        cluster_dims = config.cluster_components or n_components
-        used = coords[:, :cluster_dims]
-        clusterer = _clusterer(config).fit(used[_thin(train, config.max_fit_bars)])
-        raw = clusterer.predict(used)
-        centres = clusterer.cluster_centers_ if config.method == "kmeans" else clusterer.means_
-        renumber = np.empty(k, dtype=np.int64)
-        renumber[np.argsort(centres[:, 0], kind="stable")] = np.arange(k)
-        started = np.cumsum(mask[asset]) > 0
-        labels[asset] = np.where(started, renumber[raw], NO_LABEL)
-        projections[asset] = coords
-        explained[asset] = pca.explained_variance_ratio_
-        counts[asset] = transition_counts(labels[asset], mask[asset], k)
-        fits.append(AssetRegimeFit(scaler, pca, clusterer, renumber, cluster_dims))
-    result = RegimeResult(projections, labels, explained, row_normalise(counts), counts,
-                          (fit_rows.start, fit_rows.stop))
-    return result, tuple(fits)
+    """fit_regimes, and its fitted transforms, to label later bars without a refit."""
+    fitted: list = []
+    result = fit_regimes(embeddings, mask, fit_rows, config or RegimeConfig(), fitted=fitted)
+    return result, tuple(AssetRegimeFit(*parts) for parts in fitted)
 
 
 def extend_regimes(previous: RegimeResult, fits: tuple[AssetRegimeFit, ...], embeddings: np.ndarray,

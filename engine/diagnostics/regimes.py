@@ -104,9 +104,12 @@ def row_normalise(counts: np.ndarray) -> np.ndarray:
 
 
 def fit_regimes(
-    embeddings: np.ndarray, mask: np.ndarray, fit_rows: range, config: RegimeConfig = RegimeConfig()
+    embeddings: np.ndarray, mask: np.ndarray, fit_rows: range, config: RegimeConfig = RegimeConfig(), *,
+    fitted: list | None = None,
 ) -> RegimeResult:
-    """embeddings (A, T, E), mask (A, T) bool fresh bars -> projections, labels and transitions per asset."""
+    """embeddings (A, T, E), mask (A, T) bool fresh bars -> projections, labels and transitions per asset.
+    fitted: a list that receives, per asset, (scaler, pca, clusterer, renumber, clustered coordinates), to label
+    later bars without a refit (engine.diagnostics.live)."""
     embeddings, mask = np.asarray(embeddings), np.asarray(mask, dtype=bool)
     _check_inputs(embeddings, mask, fit_rows)
     n_assets, n_rows, n_dims = embeddings.shape
@@ -137,6 +140,8 @@ def fit_regimes(
         renumber[np.argsort(centres[:, 0], kind="stable")] = np.arange(k)
         started = np.cumsum(mask[asset]) > 0  # from the first fresh bar on, the state means something
         labels[asset] = np.where(started, renumber[raw], NO_LABEL)
+        if fitted is not None:
+            fitted.append((scaler, pca, clusterer, renumber, config.cluster_components or n_components))
         projections[asset] = coords
         explained[asset] = pca.explained_variance_ratio_
         counts[asset] = transition_counts(labels[asset], mask[asset], k)

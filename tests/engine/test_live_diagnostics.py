@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from engine.diagnostics.bundle import DiagnosticsConfig, compute_diagnostics
-from engine.diagnostics.live import advance, fit_regimes_kept, start_live
+from engine.diagnostics.live import (
+    advance,
+    extend_regimes,
+    fit_regimes_kept,
+    start_live,
+)
 from engine.diagnostics.regimes import fit_regimes
 from engine.features import build_feature_set
 from engine.model.config import ModelConfig
@@ -43,13 +48,16 @@ def first(features, n_rows):
 CONFIG = DiagnosticsConfig(inference=InferenceConfig(chunk_size=64))
 
 
-def test_the_kept_regime_fit_is_fit_regimes(features, model):
-    bundle = compute_diagnostics(model, first(features, N_ROWS), FIT_ROWS, CONFIG)
-    inference = bundle.inference
-    kept, _ = fit_regimes_kept(inference.embeddings, inference.mask, FIT_ROWS, CONFIG.regimes)
-    plain = fit_regimes(inference.embeddings, inference.mask, FIT_ROWS, CONFIG.regimes)
-    for name in ("projections", "labels", "explained_variance_ratio", "transition_counts"):
-        np.testing.assert_array_equal(getattr(kept, name), getattr(plain, name), err_msg=name)
+def test_new_bars_labelled_with_the_kept_fit_are_fit_regimes_over_everything(features, model):
+    inference = compute_diagnostics(model, first(features, N_ROWS), FIT_ROWS, CONFIG).inference
+    embeddings, mask = inference.embeddings, inference.mask
+    head, fits = fit_regimes_kept(embeddings[:, : N_ROWS - 30], mask[:, : N_ROWS - 30], FIT_ROWS, CONFIG.regimes)
+    extended = extend_regimes(head, fits, embeddings, mask, CONFIG.regimes.n_regimes)
+    whole = fit_regimes(embeddings, mask, FIT_ROWS, CONFIG.regimes)
+    for name in ("labels", "transition_counts", "explained_variance_ratio"):
+        np.testing.assert_array_equal(getattr(extended, name), getattr(whole, name), err_msg=name)
+    np.testing.assert_allclose(extended.projections, whole.projections, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(extended.transition_matrix, whole.transition_matrix)
 
 
 def test_advancing_over_new_bars_gives_the_diagnostics_of_the_whole_panel(features, model):
