@@ -210,12 +210,15 @@ else:
     } for run in runs])
     zone = selection.zone
     table["trained"] = pd.to_datetime(table["trained"], utc=True, errors="coerce")
+    table["universe"] = table["symbols"] + " · " + table["interval"].astype(str)  # one column: fits 1280 px
     # The columns a 13-inch screen shows without scrolling; the data span and device are in the expander below.
     st.dataframe(table, hide_index=True, width="stretch",
-                 column_order=["run", "symbols", "interval", "trained", SKILL_COLUMN, "in use"], column_config={
+                 column_order=["run", "universe", "trained", SKILL_COLUMN, "in use"], column_config={
         "run": st.column_config.TextColumn("Run", help="The run id: the sidebar and links name the checkpoint by it."),
         "symbols": st.column_config.TextColumn("Symbols", help="The assets it was trained on, in its order."),
         "interval": st.column_config.TextColumn("Interval", width="small"),
+        "universe": st.column_config.TextColumn("Trained on", help="Its assets, in its order, and its bar interval: "
+                                                "it runs only on these."),
         "data span (UTC)": st.column_config.TextColumn("Data span (UTC)", help="First and last bar it was trained "
                                                        "and tested on."),
         "trained": st.column_config.DatetimeColumn(f"Trained ({zone})", format="YYYY-MM-DD HH:mm", timezone=zone),
