@@ -59,21 +59,19 @@ def _no_exception(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+FAILURES = {"garbage_import": "JUNK", "offline_refresh": "NEWCOIN"}  # fixture -> the symbol left without bars
+
+
+@pytest.mark.parametrize("failure", FAILURES)
 @pytest.mark.parametrize("page", sampled(PAGES, keep=("views/data.py",)))
-def test_every_page_renders_after_a_garbage_import(garbage_import, page):
+def test_every_page_renders_after_a_failed_import_or_refresh(request, failure, page):
+    request.getfixturevalue(failure)
     at = open_page(page)
     _no_exception(at)
     if page == "views/data.py":
-        assert any("JUNK" in w.value and "no bars" in w.value for w in at.warning), [w.value for w in at.warning]
+        symbol = FAILURES[failure]
+        assert any(symbol in w.value and "no bars" in w.value for w in at.warning), [w.value for w in at.warning]
         assert at.text_input(key="import_symbol") is not None  # the import form is still there
-
-
-@pytest.mark.parametrize("page", sampled(PAGES, keep=("views/data.py",)))
-def test_every_page_renders_after_an_offline_refresh_of_a_new_symbol(offline_refresh, page):
-    at = open_page(page)
-    _no_exception(at)
-    if page == "views/data.py":
-        assert any("NEWCOIN" in w.value and "no bars" in w.value for w in at.warning), [w.value for w in at.warning]
 
 
 def _fallback_shown(at, reason: str) -> None:
