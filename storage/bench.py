@@ -2,7 +2,9 @@
 
 Measures what the issue sets targets for, each as the median of several runs on fresh files:
 
-- upsert throughput for 1,000,000 new bars (target >= 750,000 bars/s), for a batch half of which overlaps
+- upsert throughput for 1,000,000 new bars (target >= 750,000 bars/s, pass/fail on the cache's row), and what
+  bounds it: a plain INSERT into the bars table with its primary key and without (the key's index is the gap);
+  for a batch half of which overlaps
   stored keys with revised values, and for a batch that repeats stored bars unchanged (a refresh's overlap);
   the cache's way (plain INSERT of new keys by anti-join + UPDATE of changed keys, from Arrow) beside the
   textbook INSERT .. ON CONFLICT DO UPDATE from a pandas DataFrame and from Arrow;
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -163,6 +166,42 @@ def upsert_rows(n_bars: int, repeats: int, workdir: Path) -> list[dict]:
                  "batch (s)": validate_s, "bars/s": n_bars / validate_s, "bars/s min..max": "-",
                  "bars/s incl. CHECKPOINT": float("nan"), "result": "-"})
     return rows
+
+
+_PLAIN_INSERT = """
+INSERT INTO bars SELECT $symbol, $source, $interval, ts, open, high, low, close, volume, now() FROM incoming
+"""
+
+
+def index_rows(n_bars: int, repeats: int, workdir: Path) -> list[dict]:
+    """What bounds writing new bars: a plain INSERT from Arrow (no anti-join, no update) into the bars table with
+    its primary key, and into the same table without it, taking turns. The gap is the key's index (DuckDB keeps an
+    ART index for a primary key and checks every new row against it); the cache's upsert cannot be faster than the
+    first row."""
+    table = pa.Table.from_pandas(synthetic_bars(n_bars), preserve_index=False)
+    timings: dict[str, list[float]] = {"with its PRIMARY KEY": [], "without a key": []}
+    for repeat in range(repeats):
+        for name, samples in timings.items():
+            db_path = workdir / f"index-{repeat}-{len(name)}.duckdb"
+            con = duckdb.connect(str(db_path))
+            try:
+                con.execute("SET TimeZone='UTC'")
+                schema = cache.SCHEMA_STATEMENTS[0]  # the cache's own bars table (NOT NULL columns, the key)
+                con.execute(schema if name.startswith("with its") else re.sub(r",\s*PRIMARY KEY \([^)]*\)", "", schema))
+                con.register("incoming", table)
+                started = time.perf_counter()
+                con.execute("BEGIN TRANSACTION")
+                con.execute(_PLAIN_INSERT, KEY)
+                con.execute("COMMIT")
+                samples.append(time.perf_counter() - started)
+            finally:
+                con.close()
+            for leftover in workdir.glob(db_path.name + "*"):
+                leftover.unlink()
+    return [{"case": f"{n_bars:,} new bars", "way": f"plain INSERT from Arrow, bars table {name} (bound)",
+             "batch (s)": statistics.median(t), "bars/s": n_bars / statistics.median(t),
+             "bars/s min..max": f"{n_bars / max(t):,.0f}..{n_bars / min(t):,.0f}",
+             "bars/s incl. CHECKPOINT": float("nan"), "result": "-"} for name, t in timings.items()]
 
 
 def _seconds(work: Callable[[], object]) -> float:
@@ -355,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="storage-bench-") as tmp:
         workdir = Path(tmp)
         upserts = upsert_rows(args.bars, args.repeats, workdir) if args.only in (None, "upsert") else []
+        upserts += index_rows(args.bars, args.repeats, workdir) if args.only in (None, "upsert") else []
         panels = panel_rows(args.panel_bars, args.panel_repeats, workdir) if args.only in (None, "panel") else []
         imports = import_memory_rows(args.import_rows, workdir) if args.only in (None, "import") else []
 
