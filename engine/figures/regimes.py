@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from sklearn.metrics import adjusted_rand_score
 
 from engine.diagnostics.regimes import NO_LABEL
 from engine.figures.spans import shade_test_spans
@@ -264,6 +263,8 @@ def adjusted_rand_by_asset(
     if labels.shape != open_bars.shape or labels.shape != (len(symbols), len(planted)):
         raise ValueError(f"labels {labels.shape}, open_bars {open_bars.shape} must be (assets, time) = "
                          f"({len(symbols)}, {len(planted)})")
+    from sklearn.metrics import adjusted_rand_score  # sklearn takes seconds to import: only where it is used
+
     span = _rows(rows, len(planted))
     records = []
     for asset, symbol in enumerate(symbols):
