@@ -33,7 +33,7 @@ def test_the_sidebar_preselects_the_real_btc_spy_aapl_and_the_demo_checkpoint_fi
     assert symbols.value == ["BTC", "SPY", "AAPL"]
     assert "BTC-USD" not in symbols.options  # one asset, however it is stored
     assert at.sidebar.selectbox(key="interval").value == "1h"  # the interval with real bars
-    assert "demo checkpoint" in at.sidebar.selectbox(key="checkpoint").value
+    assert at.sidebar.selectbox(key="checkpoint").value == "demo-1h"  # by run id (the URL pins it so)
     assert not any("No checkpoint fits" in c.value for c in at.sidebar.caption)
     status = status_line(at)
     assert "BTC (BTC-USD, csv)" in status and "SPY (csv)" in status and "AAPL (csv)" in status
@@ -59,14 +59,14 @@ def test_symbols_picked_in_another_order_still_find_the_checkpoint_and_run_it_in
     at = open_page("views/overview.py", symbols=["SPY", "AAPL", "BTC"], interval="1h")
     assert not at.exception, [e.value for e in at.exception]
     assert at.sidebar.multiselect(key="symbols").value == ["SPY", "AAPL", "BTC"]
-    assert "demo checkpoint" in at.sidebar.selectbox(key="checkpoint").value
+    assert at.sidebar.selectbox(key="checkpoint").value == "demo-1h"  # by run id (the URL pins it so)
     assert any("own order: BTC, SPY, AAPL" in c.value for c in at.sidebar.caption)
     cards = [m.value for m in at.markdown if m.value.startswith("#### ")]
     assert cards == ["#### BTC", "#### SPY", "#### AAPL"]
 
     at.sidebar.multiselect(key="symbols").set_value(["AAPL", "BTC", "SPY"]).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "demo checkpoint" in at.sidebar.selectbox(key="checkpoint").value
+    assert at.sidebar.selectbox(key="checkpoint").value == "demo-1h"  # by run id (the URL pins it so)
 
 
 def test_the_last_close_shown_is_the_stored_series(real_named_db):
