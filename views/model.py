@@ -41,10 +41,10 @@ def training_work(symbols, interval, db_path, n_folds, max_epochs, seed, run_dir
         from engine.training.progress import EtaEstimator, with_better_eta
         from engine.training.run import run_training
 
-        estimator = EtaEstimator()  # timed from the epochs, not the set-up (engine.training.progress)
 
         loaded = cached_panel(symbols, interval, db_path=db_path)
         config = settings_for_panel(loaded.panel, interval, n_folds=n_folds, max_epochs=max_epochs, seed=seed)
+        estimator = EtaEstimator(config.patience)  # timed from the epochs, not the set-up (training.progress)
         return run_training(loaded, config, run_dir, run_id=run_dir.name,
                             progress=lambda event: report(with_better_eta(event, estimator)), cancel=cancel.is_set,
                             resume=resume).result

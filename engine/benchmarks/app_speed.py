@@ -248,7 +248,7 @@ def eta_row() -> dict:
         seed_demo_if_empty(db_path=db)
         loaded = cached_panel(("BTC", "SPY", "AAPL"), "1d", db_path=db)
         config = settings_for_panel(loaded.panel, "1d", n_folds=3, max_epochs=15, seed=0)
-        estimator, seen = EtaEstimator(), {}
+        estimator, seen = EtaEstimator(config.patience), {}
 
         def progress(event):
             eta = estimator.observe(event)
@@ -280,12 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-eta", action="store_true", help="leave out the training ETA row (a training run)")
+    parser.add_argument("--only-eta", action="store_true", help="only the training ETA row")
     args = parser.parse_args(argv)
     from engine.benchmarks._measure import machine_line
 
     print(f"# app speed in a browser (chromium, 1440x900), medians of {args.repeats}\n{machine_line('cpu')}\n",
           flush=True)
-    table = measure(args.repeats, log=lambda line: print(f"  .. {line}", file=sys.stderr, flush=True))
+    table = [] if args.only_eta else measure(args.repeats, log=lambda line: print(f"  .. {line}", file=sys.stderr,
+                                                                                flush=True))
     if not args.skip_eta:
         table.append(eta_row())
     print(format_rows(table))
