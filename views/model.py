@@ -224,10 +224,10 @@ else:
         "trained": st.column_config.DatetimeColumn(f"Trained ({zone})", format="YYYY-MM-DD HH:mm", timezone=zone),
         "device": st.column_config.TextColumn("Device", width="small"),
         SKILL_COLUMN: st.column_config.TextColumn(
-            "1-bar skill (DM vs best baseline)",
+            "1-bar skill (DM test)",
             help="Per asset: 'edge' when the model beats the best baseline on some loss by a one-sided Diebold-Mariano "
                  "test (Holm-corrected) and loses on none; 'worse' the other way; 'mixed' both; 'no edge' neither."),
-        "in use": st.column_config.CheckboxColumn("In use", width="small", help="The checkpoint the sidebar shows."),
+        "in use": st.column_config.CheckboxColumn("Used", width="small", help="The checkpoint the sidebar shows."),
     })
     with st.expander("Data span and device of each run"):
         st.table(table[["run", "data span (UTC)", "device"]].set_index("run"))
