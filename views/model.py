@@ -213,7 +213,7 @@ else:
     table["universe"] = table["symbols"] + " · " + table["interval"].astype(str)  # one column: fits 1280 px
     # The columns a 13-inch screen shows without scrolling; the data span and device are in the expander below.
     st.dataframe(table, hide_index=True, width="stretch",
-                 column_order=["run", "universe", "trained", SKILL_COLUMN, "in use"], column_config={
+                 column_order=["run", "universe", "trained", SKILL_COLUMN], column_config={
         "run": st.column_config.TextColumn("Run", help="The run id: the sidebar and links name the checkpoint by it."),
         "symbols": st.column_config.TextColumn("Symbols", help="The assets it was trained on, in its order."),
         "interval": st.column_config.TextColumn("Interval", width="small"),
@@ -229,6 +229,8 @@ else:
                  "test (Holm-corrected) and loses on none; 'worse' the other way; 'mixed' both; 'no edge' neither."),
         "in use": st.column_config.CheckboxColumn("Used", width="small", help="The checkpoint the sidebar shows."),
     })
+    st.caption("In use (the sidebar's checkpoint): "
+               + (f"**{selection.checkpoint['run_id']}**." if selection.checkpoint else "none for this selection."))
     with st.expander("Data span and device of each run"):
         st.table(table[["run", "data span (UTC)", "device"]].set_index("run"))
     st.caption("1-bar skill, as scored when the run was evaluated: per asset, the model against the best baseline on "
