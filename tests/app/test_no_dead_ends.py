@@ -82,7 +82,7 @@ def _fallback_shown(at, reason: str) -> None:
     assert any(list(table.value.columns)[:1] == ["asset"] for table in at.dataframe)  # its data quality
 
 
-@pytest.mark.parametrize("page", sampled(PAGES, keep=("views/overview.py", "views/model.py")))
+@pytest.mark.parametrize("page", sampled(PAGES, keep=("views/overview.py",)))
 def test_daily_bars_with_the_hourly_checkpoint_say_the_interval_is_the_reason(seeded_db, page):
     at = open_page(page, interval="1d")
     _no_exception(at)
