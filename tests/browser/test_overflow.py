@@ -40,6 +40,14 @@ FIND_PROBLEMS = """
       problems.push(`text cut (${el.scrollWidth}px in ${el.clientWidth}px): ${text(el)}`);
     }
   }
+  // anything the page ellipsises (metric deltas, select values, tags...): cut when its text is wider than it
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.children.length > 2 || !visible(el)) continue;
+    const style = getComputedStyle(el);
+    if (style.textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1 && text(el)) {
+      problems.push(`text cut with an ellipsis (${el.scrollWidth}px in ${el.clientWidth}px): ${text(el)}`);
+    }
+  }
   for (const frame of document.querySelectorAll('[data-testid="stDataFrame"], [data-testid="stTable"]')) {
     if (!visible(frame)) continue;
     const scroller = frame.querySelector('.dvn-scroller') || frame.querySelector('table')?.parentElement;
