@@ -16,7 +16,9 @@ def test_missing_sessions_of_an_imported_file_are_shown_as_a_warning(seeded_db):
                          "--interval", "1h"]) == 0
     at = open_page("views/data.py")
     assert not at.exception, [e.value for e in at.exception]
-    quality = at.dataframe[1].value
+    # the quality table is the one with the import layout (the cache table, and failed refreshes when there are
+    # any, come first)
+    quality = next(frame.value for frame in at.dataframe if "layout" in frame.value.columns)
     row = quality[quality["symbol"] == "SPYH"].iloc[0]
     assert row["missing"].startswith("1 of ") and "2024-01-17" in row["first_missing"]
     assert any("SPYH" in w.value and "2024-01-17" in w.value for w in at.warning), [w.value for w in at.warning]
