@@ -38,7 +38,16 @@ def seeded_db(tmp_path, seeded_cache_template, diagnostics_dir, monkeypatch) -> 
     monkeypatch.setenv("REGIME_DB", str(path))
     monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
+    _forget_cached_reads()
     return path
+
+
+def _forget_cached_reads() -> None:
+    """A new cache and runs directory: the frame's cached summary and run list (30 s) belong to the previous test's,
+    and an earlier test's list would hide or replace this one's checkpoints."""
+    import streamlit as st
+
+    st.cache_data.clear()
 
 
 @pytest.fixture
@@ -47,6 +56,7 @@ def empty_db(tmp_path, diagnostics_dir, monkeypatch) -> Path:
     monkeypatch.setenv("REGIME_DB", str(path))
     monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
+    _forget_cached_reads()
     return path
 
 

@@ -1,6 +1,8 @@
 """The Model page trains in the background with progress, can cancel and resume, and lists the checkpoints."""
 from __future__ import annotations
 
+import pytest
+
 import time
 
 from engine.model.checkpoint import checkpoint_written
@@ -49,6 +51,7 @@ def test_training_shows_progress_then_lists_the_new_scored_checkpoint(seeded_db,
     assert [r for r in (tmp_path / "runs").glob("run-*") if checkpoint_written(r)]
 
 
+@pytest.mark.slow  # default-suite budget: resume is tested in tests/engine (training)
 def test_a_cancelled_training_can_be_resumed_to_the_end(seeded_db, tmp_path):
     at = open_page(MODEL_PAGE, interval="1d")
     _start_training(at, folds=2, epochs=4)

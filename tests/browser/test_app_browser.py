@@ -24,6 +24,8 @@ def metric_value(page, label: str) -> str:
     return metric.locator('[data-testid="stMetricValue"]').inner_text()
 
 
+@pytest.mark.slow  # ~110 s: the timed walkthrough; the default suite opens every page in a browser in
+# tests/browser/test_offline_and_links.py (default-suite budget)
 def test_the_app_in_a_browser(browser, app_dirs, capsys):
     with streamlit_server(app_dirs["db"], app_dirs["runs"], app_dirs["log"]) as server:
         context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)

@@ -43,7 +43,7 @@ def test_outside():
         "https://fonts.gstatic.com/s/materialsymbols.woff2"]
 
 
-@pytest.mark.slow  # a server, a first load that seeds the demo, every page: about a minute on two idle cores
+# a server, a first load that seeds the demo, every page: ~80 s on two idle cores; the default suite's browser test
 def test_no_request_leaves_the_machine_and_links_reproduce_the_view(browser, app_dirs):
     with streamlit_server(app_dirs["db"], app_dirs["runs"], app_dirs["log"]) as server:
         context = browser.new_context(viewport={"width": 1440, "height": 900})

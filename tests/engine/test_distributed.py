@@ -73,6 +73,7 @@ def test_the_tiny_run_exercises_uneven_and_empty_shards():
     assert windows.x.shape[0] % config.batch_size == 1
 
 
+@pytest.mark.slow  # default-suite budget: the torchrun command and a failing rank stay in it
 def test_two_gloo_ranks_train_the_same_weights_as_one_process_with_the_same_global_batch(reference, tmp_path):
     result = torchrun(str(WORKER), str(tmp_path / "run"), "--parallel", "data")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,6 +85,7 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process_with_the_same_glob
     assert not (tmp_path / "run" / RESUME_DIR).exists() and not (tmp_path / "run" / FOLDS_DIR).exists()
 
 
+@pytest.mark.slow  # default-suite budget
 def test_one_fold_per_rank_gathers_every_fold_into_rank_0s_checkpoint(reference, tmp_path):
     result = torchrun(str(WORKER), str(tmp_path / "run"), "--parallel", "folds")
     assert result.returncode == 0, result.stderr[-3000:]

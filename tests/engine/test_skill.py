@@ -67,6 +67,7 @@ def informed(targets, seed: int, sign: float = 1.0) -> Predictions:
                        prob_up=stats.norm.sf(0, loc=mean, scale=spread))
 
 
+@pytest.mark.slow  # default-suite budget: the exact-null rate test below stays in it
 def test_a_forecaster_without_information_gets_no_edge_in_nearly_every_market():
     """Family-wise: in each of 40 independent markets (3 assets x 3 horizons x 4 metrics, 36 verdicts corrected
     together) count whether ANY verdict says "edge". Holm keeps that below 5%; 40 draws allow 5 (P <= 0.014 at
