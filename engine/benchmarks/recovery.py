@@ -114,7 +114,7 @@ def oracle_share(truth, panel, pred, fold_of_row: np.ndarray) -> dict[str, dict]
         ends = targets.end_row[a, rows, 0]
         oracle = forecastable_oracle(truth, panel, ends, rows, a)
         weight = 1.0 / np.maximum((hours[ends] - hours[rows]) / step, 1.0)
-        entry = {"n": int(len(rows)), "gap_bars": int((weight < 1).sum())}
+        entry = {"n": len(rows), "gap_bars": int((weight < 1).sum())}
         for suffix, w in (("", weight), ("_raw", np.ones_like(weight))):
             zero, model, best = (np.average(e ** 2, weights=w) for e in (y, y - point, y - oracle))
             entry["share" + suffix] = float((zero - model) / (zero - best)) if zero > best else math.nan
@@ -128,15 +128,19 @@ def oracle_share(truth, panel, pred, fold_of_row: np.ndarray) -> dict[str, dict]
 
 def run_member(job: MemberJob) -> dict:
     import torch
+    from sklearn.metrics import adjusted_rand_score
 
     from engine.diagnostics.findings import findings_for_run
     from engine.diagnostics.for_run import diagnostics_for_run
-    from engine.diagnostics.regime_tests import (gap_normalised, hmm_baseline_labels, hours_since_previous_bar,
-                                                 regime_verdicts_for_panel)
+    from engine.diagnostics.regime_tests import (
+        gap_normalised,
+        hmm_baseline_labels,
+        hours_since_previous_bar,
+        regime_verdicts_for_panel,
+    )
     from engine.evaluation.predictions import load_predictions
     from engine.training.run import run_training
     from engine.training.settings import settings_for_panel
-    from sklearn.metrics import adjusted_rand_score
     from storage.panel import own_bar_log_returns
     from storage.sources.planted_family import family_member
 

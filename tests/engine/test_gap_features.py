@@ -3,7 +3,6 @@ the asset's own calendar, and log variance EWMAs; selected per run by FeatureCon
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from engine.features import (
@@ -81,11 +80,11 @@ def test_the_gap_ahead_uses_no_later_bar():
 def panel_rows(panel, stop):
     from engine.training.settings import panel_rows as rows
 
-    return rows(panel, range(0, stop))
+    return rows(panel, range(stop))
 
 
 def test_variance_ewmas_order_with_their_half_life_after_a_shock():
-    panel, raw = daily()
+    _panel, raw = daily()
     btc = 0
     fast, slow = column(raw, "log_var_hl2", btc), column(raw, "log_var_hl128", btc)
     assert np.isfinite(fast[30:]).all() and np.isfinite(slow[30:]).all()
@@ -102,7 +101,7 @@ def test_unknown_or_repeated_names_are_refused_with_the_list():
 
 def test_flags_are_not_standardised_and_the_scaler_follows_the_names():
     panel, raw = daily()
-    scaler = FeatureScaler.fit(raw, panel.symbols, range(0, 150))
+    scaler = FeatureScaler.fit(raw, panel.symbols, range(150))
     for name in ("gap_log", "next_gap_log", "market_open"):
         j = raw.names.index(name)
         assert (scaler.mean[:, j] == 0).all() and (scaler.std[:, j] == 1).all()

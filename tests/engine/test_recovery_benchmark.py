@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from engine.benchmarks.recovery import MemberJob, forecastable_oracle, members, run_member, summarise
+from engine.benchmarks.recovery import (
+    MemberJob,
+    forecastable_oracle,
+    members,
+    run_member,
+    summarise,
+)
 from engine.targets import compute_targets
 from storage.sources.planted_family import family_member
 

@@ -12,7 +12,7 @@ from engine.targets import compute_targets
 from engine.training.config import model_config_for
 from engine.training.head_scale import scale_heads_for_training, target_scale
 from engine.training.presets import general_config
-from engine.training.skip_fit import fit_skip_paths, lead_columns, declared_leads
+from engine.training.skip_fit import declared_leads, fit_skip_paths, lead_columns
 from storage.sources.planted_family import family_member
 
 SEED = 1000016  # a validation member: C0 leads C1 by 4 rows and E0 by 3
@@ -21,7 +21,7 @@ SEED = 1000016  # a validation member: C0 leads C1 by 4 rows and E0 by 3
 def fitted(kind: str):
     loaded = family_member(SEED, kind, "1h", 4000, n_assets=3)
     config = general_config("1h")
-    train = range(0, 2800)
+    train = range(2800)
     features = build_feature_set(loaded.panel, train, config.features)
     targets = compute_targets(loaded.panel, config.model.horizons)
     torch.manual_seed(0)
@@ -72,7 +72,7 @@ def test_lead_columns_are_the_key_lags_a_forecast_can_see():
 
 
 def test_the_volatility_path_beats_a_constant_on_the_training_rows(lead_fit):
-    loaded, model, fit, features, targets, scale, train = lead_fit
+    loaded, model, _fit, features, targets, scale, train = lead_fit
     scale_heads_for_training(model, scale, zero_centre=True)
     model.eval()
     with torch.no_grad():
@@ -107,7 +107,6 @@ def test_step_mode_with_skip_paths_matches_the_full_sequence(lead_fit, batch):
 
 
 def test_the_fitted_paths_travel_with_the_checkpoint(lead_fit, tmp_path):
-    from engine.model.checkpoint import load_checkpoint, save_checkpoint
 
     _, model, *_ = lead_fit
     state = model.state_dict()
@@ -116,6 +115,6 @@ def test_the_fitted_paths_travel_with_the_checkpoint(lead_fit, tmp_path):
 
 
 def test_the_declared_leads_use_the_training_rows_only(lead_fit):
-    loaded, model, fit, features, *_ = lead_fit
-    early = declared_leads(features, range(0, 2800), 6)
+    _loaded, _model, fit, features, *_ = lead_fit
+    early = declared_leads(features, range(2800), 6)
     assert early == {int(k): [tuple(p) for p in v] for k, v in fit.leads.items()}
