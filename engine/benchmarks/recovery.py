@@ -97,11 +97,10 @@ def oracle_share(truth, panel, pred, fold_of_row: np.ndarray) -> dict[str, dict]
     first bar after a close carries the whole night's noise, and a handful of such bars would otherwise decide the
     mean (the issue's "156 gap bars dominate AAPL's test MSE"). `share_raw` is the same without the division."""
     from engine.targets import compute_targets
+    from engine.training.skip_fit import target_spans
 
     targets = compute_targets(panel, (1,))
     h = pred.horizons.index(1)
-    hours = np.asarray((panel.ts - panel.ts[0]) / np.timedelta64(1, "h"), dtype=float)
-    step = float(np.median(np.diff(hours)))
     out = {}
     for name in sorted({lead.target for lead in truth.leads}):
         a = truth.assets.index(name)
@@ -113,7 +112,7 @@ def oracle_share(truth, panel, pred, fold_of_row: np.ndarray) -> dict[str, dict]
         y = targets.log_return[a, rows, 0]
         ends = targets.end_row[a, rows, 0]
         oracle = forecastable_oracle(truth, panel, ends, rows, a)
-        weight = 1.0 / np.maximum((hours[ends] - hours[rows]) / step, 1.0)
+        weight = 1.0 / target_spans(panel.ts, targets, rows)[a, :, 0]  # the skip fit's own weights
         entry = {"n": len(rows), "gap_bars": int((weight < 1).sum())}
         for suffix, w in (("", weight), ("_raw", np.ones_like(weight))):
             zero, model, best = (np.average(e ** 2, weights=w) for e in (y, y - point, y - oracle))

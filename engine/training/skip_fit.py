@@ -90,11 +90,12 @@ def lead_columns(pairs, horizon: int, max_lag: int, n_assets: int) -> list[int]:
     return sorted(columns)
 
 
-def target_spans(feature_set: FeatureSet, targets: Targets, rows: np.ndarray) -> np.ndarray:
-    """(A, n, H) the time each target return spans, in bars of the clock's usual step (>= 1; 1 where invalid).
+def target_spans(ts, targets: Targets, rows: np.ndarray) -> np.ndarray:
+    """(A, n, H) the time each target return spans per bar of its horizon, in units of the clock's usual step
+    (>= 1; 1 where invalid).
     A return's variance grows with the time it spans, so the ridge weighs each target by 1 / span: an equity's
     overnight return, with the whole night's noise in it, does not outweigh the session's hourly returns."""
-    hours = np.asarray((feature_set.ts - feature_set.ts[0]) / np.timedelta64(1, "h"), dtype=float)
+    hours = np.asarray((ts - ts[0]) / np.timedelta64(1, "h"), dtype=float)  # ts: the panel's clock
     step = np.median(np.diff(hours)) if len(hours) > 1 else 1.0
     end = targets.end_row[:, rows]  # (A, n, H)
     spanned = np.where(end >= 0, hours[np.clip(end, 0, None)] - hours[rows][None, :, None], step)
@@ -110,12 +111,12 @@ def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: rang
 
     heads, config = model.heads, model.config
     skips = heads.skips
-    n_assets, n_horizons = len(feature_set.symbols or range(feature_set.values.shape[0])), len(config.horizons)
+    n_assets, n_horizons = feature_set.values.shape[0], len(config.horizons)
     purged = targets.until(train.stop)
     rows = np.arange(train.start, train.stop)
     lagged = lagged_returns(feature_set.values.astype(np.float64), feature_set.mask, config.max_lag)[rows]
     vol_index = list(config.vol_skip_features)
-    spans = target_spans(feature_set, purged, rows)
+    spans = target_spans(feature_set.ts, purged, rows)
     mean_weight = np.zeros(tuple(skips.mean_weight.shape))
     vol_weight = np.zeros(tuple(skips.vol_weight.shape))
     vol_bias = np.zeros(tuple(skips.vol_bias.shape))
