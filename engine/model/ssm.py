@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from engine.model.config import ModelConfig
 from engine.model.layer import LayerOutput, derived_weights
-from engine.model.scan import scan_dtype, selective_scan
+from engine.model.scan import fused_kernel_available, scan_dtype, selective_scan
 
 LN2 = math.log(2.0)
 
@@ -48,13 +48,13 @@ class PerAssetLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_weights, in_features, out_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(n_weights, out_features).uniform_(-bound, bound)) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        # x (..., A, in) -> (..., A, out)
+    def forward(self, x: Tensor, *, add_bias: bool = True) -> Tensor:
+        # x (..., A, in) -> (..., A, out); add_bias=False leaves the bias to the caller (the fused scan adds it)
         if self.weight.shape[0] == 1:
             y = x @ self.weight[0]
         elif x.dim() == 3:  # step mode (B, A, in): the asset axis is already next to the front
             by_asset = x.transpose(0, 1)  # (A, B, in)
-            if self.bias is not None:
+            if self.bias is not None and add_bias:
                 return torch.baddbmm(self.bias.unsqueeze(1), by_asset, self.weight).transpose(0, 1)
             return torch.bmm(by_asset, self.weight).transpose(0, 1)
         else:
@@ -63,7 +63,7 @@ class PerAssetLinear(nn.Module):
             by_asset = x.movedim(-2, 0)  # (A, ..., in)
             y = torch.bmm(by_asset.reshape(by_asset.shape[0], -1, by_asset.shape[-1]), self.weight)
             y = y.view(*by_asset.shape[:-1], y.shape[-1]).movedim(0, -2)
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None or not add_bias else y + self.bias
 
 
 class PerAssetRMSNorm(nn.Module):
@@ -241,6 +241,8 @@ class SelectiveSSMBlock(nn.Module):
 
         The window's scan is the chunked one (engine.model.scan); readout=True also keeps every bar's SSM state
         for the diagnostics, which costs memory: ask it of one layer only."""
+        if self._fused_scan_applies(x, readout):
+            return self._forward_fused(x, mask, state, return_state)
         batch, length, A, _ = x.shape
         Di = self.d_inner
         s, conv_buffer = self.scan_inputs(x, mask, state)
@@ -265,6 +267,34 @@ class SelectiveSSMBlock(nn.Module):
             h = result.states.reshape(batch, length, A, Di, self.d_state)  # (B, T, A, Di, N)
             diagnostics = self._diagnostics(h, s.delta, mask)
         return LayerOutput(x + F.dropout(out, self.dropout, self.training), new_state, diagnostics)
+
+    # ----- the window on CUDA: the scan with its glue fused (engine.model.scan_triton.selective_scan_fused) -------
+
+    def _fused_scan_applies(self, x: Tensor, readout: bool) -> bool:
+        """The fused kernel runs the window's scan on CUDA in float32/bf16 unless every bar's state is asked for."""
+        return not readout and x.is_cuda and x.dtype != torch.float64 and fused_kernel_available()
+
+    def _forward_fused(self, x: Tensor, mask: Tensor, state: SSMLayerState | None, return_state: bool) -> LayerOutput:
+        """forward() with softplus(dt + bias), the clamp, the closed-bar mask, the D skip and the SiLU gate done
+        inside the scan kernel: the same arithmetic as scan_inputs + selective_scan + the gate, fewer passes."""
+        from engine.model.scan_triton import selective_scan_fused
+
+        batch, length, A, _ = x.shape
+        Di, N, r = self.d_inner, self.d_state, self.dt_rank
+        open_bars = mask.unsqueeze(-1).to(x.dtype)  # (B, T, A, 1)
+        u_in, z = self.in_proj(self.norm(x)).split(Di, dim=-1)
+        conv_out, conv_buffer = self._causal_conv((u_in * open_bars).reshape(batch, length, A * Di), state)
+        u = F.silu(conv_out)  # (B, T, D_total)
+        dt_low, B, C = self.x_proj(u.view(batch, length, A, Di)).split([r, N, N], dim=-1)
+        dt = self.dt_proj(dt_low, add_bias=False)  # (B, T, A, Di): the bias is added in the kernel
+        gated, last_state = selective_scan_fused(
+            u, dt.reshape(batch, length, A * Di), self.dt_proj.bias.expand(A, Di).reshape(A * Di),
+            self.decay_rates(), B, C, self.D.expand(A, Di).reshape(A * Di), z.reshape(batch, length, A * Di),
+            mask.to(torch.float32), None if state is None else state.ssm_state, dt_clamp=self.dt_clamp,
+        )
+        out = self.out_proj(gated.view(batch, length, A, Di)) * open_bars  # nothing added at closed bars
+        new_state = SSMLayerState(conv_buffer, last_state) if return_state else None
+        return LayerOutput(x + F.dropout(out, self.dropout, self.training), new_state, None)
 
     # ----- one bar at a time ------------------------------------------------------------------------------------
     #
