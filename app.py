@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from views.frame import render_frame
+from views.frame import finish_status_line, render_frame
 
 st.set_page_config(page_title="Cross-asset regime dashboard", page_icon="📈", layout="wide")
 
@@ -42,4 +42,7 @@ navigation = st.navigation([HOME, *PAGES])
 if navigation is HOME:
     _home()  # before the frame: nothing is drawn twice
 render_frame()
-navigation.run()
+try:
+    navigation.run()
+finally:  # also after st.stop(): the status line then names the device the page's model ran on
+    finish_status_line()

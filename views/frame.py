@@ -14,6 +14,7 @@ on its own: it only calls storage and engine and lays out widgets.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +28,6 @@ from engine.model.checkpoint import (
     misfit_text,
     pinned_default,
 )
-from engine.runtime import device_label
 from storage.cache import SOURCE_PREFERENCE, cache_summary
 from storage.config import INTERVAL_SECONDS, resolve_db_path
 from storage.importing import latest_import_reports
@@ -58,12 +58,16 @@ class Selection:
     sources: dict[str, str] = field(default_factory=dict)  # asset -> the source its bars are read from
     stored: dict[str, str] = field(default_factory=dict)  # asset -> the stored symbol read (BTC -> BTC-USD)
     synthetic: bool = False  # any shown series comes from the demo market
-    device: str = ""
     last_bar: pd.Timestamp | None = None
     # When no checkpoint fits: the one the user would otherwise see (the link's, the pinned default or the demo),
     # so the model pages can state why it does not fit and offer its universe or training this one.
     unfit: dict | None = None
     zone: str = "UTC"  # the time zone tables show times in (named in their column titles); data stay in UTC
+
+    @property
+    def device(self) -> str:
+        """The device a model runs on ('CPU (2 threads)', a GPU's name); asking imports torch (engine.runtime)."""
+        return load_device_label()
 
 
 @st.cache_data(ttl=SUMMARY_TTL_SECONDS, show_spinner=False)
@@ -90,7 +94,13 @@ def load_pinned_default(runs_marker: str) -> str | None:
 
 @st.cache_resource(show_spinner=False)
 def load_device_label() -> str:
+    from engine.runtime import device_label  # imports torch: only where a page runs a model or asks for the device
+
     return device_label()
+
+
+def _torch_loaded() -> bool:
+    return "torch" in sys.modules
 
 
 def clear_cached_reads() -> None:
@@ -240,7 +250,7 @@ def render_frame() -> Selection:
         symbols=ordered, interval=interval, db_path=db_path, start=start, end=end, checkpoint=checkpoint,
         sources={a: read.at[a, "source"] for a in ordered if a in read.index},
         stored={a: read.at[a, "symbol"] for a in ordered if a in read.index},
-        synthetic="demo" in set(shown["source"]), device=load_device_label(),
+        synthetic="demo" in set(shown["source"]),
         last_bar=shown["last_ts"].max() if not shown.empty else None, unfit=reference, zone=zone,
     )
     st.session_state["selection"] = selection
@@ -308,8 +318,21 @@ def _status_line(selection: Selection) -> None:
     if selection.last_bar is not None and not pd.isna(selection.last_bar):
         parts.append(f"last bar {selection.last_bar:%Y-%m-%d %H:%M} UTC")
     parts.append(f"checkpoint: {selection.checkpoint['run_id']}" if selection.checkpoint else "checkpoint: none")
-    parts.append(f"device: {selection.device}")
-    st.caption(" · ".join(parts))
+    # The device is named once the page has loaded torch to run a model (finish_status_line, after the page): the
+    # frame itself never imports torch, so a page without a model (Data) does not wait 1.5-3 s for it.
+    slot = st.empty()
+    st.session_state["_status_line"] = (slot, parts)
+    slot.caption(" · ".join([*parts, f"device: {selection.device}" if _torch_loaded() else "device: …"]))
+
+
+def finish_status_line() -> None:
+    """After the page ran (app.py): the status line names the device the page's model ran on, or says that the page
+    ran none."""
+    slot, parts = st.session_state.pop("_status_line", (None, None))
+    if slot is None:
+        return
+    device = f"device: {load_device_label()}" if _torch_loaded() else "device: none used (no model on this page)"
+    slot.caption(" · ".join([*parts, device]))
 
 
 def show_refresh_report(report, nothing_stored: str = "Nothing was stored.") -> None:

@@ -35,19 +35,20 @@ import stat
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from filelock import FileLock
-from safetensors import safe_open
-from safetensors.torch import load_file, save, save_file
 
 from engine.features import FeatureConfig, FeatureScaler
 from engine.model.config import MAX_PARAMETERS, ModelConfig
 from storage.panel import DataFingerprint, asset_name
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: listing runs and reading manifests
+    import torch  # (the app's frame and the fit checks) never pay for it
 
 RUNS_ENV_VAR = "REGIME_RUNS"
 DEFAULT_RUNS_DIR = Path("data") / "runs"
@@ -448,6 +449,9 @@ def resolve_runs_dir(explicit: str | os.PathLike | None = None) -> Path:
 def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], manifest: Manifest) -> Path:
     """Publish weights and manifest together, atomically (see above); refuse non-finite weights."""
     directory = Path(directory)
+    import torch
+    from safetensors.torch import save
+
     bad = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
     if bad:
         raise CheckpointError(f"refusing to save weights with NaN or infinite values in: {', '.join(bad[:5])}")
@@ -714,20 +718,39 @@ def _iso(stamp: datetime) -> str:
     return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Below this many parameters (16 MB of float32) the model whose shapes are checked is built on the CPU: milliseconds,
+# where the first build on the meta device in a process costs 1.4-2.6 s (torch loads its meta kernels then), once per
+# app start. Larger configs (check_app_limits allows up to MAX_PARAMETERS) are built on the meta device: no memory.
+CPU_SHAPE_BUILD_PARAMETERS = 4_000_000
+
+
 def expected_weights(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The names and shapes of the weights a config's model has (the hybrid, or the peer config.kind names: a
-    manifest written before kinds existed is a hybrid), from a model built on the meta device (no memory is
-    allocated); the config must have passed check_app_limits."""
+    manifest written before kinds existed is a hybrid), from a model built for the purpose (on the CPU when small,
+    without touching torch's random state; else on the meta device, allocating nothing); the config must have passed
+    check_app_limits. Remembered per config, so a page that checks a checkpoint again pays nothing."""
+    return dict(_expected_weights(json.dumps(config.to_dict(), sort_keys=True, default=_json_default)))
+
+
+@lru_cache(maxsize=32)
+def _expected_weights(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    import torch
+
     from engine.model.peers import build_model  # the model's modules: only when weights are checked
 
-    with torch.device("meta"):
+    config = ModelConfig.from_dict(json.loads(config_json))
+    small = config.estimated_parameters() <= CPU_SHAPE_BUILD_PARAMETERS
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if small else "meta"):
         model = build_model(config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    return tuple((name, tuple(tensor.shape)) for name, tensor in model.state_dict().items())
 
 
 def check_weights(path: Path, config: ModelConfig, directory: Path | None = None) -> dict[str, torch.Tensor]:
     """The weights file's tensors, refused (CheckpointError naming the tensor) unless they are exactly the float
     tensors, names and shapes `config` builds, and finite. The header is checked before any tensor is read."""
+    import torch
+    from safetensors import safe_open
+
     where = f"checkpoint {directory or path.parent}"
     expected = expected_weights(config)
     largest = sum(math.prod(shape) for shape in expected.values()) * max(FLOAT_DTYPES.values())
@@ -1026,6 +1049,9 @@ def save_training_state(directory: str | os.PathLike, weights: dict[str, torch.T
                         best_weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Everything an epoch boundary needs to continue: current and best weights, the optimiser's per-parameter
     tensors, and JSON for the rest (counters, the optimiser's hyper-parameters). Non-finite weights are refused."""
+    import torch
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     tensors = {f"model.{k}": v for k, v in weights.items()}
     tensors.update({f"best.{k}": v for k, v in best_weights.items()})
@@ -1049,6 +1075,9 @@ def save_training_state(directory: str | os.PathLike, weights: dict[str, torch.T
 def load_training_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer
                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """Restore the optimiser in place; return (current weights, best weights, meta)."""
+    import torch
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     try:
         tensors = load_file(str(directory / TRAINING_STATE_TENSORS), device="cpu")

@@ -5,11 +5,13 @@ that wants a populated cache; tests that check the empty-cache path get a fresh 
 """
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from streamlit.util import calc_hash
 
 from storage.refresh import seed_demo_if_empty
 
@@ -60,14 +62,35 @@ def empty_db(tmp_path, diagnostics_dir, monkeypatch) -> Path:
     return path
 
 
+def page_url_paths() -> dict[str, str]:
+    """{"views/data.py": "data", ...}: every st.Page(script, url_path=...) in app.py, read from its source."""
+    tree = ast.parse(Path(APP).read_text())
+    paths = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Page" and node.args \
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            keywords = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+            paths[node.args[0].value] = keywords.get("url_path", Path(node.args[0].value).stem)
+    return paths
+
+
 def open_page(page: str | None = None, **query) -> AppTest:
-    """Run app.py (the navigation and shared frame), then switch to `page` (a path like "views/data.py")."""
+    """Run app.py (the navigation and shared frame) on `page` (a path like "views/data.py"; None: the root URL,
+    which opens the Overview), as a browser opening the page's own URL does: one page runs, not the Overview first.
+
+    AppTest's public switch_page needs a first run to learn the navigation's url paths (it would run the Overview
+    before every page), so the first run is asked for the page's script hash the way a URL asks for it: st.Page
+    hashes its url_path. The run must end on that page, or the test fails here (never on a different page)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     for key, value in query.items():
         at.query_params[key] = value
+    if page is None:
+        return at.run()
+    url_path = page_url_paths()[page]
+    at._page_hash = calc_hash(url_path)  # what /<url_path> requests; AppTest has no public way before a first run
     at.run()
-    if page is not None:
-        at.switch_page(page).run()
+    if not at.exception:
+        assert at._finished_page_script_hash == calc_hash(url_path), f"the run did not end on {page}"
     return at
 
 
