@@ -8,9 +8,13 @@ On a GPU the timing is CUDA events with the L2 cache flushed before every repeat
 every row carries the byte floor of the scan: the bytes it cannot avoid moving (read u, delta, B, C, A once, write
 y once; the backward also reads dy and writes du, d delta, dB, dC, dA), that floor at the bandwidth a plain device
 copy reaches on this machine (measured in the same run), the achieved bandwidth (floor bytes / time) and the time
-as a multiple of the floor time. Peers: mambapy's pscan (the parallel scan of a pure-PyTorch Mamba) and, where
+as a multiple of the floor time, and at the issue's shape (32, 8192, 512, 16) the budgets: forward within 3x the floor,
+forward + backward within 5x. Rows: our one-pass kernel in float32 and with bf16 inputs and output (its floor counted
+at 2 bytes for those tensors), the previous three-kernel Triton scan (the "before"), the chunked PyTorch path.
+Peers: mambapy's pscan (the parallel scan of a pure-PyTorch Mamba) and, where
 mamba_ssm imports (its CUDA/Triton kernels: Mamba-1's selective_scan_fn and Mamba-2's SSD chunk scan), those; a
-row says so when they are not installed. `python -m engine.benchmarks.scan` prints the table.
+row says so when they are not installed. `python -m engine.benchmarks.scan` prints the table; `--sweep` also times
+the kernel's tile choices (chunk, channel block, warps) at the issue's shape.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from engine.runtime import configure_cpu_threads, device_label, pick_device  # i
 import torch
 from torch import Tensor
 
-from engine.benchmarks._measure import Timing, machine_line, time_on
+from engine.benchmarks._measure import Timing, machine_line, time_on, verdict
 from engine.model.scan import (
     expand_groups,
     fused_kernel_available,
@@ -35,7 +39,11 @@ from engine.model.scan import (
 
 SHAPES = ((8, 1024, 128, 16), (8, 4096, 128, 16))  # (batch, L, D, N): the model's layer
 GPU_SHAPES = SHAPES + ((32, 8192, 512, 16),)  # and the issue's large shape, where the bytes dominate
+ISSUE_SHAPE = (32, 8192, 512, 16)
+BUDGET_FWD, BUDGET_TRAIN = 3.0, 5.0  # x the byte floor at ISSUE_SHAPE, for our fused kernel (issue 18)
 SEQUENTIAL_MAX_ELEMENTS = 8 * 4096 * 128  # the Python-loop reference is skipped past this (minutes per call)
+OURS = "fused Triton (ours)"
+OURS_BF16 = "fused Triton (ours), bf16 u/delta/B/C/y"
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, *, budget_s: float = 3.0, max_reps: int = 20) -> float:
@@ -132,7 +140,15 @@ def methods(device: torch.device) -> tuple[dict[str, Callable[..., Tensor]], lis
     }
     if device.type == "cuda":
         if fused_kernel_available():
-            found["fused Triton (ours)"] = lambda *x: selective_scan(*x).y
+            from engine.benchmarks._scan_triton_v1 import (
+                selective_scan_triton as before,
+            )
+            from engine.model.scan_triton import selective_scan_triton
+
+            found[OURS] = lambda *x: selective_scan(*x).y
+            # Inputs cast to bf16 once per shape by rows(); A stays float32, the state float32.
+            found[OURS_BF16] = lambda *x: selective_scan_triton(*x, out_dtype=torch.bfloat16)[0]
+            found["previous fused Triton, 3 kernels (before)"] = lambda *x: before(*x)[0]
         else:
             notes.append("our Triton kernel is not available (triton not importable)")
         peers, why_not = mamba_ssm_methods()
@@ -172,14 +188,16 @@ def rows(device: torch.device | str | None = None, *, shapes=None, budget_s: flo
     results = []
     for shape in shapes:
         inputs = scan_inputs(shape, device)
-        fwd_bytes, train_bytes = floor_bytes(shape)
         for name, scan in found.items():
             batch, length, channels, _ = shape
             too_long = batch * length * channels > SEQUENTIAL_MAX_ELEMENTS or (device.type == "cuda" and length > 1024)
             if name == "sequential reference" and too_long:
                 continue  # a Python loop over thousands of bars (one launch per op per bar on a GPU): no news
+            bf16 = name == OURS_BF16
+            fwd_bytes, train_bytes = floor_bytes(shape, element=2 if bf16 else 4)  # (A is 1/100000 of it)
+            args = [t.to(torch.bfloat16) if bf16 and i != 2 else t for i, t in enumerate(inputs)]
             try:
-                forward, train = forward_and_backward(scan, inputs, device, budget_s)
+                forward, train = forward_and_backward(scan, args, device, budget_s)
             except (RuntimeError, ValueError, TypeError) as error:  # a peer failing at this shape: say so, go on
                 results.append({"scan": name, "(batch, L, D, N)": str(shape), "note": f"failed: {error!s:.100}"})
                 continue
@@ -195,12 +213,51 @@ def rows(device: torch.device | str | None = None, *, shapes=None, budget_s: flo
                 "x floor fwd": forward.median / (fwd_bytes / bandwidth * 1e3),
                 "x floor fwd+bwd": train.median / (train_bytes / bandwidth * 1e3),
             }
+            if name in (OURS, OURS_BF16) and tuple(shape) == ISSUE_SHAPE:
+                row["budget"] = (f"fwd <= {BUDGET_FWD:g}x: {verdict(row['x floor fwd'], BUDGET_FWD)}; "
+                                 f"fwd+bwd <= {BUDGET_TRAIN:g}x: {verdict(row['x floor fwd+bwd'], BUDGET_TRAIN)}")
             results.append(row)
+            del args
         if device.type == "cuda":
             del inputs
             torch.cuda.empty_cache()
     results.append({"scan": f"plain device copy: {bandwidth / 1e9:,.0f} GB/s (the floor's bandwidth)",
                     "note": "; ".join(notes)})
+    return results
+
+
+def sweep(device: torch.device | str | None = None, shape=ISSUE_SHAPE, *, chunks=(8, 16, 32), blocks=(8, 16),
+          warps=(2, 4)) -> list[dict]:
+    """Our kernel's forward and forward+backward at `shape` for every tile choice (chunk, channel block, warps), the
+    same choice for both passes; a choice that fails to compile (registers, shared memory) says so."""
+    import engine.model.scan_triton as kernel
+
+    device = pick_device(device)
+    inputs = scan_inputs(shape, device)
+    fwd_bytes, train_bytes = floor_bytes(shape)
+    bandwidth = copy_bandwidth(device)
+    saved = dict(kernel.TILES)
+    results = []
+    try:
+        for chunk in chunks:
+            for block in blocks:
+                for warp in warps:
+                    if chunk * block * 16 // (32 * warp) < 2:  # fewer than 2 elements per thread: no news
+                        continue
+                    kernel.TILES["fwd"] = kernel.TILES["bwd"] = (chunk, block, warp)
+                    row = {"chunk, block, warps": f"{chunk}, {block}, {warp}"}
+                    try:
+                        forward, train = forward_and_backward(lambda *x: selective_scan(*x).y, inputs, device, 1.0)
+                    except Exception as error:  # noqa: BLE001  (a compile failure of one choice: say so, go on)
+                        row["note"] = f"failed: {error!s:.80}"
+                        results.append(row)
+                        continue
+                    row |= {"fwd ms": forward.median, "fwd+bwd ms": train.median,
+                            "x floor fwd": forward.median / (fwd_bytes / bandwidth * 1e3),
+                            "x floor fwd+bwd": train.median / (train_bytes / bandwidth * 1e3)}
+                    results.append(row)
+    finally:
+        kernel.TILES.update(saved)
     return results
 
 
@@ -210,11 +267,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores, <= 4)")
+    parser.add_argument("--sweep", action="store_true", help="also time the Triton kernel's tile choices (CUDA)")
+    parser.add_argument("--only-sweep", action="store_true", help="the sweep alone")
     args = parser.parse_args(argv)
     configure_cpu_threads(args.threads)
     device = pick_device(args.device)
-    print(f"# selective scan on {device_label(device)}\n\n{machine_line(device)}\n")
-    print(format_table(rows(device)))
+    print(f"# selective scan on {device_label(device)}\n\n{machine_line(device)}\n", flush=True)
+    if args.sweep or args.only_sweep:
+        print(f"## tile sweep at {ISSUE_SHAPE}\n\n{format_table(sweep(device))}\n", flush=True)
+    if not args.only_sweep:
+        print(format_table(rows(device)))
 
 
 if __name__ == "__main__":

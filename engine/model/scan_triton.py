@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 # Tile sizes (the defaults of `Config`): CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per
 # program. Chosen by the sweep in engine/benchmarks/scan.py (--sweep) on an H200 at (32, 8192, 512, 16).
