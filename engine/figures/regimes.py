@@ -62,6 +62,9 @@ def _check_clock(ts: pd.DatetimeIndex, **arrays: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------------- the PCA scatter
 
 
+SCATTER_MAX_POINTS = 5_000  # a 480-pixel scatter shows no more; the hover file stays well under 500 KB
+
+
 def regime_scatter(
     projections: np.ndarray,
     labels: np.ndarray,
@@ -74,19 +77,31 @@ def regime_scatter(
     regime_names: Sequence[str] | None = None,
     explained: np.ndarray | None = None,
     rows: range | None = None,
+    max_points: int = SCATTER_MAX_POINTS,
     synthetic: bool,
 ) -> go.Figure:
     """PC1 against PC2 of one asset's embeddings (projections (T, C), labels/open_bars/closes (T,)), one point per
-    open bar in `rows`, coloured by regime (one trace each) or by date; hover shows the bar's date and price."""
+    open bar in `rows`, coloured by regime (one trace each) or by date; hover shows the bar's date and price.
+
+    More than `max_points` bars are thinned to every k-th bar in time (the title says so): 26k hourly points drew
+    one overplotted cloud in a 480-pixel chart and made a 1.4 MB chart file, mostly hover text."""
     projections, labels = np.asarray(projections), np.asarray(labels)
     _check_clock(ts, projections=projections, labels=labels, open_bars=open_bars, closes=closes)
     if colour_by not in COLOUR_BY:
         raise ValueError(f"regime_scatter: colour_by must be one of {COLOUR_BY}, got {colour_by!r}")
     keep = np.asarray(open_bars, dtype=bool) & (labels != NO_LABEL) & _rows(rows, len(ts))
-    x = projections[keep, 0]
-    y = projections[keep, 1] if projections.shape[1] > 1 else np.zeros_like(x)  # one component: a strip
+    n_bars = int(keep.sum())
+    step = max(1, -(-n_bars // max_points))  # ceil: at most max_points drawn
+    if step > 1:
+        kept_rows = np.flatnonzero(keep)
+        keep = np.zeros_like(keep)
+        keep[kept_rows[::step]] = True
+    x = projections[keep, 0].astype(np.float32)
+    y = (projections[keep, 1] if projections.shape[1] > 1 else np.zeros(int(keep.sum()))).astype(np.float32)
     when = pd.DatetimeIndex(ts[keep])
-    custom = np.stack([when.strftime("%Y-%m-%d %H:%M"), np.asarray(closes)[keep].astype(float)], axis=-1)
+    # the hover's date and price, in a compact form (date text and a price of 6 significant digits)
+    prices = [float(f"{price:.6g}") for price in np.asarray(closes, dtype=float)[keep]]
+    custom = np.array(list(zip(when.strftime("%Y-%m-%d %H:%M"), prices)), dtype=object).reshape(-1, 2)
     hover = "%{customdata[0]} UTC<br>price %{customdata[1]:,.2f}<br>PC1 %{x:.2f}, PC2 %{y:.2f}"
     fig = go.Figure()
     if colour_by == "regime":
@@ -108,8 +123,9 @@ def regime_scatter(
                 ticktext=[f"{t:%Y-%m-%d}" for t in ticks])),
         ))
     # Two lines: the scatter sits in three fifths of the page, where one line was cut.
-    base_layout(fig, f"{symbol}: regime embeddings<br><sup>first two principal components, {len(x):,} open bars</sup>",
-                480)
+    drawn = (f"{len(x):,} open bars" if step == 1 else
+             f"{len(x):,} of {n_bars:,} open bars drawn (one in {step})")
+    base_layout(fig, f"{symbol}: regime embeddings<br><sup>first two principal components, {drawn}</sup>", 480)
     fig.update_layout(margin={"l": 50, "r": 20, "t": 90, "b": 40})
     fig.update_xaxes(title_text=_component_title(0, explained))
     fig.update_yaxes(title_text=_component_title(1, explained))
