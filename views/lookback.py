@@ -12,9 +12,13 @@ import pandas as pd
 import streamlit as st
 
 from engine.diagnostics import hidden_attention
+from engine.diagnostics.hidden_attention import half_mass_lag, half_mass_lags
 from engine.diagnostics.lookback_test import LookbackTest, lookback_regime_test
+from engine.diagnostics.memory_claim import memory_verdicts
+from engine.diagnostics.regime_tests import hours_since_previous_bar
 from engine.figures import lookback as charts
 from engine.figures.regimes import planted_on_clock
+from storage.panel import own_bar_log_returns
 from views.bar_picker import pick_bar
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, date_span_text
@@ -22,6 +26,7 @@ from views.model_results import asset_closes, model_view
 from views.url_state import url_widget
 
 LAG_CHOICES = (20, 50, 100, 200, 500)
+HALF_MASS_WINDOW = 4096  # rows each traced bar looks back over (one batched pass; further weight is left out)
 REGIME_SOURCES = ("found in the embeddings", "planted (synthetic demo)")
 
 selection = current_selection()
@@ -38,6 +43,23 @@ def bar_attention(run_id: str, data_key: str, symbol: str, at: int, max_lag: int
     return hidden_attention(_run.model, _run.features, symbol, at, max_lag=max_lag)
 
 
+@st.cache_data(show_spinner="Tracing the memory the output uses…", max_entries=16)
+def half_mass_trace(run_id: str, data_key: str, symbol: str, rows: tuple[int, int], _run) -> pd.Series:
+    """half_mass_lags over the chosen dates; keyed by run, data, asset and dates."""
+    del run_id, data_key
+    return half_mass_lags(_run.model, _run.features, symbol, range(*rows), window=HALF_MASS_WINDOW, n_points=40)
+
+
+@st.cache_data(show_spinner="Asking the data which memory it rewards per regime…", max_entries=16)
+def memory_lines(run_id: str, data_key: str, regime_source: str, rows: tuple[int, int], _loaded, _labels, _names,
+                 _tested) -> list[str]:
+    """memory_verdicts: does the look-back move with the memory the data rewards? Keyed like lookback_tested."""
+    del run_id, data_key, regime_source
+    panel = _loaded.panel
+    return memory_verdicts(panel.symbols, own_bar_log_returns(panel), hours_since_previous_bar(panel),
+                           inference.mask, _labels, range(*rows), _tested, _names)
+
+
 @st.cache_data(show_spinner="Testing the look-back's differences between regimes…", max_entries=16)
 def lookback_tested(run_id: str, data_key: str, regime_source: str, rows: tuple[int, int], _labels,
                     _names) -> LookbackTest:
@@ -46,7 +68,7 @@ def lookback_tested(run_id: str, data_key: str, regime_source: str, rows: tuple[
     return lookback_regime_test(inference.lookback_median, inference.mask, _labels, symbols, _names, range(*rows))
 
 
-controls = st.columns([1, 1])
+controls = st.columns([1, 1, 1])
 sources = REGIME_SOURCES if view.truth is not None else REGIME_SOURCES[:1]
 with controls[0]:
     regime_source = url_widget(st.radio, "Shade by regimes", key="lb_regimes", default=sources[0],
@@ -61,6 +83,11 @@ test_labels = labels_arg if labels_arg is not None else bundle.regimes.labels
 test_names = names if names is not None else [f"regime {k}" for k in range(int(bundle.regimes.labels.max()) + 1)]
 with controls[1]:
     chosen = url_widget(st.multiselect, "Assets", key="lb_assets", default=list(symbols), options=list(symbols))
+with controls[2]:
+    trace_used = url_widget(st.toggle, "Trace the memory the output uses", key="lb_half_mass", default=False,
+                            help="Half-mass lag of the SSM's hidden attention at 40 bars per asset: the own bars "
+                                 "back within which half of the weight reaching the output lies. A few seconds "
+                                 "per asset.")
 if not chosen:
     st.info("Choose at least one asset.")
     st.stop()
@@ -76,36 +103,54 @@ with pick[0]:
 with pick[1]:
     max_lag = url_widget(st.select_slider, "Lags shown", key="lb_max_lag", default=100, options=LAG_CHOICES)
 
+data_key = f"{selection.db_path}|{selection.last_bar}"
 for symbol in chosen:
     asset = symbols.index(symbol)
+    used = half_mass_trace(view.run_id, data_key, symbol, (view.rows.start, view.rows.stop), view.run) \
+        if trace_used else None
     chart_with_downloads(charts.lookback_chart(
         ts, asset_closes(view, symbol), inference.lookback_median[asset], symbol, open_bars=inference.mask[asset],
         labels=labels_per_asset[asset],
         regime_names=names, rows=view.rows, marked_time=ts[at], out_of_sample=view.out_of_sample,
         synthetic=synthetic, regime_palette="planted" if regime_source == REGIME_SOURCES[1] else "found",
+        half_mass=used, half_mass_label=f"memory used: half-mass lag within {HALF_MASS_WINDOW:,} rows (at least)",
     ), key=f"lb_trace_{symbol}", file_stem=f"lookback-{symbol}")
 st.caption("Top: the price. Bottom: the look-back, shaded by regime: the line is a rolling median of the per-bar "
            "look-back and the grey band its rolling 10-90 % range (the window is in each chart's title). A longer "
            "look-back means the model keeps older bars in its state; the dashed line marks the bar traced below. "
-           "Zoom with the buttons or the range slider; long spans are thinned for display, as each title says.")
+           "Zoom with the buttons or the range slider; long spans are thinned for display, as each title says. The "
+           "look-back is how fast the state could forget; the memory the output uses (the toggle above, and the "
+           "bar traced below) is where the weight reaching the output sits: its half-mass lag, in own bars.")
 
 for symbol in chosen:
     try:
-        frame = bar_attention(view.run_id, f"{selection.db_path}|{selection.last_bar}", symbol, at, max_lag, view.run)
+        frame = bar_attention(view.run_id, data_key, symbol, at, None, view.run)
     except ValueError as error:
         st.warning(f"No hidden attention for {symbol} at {ts[at]:%Y-%m-%d %H:%M} UTC: {error}")
         continue
     if not inference.mask[symbols.index(symbol), at]:
         st.caption(f"{symbol}'s market was closed at this bar: its state is the last open bar's.")
-    chart_with_downloads(charts.hidden_attention_chart(frame, symbol, synthetic=synthetic),
+    asset = symbols.index(symbol)
+    st.caption(f"{symbol} at this bar: half of the weight reaching the output lies within the last "
+               f"{half_mass_lag(frame):.0f} own bars (the memory used); the look-back (Δ half-life, median over "
+               f"channels) is {inference.lookback_median[asset, at]:.1f} bars.")
+    chart_with_downloads(charts.hidden_attention_chart(frame.iloc[: max_lag + 1], symbol, synthetic=synthetic),
                          key=f"lb_hidden_{symbol}", file_stem=f"hidden-attention-{symbol}")
 st.caption("Bar height: how strongly each earlier bar reaches the SSM output at the picked bar (the model's "
            "implicit attention). Closed bars of an equity take no step and weigh 0.")
 
 st.subheader("Look-back per regime")
-tested = lookback_tested(view.run_id, f"{selection.db_path}|{selection.last_bar}", regime_source,
-                         (view.rows.start, view.rows.stop), test_labels, test_names)
+tested = lookback_tested(view.run_id, data_key, regime_source, (view.rows.start, view.rows.stop), test_labels,
+                         test_names)
+memory = memory_lines(view.run_id, data_key, regime_source, (view.rows.start, view.rows.stop), view.loaded,
+                      test_labels, test_names, tested)
 rankings = [tested.ranking(symbol) for symbol in chosen]
+for line in [m for m in memory if m.split(":")[0] in chosen]:
+    st.markdown(f"- {line}")
+st.caption("The memory the data rewards, without a model: per regime, which half-life of an average of the "
+           "asset's past returns (a drift's memory) and of its past absolute returns (volatility clustering's) "
+           "best predicts the next bar; two regimes differ when their best half-lives, with every half-life "
+           "within one standard error of the best, do not overlap.")
 for line in rankings:
     st.markdown(f"- {line}")
 chart_with_downloads(charts.lookback_intervals_chart(tested.intervals, chosen, labels_from=regime_source,
@@ -131,6 +176,6 @@ if view.truth is not None and view.truth.memory_order:
 st.caption("Each box spans the middle half of the asset's open bars in that regime; the line is the median. The "
            "spread over bars says nothing about how sure the median is: that is the interval above.")
 
-report_buttons("Lookback", selection, verdicts=rankings,
+report_buttons("Lookback", selection, verdicts=[*memory, *rankings],
                tables={"Look-back per regime (median, interval)": tested.intervals,
                        "Differences between regimes (tested)": differences}, key="lb_report")

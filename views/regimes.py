@@ -55,7 +55,7 @@ verdicts = findings.regime_lines()
 for line in verdicts:
     st.markdown(f"- {line}")
 st.table(findings.regimes_table().style.format(
-    {"separation p": "{:.3f}", "separation q": "{:.3f}", "beyond recent volatility p": "{:.3f}",
+    {"separation p": "{:.3f}", "separation q": "{:.3f}", "beyond GARCH p": "{:.3f}", "beyond GARCH q": "{:.3f}",
      "stays in its regime": "{:.0%}", "stays, labels shuffled": "{:.0%}", "persistence p": "{:.3f}",
      "agreement with a 2-state HMM (ARI)": "{:.3f}"}, na_rep="–"))
 levels = findings.regime_levels_table()
@@ -65,8 +65,9 @@ st.caption(
     "Per asset, clusters of the model's state are the candidates; the number of regimes is the fewest that describe "
     "the next bar's (gap-normalised) volatility as well as any more do, after a BIC price per regime, so one regime "
     "is a possible answer. Separation: the chosen split against the same split with the labels circularly shifted "
-    "in time (selection included, Holm over assets). Beyond recent volatility: the same test on returns divided by "
-    "a causal volatility forecast; volatility clustering alone passes the first test and fails this one. "
+    "in time (selection included, Holm over assets). Beyond GARCH: the same test on returns divided by the "
+    "one-step forecast of a GARCH(1,1) fitted on the training rows; volatility clustering alone passes the first "
+    "test and fails this one, and regimes are claimed only when both pass. "
     "Persistence: how often a bar keeps its label, against shuffled labels: a slow state's labels persist on any "
     "data, so this says the labels are slow, not that they mean anything. ARI: agreement with a 2-state Gaussian "
     "HMM on absolute returns (1 = the same partition, 0 = chance). Intervals: moving-block bootstrap. Computed over "

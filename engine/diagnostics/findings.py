@@ -56,6 +56,8 @@ FINDINGS_FORMAT = 2  # 2: regime entries carry lasting_p
 FINDINGS_FOLDER = "findings"
 NO_LEAD_LAG = "No lead-lag found"
 ONE_REGIME = "one regime, or none distinct"
+# the clusters differ in volatility, but no more than one-regime clustering (a GARCH) predicts: no regime claimed
+SPELLS_NOT_REGIMES = "no distinct regimes: volatility spells that a one-regime GARCH explains as well"
 HEADLINE_WORDS = {"edge": "edge", "worse": "worse than the best baseline", "mixed": "mixed", "none": "no edge"}
 
 
@@ -188,7 +190,7 @@ class Findings:
         return pd.DataFrame([{
             "asset": asset, "regimes chosen": e["n_regimes"], "verdict": e["verdict"],
             "separation p": e["separation_p"], "separation q": e["separation_q"],
-            "beyond recent volatility p": e["beyond_recent_vol_p"],
+            "beyond GARCH p": e["beyond_recent_vol_p"], "beyond GARCH q": e.get("beyond_q", math.nan),
             "stays in its regime": e["persistence"]["stay_share"],
             "stays, labels shuffled": e["persistence"]["stay_share_shuffled"], "persistence p": e["persistence"]["p"],
             "agreement with a 2-state HMM (ARI)": e["ari_hmm"],
@@ -223,8 +225,9 @@ class Findings:
                         f"{self._part('forecast_skill')['method_words']}):", f"  {self.skill_note}",
                     *("  " + line for line in (self.skill_lines() if self.forecast_skill else []))]
         if "regimes" in self.parts:
-            out += ["", "Regimes (the number chosen on the next bar's returns; separation tested against "
-                        "circularly shifted labels, Holm over assets):", *("  " + line for line in self.regime_lines())]
+            out += ["", "Regimes (the number chosen on the next bar's returns; claimed when they separate the next "
+                        "bar's volatility and do so beyond a one-regime GARCH's forecast, each against circularly "
+                        "shifted labels, Holm over assets):", *("  " + line for line in self.regime_lines())]
         return "\n".join(out)
 
 
@@ -326,7 +329,7 @@ def regime_entry(verdict: RegimeVerdict) -> dict:
         "n_regimes": int(verdict.n_regimes), "significant": bool(verdict.significant),
         "verdict": _regime_verdict_words(verdict),
         "separation_p": _plain(verdict.separation_p), "separation_q": _plain(verdict.separation_q),
-        "beyond_recent_vol_p": _plain(getattr(verdict, "beyond_recent_vol_p", math.nan)),
+        "beyond_recent_vol_p": _plain(verdict.beyond_recent_vol_p), "beyond_q": _plain(verdict.beyond_q),
         "lasting_p": _plain(getattr(verdict, "lasting_p", math.nan)), "lasting_bars": int(verdict.lasting_bars),
         "persistence": {"stay_share": _plain(verdict.stay_share),
                         "stay_share_shuffled": _plain(verdict.stay_share_shuffled),
@@ -337,12 +340,11 @@ def regime_entry(verdict: RegimeVerdict) -> dict:
 
 
 def _regime_verdict_words(verdict: RegimeVerdict) -> str:
-    if not verdict.significant:
-        return ONE_REGIME
-    beyond = getattr(verdict, "beyond_recent_vol_p", math.nan)
-    if np.isfinite(beyond) and beyond > 0.05:
-        return f"{verdict.n_regimes} volatility regimes, but no more than the recent volatility tells"
-    return f"{verdict.n_regimes} distinct regimes"
+    if verdict.significant:
+        return f"{verdict.n_regimes} distinct regimes"
+    if verdict.n_regimes >= 2 and np.isfinite(verdict.separation_q) and verdict.separation_q <= 0.05:
+        return SPELLS_NOT_REGIMES
+    return ONE_REGIME
 
 
 def stored_scores(run_dir: Path, manifest: Manifest) -> tuple[pd.DataFrame | None, str]:

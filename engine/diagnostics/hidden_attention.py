@@ -42,8 +42,8 @@ def hidden_attention(
 ) -> pd.DataFrame:
     """Weights of past bars s <= t on the output of `symbol` at bar `at`, through the last Level-1 SSM layer.
 
-    -> frame indexed by the past bar's ts with columns lag (t - s in union rows) and weight (mean |alpha| over
-    channels), newest first; max_lag keeps only the last max_lag + 1 bars (the weights are computed exactly from the
+    -> frame indexed by the past bar's ts with columns lag (t - s in union rows), own_lag (the asset's own open
+    bars from s to t, 0 at t: the SSM's own clock) and weight (mean |alpha| over channels), newest first; max_lag keeps only the last max_lag + 1 bars (the weights are computed exactly from the
     whole history either way). Closed bars of the asset take no step and come out with weight 0.
     """
     check_features_fit_model(model, features)
@@ -61,6 +61,75 @@ def hidden_attention(
     finally:
         model.train(was_training)
     lag = t - np.arange(t + 1)
-    frame = pd.DataFrame({"lag": lag, "weight": weight}, index=pd.DatetimeIndex(features.ts[: t + 1], name="ts"))
+    own_lag = np.cumsum(np.asarray(features.mask[asset, : t + 1])[::-1])[::-1] - 1  # open bars in s..t, minus one
+    frame = pd.DataFrame({"lag": lag, "own_lag": np.maximum(own_lag, 0), "weight": weight},
+                         index=pd.DatetimeIndex(features.ts[: t + 1], name="ts"))
     frame = frame.iloc[::-1]
     return frame if max_lag is None else frame.iloc[: max_lag + 1]
+
+
+def half_mass_lag(frame: pd.DataFrame) -> float:
+    """hidden_attention's frame (newest first, the whole history: max_lag None) -> the own bars back within which
+    half of the weight reaching the output lies: the memory the output actually uses."""
+    weight = frame["weight"].to_numpy(dtype=float)
+    if not weight.sum() > 0:
+        return float("nan")
+    reach = int(np.argmax(np.cumsum(weight) >= 0.5 * weight.sum()))
+    return float(frame["own_lag"].iloc[reach])
+
+
+def half_mass_lags(
+    model: HybridModel,
+    features: FeatureSet,
+    symbol: str,
+    rows: range,
+    *,
+    window: int = 512,
+    n_points: int = 150,
+    batch: int = 32,
+) -> pd.Series:
+    """The memory the SSM output actually uses: at up to n_points of the asset's open bars spread evenly over
+    `rows`, the number of the asset's own bars back within which half of the hidden attention's weight lies (lag 0 =
+    the bar itself; the weights of hidden_attention, mean |alpha| over channels). The Δ half-life says how fast the
+    state COULD forget; this says where the weight that reaches the output sits, B and C included.
+
+    Each bar is traced over its last `window` rows only (one batched pass instead of one pass per bar): weight
+    further back is left out, so a half-mass lag near `window` reads "at least". -> Series of lags indexed by ts.
+    """
+    check_features_fit_model(model, features)
+    if symbol not in features.symbols:
+        raise ValueError(f"symbol {symbol!r} is not in the features ({', '.join(features.symbols)})")
+    asset = features.symbols.index(symbol)
+    open_rows = np.flatnonzero(features.mask[asset, rows.start: rows.stop]) + rows.start
+    if not len(open_rows):
+        return pd.Series(dtype=float, index=pd.DatetimeIndex([], tz="UTC", name="ts"), name="half_mass_lag")
+    picked = open_rows[np.unique(np.linspace(0, len(open_rows) - 1, min(n_points, len(open_rows))).round()
+                                 .astype(int))]
+    # Rows before the data's start are closed rows (mask False: no step, no weight), so a bar near the start is
+    # traced over the history it has
+    pad = window - 1
+    n_assets, _, n_features = features.values.shape
+    values = np.concatenate([np.zeros((n_assets, pad, n_features), dtype=features.values.dtype), features.values],
+                            axis=1)
+    masks = np.concatenate([np.zeros((features.mask.shape[0], pad), dtype=bool), features.mask], axis=1)
+    device = next(model.parameters()).device
+    offsets = np.arange(-window + 1, 1) + pad  # (W,) oldest first, in padded rows
+    lags = np.empty(len(picked))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(picked), batch):
+            at = picked[start: start + batch][:, None] + offsets[None, :]  # (b, W) rows of each bar's window
+            x = torch.from_numpy(np.ascontiguousarray(values[:, at].transpose(1, 0, 2, 3))).to(device)  # (b,A,W,F)
+            mask_np = np.ascontiguousarray(masks[:, at].transpose(1, 0, 2))  # (b, A, W)
+            mask = torch.from_numpy(mask_np).to(device)
+            with torch.no_grad():
+                weight = model.implicit_attention(x, mask, asset, window - 1, reduce=True).double().cpu().numpy()
+            newest_first = weight[:, ::-1] * mask_np[:, asset, ::-1]  # (b, W) closed rows weigh 0 anyway
+            share = np.cumsum(newest_first, axis=1) / np.maximum(newest_first.sum(axis=1, keepdims=True), 1e-300)
+            reach = np.argmax(share >= 0.5, axis=1)  # rows back to the half of the weight
+            own_before = np.cumsum(mask_np[:, asset, ::-1], axis=1) - 1  # own bars back at each row back
+            lags[start: start + len(at)] = own_before[np.arange(len(at)), reach]
+    finally:
+        model.train(was_training)
+    return pd.Series(lags, index=pd.DatetimeIndex(features.ts[picked], name="ts"), name="half_mass_lag")

@@ -12,6 +12,17 @@ tell from it ("tied": within one standard error of the best correlation).
 
 Standard error: 1 / sqrt(n / h). Sums over h overlapping bars share their terms, so n bars carry about n / h
 independent forward sums (for a correlation near 0 under the null of no predictability).
+
+Two memories (MemoryProbeConfig.target):
+  mean        the EMA of past returns against the next h returns' sum (a drift's memory: the demo's planted kind);
+  volatility  the EMA of past ABSOLUTE returns against the mean absolute return of the next h bars (volatility
+              clustering's memory: the planted family's memory members). Absolute rather than squared returns:
+              with Student-t tails of 4 degrees of freedom a squared return has no finite variance, and a
+              correlation of squares is then ruled by a handful of bars. Under no volatility memory the same
+              standard error holds; with clustering every half-life correlates above noise, and the question is
+              which one correlates best, and whether two regimes' best half-lives (with their ties) are apart.
+Pass gap-normalised returns for the volatility memory of an asset with closing hours (its first bar after a close
+carries the overnight move: engine.diagnostics.regime_tests.gap_normalised).
 """
 from __future__ import annotations
 
@@ -32,6 +43,11 @@ class MemoryProbeConfig:
     half_lives: tuple[int, ...] = DEFAULT_HALF_LIVES  # bars of the asset's own; the grid the best one is picked from
     horizons: tuple[int, ...] = (1, 20)  # forward sums of this many bars
     significance: float = 2.0  # a best correlation below this many standard errors is "noise"
+    target: str = "mean"  # "mean": a drift's memory; "volatility": the memory of |returns| (see the module notes)
+
+    def __post_init__(self) -> None:
+        if self.target not in ("mean", "volatility"):
+            raise ValueError(f"MemoryProbeConfig.target must be 'mean' or 'volatility', not {self.target!r}")
 
 
 def causal_ema(returns: np.ndarray, half_life: float) -> np.ndarray:
@@ -58,10 +74,11 @@ def memory_probe_series(
         raise ValueError(f"returns {returns.shape} and regimes {regimes.shape} must be the same 1-d length")
     if not np.isfinite(returns).all():
         raise ValueError("memory_probe_series takes an asset's open bars only: its returns must all be finite")
-    averages = {h: causal_ema(returns, h) for h in config.half_lives}
+    series = np.abs(returns) if config.target == "volatility" else returns
+    averages = {h: causal_ema(series, h) for h in config.half_lives}
     records = []
     for horizon in config.horizons:
-        ahead = forward_sums(returns, horizon)
+        ahead = forward_sums(series, horizon)
         for k, name in enumerate(regime_names):
             # The EMA at bar t has seen bars <= t only; the target starts at t+1. Rows are the bars t in this regime;
             # a forward sum may run into the next spell, which spells of hundreds of bars make rare.
@@ -73,7 +90,7 @@ def memory_probe_series(
             se = float(1.0 / np.sqrt(max(n / horizon, 1.0)))
             # Half-lives the data cannot tell from the best one: their correlation is within one standard error.
             tied = [h for h, c in zip(config.half_lives, correlations) if c >= correlations[best] - se]
-            records.append({"regime": name, "horizon": horizon, "n_bars": n,
+            records.append({"regime": name, "target": config.target, "horizon": horizon, "n_bars": n,
                             "best_half_life": config.half_lives[best], "best_corr": correlations[best], "se": se,
                             "tied_from": min(tied, default=np.nan), "tied_to": max(tied, default=np.nan),
                             "above_noise": bool(correlations[best] > config.significance * se),

@@ -65,6 +65,8 @@ def lookback_chart(
     window: int | None = None,
     max_points: int = MAX_DISPLAY_POINTS,
     regime_palette: str = "found",
+    half_mass: pd.Series | None = None,
+    half_mass_label: str = "half-mass lag (hidden attention)",
 ) -> go.Figure:
     """Price (T,) on top, effective look-back (T,) in bars under it on the same time axis, the look-back row
     shaded by regime labels (T,) when given (regime_palette "planted" for the demo's truth, "found" for the
@@ -75,7 +77,9 @@ def lookback_chart(
     bars is a solid block of ink. With open_bars (T,), everything is computed on the asset's open bars only (a closed
     bar repeats the last price and has no look-back). Beyond max_points bars the price keeps each stretch's extremes
     and the smooth curves every k-th bar; the title says how many bars are drawn. Zoom buttons
-    sit over the price (drag over the plot to zoom further)."""
+    sit over the price (drag over the plot to zoom further). half_mass: the memory the output actually uses at some
+    bars (engine.diagnostics.hidden_attention.half_mass_lags, in own bars, indexed by ts), drawn as markers beside
+    the look-back and named by half_mass_label."""
     for name, array in (("closes", closes), ("lookback", lookback), ("labels", labels), ("open_bars", open_bars)):
         if array is not None and len(array) != len(ts):
             raise ValueError(f"{name} has {len(array)} rows but the clock has {len(ts)}: pass one asset's row")
@@ -110,6 +114,12 @@ def lookback_chart(
                              name=f"look-back, rolling median of {window} bars", line={"color": "#222222", "width": 1.4},
                              hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>look-back %{y:.1f} bars (rolling median)"
                                            "<extra></extra>"), row=2, col=1)
+    if half_mass is not None and len(half_mass):
+        fig.add_trace(go.Scatter(x=plain_times(pd.DatetimeIndex(half_mass.index)), y=half_mass.to_numpy(dtype=float),
+                                 mode="markers", name=half_mass_label,
+                                 marker={"color": "#b45309", "size": 6, "symbol": "diamond"},
+                                 hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br>half of the weight within %{y:.0f} "
+                                               "own bars<extra></extra>"), row=2, col=1)
     if marked_time is not None:
         fig.add_vline(x=pd.Timestamp(marked_time), line_width=1, line_dash="dash", line_color="#444444")
     drawn_note = (f"all {len(open_ts):,} open bars drawn" if step == 1 and len(price_rows) == len(open_ts)

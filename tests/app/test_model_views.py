@@ -38,11 +38,6 @@ def tiny_run(seeded_cache_template, tmp_path_factory):
     return run_dir
 
 
-@pytest.fixture(scope="session")
-def diagnostics_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("diagnostics")
-
-
 @pytest.fixture
 def with_run(seeded_db, tiny_run, diagnostics_dir, tmp_path, monkeypatch):
     runs = tmp_path / "registered_runs"
@@ -208,6 +203,15 @@ def test_lookback_shading_switches_to_the_planted_regimes(with_run):
     assert bands == {"calm uptrend", "volatile downtrend", "choppy mean-reverting"}
     assert "Planted memory, longest first" in all_text(at)
     assert json.dumps(spec_titled(at, "Effective look-back per regime")).count("calm uptrend") > 0
+    # the memory claim: per asset, the probe's verdict on what the data rewards, beside the look-back's own test
+    text = all_text(at)
+    assert all(f"- {s}: the data rewards" in text for s in DEMO_SYMBOLS), text
+    at.toggle(key="lb_half_mass").set_value(True).run()
+    assert not at.exception, at.exception
+    used = [t for t in spec_titled(at, "BTC: price and effective look-back")["data"]
+            if t["name"].startswith("memory used: half-mass lag")]
+    lags = decoded(used[0]["y"]) if len(used) == 1 else np.zeros(0)
+    assert len(lags) > 0 and (lags >= 0).all()  # own bars back to half the weight
 
 
 # ----- the shipped demo checkpoint ------------------------------------------------------------------------------

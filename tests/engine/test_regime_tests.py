@@ -115,40 +115,49 @@ def test_three_clusters_of_a_slow_state_persist_on_one_regime_data_and_are_not_d
 @pytest.mark.slow
 def test_one_regime_data_gives_one_regime_or_none_distinct_many_seeds():
     seeds = range(100, 160)
-    assert _one_regime_false_claims(seeds) <= _allowed(len(seeds))  # measured 3 of 60 (5%)
+    assert _one_regime_false_claims(seeds) <= _allowed(len(seeds))  # measured 2 of 60
 
 
 def _two_regime_verdicts(seeds: range):
     return [(_verdict(returns, state, FAST), regime) for returns, state, regime in map(two_regimes, seeds)]
 
 
-def test_two_volatility_regimes_are_found_described_and_significant():
+def test_two_volatility_regimes_are_found_described_and_separated():
     results = _two_regime_verdicts(range(10))
-    assert all(v.significant and v.n_regimes >= 2 for v, _ in results)
+    assert all(v.n_regimes >= 2 and v.separation_p <= 0.05 for v, _ in results)
     assert sum(v.n_regimes == 2 for v, _ in results) >= 8  # measured 9 of 10 (the other: 3)
+    # A claim also needs the regimes to tell more than a one-regime GARCH's forecast: spells of ~200 bars are
+    # followed by a persistent GARCH, so only some seeds get there (measured 5 of 10: seeds 1, 4, 5, 8, 9)
+    claimed = [v for v, _ in results if v.significant]
+    assert 3 <= len(claimed) < len(results)
+    assert all(v.beyond_recent_vol_p <= 0.05 for v in claimed)
     verdict, regime = next((v, r) for v, r in results if v.n_regimes == 2)
     calm, turbulent = verdict.regimes.iloc[0], verdict.regimes.iloc[1]
     assert calm["vol_low"] < 0.01 * 1.15 and turbulent["vol_high"] > 0.025 * 0.9
     assert calm["vol_high"] < turbulent["vol_low"]  # the intervals do not overlap
     assert calm["mean_low"] < 0 < calm["mean_high"]  # no drift was planted
     assert adjusted_rand_score(regime, verdict.labels) > 0.5
-    assert verdict.text.startswith("X: 2 regimes with different volatility")
+    assert next(v for v in claimed if v.n_regimes == 2).text.startswith("X: 2 distinct regimes with different vol")
+    spells = next(v for v, _ in results if not v.significant)
+    assert spells.text.startswith("X: no distinct regimes:") and "a GARCH explains as well" in spells.text
 
 
 @pytest.mark.slow
 def test_two_volatility_regimes_many_seeds():
     results = _two_regime_verdicts(range(100, 150))
-    assert np.mean([v.significant for v, _ in results]) >= 0.95  # measured 49 of 50 (seed 122: p 0.10)
+    assert np.mean([v.separation_p <= 0.05 for v, _ in results]) >= 0.95  # measured 49 of 50 (seed 122: p 0.10)
     # measured 90%; the others find 3: a middle cluster of bars the state cannot place (a mix of both regimes,
     # with a volatility in between), which is what the data say given that state
     assert np.mean([v.n_regimes == 2 for v, _ in results]) >= 0.8
+    assert np.mean([v.significant for v, _ in results]) >= 0.3  # beyond GARCH: measured 28 of 50
 
 
 def test_given_labels_are_tested_as_they_are():
     returns, state, regime = two_regimes(3)
     own, gaps, open_bars = returns.copy(), np.ones(N_BARS), np.ones(N_BARS, bool)
     own[0] = gaps[0] = np.nan
-    assert regime_evidence(regime, open_bars, own, gaps, "X", FAST).significant
+    # the planted labels separate the next bar's volatility (whether they beat a GARCH is another matter: p 0.09)
+    assert regime_evidence(regime, open_bars, own, gaps, "X", FAST).separation_p <= 0.05
     shuffled = np.random.default_rng(0).permutation(regime)  # labels unrelated to the bars they label
     verdict = regime_evidence(shuffled, open_bars, own, gaps, "X", FAST)
     assert not verdict.significant and verdict.n_regimes == 2 and verdict.persistence_p > 0.05
@@ -184,21 +193,22 @@ def garch_one_regime(seed: int, n: int = N_BARS, alpha: float = 0.08, beta: floa
 
 
 def _clustering_claims(seeds: range) -> tuple[int, int]:
+    """(separated: the clusters describe different next-bar volatility, claimed: regimes declared)."""
     verdicts = [_verdict(*garch_one_regime(seed), FAST) for seed in seeds]
-    return sum(v.significant for v in verdicts), sum(v.beyond_recent_vol_p <= 0.05 for v in verdicts)
+    return sum(v.separation_p <= 0.05 for v in verdicts), sum(v.significant for v in verdicts)
 
 
-def test_volatility_clustering_separates_but_adds_nothing_beyond_recent_volatility():
+def test_volatility_clustering_separates_but_no_regime_is_claimed():
     seeds = range(10)
-    separated, beyond = _clustering_claims(seeds)
-    assert separated >= 3  # measured 60% of 30 seeds: the state's clusters do track the clustering
-    assert beyond <= _allowed(len(seeds))
+    separated, claimed = _clustering_claims(seeds)
+    assert separated >= 3  # measured 13 of 20 seeds: the state's clusters do track the clustering
+    assert claimed <= _allowed(len(seeds))  # measured 0 of 20: the GARCH forecast explains what they track
 
 
 @pytest.mark.slow
-def test_volatility_clustering_adds_nothing_beyond_recent_volatility_many_seeds():
+def test_volatility_clustering_claims_no_regime_many_seeds():
     seeds = range(100, 160)
-    assert _clustering_claims(seeds)[1] <= _allowed(len(seeds))  # measured 2 of 30 on seeds 0..29
+    assert _clustering_claims(seeds)[1] <= _allowed(len(seeds))  # measured 0 of 60 (separated: 38 of 60)
 
 
 def _weekday_market(seed: int, n_days: int = 2100) -> tuple[Panel, np.ndarray]:
@@ -248,8 +258,12 @@ def test_verdicts_over_several_assets_are_corrected_together():
     tests = regime_verdicts(states, np.ones((3, N_BARS), bool), returns, gaps, ["A", "B", "C"], FIT, FAST,
                             rows=range(FIT.stop, N_BARS))
     table = tests.table()
-    assert table["significant"].tolist() == [False, True, False]
+    assert table["significant"].tolist() == [False, False, False]  # B's 600 test bars: separated, not beyond GARCH
+    assert (table["separation_q"] <= 0.05).tolist() == [False, True, False]
+    rule = (table["n_regimes"] >= 2) & (table["separation_q"] <= 0.05) & (table["beyond_q"] <= 0.05)
+    assert (table["significant"] == rule).all()
     b = tests["B"]
-    assert b.separation_q >= b.separation_p and b.n_bars == N_BARS - FIT.stop - 1
+    assert b.separation_q >= b.separation_p and b.beyond_q >= b.beyond_recent_vol_p
+    assert b.n_bars == N_BARS - FIT.stop - 1
     assert len(b.embedding_bic) == FAST.max_regimes and len(b.returns_criterion) == FAST.max_regimes
     assert set(tests.regimes_table()["symbol"]) == {"A", "B", "C"}
