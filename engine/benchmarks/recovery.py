@@ -17,6 +17,10 @@ reads its claims through the findings (engine.diagnostics.findings.findings_for_
                   the labels the findings claim (regime_tests.candidate_labels, BIC-chosen) and of the Regimes
                   page (k-means on the embedding), beside a 2-state Gaussian HMM on gap-normalised |returns|
                   (regime_tests.hmm_baseline_labels) fitted on the same training rows.
+  memory claim    members with 2..3 regimes, on the test rows with the PLANTED regimes: per asset, does the data
+                  reward a different memory per regime (engine.diagnostics.memory_claim, model-free) and, where it
+                  does, does the model's look-back move that way beyond its interval (lookback_test, Holm)? Where
+                  the data rewards no difference, is a look-back difference claimed anyway?
   vol QLIKE       1-bar volatility QLIKE of the model and of GARCH-t (the run's own score table), mean over assets.
   claims on null  null members: leads declared, regimes declared significant, forecast "edge" verdicts.
 
@@ -171,8 +175,9 @@ def run_member(job: MemberJob) -> dict:
         if truth.leads:
             out["oracle"] = oracle_share(truth, panel, pred, fold_of_row)
         out["regime_claims"] = [s for s, entry in findings.regimes.items() if entry["significant"]]
-        out["regime_verdicts"] = {s: {k: entry[k] for k in ("n_regimes", "verdict", "separation_q",
-                                                          "beyond_recent_vol_p", "lasting_p", "persistence")}
+        out["regime_verdicts"] = {s: {k: entry.get(k) for k in ("n_regimes", "verdict", "separation_q",
+                                                              "beyond_recent_vol_p", "beyond_q", "lasting_p",
+                                                              "persistence")}
                                   for s, entry in findings.regimes.items()}
         out["edge_claims"] = [f"{c['asset']} h{c['horizon']} {c['metric']}" for c in findings.forecast_skill
                               if c.get("verdict") == "edge"]
@@ -196,7 +201,33 @@ def run_member(job: MemberJob) -> dict:
                         else math.nan
                 ari[name] = row
             out["ari"] = ari
+            out["memory"] = memory_claims(truth, panel, bundle, range(fit_rows.stop, len(panel.ts)))
     out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def memory_claims(truth, panel, bundle, rows: range) -> dict[str, dict]:
+    """Per asset, with the planted regimes: does the data reward a different memory per regime (the probe), and
+    does the look-back move that way (rewarded pairs whose look-back difference is significant and of the same
+    sign) or differ where nothing is rewarded?"""
+    from engine.diagnostics.lookback_test import lookback_regime_test
+    from engine.diagnostics.memory_claim import lookback_difference, rewarded_memory
+    from engine.diagnostics.regime_tests import hours_since_previous_bar
+    from storage.panel import own_bar_log_returns
+
+    inference = bundle.inference
+    labels = np.asarray(truth.regimes)  # (A, T) planted, on the panel's rows
+    tested = lookback_regime_test(inference.lookback_median, inference.mask, labels, truth.assets,
+                                  list(truth.regime_names), rows, n_boot=200)
+    returns, gaps = own_bar_log_returns(panel), hours_since_previous_bar(panel)
+    out = {}
+    for a, name in enumerate(truth.assets):
+        found = rewarded_memory(name, returns[a], gaps[a], np.asarray(panel.observed)[:, a], labels[a], rows,
+                                len(truth.regime_names))
+        moves = [(lookback_difference(tested, name, d.longer, d.shorter) or 0.0) > 0 for d in found.differences]
+        differs = bool(tested.differences[(tested.differences["symbol"] == name)]["significant"].any())
+        out[name] = {"rewarded": bool(found.differences), "moves": bool(moves) and all(moves),
+                     "lookback_differs": differs}
     return out
 
 
@@ -228,6 +259,9 @@ def summarise(results: list[dict]) -> list[dict]:
     # claim is the look-back's); the ARI target is read on members whose regimes differ in volatility
     ari_rows = [v for r in good if "memory" not in r["kind"] for v in r.get("ari", {}).values()]
     ari_wins = [v["claim"] >= v["hmm"] - 1e-9 for v in ari_rows if np.isfinite(v["claim"]) and np.isfinite(v["hmm"])]
+    memory = [v for r in good for v in r.get("memory", {}).values()]
+    rewarded = [v["moves"] for v in memory if v["rewarded"]]
+    unrewarded = [v["lookback_differs"] for v in memory if not v["rewarded"]]
     qlike = [(r["qlike"]["model"], r["qlike"]["garch_t"]) for r in good
              if "model" in r.get("qlike", {}) and "garch_t" in r.get("qlike", {})]
     nulls = [r for r in good if r["kind"] == "null"]
@@ -240,6 +274,11 @@ def summarise(results: list[dict]) -> list[dict]:
              f">= {TARGET_LEAD_FOUND:.0%}", bool(found) and np.mean(found) >= TARGET_LEAD_FOUND, len(found)),
         _row("regime ARI >= gap-normalised HMM (share of assets, level regimes)", np.mean(ari_wins) if ari_wins else math.nan,
              f">= {TARGET_ARI_SHARE:.0%}", bool(ari_wins) and np.mean(ari_wins) >= TARGET_ARI_SHARE, len(ari_wins)),
+        _row("look-back moves with the memory the data rewards (share of such assets)",
+             np.mean(rewarded) if rewarded else math.nan, f">= {TARGET_ARI_SHARE:.0%}",
+             bool(rewarded) and np.mean(rewarded) >= TARGET_ARI_SHARE, len(rewarded)),
+        _row("look-back differs where no memory is rewarded (share of such assets; reported)",
+             np.mean(unrewarded) if unrewarded else math.nan, "said on the page", True, len(unrewarded)),
         _row("1-bar vol QLIKE, model minus GARCH-t (mean)",
              float(np.mean([m - g for m, g in qlike])) if qlike else math.nan, "<= 0",
              bool(qlike) and np.mean([m - g for m, g in qlike]) <= 0, len(qlike)),
@@ -281,6 +320,8 @@ def member_rows(results: list[dict]) -> list[dict]:
             "oracle/zero": " ".join(f"{v['oracle_rel']:.3f}" for v in shares.values()) or "-",
             "ARI claim/page/hmm": " ".join(f"{v['claim']:.2f}/{v['page']:.2f}/{v['hmm']:.2f}" for v in ari.values())
             or "-",
+            "memory rewarded/moves": " ".join(f"{int(v['rewarded'])}/{int(v['moves'])}"
+                                              for v in r.get("memory", {}).values()) or "-",
             "qlike model/garch_t": (f"{r['qlike'].get('model', math.nan):.3f}/"
                                     f"{r['qlike'].get('garch_t', math.nan):.3f}") if r.get("qlike") else "-",
             "claims (lead/regime/edge)": f"{len(r['declared_leads'])}/{len(r['regime_claims'])}/"

@@ -86,7 +86,7 @@ def rewarded_memory(symbol: str, returns: np.ndarray, gap_hours: np.ndarray, ope
     return RewardedMemory(symbol, probe, tuple(differences))
 
 
-def _lookback_difference(tested: LookbackTest, symbol: str, longer: int, shorter: int) -> float | None:
+def lookback_difference(tested: LookbackTest, symbol: str, longer: int, shorter: int) -> float | None:
     """The look-back of `longer` minus that of `shorter` when the test supports a difference, else None."""
     table = tested.differences
     for row in table[(table["symbol"] == symbol) & table["significant"]].itertuples():
@@ -110,7 +110,7 @@ def memory_verdict(rewarded: RewardedMemory, tested: LookbackTest, regime_names:
     for d in rewarded.differences:
         what = f"the data rewards a longer {d.target} memory in {name(d.longer, d.longer)} " \
                f"(~{d.longer_half_life} bars) than in {name(d.shorter, d.shorter)} (~{d.shorter_half_life} bars)"
-        gap = _lookback_difference(tested, symbol, d.longer, d.shorter)
+        gap = lookback_difference(tested, symbol, d.longer, d.shorter)
         if gap is not None and gap > 0:
             parts.append(f"{what}, and the look-back moves that way (+{gap:.3g} bars, beyond its interval)")
         elif gap is not None:

@@ -45,17 +45,23 @@ def test_totals_pass_only_when_every_target_is_met():
     good = [_result("lead", leads=[["C1", "C0", 2]], lead_found=[True],
                     oracle={"C1": {"share": 0.9, "share_raw": 0.9, "model_rel": 0.9, "oracle_rel": 0.89}}),
             _result("regimes", ari={"C0": {"claim": 0.5, "page": 0.4, "hmm": 0.3}}),
+            _result("memory", memory={"C0": {"rewarded": True, "moves": True, "lookback_differs": True},
+                                      "C1": {"rewarded": False, "moves": False, "lookback_differs": True}}),
             _result("null")]
     table = {row["measure"]: row for row in summarise(good)}
     assert all(row["pass"] == "pass" for row in table.values()), table
     bad = good + [_result("null", declared_leads=[["C1", "C0", 1]]),
                   _result("lead", leads=[["C1", "C0", 2]], lead_found=[False],
-                          oracle={"C1": {"share": -0.1, "share_raw": -0.1, "model_rel": 1.01, "oracle_rel": 0.9}})]
+                          oracle={"C1": {"share": -0.1, "share_raw": -0.1, "model_rel": 1.01, "oracle_rel": 0.9}}),
+                  _result("memory", memory={"C0": {"rewarded": True, "moves": False, "lookback_differs": False}})]
     table = {row["measure"]: row for row in summarise(bad)}
     assert table["oracle share captured, worst led asset"]["pass"] == "FAIL"
     assert table["planted leads found at the planted lag"]["value"] == 0.5
     assert table["null members with a lead claimed"]["value"] == 0.5
     assert math.isclose(table["1-bar vol QLIKE, model minus GARCH-t (mean)"]["value"], -0.1)
+    moves = table["look-back moves with the memory the data rewards (share of such assets)"]
+    assert moves["value"] == 0.5 and moves["n"] == 2 and moves["pass"] == "FAIL"
+    assert table["look-back differs where no memory is rewarded (share of such assets; reported)"]["value"] == 1.0
 
 
 def test_members_cover_every_kind_and_come_from_one_split():
@@ -68,7 +74,7 @@ def test_members_cover_every_kind_and_come_from_one_split():
 @pytest.mark.slow
 def test_a_null_member_yields_no_claim_and_a_lead_member_its_lead():
     null = run_member(MemberJob(1000002, "null", n_bars=4000))
-    assert null["declared_leads"] == [] and null["edge_claims"] == []
+    assert null["declared_leads"] == [] and null["edge_claims"] == [] and null["regime_claims"] == []
     lead = run_member(MemberJob(1000000, "lead", n_bars=4000))  # C1 leads C0 by 3 rows
     assert lead["lead_found"] == [True]
     assert lead["oracle"]["C0"]["share"] > 0.5
