@@ -226,10 +226,18 @@ def rows(device: torch.device | str | None = None, *, shapes=None, budget_s: flo
     return results
 
 
-def sweep(device: torch.device | str | None = None, shape=ISSUE_SHAPE, *, chunks=(8, 16, 32), blocks=(8, 16),
-          warps=(2, 4)) -> list[dict]:
-    """Our kernel's forward and forward+backward at `shape` for every tile choice (chunk, channel block, warps), the
-    same choice for both passes; a choice that fails to compile (registers, shared memory) says so."""
+# (forward tiles, backward tiles, dB/dC by atomics): tiles are (chunk, channel block, warps).
+SWEEP = (
+    ((8, 8, 1), (8, 8, 1), True), ((4, 8, 1), (4, 8, 1), True), ((4, 16, 1), (4, 16, 1), True),
+    ((8, 16, 1), (4, 8, 1), True), ((16, 8, 1), (4, 8, 1), False), ((8, 4, 1), (8, 8, 1), False),
+    ((8, 8, 2), (8, 8, 2), True), ((4, 8, 1), (4, 8, 1), False), ((8, 8, 1), (8, 16, 1), True),
+    ((8, 8, 1), (4, 16, 1), False),
+)
+
+
+def sweep(device: torch.device | str | None = None, shape=ISSUE_SHAPE, choices=SWEEP) -> list[dict]:
+    """Our kernel's forward and forward+backward at `shape` for each tile choice; one that fails to compile
+    (registers, shared memory) says so. The forward+backward's forward runs with the backward's chunk."""
     import engine.model.scan_triton as kernel
 
     device = pick_device(device)
@@ -239,23 +247,20 @@ def sweep(device: torch.device | str | None = None, shape=ISSUE_SHAPE, *, chunks
     saved = dict(kernel.TILES)
     results = []
     try:
-        for chunk in chunks:
-            for block in blocks:
-                for warp in warps:
-                    if chunk * block * 16 // (32 * warp) < 2:  # fewer than 2 elements per thread: no news
-                        continue
-                    kernel.TILES["fwd"] = kernel.TILES["bwd"] = (chunk, block, warp)
-                    row = {"chunk, block, warps": f"{chunk}, {block}, {warp}"}
-                    try:
-                        forward, train = forward_and_backward(lambda *x: selective_scan(*x).y, inputs, device, 1.0)
-                    except Exception as error:  # noqa: BLE001  (a compile failure of one choice: say so, go on)
-                        row["note"] = f"failed: {error!s:.80}"
-                        results.append(row)
-                        continue
-                    row |= {"fwd ms": forward.median, "fwd+bwd ms": train.median,
-                            "x floor fwd": forward.median / (fwd_bytes / bandwidth * 1e3),
-                            "x floor fwd+bwd": train.median / (train_bytes / bandwidth * 1e3)}
-                    results.append(row)
+        for fwd, bwd, atomic in choices:
+            kernel.TILES.update(fwd=fwd, bwd=bwd, bwd_atomic=atomic)
+            row = {"fwd (chunk, block, warps)": str(fwd), "bwd (chunk, block, warps)": str(bwd),
+                   "dB/dC": "atomics" if atomic else "partials"}
+            try:
+                forward, train = forward_and_backward(lambda *x: selective_scan(*x).y, inputs, device, 1.0)
+            except Exception as error:  # noqa: BLE001  (a compile failure of one choice: say so, go on)
+                row["note"] = f"failed: {error!s:.80}"
+                results.append(row)
+                continue
+            row |= {"fwd ms": forward.median, "fwd+bwd ms": train.median,
+                    "x floor fwd": forward.median / (fwd_bytes / bandwidth * 1e3),
+                    "x floor fwd+bwd": train.median / (train_bytes / bandwidth * 1e3)}
+            results.append(row)
     finally:
         kernel.TILES.update(saved)
     return results

@@ -35,8 +35,9 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 # Tile sizes (the defaults of `Config`): CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per
 # program. Chosen by the sweep in engine/benchmarks/scan.py (--sweep) on an H200 at (32, 8192, 512, 16).
-FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 16, 16, 4
-BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 16, 16, 4
+FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 8, 8, 1
+BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 8, 8, 1
+BWD_ATOMIC = True  # dB, dC across channel blocks: atomics (True) or per-block partial sums added after the kernel
 
 
 @triton.jit
@@ -86,6 +87,23 @@ def _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED: tl.conste
 
 
 @triton.jit
+def _load_chunk(c, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, L, D, G, N,
+                FUSED: tl.constexpr, HAS_MASK: tl.constexpr, T: tl.constexpr):
+    """Chunk c's inputs in float32: delta, d delta/d dt (fused form), u (T, BD); B, C (T, NP). Past the end: zeros."""
+    t = c * T + tl.arange(0, T)
+    tok = t < L
+    td = pid_b * L * D + t[:, None] * D + d[None, :]  # (T, BD)
+    tg = (pid_b * L + t) * G + g  # (T,)
+    delta, slope = _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED, HAS_MASK)
+    u = tl.load(u_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
+    tgn = tg[:, None] * N + n[None, :]
+    tn_ok = tok[:, None] & n_ok[None, :]
+    B = tl.load(B_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
+    return delta, slope, u, B, C
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, last_ptr, states_ptr, bounds_ptr,
     bias_ptr, dskip_ptr, z_ptr, mask_ptr, lo, hi,
@@ -94,53 +112,53 @@ def _scan_fwd_kernel(
     FUSED: tl.constexpr, HAS_MASK: tl.constexpr,
     T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
 ):
+    # Tiles are (T, NP, BD): the channels on the fastest axis, so that a warp's lanes split the channels first and
+    # each thread keeps several states of its channel (the readout's sum over n stays mostly in registers).
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rows = tl.arange(0, T)
     d = pid_d * BD + tl.arange(0, BD)  # (BD,)
     n = tl.arange(0, NP)
     n_ok = n < N
     g = (pid_d * BD) // Dg  # a channel block never straddles two groups (BD divides Dg)
-    dn = d[:, None] * N + n[None, :]  # (BD, NP)
-    A2 = tl.load(A_ptr + dn, mask=n_ok[None, :], other=0.0) * LOG2E
-    state_off = pid_b * D * N + dn
+    nd = n[:, None] + d[None, :] * N  # (NP, BD) offsets into (D, N)
+    A2 = tl.load(A_ptr + nd, mask=n_ok[:, None], other=0.0) * LOG2E
+    state_off = pid_b * D * N + nd
     if HAS_H0:
-        carry = tl.load(h0_ptr + state_off, mask=n_ok[None, :], other=0.0).to(tl.float32)
+        carry = tl.load(h0_ptr + state_off, mask=n_ok[:, None], other=0.0).to(tl.float32)
     else:
-        carry = tl.zeros((BD, NP), dtype=tl.float32)
+        carry = tl.zeros((NP, BD), dtype=tl.float32)
     if FUSED:
         bias = tl.load(bias_ptr + d).to(tl.float32)
         dskip = tl.load(dskip_ptr + d).to(tl.float32)
     else:
         bias = tl.zeros((BD,), dtype=tl.float32)
         dskip = bias
+    delta, _, u, B, C = _load_chunk(0, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi,
+                                    L, D, G, N, FUSED, HAS_MASK, T)
     for c in range(NC):
+        # The next chunk's loads go out before this chunk's arithmetic: their latency hides behind it.
+        delta_n, _, u_n, B_n, C_n = _load_chunk(c + 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
+                                                mask_ptr, lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
         if STORE_BOUNDS:
-            tl.store(bounds_ptr + (pid_b * NC + c) * D * N + dn, carry, mask=n_ok[None, :])
+            tl.store(bounds_ptr + (pid_b * NC + c) * D * N + nd, carry, mask=n_ok[:, None])
         t = c * T + rows
         tok = t < L
         td = pid_b * L * D + t[:, None] * D + d[None, :]  # (T, BD)
-        tg = (pid_b * L + t) * G + g  # (T,)
-        delta, _ = _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED, HAS_MASK)
-        u = tl.load(u_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
-        tgn = tg[:, None] * N + n[None, :]
-        tn_ok = tok[:, None] & n_ok[None, :]
-        B = tl.load(B_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
-        C = tl.load(C_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
-
-        decay = tl.exp2(delta[:, :, None] * A2[None, :, :])  # (T, BD, NP)
-        drive = (delta * u)[:, :, None] * B[:, None, :]
+        decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
+        drive = (delta * u)[:, None, :] * B[:, :, None]
         P, Q = tl.associative_scan((decay, drive), 0, _linear)
         h = Q + P * carry[None, :, :]
-        y = tl.sum(h * C[:, None, :], axis=2)  # (T, BD)
+        y = tl.sum(h * C[:, :, None], axis=1)  # (T, BD)
         if FUSED:
             z = tl.load(z_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
             y = (y + dskip[None, :] * u) * (z * tl.sigmoid(z))
         tl.store(y_ptr + td, y.to(y_ptr.dtype.element_ty), mask=tok[:, None])
         if STORE_STATES:
-            tdn = ((pid_b * L + t[:, None, None]) * D + d[None, :, None]) * N + n[None, None, :]
-            tl.store(states_ptr + tdn, h, mask=tok[:, None, None] & n_ok[None, None, :])
+            tnd = ((pid_b * L + t[:, None, None]) * D + d[None, None, :]) * N + n[None, :, None]
+            tl.store(states_ptr + tnd, h, mask=tok[:, None, None] & n_ok[None, :, None])
         carry = _row(h, rows, T - 1)  # padded bars are identity steps: this is h at the chunk's last real bar
-    tl.store(last_ptr + state_off, carry, mask=n_ok[None, :])
+        delta, u, B, C = delta_n, u_n, B_n, C_n
+    tl.store(last_ptr + state_off, carry, mask=n_ok[:, None])
 
 
 @triton.jit
@@ -148,9 +166,9 @@ def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bounds_ptr, gy_ptr, glast_ptr, gstates_ptr,
     bias_ptr, dskip_ptr, z_ptr, mask_ptr, lo, hi,
     gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gh0_ptr, gD_ptr, gz_ptr,
-    L, D, G, N, Dg, NC,
+    L, D, G, N, Dg, NC, NDB,
     HAS_GLAST: tl.constexpr, HAS_GSTATES: tl.constexpr, HAS_GY: tl.constexpr, WANT_GH0: tl.constexpr,
-    FUSED: tl.constexpr, HAS_MASK: tl.constexpr,
+    FUSED: tl.constexpr, HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
     T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
 ):
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -159,48 +177,50 @@ def _scan_bwd_kernel(
     n = tl.arange(0, NP)
     n_ok = n < N
     g = (pid_d * BD) // Dg
-    dn = d[:, None] * N + n[None, :]
-    A = tl.load(A_ptr + dn, mask=n_ok[None, :], other=0.0)
+    nd = n[:, None] + d[None, :] * N  # (NP, BD)
+    A = tl.load(A_ptr + nd, mask=n_ok[:, None], other=0.0)
     A2 = A * LOG2E
-    state_off = pid_b * D * N + dn
+    state_off = pid_b * D * N + nd
     # carry: dLoss/dh at the last bar of the chunk being walked, from everything after it (last_state's gradient
     # enters as the gradient from after the last chunk).
     if HAS_GLAST:
-        carry = tl.load(glast_ptr + state_off, mask=n_ok[None, :], other=0.0).to(tl.float32)
+        carry = tl.load(glast_ptr + state_off, mask=n_ok[:, None], other=0.0).to(tl.float32)
     else:
-        carry = tl.zeros((BD, NP), dtype=tl.float32)
+        carry = tl.zeros((NP, BD), dtype=tl.float32)
     if FUSED:
         bias = tl.load(bias_ptr + d).to(tl.float32)
         dskip = tl.load(dskip_ptr + d).to(tl.float32)
     else:
         bias = tl.zeros((BD,), dtype=tl.float32)
         dskip = bias
-    grad_A = tl.zeros((BD, NP), dtype=tl.float32)
+    grad_A = tl.zeros((NP, BD), dtype=tl.float32)
     grad_D = tl.zeros((BD,), dtype=tl.float32)
-    ones = tl.full((T, BD, NP), 1.0, tl.float32)
-    zeros = tl.zeros((T, BD, NP), dtype=tl.float32)
+    ones = tl.full((T, NP, BD), 1.0, tl.float32)
+    zeros = tl.zeros((T, NP, BD), dtype=tl.float32)
+    delta, slope, u, B, C = _load_chunk(NC - 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr,
+                                        lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
+    h_start = tl.load(bounds_ptr + (pid_b * NC + NC - 1) * D * N + nd, mask=n_ok[:, None], other=0.0)
     for cc in range(NC):
         c = NC - 1 - cc
+        # The previous chunk's loads go out first (c - 1 = -1 past the start: masked, nothing read).
+        delta_n, slope_n, u_n, B_n, C_n = _load_chunk(c - 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr,
+                                                      C_ptr, mask_ptr, lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
+        h_start_n = tl.load(bounds_ptr + (pid_b * NC + c - 1) * D * N + nd, mask=n_ok[:, None] & (c > 0), other=0.0)
         t = c * T + rows
         tok = t < L
         td = pid_b * L * D + t[:, None] * D + d[None, :]
         tg = (pid_b * L + t) * G + g
-        delta, slope = _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED, HAS_MASK)
-        u = tl.load(u_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
         tgn = tg[:, None] * N + n[None, :]
         tn_ok = tok[:, None] & n_ok[None, :]
-        B = tl.load(B_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
-        C = tl.load(C_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
         if HAS_GY:
             gy = tl.load(gy_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
         else:
             gy = tl.zeros((T, BD), dtype=tl.float32)
 
         # The chunk's states again, from the state saved at its start: h and the state before each bar.
-        h_start = tl.load(bounds_ptr + (pid_b * NC + c) * D * N + dn, mask=n_ok[None, :], other=0.0)
-        decay = tl.exp2(delta[:, :, None] * A2[None, :, :])
+        decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
         delta_u = delta * u
-        drive = delta_u[:, :, None] * B[:, None, :]
+        drive = delta_u[:, None, :] * B[:, :, None]
         P, Q, R, S = tl.associative_scan((decay, drive, ones, zeros), 0, _compose)
         h = Q + P * h_start[None, :, :]
         h_prev = S + R * h_start[None, :, :]
@@ -210,7 +230,7 @@ def _scan_bwd_kernel(
             sig = tl.sigmoid(z)
             gate = z * sig
             g_out = gy
-            y = tl.sum(h * C[:, None, :], axis=2)
+            y = tl.sum(h * C[:, :, None], axis=1)
             pre = y + dskip[None, :] * u
             gz = g_out * pre * sig * (1.0 + z * (1.0 - sig))
             tl.store(gz_ptr + td, gz.to(gz_ptr.dtype.element_ty), mask=tok[:, None])
@@ -219,33 +239,39 @@ def _scan_bwd_kernel(
 
         # dLoss/dh over the chunk by the reverse recurrence grad_h[t] = direct[t] + decay[t+1]·grad_h[t+1]: per bar the
         # map q -> decay·(direct + q) (q: the gradient reaching h[t] from later bars), composed from the chunk's end.
-        direct = gy[:, :, None] * C[:, None, :]
+        direct = gy[:, None, :] * C[:, :, None]
         if HAS_GSTATES:
-            tdn = ((pid_b * L + t[:, None, None]) * D + d[None, :, None]) * N + n[None, None, :]
-            direct += tl.load(gstates_ptr + tdn, mask=tok[:, None, None] & n_ok[None, None, :], other=0.0)
+            tnd = ((pid_b * L + t[:, None, None]) * D + d[None, None, :]) * N + n[None, :, None]
+            direct += tl.load(gstates_ptr + tnd, mask=tok[:, None, None] & n_ok[None, :, None], other=0.0)
         gP, gQ, gR, gS = tl.associative_scan((decay, decay * direct, ones, direct), 0, _compose, reverse=True)
         grad_h = gS + gR * carry[None, :, :]
         carry = _row(gP * carry[None, :, :] + gQ, rows, 0)  # q at the chunk's first bar
 
         # Through the decay exp(delta·A) (its log's gradient) and the drive delta·u·B (whose gradient is grad_h).
         grad_log_decay = grad_h * decay * h_prev
-        grad_A += tl.sum(grad_log_decay * delta[:, :, None], axis=0)
-        grad_delta_u = tl.sum(grad_h * B[:, None, :], axis=2)  # (T, BD)
-        grad_delta = tl.sum(grad_log_decay * A[None, :, :], axis=2) + grad_delta_u * u
+        grad_A += tl.sum(grad_log_decay * delta[:, None, :], axis=0)
+        grad_delta_u = tl.sum(grad_h * B[:, :, None], axis=1)  # (T, BD)
+        grad_delta = tl.sum(grad_log_decay * A[None, :, :], axis=1) + grad_delta_u * u
         grad_u = grad_delta_u * delta
         if FUSED:
             grad_u += gy * dskip[None, :]
             grad_delta = grad_delta * slope
         tl.store(gu_ptr + td, grad_u.to(gu_ptr.dtype.element_ty), mask=tok[:, None])
         tl.store(gdelta_ptr + td, grad_delta.to(gdelta_ptr.dtype.element_ty), mask=tok[:, None])
-        # Over the block's channels here, across channel blocks by atomics.
-        grad_B = tl.sum(grad_h * delta_u[:, :, None], axis=1)  # (T, NP)
-        grad_C = tl.sum(h * gy[:, :, None], axis=1)
-        tl.atomic_add(gB_ptr + tgn, grad_B, mask=tn_ok, sem="relaxed")
-        tl.atomic_add(gC_ptr + tgn, grad_C, mask=tn_ok, sem="relaxed")
-    tl.store(gA_ptr + state_off, grad_A, mask=n_ok[None, :])  # summed over the batch by the caller
+        # Summed over the block's channels here; across channel blocks by atomics, or as partials the caller sums.
+        grad_B = tl.sum(grad_h * delta_u[:, None, :], axis=2)  # (T, NP)
+        grad_C = tl.sum(h * gy[:, None, :], axis=2)
+        if ATOMIC:
+            tl.atomic_add(gB_ptr + tgn, grad_B, mask=tn_ok, sem="relaxed")
+            tl.atomic_add(gC_ptr + tgn, grad_C, mask=tn_ok, sem="relaxed")
+        else:
+            part = ((pid_b * L + t[:, None]) * NDB + pid_d) * N + n[None, :]
+            tl.store(gB_ptr + part, grad_B, mask=tn_ok)
+            tl.store(gC_ptr + part, grad_C, mask=tn_ok)
+        delta, slope, u, B, C, h_start = delta_n, slope_n, u_n, B_n, C_n, h_start_n
+    tl.store(gA_ptr + state_off, grad_A, mask=n_ok[:, None])  # summed over the batch by the caller
     if WANT_GH0:
-        tl.store(gh0_ptr + state_off, carry, mask=n_ok[None, :])
+        tl.store(gh0_ptr + state_off, carry, mask=n_ok[:, None])
     if FUSED:
         tl.store(gD_ptr + pid_b * D + d, grad_D)
 
@@ -275,10 +301,11 @@ class _Geometry:
 
 
 # Tile choices a caller (the benchmark's sweep) may override per call; the module defaults otherwise.
-TILES = {"fwd": (FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS), "bwd": (BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS)}
+TILES = {"fwd": (FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS), "bwd": (BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS),
+         "bwd_atomic": BWD_ATOMIC}
 
 
-class _FusedScan(torch.autograd.Function):
+class _TritonSelectiveScan(torch.autograd.Function):
     """u, delta (b, L, D); A (D, N) float32; B, C (b, L, G, N); h0 (b, D, N) or None; contiguous CUDA tensors.
     fused: None, or (dt_bias (D,), D_skip (D,), z (b, L, D), open (b, L, G) or None, lo, hi)."""
 
@@ -320,8 +347,14 @@ class _FusedScan(torch.autograd.Function):
         f32 = torch.float32
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_A_part = u.new_empty(geo.batch, geo.channels, geo.state, dtype=f32)
-        grad_B = torch.zeros(B.shape, device=u.device, dtype=f32)
-        grad_C = torch.zeros(C.shape, device=u.device, dtype=f32)
+        atomic = TILES["bwd_atomic"]
+        n_blocks = geo.channels // geo.block
+        if atomic:  # every channel block adds its sums into (b, L, G, N)
+            grad_B = torch.zeros(B.shape, device=u.device, dtype=f32)
+            grad_C = torch.zeros(C.shape, device=u.device, dtype=f32)
+        else:  # one partial sum per channel block, added up below
+            grad_B = u.new_empty(geo.batch, geo.length, n_blocks, geo.state, dtype=f32)
+            grad_C = torch.empty_like(grad_B)
         grad_h0 = u.new_empty(geo.batch, geo.channels, geo.state, dtype=f32) if has_h0 else None
         grad_D_part = u.new_empty(geo.batch, geo.channels, dtype=f32) if fused else None
         grad_z = torch.empty_like(z) if fused else None
@@ -336,11 +369,14 @@ class _FusedScan(torch.autograd.Function):
             open_ if open_ is not None else dummy, lo, hi,
             grad_u, grad_delta, grad_A_part, grad_B, grad_C, grad_h0 if has_h0 else dummy,
             grad_D_part if fused else dummy, grad_z if fused else dummy,
-            *geo.dims(), HAS_GLAST=grad_last is not None, HAS_GSTATES=grad_states is not None,
-            HAS_GY=grad_y is not None, WANT_GH0=has_h0, FUSED=fused, HAS_MASK=open_ is not None,
+            *geo.dims(), n_blocks, HAS_GLAST=grad_last is not None, HAS_GSTATES=grad_states is not None,
+            HAS_GY=grad_y is not None, WANT_GH0=has_h0, FUSED=fused, HAS_MASK=open_ is not None, ATOMIC=atomic,
             T=chunk, BD=geo.block, NP=geo.state_pad, num_warps=warps,
         )
         grad_A = grad_A_part.sum(0)
+        if not atomic:
+            part_shape = (geo.batch, geo.length, geo.groups, n_blocks // geo.groups, geo.state)
+            grad_B, grad_C = grad_B.view(part_shape).sum(3), grad_C.view(part_shape).sum(3)
         grad_B, grad_C = grad_B.to(B.dtype), grad_C.to(C.dtype)
         grad_bias = grad_D = None
         if fused:
@@ -373,7 +409,7 @@ def selective_scan_triton(
         A = A.float().contiguous()
         h0 = None if h0 is None else h0.float().contiguous()
         save = _needs_grad(u, delta, A, B, C, h0)
-        return _FusedScan.apply(u, delta, A, B, C, h0, None, None, None, None, 0.0, 0.0, False, return_states,
+        return _TritonSelectiveScan.apply(u, delta, A, B, C, h0, None, None, None, None, 0.0, 0.0, False, return_states,
                                 save, out_dtype)
 
 
@@ -396,6 +432,6 @@ def selective_scan_fused(
         h0 = None if h0 is None else h0.float().contiguous()
         save = _needs_grad(u, dt, dt_bias, A, B, C, D_skip, z, h0)
         lo, hi = (float(v) for v in dt_clamp)
-        y, last, _ = _FusedScan.apply(u, dt, A, B, C, h0, dt_bias, D_skip, z, open_, lo, hi, True, False, save,
+        y, last, _ = _TritonSelectiveScan.apply(u, dt, A, B, C, h0, dt_bias, D_skip, z, open_, lo, hi, True, False, save,
                                       out_dtype)
         return y, last
