@@ -19,6 +19,7 @@ the kernel's tile choices (chunk, channel block, warps) at the issue's shape.
 from __future__ import annotations
 
 import argparse
+from ast import literal_eval
 from collections.abc import Callable
 from importlib import metadata
 
@@ -266,6 +267,19 @@ def sweep(device: torch.device | str | None = None, shape=ISSUE_SHAPE, choices=S
     return results
 
 
+def adopt_best(swept: list[dict]) -> None:
+    """Set the kernel's tiles to the sweep's fastest forward and fastest forward+backward, and say which."""
+    import engine.model.scan_triton as kernel
+
+    timed = [row for row in swept if "fwd ms" in row]
+    fastest_fwd = min(timed, key=lambda row: row["fwd ms"])
+    fastest_train = min(timed, key=lambda row: row["fwd+bwd ms"])
+    kernel.TILES.update(fwd=literal_eval(fastest_fwd["fwd (chunk, block, warps)"]),
+                        bwd=literal_eval(fastest_train["bwd (chunk, block, warps)"]),
+                        bwd_atomic=fastest_train["dB/dC"] == "atomics")
+    print(f"tiles adopted for the table: {kernel.TILES}\n", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     from engine.bench import format_table
 
@@ -274,12 +288,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores, <= 4)")
     parser.add_argument("--sweep", action="store_true", help="also time the Triton kernel's tile choices (CUDA)")
     parser.add_argument("--only-sweep", action="store_true", help="the sweep alone")
+    parser.add_argument("--adopt-best", action="store_true", help="time the table with the sweep's fastest tiles")
     args = parser.parse_args(argv)
     configure_cpu_threads(args.threads)
     device = pick_device(args.device)
     print(f"# selective scan on {device_label(device)}\n\n{machine_line(device)}\n", flush=True)
     if args.sweep or args.only_sweep:
-        print(f"## tile sweep at {ISSUE_SHAPE}\n\n{format_table(sweep(device))}\n", flush=True)
+        swept = sweep(device)
+        print(f"## tile sweep at {ISSUE_SHAPE}\n\n{format_table(swept)}\n", flush=True)
+        if args.adopt_best:
+            adopt_best(swept)
     if not args.only_sweep:
         print(format_table(rows(device)))
 
