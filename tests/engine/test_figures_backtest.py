@@ -30,7 +30,7 @@ def test_equity_chart_draws_both_curves_and_shades_from_the_out_of_sample_start(
     assert len(strategy) <= MAX_DISPLAY_POINTS + 2 or len(strategy) == len(result.equity)
     assert strategy[0] == result.equity[0] and strategy[-1] == result.equity[-1]
     assert strategy.max() == np.nanmax(result.equity) and strategy.min() == np.nanmin(result.equity)
-    drawn_times = pd.DatetimeIndex(by_name[charts.STRATEGY_NAME].x)
+    drawn_times = pd.DatetimeIndex(by_name[charts.STRATEGY_NAME].x).tz_localize("UTC")  # drawn as UTC values
     np.testing.assert_allclose(strategy, result.equity[times.get_indexer(drawn_times)])
     benchmark = np.asarray(by_name[charts.BENCHMARK_NAME].y)
     np.testing.assert_allclose(benchmark, result.benchmark.equity[times.get_indexer(drawn_times)])
