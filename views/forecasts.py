@@ -23,6 +23,27 @@ from views.frame import current_selection
 from views.model_results import asset_closes, model_findings, model_view
 from views.url_state import url_widget
 
+# The score table in three narrow parts (what each loss measures is in its column's tooltip).
+SCORE_GROUPS = {"Quantiles and mean": ("n", "pinball", "coverage_10_90", "quantile_spread", "mse"),
+                "Direction and volatility": ("hit_rate", "brier", "log_loss", "ece", "qlike")}
+SHORT_TITLES = {"forecaster": "forecaster", "n": "forecasts", "pinball": "pinball", "coverage_10_90": "band cover",
+                "quantile_spread": "band width", "mse": "MSE", "hit_rate": "hit rate", "brier": "Brier",
+                "log_loss": "log loss", "ece": "calib. error", "qlike": "QLIKE"}
+
+
+def _score_column(column: str, spec: tuple[str, str, str | None]):
+    title, text, fmt = spec
+    short = SHORT_TITLES.get(column, title)
+    help_text = f"{title}: {text}" if text else title
+    if fmt is None:
+        return st.column_config.TextColumn(short, help=help_text)
+    return st.column_config.NumberColumn(short, help=help_text, format=fmt)
+
+
+def _without_name(text, name: str):
+    return text.replace(f" than {name},", ",") if isinstance(text, str) else text
+
+
 selection = current_selection()
 st.title("Forecasts")
 view = model_view(selection)
@@ -115,13 +136,25 @@ else:
                      **{f"Scores of {symbol}, {horizon}-bar horizon": score_board(scores, symbol, horizon)
                         for symbol in selection.symbols}}
     board = report_tables[f"Scores of {asset}, {horizon}-bar horizon"]
-    column_config = {
-        column: (st.column_config.TextColumn(title, help=text) if fmt is None
-                 else st.column_config.NumberColumn(title, help=text, format=fmt))
-        for column, (title, text, fmt) in score_column_specs(board).items()
-    }
-    st.dataframe(board, hide_index=True, width="stretch", height="content", column_config=column_config,
-                 placeholder="–", key="fc_score_table")
+    specs = score_column_specs(board)
+    # One table of fifteen columns scrolled sideways at 1280 px (2,170 px of content): three narrower ones, each
+    # column titled short with the full name in its tooltip, and the comparisons in words in a table that wraps.
+    for group, columns in SCORE_GROUPS.items():
+        shown = ["forecaster", *(c for c in columns if c in board.columns)]
+        if len(shown) == 1:
+            continue
+        st.markdown(f"**{group}**")
+        st.dataframe(board[shown], hide_index=True, width="stretch", height="content", placeholder="–",
+                     key=f"fc_score_table_{group.split()[0].lower()}",
+                     column_config={column: _score_column(column, specs[column]) for column in shown})
+    compared = [c for c in board.columns if c.startswith("model vs this: ")]
+    if compared:
+        st.markdown("**The model against each row** (one-sided Diebold-Mariano, Holm-corrected over this table)")
+        words = board[["forecaster", *compared]].iloc[1:].copy()  # the model's own row compares nothing
+        for column in compared:  # "worse than zero, p = 1.000" in the row of zero: "worse, p = 1.000"
+            words[column] = [_without_name(text, name) for text, name in zip(words[column], words["forecaster"])]
+        words.columns = ["forecaster", *(SHORT_TITLES.get(c.removeprefix("model vs this: "), c) for c in compared)]
+        st.table(words.astype(object).where(words.notna(), "–").style.hide(axis="index"))
     csv_buttons({"Verdicts": verdict_table, **{f"Scores {symbol}": report_tables[f"Scores of {symbol}, {horizon}-bar "
                                                                                   "horizon"]
                                                for symbol in selection.symbols}},

@@ -47,10 +47,14 @@ for column, symbol in zip(cards, selection.symbols):
         st.markdown(f"#### {symbol}")
         st.metric("Last close", f"{latest.last_close:,.2f}", f"{latest.last_close / previous - 1:+.2%} vs previous bar",
                   help=f"Close of the bar opening {latest.made_at:%Y-%m-%d %H:%M} UTC.")
+        # the delta stays short (a card is ~280 px wide at 1280 px, and a metric delta is cut, not wrapped); the
+        # spell's start goes in the caption under it, which wraps
         st.metric("Current regime", f"regime {regime}" if regime >= 0 else "none",
-                  f"for {held} bars (since {since:%Y-%m-%d %H:%M} UTC)" if since is not None else None,
+                  f"for {held} bars" if since is not None else None,
                   delta_color="off", delta_arrow="off",
                   help="The cluster of the asset's SSM state at its last bar (Regimes page).")
+        if since is not None:
+            st.caption(f"In this regime since {since:%Y-%m-%d %H:%M} UTC.")
         st.caption(f"Regimes tested on the data: {findings.regimes[symbol]['verdict']}.")
         table = latest.table
         mid = [c for c in table.columns if c.startswith("q")][len(view.bundle.inference.quantile_levels) // 2]

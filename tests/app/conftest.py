@@ -6,7 +6,12 @@ that wants a populated cache; tests that check the empty-cache path get a fresh 
 from __future__ import annotations
 
 import ast
+import os
+import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +19,10 @@ from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
 from storage.refresh import seed_demo_if_empty
+from tests.fixtures.vendor_downloads import write_downloads
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
 TIMEOUT_S = 120
 
 
@@ -108,3 +115,39 @@ def sampled(pages, keep=DEFAULT_SUITE_PAGES) -> list:
     """A page sweep whose pages outside `keep` run only with -m slow: the default suite still opens a model page
     of each kind on every market, within its ten minutes on two cores; `pytest -m slow` opens them all."""
     return [page if page in keep else pytest.param(page, marks=pytest.mark.slow) for page in pages]
+
+
+# ----- the README's walkthrough (tests/app/test_real_data_walkthrough.py, tests/app/test_verdicts.py) --------------
+
+QUICK_TRAINING = ["--epochs", "1", "--folds", "2"]
+
+
+def readme_walkthrough() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- walkthrough.*?```bash\n(.*?)```\n<!-- /walkthrough -->", text, re.DOTALL)
+    assert block, "README.md lost its walkthrough block"
+    return [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def walked_through(tmp_path_factory):
+    """Run the README's commands on downloads in a fresh folder -> (home: cache, runs and diagnostics, outputs).
+
+    Once per test session, here in the conftest: as a module fixture imported by two test modules it ran (a
+    training included) once per module."""
+    home = tmp_path_factory.mktemp("walkthrough")
+    downloads = write_downloads(home / "Downloads")
+    env = {**os.environ, "REGIME_DB": str(home / "bars.duckdb"), "REGIME_RUNS": str(home / "runs"),
+           "REGIME_DIAGNOSTICS": str(home / "diagnostics"), "OMP_NUM_THREADS": "1"}
+    outputs = []
+    for command in readme_walkthrough():
+        if command[:2] == ["streamlit", "run"]:
+            continue  # the pages are opened below through AppTest
+        assert command[:2] == ["python", "-m"], command
+        argv = [sys.executable, *command[1:]] + (QUICK_TRAINING if command[2] == "engine.train" else [])
+        argv = [arg.replace("~/Downloads", str(downloads["SPY"].parent)) for arg in argv]
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                              check=False)
+        assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        outputs.append(done.stdout + done.stderr)
+    return home, outputs

@@ -7,51 +7,16 @@ budget is cut (one epoch, two folds) to keep the suite quick.
 """
 from __future__ import annotations
 
-import os
-import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+# walked_through (the README's commands, run once per session) is tests/app/conftest.py's
 from tests.app.conftest import open_page
-from tests.fixtures.vendor_downloads import write_downloads
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["views/overview.py", "views/forecasts.py", "views/backtest.py", "views/regimes.py", "views/lead_lag.py",
          "views/lookback.py", "views/data.py", "views/model.py"]
-QUICK_TRAINING = ["--epochs", "1", "--folds", "2"]
-
-
-def readme_walkthrough() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- walkthrough.*?```bash\n(.*?)```\n<!-- /walkthrough -->", text, re.S)
-    assert block, "README.md lost its walkthrough block"
-    return [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def walked_through(tmp_path_factory):
-    """Run the README's commands on downloads in a fresh folder -> (cache, runs dir, outputs)."""
-    home = tmp_path_factory.mktemp("walkthrough")
-    downloads = write_downloads(home / "Downloads")
-    env = {**os.environ, "REGIME_DB": str(home / "bars.duckdb"), "REGIME_RUNS": str(home / "runs"),
-           "REGIME_DIAGNOSTICS": str(home / "diagnostics"), "OMP_NUM_THREADS": "1"}
-    outputs = []
-    for command in readme_walkthrough():
-        if command[:2] == ["streamlit", "run"]:
-            continue  # the pages are opened below through AppTest
-        assert command[:2] == ["python", "-m"], command
-        argv = [sys.executable, *command[1:]] + (QUICK_TRAINING if command[2] == "engine.train" else [])
-        argv = [arg.replace("~/Downloads", str(downloads["SPY"].parent)) for arg in argv]
-        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        outputs.append(done.stdout + done.stderr)
-    return home, outputs
-
-
 def test_the_imports_report_what_the_vendor_files_needed(walked_through):
     _, outputs = walked_through
     spy = next(o for o in outputs if "SPY" in o and "import report" in o)

@@ -19,7 +19,7 @@ from engine.model.checkpoint import DEMO_CHECKPOINT_DIR, published_files
 from storage.refresh import RefreshRequest, run_refresh
 from storage.sources.demo import DEMO_SYMBOLS
 from tests.app.conftest import open_page, sampled
-from tests.app.test_real_data_walkthrough import app_on_the_cache, walked_through  # noqa: F401 (fixtures)
+from tests.app.test_real_data_walkthrough import app_on_the_cache  # noqa: F401 (fixture)
 
 MODEL_PAGES = ("views/overview.py", "views/forecasts.py", "views/lead_lag.py", "views/regimes.py",
                "views/lookback.py", "views/model.py")
@@ -85,6 +85,24 @@ def test_every_page_states_its_verdict_on_the_demo(seeded_db, page):
         assert heatmaps, "the map is drawn as excess over the uninformed model"
     if page == "views/forecasts.py":
         assert "one-sided" in text and "DM p" not in text
+        assert_the_score_table_is_split_narrow(at)
+
+
+def assert_the_score_table_is_split_narrow(at) -> None:
+    """The score table against the baselines, which scrolled sideways at 1280 px as one table of fifteen columns
+    (tests/browser/test_overflow.py), comes as two tables of losses of at most six columns, every loss in one of them,
+    and the comparisons in words in a static table without repeating the row's forecaster."""
+    boards = [frame.value for frame in at.dataframe if list(frame.value.columns[:1]) == ["forecaster"]]
+    assert len(boards) == 2 and all(len(board.columns) <= 6 for board in boards), [list(b.columns) for b in boards]
+    losses = {column for board in boards for column in board.columns}
+    assert {"pinball", "mse", "brier", "qlike", "coverage_10_90"} <= losses
+    assert all(board["forecaster"].iloc[0] == "model" for board in boards)
+    words = next(table.value for table in at.table if "forecaster" in table.value.columns)
+    assert "model" not in set(words["forecaster"]) and {"MSE", "Brier", "QLIKE", "pinball"} <= set(words.columns)
+    for _, row in words.iterrows():
+        cells = [str(row[column]) for column in ("MSE", "Brier", "QLIKE", "pinball")]
+        assert not any(f" than {row['forecaster']}," in cell for cell in cells), cells
+        assert all(cell.startswith(("better", "worse", "no ", "–")) or cell == "" for cell in cells), cells
 
 
 # ----- the null demo ---------------------------------------------------------------------------------------------
