@@ -46,6 +46,9 @@ D_MODEL, D_STATE, EXPAND, N_HEADS = 64, 16, 2, 4
 DROPOUT = ModelConfig().dropout  # every peer trains with the dropout our layer has
 FF_MULT = 4  # the Transformer's feed-forward width, as a multiple of d_model (the standard choice)
 MODEL_BATCH, MODEL_LENGTH, MODEL_ASSETS = 32, 512, 3
+MANY_ASSETS, MANY_BATCH = 50, 8  # issue 18's wide case: 50 assets x 512 bars x batch 8
+MANY_BEFORE_MS = 77.0  # its training step before issue 18's work (H200, fp32), as the issue quotes it
+MANY_BUDGET_MS = MANY_BEFORE_MS / 3  # the issue's target: 3x faster
 TRANSFORMER_LAYERS = 4  # the full model's peer: as many layers as our default pattern has
 STEP_BUDGET_MS = 1.0  # step mode, 3 assets, one new bar, one CPU thread
 # Targets for our layer against its peers (our time / peer time; mambapy: its time / ours).
@@ -257,7 +260,54 @@ class TransformerPeer(nn.Module):
         return self.head(self.encoder(h, mask=causal, is_causal=True))
 
 
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """TF32 for float32 matmuls (and convolutions) inside the block, both peers alike; restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def full_model_rows(device: torch.device, budget_s: float = 8.0) -> list[dict]:
+    if device.type != "cuda":
+        return _full_model_rows(device, budget_s)
+    with tf32_matmuls(False):
+        rows = _full_model_rows(device, budget_s, "fp32")
+    with tf32_matmuls(True):
+        return rows + _full_model_rows(device, budget_s, "TF32 matmuls")
+
+
+def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
+    """Our training step at MANY_ASSETS assets x MODEL_LENGTH bars x batch MANY_BATCH (GPU only), fp32 and TF32."""
+    if device.type != "cuda":
+        return []
+    torch.manual_seed(0)
+    config = ModelConfig(n_assets=MANY_ASSETS, point_head=False, lead_path=False)
+    model = HybridModel(config).to(device).train()
+    x = torch.randn(MANY_BATCH, MANY_ASSETS, MODEL_LENGTH, config.n_features, device=device)
+    mask = torch.ones(MANY_BATCH, MANY_ASSETS, MODEL_LENGTH, dtype=torch.bool, device=device)
+
+    def train() -> None:
+        model.zero_grad(set_to_none=True)
+        output = model(x, mask)
+        (output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()).backward()
+
+    rows = []
+    for precision, tf32 in (("fp32", False), ("TF32 matmuls", True)):
+        with tf32_matmuls(tf32):
+            timing = time_on(device, train, budget_s=budget_s, max_reps=20)
+        rows.append({"case": f"full model, {MANY_ASSETS} assets x {MODEL_LENGTH} bars x batch {MANY_BATCH}, "
+                             f"training step, {precision}", "length": MODEL_LENGTH,
+                     "parameters": f"{model.num_parameters():,}", "fwd_bwd_ms": timing.median,
+                     "fwd_bwd_spread": timing.spread(), "budget": f"<= {MANY_BUDGET_MS:.1f} ms (3x under "
+                     f"{MANY_BEFORE_MS:g})", "result": verdict(timing.median, MANY_BUDGET_MS)})
+    return rows
+
+
+def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str = "") -> list[dict]:
     torch.manual_seed(0)
     config = ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)
     model = HybridModel(config).to(device)
@@ -286,7 +336,7 @@ def full_model_rows(device: torch.device, budget_s: float = 8.0) -> list[dict]:
     forward = time_interleaved({"ours": ours_forward, "peer": peer_forward}, device, budget_s=budget_s)
     model.train(), peer.train()
     train = time_interleaved({"ours": ours_train, "peer": peer_train}, device, budget_s=budget_s)
-    shape = f"{MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}"
+    shape = f"{MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}" + (f", {precision}" if precision else "")
     return [
         {"case": f"full model, {shape}", "length": MODEL_LENGTH, "parameters": f"{model.num_parameters():,}",
              "fwd_ms": forward["ours"].median, "fwd_spread": forward["ours"].spread(), "fwd_bwd_ms": train["ours"].median,
@@ -295,14 +345,15 @@ def full_model_rows(device: torch.device, budget_s: float = 8.0) -> list[dict]:
              "length": MODEL_LENGTH, "parameters": f"{params(peer):,}", "fwd_ms": forward["peer"].median,
              "fwd_spread": forward["peer"].spread(), "fwd_bwd_ms": train["peer"].median,
              "fwd_bwd_spread": train["peer"].spread(), "note": "per-asset streams, no cross-asset attention"},
-        {"case": "ratio: full model / Transformer, fwd+bwd (training step)", "length": MODEL_LENGTH,
+        {"case": f"ratio: full model / Transformer, fwd+bwd (training step){', ' + precision if precision else ''}",
+             "length": MODEL_LENGTH,
              "ratio": paired_ratio(train["ours"], train["peer"]),
              "budget": "<= 0.5 (issue 18, GPU)" if device.type == "cuda" else "-",
              "result": verdict(paired_ratio(train["ours"], train["peer"]), 0.5) if device.type == "cuda" else "-"},
     ]
 
 
-GROUPS = ("layers", "step", "model")
+GROUPS = ("layers", "step", "model", "many")
 COLUMNS = ("case", "length", "parameters", "fwd_ms", "fwd_spread", "fwd_bwd_ms", "fwd_bwd_spread", "ratio",
            "budget", "result", "note")
 
@@ -316,6 +367,8 @@ def row_groups(device: torch.device, only: tuple[str, ...] = GROUPS) -> Iterator
         yield step_rows(device)
     if "model" in only:
         yield full_model_rows(device)
+    if "many" in only:
+        yield many_assets_rows(device)
 
 
 def rows(device: torch.device | str) -> list[dict]:
