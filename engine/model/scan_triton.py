@@ -91,7 +91,7 @@ def _load_chunk(c, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, m
                 FUSED: tl.constexpr, HAS_MASK: tl.constexpr, T: tl.constexpr):
     """Chunk c's inputs in float32: delta, d delta/d dt (fused form), u (T, BD); B, C (T, NP). Past the end: zeros."""
     t = c * T + tl.arange(0, T)
-    tok = t < L
+    tok = (t >= 0) & (t < L)  # chunk -1 (the backward's prefetch past the start) reads nothing
     td = pid_b * L * D + t[:, None] * D + d[None, :]  # (T, BD)
     tg = (pid_b * L + t) * G + g  # (T,)
     delta, slope = _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED, HAS_MASK)
@@ -101,6 +101,14 @@ def _load_chunk(c, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, m
     B = tl.load(B_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
     C = tl.load(C_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
     return delta, slope, u, B, C
+
+
+@triton.jit
+def _load_bars(ptr, c, pid_b, d, L, D, T: tl.constexpr):
+    """(T, BD) of a (b, L, D) tensor at chunk c in float32; zeros past the end."""
+    t = c * T + tl.arange(0, T)
+    ok = (t >= 0) & (t < L)
+    return tl.load(ptr + pid_b * L * D + t[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -135,10 +143,18 @@ def _scan_fwd_kernel(
         dskip = bias
     delta, _, u, B, C = _load_chunk(0, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi,
                                     L, D, G, N, FUSED, HAS_MASK, T)
+    if FUSED:
+        z = _load_bars(z_ptr, 0, pid_b, d, L, D, T)
+    else:
+        z = u
     for c in range(NC):
         # The next chunk's loads go out before this chunk's arithmetic: their latency hides behind it.
         delta_n, _, u_n, B_n, C_n = _load_chunk(c + 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
                                                 mask_ptr, lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
+        if FUSED:
+            z_n = _load_bars(z_ptr, c + 1, pid_b, d, L, D, T)
+        else:
+            z_n = u_n
         if STORE_BOUNDS:
             tl.store(bounds_ptr + (pid_b * NC + c) * D * N + nd, carry, mask=n_ok[:, None])
         t = c * T + rows
@@ -150,14 +166,13 @@ def _scan_fwd_kernel(
         h = Q + P * carry[None, :, :]
         y = tl.sum(h * C[:, :, None], axis=1)  # (T, BD)
         if FUSED:
-            z = tl.load(z_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
             y = (y + dskip[None, :] * u) * (z * tl.sigmoid(z))
         tl.store(y_ptr + td, y.to(y_ptr.dtype.element_ty), mask=tok[:, None])
         if STORE_STATES:
             tnd = ((pid_b * L + t[:, None, None]) * D + d[None, None, :]) * N + n[None, :, None]
             tl.store(states_ptr + tnd, h, mask=tok[:, None, None] & n_ok[None, :, None])
         carry = _row(h, rows, T - 1)  # padded bars are identity steps: this is h at the chunk's last real bar
-        delta, u, B, C = delta_n, u_n, B_n, C_n
+        delta, u, B, C, z = delta_n, u_n, B_n, C_n, z_n
     tl.store(last_ptr + state_off, carry, mask=n_ok[:, None])
 
 
@@ -200,22 +215,34 @@ def _scan_bwd_kernel(
     delta, slope, u, B, C = _load_chunk(NC - 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr,
                                         lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
     h_start = tl.load(bounds_ptr + (pid_b * NC + NC - 1) * D * N + nd, mask=n_ok[:, None], other=0.0)
+    if HAS_GY:
+        gy = _load_bars(gy_ptr, NC - 1, pid_b, d, L, D, T)
+    else:
+        gy = tl.zeros((T, BD), dtype=tl.float32)
+    if FUSED:
+        z = _load_bars(z_ptr, NC - 1, pid_b, d, L, D, T)
+    else:
+        z = gy
     for cc in range(NC):
         c = NC - 1 - cc
         # The previous chunk's loads go out first (c - 1 = -1 past the start: masked, nothing read).
         delta_n, slope_n, u_n, B_n, C_n = _load_chunk(c - 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr,
                                                       C_ptr, mask_ptr, lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
         h_start_n = tl.load(bounds_ptr + (pid_b * NC + c - 1) * D * N + nd, mask=n_ok[:, None] & (c > 0), other=0.0)
+        if HAS_GY:
+            gy_n = _load_bars(gy_ptr, c - 1, pid_b, d, L, D, T)
+        else:
+            gy_n = gy
+        if FUSED:
+            z_n = _load_bars(z_ptr, c - 1, pid_b, d, L, D, T)
+        else:
+            z_n = z
         t = c * T + rows
         tok = t < L
         td = pid_b * L * D + t[:, None] * D + d[None, :]
         tg = (pid_b * L + t) * G + g
         tgn = tg[:, None] * N + n[None, :]
         tn_ok = tok[:, None] & n_ok[None, :]
-        if HAS_GY:
-            gy = tl.load(gy_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
-        else:
-            gy = tl.zeros((T, BD), dtype=tl.float32)
 
         # The chunk's states again, from the state saved at its start: h and the state before each bar.
         decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
@@ -226,7 +253,6 @@ def _scan_bwd_kernel(
         h_prev = S + R * h_start[None, :, :]
 
         if FUSED:  # out = (y + D·u)·silu(z): the gradient reaching y, and those of z and D
-            z = tl.load(z_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
             sig = tl.sigmoid(z)
             gate = z * sig
             g_out = gy
@@ -268,7 +294,7 @@ def _scan_bwd_kernel(
             part = ((pid_b * L + t[:, None]) * NDB + pid_d) * N + n[None, :]
             tl.store(gB_ptr + part, grad_B, mask=tn_ok)
             tl.store(gC_ptr + part, grad_C, mask=tn_ok)
-        delta, slope, u, B, C, h_start = delta_n, slope_n, u_n, B_n, C_n, h_start_n
+        delta, slope, u, B, C, h_start, gy, z = delta_n, slope_n, u_n, B_n, C_n, h_start_n, gy_n, z_n
     tl.store(gA_ptr + state_off, grad_A, mask=n_ok[:, None])  # summed over the batch by the caller
     if WANT_GH0:
         tl.store(gh0_ptr + state_off, carry, mask=n_ok[:, None])
