@@ -44,6 +44,7 @@ SWEEP_GRIDS = {
 }
 SWEEP_METRICS = ("sharpe", "cagr", "max_drawdown", "calmar", "turnover")
 LOSS_STATISTICS = ("Alpha (annual)", "Information ratio")
+TRADES_SHOWN = 500  # rows of the on-page trades table (the CSV download holds every trade)
 
 selection = current_selection()
 st.title("Backtest")
@@ -271,7 +272,11 @@ def strategy_view() -> None:
 
     st.subheader("Trades")
     trades = charts.trades_table(result, zone)
-    st.dataframe(red_losses(trades, columns=["return"], percent=["return"], number=["size"]), hide_index=True,
+    # The page's table holds the latest trades (every slider move resends it, styled cell by cell); the CSV has all.
+    shown_trades = trades.head(TRADES_SHOWN)  # newest first
+    if len(shown_trades) < len(trades):
+        st.caption(f"The latest {len(shown_trades):,} of {len(trades):,} trades; **Trades (CSV)** below has them all.")
+    st.dataframe(red_losses(shown_trades, columns=["return"], percent=["return"], number=["size"]), hide_index=True,
                  width="stretch", height=280, key="bt_trades_table",
                  column_config={"return": st.column_config.Column(
                      help="The trade's net return on its sleeve, entry and exit costs included."),

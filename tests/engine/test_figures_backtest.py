@@ -8,7 +8,7 @@ import pytest
 from engine.backtest.engine import StrategyConfig, run_backtest
 from engine.backtest.sweep import sweep
 from engine.figures import backtest as charts
-from engine.figures.style import MAX_DISPLAY_POINTS, SYNTHETIC_NOTE
+from engine.figures.style import SYNTHETIC_NOTE
 from tests.engine.test_backtest import make_inputs, random_inputs
 
 
@@ -27,7 +27,7 @@ def test_equity_chart_draws_both_curves_and_shades_from_the_out_of_sample_start(
     by_name = {trace.name: trace for trace in fig.data}
     # Long curves are thinned for display, keeping every bucket's extremes, the first and the last bar.
     strategy = np.asarray(by_name[charts.STRATEGY_NAME].y)
-    assert len(strategy) <= MAX_DISPLAY_POINTS + 2 or len(strategy) == len(result.equity)
+    assert len(strategy) <= charts.BACKTEST_DISPLAY_POINTS + 2 < len(result.equity)  # thinned
     assert strategy[0] == result.equity[0] and strategy[-1] == result.equity[-1]
     assert strategy.max() == np.nanmax(result.equity) and strategy.min() == np.nanmin(result.equity)
     drawn_times = pd.DatetimeIndex(by_name[charts.STRATEGY_NAME].x).tz_localize("UTC")  # drawn as UTC values

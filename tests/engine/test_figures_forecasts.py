@@ -21,22 +21,25 @@ def past(n: int, seed: int = 0) -> PastForecasts:
 
 
 def test_the_fan_chart_draws_every_forecast_from_the_first_with_a_range_selector():
-    forecasts = past(9_000)
+    n = charts.MAX_FAN_POINTS
+    forecasts = past(n)
     fig = charts.past_fan_chart(forecasts, synthetic=False)
     realised = fig.data[3]
-    assert len(realised.x) == 9_000 and pd.Timestamp(realised.x[0]) == forecasts.frame.index[0].tz_localize(None)  # naive UTC
-    assert "all 9,000" in fig.layout.title.text
+    assert len(realised.x) == n and pd.Timestamp(realised.x[0]) == forecasts.frame.index[0].tz_localize(None)  # naive UTC
+    assert f"all {n:,}" in fig.layout.title.text
     assert fig.layout.xaxis.rangeslider.visible and len(fig.layout.xaxis.rangeselector.buttons) == 4
 
 
-def test_a_longer_history_is_thinned_keeping_the_extremes_and_the_chart_says_so():
-    forecasts = past(30_000, seed=1)
-    forecasts.frame.iloc[12_345, forecasts.frame.columns.get_loc("realised")] = 0.5  # an outlier must stay visible
+@pytest.mark.parametrize("n", [8_999, 30_000])  # the demo's hourly BTC: 8,999 out-of-sample forecasts
+def test_a_longer_history_is_thinned_keeping_the_extremes_and_the_chart_says_so(n):
+    forecasts = past(n, seed=1)
+    forecasts.frame.iloc[n // 3, forecasts.frame.columns.get_loc("realised")] = 0.5  # an outlier must stay visible
     fig = charts.past_fan_chart(forecasts, synthetic=False)
     realised = np.asarray(fig.data[3].y)
     assert len(realised) <= charts.MAX_FAN_POINTS + 2 and 0.5 in realised
     assert pd.Timestamp(fig.data[3].x[0]) == forecasts.frame.index[0].tz_localize(None)  # still from the first forecast
-    assert "of 30,000 forecasts drawn" in fig.layout.title.text
+    assert pd.Timestamp(fig.data[3].x[-1]) == forecasts.frame.index[-1].tz_localize(None)  # and to the last
+    assert f"of {n:,} forecasts drawn" in fig.layout.title.text
 
 
 def test_calibration_leaves_out_bins_with_too_few_forecasts_and_says_the_minimum():
