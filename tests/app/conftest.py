@@ -33,11 +33,17 @@ def seeded_cache_template(tmp_path_factory) -> Path:
     return path
 
 
+SHARED_DIAGNOSTICS = "shared-diagnostics"  # under the session's base temp folder; tests/browser/conftest.py's too
+
+
 @pytest.fixture(scope="session")
 def diagnostics_dir(tmp_path_factory) -> Path:
-    # Shared by every app test: entries are keyed by checkpoint, data and settings, so sharing is safe, and the
-    # demo checkpoint's diagnostics are computed once per test session instead of once per test.
-    return tmp_path_factory.mktemp("diagnostics")
+    # Shared by every app test, and by the default browser test's server (tests/browser/conftest.py names the same
+    # folder): entries are keyed by checkpoint, data and settings and checked on the way back in, so sharing is
+    # safe, and the demo checkpoint's diagnostics and findings are computed once per test session.
+    path = tmp_path_factory.getbasetemp() / SHARED_DIAGNOSTICS
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture

@@ -108,6 +108,16 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait()
 
 
+@pytest.fixture(scope="session")
+def shared_diagnostics(tmp_path_factory) -> Path:
+    """The test session's diagnostics folder, shared with the AppTests (tests/app/conftest.py's diagnostics_dir):
+    a server given it finds the demo checkpoint's diagnostics and findings when an earlier test computed them, and
+    computes them itself otherwise (entries are keyed by checkpoint, data and settings, and checked when read)."""
+    path = tmp_path_factory.getbasetemp() / "shared-diagnostics"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def app_dirs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("browser-app")

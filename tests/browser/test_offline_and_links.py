@@ -44,8 +44,11 @@ def test_outside():
 
 
 # a server, a first load that seeds the demo, every page: ~80 s on two idle cores; the default suite's browser test
-def test_no_request_leaves_the_machine_and_links_reproduce_the_view(browser, app_dirs):
-    with streamlit_server(app_dirs["db"], app_dirs["runs"], app_dirs["log"]) as server:
+def test_no_request_leaves_the_machine_and_links_reproduce_the_view(browser, app_dirs, shared_diagnostics):
+    # An empty cache (the demo is seeded by the first load, as for a new user); the model's diagnostics come from
+    # the session's shared folder when the AppTests computed them (the cold first load is timed by
+    # engine.benchmarks.app_speed and walked by the slow tests/browser/test_overflow.py)
+    with streamlit_server(app_dirs["db"], app_dirs["runs"], app_dirs["log"], shared_diagnostics) as server:
         context = browser.new_context(viewport={"width": 1440, "height": 900})
         requested: list[str] = []
         context.on("request", lambda request: requested.append(request.url))
