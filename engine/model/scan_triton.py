@@ -26,6 +26,8 @@ are float32, and y and the input gradients are written in their tensors' dtypes.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -34,9 +36,13 @@ from torch import Tensor
 LOG2E = tl.constexpr(1.4426950408889634)
 
 # Tile sizes (the defaults of `Config`): CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per
-# program. Chosen by the sweep in engine/benchmarks/scan.py (--sweep) on an H200 at (32, 8192, 512, 16).
-FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 8, 8, 1
+# program. The fastest forward and fastest forward+backward of the sweep in engine/benchmarks/scan.py (--sweep) on an
+# H200 at (32, 8192, 512, 16) (figures in the module docstring of engine/benchmarks/scan.py).
+FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 8, 16, 1
 BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 8, 8, 1
+# One program per (batch, channel block) leaves SMs idle when batch x channels is small (8 x 128: 64 programs for
+# 132 SMs): the block then shrinks until there are at least this many programs per SM (or the block is 2 channels).
+MIN_PROGRAMS_PER_SM = 4
 BWD_ATOMIC = True  # dB, dC across channel blocks: atomics (True) or per-block partial sums added after the kernel
 
 
@@ -302,10 +308,20 @@ def _scan_bwd_kernel(
         tl.store(gD_ptr + pid_b * D + d, grad_D)
 
 
-def _channel_block(per_group: int, block: int) -> int:
-    """Largest power of two <= block dividing the group width, so that a block reads one group's B and C."""
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _channel_block(per_group: int, block: int, sequences: int, device: torch.device) -> int:
+    """Largest power of two <= block dividing the group width (a block reads one group's B and C), made smaller
+    while there are fewer than MIN_PROGRAMS_PER_SM programs per SM for the batch x channels `sequences`."""
     while per_group % block:
         block //= 2
+    if device.type == "cuda":
+        wanted = MIN_PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else 0)
+        while block > 2 and sequences // block < wanted:
+            block //= 2
     return block
 
 
@@ -318,7 +334,7 @@ class _Geometry:
         self.per_group = self.channels // self.groups
         self.state_pad = triton.next_power_of_2(self.state)
         self.chunk = chunk
-        self.block = _channel_block(self.per_group, block)
+        self.block = _channel_block(self.per_group, block, self.batch * self.channels, u.device)
         self.n_chunks = triton.cdiv(self.length, chunk)
         self.grid = (self.channels // self.block, self.batch)
 
