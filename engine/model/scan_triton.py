@@ -35,9 +35,9 @@ from torch import Tensor
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
-# Tile sizes (the defaults of `Config`): CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per
-# program. The fastest forward and fastest forward+backward of the sweep in engine/benchmarks/scan.py (--sweep) on an
-# H200 at (32, 8192, 512, 16) (figures in the module docstring of engine/benchmarks/scan.py).
+# Tile sizes: CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per program, and warps per program:
+# the fastest forward and the fastest forward+backward of `python -m engine.benchmarks.scan --sweep` on an H200 at
+# (32, 8192, 512, 16) (2026-12-03: forward 1.34 ms, forward+backward 13.7 ms; 2 warps or blocks of 4 were slower).
 FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 8, 16, 1
 BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 8, 8, 1
 # One program per (batch, channel block) leaves SMs idle when batch x channels is small (8 x 128: 64 programs for
