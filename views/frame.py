@@ -94,7 +94,8 @@ def load_pinned_default(runs_marker: str) -> str | None:
 
 @st.cache_resource(show_spinner=False)
 def load_device_label() -> str:
-    from engine.runtime import device_label  # imports torch: only where a page runs a model or asks for the device
+    # imports torch: only where a page runs a model or asks for the device
+    from engine.runtime import device_label
 
     return device_label()
 

@@ -736,7 +736,8 @@ def expected_weights(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def _expected_weights(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     import torch
 
-    from engine.model.peers import build_model  # the model's modules: only when weights are checked
+    # the model's modules: only when weights are checked
+    from engine.model.peers import build_model
 
     config = ModelConfig.from_dict(json.loads(config_json))
     small = config.estimated_parameters() <= CPU_SHAPE_BUILD_PARAMETERS
