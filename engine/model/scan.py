@@ -85,7 +85,7 @@ def selective_scan_reference(
     dtype = scan_dtype(u, delta, A, B, C)
     with torch.autocast(device_type=u.device.type, enabled=False):
         u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
-        batch, length, channels = u.shape
+        batch, _, channels = u.shape
         state = A.shape[1]
         B_full = expand_groups(B, channels)  # (batch, L, D, N)
         C_full = expand_groups(C, channels)
