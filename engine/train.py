@@ -48,12 +48,16 @@ from engine.training.distributed import (
     shutdown,
 )
 from engine.training.peer_presets import PRESETS, apply_preset
-from engine.training.presets import demo_config
+from engine.training.presets import demo_config, general_config
+
+# --recipe: the general recipe (chosen on the planted family's validation members) is what every run gets, the
+# shipped demo checkpoint included; "demo" is the recipe tuned on the demo market alone, kept for comparison
+RECIPES = {"general": general_config, "demo": demo_config}
 from engine.training.progress import ConsoleProgressBar
 from engine.training.run import run_training
 from engine.training.settings import on_training_span
 
-# command-line name -> TrainConfig field; every one defaults to the base config (demo_config for --demo)
+# command-line name -> TrainConfig field; every one defaults to the base config (the --recipe's)
 CONFIG_OPTIONS = {
     "folds": "n_folds", "mode": "fold_mode", "min_train": "min_train", "val_size": "val_size",
     "test_size": "test_size", "epochs": "max_epochs", "patience": "patience", "lr": "lr",
@@ -75,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("training")
     run.add_argument("--preset", choices=tuple(PRESETS), default="hybrid",
                      help="the model: the hybrid, or a peer trained by the same recipe (engine/training/peer_presets.py)")
+    run.add_argument("--recipe", choices=tuple(RECIPES), default="general",
+                     help="general (default): the recipe chosen on the planted family, for any data and the demo "
+                          "checkpoint; demo: the one tuned on the demo market alone (for comparison)")
     run.add_argument("--folds", type=int)
     run.add_argument("--mode", choices=("expanding", "rolling"))
     run.add_argument("--min-train", type=int, help="rows in the first training span")
@@ -107,13 +114,14 @@ def config_from_args(args: argparse.Namespace, loaded=None) -> TrainConfig:
     """The base config, with every option given on the command line applied. The base: the tuned demo config for
     --demo; for cached data the folds sized to the panel's length, as the app's Model page does
     (engine.training.settings.settings_for_panel)."""
+    recipe = RECIPES[getattr(args, "recipe", "general")]
     if args.demo:
-        base = demo_config(args.demo)
+        base = recipe(args.demo)
     elif loaded is not None:
         from engine.training.settings import settings_for_panel
 
         # sized to the assets' common span when their histories start too far apart for the full one
-        base = settings_for_panel(loaded.panel, loaded.interval, n_folds=args.folds or 3)
+        base = settings_for_panel(loaded.panel, loaded.interval, n_folds=args.folds or 3, recipe=recipe)
     else:
         base = TrainConfig()
     given = {field: getattr(args, option) for option, field in CONFIG_OPTIONS.items()

@@ -379,22 +379,21 @@ def skill_part(run_dir: Path, manifest: Manifest, loaded: LoadedPanel, settings:
 
     if scores is not None:
         note = "scores given"
+    elif loaded.fingerprint().content_hash != manifest.fingerprint.content_hash:
+        # the run's scores (stored or recomputed) are of the forecasts it made on the data it was trained on
+        span = f"{manifest.fingerprint.first_ts[:10]} .. {manifest.fingerprint.last_ts[:10]}"
+        note = (f"not scored: the data here is not the data the run was trained and scored on ({span}): run "
+                f"python -m engine.evaluate --run {run_dir} on that data")
     else:
         scores, why = stored_scores(run_dir, manifest)
         note = why
         if scores is None:
-            trained_on = manifest.fingerprint.content_hash
-            if loaded.fingerprint().content_hash == trained_on:
-                try:
-                    scores = evaluate_run(run_dir, loaded, write=False)
-                    note = (f"scored now on {loaded.label} against every baseline on the run's walk-forward test "
-                            f"spans ({why})")
-                except (CheckpointError, ValueError, OSError) as error:
-                    note = f"not scored: {why}, and scoring it now failed ({error})"
-            else:
-                span = f"{manifest.fingerprint.first_ts[:10]} .. {manifest.fingerprint.last_ts[:10]}"
-                note = (f"not scored: {why}, and the data here is not the data it was trained on ({span}): run "
-                        f"python -m engine.evaluate --run {run_dir} on that data")
+            try:
+                scores = evaluate_run(run_dir, loaded, write=False)
+                note = (f"scored now on {loaded.label} against every baseline on the run's walk-forward test "
+                        f"spans ({why})")
+            except (CheckpointError, ValueError, OSError) as error:
+                note = f"not scored: {why}, and scoring it now failed ({error})"
     method_words = "Holm-corrected" if settings.skill_method == "holm" else "Benjamini-Hochberg-corrected"
     if scores is None:
         return {"cells": [], "headlines": [], "note": note, "method_words": method_words}, None

@@ -1,4 +1,5 @@
-"""Named training recipes: the demo checkpoint's own recipe and a quick one for tests and trials.
+"""Named training recipes: the general one (every run, the shipped demo checkpoint included), the recipe tuned on
+the demo market alone (kept for comparison: `--recipe demo`), and a quick one for tests and trials.
 
 Experiment knobs live here, not in the config dataclasses (which say what a run is, not what worked once).
 """
@@ -15,7 +16,9 @@ from engine.training.config import TrainConfig, default_model_config
 
 
 def demo_config(interval: str = "1h") -> TrainConfig:
-    """The settings the demo checkpoint is trained with, tuned on the SYNTHETIC demo market (storage/sources/DEMO.md).
+    """The settings tuned on the SYNTHETIC demo market alone (storage/sources/DEMO.md); the demo checkpoint was
+    trained with them until the general recipe (below) replaced them. Kept as `--recipe demo` for comparison and as
+    the base the general recipe extends.
 
     Why these: one SSM layer, then the lead-lag attention straight into the heads (about 40k weights); a deeper
     stack fits the training span within an epoch or two and stops before the lead is learned. The volatility

@@ -46,14 +46,17 @@ from engine.model.config import MAX_D_MODEL, ModelConfig
 from engine.model.hybrid import HybridModel
 
 REPO = Path(__file__).resolve().parents[2]
+# The hostile manifests are edits of a real, fixed checkpoint: the demo as shipped before the general recipe
+# (format 1 on disk, sixteen features), so the expected messages do not move when the shipped demo is retrained
+FIXED_CHECKPOINT = REPO / "tests" / "fixtures" / "checkpoints" / "format1_demo_1h"
 
 
 def demo_manifest() -> dict:
-    return json.loads(published_files(DEMO_CHECKPOINT_DIR)[0].read_text())
+    return json.loads(published_files(FIXED_CHECKPOINT)[0].read_text())
 
 
 def demo_weights() -> dict[str, torch.Tensor]:
-    return load_file(str(published_files(DEMO_CHECKPOINT_DIR)[1]))
+    return load_file(str(published_files(FIXED_CHECKPOINT)[1]))
 
 
 def write_run(directory: Path, manifest: dict | str | bytes | None = None, weights=None) -> Path:
@@ -64,7 +67,7 @@ def write_run(directory: Path, manifest: dict | str | bytes | None = None, weigh
         manifest = json.dumps(manifest)
     (directory / MANIFEST_FILE).write_bytes(manifest.encode() if isinstance(manifest, str) else manifest)
     if weights is None:
-        shutil.copyfile(DEMO_CHECKPOINT_DIR / WEIGHTS_FILE, directory / WEIGHTS_FILE)
+        shutil.copyfile(FIXED_CHECKPOINT / WEIGHTS_FILE, directory / WEIGHTS_FILE)
     elif isinstance(weights, bytes):
         (directory / WEIGHTS_FILE).write_bytes(weights)
     else:
@@ -285,7 +288,7 @@ def test_weights_are_checked_tensor_by_tensor(name, tmp_path):
 @pytest.mark.parametrize("blob, message", [
     (b"", r"damaged or not a safetensors file"),
     (b"\x00" * 64, r"damaged or not a safetensors file"),
-    ((DEMO_CHECKPOINT_DIR / WEIGHTS_FILE).read_bytes()[:5000], r"damaged or not a safetensors file"),
+    ((FIXED_CHECKPOINT / WEIGHTS_FILE).read_bytes()[:5000], r"damaged or not a safetensors file"),
     (b"\x01" * (3 * 2**20), r"weights.safetensors is [\d,]+ bytes, more than the weights of the model its manifest "
                             r"describes can take"),
 ])

@@ -4,11 +4,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from engine.model.checkpoint import (
-    DEMO_CHECKPOINT_DIR,
     FORMAT_VERSION,
     MANIFEST_FILE,
     CheckpointError,
@@ -45,12 +45,16 @@ def format_1_manifest(**changes) -> dict:
             "training": {"config": training_config, "seconds": 1.0}, "format_version": 1, **changes}
 
 
-def test_the_shipped_demo_checkpoint_loads_as_written():
-    """assets/demo_checkpoint is format 1 on disk and stays so; it loads to the recipe it was trained with."""
-    on_disk = (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_bytes()
+FORMAT_1_DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "format1_demo_1h"
+
+
+def test_a_format_1_checkpoint_loads_as_written():
+    """The demo checkpoint as shipped until the general recipe (format 1 on disk, manifest and weights kept as a
+    fixture): it loads to the recipe it was trained with, and loading does not rewrite it."""
+    on_disk = (FORMAT_1_DEMO / MANIFEST_FILE).read_bytes()
     assert json.loads(on_disk)["format_version"] == 1
-    weights, manifest = load_checkpoint(DEMO_CHECKPOINT_DIR)
-    assert (DEMO_CHECKPOINT_DIR / MANIFEST_FILE).read_bytes() == on_disk, "loading must not rewrite the manifest"
+    weights, manifest = load_checkpoint(FORMAT_1_DEMO)
+    assert (FORMAT_1_DEMO / MANIFEST_FILE).read_bytes() == on_disk, "loading must not rewrite the manifest"
     assert manifest.format_version == FORMAT_VERSION
     recipe = demo_config("1h")
     assert ModelConfig.from_dict(manifest.model_config) == recipe.model

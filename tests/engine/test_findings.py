@@ -87,7 +87,9 @@ def test_the_planted_lead_is_among_the_lead_lag_pairs(planted):
         assert (follower, truth.leader, truth.lag_bars) in found
     strongest = planted["lead_lag"][0]
     assert (strongest["source"], strongest["lead_bars"], strongest["lead_time"]) == ("BTC", 3, "3h")
-    assert strongest["attention_agrees"] is True  # the shipped model attends there (recovery claim 1)
+    # The shipped model (general recipe) forecasts the lead through its linear skip path, and its attention does not
+    # single the lead out (recovery claim 1, measured in tests/engine/test_recovery.py and DEMO.md): said so
+    assert strongest["attention_agrees"] is False
 
 
 def test_on_the_null_demo_no_lead_lag_is_reported(null):
@@ -100,7 +102,7 @@ def test_on_the_null_demo_no_lead_lag_is_reported(null):
 def test_the_report_says_it_in_words(cache_dir, planted, null):
     code, text = run_command()
     assert code == 0
-    assert "BTC leads SPY by 3 bars (3h)" in text and "the model's attention agrees" in text
+    assert "BTC leads SPY by 3 bars (3h)" in text and "the model's attention does not point there" in text
     assert "Same-bar co-movement, not a lead: AAPL moves with SPY" in text
     assert any(f"{asset} 1-bar: " in text for asset in ("BTC", "SPY", "AAPL"))
     assert "one-sided Diebold-Mariano against the best baseline" in text

@@ -3,13 +3,13 @@ checkpoint runs on any panel that contains its fit span (more history before or 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from engine.diagnostics.bundle import compute_diagnostics
 from engine.diagnostics.for_run import run_on_panel
 from engine.model.checkpoint import (
-    DEMO_CHECKPOINT_DIR,
     FORMAT_VERSION,
     MANIFEST_FILE,
     CheckpointError,
@@ -96,8 +96,12 @@ def test_a_format_2_manifest_gets_its_fit_span_from_the_fold_that_fitted_the_sca
         run_on_panel(tmp_path, demo_panel("1d"))
 
 
-def test_the_shipped_demo_manifest_upgrades_to_the_span_of_its_last_fold():
-    on_disk = json.loads(published_files(DEMO_CHECKPOINT_DIR)[0].read_text())
+FORMAT_1_DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "format1_demo_1h"
+
+
+def test_a_format_1_demo_manifest_upgrades_to_the_span_of_its_last_fold():
+    """The demo as shipped before the general recipe (format 1 on disk, kept as a fixture)."""
+    on_disk = json.loads(published_files(FORMAT_1_DEMO)[0].read_text())
     upgraded = upgrade_manifest(on_disk)
     assert on_disk["format_version"] == 1 and "fit_span_utc" not in on_disk["training"]
     assert upgraded["training"]["fit_span_utc"] == ["2022-01-01 00:00:00+00:00", "2024-05-27 17:00:00+00:00"]
