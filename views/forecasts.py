@@ -159,9 +159,10 @@ else:
                                                                                   "horizon"]
                                                for symbol in selection.symbols}},
                 key="fc_scores", file_stem=f"forecasts-h{horizon}")
-    st.caption("Same walk-forward test spans for every forecaster; lower is better for every loss. The 'model vs "
-               "this' columns test the model against that row alone, one-sided in the direction observed, "
-               "Holm-corrected over the comparisons in this table.")
+    st.caption("Same walk-forward test spans for every forecaster; lower is better for every loss (hover a column's "
+               "title for what it measures). The last table tests the model against each row alone, one-sided in the "
+               "direction observed, Holm-corrected over its comparisons; an empty cell is no test (no such forecast, "
+               "or quantiles without a spread).")
 
 report_buttons("Forecasts", selection, tables=report_tables, settings={"horizon (bars)": horizon},
                verdicts=verdicts, key="fc_report")

@@ -150,3 +150,21 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+FULL_LENGTH_MAX_PX = 9_000
+
+
+def screenshot_full_length(page, name: str) -> Path:
+    """The whole page at the viewport's width: Streamlit scrolls inside its own container, so the page's
+    full_page screenshot holds one screen; the viewport is made as tall as the content (at most FULL_LENGTH_MAX_PX)
+    for the shot and put back after."""
+    viewport = page.viewport_size
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll('[data-testid="stMain"], section')]
+                                               .map(el => el.scrollHeight), document.body.scrollHeight)""")
+    page.set_viewport_size({"width": viewport["width"], "height": min(int(height) + 40, FULL_LENGTH_MAX_PX)})
+    page.wait_for_timeout(800)  # charts re-layout
+    try:
+        return screenshot(page, name)
+    finally:
+        page.set_viewport_size(viewport)

@@ -3,7 +3,8 @@ whose text is wider than its box while its overflow is hidden or ellipsised), no
 itself (a cut column), and no chart's title overlaps its legend, annotations or axis titles.
 
 Each page is opened once and then resized through the three viewports. Screenshots of every page at 1280x800 go to
-test-artifacts/screenshots/1280x800-<page>.png. A failure lists every problem as `viewport page: what (text)`.
+test-artifacts/screenshots/1280x800-<page>.png, and of the whole page at 1280 px wide to 1280-full-<page>.png. A
+failure lists every problem as `viewport page: what (text)`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.browser.conftest import (
     PAGE_TIMEOUT_MS,
     app_pages,
     screenshot,
+    screenshot_full_length,
     streamlit_server,
     wait_until_idle,
 )
@@ -96,6 +98,7 @@ def test_no_text_is_cut_or_overlapping_at_three_screen_sizes(browser, app_dirs):
             wait_until_idle(page)
             page.wait_for_timeout(800)  # charts finish their layout after the script run
             screenshot(page, f"1280x800-{url_path}")
+            screenshot_full_length(page, f"1280-full-{url_path}")
             for width, height in VIEWPORTS:
                 page.set_viewport_size({"width": width, "height": height})
                 page.wait_for_timeout(600)  # re-layout
