@@ -161,8 +161,8 @@ else:
                 key="fc_scores", file_stem=f"forecasts-h{horizon}")
     st.caption("Same walk-forward test spans for every forecaster; lower is better for every loss (hover a column's "
                "title for what it measures). The last table tests the model against each row alone, one-sided in the "
-               "direction observed, Holm-corrected over its comparisons; an empty cell is no test (no such forecast, "
-               "or quantiles without a spread).")
+               "direction observed, Holm-corrected over its comparisons; an empty cell: that forecaster makes no such "
+               "forecast.")
 
 report_buttons("Forecasts", selection, tables=report_tables, settings={"horizon (bars)": horizon},
                verdicts=verdicts, key="fc_report")
