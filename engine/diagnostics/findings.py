@@ -52,7 +52,7 @@ from engine.model.checkpoint import CheckpointError, Manifest, read_manifest
 from storage.panel import LoadedPanel
 
 PARTS: tuple[str, ...] = ("lead_lag", "forecast_skill", "regimes")
-FINDINGS_FORMAT = 2  # 2: regime entries carry lasting_p
+FINDINGS_FORMAT = 3  # 2: regime entries carry lasting_p; 3: regime claims need beyond-GARCH, lead path words
 FINDINGS_FOLDER = "findings"
 NO_LEAD_LAG = "No lead-lag found"
 ONE_REGIME = "one regime, or none distinct"
@@ -256,7 +256,10 @@ def _plain(value):
     return value
 
 
-def lead_lag_part(loaded: LoadedPanel, bundle: DiagnosticsBundle, settings: FindingsSettings) -> dict:
+def lead_lag_part(loaded: LoadedPanel, bundle: DiagnosticsBundle, settings: FindingsSettings,
+                  lead_path: bool = False) -> dict:
+    """lead_path: the run forecasts the mean through linear skip paths fitted on the leads this same test declares
+    on each fold's training rows (the general recipe); the words say so beside the attention's reading."""
     from engine.diagnostics.lead_lag_test import lead_lag_findings
 
     n_keys = bundle.lead_lag.shape[2]
@@ -276,6 +279,7 @@ def lead_lag_part(loaded: LoadedPanel, bundle: DiagnosticsBundle, settings: Find
             "p_value": _plain(row.p), "q_value": _plain(row.q), "n_bars": int(row.n),
             "attention_agrees": agrees, "attention_key_lag": key_lag_of_lead(lead),
             "attention_excess": None if note else _plain(agree.excess), "attention_note": note,
+            "lead_path": bool(lead_path),
         }
         pair["text"] = _lead_words(pair)
         pairs.append(pair)
@@ -306,9 +310,11 @@ def _lead_words(pair: dict) -> str:
     else:
         attention = (f"the model's attention does not point there (key lag {pair['attention_key_lag']}: not its "
                      "largest excess over the uninformed weight for this pair)")
+    path = ("; the model's linear lead path forecasts with the leads this test declares on each fold's training "
+            "rows" if pair.get("lead_path") else "")
     return (f"{pair['source']} leads {pair['target']} by {pair['lead_bars']} {bars}{when}: {pair['source']}'s return "
             f"{pair['lead_bars']} {bars} earlier predicts {pair['target']}'s (slope {pair['effect']:.3g}, corr "
-            f"{pair['corr']:.2f}, q {_q(pair['q_value'])}, {pair['n_bars']:,} bars); {attention}.")
+            f"{pair['corr']:.2f}, q {_q(pair['q_value'])}, {pair['n_bars']:,} bars); {attention}{path}.")
 
 
 def regimes_part(loaded: LoadedPanel, bundle: DiagnosticsBundle, settings: FindingsSettings) -> dict:
@@ -461,7 +467,8 @@ def findings_for_run(
 
         def compute(part=part):
             if part == "lead_lag":
-                return lead_lag_part(loaded, bundle, settings), None
+                skip = bool((manifest.model_config or {}).get("skip_paths"))
+                return lead_lag_part(loaded, bundle, settings, lead_path=skip), None
             if part == "regimes":
                 return regimes_part(loaded, bundle, settings), None
             return skill_part(run_dir, manifest, loaded, settings, scores)

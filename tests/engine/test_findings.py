@@ -103,6 +103,7 @@ def test_the_report_says_it_in_words(cache_dir, planted, null):
     code, text = run_command()
     assert code == 0
     assert "BTC leads SPY by 3 bars (3h)" in text and "the model's attention does not point there" in text
+    assert "the model's linear lead path forecasts with the leads this test declares" in text
     assert "Same-bar co-movement, not a lead: AAPL moves with SPY" in text
     assert any(f"{asset} 1-bar: " in text for asset in ("BTC", "SPY", "AAPL"))
     assert "one-sided Diebold-Mariano against the best baseline" in text
