@@ -118,6 +118,32 @@ def _load_bars(ptr, c, pid_b, d, L, D, T: tl.constexpr):
 
 
 @triton.jit
+def _program_setup(A_ptr, carry_ptr, bias_ptr, dskip_ptr, D, N, Dg,
+                   HAS_CARRY: tl.constexpr, FUSED: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
+    """This program's batch row and channels, A (NP, BD), the offsets of its (n, d) states in a (b, D, N) tensor, the
+    state coming in (carry_ptr's, else zeros) and, for the fused form, the dt bias and D skip of its channels."""
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    n = tl.arange(0, NP)
+    n_ok = n < N
+    g = (pid_d * BD) // Dg  # a channel block never straddles two groups (BD divides Dg)
+    nd = n[:, None] + d[None, :] * N  # (NP, BD) offsets into (D, N)
+    A = tl.load(A_ptr + nd, mask=n_ok[:, None], other=0.0)
+    state_off = pid_b * D * N + nd
+    if HAS_CARRY:
+        carry = tl.load(carry_ptr + state_off, mask=n_ok[:, None], other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros((NP, BD), dtype=tl.float32)
+    if FUSED:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+        dskip = tl.load(dskip_ptr + d).to(tl.float32)
+    else:
+        bias = tl.zeros((BD,), dtype=tl.float32)
+        dskip = bias
+    return pid_d, pid_b, d, n, n_ok, g, nd, A, state_off, carry, bias, dskip
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, last_ptr, states_ptr, bounds_ptr,
     bias_ptr, dskip_ptr, z_ptr, mask_ptr, lo, hi,
@@ -128,25 +154,10 @@ def _scan_fwd_kernel(
 ):
     # Tiles are (T, NP, BD): the channels on the fastest axis, so that a warp's lanes split the channels first and
     # each thread keeps several states of its channel (the readout's sum over n stays mostly in registers).
-    pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rows = tl.arange(0, T)
-    d = pid_d * BD + tl.arange(0, BD)  # (BD,)
-    n = tl.arange(0, NP)
-    n_ok = n < N
-    g = (pid_d * BD) // Dg  # a channel block never straddles two groups (BD divides Dg)
-    nd = n[:, None] + d[None, :] * N  # (NP, BD) offsets into (D, N)
-    A2 = tl.load(A_ptr + nd, mask=n_ok[:, None], other=0.0) * LOG2E
-    state_off = pid_b * D * N + nd
-    if HAS_H0:
-        carry = tl.load(h0_ptr + state_off, mask=n_ok[:, None], other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros((NP, BD), dtype=tl.float32)
-    if FUSED:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-        dskip = tl.load(dskip_ptr + d).to(tl.float32)
-    else:
-        bias = tl.zeros((BD,), dtype=tl.float32)
-        dskip = bias
+    _, pid_b, d, n, n_ok, g, nd, A, state_off, carry, bias, dskip = _program_setup(
+        A_ptr, h0_ptr, bias_ptr, dskip_ptr, D, N, Dg, HAS_H0, FUSED, BD, NP)
+    A2 = A * LOG2E
     delta, _, u, B, C = _load_chunk(0, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi,
                                     L, D, G, N, FUSED, HAS_MASK, T)
     if FUSED:
@@ -192,28 +203,12 @@ def _scan_bwd_kernel(
     FUSED: tl.constexpr, HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
     T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
 ):
-    pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rows = tl.arange(0, T)
-    d = pid_d * BD + tl.arange(0, BD)
-    n = tl.arange(0, NP)
-    n_ok = n < N
-    g = (pid_d * BD) // Dg
-    nd = n[:, None] + d[None, :] * N  # (NP, BD)
-    A = tl.load(A_ptr + nd, mask=n_ok[:, None], other=0.0)
-    A2 = A * LOG2E
-    state_off = pid_b * D * N + nd
     # carry: dLoss/dh at the last bar of the chunk being walked, from everything after it (last_state's gradient
     # enters as the gradient from after the last chunk).
-    if HAS_GLAST:
-        carry = tl.load(glast_ptr + state_off, mask=n_ok[:, None], other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros((NP, BD), dtype=tl.float32)
-    if FUSED:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-        dskip = tl.load(dskip_ptr + d).to(tl.float32)
-    else:
-        bias = tl.zeros((BD,), dtype=tl.float32)
-        dskip = bias
+    pid_d, pid_b, d, n, n_ok, g, nd, A, state_off, carry, bias, dskip = _program_setup(
+        A_ptr, glast_ptr, bias_ptr, dskip_ptr, D, N, Dg, HAS_GLAST, FUSED, BD, NP)
+    A2 = A * LOG2E
     grad_A = tl.zeros((NP, BD), dtype=tl.float32)
     grad_D = tl.zeros((BD,), dtype=tl.float32)
     ones = tl.full((T, NP, BD), 1.0, tl.float32)
