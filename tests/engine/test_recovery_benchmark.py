@@ -11,6 +11,7 @@ from engine.benchmarks.recovery import (
     MemberJob,
     forecastable_oracle,
     members,
+    null_lead_row,
     run_member,
     summarise,
 )
@@ -62,6 +63,12 @@ def test_totals_pass_only_when_every_target_is_met():
     moves = table["look-back moves with the memory the data rewards (share of such assets)"]
     assert moves["value"] == 0.5 and moves["n"] == 2 and moves["pass"] == "FAIL"
     assert table["look-back differs where no memory is rewarded (share of such assets; reported)"]["value"] == 1.0
+
+
+def test_the_model_free_null_lead_rate_passes_at_the_nominal_rate_only():
+    assert null_lead_row({"hits": 6, "n": 120})["pass"] == "pass"  # measured on 120 null members: 6
+    assert null_lead_row({"hits": 20, "n": 120})["pass"] == "FAIL"
+    assert null_lead_row({"hits": 0, "n": 0})["pass"] == "FAIL"
 
 
 def test_members_cover_every_kind_and_come_from_one_split():
