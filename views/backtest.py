@@ -265,8 +265,9 @@ def strategy_view() -> None:
     zone = selection.zone  # the sidebar's "Time zone of tables"; times are kept in UTC
     drawdowns = charts.drawdowns_table(sheet, zone)
     st.markdown(f"**Worst drawdowns** (times in {zone})")
-    st.table(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing="")
-             .format({"length (bars)": "{:,}"}).hide(axis="index"))
+    # one format call (red_losses' formats): a second Styler.format reset the depth's percentages to raw decimals
+    st.table(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing="",
+                        formats={"length (bars)": "{:,}"}).hide(axis="index"))
     st.caption("Start: the first bar under the running peak of equity; trough: its lowest bar; recovery: the first "
                "bar back at the peak. Length: bars (and time) from the start to the recovery, or to the last bar.")
 

@@ -69,6 +69,18 @@ def test_benchmark_values_carry_no_arrow_and_the_tearsheet_and_trades_follow_the
     assert not page.exception, page.exception
     columns = [list(frame.value.columns) for frame in list(page.dataframe) + list(page.table)]
     assert any("entry (America/New_York)" in c for c in columns) and any("start (America/New_York)" in c for c in columns)
+    # the worst drawdowns' depths are shown as percentages (a second Styler.format call once reset them to decimals)
+    drawdowns = next(table for table in page.table if "depth" in table.value.columns)
+    shown = displayed(drawdowns)
+    assert len(shown) and all(text.endswith("%") and text.startswith(("-", "−", "+0.00")) for text in shown), shown
+
+
+def displayed(table, column: str = "depth") -> list[str]:
+    """The texts a styled st.table shows in `column` (AppTest's .value holds the numbers before formatting)."""
+    import pyarrow as pa
+
+    values = pa.ipc.open_stream(table.proto.arrow_data.styler.display_values).read_all().to_pandas()
+    return [str(text) for text in values[column] if str(text) not in ("", "None", "nan")]
 
 
 def dsr_trials(at) -> int:
