@@ -10,8 +10,10 @@ import pytest
 from engine.benchmarks.recovery import (
     MemberJob,
     forecastable_oracle,
+    lead_regressors,
     members,
     null_lead_row,
+    ols_ceiling,
     run_member,
     summarise,
 )
@@ -33,6 +35,28 @@ def test_the_oracle_is_the_truths_conditional_mean_inside_a_session_and_less_acr
         across = ~inside
         assert np.abs(oracle[across]).mean() < np.abs(truth.oracle_mean[asset, ends[across]]).mean()
     assert not forecastable_oracle(truth, panel, np.array([5]), np.array([4]), 0).any(), "C0 is led by nothing"
+    # before the lag has passed there is no source return to know (a slice to a negative row once summed them all)
+    assert not forecastable_oracle(truth, panel, np.array([1, 2]), np.array([0, 1]), 2).any()
+
+
+def test_the_ols_ceiling_regresses_on_the_planted_sources_per_fold():
+    member = family_member(1000014, "lead+memory", "1h", 2000, n_assets=3)  # C0 leads E1 by 3 rows, E0 by 6
+    truth, panel = member.truth, member.panel
+    targets = compute_targets(panel, (1,))
+    asset = 2
+    rows = np.flatnonzero(targets.valid[asset, :, 0])
+    ends = targets.end_row[asset, rows, 0]
+    x = lead_regressors(truth, panel, ends, rows, asset)
+    lead = next(lead for lead in truth.leads if lead.target == truth.assets[asset])
+    assert x.shape == (len(rows), 1)
+    np.testing.assert_allclose(x[:, 0] * lead.beta, forecastable_oracle(truth, panel, ends, rows, asset))
+    assert lead_regressors(truth, panel, ends[:5], rows[:5], 0).shape == (5, 0)  # C0 is led by nothing
+    # fitted on the rows before each test fold, OLS finds the planted beta and forecasts nothing off the folds
+    y = x[:, 0] * lead.beta + 1e-6 * np.random.default_rng(0).standard_normal(len(rows))
+    fold = np.where(rows >= rows[len(rows) // 2], 0, -1)
+    fitted = ols_ceiling(x, y, np.ones(len(rows)), rows, fold)
+    assert np.isnan(fitted[fold < 0]).all()
+    np.testing.assert_allclose(fitted[fold == 0], x[fold == 0, 0] * lead.beta, atol=1e-6)
 
 
 def _result(kind, **extra):
@@ -44,7 +68,8 @@ def _result(kind, **extra):
 
 def test_totals_pass_only_when_every_target_is_met():
     good = [_result("lead", leads=[["C1", "C0", 2]], lead_found=[True],
-                    oracle={"C1": {"share": 0.9, "share_raw": 0.9, "model_rel": 0.9, "oracle_rel": 0.89}}),
+                    oracle={"C1": {"share": 0.9, "share_raw": 0.9, "model_rel": 0.9, "oracle_rel": 0.89,
+                                   "share_ols": 1.0}}),
             _result("regimes", ari={"C0": {"claim": 0.5, "page": 0.4, "hmm": 0.3}}),
             _result("memory", memory={"C0": {"rewarded": True, "moves": True, "lookback_differs": True},
                                       "C1": {"rewarded": False, "moves": False, "lookback_differs": True}}),
