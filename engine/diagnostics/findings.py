@@ -481,9 +481,8 @@ def findings_for_run(
 
 
 def _scores_file_digest(run_dir: Path) -> str:
-    from engine.evaluation.run_scores import SCORES_JSON
-
-    path = run_dir / SCORES_JSON
+    # engine.evaluation.run_scores.SCORES_JSON, named here: importing that module loads scipy (1.8 s at every app start)
+    path = run_dir / "scores.json"
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else "none"
     except OSError:
