@@ -106,7 +106,8 @@ def half_mass_lags(
     picked = open_rows[np.unique(np.linspace(0, len(open_rows) - 1, min(n_points, len(open_rows))).round()
                                  .astype(int))]
     # Rows before the data's start are closed rows (mask False: no step, no weight), so a bar near the start is
-    # traced over the history it has
+    # traced over the history it has; no window is longer than the history of the latest bar traced
+    window = int(min(window, picked.max() + 1))
     pad = window - 1
     n_assets, _, n_features = features.values.shape
     values = np.concatenate([np.zeros((n_assets, pad, n_features), dtype=features.values.dtype), features.values],
