@@ -5,6 +5,7 @@ app's pages state (engine.diagnostics.findings.findings_for_run).
     python -m engine.findings --demo null                       # the same checkpoint on the demo's null variant
     python -m engine.findings --run data/runs/run-... --db data/bars.duckdb --symbols BTC SPY AAPL --interval 1d
     python -m engine.findings --json                            # {"lead_lag": [...], "forecast_skill": [...], "regimes": {...}}
+    python -m engine.findings --run assets/demo_checkpoint --ship  # store them with the run (the shipped demo's)
 
 Without data options the panel is the demo a demo run was trained on (engine.evaluate.panel_for_run). The findings
 are cached beside the diagnostics ($REGIME_DIAGNOSTICS, default data/diagnostics), so the app and this command
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run on this variant of the demo market (the run's symbols and interval) instead")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument("--no-cache", action="store_true", help="compute afresh; store nothing")
+    parser.add_argument("--ship", action="store_true",
+                        help="also store the findings with the run (RUN/findings/), for the data it was trained on: "
+                             "readers with the same key (the app's first start on the demo) take them from there")
     return parser
 
 
@@ -50,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             loaded = demo_panel(manifest.fingerprint.interval, args.demo, symbols=tuple(manifest.fingerprint.symbols))
         else:
             loaded = panel_for_run(manifest)
-        findings = findings_for_run(args.run, loaded, use_cache=not args.no_cache)
+        if args.ship and args.no_cache:
+            raise ValueError("--ship stores the findings: leave out --no-cache")
+        findings = findings_for_run(args.run, loaded, use_cache=not args.no_cache, ship=args.ship)
     except (CheckpointError, ValueError) as error:
         print(f"findings: {error}", file=sys.stderr)
         return 2

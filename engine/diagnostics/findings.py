@@ -54,6 +54,10 @@ from storage.panel import LoadedPanel
 PARTS: tuple[str, ...] = ("lead_lag", "forecast_skill", "regimes")
 FINDINGS_FORMAT = 3  # 2: regime entries carry lasting_p; 3: regime claims need beyond-GARCH, lead path words
 FINDINGS_FOLDER = "findings"
+# A run may carry its own findings on the data it was trained on (RUN/findings/, written by
+# `python -m engine.findings --ship`): read when an entry's key matches exactly, so the app's first start on the
+# demo does not compute what the shipped checkpoint already knows. Read-only; the user's cache gets a copy.
+SHIPPED_FOLDER = "findings"
 NO_LEAD_LAG = "No lead-lag found"
 ONE_REGIME = "one regime, or none distinct"
 # the clusters differ in volatility, but no more than one-regime clustering (a GARCH) predicts: no regime claimed
@@ -428,12 +432,15 @@ def findings_for_run(
     settings: FindingsSettings = FindingsSettings(),
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    ship: bool = False,
 ) -> Findings:
     """The findings of checkpoint `run_dir` on `loaded` (see the module docstring for each part).
 
     bundle: the run's diagnostics on `loaded` (computed, or read from the diagnostics cache, when None). scores: a
     long score table to take the skill verdicts from instead of the run's own. Each part is read from the findings
-    cache when its entry is sound, else computed and stored (use_cache False: computed, nothing stored)."""
+    cache when its entry is sound, else from the run's own shipped entry (RUN/findings/) when its key matches, else
+    computed and stored (use_cache False: computed, nothing stored). ship: also store each part in RUN/findings/
+    (only on the data the run was trained on: python -m engine.findings --ship)."""
     from engine.diagnostics.cache import resolve_cache_dir
 
     unknown = [p for p in parts if p not in PARTS]
@@ -448,6 +455,10 @@ def findings_for_run(
     if tuple(bundle.symbols) != tuple(loaded.symbols):
         raise ValueError(f"the diagnostics are of {list(bundle.symbols)}, the panel of {list(loaded.symbols)}")
     data_hash = loaded.fingerprint().content_hash
+    if ship and data_hash != manifest.fingerprint.content_hash:
+        raise ValueError(f"findings are shipped with run {manifest.run_id} only on the data it was trained on "
+                         f"({manifest.fingerprint.first_ts[:10]} .. {manifest.fingerprint.last_ts[:10]}), not "
+                         f"on {loaded.label}")
     root = resolve_cache_dir(cache_dir) / FINDINGS_FOLDER
     computed: dict[str, dict] = {}
     table = None
@@ -473,7 +484,8 @@ def findings_for_run(
                 return regimes_part(loaded, bundle, settings), None
             return skill_part(run_dir, manifest, loaded, settings, scores)
 
-        payload, part_table = (_cached(root, key, compute) if use_part_cache else compute())
+        shipped = run_dir / SHIPPED_FOLDER
+        payload, part_table = (_cached(root, key, compute, shipped, ship) if use_part_cache else compute())
         computed[part] = payload
         if part == "forecast_skill":
             table = part_table
@@ -495,34 +507,52 @@ def _entry_name(key: dict) -> str:
     return f"{safe_run}-{key['data_hash']}-{key['part']}-{digest}.json"
 
 
-def _cached(root: Path, key: dict, compute) -> tuple[dict, pd.DataFrame | None]:
-    """The part from its cache entry if the entry parses and carries this key, else computed now and stored (one
-    writer at a time per entry; written to a temporary file and renamed, so a reader never sees half of one)."""
+def _read_entry(path: Path, key: dict) -> tuple[dict, pd.DataFrame | None] | None:
+    """(payload, table) of the entry at `path` when it parses and carries exactly this key, else None."""
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("key") == json.loads(json.dumps(key)):
+            table = stored.get("table")
+            return stored["payload"], None if table is None else pd.DataFrame.from_records(table)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # missing, unreadable or made for something else
+    return None
+
+
+def _write_entry(folder: Path, name: str, text: str) -> None:
+    """Written to a temporary file and renamed, so a reader never sees half of an entry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(staging, folder / name)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def _cached(root: Path, key: dict, compute, shipped: Path | None = None, ship: bool = False
+            ) -> tuple[dict, pd.DataFrame | None]:
+    """The part from its cache entry if the entry parses and carries this key, else from the run's shipped entry
+    (`shipped`, read-only) when that one does, else computed now; stored in the cache either way (one writer at a
+    time per entry), and also in `shipped` when `ship`."""
     from filelock import FileLock
 
     root.mkdir(parents=True, exist_ok=True)
     name = _entry_name(key)
-    path = root / name
     with FileLock(str(root / (name + ".lock")), timeout=900):
-        try:
-            stored = json.loads(path.read_text())
-            if stored.get("key") == json.loads(json.dumps(key)):
-                table = stored.get("table")
-                return stored["payload"], None if table is None else pd.DataFrame.from_records(table)
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # missing, unreadable or made for something else: computed again below
-        payload, table = compute()
+        found = _read_entry(root / name, key)
+        if found is not None and not ship:
+            return found
+        found = found or (None if shipped is None or ship else _read_entry(shipped / name, key))
+        payload, table = found if found is not None else compute()
         records = None if table is None else [{k: _plain(v) for k, v in row.items()}
                                               for row in table.to_dict(orient="records")]
         text = json.dumps({"key": key, "payload": payload, "table": records}, allow_nan=False)
-        handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=root)
-        try:
-            with os.fdopen(handle, "w") as out:
-                out.write(text)
-            os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
+        _write_entry(root, name, text)
+        if ship and shipped is not None:
+            _write_entry(shipped, name, text)
     return payload, table
 
 

@@ -44,7 +44,7 @@ def run_command(*argv: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def planted(cache_dir) -> dict:
-    code, text = run_command("--json")
+    code, text = run_command("--json", "--no-cache")  # computed: not the findings shipped with the checkpoint
     assert code == 0, text
     return json.loads(text)
 
@@ -54,6 +54,29 @@ def null(cache_dir) -> dict:
     code, text = run_command("--demo", "null", "--json")
     assert code == 0, text
     return json.loads(text)
+
+
+def test_the_findings_shipped_with_the_demo_are_what_the_code_computes_now(planted, cache_dir, monkeypatch):
+    """A fresh findings cache takes all three parts from assets/demo_checkpoint/findings/ (the app's first start
+    computes none of them), and they equal a fresh computation: a stale shipped entry fails here. Re-ship with
+    python -m engine.findings --run assets/demo_checkpoint --ship."""
+    from engine.diagnostics import findings as module
+    from engine.evaluate import panel_for_run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed instead of read from the shipped findings")
+
+    for name in ("lead_lag_part", "regimes_part", "skill_part"):
+        monkeypatch.setattr(module, name, refuse)
+    assert not (cache_dir / "findings").exists() or not any((cache_dir / "findings").glob("*.json"))
+    shipped = findings_for_run(DEMO_CHECKPOINT_DIR, panel_for_run(read_manifest(DEMO_CHECKPOINT_DIR)))
+    assert json.loads(json.dumps(shipped.to_json(), allow_nan=False)) == planted
+    assert len(list((cache_dir / "findings").glob("*.json"))) == 3  # copied into the user's cache
+
+
+def test_findings_are_shipped_only_on_the_data_the_run_was_trained_on(cache_dir):
+    code = main(["--demo", "null", "--ship"])
+    assert code == 2
 
 
 def test_the_json_has_exactly_three_parts_with_typed_entries(planted):
