@@ -542,15 +542,16 @@ def _cached(root: Path, key: dict, compute, shipped: Path | None = None, ship: b
     root.mkdir(parents=True, exist_ok=True)
     name = _entry_name(key)
     with FileLock(str(root / (name + ".lock")), timeout=900):
-        found = _read_entry(root / name, key)
-        if found is not None and not ship:
-            return found
-        found = found or (None if shipped is None or ship else _read_entry(shipped / name, key))
-        payload, table = found if found is not None else compute()
+        cached = _read_entry(root / name, key)
+        if cached is not None and not ship:
+            return cached
+        from_run = None if ship or shipped is None else _read_entry(shipped / name, key)
+        payload, table = cached or from_run or compute()
         records = None if table is None else [{k: _plain(v) for k, v in row.items()}
                                               for row in table.to_dict(orient="records")]
         text = json.dumps({"key": key, "payload": payload, "table": records}, allow_nan=False)
-        _write_entry(root, name, text)
+        if cached is None:
+            _write_entry(root, name, text)
         if ship and shipped is not None:
             _write_entry(shipped, name, text)
     return payload, table

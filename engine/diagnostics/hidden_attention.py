@@ -74,8 +74,12 @@ def half_mass_lag(frame: pd.DataFrame) -> float:
     weight = frame["weight"].to_numpy(dtype=float)
     if not weight.sum() > 0:
         return float("nan")
-    reach = int(np.argmax(np.cumsum(weight) >= 0.5 * weight.sum()))
-    return float(frame["own_lag"].iloc[reach])
+    return float(frame["own_lag"].iloc[int(_half_reach(weight[None])[0])])
+
+
+def _half_reach(newest_first: np.ndarray) -> np.ndarray:
+    """(b, W) weights, newest first -> (b,) the first position by which half of each row's weight is reached."""
+    return np.argmax(np.cumsum(newest_first, axis=1) >= 0.5 * newest_first.sum(axis=1, keepdims=True), axis=1)
 
 
 def half_mass_lags(
@@ -127,8 +131,7 @@ def half_mass_lags(
             with torch.no_grad():
                 weight = model.implicit_attention(x, mask, asset, window - 1, reduce=True).double().cpu().numpy()
             newest_first = weight[:, ::-1] * mask_np[:, asset, ::-1]  # (b, W) closed rows weigh 0 anyway
-            share = np.cumsum(newest_first, axis=1) / np.maximum(newest_first.sum(axis=1, keepdims=True), 1e-300)
-            reach = np.argmax(share >= 0.5, axis=1)  # rows back to the half of the weight
+            reach = _half_reach(newest_first)  # rows back to the half of the weight
             own_before = np.cumsum(mask_np[:, asset, ::-1], axis=1) - 1  # own bars back at each row back
             lags[start: start + len(at)] = own_before[np.arange(len(at)), reach]
     finally:
