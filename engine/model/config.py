@@ -45,10 +45,10 @@ INFERENCE_CHUNK_BARS = 2048  # engine.model.inference.InferenceConfig.chunk_size
 SCAN_MIN_CHUNK_BARS = 16  # engine.model.scan: its state buffers hold at least this many bars
 
 _INT_FIELDS = ("n_assets", "n_features", "d_model", "d_state", "expand", "d_conv", "dt_rank", "n_heads", "max_lag",
-               "lead_features")
+               "lead_features", "span_feature")
 _FLOAT_FIELDS = ("dt_min", "dt_max", "dt_clamp_min", "dt_clamp_max", "dropout")
 _BOOL_FIELDS = ("shared_ssm", "point_head", "lead_path", "skip_paths")
-_OPTIONAL_FIELDS = ("dt_rank", "lead_features")
+_OPTIONAL_FIELDS = ("dt_rank", "lead_features", "span_feature")
 
 
 def _is_int(value: Any) -> bool:
@@ -115,6 +115,11 @@ class ModelConfig:
     # QLIKE fit, the GARCH-like recursion the volatility forecast starts from. False: no skip paths (old runs).
     skip_paths: bool = False
     vol_skip_features: tuple[int, ...] = ()
+    # The input feature (an index, one of vol_skip_features) that predicts how many rows the asset's next bar will
+    # span: next_gap_log, learnt causally from the session calendar. Across a close an equity's next return takes
+    # in the leader's moves over every closed row, so the mean skip's lags beyond the horizon count on the bars
+    # before a gap (engine.model.heads.SkipPaths' span-gated weights). None: no gating (runs made before it).
+    span_feature: int | None = None
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep tuples so configs compare equal after a round trip. Types are checked first,
@@ -190,6 +195,9 @@ class ModelConfig:
             fail("skip_paths read the sources' last bars through the lead path: set lead_path=True")
         if any(not 0 <= i < self.n_features for i in self.vol_skip_features):
             fail(f"vol_skip_features must index the {self.n_features} input features, got {self.vol_skip_features}")
+        if self.span_feature is not None and (not self.skip_paths or self.span_feature not in self.vol_skip_features):
+            fail(f"span_feature {self.span_feature} gates the mean skip path on one of the asset's own skip inputs: "
+                 f"set skip_paths=True and list it in vol_skip_features {self.vol_skip_features}")
         if self.lead_path and "attn" not in self.layer_pattern:
             fail(f"lead_path reads the first attention layer, but layer_pattern {self.layer_pattern} has none "
                  "(add an 'attn' layer, or set lead_path=False)")

@@ -127,9 +127,13 @@ class SkipPaths(nn.Module):
 
     mean:  per target asset and horizon, a linear map of every source's ret_1 at lags 0..K (a ridge regression:
            the lead-lag a least-squares fit finds), added to every quantile and the mean, in raw return units.
+           With ModelConfig.span_feature, more weights count only on the bars before a gap: a source leading by L
+           bars moves a 1-bar return that spans S rows through its lags L-S..L-1, so lag k < L - 1 counts when the
+           next bar is predicted to span at least L - k rows. span_weight[..., g] applies where the span feature is
+           at least span_threshold[:, g], the fitted cut for "spans at least g + 2 rows" (never: +inf).
     vol:   per asset and horizon, a linear map of the asset's own volatility-skip features plus a constant, added
            to the log volatility (a QLIKE fit with a log link, like a HAR or GARCH recursion in logs).
-    Both start at zero: a model whose skips were never fitted forecasts as it would without them."""
+    All start at zero: a model whose skips were never fitted forecasts as it would without them."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -138,10 +142,21 @@ class SkipPaths(nn.Module):
         self.register_buffer("mean_weight", torch.zeros(A, self.n_lagged, H))  # (A_tgt, A_src * (K+1), H)
         self.register_buffer("vol_weight", torch.zeros(A, len(config.vol_skip_features), H))  # (A, V, H)
         self.register_buffer("vol_bias", torch.zeros(A, H))  # (A, H)
+        # the span feature's place among the own inputs; G = K cuts: spans of at least 2 .. K+1 rows
+        self.span_position = None if config.span_feature is None else \
+            list(config.vol_skip_features).index(config.span_feature)
+        if self.span_position is not None:
+            self.register_buffer("span_weight", torch.zeros(A, self.n_lagged, H, K))  # (A_tgt, A_src * (K+1), H, G)
+            self.register_buffer("span_threshold", torch.full((A, K), float("inf")))  # (A, G) on the feature's scale
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """inputs (..., A, A_src * (K+1) + V) -> (mean shift (..., A, H), log-vol shift (..., A, H))."""
         lagged, own = inputs[..., : self.n_lagged], inputs[..., self.n_lagged:]
         mean = torch.einsum("...ai,aih->...ah", lagged, self.mean_weight.to(lagged.dtype))
+        if self.span_position is not None:
+            span = own[..., self.span_position]  # (..., A)
+            reached = (span.unsqueeze(-1) >= self.span_threshold).to(lagged.dtype)  # (..., A, G)
+            gated = torch.einsum("...ai,aihg->...ahg", lagged, self.span_weight.to(lagged.dtype))  # (..., A, H, G)
+            mean = mean + (gated * reached.unsqueeze(-2)).sum(-1)
         vol = torch.einsum("...av,avh->...ah", own, self.vol_weight.to(own.dtype)) + self.vol_bias.to(own.dtype)
         return mean, vol

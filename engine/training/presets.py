@@ -67,6 +67,8 @@ def general_config(interval: str = "1h") -> TrainConfig:
         close carries the overnight move; unscaled, it dominated the volatility inputs, the regimes and the fits.
       - linear skip paths to the heads, fitted in closed form per fold (engine.training.skip_fit): a ridge lead-lag
         regression for the mean and a log-link QLIKE fit for the volatility; the network learns the residual.
+        Across a close an equity's next return takes in the leader's moves over every closed row, so the mean
+        skip's earlier lags count on the bars the calendar says come before a gap (ModelConfig.span_feature).
       - the starting point competes in early stopping (validate_start), so a fold never ends worse on its
         validation span than the statistical fits it starts from; and per asset and horizon the network's part of
         the centre forecast is kept only where it lowers the validation MSE (gate_centre);
@@ -76,7 +78,8 @@ def general_config(interval: str = "1h") -> TrainConfig:
     names = FEATURE_NAMES + GAP_FEATURE_NAMES
     vol_inputs = tuple(names.index(name) for name in ("gap_log", "next_gap_log", *VARIANCE_HALF_LIVES))
     model = dataclasses.replace(base.model, n_features=len(names), max_lag=5, point_head=True, lead_path=True,
-                                lead_features=1, skip_paths=True, vol_skip_features=vol_inputs)
+                                lead_features=1, skip_paths=True, vol_skip_features=vol_inputs,
+                                span_feature=names.index("next_gap_log"))
     return dataclasses.replace(base, model=model, features=dataclasses.replace(base.features, names=names),
                                validate_start=True, zero_init_centre=True, gate_centre=True)
 

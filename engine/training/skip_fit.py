@@ -8,9 +8,9 @@ needs are fitted exactly, and the network trains on what they leave:
 
   mean  per (target asset, horizon): the leads the findings' model-free test declares on the training rows alone
         (declared_leads; the same HAC regressions and Benjamini-Hochberg cut the Lead-lag page reports), then a ridge
-        regression of the h-bar log return on those sources' standardised ret_1 at the key lags a forecast can
-        already see (lead_columns), each row weighted by 1 / the time its return spans (target_spans), the penalty
-        chosen by 5-fold contiguous cross-validation (sklearn RidgeCV). No lead declared: the path stays at zero,
+        regression of the h-bar log return on each lead's forecastable part: the sum of the source's standardised
+        ret_1 over the key lags a forecast can already see (lead_terms; more of them before a gap), each row
+        weighted by 1 / the time its return spans (target_spans), the penalty chosen by 5-fold contiguous cross-validation (sklearn RidgeCV). No lead declared: the path stays at zero,
         so a market without a lead gets no lead-shaped noise. (A ridge on every source and lag instead captured
         ~50 % of the oracle's reduction on a weakly led equity, shrinking the one true coefficient with 17 empty
         ones; validation members, issue 15.)
@@ -45,10 +45,13 @@ class SkipFit:
     ridge_alpha: np.ndarray  # (A, H)
     n_rows: np.ndarray  # (A, H) training rows each fit used
     leads: dict  # target asset -> [[source, lead in bars], ...] the training rows' lead-lag test declared
+    span_cuts: np.ndarray  # (A, G) the span feature's cut for "the next bar spans >= g + 2 rows" (inf: never)
 
     def to_dict(self) -> dict:
-        return {"ridge_alpha": [[None if not np.isfinite(v) else float(v) for v in row] for row in self.ridge_alpha],
-                "n_rows": self.n_rows.tolist(), "leads": self.leads}
+        def finite(rows) -> list:
+            return [[None if not np.isfinite(v) else float(v) for v in row] for row in rows]
+        return {"ridge_alpha": finite(self.ridge_alpha), "n_rows": self.n_rows.tolist(), "leads": self.leads,
+                "span_cuts": finite(self.span_cuts)}
 
 
 def lagged_returns(values: np.ndarray, mask: np.ndarray, max_lag: int) -> np.ndarray:
@@ -80,14 +83,57 @@ def declared_leads(feature_set: FeatureSet, train: range, max_lead: int) -> dict
     return leads
 
 
-def lead_columns(pairs, horizon: int, max_lag: int, n_assets: int) -> list[int]:
-    """Columns of lagged_returns' layout the mean skip reads for one target at one horizon: for a source leading by
-    L bars, the key lags a forecast of the next `horizon` bars can already see, max(0, L - horizon) .. L - 1."""
-    columns = set()
+def lead_terms(pairs, horizon: int, max_lag: int, gating: bool = False) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Per declared lead (source, L), the columns of lagged_returns' layout its one regressor sums for a forecast
+    of the next `horizon` bars: (always, gated).
+
+    always: the key lags the forecast can already see on bars of the usual spacing, max(0, L - horizon) .. L - 1.
+    gated:  (column, g) for the lags below those, which count only when the horizon spans more rows than bars:
+            across a close an equity's next return takes in the leader's moves over every closed row. Lag k
+            counts when the horizon spans at least L - k rows; taking the horizon's later bars to span one row each
+            (a lower bound), that is when the next bar spans at least m = L - k - horizon + 1 rows, and g = m - 2
+            indexes SkipPaths.span_threshold. Only with gating.
+    One regressor per lead, the lead's forecastable part (one coefficient, as the lead moves every lag it reaches
+    by the same beta): per-lag coefficients on the gated lags, seen on the few bars before a gap, fitted noise
+    (validation members, issue 15)."""
+    terms = []
     for source, lead in pairs:
-        for key_lag in range(max(0, lead - horizon), min(lead, max_lag + 1)):
-            columns.add(source * (max_lag + 1) + key_lag)
-    return sorted(columns)
+        base = source * (max_lag + 1)
+        always = [base + k for k in range(max(0, lead - horizon), min(lead, max_lag + 1))]
+        gated = [(base + k, lead - k - horizon - 1) for k in range(min(lead - horizon, max_lag + 1))] \
+            if gating else []
+        if always or gated:
+            terms.append((always, gated))
+    return terms
+
+
+def next_bar_rows(mask: np.ndarray) -> np.ndarray:
+    """mask (T,) an asset's fresh bars -> (T,) how many rows ahead its next fresh bar lies (0 after its last)."""
+    rows = np.flatnonzero(mask)
+    out = np.zeros(len(mask), dtype=np.int64)
+    if len(rows) > 1:
+        out[rows[:-1]] = np.diff(rows)
+    return out
+
+
+def span_thresholds(feature: np.ndarray, spans: np.ndarray, n_cuts: int) -> np.ndarray:
+    """feature (n,) the span feature at an asset's training bars, spans (n,) the rows each bar's next bar really
+    came after -> (n_cuts,) for m = 2 .. n_cuts + 1 rows, the cut on the feature that best tells the bars whose
+    next bar spans at least m rows (the most bars told right among the feature's own values), +inf where no cut
+    beats saying "never". The cut is learnt, not derived from the feature's units: on a clock of the equities'
+    own rows a night is one row, and the lead does not pile up across it."""
+    cuts = np.full(n_cuts, np.inf)
+    values = np.unique(feature)
+    for g in range(n_cuts):
+        wide = spans >= g + 2
+        never = np.mean(~wide)
+        if not wide.any() or len(values) < 2:
+            continue
+        right = np.array([np.mean((feature >= cut) == wide) for cut in values])
+        best = int(np.argmax(right))
+        if right[best] > never:
+            cuts[g] = values[best]
+    return cuts
 
 
 def target_spans(ts, targets: Targets, rows: np.ndarray) -> np.ndarray:
@@ -123,20 +169,34 @@ def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: rang
     alphas = np.full((n_assets, n_horizons), np.nan)
     counts = np.zeros((n_assets, n_horizons), dtype=np.int64)
     leads = declared_leads(feature_set, train, config.max_lag + 1)
+    gating = skips.span_position is not None
+    span_weight = np.zeros(tuple(skips.span_weight.shape)) if gating else None  # (A, A_src * (K+1), H, G)
+    cuts = np.full((n_assets, config.max_lag), np.inf)
     for asset in range(n_assets):
         own = feature_set.values[asset, rows][:, vol_index].astype(np.float64)  # (n, V)
+        if gating:
+            cuts[asset] = _fit_span_cuts(feature_set, asset, train, config.span_feature, config.max_lag)
         for j, horizon in enumerate(config.horizons):
             usable = purged.valid[asset, rows, j] & feature_set.mask[asset, rows]
             counts[asset, j] = int(usable.sum())
             if usable.sum() < MIN_ROWS:
                 continue
-            columns = lead_columns(leads.get(asset, ()), horizon, config.max_lag, n_assets)
-            if columns:
+            terms = lead_terms(leads.get(asset, ()), horizon, config.max_lag, gating)
+            if terms:
+                # a gated lag counts only on the bars whose span feature reaches its cut, as SkipPaths reads it
+                reached = own[:, skips.span_position][:, None] >= cuts[asset][None, :] if gating else None  # (n, G)
+                design = np.column_stack([
+                    lagged[:, always].sum(axis=1) + sum((lagged[:, c] * reached[:, g] for c, g in gated),
+                                                        np.zeros(len(rows)))
+                    for always, gated in terms])[usable]
                 y = purged.log_return[asset, rows, j][usable]
                 weight = 1.0 / spans[asset, :, j][usable]
                 ridge = RidgeCV(alphas=RIDGE_ALPHAS, cv=KFold(CV_FOLDS, shuffle=False)).fit(
-                    lagged[usable][:, columns], y, sample_weight=weight)
-                mean_weight[asset, columns, j] = ridge.coef_
+                    design, y, sample_weight=weight)
+                for (always, gated), coef in zip(terms, ridge.coef_):
+                    mean_weight[asset, always, j] += coef
+                    for column, g in gated:
+                        span_weight[asset, column, j, g] += coef
                 alphas[asset, j] = ridge.alpha_
             if vol_index:
                 variance = purged.realised_vol[asset, rows, j][usable] ** 2
@@ -155,13 +215,26 @@ def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: rang
     selected = {int(a): [[int(s), int(lag)] for s, lag in pairs] for a, pairs in leads.items()}
     with torch.no_grad():
         skips.mean_weight.copy_(torch.as_tensor(mean_weight))
+        if gating:
+            skips.span_weight.copy_(torch.as_tensor(span_weight))
+            skips.span_threshold.copy_(torch.as_tensor(cuts))
         skips.vol_weight.copy_(torch.as_tensor(vol_weight))
         skips.vol_bias.copy_(torch.as_tensor(vol_bias))
         if vol_index:
             columns = [heads.column(j, "log_vol") for j in range(n_horizons)]
             heads.proj.weight[..., columns] = 0.0
             heads.proj.bias[..., columns] = 0.0
-    return SkipFit(alphas, counts, selected)
+    return SkipFit(alphas, counts, selected, cuts)
+
+
+def _fit_span_cuts(feature_set: FeatureSet, asset: int, train: range, feature: int, n_cuts: int) -> np.ndarray:
+    """(n_cuts,) span_thresholds on the asset's training bars whose next bar also lies in the training rows."""
+    mask = feature_set.mask[asset]
+    ahead = next_bar_rows(mask)[train.start:train.stop]  # (n,)
+    rows = np.arange(train.start, train.stop)
+    known = mask[rows] & (ahead > 0) & (rows + ahead < train.stop)
+    values = feature_set.values[asset, rows, feature].astype(np.float64)
+    return span_thresholds(values[known], ahead[known], n_cuts)
 
 
 def _centre_mse(model, feature_set: FeatureSet, targets: Targets, span: range, device, chunk: int) -> np.ndarray:

@@ -12,14 +12,23 @@ from engine.targets import compute_targets
 from engine.training.config import model_config_for
 from engine.training.head_scale import scale_heads_for_training, target_scale
 from engine.training.presets import general_config
-from engine.training.skip_fit import declared_leads, fit_skip_paths, lead_columns
+from engine.training.skip_fit import (
+    declared_leads,
+    fit_skip_paths,
+    lead_terms,
+    next_bar_rows,
+    span_thresholds,
+)
 from storage.sources.planted_family import family_member
 
 SEED = 1000016  # a validation member: C0 leads C1 by 4 rows and E0 by 3
 
 
-def fitted(kind: str):
-    loaded = family_member(SEED, kind, "1h", 4000, n_assets=3)
+SESSION_SEED = 1000026  # a validation member: C0 leads E0, a session asset, by 2 rows
+
+
+def fitted(kind: str, seed: int = SEED):
+    loaded = family_member(seed, kind, "1h", 4000, n_assets=3)
     config = general_config("1h")
     train = range(2800)
     features = build_feature_set(loaded.panel, train, config.features)
@@ -34,6 +43,11 @@ def fitted(kind: str):
 @pytest.fixture(scope="module")
 def lead_fit():
     return fitted("lead")
+
+
+@pytest.fixture(scope="module")
+def session_fit():
+    return fitted("lead", SESSION_SEED)
 
 
 def test_the_mean_path_reads_the_planted_lead_and_nothing_else(lead_fit):
@@ -64,11 +78,68 @@ def test_the_paired_null_market_gets_no_mean_path():
     assert fit.leads == {}
 
 
-def test_lead_columns_are_the_key_lags_a_forecast_can_see():
+def test_lead_terms_are_the_key_lags_a_forecast_can_see():
     # a lead of 3 bars: the 1-bar forecast reads key lag 2; the 5-bar forecast key lags 0..2
-    assert lead_columns([(1, 3)], 1, max_lag=5, n_assets=3) == [6 + 2]
-    assert lead_columns([(1, 3)], 5, max_lag=5, n_assets=3) == [6, 7, 8]
-    assert lead_columns([(0, 7)], 1, max_lag=5, n_assets=3) == [], "beyond the window: not read"
+    assert lead_terms([(1, 3)], 1, max_lag=5) == [([6 + 2], [])]
+    assert lead_terms([(1, 3)], 5, max_lag=5) == [([6, 7, 8], [])]
+    assert lead_terms([(0, 7)], 1, max_lag=5) == [], "beyond the window: not read"
+    # before a gap the 1-bar forecast also reads lags 1 (next bar spans >= 2 rows: g = 0) and 0 (>= 3 rows: g = 1)
+    assert lead_terms([(1, 3)], 1, max_lag=5, gating=True) == [([8], [(6, 1), (7, 0)])]
+    # a 2-bar horizon already sees lags 1..2; lag 0 counts when the first bar spans >= 2 rows
+    assert lead_terms([(1, 3)], 2, max_lag=5, gating=True) == [([7, 8], [(6, 0)])]
+
+
+def test_span_cuts_tell_the_bars_before_a_gap():
+    # a session asset on an hourly 24/7 clock: 7 bars a day, the last one followed by a 17-row night
+    mask = np.zeros(24 * 20, dtype=bool)
+    for day in range(20):
+        mask[day * 24 + 9: day * 24 + 16] = True
+    ahead = next_bar_rows(mask)
+    assert ahead[9] == 1 and ahead[15] == 18 and ahead[mask][-1] == 0
+    feature = np.where(ahead == 18, 2.9, 0.0)  # what next_gap_log (standardised) says at those bars
+    rows = mask & (ahead > 0)
+    cuts = span_thresholds(feature[rows], ahead[rows], 5)
+    assert np.all(cuts == 2.9), cuts
+    # a 24/7 asset: every next bar one row on, the feature constant: never gated
+    assert np.all(np.isinf(span_thresholds(np.zeros(50), np.ones(50, dtype=int), 5)))
+
+
+def test_before_a_gap_the_mean_path_sums_the_lead_over_the_rows_the_return_spans(session_fit):
+    """C0 leads E0 (a session asset) by 2 rows. E0's 1-bar forecast before a night reads C0's last 2 rows (lags
+    0 and 1) with one coefficient, of the planted sign; on other bars lag 1 alone; and it follows the generating
+    process's own forecast more closely than the same fit without the gate, on the rows after training."""
+    import copy
+    import dataclasses
+
+    from engine.benchmarks.recovery import forecastable_oracle
+
+    loaded, model, fit, features, targets, scale, train = session_fit
+    model = copy.deepcopy(model)  # point() rescales the heads; the module's fixture stays as fitted
+    truth = loaded.truth
+    (lead,) = truth.leads
+    target, source = truth.assets.index(lead.target), truth.assets.index(lead.source)
+    assert fit.leads == {target: [[source, lead.lag_bars]]} and not truth.always_open[target]
+    K, skips = model.config.max_lag, model.heads.skips
+    key = float(skips.mean_weight[target, source * (K + 1) + 1, 0])
+    assert np.sign(key) == np.sign(lead.beta)
+    assert np.isfinite(fit.span_cuts[target, 0]) and np.all(np.isinf(fit.span_cuts[source])), "nights told apart"
+    assert float(skips.span_weight[target, source * (K + 1) + 0, 0, 0]) == pytest.approx(key)
+    assert np.count_nonzero(skips.span_weight.numpy()) == 1
+
+    def point(m) -> np.ndarray:
+        scale_heads_for_training(m, scale, zero_centre=True)
+        m.eval()
+        with torch.no_grad():
+            return m(torch.from_numpy(features.values)[None], torch.from_numpy(features.mask)[None]).mean[0, target, :, 0].numpy()
+
+    torch.manual_seed(0)
+    plain = HybridModel(dataclasses.replace(model.config, span_feature=None))
+    fit_skip_paths(plain, features, targets, train, scale)
+    rows = np.arange(train.stop, features.values.shape[1] - 1)
+    rows = rows[targets.valid[target, rows, 0] & features.mask[target, rows]]
+    oracle = forecastable_oracle(truth, loaded.panel, targets.end_row[target, rows, 0], rows, target)
+    gated_gap, plain_gap = (np.mean((p[rows] - oracle) ** 2) for p in (point(model), point(plain)))
+    assert gated_gap < 0.5 * plain_gap, (gated_gap, plain_gap)
 
 
 def test_the_volatility_path_beats_a_constant_on_the_training_rows(lead_fit):
@@ -90,9 +161,11 @@ def test_the_volatility_path_beats_a_constant_on_the_training_rows(lead_fit):
         assert fitted_qlike < constant_qlike - 0.02, loaded.truth.assets[asset]
 
 
+@pytest.mark.parametrize("member", ["lead_fit", "session_fit"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_step_mode_with_skip_paths_matches_the_full_sequence(lead_fit, batch):
-    _, model, _, features, *_ = lead_fit
+def test_step_mode_with_skip_paths_matches_the_full_sequence(request, member, batch):
+    """session_fit: a session follower's span-gated weights, crossing two nights in the 60 rows."""
+    _, model, _, features, *_ = request.getfixturevalue(member)
     model.eval()
     rows = slice(1000, 1060)
     x = torch.from_numpy(features.values[:, rows])[None].repeat(batch, 1, 1, 1)  # (B, A, T, F)
