@@ -38,6 +38,10 @@ def monotone_quantiles(raw: Tensor, anchor: int, offsets: Tensor | None = None) 
     return raw[..., anchor : anchor + 1] + F.softplus(raw) @ offsets
 
 
+# SkipPaths.span_threshold where a cut is never reached: far above any standardised feature, and finite, because
+# checkpoints refuse infinite values.
+SPAN_NEVER = 1e30
+
 # What follows the Q quantile slots in each horizon's block of the projection's columns, in order; "mean" only
 # with a point head.
 SCALAR_OUTPUTS = ("direction_logit", "log_vol", "mean")
@@ -130,7 +134,7 @@ class SkipPaths(nn.Module):
            With ModelConfig.span_feature, more weights count only on the bars before a gap: a source leading by L
            bars moves a 1-bar return that spans S rows through its lags L-S..L-1, so lag k < L - 1 counts when the
            next bar is predicted to span at least L - k rows. span_weight[..., g] applies where the span feature is
-           at least span_threshold[:, g], the fitted cut for "spans at least g + 2 rows" (never: +inf).
+           at least span_threshold[:, g], the fitted cut for "spans at least g + 2 rows" (never: SPAN_NEVER).
     vol:   per asset and horizon, a linear map of the asset's own volatility-skip features plus a constant, added
            to the log volatility (a QLIKE fit with a log link, like a HAR or GARCH recursion in logs).
     All start at zero: a model whose skips were never fitted forecasts as it would without them."""
@@ -147,7 +151,7 @@ class SkipPaths(nn.Module):
             list(config.vol_skip_features).index(config.span_feature)
         if self.span_position is not None:
             self.register_buffer("span_weight", torch.zeros(A, self.n_lagged, H, K))  # (A_tgt, A_src * (K+1), H, G)
-            self.register_buffer("span_threshold", torch.full((A, K), float("inf")))  # (A, G) on the feature's scale
+            self.register_buffer("span_threshold", torch.full((A, K), SPAN_NEVER))  # (A, G) on the feature's scale
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """inputs (..., A, A_src * (K+1) + V) -> (mean shift (..., A, H), log-vol shift (..., A, H))."""

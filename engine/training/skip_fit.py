@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from engine.features import FeatureSet
+from engine.model.heads import SPAN_NEVER
 from engine.targets import Targets
 
 RIDGE_ALPHAS = np.logspace(-2, 5, 15)  # on standardised inputs: from almost OLS to almost nothing
@@ -45,11 +46,11 @@ class SkipFit:
     ridge_alpha: np.ndarray  # (A, H)
     n_rows: np.ndarray  # (A, H) training rows each fit used
     leads: dict  # target asset -> [[source, lead in bars], ...] the training rows' lead-lag test declared
-    span_cuts: np.ndarray  # (A, G) the span feature's cut for "the next bar spans >= g + 2 rows" (inf: never)
+    span_cuts: np.ndarray  # (A, G) the span feature's cut for "the next bar spans >= g + 2 rows" (SPAN_NEVER: never)
 
     def to_dict(self) -> dict:
-        def finite(rows) -> list:
-            return [[None if not np.isfinite(v) else float(v) for v in row] for row in rows]
+        def finite(rows) -> list:  # None: not fitted, or never
+            return [[None if not np.isfinite(v) or v >= SPAN_NEVER else float(v) for v in row] for row in rows]
         return {"ridge_alpha": finite(self.ridge_alpha), "n_rows": self.n_rows.tolist(), "leads": self.leads,
                 "span_cuts": finite(self.span_cuts)}
 
@@ -119,10 +120,10 @@ def next_bar_rows(mask: np.ndarray) -> np.ndarray:
 def span_thresholds(feature: np.ndarray, spans: np.ndarray, n_cuts: int) -> np.ndarray:
     """feature (n,) the span feature at an asset's training bars, spans (n,) the rows each bar's next bar really
     came after -> (n_cuts,) for m = 2 .. n_cuts + 1 rows, the cut on the feature that best tells the bars whose
-    next bar spans at least m rows (the most bars told right among the feature's own values), +inf where no cut
-    beats saying "never". The cut is learnt, not derived from the feature's units: on a clock of the equities'
+    next bar spans at least m rows (the most bars told right among the feature's own values), SPAN_NEVER where no
+    cut beats saying "never". The cut is learnt, not derived from the feature's units: on a clock of the equities'
     own rows a night is one row, and the lead does not pile up across it."""
-    cuts = np.full(n_cuts, np.inf)
+    cuts = np.full(n_cuts, SPAN_NEVER)
     values = np.unique(feature)
     for g in range(n_cuts):
         wide = spans >= g + 2
@@ -171,7 +172,7 @@ def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: rang
     leads = declared_leads(feature_set, train, config.max_lag + 1)
     gating = skips.span_position is not None
     span_weight = np.zeros(tuple(skips.span_weight.shape)) if gating else None  # (A, A_src * (K+1), H, G)
-    cuts = np.full((n_assets, config.max_lag), np.inf)
+    cuts = np.full((n_assets, config.max_lag), SPAN_NEVER)
     for asset in range(n_assets):
         own = feature_set.values[asset, rows][:, vol_index].astype(np.float64)  # (n, V)
         if gating:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.features import build_feature_set
+from engine.model.heads import SPAN_NEVER
 from engine.model.hybrid import HybridModel
 from engine.targets import compute_targets
 from engine.training.config import model_config_for
@@ -101,7 +102,7 @@ def test_span_cuts_tell_the_bars_before_a_gap():
     cuts = span_thresholds(feature[rows], ahead[rows], 5)
     assert np.all(cuts == 2.9), cuts
     # a 24/7 asset: every next bar one row on, the feature constant: never gated
-    assert np.all(np.isinf(span_thresholds(np.zeros(50), np.ones(50, dtype=int), 5)))
+    assert np.all(span_thresholds(np.zeros(50), np.ones(50, dtype=int), 5) == SPAN_NEVER)
 
 
 def test_before_a_gap_the_mean_path_sums_the_lead_over_the_rows_the_return_spans(session_fit):
@@ -122,7 +123,7 @@ def test_before_a_gap_the_mean_path_sums_the_lead_over_the_rows_the_return_spans
     K, skips = model.config.max_lag, model.heads.skips
     key = float(skips.mean_weight[target, source * (K + 1) + 1, 0])
     assert np.sign(key) == np.sign(lead.beta)
-    assert np.isfinite(fit.span_cuts[target, 0]) and np.all(np.isinf(fit.span_cuts[source])), "nights told apart"
+    assert fit.span_cuts[target, 0] < SPAN_NEVER and np.all(fit.span_cuts[source] == SPAN_NEVER), "nights told apart"
     assert float(skips.span_weight[target, source * (K + 1) + 0, 0, 0]) == pytest.approx(key)
     assert np.count_nonzero(skips.span_weight.numpy()) == 1
 
@@ -179,12 +180,16 @@ def test_step_mode_with_skip_paths_matches_the_full_sequence(request, member, ba
             torch.testing.assert_close(out.mean[:, :, 0], full.mean[:, :, t], rtol=1e-4, atol=1e-6)
 
 
-def test_the_fitted_paths_travel_with_the_checkpoint(lead_fit, tmp_path):
-
-    _, model, *_ = lead_fit
+@pytest.mark.parametrize("member", ["lead_fit", "session_fit"])
+def test_the_fitted_paths_travel_with_the_checkpoint(request, member):
+    _, model, *_ = request.getfixturevalue(member)
     state = model.state_dict()
-    assert {"heads.skips.mean_weight", "heads.skips.vol_weight", "heads.skips.vol_bias"} <= set(state)
+    expected = {"heads.skips.mean_weight", "heads.skips.vol_weight", "heads.skips.vol_bias",
+                "heads.skips.span_weight", "heads.skips.span_threshold"}
+    assert expected <= set(state)
     assert not any(name.startswith("heads.skips") for name, _ in model.named_parameters()), "fitted, not trained"
+    # checkpoints refuse NaN and infinite values: a cut that is never reached must be finite
+    assert all(bool(torch.isfinite(value).all()) for value in state.values())
 
 
 def test_the_declared_leads_use_the_training_rows_only(lead_fit):
