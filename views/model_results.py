@@ -32,7 +32,7 @@ from views.frame import Selection, model_order
 @dataclass(frozen=True)
 class ModelView:
     loaded: LoadedPanel
-    run: RunOnPanel  # model, manifest, features (for the hidden attention of one bar)
+    run: RunOnPanel  # manifest, features, and the model loaded on first use (the hidden attention of one bar)
     bundle: DiagnosticsBundle
     cache_status: str  # "cached" or "computed: why"
     rows: range  # the union-clock rows inside the sidebar's date range
@@ -56,9 +56,9 @@ class ModelView:
 def _load(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, freshness: str):
     del freshness  # only keys the cache: new bars mean new results
     loaded = cached_panel(symbols, interval, db_path=db_path)
-    run = run_on_panel(Path(run_path), loaded)
+    run = run_on_panel(Path(run_path), loaded, lazy=True)  # torch only if the cache misses or a page runs the model
     bundle, status = load_or_compute_diagnostics(
-        run.model, run.features, run.fit_rows, run_id=run.manifest.run_id, fingerprint=loaded.fingerprint(),
+        lambda: run.model, run.features, run.fit_rows, run_id=run.manifest.run_id, fingerprint=loaded.fingerprint(),
     )
     return loaded, run, bundle, status
 

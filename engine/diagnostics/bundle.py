@@ -10,7 +10,7 @@ computed on demand from the stored arrays, so a cached bundle serves any window 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,10 @@ from engine.diagnostics.lead_lag import (
 from engine.diagnostics.lookback import lookback_by_regime
 from engine.diagnostics.regimes import RegimeConfig, RegimeResult, fit_regimes
 from engine.features import FeatureSet
-from engine.model.hybrid import HybridModel
 from engine.model.inference import InferenceConfig, InferenceResult, run_inference
+
+if TYPE_CHECKING:  # a bundle read back from the cache needs no torch
+    from engine.model.hybrid import HybridModel
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,12 +35,14 @@ from engine.diagnostics.bundle import (
     DiagnosticsBundle,
     DiagnosticsConfig,
 )
-from engine.diagnostics.live import LiveDiagnostics, advance, start_live
 from engine.diagnostics.regimes import RegimeResult
 from engine.features import FeatureSet
 from engine.model.checkpoint import DataFingerprint
-from engine.model.hybrid import HybridModel
 from engine.model.inference import InferenceResult
+
+if TYPE_CHECKING:  # torch comes with the model, only when the cache misses: a hit reads numpy arrays and JSON
+    from engine.diagnostics.live import LiveDiagnostics
+    from engine.model.hybrid import HybridModel
 
 DEFAULT_CACHE_DIR = Path("data") / "diagnostics"
 CACHE_ENV_VAR = "REGIME_DIAGNOSTICS"
@@ -153,7 +157,7 @@ def load_bundle(directory: Path, key: CacheKey) -> DiagnosticsBundle:
 
 
 def load_or_compute_diagnostics(
-    model: HybridModel,
+    model: HybridModel | Callable[[], HybridModel],
     features: FeatureSet,
     fit_rows: range,
     *,
@@ -165,6 +169,9 @@ def load_or_compute_diagnostics(
     """The cached bundle for (run_id, data, settings) if it is sound, else computed now and cached.
 
     -> (bundle, "cached") or (bundle, "computed: <why the cache was not used>").
+
+    model: the model, or a function of no arguments that loads it, called only when the cache misses (a hit then
+    never imports torch: the app's restart reads a model page's diagnostics without it).
     """
     if tuple(fingerprint.symbols) != tuple(features.symbols) or fingerprint.n_rows != len(features.ts):
         raise ValueError(
@@ -181,13 +188,18 @@ def load_or_compute_diagnostics(
             return load_bundle(directory, key), "cached"
         except CacheMiss as miss:
             reason = str(miss)
-        bundle, how = _live_or_computed(model, features, fit_rows, run_id, config)
+        bundle, how = _live_or_computed(_the_model(model), features, fit_rows, run_id, config)
         if not how.startswith("advanced"):
             save_bundle(directory, bundle, key)
             return bundle, f"computed: {reason}"
     # A live update shows at once; its entry (O(history) bytes to write and hash) is written behind it.
     _write_behind(directory, bundle, key, lock_path)
     return bundle, how
+
+
+def _the_model(model: HybridModel | Callable[[], HybridModel]) -> HybridModel:
+    """The model itself, or the one its loader returns (a torch module has a state_dict; a loader has not)."""
+    return model if hasattr(model, "state_dict") else model()
 
 
 _writes: list[threading.Thread] = []
@@ -233,6 +245,8 @@ def _live_or_computed(model: HybridModel, features: FeatureSet, fit_rows: range,
                       config: DiagnosticsConfig) -> tuple[DiagnosticsBundle, str]:
     """-> (bundle, "advanced by k bars ...") when this process holds the bundle of a panel these features extend,
     else (compute_diagnostics' bundle, "computed"), keeping it live either way."""
+    from engine.diagnostics.live import advance, start_live  # runs the model: torch
+
     live_key = (run_id, _weights_digest(model), (fit_rows.start, fit_rows.stop), json.dumps(config.identity()))
     with _live_lock:
         live = _live.get(live_key)

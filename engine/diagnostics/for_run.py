@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -25,20 +27,40 @@ from engine.model.checkpoint import (
     Manifest,
     check_fits,
     load_checkpoint,
+    read_checkpoint_unloaded,
 )
 from engine.model.config import ModelConfig
-from engine.model.hybrid import HybridModel
 from storage.panel import LoadedPanel
+
+if TYPE_CHECKING:  # the model (torch) is loaded on first use: cached diagnostics and findings need none
+    from engine.model.hybrid import HybridModel
 
 
 @dataclass(frozen=True)
 class RunOnPanel:
-    model: HybridModel  # eval mode
+    run_dir: Path  # the checkpoint folder; its model is loaded from there on first use (`model`)
     manifest: Manifest
     features: FeatureSet  # normalised with the checkpoint's own scaler
     fit_rows: range  # the final model's training rows, on this panel
     fit_span: tuple[pd.Timestamp, pd.Timestamp] | None = None  # the same span in UTC (first, last bar open)
     test_spans: tuple[tuple[pd.Timestamp, pd.Timestamp], ...] = ()  # every walk-forward test span, UTC
+    _loading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def model(self) -> HybridModel:
+        """The checkpoint's model in eval mode, loaded (torch, every weight checked: load_model) the first time it is
+        asked for, once: only what runs the model live asks (a cache miss, the hidden attention, step mode), so a
+        page that shows cached diagnostics never imports torch. CheckpointError when the weights do not fit, or
+        when the checkpoint was replaced by another since this run was opened."""
+        with self._loading:
+            model = self.__dict__.get("_model")
+            if model is None:
+                model, manifest = load_model(self.run_dir)
+                if (manifest.run_id, manifest.model_config) != (self.manifest.run_id, self.manifest.model_config):
+                    raise CheckpointError(f"checkpoint {self.run_dir} was replaced by another ({manifest.run_id}) "
+                                          "while it was shown: reload the page")
+                object.__setattr__(self, "_model", model)  # frozen: the one attribute set after construction
+        return model
 
     def span_text(self) -> str:
         """'Trained on 2022-01-01 .. 2024-05-27 UTC; tested (walk-forward, out of sample) on 3 spans from ...'."""
@@ -53,17 +75,24 @@ class RunOnPanel:
         return "; ".join(parts) + "." if parts else ""
 
 
-def load_model(run_dir: str | os.PathLike) -> tuple[HybridModel, Manifest]:
-    """The checkpoint's model (eval mode) and manifest; safetensors + JSON only. load_checkpoint has checked every
-    manifest field (the model's sizes against what the app runs) and the weights (finite floats, exactly the names
-    and shapes the config builds) before the model is built; anything left is a CheckpointError too."""
-    weights, manifest = load_checkpoint(run_dir)
+def _hybrid_only(manifest: Manifest, run_dir: str | os.PathLike) -> ModelConfig:
     config = ModelConfig.from_dict(manifest.model_config)
     if config.kind != "hybrid":  # a neural peer (engine.training.peer_presets): no states or attention to show
         raise CheckpointError(f"run {manifest.run_id} is a {config.kind} peer of the hybrid, trained to compare with "
                               "it: it has no SSM states or lead-lag attention to show. Score it beside the hybrid "
                               f"(python -m engine.evaluate --run HYBRID_RUN --peers {run_dir}); the Backtest page "
                               "trades its forecasts")
+    return config
+
+
+def load_model(run_dir: str | os.PathLike) -> tuple[HybridModel, Manifest]:
+    """The checkpoint's model (eval mode) and manifest; safetensors + JSON only. load_checkpoint has checked every
+    manifest field (the model's sizes against what the app runs) and the weights (finite floats, exactly the names
+    and shapes the config builds) before the model is built; anything left is a CheckpointError too."""
+    from engine.model.hybrid import HybridModel
+
+    weights, manifest = load_checkpoint(run_dir)
+    config = _hybrid_only(manifest, run_dir)
     try:
         model = HybridModel(config)
         model.load_state_dict(weights)
@@ -72,9 +101,15 @@ def load_model(run_dir: str | os.PathLike) -> tuple[HybridModel, Manifest]:
     return model.eval(), manifest
 
 
-def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel) -> RunOnPanel:
-    """Load the checkpoint and the panel's features as the model was trained to read them; refuse a misfit."""
-    model, manifest = load_model(run_dir)
+def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel, *, lazy: bool = False) -> RunOnPanel:
+    """The checkpoint, its model and the panel's features as the model was trained to read them; refuse a misfit.
+
+    lazy: load the model on first use (RunOnPanel.model) instead of now, for a page that may show only cached
+    results (no torch then). What can be checked without the model (read_checkpoint_unloaded: the manifest, the
+    scaler, the weights' types and values) is checked here either way, so a broken checkpoint is refused before
+    any cached result of it is shown; only tensor names and shapes that differ from the config wait for the load."""
+    manifest = read_checkpoint_unloaded(run_dir)
+    _hybrid_only(manifest, run_dir)
     check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=manifest.feature_names)
     feature_config = FeatureConfig(**manifest.training.get("config", {}).get("features", {}))
     scaler = FeatureScaler.from_dict(manifest.scaler)
@@ -83,7 +118,10 @@ def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel) -> RunOnPanel:
     features = build_feature_set(loaded.panel, fit_rows, feature_config, scaler=scaler)
     if list(features.names) != list(manifest.feature_names):
         raise CheckpointError(f"checkpoint {manifest.run_id} reads other features than computed now: retrain it")
-    return RunOnPanel(model, manifest, features, fit_rows, fit_span, walk_forward_test_spans(manifest))
+    run = RunOnPanel(Path(run_dir), manifest, features, fit_rows, fit_span, walk_forward_test_spans(manifest))
+    if not lazy:
+        run.model  # noqa: B018 - loads it now: every weight checked before the run is handed out
+    return run
 
 
 def _utc(text: str) -> pd.Timestamp:

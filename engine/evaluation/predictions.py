@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from engine.evaluation.scores import Predictions
 from engine.features import FeatureSet
 from engine.model.checkpoint import (
     CheckpointError,
 )
-from engine.model.hybrid import HybridModel
+
+if TYPE_CHECKING:  # torch where forecasts are computed: reading stored ones (the app's pages) needs none
+    import torch
+    from torch import Tensor
+
+    from engine.model.hybrid import HybridModel
 
 PREDICTIONS_FILE = "predictions.npz"
 
@@ -22,15 +26,17 @@ PREDICTIONS_FILE = "predictions.npz"
 # ----- forecasting --------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def forward_history(model: HybridModel, x: Tensor, mask: Tensor, stop: int, chunk: int):
     """The model over rows [0, stop) of x (1, A, T, F), chunk by chunk, carrying its state -> the chunks' outputs."""
+    import torch
+
     outputs, state = [], None
-    for start in range(0, stop, chunk):
-        end = min(start + chunk, stop)
-        out = model(x[:, :, start:end], mask[:, :, start:end], state=state, return_state=True)
-        state = out.state
-        outputs.append(out)
+    with torch.no_grad():
+        for start in range(0, stop, chunk):
+            end = min(start + chunk, stop)
+            out = model(x[:, :, start:end], mask[:, :, start:end], state=state, return_state=True)
+            state = out.state
+            outputs.append(out)
     return outputs
 
 
@@ -38,6 +44,8 @@ def forecast_span(model: HybridModel, feature_set: FeatureSet, span: range, devi
                   chunk: int = 2048) -> Predictions:
     """Forecasts at every row of `span` from a causal pass over the whole history before it; NaN where the asset
     had no fresh bar (closed market or warm-up), like the baselines."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:

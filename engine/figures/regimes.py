@@ -270,6 +270,26 @@ def planted_on_clock(ts: pd.DatetimeIndex, planted: pd.Series) -> np.ndarray:
     return np.where(np.isnan(values), NO_LABEL, values).astype(np.int64)
 
 
+def adjusted_rand_index(first: np.ndarray, second: np.ndarray) -> float:
+    """The adjusted Rand index of two labellings of the same points, from the pair counts as sklearn.metrics.
+    adjusted_rand_score computes it (1.0 when neither splits a pair the other keeps), in numpy: importing sklearn
+    takes seconds, and the Regimes page needs only this."""
+    _, first = np.unique(np.asarray(first), return_inverse=True)
+    _, second = np.unique(np.asarray(second), return_inverse=True)
+    n = len(first)
+    table = np.bincount(first.ravel() * (int(second.max(initial=0)) + 1) + second.ravel()).astype(np.int64)
+    rows, cols = np.bincount(first).astype(np.int64), np.bincount(second).astype(np.int64)
+    squares = int((table ** 2).sum())
+    both = squares - n  # ordered pairs together in both
+    only_second = int((rows ** 2).sum()) - squares  # together in the first only
+    only_first = int((cols ** 2).sum()) - squares  # together in the second only
+    neither = n * n - only_first - only_second - squares
+    if only_first == 0 and only_second == 0:
+        return 1.0
+    return 2.0 * (both * neither - only_second * only_first) / (
+        (both + only_second) * (only_second + neither) + (both + only_first) * (only_first + neither))
+
+
 def adjusted_rand_by_asset(
     labels: np.ndarray, planted: np.ndarray, open_bars: np.ndarray, symbols: Sequence[str], rows: range | None = None,
 ) -> pd.DataFrame:
@@ -279,13 +299,11 @@ def adjusted_rand_by_asset(
     if labels.shape != open_bars.shape or labels.shape != (len(symbols), len(planted)):
         raise ValueError(f"labels {labels.shape}, open_bars {open_bars.shape} must be (assets, time) = "
                          f"({len(symbols)}, {len(planted)})")
-    from sklearn.metrics import adjusted_rand_score  # sklearn takes seconds to import: only where it is used
-
     span = _rows(rows, len(planted))
     records = []
     for asset, symbol in enumerate(symbols):
         use = open_bars[asset] & span & (labels[asset] >= 0) & (planted >= 0)
-        ari = adjusted_rand_score(planted[use], labels[asset, use]) if use.sum() > 1 else float("nan")
+        ari = adjusted_rand_index(planted[use], labels[asset, use]) if use.sum() > 1 else float("nan")
         records.append({"symbol": symbol, "n_bars": int(use.sum()), "adjusted_rand_index": float(ari)})
     return pd.DataFrame.from_records(records)
 

@@ -692,6 +692,26 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     return _read_published(directory, read)
 
 
+def read_checkpoint_unloaded(directory: str | os.PathLike) -> Manifest:
+    """The manifest of the published pair, with everything load_checkpoint checks that needs no model built, so no
+    torch: the manifest field by field with the app's limits, its scaler, and the weights file (a regular
+    safetensors file of a sane size, float tensors only, every value finite; check_weights_unloaded). The names and
+    shapes of the tensors against what the config builds are checked when the weights are loaded (load_checkpoint).
+    For a page that shows a checkpoint's cached results and loads its model only to run it live."""
+    directory = Path(directory)
+
+    def read(manifest_path: Path, weights_path: Path) -> Manifest:
+        text = _read_regular(manifest_path, MAX_MANIFEST_BYTES, directory)
+        manifest = Manifest.from_json(text, f"checkpoint {directory}", app_limits=True)
+        if not manifest.scaler:
+            raise CheckpointError(f"checkpoint {directory}: its manifest records no feature scaler, so its "
+                                  f"inputs cannot be normalised as in training; {RETRAIN}")
+        check_weights_unloaded(weights_path, directory)
+        return manifest
+
+    return _read_published(directory, read)
+
+
 def checkpoint_written(directory: str | os.PathLike) -> tuple[str, str] | None:
     """(run id, when it was written) of the checkpoint published in `directory`, None when there is none; read
     leniently (the manifest's run_id and created_at when it parses, else the folder's name and the file's time)."""
@@ -782,6 +802,44 @@ def check_weights(path: Path, config: ModelConfig, directory: Path | None = None
             raise CheckpointError(f"weights in {where}: tensor {name} holds {count:,} NaN or infinite value(s) of "
                                   f"{tensor.numel():,}; the model would forecast nothing meaningful: {RETRAIN}")
     return weights
+
+
+def check_weights_unloaded(path: Path, directory: Path | None = None) -> None:
+    """check_weights' refusals that need no model built, read with numpy (no torch): a file that is not a regular
+    safetensors file of at most MAX_PARAMETERS float64 values, a tensor that is not a float type, a NaN or infinite
+    value (BF16 tensors, which numpy does not read, are checked by check_weights when the model is loaded), with
+    check_weights' messages. Nothing is kept: the weights are loaded (with torch) only when the model runs."""
+    from safetensors import safe_open
+
+    where = f"checkpoint {directory or path.parent}"
+    _check_regular_size(path, MAX_PARAMETERS * max(FLOAT_DTYPES.values()) + 2**20, where)
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            header = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+                      for name in handle.keys()}  # noqa: SIM118 - a safetensors handle is not iterable
+            problems = _weight_problems(header, {name: shape for name, (shape, _) in header.items()})
+            if problems:
+                raise CheckpointError(f"weights in {where} do not fit the model its manifest describes: "
+                                      + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+                                      + f"; the manifest and weights do not belong together: {RETRAIN}")
+            for name, (_, dtype) in header.items():
+                if dtype == "BF16":
+                    continue
+                values = handle.get_tensor(name)
+                finite = np.isfinite(values)
+                if not finite.all():
+                    count = int((~finite).sum())
+                    raise CheckpointError(f"weights in {where}: tensor {name} holds {count:,} NaN or infinite "
+                                          f"value(s) of {values.size:,}; the model would forecast nothing "
+                                          f"meaningful: {RETRAIN}")
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise _Moved() from None
+    except Exception as error:  # safetensors' SafetensorError, a header that is not JSON, a truncated file
+        detail = f"{type(error).__name__}: {_short(str(error), 160)}"
+        raise CheckpointError(f"weights file of {where} ({WEIGHTS_FILE}) is damaged or not a safetensors file "
+                              f"({detail}); restore it or {RETRAIN}") from error
 
 
 def _check_regular_size(path: Path, limit: int, where: str) -> None:

@@ -18,14 +18,19 @@ Everything here is causal by construction: the model is, and nothing is smoothed
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from engine.features import FeatureSet
-from engine.model.hybrid import HybridModel, StepState
+
+if TYPE_CHECKING:  # torch is imported where a model runs: a page that reads cached results never loads it
+    import torch
+
+    from engine.model.hybrid import HybridModel, StepState
 
 # Quantiles over channels that summarise the effective look-back per bar: the spread (25/75 %) and the median.
 LOOKBACK_LEVELS: tuple[float, ...] = (0.25, 0.5, 0.75)
@@ -99,6 +104,19 @@ class InferenceResult:
         return self.horizons.index(horizon)
 
 
+def _inference_mode(function):
+    """torch.inference_mode() around `function`, importing torch at the call (InferenceResult, read back from the
+    diagnostics cache, does not need it)."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)
+
+    return run
+
+
 def check_features_fit_model(model: HybridModel, features: FeatureSet) -> None:
     """Raise ValueError saying what differs when the features cannot be fed to this model."""
     config = model.config
@@ -118,7 +136,7 @@ def check_features_fit_model(model: HybridModel, features: FeatureSet) -> None:
         )
 
 
-@torch.inference_mode()
+@_inference_mode
 def run_inference(
     model: HybridModel, features: FeatureSet, config: InferenceConfig = InferenceConfig()
 ) -> InferenceResult:
@@ -127,7 +145,7 @@ def run_inference(
     return run_inference_with_state(model, features, config)[0]
 
 
-@torch.inference_mode()
+@_inference_mode
 def run_inference_with_state(
     model: HybridModel, features: FeatureSet, config: InferenceConfig = InferenceConfig()
 ) -> tuple[InferenceResult, StepState]:
@@ -141,7 +159,7 @@ def run_inference_with_state(
     return _result(model, features, parts, total, count, attention_start), state
 
 
-@torch.inference_mode()
+@_inference_mode
 def extend_inference(
     model: HybridModel, previous: InferenceResult, end_state: StepState, features: FeatureSet,
     config: InferenceConfig = InferenceConfig(),
@@ -166,6 +184,8 @@ def extend_inference(
     attention_start = n_rows - attention_rows_kept(n_rows, n_assets, n_lags, config.attention_budget_mb)
     parts, total, count, state = _infer_rows(model, features, range(n_old, n_rows), end_state, attention_start,
                                              config)
+    import torch
+
     old_count = previous.mask[:, :n_old].sum(axis=1).astype(np.float64)
     total += torch.from_numpy(np.nan_to_num(previous.lead_lag, nan=0.0) * old_count[:, None, None])
     count += torch.from_numpy(old_count)
@@ -182,6 +202,8 @@ def _infer_rows(
 ) -> tuple[dict[str, list[np.ndarray]], torch.Tensor, torch.Tensor, StepState | None]:
     """The model over `rows` of the features in chunks from `state` -> (per-output arrays of those rows, the
     lead-lag attention summed over target-open bars (A, A, K+1) float64, the open bars per target (A,), state)."""
+    import torch
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout: the same input always gives the same diagnostics

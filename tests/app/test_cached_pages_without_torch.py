@@ -1,0 +1,47 @@
+"""A restarted app shows a checkpoint's pages from the disk cache without importing torch or sklearn (issue 17).
+
+With the diagnostics and findings of (checkpoint, data) on disk, the model is loaded only for what runs it live (the
+hidden attention on Lookback, training on the Model page): torch costs 1.5-3 s to import on the 2-core box and
+sklearn about 1.8 s, once per server process. The pages run in a fresh interpreter, as after a restart (this
+process has long imported both), one after the other as one server runs them, through the real app script.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.app.conftest import ROOT, open_page
+
+# every page that shows cached results only; Lookback draws the hidden attention of a bar (the model, live)
+WITHOUT_MODEL = ("views/overview.py", "views/forecasts.py", "views/backtest.py", "views/regimes.py",
+                 "views/lead_lag.py", "views/data.py")
+HEAVY = ("torch", "sklearn")
+
+RUN_PAGES = """
+import json, sys
+from tests.app.conftest import figure_specs, open_page
+out = []
+for page in sys.argv[1:]:
+    at = open_page(page)
+    out.append({"page": page, "exception": [str(e.value) for e in at.exception], "charts": len(figure_specs(at)),
+                "errors": [e.value for e in at.error], "loaded": [m for m in HEAVY if m in sys.modules]})
+print(json.dumps(out))
+""".replace("HEAVY", repr(HEAVY))
+
+
+def run_fresh(*pages: str) -> list[dict]:
+    done = subprocess.run([sys.executable, "-c", RUN_PAGES, *pages], cwd=ROOT, env={**os.environ},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_with_the_cache_warm_the_pages_render_without_torch_or_sklearn(seeded_db):
+    warm = open_page("views/overview.py")  # computes the demo's diagnostics once per session (shared folder)
+    assert not warm.exception, warm.exception
+    for result in run_fresh(*WITHOUT_MODEL):
+        assert not result["exception"] and not result["errors"], result
+        assert result["charts"] >= 1, result  # the page drew its charts, not a message
+        assert result["loaded"] == [], f"{result['page']} imported {result['loaded']}"
