@@ -24,6 +24,7 @@ from importlib import metadata
 import torch
 from torch import nn
 
+import engine.model.attention as attention_module
 import engine.model.hybrid as hybrid_module
 import engine.model.ssm as ssm_module
 from engine.benchmarks._measure import (
@@ -35,7 +36,7 @@ from engine.benchmarks._measure import (
     verdict,
 )
 from engine.model.config import ModelConfig
-from engine.model.hybrid import HybridModel
+from engine.model.hybrid import GraphedTrainingStep, HybridModel
 from engine.model.scan import selective_scan_reference
 from engine.model.ssm import SelectiveSSMBlock
 from engine.runtime import configure_cpu_threads, device_label, pick_device
@@ -281,7 +282,9 @@ def full_model_rows(device: torch.device, budget_s: float = 8.0) -> list[dict]:
 
 
 def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
-    """Our training step at MANY_ASSETS assets x MODEL_LENGTH bars x batch MANY_BATCH (GPU only), fp32 and TF32."""
+    """Our training step at MANY_ASSETS assets x MODEL_LENGTH bars x batch MANY_BATCH (GPU only), fp32 and TF32:
+    eager as before issue 18's step work (plain per-asset matmuls, explicit attention), eager with each change, and
+    the step as one CUDA graph."""
     if device.type != "cuda":
         return []
     torch.manual_seed(0)
@@ -292,19 +295,86 @@ def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
 
     def train() -> None:
         model.zero_grad(set_to_none=True)
-        output = model(x, mask)
-        (output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()).backward()
+        _training_loss(model, x, mask).backward()
 
     rows = []
     for precision, tf32 in (("fp32", False), ("TF32 matmuls", True)):
         with tf32_matmuls(tf32):
-            timing = time_on(device, train, budget_s=budget_s, max_reps=20)
-        rows.append({"case": f"full model, {MANY_ASSETS} assets x {MODEL_LENGTH} bars x batch {MANY_BATCH}, "
-                             f"training step, {precision}", "length": MODEL_LENGTH,
-                     "parameters": f"{model.num_parameters():,}", "fwd_bwd_ms": timing.median,
-                     "fwd_bwd_spread": timing.spread(), "budget": f"<= {MANY_BUDGET_MS:.1f} ms (3x under "
-                     f"{MANY_BEFORE_MS:g})", "result": verdict(timing.median, MANY_BUDGET_MS)})
+            variants = {
+                "eager, plain per-asset matmuls, explicit attention (before)": _paths(train, False, False),
+                "eager, grouped per-asset matmuls, explicit attention": _paths(train, True, False),
+                "eager, grouped per-asset matmuls, memory-efficient attention": train,
+                "one CUDA graph (grouped matmuls, memory-efficient attention)":
+                    GraphedTrainingStep(model, lambda a, b: _training_loss(model, a, b), x, mask)}
+            for name, fn in variants.items():
+                try:
+                    timing = time_on(device, fn, budget_s=budget_s, max_reps=15)
+                except RuntimeError as error:  # a path this torch build cannot run: say so, keep the others
+                    rows.append({"case": f"{MANY_ASSETS} assets, {precision}, {name}", "note": f"failed: {error}"[:200]})
+                    continue
+                rows.append({"case": f"full model, {MANY_ASSETS} assets x {MODEL_LENGTH} bars x batch {MANY_BATCH}, "
+                                     f"training step, {precision}, {name}", "length": MODEL_LENGTH,
+                             "parameters": f"{model.num_parameters():,}", "fwd_bwd_ms": timing.median,
+                             "fwd_bwd_spread": timing.spread(), "budget": f"<= {MANY_BUDGET_MS:.1f} ms (3x under "
+                             f"{MANY_BEFORE_MS:g})", "result": verdict(timing.median, MANY_BUDGET_MS)})
+            del variants
     return rows
+
+
+def _training_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    output = model(x, mask)
+    return output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()
+
+
+def _paths(fn: Callable[[], object], grouped: bool, fused_attention: bool) -> Callable[[], None]:
+    """fn with the CUDA speed paths switched on or off: the grouped per-asset matmuls (engine.model.ssm) and the
+    memory-efficient attention for many assets (engine.model.attention); restored after each call."""
+    def run() -> None:
+        saved = ssm_module.GROUPED_MATMUL, attention_module.FUSED_ATTENTION
+        ssm_module.GROUPED_MATMUL, attention_module.FUSED_ATTENTION = grouped, fused_attention
+        try:
+            fn()
+        finally:
+            ssm_module.GROUPED_MATMUL, attention_module.FUSED_ATTENTION = saved
+    return run
+
+
+def compile_rows(device: torch.device, budget_s: float = 8.0, mode: str = "default") -> list[dict]:
+    """Our training step at 3 assets under torch.compile (GPU only): the compiled step launched as is, and the same
+    compiled step captured as one CUDA graph (what mode="reduce-overhead" does). Compile time in the note."""
+    if device.type != "cuda":
+        return []
+    torch.manual_seed(0)
+    config = ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)
+    model = HybridModel(config).to(device).train()
+    x = torch.randn(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, config.n_features, device=device)
+    mask = torch.ones(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, dtype=torch.bool, device=device)
+    shape = f"{MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}, fp32"
+    try:
+        compiled = torch.compile(lambda a, b: _training_loss(model, a, b), mode=mode)
+
+        def train() -> None:
+            model.zero_grad(set_to_none=True)
+            compiled(x, mask).backward()
+
+        started = time.perf_counter()
+        train()
+        torch.cuda.synchronize(device)
+        compile_s = time.perf_counter() - started
+        eager = _paths(lambda: (model.zero_grad(set_to_none=True), _training_loss(model, x, mask).backward()),
+                       True, True)
+        graphed = GraphedTrainingStep(model, compiled, x, mask)
+        timings = time_interleaved({"eager": eager, "compiled": train, "graphed": graphed}, device, budget_s=budget_s)
+    except Exception as error:  # noqa: BLE001 (a compiler failure of any kind is a row, not a crash)
+        return [{"case": f"full model, {shape}, torch.compile(mode={mode!r})", "note": f"failed: {error}"[:300]}]
+    note = f"compile {compile_s:.0f} s (first step)"
+    return [{"case": f"full model, {shape}, eager", "length": MODEL_LENGTH, "fwd_bwd_ms": timings["eager"].median,
+             "fwd_bwd_spread": timings["eager"].spread()},
+            {"case": f"full model, {shape}, torch.compile(mode={mode!r})", "length": MODEL_LENGTH,
+             "fwd_bwd_ms": timings["compiled"].median, "fwd_bwd_spread": timings["compiled"].spread(), "note": note},
+            {"case": f"full model, {shape}, torch.compile(mode={mode!r}) captured as one CUDA graph",
+             "length": MODEL_LENGTH, "fwd_bwd_ms": timings["graphed"].median,
+             "fwd_bwd_spread": timings["graphed"].spread(), "note": note}]
 
 
 def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str = "") -> list[dict]:
@@ -325,8 +395,7 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
 
     def ours_train() -> None:
         model.zero_grad(set_to_none=True)
-        output = model(x, mask)
-        (output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()).backward()
+        _training_loss(model, x, mask).backward()
 
     def peer_train() -> None:
         peer.zero_grad(set_to_none=True)
@@ -335,25 +404,45 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
     model.eval(), peer.eval()
     forward = time_interleaved({"ours": ours_forward, "peer": peer_forward}, device, budget_s=budget_s)
     model.train(), peer.train()
-    train = time_interleaved({"ours": ours_train, "peer": peer_train}, device, budget_s=budget_s)
+    trains = {"ours": ours_train, "peer": peer_train}
+    if device.type == "cuda":  # the step as one CUDA graph, ours and the peer's alike; and ours before
+        trains["ours_plain"] = _paths(ours_train, False, False)
+        trains["ours_graph"] = GraphedTrainingStep(model, lambda a, b: _training_loss(model, a, b), x, mask)
+        trains["peer_graph"] = GraphedTrainingStep(peer, lambda a: peer(a).sum(), x)
+    train = time_interleaved(trains, device, budget_s=budget_s)
     shape = f"{MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}" + (f", {precision}" if precision else "")
-    return [
-        {"case": f"full model, {shape}", "length": MODEL_LENGTH, "parameters": f"{model.num_parameters():,}",
+    peer_name = f"{TRANSFORMER_LAYERS}-layer causal Transformer, same width, FF {FF_MULT}x"
+    on_gpu = device.type == "cuda"
+    rows = [
+        {"case": f"full model, {shape}" + (", eager, grouped per-asset matmuls" if on_gpu else ""),
+             "length": MODEL_LENGTH, "parameters": f"{model.num_parameters():,}",
              "fwd_ms": forward["ours"].median, "fwd_spread": forward["ours"].spread(), "fwd_bwd_ms": train["ours"].median,
              "fwd_bwd_spread": train["ours"].spread(), "note": f"pattern {'/'.join(config.layer_pattern)}"},
-        {"case": f"{TRANSFORMER_LAYERS}-layer causal Transformer, same width, FF {FF_MULT}x, {shape}",
+        {"case": f"{peer_name}, {shape}" + (", eager" if on_gpu else ""),
              "length": MODEL_LENGTH, "parameters": f"{params(peer):,}", "fwd_ms": forward["peer"].median,
              "fwd_spread": forward["peer"].spread(), "fwd_bwd_ms": train["peer"].median,
              "fwd_bwd_spread": train["peer"].spread(), "note": "per-asset streams, no cross-asset attention"},
-        {"case": f"ratio: full model / Transformer, fwd+bwd (training step){', ' + precision if precision else ''}",
-             "length": MODEL_LENGTH,
-             "ratio": paired_ratio(train["ours"], train["peer"]),
-             "budget": "<= 0.5 (issue 18, GPU)" if device.type == "cuda" else "-",
-             "result": verdict(paired_ratio(train["ours"], train["peer"]), 0.5) if device.type == "cuda" else "-"},
     ]
+    if on_gpu:
+        for key, name, n in (("ours_plain", f"full model, {shape}, eager, plain per-asset matmuls (before)", model),
+                             ("ours_graph", f"full model, {shape}, training step as one CUDA graph", model),
+                             ("peer_graph", f"{peer_name}, {shape}, training step as one CUDA graph", peer)):
+            rows.append({"case": name, "length": MODEL_LENGTH, "parameters": f"{params(n):,}",
+                         "fwd_bwd_ms": train[key].median, "fwd_bwd_spread": train[key].spread()})
+    pairs = [("ours", "peer", "eager / eager")]
+    if on_gpu:
+        pairs += [("ours_graph", "peer_graph", "CUDA graph / CUDA graph"), ("ours_graph", "peer", "CUDA graph / eager")]
+    for ours_key, peer_key, how in pairs:
+        ratio = paired_ratio(train[ours_key], train[peer_key])
+        rows.append({"case": f"ratio: full model / Transformer, fwd+bwd (training step), {how}"
+                             f"{', ' + precision if precision else ''}", "length": MODEL_LENGTH, "ratio": ratio,
+                     "budget": "<= 0.5 (issue 18, GPU)" if on_gpu else "-",
+                     "result": verdict(ratio, 0.5) if on_gpu else "-"})
+    return rows
 
 
 GROUPS = ("layers", "step", "model", "many")
+EXTRA_GROUPS = ("compile",)  # minutes of compiling: only when asked (--only compile)
 COLUMNS = ("case", "length", "parameters", "fwd_ms", "fwd_spread", "fwd_bwd_ms", "fwd_bwd_spread", "ratio",
            "budget", "result", "note")
 
@@ -369,6 +458,8 @@ def row_groups(device: torch.device, only: tuple[str, ...] = GROUPS) -> Iterator
         yield full_model_rows(device)
     if "many" in only:
         yield many_assets_rows(device)
+    if "compile" in only:
+        yield compile_rows(device)
 
 
 def rows(device: torch.device | str) -> list[dict]:
@@ -390,7 +481,8 @@ def format_row(row: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(GROUPS), help="which groups to run")
+    parser.add_argument("--only", nargs="*", choices=GROUPS + EXTRA_GROUPS, default=list(GROUPS),
+                        help="which groups to run (compile: torch.compile's training step, minutes to compile)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: all cores, <= 4; 1 on a CPU that others share)")
     args = parser.parse_args(argv)

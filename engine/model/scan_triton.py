@@ -88,7 +88,9 @@ def _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED: tl.conste
             delta = delta * open_[:, None]
             slope = slope * open_[:, None]
         delta = tl.where(tok[:, None], delta, 0.0)  # padded bars: delta 0 = the identity step
-        return delta, slope
+        # float32 whatever lo and hi came as (torch.compile's wrapper passes Python floats as float64): both
+        # branches must return one type. A no-op when they are float32 (a plain launch).
+        return delta.to(tl.float32), slope.to(tl.float32)
     return raw, raw
 
 

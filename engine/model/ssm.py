@@ -35,10 +35,114 @@ from engine.model.scan import fused_kernel_available, scan_dtype, selective_scan
 LN2 = math.log(2.0)
 
 
+# ----- the per-asset matmul on CUDA ---------------------------------------------------------------------------------
+#
+# A window's per-asset projection is A matmuls (rows, in) @ (in, out) with rows = batch x bars. The plain path
+# (PerAssetLinear.forward below, what the CPU runs) moves the asset axis to the front, which copies x, and hands
+# autograd a bmm whose weight gradient is A products (in, rows) @ (rows, out): an output of a few tiles per asset
+# reduced over tens of thousands of rows, so a handful of thread blocks do all the work on a GPU of 132 SMs (the
+# profile of issue 18: half the training step's GPU time). On CUDA, _GroupedPerAssetMatmul instead
+#   * reads x and writes y in the model's (rows, A, features) layout through the bmm's strides (no copies): the
+#     batch stride of asset a is `in` elements, the row stride A * in, which cuBLAS takes as its leading dimension;
+#   * computes the weight gradient split over the rows ("split-K"): rows in S slices, A * S products summed over the
+#     slices, so the GPU has A * S times more blocks to run;
+#   * optionally runs the products in bfloat16 (float32 accumulation, the product rounded to bfloat16 and handed
+#     back in x's dtype): PROJECTION_PRECISION below.
+# The parameters are the same tensors; only the order of the additions differs from the plain path (float rounding).
+
+# "fp32": the products in the inputs' dtype (TF32 where torch.backends.cuda.matmul allows it); "bf16": in bfloat16
+# with float32 accumulation, the result handed back in x's dtype, on CUDA only. Under torch.autocast the autocast
+# dtype wins.
+PROJECTION_PRECISION = "fp32"
+GROUPED_MATMUL = True  # False: CUDA takes the plain path too (the benchmark's "before" rows)
+SPLIT_ROWS = 512  # the weight gradient's slices hold at least this many rows
+SPLIT_BLOCKS = 1024  # ... and there are at most this many products (assets x slices) in all
+
+
+def _row_slices(rows: int, assets: int) -> int:
+    """How many slices the weight gradient's rows are cut into: a power of two dividing rows, each slice at least
+    SPLIT_ROWS rows, at most SPLIT_BLOCKS products in all."""
+    slices = 1
+    while (rows % (2 * slices) == 0 and rows // (2 * slices) >= SPLIT_ROWS
+           and assets * 2 * slices <= SPLIT_BLOCKS):
+        slices *= 2
+    return slices
+
+
+class _GroupedPerAssetMatmul(torch.autograd.Function):
+    """x (R, A, in) (last stride 1), weight (A, in, out), bias (A, out) or None -> y (R, A, out), contiguous."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        rows, assets, _ = x.shape
+        y = x.new_empty(rows, assets, weight.shape[-1])
+        torch.bmm(x.transpose(0, 1), weight, out=y.transpose(0, 1))  # (A, R, in) @ (A, in, out), strided
+        if bias is not None:
+            y += bias
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, weight = ctx.saved_tensors
+        rows, assets, n_in = x.shape
+        n_out = weight.shape[-1]
+        if grad_y.stride(-1) != 1 or grad_y.stride(-2) != n_out:
+            grad_y = grad_y.contiguous()
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x.new_empty(rows, assets, n_in)
+            torch.bmm(grad_y.transpose(0, 1), weight.transpose(1, 2), out=grad_x.transpose(0, 1))
+        if ctx.needs_input_grad[1]:
+            slices = _row_slices(rows, assets)
+            if slices == 1:
+                grad_weight = torch.bmm(x.transpose(0, 1).transpose(1, 2), grad_y.transpose(0, 1))
+            else:
+                # Asset-major copies, so that (asset, slice) is one batch axis of stride rows/slices x features.
+                per = rows // slices
+                x_s = x.transpose(0, 1).contiguous().view(assets * slices, per, n_in)
+                g_s = grad_y.transpose(0, 1).contiguous().view(assets * slices, per, n_out)
+                parts = torch.bmm(x_s.transpose(1, 2), g_s).view(assets, slices, n_in, n_out)
+                grad_weight = parts.sum(1, dtype=torch.float32).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_y.sum(0, dtype=torch.float32).to(grad_y.dtype)
+        return grad_x, grad_weight, grad_bias
+
+
+def _grouped_matmul_applies(x: Tensor, weight: Tensor) -> bool:
+    """CUDA, a window (x (..., T, A, in)), one weight per asset, and not under torch.compile (which traces the plain
+    path and plans its own kernels)."""
+    return (GROUPED_MATMUL and x.is_cuda and x.dim() >= 4 and weight.shape[0] > 1
+            and x.dtype != torch.float64 and not torch.compiler.is_compiling())
+
+
+def grouped_per_asset_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (..., A, in) @ weight (A, in, out) [+ bias (A, out)] on CUDA: _GroupedPerAssetMatmul in the precision
+    PROJECTION_PRECISION (or autocast's) asks for; the result has x's dtype (autocast's under autocast)."""
+    lead, (assets, n_in) = x.shape[:-2], x.shape[-2:]
+    x3 = x.reshape(-1, assets, n_in)
+    if x3.stride(-1) != 1 or x3.stride(-2) != n_in:
+        x3 = x3.contiguous()
+    out_dtype = x.dtype
+    if torch.is_autocast_enabled("cuda"):
+        compute = out_dtype = torch.get_autocast_dtype("cuda")
+    else:
+        compute = torch.bfloat16 if PROJECTION_PRECISION == "bf16" else x.dtype
+    with torch.autocast("cuda", enabled=False):
+        if compute != x3.dtype:
+            x3, weight = x3.to(compute), weight.to(compute)
+            bias = None if bias is None else bias.to(compute)
+        y = _GroupedPerAssetMatmul.apply(x3, weight, bias)
+    y = y if y.dtype == out_dtype else y.to(out_dtype)
+    return y.view(*lead, assets, weight.shape[-1])
+
+
 class PerAssetLinear(nn.Module):
     """y[..., a, :] = x[..., a, :] @ W[a] + b[a]: one weight matrix per asset, applied in one batched matmul.
 
-    With n_assets=1 and shared=True it is an ordinary Linear broadcast over every asset.
+    With n_assets=1 and shared=True it is an ordinary Linear broadcast over every asset. A window on CUDA takes
+    grouped_per_asset_matmul (see above); the CPU and step mode take the plain path.
     """
 
     def __init__(self, n_assets: int, in_features: int, out_features: int, *, bias: bool = True, shared: bool = False):
@@ -50,20 +154,28 @@ class PerAssetLinear(nn.Module):
 
     def forward(self, x: Tensor, *, add_bias: bool = True) -> Tensor:
         # x (..., A, in) -> (..., A, out); add_bias=False leaves the bias to the caller (the fused scan adds it)
-        if self.weight.shape[0] == 1:
-            y = x @ self.weight[0]
-        elif x.dim() == 3:  # step mode (B, A, in): the asset axis is already next to the front
-            by_asset = x.transpose(0, 1)  # (A, B, in)
-            if self.bias is not None and add_bias:
-                return torch.baddbmm(self.bias.unsqueeze(1), by_asset, self.weight).transpose(0, 1)
-            return torch.bmm(by_asset, self.weight).transpose(0, 1)
-        else:
-            # One bmm with the asset axis as its batch: (A, rows, in) @ (A, in, out). Cheaper than einsum's
-            # dispatch, which matters in step mode where every op is a few microseconds of overhead.
-            by_asset = x.movedim(-2, 0)  # (A, ..., in)
-            y = torch.bmm(by_asset.reshape(by_asset.shape[0], -1, by_asset.shape[-1]), self.weight)
-            y = y.view(*by_asset.shape[:-1], y.shape[-1]).movedim(0, -2)
-        return y if self.bias is None or not add_bias else y + self.bias
+        return per_asset_linear(x, self.weight, self.bias if add_bias else None)
+
+
+def per_asset_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., A, in) @ weight (A or 1, in, out) [+ bias (A or 1, out)] -> (..., A, out): PerAssetLinear's
+    arithmetic for any weights (the fused SSM path passes x_proj's and dt_proj's folded into one)."""
+    if _grouped_matmul_applies(x, weight):
+        return grouped_per_asset_matmul(x, weight, bias)
+    if weight.shape[0] == 1:
+        y = x @ weight[0]
+    elif x.dim() == 3:  # step mode (B, A, in): the asset axis is already next to the front
+        by_asset = x.transpose(0, 1)  # (A, B, in)
+        if bias is not None:
+            return torch.baddbmm(bias.unsqueeze(1), by_asset, weight).transpose(0, 1)
+        return torch.bmm(by_asset, weight).transpose(0, 1)
+    else:
+        # One bmm with the asset axis as its batch: (A, rows, in) @ (A, in, out). Cheaper than einsum's
+        # dispatch, which matters in step mode where every op is a few microseconds of overhead.
+        by_asset = x.movedim(-2, 0)  # (A, ..., in)
+        y = torch.bmm(by_asset.reshape(by_asset.shape[0], -1, by_asset.shape[-1]), weight)
+        y = y.view(*by_asset.shape[:-1], y.shape[-1]).movedim(0, -2)
+    return y if bias is None else y + bias
 
 
 class PerAssetRMSNorm(nn.Module):
@@ -209,15 +321,22 @@ class SelectiveSSMBlock(nn.Module):
         # A copy, not a view: a view would keep the whole (B, K-1+T, D) window alive inside the returned state.
         return out, padded[:, padded.shape[1] - (K - 1) :].transpose(1, 2).clone()
 
-    def scan_inputs(self, x: Tensor, mask: Tensor, state: SSMLayerState | None = None) -> tuple[ScanInputs, Tensor]:
-        """x (B, T, A, M), mask (B, T, A) -> (ScanInputs, the conv buffer after the last bar (B, D_total, d_conv-1))."""
+    def _mixer_inputs(self, x: Tensor, mask: Tensor, state: SSMLayerState | None
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The norm, in_proj and the causal conv, shared by both window paths: x (B, T, A, M), mask (B, T, A) ->
+        (u (B, T, A, Di) conv+SiLU output, the gate branch z (B, T, A, Di), open bars (B, T, A, 1) 1.0/0.0, the conv
+        buffer after the last bar (B, D_total, d_conv-1))."""
         batch, length, A, _ = x.shape
         Di = self.d_inner
         open_bars = mask.unsqueeze(-1).to(x.dtype)  # (B, T, A, 1)
         u_in, z = self.in_proj(self.norm(x)).split(Di, dim=-1)  # (B, T, A, Di) each
         u_in = u_in * open_bars  # closed bars feed zeros to the conv
         conv_out, conv_buffer = self._causal_conv(u_in.reshape(batch, length, A * Di), state)  # (B, T, D_total)
-        u = F.silu(conv_out).view(batch, length, A, Di)
+        return F.silu(conv_out).view(batch, length, A, Di), z, open_bars, conv_buffer
+
+    def scan_inputs(self, x: Tensor, mask: Tensor, state: SSMLayerState | None = None) -> tuple[ScanInputs, Tensor]:
+        """x (B, T, A, M), mask (B, T, A) -> (ScanInputs, the conv buffer after the last bar (B, D_total, d_conv-1))."""
+        u, z, open_bars, conv_buffer = self._mixer_inputs(x, mask, state)
         delta, B, C = self._selection(u, open_bars)
         return ScanInputs(u, delta, self.decay_rates(), B, C, z), conv_buffer
 
@@ -281,15 +400,17 @@ class SelectiveSSMBlock(nn.Module):
 
         batch, length, A, _ = x.shape
         Di, N, r = self.d_inner, self.d_state, self.dt_rank
-        open_bars = mask.unsqueeze(-1).to(x.dtype)  # (B, T, A, 1)
-        u_in, z = self.in_proj(self.norm(x)).split(Di, dim=-1)
-        conv_out, conv_buffer = self._causal_conv((u_in * open_bars).reshape(batch, length, A * Di), state)
-        u = F.silu(conv_out)  # (B, T, D_total)
-        dt_low, B, C = self.x_proj(u.view(batch, length, A, Di)).split([r, N, N], dim=-1)
-        dt = self.dt_proj(dt_low, add_bias=False)  # (B, T, A, Di): the bias is added in the kernel
+        u, z, open_bars, conv_buffer = self._mixer_inputs(x, mask, state)
+        # x_proj's dt columns and dt_proj folded into one (Di, Di) weight per asset, beside x_proj's B and C columns:
+        # one matmul of u instead of two, the second of which (rank dt_rank, 4 at the defaults) ran on cuBLAS's
+        # matrix-vector kernels at a fraction of the memory speed. The same parameters, the additions reordered.
+        w = self.x_proj.weight  # (A or 1, Di, dt_rank + 2N)
+        folded = torch.cat([w[..., :r] @ self.dt_proj.weight, w[..., r:]], dim=-1)  # (A or 1, Di, Di + 2N)
+        dt, B, C = per_asset_linear(u, folded).split([Di, N, N], dim=-1)  # dt without its bias: the kernel adds it
         gated, last_state = selective_scan_fused(
-            u, dt.reshape(batch, length, A * Di), self.dt_proj.bias.expand(A, Di).reshape(A * Di),
-            self.decay_rates(), B, C, self.D.expand(A, Di).reshape(A * Di), z.reshape(batch, length, A * Di),
+            u.reshape(batch, length, A * Di), dt.reshape(batch, length, A * Di),
+            self.dt_proj.bias.expand(A, Di).reshape(A * Di), self.decay_rates(), B, C,
+            self.D.expand(A, Di).reshape(A * Di), z.reshape(batch, length, A * Di),
             mask.to(torch.float32), None if state is None else state.ssm_state, dt_clamp=self.dt_clamp,
         )
         out = self.out_proj(gated.view(batch, length, A, Di)) * open_bars  # nothing added at closed bars
