@@ -12,6 +12,11 @@ pre-norm residual block of width 64 (d_inner 128, state 16) with the same dropou
 
 The peers of one length are timed interleaved (each once per round), and the ratios are medians of the rounds'
 paired ratios, so load on a shared CPU hits both sides of a ratio alike. Each budget row says pass or FAIL.
+
+On a GPU the full model's training step is timed several ways (issue 18): eager as before the CUDA paths (the plain
+per-asset matmuls, explicit attention), eager with them, and the whole step captured as one CUDA graph
+(engine.model.hybrid.GraphedTrainingStep), the Transformer peer eager and captured alike, so each ratio compares
+like with like; `--only compile` adds the step under torch.compile (minutes of compiling, not in the default run).
 """
 from __future__ import annotations
 
@@ -405,10 +410,16 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
     forward = time_interleaved({"ours": ours_forward, "peer": peer_forward}, device, budget_s=budget_s)
     model.train(), peer.train()
     trains = {"ours": ours_train, "peer": peer_train}
+    failed = {}
     if device.type == "cuda":  # the step as one CUDA graph, ours and the peer's alike; and ours before
         trains["ours_plain"] = _paths(ours_train, False, False)
-        trains["ours_graph"] = GraphedTrainingStep(model, lambda a, b: _training_loss(model, a, b), x, mask)
-        trains["peer_graph"] = GraphedTrainingStep(peer, lambda a: peer(a).sum(), x)
+        for key, capture in (("ours_graph", lambda: GraphedTrainingStep(
+                                 model, lambda a, b: _training_loss(model, a, b), x, mask)),
+                             ("peer_graph", lambda: GraphedTrainingStep(peer, lambda a: peer(a).sum(), x))):
+            try:
+                trains[key] = capture()
+            except RuntimeError as error:  # a capture this build cannot make: a row that says so
+                failed[key] = f"capture failed: {error}"[:200]
     train = time_interleaved(trains, device, budget_s=budget_s)
     shape = f"{MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}" + (f", {precision}" if precision else "")
     peer_name = f"{TRANSFORMER_LAYERS}-layer causal Transformer, same width, FF {FF_MULT}x"
@@ -427,11 +438,15 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
         for key, name, n in (("ours_plain", f"full model, {shape}, eager, plain per-asset matmuls (before)", model),
                              ("ours_graph", f"full model, {shape}, training step as one CUDA graph", model),
                              ("peer_graph", f"{peer_name}, {shape}, training step as one CUDA graph", peer)):
+            if key in failed:
+                rows.append({"case": name, "note": failed[key]})
+                continue
             rows.append({"case": name, "length": MODEL_LENGTH, "parameters": f"{params(n):,}",
                          "fwd_bwd_ms": train[key].median, "fwd_bwd_spread": train[key].spread()})
     pairs = [("ours", "peer", "eager / eager")]
     if on_gpu:
         pairs += [("ours_graph", "peer_graph", "CUDA graph / CUDA graph"), ("ours_graph", "peer", "CUDA graph / eager")]
+    pairs = [(a, b, how) for a, b, how in pairs if a in train and b in train]
     for ours_key, peer_key, how in pairs:
         ratio = paired_ratio(train[ours_key], train[peer_key])
         rows.append({"case": f"ratio: full model / Transformer, fwd+bwd (training step), {how}"
