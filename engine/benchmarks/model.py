@@ -13,8 +13,8 @@ pre-norm residual block of width 64 (d_inner 128, state 16) with the same dropou
 The peers of one length are timed interleaved (each once per round), and the ratios are medians of the rounds'
 paired ratios, so load on a shared CPU hits both sides of a ratio alike. Each budget row says pass or FAIL.
 
-On a GPU the full model's training step is timed several ways (issue 18): eager as before the CUDA paths (the plain
-per-asset matmuls, explicit attention), eager with them, and the whole step captured as one CUDA graph
+On a GPU the full model's training step is timed several ways (issue 18): eager as before the grouped per-asset
+matmuls (engine.model.ssm), eager with them, and the whole step captured as one CUDA graph
 (engine.model.hybrid.GraphedTrainingStep), the Transformer peer eager and captured alike, so each ratio compares
 like with like; `--only compile` adds the step under torch.compile (minutes of compiling, not in the default run).
 """
@@ -29,7 +29,6 @@ from importlib import metadata
 import torch
 from torch import nn
 
-import engine.model.attention as attention_module
 import engine.model.hybrid as hybrid_module
 import engine.model.ssm as ssm_module
 from engine.benchmarks._measure import (
@@ -288,8 +287,7 @@ def full_model_rows(device: torch.device, budget_s: float = 8.0) -> list[dict]:
 
 def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
     """Our training step at MANY_ASSETS assets x MODEL_LENGTH bars x batch MANY_BATCH (GPU only), fp32 and TF32:
-    eager as before issue 18's step work (plain per-asset matmuls, explicit attention), eager with each change, and
-    the step as one CUDA graph."""
+    eager with the plain per-asset matmuls (before), eager with the grouped ones, and the step as one CUDA graph."""
     if device.type != "cuda":
         return []
     torch.manual_seed(0)
@@ -306,11 +304,9 @@ def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
     for precision, tf32 in (("fp32", False), ("TF32 matmuls", True)):
         with tf32_matmuls(tf32):
             variants = {
-                "eager, plain per-asset matmuls, explicit attention (before)": _paths(train, False, False),
-                "eager, grouped per-asset matmuls, explicit attention": _paths(train, True, False),
-                "eager, grouped per-asset matmuls, memory-efficient attention": train,
-                "one CUDA graph (grouped matmuls, memory-efficient attention)":
-                    GraphedTrainingStep(model, lambda a, b: _training_loss(model, a, b), x, mask)}
+                "eager, plain per-asset matmuls (before)": _paths(train, False),
+                "eager, grouped per-asset matmuls": train,
+                "one CUDA graph": GraphedTrainingStep(model, lambda a, b: _training_loss(model, a, b), x, mask)}
             for name, fn in variants.items():
                 try:
                     timing = time_on(device, fn, budget_s=budget_s, max_reps=15)
@@ -331,16 +327,15 @@ def _training_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> tor
     return output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()
 
 
-def _paths(fn: Callable[[], object], grouped: bool, fused_attention: bool) -> Callable[[], None]:
-    """fn with the CUDA speed paths switched on or off: the grouped per-asset matmuls (engine.model.ssm) and the
-    memory-efficient attention for many assets (engine.model.attention); restored after each call."""
+def _paths(fn: Callable[[], object], grouped: bool) -> Callable[[], None]:
+    """fn with the grouped per-asset matmuls (engine.model.ssm) switched on or off; restored after each call."""
     def run() -> None:
-        saved = ssm_module.GROUPED_MATMUL, attention_module.FUSED_ATTENTION
-        ssm_module.GROUPED_MATMUL, attention_module.FUSED_ATTENTION = grouped, fused_attention
+        saved = ssm_module.GROUPED_MATMUL
+        ssm_module.GROUPED_MATMUL = grouped
         try:
             fn()
         finally:
-            ssm_module.GROUPED_MATMUL, attention_module.FUSED_ATTENTION = saved
+            ssm_module.GROUPED_MATMUL = saved
     return run
 
 
@@ -366,8 +361,7 @@ def compile_rows(device: torch.device, budget_s: float = 8.0, mode: str = "defau
         train()
         torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - started
-        eager = _paths(lambda: (model.zero_grad(set_to_none=True), _training_loss(model, x, mask).backward()),
-                       True, True)
+        eager = _paths(lambda: (model.zero_grad(set_to_none=True), _training_loss(model, x, mask).backward()), True)
         graphed = GraphedTrainingStep(model, compiled, x, mask)
         timings = time_interleaved({"eager": eager, "compiled": train, "graphed": graphed}, device, budget_s=budget_s)
     except Exception as error:  # noqa: BLE001 (a compiler failure of any kind is a row, not a crash)
@@ -412,7 +406,7 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
     trains = {"ours": ours_train, "peer": peer_train}
     failed = {}
     if device.type == "cuda":  # the step as one CUDA graph, ours and the peer's alike; and ours before
-        trains["ours_plain"] = _paths(ours_train, False, False)
+        trains["ours_plain"] = _paths(ours_train, False)
         for key, capture in (("ours_graph", lambda: GraphedTrainingStep(
                                  model, lambda a, b: _training_loss(model, a, b), x, mask)),
                              ("peer_graph", lambda: GraphedTrainingStep(peer, lambda a: peer(a).sum(), x))):

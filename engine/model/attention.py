@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.model.config import ModelConfig
 from engine.model.layer import LayerOutput, derived_weights
@@ -95,17 +94,9 @@ class LeadLagAttention(nn.Module):
         values = torch.cat([state.values, v], dim=1)
         key_mask = torch.cat([state.key_mask, mask], dim=1)  # (B, K+T, A)
 
-        W = K + 1
-        if not readout and _fused_attention_applies(x, A):
-            attended = self._attend_fused(q, keys, values, key_mask, mask)  # (B, T, A_tgt, M), 0 at closed targets
-            out = self.out_proj(attended)
-            new_state = None
-            if return_state:
-                new_state = AttentionLayerState(*(_last_bars(t, K) for t in (keys, values, key_mask)))
-            return LayerOutput(x + F.dropout(out, self.dropout, self.training), new_state, None)
-
         # K+1 shifted views: slot w of bar t holds bar t-K+w (lag K-w). Heads go in front so that scores and the
         # weighted sum are two batched matmuls over (B, T, H).
+        W = K + 1
         key_windows = keys.unfold(1, W, 1).view(batch, length, A, H, dh, W).permute(0, 1, 3, 4, 2, 5)
         keys_h = (key_windows + self._key_embeddings()).reshape(batch, length, H, dh, A * W)  # (B, T, H, dh, A_src*W)
         value_windows = values.unfold(1, W, 1).view(batch, length, A, H, dh, W).permute(0, 1, 3, 2, 5, 4)
@@ -133,31 +124,6 @@ class LeadLagAttention(nn.Module):
             in_lag_order = weights.view(batch, length, H, A, A, W).flip(-1)  # (B, T, H, A_tgt, A_src, K+1), lag 0 first
             attention = AttentionWeights(in_lag_order.mean(dim=2), in_lag_order.transpose(2, 3))
         return LayerOutput(x + F.dropout(out, self.dropout, self.training), new_state, attention)
-
-    def _attend_fused(self, q: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, mask: Tensor) -> Tensor:
-        """forward's attention through torch's memory-efficient attention kernel (CUDA, many assets, no readout):
-        the (B, T, H, A_tgt, A_src * (K+1)) scores never reach memory. q (B, T, A, M), keys and values
-        (B, K+T, A, M), key_mask (B, K+T, A), mask (B, T, A) -> attended (B, T, A_tgt, M), exactly 0 at closed
-        targets. The same keys (lag and source embeddings added), the same joint softmax over (source, lag) with
-        masked keys at the dtype's lowest number, as the explicit path; the additions in another order."""
-        batch, length, A, M = q.shape
-        H, dh, W = self.n_heads, self.head_dim, self.max_lag + 1
-        rows = batch * length
-        # (B, T, A_src, M, W) windows -> (B*T, H, A_src*W, dh), source-major like the explicit path's keys.
-        key_windows = keys.unfold(1, W, 1).view(batch, length, A, H, dh, W).permute(0, 1, 3, 2, 5, 4)
-        embeddings = self._key_embeddings().permute(0, 2, 3, 1)  # (H, A_src, W, dh)
-        k = (key_windows + embeddings).reshape(rows, H, A * W, dh)
-        v = values.unfold(1, W, 1).view(batch, length, A, H, dh, W).permute(0, 1, 3, 2, 5, 4).reshape(rows, H, A * W, dh)
-        q_h = q.view(batch, length, A, H, dh).transpose(2, 3).reshape(rows, H, A, dh)
-        valid = key_mask.unfold(1, W, 1).reshape(rows, 1, 1, A * W)
-        lowest = torch.finfo(q_h.dtype).min  # in q's dtype: bf16's, not float32's, under autocast (no overflow to -inf)
-        bias = torch.where(valid, torch.zeros((), dtype=q_h.dtype, device=q.device), lowest)
-        # The kernel wants the mask's rows 16-element aligned: pad the key axis and hand on a view of the keys' width.
-        bias = F.pad(bias, (0, -(A * W) % 16))[..., : A * W]
-        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-            attended = F.scaled_dot_product_attention(q_h, k.to(q_h.dtype), v.to(q_h.dtype), attn_mask=bias)
-        attended = attended.view(batch, length, H, A, dh).transpose(2, 3).reshape(batch, length, A, M)
-        return attended * mask.unsqueeze(-1).to(attended.dtype)  # closed targets attend to nothing
 
     def step(
         self,
@@ -217,17 +183,6 @@ class LeadLagAttention(nn.Module):
         lag = self.lag_embedding.flip(0).permute(1, 2, 0)  # (H, dh, W)
         source = self.source_embedding.permute(1, 2, 0)  # (H, dh, A)
         return source.unsqueeze(-1) + lag.unsqueeze(-2)
-
-
-# The memory-efficient kernel's path (LeadLagAttention._attend_fused): CUDA windows of at least this many assets,
-# where the explicit scores (B, T, heads, A, A * (K+1)) are the layer's largest tensors (50 assets x 512 bars x batch
-# 8: 1.5 GB per pass over them). Below it the explicit path's few small matmuls are kept.
-FUSED_ATTENTION = True
-FUSED_ATTENTION_MIN_ASSETS = 16
-
-
-def _fused_attention_applies(x: Tensor, assets: int) -> bool:
-    return FUSED_ATTENTION and x.is_cuda and assets >= FUSED_ATTENTION_MIN_ASSETS and x.dtype != torch.float64
 
 
 def _last_bars(history: Tensor, n: int) -> Tensor:

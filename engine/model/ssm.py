@@ -130,9 +130,8 @@ def grouped_per_asset_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
     else:
         compute = torch.bfloat16 if PROJECTION_PRECISION == "bf16" else x.dtype
     with torch.autocast("cuda", enabled=False):
-        if compute != x3.dtype:
-            x3, weight = x3.to(compute), weight.to(compute)
-            bias = None if bias is None else bias.to(compute)
+        x3, weight = x3.to(compute), weight.to(compute)  # each on its own: under autocast x may be bf16 already
+        bias = None if bias is None else bias.to(compute)
         y = _GroupedPerAssetMatmul.apply(x3, weight, bias)
     y = y if y.dtype == out_dtype else y.to(out_dtype)
     return y.view(*lead, assets, weight.shape[-1])
