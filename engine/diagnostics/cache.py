@@ -158,7 +158,7 @@ def load_bundle(directory: Path, key: CacheKey) -> DiagnosticsBundle:
 
 def load_or_compute_diagnostics(
     model: HybridModel | Callable[[], HybridModel],
-    features: FeatureSet,
+    features: FeatureSet | Callable[[], FeatureSet],
     fit_rows: range,
     *,
     run_id: str,
@@ -170,14 +170,12 @@ def load_or_compute_diagnostics(
 
     -> (bundle, "cached") or (bundle, "computed: <why the cache was not used>").
 
-    model: the model, or a function of no arguments that loads it, called only when the cache misses (a hit then
-    never imports torch: the app's restart reads a model page's diagnostics without it).
+    model, features: each itself, or a function of no arguments that makes it, called only when the cache misses
+    (a hit then never imports torch nor runs a feature pass: the app's restart reads a model page's diagnostics
+    without either). The fingerprint is checked against the features where they are at hand.
     """
-    if tuple(fingerprint.symbols) != tuple(features.symbols) or fingerprint.n_rows != len(features.ts):
-        raise ValueError(
-            f"the fingerprint describes {list(fingerprint.symbols)} x {fingerprint.n_rows} rows, the features "
-            f"{list(features.symbols)} x {len(features.ts)}: pass the fingerprint of this panel (storage.panel.panel_fingerprint)"
-        )
+    if hasattr(features, "values"):
+        _check_fingerprint(fingerprint, features)
     key = CacheKey(run_id, fingerprint.content_hash, (fit_rows.start, fit_rows.stop), config.identity())
     root = resolve_cache_dir(cache_dir)
     directory = root / key.folder_name()
@@ -188,6 +186,9 @@ def load_or_compute_diagnostics(
             return load_bundle(directory, key), "cached"
         except CacheMiss as miss:
             reason = str(miss)
+        if not hasattr(features, "values"):
+            features = features()
+            _check_fingerprint(fingerprint, features)
         bundle, how = _live_or_computed(_the_model(model), features, fit_rows, run_id, config)
         if not how.startswith("advanced"):
             save_bundle(directory, bundle, key)
@@ -195,6 +196,14 @@ def load_or_compute_diagnostics(
     # A live update shows at once; its entry (O(history) bytes to write and hash) is written behind it.
     _write_behind(directory, bundle, key, lock_path)
     return bundle, how
+
+
+def _check_fingerprint(fingerprint: DataFingerprint, features: FeatureSet) -> None:
+    if tuple(fingerprint.symbols) != tuple(features.symbols) or fingerprint.n_rows != len(features.ts):
+        raise ValueError(
+            f"the fingerprint describes {list(fingerprint.symbols)} x {fingerprint.n_rows} rows, the features "
+            f"{list(features.symbols)} x {len(features.ts)}: pass the fingerprint of this panel (storage.panel.panel_fingerprint)"
+        )
 
 
 def _the_model(model: HybridModel | Callable[[], HybridModel]) -> HybridModel:

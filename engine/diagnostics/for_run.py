@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,11 +41,18 @@ if TYPE_CHECKING:  # the model (torch) is loaded on first use: cached diagnostic
 class RunOnPanel:
     run_dir: Path  # the checkpoint folder; its model is loaded from there on first use (`model`)
     manifest: Manifest
-    features: FeatureSet  # normalised with the checkpoint's own scaler
     fit_rows: range  # the final model's training rows, on this panel
     fit_span: tuple[pd.Timestamp, pd.Timestamp] | None = None  # the same span in UTC (first, last bar open)
     test_spans: tuple[tuple[pd.Timestamp, pd.Timestamp], ...] = ()  # every walk-forward test span, UTC
-    _loading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # builds the panel's features (normalised with the checkpoint's own scaler) on first use (`features`)
+    build_features: Callable[[], FeatureSet] | None = field(default=None, repr=False, compare=False)
+    _loading: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def _once(self, name: str, make):
+        with self._loading:  # one load per run, whichever session asks first
+            if name not in self.__dict__:
+                object.__setattr__(self, name, make())  # frozen: set once, after construction
+            return self.__dict__[name]
 
     @property
     def model(self) -> HybridModel:
@@ -52,15 +60,21 @@ class RunOnPanel:
         asked for, once: only what runs the model live asks (a cache miss, the hidden attention, step mode), so a
         page that shows cached diagnostics never imports torch. CheckpointError when the weights do not fit, or
         when the checkpoint was replaced by another since this run was opened."""
-        with self._loading:
-            model = self.__dict__.get("_model")
-            if model is None:
-                model, manifest = load_model(self.run_dir)
-                if (manifest.run_id, manifest.model_config) != (self.manifest.run_id, self.manifest.model_config):
-                    raise CheckpointError(f"checkpoint {self.run_dir} was replaced by another ({manifest.run_id}) "
-                                          "while it was shown: reload the page")
-                object.__setattr__(self, "_model", model)  # frozen: the one attribute set after construction
-        return model
+        def load():
+            model, manifest = load_model(self.run_dir)
+            if (manifest.run_id, manifest.model_config) != (self.manifest.run_id, self.manifest.model_config):
+                raise CheckpointError(f"checkpoint {self.run_dir} was replaced by another ({manifest.run_id}) "
+                                      "while it was shown: reload the page")
+            return model
+
+        return self._once("_model", load)
+
+    @property
+    def features(self) -> FeatureSet:
+        """The panel's features as the model reads them, built on first use (what runs the model needs them)."""
+        if self.build_features is None:
+            raise ValueError("this run was made without its features")
+        return self._once("_features", self.build_features)
 
     def span_text(self) -> str:
         """'Trained on 2022-01-01 .. 2024-05-27 UTC; tested (walk-forward, out of sample) on 3 spans from ...'."""
@@ -104,10 +118,12 @@ def load_model(run_dir: str | os.PathLike) -> tuple[HybridModel, Manifest]:
 def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel, *, lazy: bool = False) -> RunOnPanel:
     """The checkpoint, its model and the panel's features as the model was trained to read them; refuse a misfit.
 
-    lazy: load the model on first use (RunOnPanel.model) instead of now, for a page that may show only cached
-    results (no torch then). What can be checked without the model (read_checkpoint_unloaded: the manifest, the
-    scaler, the weights' types and values) is checked here either way, so a broken checkpoint is refused before
-    any cached result of it is shown; only tensor names and shapes that differ from the config wait for the load."""
+    lazy: load the model and build the features on first use (RunOnPanel.model, .features) instead of now, for a
+    page that may show only cached results (no torch then, and no feature pass over the history). What can be
+    checked without them (read_checkpoint_unloaded: the manifest, the scaler, the weights' types and values; the
+    fit against the panel) is checked here either way, so a broken checkpoint is refused before any cached result
+    of it is shown; tensor names and shapes that differ from the config, and feature names that differ from what
+    the code computes now, are refused at the first use."""
     manifest = read_checkpoint_unloaded(run_dir)
     _hybrid_only(manifest, run_dir)
     check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=manifest.feature_names)
@@ -115,12 +131,17 @@ def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel, *, lazy: bool 
     scaler = FeatureScaler.from_dict(manifest.scaler)
     fit_rows, fit_span = fit_rows_on(manifest, loaded.panel.ts, range(*scaler.fit_rows))
     scaler = dataclasses.replace(scaler, fit_rows=(fit_rows.start, fit_rows.stop))  # its record, on this panel
-    features = build_feature_set(loaded.panel, fit_rows, feature_config, scaler=scaler)
-    if list(features.names) != list(manifest.feature_names):
-        raise CheckpointError(f"checkpoint {manifest.run_id} reads other features than computed now: retrain it")
-    run = RunOnPanel(Path(run_dir), manifest, features, fit_rows, fit_span, walk_forward_test_spans(manifest))
-    if not lazy:
-        run.model  # noqa: B018 - loads it now: every weight checked before the run is handed out
+
+    def build_features() -> FeatureSet:
+        features = build_feature_set(loaded.panel, fit_rows, feature_config, scaler=scaler)
+        if list(features.names) != list(manifest.feature_names):
+            raise CheckpointError(f"checkpoint {manifest.run_id} reads other features than computed now: retrain it")
+        return features
+
+    run = RunOnPanel(Path(run_dir), manifest, fit_rows, fit_span, walk_forward_test_spans(manifest), build_features)
+    if not lazy:  # now, as the run is handed out: the features, and the model with every weight checked
+        run.features  # noqa: B018
+        run.model  # noqa: B018
     return run
 
 

@@ -57,8 +57,10 @@ def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MA
     ))
     fig.add_trace(go.Scatter(x=times, y=values(mid), mode="lines", line={"color": colour, "width": 1.2},
                              name=f"median ({levels[len(levels) // 2]:.0%})"))
-    fig.add_trace(go.Scatter(x=times, y=values("realised"), mode="markers",
-                             marker={"size": 3, "color": "#222222"}, name="what happened"))
+    # WebGL for the outcomes: thousands of SVG markers (and their copy in the range slider) took seconds to draw;
+    # the range slider then shows the band and the median only
+    fig.add_trace(go.Scattergl(x=times, y=values("realised"), mode="markers",
+                               marker={"size": 3, "color": "#222222"}, name="what happened"))
     title = f"{past.symbol} · {past.horizon}-bar log return: walk-forward forecasts vs outcome"
     if len(frame) < len(past.frame):
         title += f"<br><sup>{len(frame):,} of {len(past.frame):,} forecasts drawn (each stretch's extremes kept)</sup>"

@@ -66,18 +66,21 @@ def display_rows(series: list, max_points: int = MAX_DISPLAY_POINTS) -> np.ndarr
         return np.arange(n)
     buckets = max(max_points // (2 * max(len(series), 1)), 1)
     edges = np.linspace(0, n, buckets + 1).astype(int)
-    keep = {0, n - 1}
+    lo, hi = edges[:-1], edges[1:]
+    lo, hi = lo[hi > lo], hi[hi > lo]
+    # every bucket as a row of one (buckets, widest) table, padded past its end: one argmin/argmax per row in numpy
+    offsets = np.arange(int((hi - lo).max()))
+    inside = lo[:, None] + offsets[None, :] < hi[:, None]
+    where = np.minimum(lo[:, None] + offsets[None, :], n - 1)
+    keep = [np.array([0, n - 1])]
     for values in series:
-        values = np.asarray(values, dtype=np.float64)
-        filled = np.where(np.isfinite(values), values, np.nan)
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            chunk = filled[lo:hi]
-            if hi > lo and np.isfinite(chunk).any():
-                keep.add(lo + int(np.nanargmin(chunk)))
-                keep.add(lo + int(np.nanargmax(chunk)))
-            elif hi > lo:
-                keep.add(lo)
-    return np.array(sorted(keep))
+        values = np.asarray(values, dtype=np.float64)[where]
+        usable = inside & np.isfinite(values)
+        some = usable.any(axis=1)
+        lowest = np.where(usable, values, np.inf).argmin(axis=1)  # the first minimum, as np.nanargmin
+        highest = np.where(usable, values, -np.inf).argmax(axis=1)
+        keep += [np.where(some, lo + lowest, lo), (lo + highest)[some]]
+    return np.unique(np.concatenate(keep))
 
 
 def red_losses(frame, columns=None, percent=(), number=(), scientific=(), missing: str = "n/a", rows=None,

@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 
 from engine.diagnostics.for_run import RunOnPanel, load_model
-from engine.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_unloaded
-from tests.engine.test_checkpoint_hardening import FIXED_CHECKPOINT, HOSTILE_WEIGHTS, WEIGHTS_FILE, with_weights, write_run
+from engine.model.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_unloaded,
+)
+from tests.engine.test_checkpoint_hardening import (
+    FIXED_CHECKPOINT,
+    HOSTILE_WEIGHTS,
+    WEIGHTS_FILE,
+    with_weights,
+    write_run,
+)
 
 REFUSED_UNLOADED = ("NaN", "infinity", "integer tensor")  # the rest need the config's model built
 
@@ -20,9 +30,9 @@ def test_hostile_weights_are_refused_unloaded_or_at_the_first_use_of_the_model(n
             read_checkpoint_unloaded(run)
         return
     manifest = read_checkpoint_unloaded(run)
-    lazy = RunOnPanel(run, manifest, features=None, fit_rows=range(0, 1))
+    lazy = RunOnPanel(run, manifest, fit_rows=range(1))
     with pytest.raises(CheckpointError, match=message):
-        lazy.model
+        lazy.model  # noqa: B018 - the first use loads it
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x00" * 64, (FIXED_CHECKPOINT / WEIGHTS_FILE).read_bytes()[:5000]])
@@ -35,7 +45,7 @@ def test_a_sound_checkpoint_reads_the_same_manifest_and_its_model_loads_once(tmp
     run = write_run(tmp_path / "run")
     manifest = read_checkpoint_unloaded(run)
     assert manifest == load_checkpoint(run)[1]
-    lazy = RunOnPanel(run, manifest, features=None, fit_rows=range(0, 1))
+    lazy = RunOnPanel(run, manifest, fit_rows=range(1))
     model = lazy.model
     assert lazy.model is model and not model.training
     expected = load_model(run)[0].state_dict()
