@@ -290,11 +290,7 @@ def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
     eager with the plain per-asset matmuls (before), eager with the grouped ones, and the step as one CUDA graph."""
     if device.type != "cuda":
         return []
-    torch.manual_seed(0)
-    config = ModelConfig(n_assets=MANY_ASSETS, point_head=False, lead_path=False)
-    model = HybridModel(config).to(device).train()
-    x = torch.randn(MANY_BATCH, MANY_ASSETS, MODEL_LENGTH, config.n_features, device=device)
-    mask = torch.ones(MANY_BATCH, MANY_ASSETS, MODEL_LENGTH, dtype=torch.bool, device=device)
+    model, x, mask = _training_setup(device, MANY_ASSETS, MANY_BATCH)
 
     def train() -> None:
         model.zero_grad(set_to_none=True)
@@ -322,6 +318,15 @@ def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
     return rows
 
 
+def _training_setup(device: torch.device, assets: int, batch: int) -> tuple[HybridModel, torch.Tensor, torch.Tensor]:
+    """The benchmark's model (no point head, no lead path) in train mode, random features, every bar open."""
+    torch.manual_seed(0)
+    config = ModelConfig(n_assets=assets, point_head=False, lead_path=False)
+    model = HybridModel(config).to(device).train()
+    x = torch.randn(batch, assets, MODEL_LENGTH, config.n_features, device=device)
+    return model, x, torch.ones(batch, assets, MODEL_LENGTH, dtype=torch.bool, device=device)
+
+
 def _training_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     output = model(x, mask)
     return output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()
@@ -344,11 +349,7 @@ def compile_rows(device: torch.device, budget_s: float = 8.0, mode: str = "defau
     compiled step captured as one CUDA graph (what mode="reduce-overhead" does). Compile time in the note."""
     if device.type != "cuda":
         return []
-    torch.manual_seed(0)
-    config = ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)
-    model = HybridModel(config).to(device).train()
-    x = torch.randn(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, config.n_features, device=device)
-    mask = torch.ones(MODEL_BATCH, MODEL_ASSETS, MODEL_LENGTH, dtype=torch.bool, device=device)
+    model, x, mask = _training_setup(device, MODEL_ASSETS, MODEL_BATCH)
     shape = f"{MODEL_ASSETS} assets x {MODEL_LENGTH} bars x batch {MODEL_BATCH}, fp32"
     try:
         compiled = torch.compile(lambda a, b: _training_loss(model, a, b), mode=mode)
