@@ -69,7 +69,7 @@ class TrainConfig:
     # start is the closed-form statistical fit; without, an untrained network, which never wins).
     validate_start: bool = False
     # After training, per asset and horizon, keep the network's part of the centre forecast only where it lowers the
-    # validation MSE (engine.training.skip_fit.gate_centre); needs a point head.
+    # validation MSE by a one-sided test (engine.training.skip_fit.gate_centre); needs a point head.
     gate_centre: bool = False
     zero_init_centre: bool = False  # the median and mean head columns start at the zero forecast
     # Average the loss per asset, then over assets (training and early stopping). Pooled, a 24/7 asset has ~5x the

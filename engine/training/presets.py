@@ -71,7 +71,7 @@ def general_config(interval: str = "1h") -> TrainConfig:
         skip's earlier lags count on the bars the calendar says come before a gap (ModelConfig.span_feature).
       - the starting point competes in early stopping (validate_start), so a fold never ends worse on its
         validation span than the statistical fits it starts from; and per asset and horizon the network's part of
-        the centre forecast is kept only where it lowers the validation MSE (gate_centre);
+        the centre forecast is kept only where it lowers the validation MSE, by a one-sided test (gate_centre);
       - attention lags 0..5 (leads of 1..6 bars), the range the findings' lead-lag test scans at least.
     """
     base = demo_config(interval if interval in ("1h", "1d") else "1h")

@@ -14,9 +14,11 @@ from engine.training.config import model_config_for
 from engine.training.head_scale import scale_heads_for_training, target_scale
 from engine.training.presets import general_config
 from engine.training.skip_fit import (
+    GATE_CENTRE_P,
     declared_leads,
     fit_skip_paths,
     lead_terms,
+    network_part_helps,
     next_bar_rows,
     span_thresholds,
 )
@@ -196,3 +198,19 @@ def test_the_declared_leads_use_the_training_rows_only(lead_fit):
     _loaded, _model, fit, features, *_ = lead_fit
     early = declared_leads(features, range(2800), 6)
     assert early == {int(k): [tuple(p) for p in v] for k, v in fit.leads.items()}
+
+
+def test_the_network_part_of_the_centre_is_kept_only_on_one_sided_evidence():
+    rng = np.random.default_rng(0)
+    without = rng.chisquare(1, size=(3, 400, 1))  # (A, n, H) squared errors of the fits alone
+    noise = rng.normal(0, 0.3, size=without.shape)
+    with_network = without.copy()
+    with_network[0] = without[0] * 0.7 + 0.05 * np.abs(noise[0])  # clearly lower: kept
+    with_network[1] = without[1] + noise[1] - noise[1].mean() - 0.005  # lower on average by chance only: dropped
+    with_network[2] = without[2] * 1.2  # higher: dropped
+    keep = network_part_helps(with_network, without, (1,))
+    assert keep[:, 0].tolist() == [True, False, False]
+    assert np.mean(with_network[1]) < np.mean(without[1]), "the old rule (any lower MSE) would have kept it"
+    with_network[0, :, 0] = np.nan  # nothing to score: no evidence, dropped
+    assert not network_part_helps(with_network, without, (1,))[0, 0]
+    assert 0 < GATE_CENTRE_P <= 0.10
