@@ -1,7 +1,7 @@
 """engine.figures.style, made faster, draws the same. display_rows (numpy, one pass per series) keeps exactly the
 rows of the plain per-bucket loop it replaced: per bucket each series' first minimum and maximum among its finite
 values, the bucket's first row where it has none, and the first and last rows. base_layout's template is the one
-update_layout(template="plotly_white") sets."""
+update_layout(template="plotly_white") sets; the trade list's times are format_time's, a column at once."""
 from __future__ import annotations
 
 from itertools import pairwise
@@ -62,3 +62,16 @@ def test_base_layout_gives_the_figure_plotly_white_as_update_layout_does():
     assert json.loads(fig.to_json()) == json.loads(expected.to_json())
     fig.layout.template.layout.paper_bgcolor = "red"  # the figure's own copy: the registered one stays white
     assert pio.templates["plotly_white"].layout.paper_bgcolor == "white"
+
+
+def test_format_times_formats_a_column_as_format_time_does_each_value():
+    import pandas as pd
+
+    from engine.figures.backtest import format_time, format_times
+
+    rng = np.random.default_rng(0)
+    times = pd.Series(pd.to_datetime(rng.integers(1_500_000_000, 1_700_000_000, 500), unit="s", utc=True))
+    times[::7] = pd.NaT
+    for column in (times, times.dt.tz_localize(None)):  # aware, and naive UTC
+        for zone in ("UTC", "America/New_York", "Asia/Kolkata"):
+            assert format_times(column, zone).tolist() == [format_time(t, zone) for t in column]
