@@ -29,7 +29,7 @@ from storage.locks import CacheBusyError
 from storage.panel import read_panel
 from views.csv_downloads import csv_buttons
 from views.export_widgets import chart_with_downloads, share_url
-from views.frame import current_selection, load_summary, selection_series
+from views.frame import MODEL_RESULTS_CACHED, current_selection, load_summary, selection_series
 from views.url_state import url_widget
 
 FORECAST_HORIZONS = (1, 5, 20)
@@ -104,6 +104,8 @@ except ValueError as error:
     st.error(f"No backtest for this selection: {error}")
     st.stop()
 st.caption(f"**Forecasts:** {forecasts.description}. Only out-of-sample bars are backtested.")
+if forecaster == MODEL_FORECASTER:
+    st.session_state[MODEL_RESULTS_CACHED] = True  # the model's stored forecasts: the status line says so
 
 # The inputs live in the session so the work they cache (held signals, the benchmark) survives slider moves.
 dates = (selection.start, selection.end)

@@ -326,13 +326,23 @@ def _status_line(selection: Selection) -> None:
     slot.caption(" · ".join([*parts, f"device: {selection.device}" if _torch_loaded() else "device: …"]))
 
 
+# views.model_results sets it when a page shows a model's results: with torch never loaded they came from the cache
+MODEL_RESULTS_CACHED = "_model_results_cached"
+
+
 def finish_status_line() -> None:
     """After the page ran (app.py): the status line names the device the page's model ran on, or says that the page
     ran none."""
     slot, parts = st.session_state.pop("_status_line", (None, None))
+    cached = st.session_state.pop(MODEL_RESULTS_CACHED, False)
     if slot is None:
         return
-    device = f"device: {load_device_label()}" if _torch_loaded() else "device: none used (no model on this page)"
+    if _torch_loaded():
+        device = f"device: {load_device_label()}"
+    elif cached:
+        device = "device: none used (the model's results were read from disk)"
+    else:
+        device = "device: none used (no model on this page)"
     slot.caption(" · ".join([*parts, device]))
 
 

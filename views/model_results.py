@@ -26,7 +26,7 @@ from engine.diagnostics.for_run import RunOnPanel, run_on_panel
 from engine.model.checkpoint import CheckpointError, misfit_text
 from storage.locks import CacheBusyError
 from storage.panel import LoadedPanel, PlantedTruth, cached_panel
-from views.frame import Selection, model_order
+from views.frame import MODEL_RESULTS_CACHED, Selection, model_order
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,7 @@ def model_view(selection: Selection) -> ModelView:
         _train_link(selection)
         selection_prices(selection)
         st.stop()
+    st.session_state[MODEL_RESULTS_CACHED] = True  # the status line: no device used means read from disk
     ts = bundle.inference.ts
     if run.span_text():  # the spans are found on this data by time (engine.diagnostics.for_run)
         st.caption(f"Model `{run.manifest.run_id}`. {run.span_text()}")

@@ -26,7 +26,8 @@ out = []
 for page in sys.argv[1:]:
     at = open_page(page)
     out.append({"page": page, "exception": [str(e.value) for e in at.exception], "charts": len(figure_specs(at)),
-                "errors": [e.value for e in at.error], "loaded": [m for m in HEAVY if m in sys.modules]})
+                "errors": [e.value for e in at.error], "loaded": [m for m in HEAVY if m in sys.modules],
+                "device": [c.value for c in at.caption if "device:" in c.value]})
 print(json.dumps(out))
 """.replace("HEAVY", repr(HEAVY))
 
@@ -45,3 +46,5 @@ def test_with_the_cache_warm_the_pages_render_without_torch_or_sklearn(seeded_db
         assert not result["exception"] and not result["errors"], result
         assert result["charts"] >= 1, result  # the page drew its charts, not a message
         assert result["loaded"] == [], f"{result['page']} imported {result['loaded']}"
+        said = "no model on this page" if result["page"] == "views/data.py" else "model's results were read from disk"
+        assert len(result["device"]) == 1 and said in result["device"][0], result  # the status line says why
