@@ -29,7 +29,12 @@ from storage.locks import CacheBusyError
 from storage.panel import read_panel
 from views.csv_downloads import csv_buttons
 from views.export_widgets import chart_with_downloads, share_url
-from views.frame import MODEL_RESULTS_CACHED, current_selection, load_summary, selection_series
+from views.frame import (
+    MODEL_RESULTS_CACHED,
+    current_selection,
+    load_summary,
+    selection_series,
+)
 from views.url_state import url_widget
 
 FORECAST_HORIZONS = (1, 5, 20)
