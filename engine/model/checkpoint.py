@@ -33,6 +33,7 @@ import secrets
 import shutil
 import stat
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -777,31 +778,49 @@ def check_weights(path: Path, config: ModelConfig, directory: Path | None = None
     largest = sum(math.prod(shape) for shape in expected.values()) * max(FLOAT_DTYPES.values())
     limit = min(largest, MAX_PARAMETERS * 8) + 2**20 + 1024 * len(expected)  # + the JSON header
     _check_regular_size(path, limit, where)
+    with _reading_weights(where), safe_open(str(path), framework="pt", device="cpu") as handle:
+        header = _checked_header(handle, expected, where)
+        weights = {name: handle.get_tensor(name) for name in header}
+    for name, tensor in weights.items():
+        finite = torch.isfinite(tensor)
+        if not finite.all():
+            raise _not_finite(where, name, int((~finite).sum()), tensor.numel())
+    return weights
+
+
+@contextmanager
+def _reading_weights(where: str):
+    """Reading a weights file: anything but a CheckpointError (safetensors' SafetensorError, a header that is not
+    JSON, a truncated file) is a damaged file; a file removed under the reader is a publish under way (_Moved)."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            header = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
-                      for name in handle.keys()}
-            problems = _weight_problems(header, expected)
-            if problems:
-                raise CheckpointError(f"weights in {where} do not fit the model its manifest describes: "
-                                      + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-                                      + f"; the manifest and weights do not belong together: {RETRAIN}")
-            weights = {name: handle.get_tensor(name) for name in header}
+        yield
     except CheckpointError:
         raise
     except FileNotFoundError:
         raise _Moved() from None
-    except Exception as error:  # safetensors' SafetensorError, a header that is not JSON, a truncated file
+    except Exception as error:
         detail = f"{type(error).__name__}: {_short(str(error), 160)}"
         raise CheckpointError(f"weights file of {where} ({WEIGHTS_FILE}) is damaged or not a safetensors file "
                               f"({detail}); restore it or {RETRAIN}") from error
-    for name, tensor in weights.items():
-        finite = torch.isfinite(tensor)
-        if not finite.all():
-            count = int((~finite).sum())
-            raise CheckpointError(f"weights in {where}: tensor {name} holds {count:,} NaN or infinite value(s) of "
-                                  f"{tensor.numel():,}; the model would forecast nothing meaningful: {RETRAIN}")
-    return weights
+
+
+def _checked_header(handle, expected: dict[str, tuple[int, ...]] | None, where: str) -> dict:
+    """{name: (shape, dtype)} of an open safetensors file, refused when it does not fit `expected` (None: only the
+    dtypes are checked, against the file's own names and shapes)."""
+    header = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+              for name in handle.keys()}  # noqa: SIM118 - a safetensors handle is not iterable
+    problems = _weight_problems(header, {n: shape for n, (shape, _) in header.items()} if expected is None
+                                else expected)
+    if problems:
+        raise CheckpointError(f"weights in {where} do not fit the model its manifest describes: "
+                              + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+                              + f"; the manifest and weights do not belong together: {RETRAIN}")
+    return header
+
+
+def _not_finite(where: str, name: str, count: int, size: int) -> CheckpointError:
+    return CheckpointError(f"weights in {where}: tensor {name} holds {count:,} NaN or infinite value(s) of "
+                           f"{size:,}; the model would forecast nothing meaningful: {RETRAIN}")
 
 
 def check_weights_unloaded(path: Path, directory: Path | None = None) -> None:
@@ -813,33 +832,14 @@ def check_weights_unloaded(path: Path, directory: Path | None = None) -> None:
 
     where = f"checkpoint {directory or path.parent}"
     _check_regular_size(path, MAX_PARAMETERS * max(FLOAT_DTYPES.values()) + 2**20, where)
-    try:
-        with safe_open(str(path), framework="np") as handle:
-            header = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
-                      for name in handle.keys()}  # noqa: SIM118 - a safetensors handle is not iterable
-            problems = _weight_problems(header, {name: shape for name, (shape, _) in header.items()})
-            if problems:
-                raise CheckpointError(f"weights in {where} do not fit the model its manifest describes: "
-                                      + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-                                      + f"; the manifest and weights do not belong together: {RETRAIN}")
-            for name, (_, dtype) in header.items():
-                if dtype == "BF16":
-                    continue
-                values = handle.get_tensor(name)
-                finite = np.isfinite(values)
-                if not finite.all():
-                    count = int((~finite).sum())
-                    raise CheckpointError(f"weights in {where}: tensor {name} holds {count:,} NaN or infinite "
-                                          f"value(s) of {values.size:,}; the model would forecast nothing "
-                                          f"meaningful: {RETRAIN}")
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise _Moved() from None
-    except Exception as error:  # safetensors' SafetensorError, a header that is not JSON, a truncated file
-        detail = f"{type(error).__name__}: {_short(str(error), 160)}"
-        raise CheckpointError(f"weights file of {where} ({WEIGHTS_FILE}) is damaged or not a safetensors file "
-                              f"({detail}); restore it or {RETRAIN}") from error
+    with _reading_weights(where), safe_open(str(path), framework="np") as handle:
+        for name, (_, dtype) in _checked_header(handle, None, where).items():
+            if dtype == "BF16":
+                continue
+            values = handle.get_tensor(name)
+            finite = np.isfinite(values)
+            if not finite.all():
+                raise _not_finite(where, name, int((~finite).sum()), values.size)
 
 
 def _check_regular_size(path: Path, limit: int, where: str) -> None:
