@@ -84,7 +84,6 @@ from engine.training.distributed import (
     owner_of_fold,
     shard_of,
 )
-from engine.training.skip_fit import fit_skip_paths, gate_centre
 from engine.training.head_scale import (
     bake_head_scale,
     scale_heads_for_training,
@@ -117,8 +116,9 @@ from engine.training.resume import (
     save_fold_state,
     seed_for,
 )
+from engine.training.skip_fit import fit_skip_paths, gate_centre
 from engine.training.splits import Fold, walk_forward
-from storage.panel import Panel
+from storage.panel import Panel, own_bar_log_returns
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,7 @@ class RunContext:
     """What every fold of one run shares: the data, the config, where it writes and whom it tells."""
 
     feature_targets: Targets  # every fold's targets, on the panel's rows
+    returns: np.ndarray  # (A, T) own-bar log returns, NaN without a bar: what the findings' lead-lag test reads
     config: TrainConfig
     device: torch.device
     run_dir: Path
@@ -204,7 +205,8 @@ def train_walk_forward(
     feature_set = None
     check_same_everywhere(ctx, f"{fingerprint.content_hash} {len(folds)} folds {config.digest()}",
                           "the training data or config")
-    run = RunContext(targets, config, device, run_dir, len(folds), notify, is_cancelled, guard, started)
+    run = RunContext(targets, own_bar_log_returns(panel), config, device, run_dir, len(folds), notify, is_cancelled,
+                     guard, started)
     outcomes: list[FoldOutcome | None] = []
     for fold in folds:
         feature_set = build_feature_set(panel, fold.train, config.features)
@@ -362,7 +364,7 @@ def _train_fold(job: FoldJob, run: RunContext) -> FoldOutcome | None:
     model = build_model(model_config_for(config, job.features)).to(device)  # the hybrid or a peer
     scale = target_scale(run.feature_targets, job.features, fold.train)
     if config.model.skip_paths:  # before the head scale's parametrisation: it zeroes the plain log-vol column
-        fit_skip_paths(model, job.features, run.feature_targets, fold.train, scale)
+        fit_skip_paths(model, job.features, run.feature_targets, fold.train, scale, run.returns)
     # before the optimiser: it must hold the parametrised tensors
     scale_heads_for_training(model, scale, config.zero_init_centre, config.lead_gain, config.centre_gain)
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)  # (A, H)

@@ -67,17 +67,18 @@ def lagged_returns(values: np.ndarray, mask: np.ndarray, max_lag: int) -> np.nda
     return out.reshape(n_rows, -1)
 
 
-def declared_leads(feature_set: FeatureSet, train: range, max_lead: int) -> dict[int, list[tuple[int, int]]]:
+def declared_leads(returns: np.ndarray, train: range, max_lead: int) -> dict[int, list[tuple[int, int]]]:
     """target asset -> [(source asset, lead in bars)] that the findings' model-free lead-lag test
     (engine.diagnostics.lead_lag_test: HAC regressions, Benjamini-Hochberg at FDR) declares on the training rows
-    alone, leads 1..max_lead. The standardised ret_1 feature stands in for the returns: the test's t statistics do
-    not change under the per-asset affine standardisation (the 0.5 % winsorising aside)."""
+    alone, leads 1..max_lead. returns (A, T): the panel's own-bar log returns (storage.panel.own_bar_log_returns,
+    NaN without a bar), exactly what the findings test. (The standardised ret_1 feature is winsorised at 0.5 %: on
+    a session asset that clips the night's returns, and the test on it missed a lead the findings declare on the
+    same rows; validation member 1000016.)"""
     from engine.diagnostics.lead_lag_test import lead_lag_tests_on_returns
 
-    span = slice(train.start, train.stop)
-    returns = np.where(feature_set.mask[:, span], feature_set.values[:, span, 0], np.nan).astype(np.float64)
-    names = [str(i) for i in range(returns.shape[0])]
-    table = lead_lag_tests_on_returns(returns, names, max_lead, fdr=LEAD_FDR)
+    span = np.asarray(returns, dtype=np.float64)[:, train.start:train.stop]
+    names = [str(i) for i in range(span.shape[0])]
+    table = lead_lag_tests_on_returns(span, names, max_lead, fdr=LEAD_FDR)
     found = table[table["significant"] & (table["lag_bars"] >= 1)]
     leads: dict[int, list[tuple[int, int]]] = {}
     for row in found.itertuples():
@@ -150,9 +151,11 @@ def target_spans(ts, targets: Targets, rows: np.ndarray) -> np.ndarray:
     return np.maximum(spanned / step / np.asarray(targets.horizons)[None, None, :], 1.0)
 
 
-def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: range, scale: np.ndarray) -> SkipFit:
+def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: range, scale: np.ndarray,
+                   returns: np.ndarray) -> SkipFit:
     """Fit model.heads.skips on the training rows (in place) and zero the heads' log-volatility column so the
-    forecast starts at the fits. scale (A, H): the training return scale the log-vol column starts at (head_scale)."""
+    forecast starts at the fits. scale (A, H): the training return scale the log-vol column starts at (head_scale);
+    returns (A, T): the panel's own-bar log returns, which the lead-lag test declares the leads on."""
     import statsmodels.api as sm
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold
@@ -170,7 +173,7 @@ def fit_skip_paths(model, feature_set: FeatureSet, targets: Targets, train: rang
     vol_bias = np.zeros(tuple(skips.vol_bias.shape))
     alphas = np.full((n_assets, n_horizons), np.nan)
     counts = np.zeros((n_assets, n_horizons), dtype=np.int64)
-    leads = declared_leads(feature_set, train, config.max_lag + 1)
+    leads = declared_leads(returns, train, config.max_lag + 1)
     gating = skips.span_position is not None
     span_weight = np.zeros(tuple(skips.span_weight.shape)) if gating else None  # (A, A_src * (K+1), H, G)
     cuts = np.full((n_assets, config.max_lag), SPAN_NEVER)

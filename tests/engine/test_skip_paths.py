@@ -22,6 +22,7 @@ from engine.training.skip_fit import (
     next_bar_rows,
     span_thresholds,
 )
+from storage.panel import own_bar_log_returns
 from storage.sources.planted_family import family_member
 
 SEED = 1000016  # a validation member: C0 leads C1 by 4 rows and E0 by 3
@@ -39,7 +40,7 @@ def fitted(kind: str, seed: int = SEED):
     torch.manual_seed(0)
     model = HybridModel(model_config_for(config, features))
     scale = target_scale(targets, features, train)
-    fit = fit_skip_paths(model, features, targets, train, scale)
+    fit = fit_skip_paths(model, features, targets, train, scale, own_bar_log_returns(loaded.panel))
     return loaded, model, fit, features, targets, scale, train
 
 
@@ -137,7 +138,7 @@ def test_before_a_gap_the_mean_path_sums_the_lead_over_the_rows_the_return_spans
 
     torch.manual_seed(0)
     plain = HybridModel(dataclasses.replace(model.config, span_feature=None))
-    fit_skip_paths(plain, features, targets, train, scale)
+    fit_skip_paths(plain, features, targets, train, scale, own_bar_log_returns(loaded.panel))
     rows = np.arange(train.stop, features.values.shape[1] - 1)
     rows = rows[targets.valid[target, rows, 0] & features.mask[target, rows]]
     oracle = forecastable_oracle(truth, loaded.panel, targets.end_row[target, rows, 0], rows, target)
@@ -195,9 +196,26 @@ def test_the_fitted_paths_travel_with_the_checkpoint(request, member):
 
 
 def test_the_declared_leads_use_the_training_rows_only(lead_fit):
-    _loaded, _model, fit, features, *_ = lead_fit
-    early = declared_leads(features, range(2800), 6)
-    assert early == {int(k): [tuple(p) for p in v] for k, v in fit.leads.items()}
+    loaded, _model, fit, *_ = lead_fit
+    returns = own_bar_log_returns(loaded.panel)
+    assert fit.leads and {int(k): [tuple(p) for p in v] for k, v in fit.leads.items()} == \
+        declared_leads(returns, range(2800), 6)
+    scrambled = returns.copy()
+    scrambled[:, 2800:] = np.random.default_rng(0).permutation(scrambled[:, 2800:], axis=1)
+    assert declared_leads(scrambled, range(2800), 6) == declared_leads(returns, range(2800), 6)
+
+
+def test_the_declared_leads_are_the_findings_test_on_the_raw_returns():
+    """Validation member 1000016: C0 leads E0, a session asset, by 3 rows. On the first 3,047 rows (a fold's
+    training span in the recovery benchmark) the findings' test on the own-bar returns declares it; on the
+    standardised ret_1 feature, winsorised at 0.5 % (which clips the nights' returns), it did not, and E0's
+    forecast stayed at zero."""
+    loaded = family_member(SEED, "lead", "1h", 4380, n_assets=3)
+    truth = loaded.truth
+    target = truth.assets.index("E0")
+    (lead,) = [lead for lead in truth.leads if lead.target == "E0"]
+    found = declared_leads(own_bar_log_returns(loaded.panel), range(3047), 6)
+    assert (truth.assets.index(lead.source), lead.lag_bars) in found.get(target, [])
 
 
 def test_the_network_part_of_the_centre_is_kept_only_on_one_sided_evidence():
