@@ -69,7 +69,7 @@ def bench_recipe(interval: str):
 
     base = quick_config(interval)
     model = dataclasses.replace(base.model, layer_pattern=HYBRID_PATTERN, point_head=True,
-                                skip_paths=False, vol_skip_features=())
+                                skip_paths=False, vol_skip_features=(), span_feature=None)
     return dataclasses.replace(base, model=model)
 
 

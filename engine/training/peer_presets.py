@@ -35,7 +35,7 @@ COST_AWARE_WEIGHT = 1.0
 
 # The skip paths (engine.model.heads.SkipPaths: closed-form linear fits read through the lead path) need the lead
 # path, which only the hybrid's cross-asset attention has: a model without it trains without them.
-NO_SKIP_PATHS = {"skip_paths": False, "vol_skip_features": ()}
+NO_SKIP_PATHS = {"skip_paths": False, "vol_skip_features": (), "span_feature": None}
 
 
 def _model(config: TrainConfig, **changes) -> TrainConfig:
