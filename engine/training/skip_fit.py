@@ -10,13 +10,15 @@ needs are fitted exactly, and the network trains on what they leave:
         (declared_leads; the same HAC regressions and Benjamini-Hochberg cut the Lead-lag page reports), then a ridge
         regression of the h-bar log return on each lead's forecastable part: the sum of the source's standardised
         ret_1 over the key lags a forecast can already see (lead_terms; more of them before a gap), each row
-        weighted by 1 / the time its return spans (target_spans), the penalty chosen by 5-fold contiguous cross-validation (sklearn RidgeCV). No lead declared: the path stays at zero,
-        so a market without a lead gets no lead-shaped noise. (A ridge on every source and lag instead captured
+        weighted by 1 / the time its return spans (target_spans), the penalty chosen by 5-fold contiguous
+        cross-validation (sklearn RidgeCV). No lead declared: the path stays at zero, so a market without a lead
+        gets no lead-shaped noise. (A ridge on every source and lag instead captured
         ~50 % of the oracle's reduction on a weakly led equity, shrinking the one true coefficient with 17 empty
         ones; validation members, issue 15.)
-  vol   per (asset, horizon): a Gamma GLM with a log link (statsmodels GLM, Gamma family) of the h-bar realised variance on
-        the asset's own gap-scaled variance EWMAs and gap lengths, by IRLS (statsmodels GLM). The Gamma deviance is QLIKE up to terms free of the
-        forecast, so this is the QLIKE-optimal log-linear forecast: a HAR/GARCH-like recursion in logs.
+  vol   per (asset, horizon): a Gamma GLM with a log link (statsmodels GLM, Gamma family) of the h-bar realised
+        variance on the asset's own gap-scaled variance EWMAs and gap lengths, by IRLS. The Gamma deviance is QLIKE
+        up to terms free of the forecast, so this is the QLIKE-optimal log-linear forecast: a HAR/GARCH-like
+        recursion in logs.
 
 Only the training rows' targets that end before the training span does (Targets.until) are used, as for the
 network. The heads' own log-volatility column is zeroed so the forecast starts exactly at the fit (it starts at
@@ -86,7 +88,8 @@ def declared_leads(returns: np.ndarray, train: range, max_lead: int) -> dict[int
     return leads
 
 
-def lead_terms(pairs, horizon: int, max_lag: int, gating: bool = False) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def lead_terms(pairs, horizon: int, max_lag: int,
+               gating: bool = False) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """Per declared lead (source, L), the columns of lagged_returns' layout its one regressor sums for a forecast
     of the next `horizon` bars: (always, gated).
 
@@ -98,7 +101,7 @@ def lead_terms(pairs, horizon: int, max_lag: int, gating: bool = False) -> list[
             indexes SkipPaths.span_threshold. Only with gating.
     One regressor per lead, the lead's forecastable part (one coefficient, as the lead moves every lag it reaches
     by the same beta): per-lag coefficients on the gated lags, seen on the few bars before a gap, fitted noise
-    (validation members, issue 15)."""
+    (a model-free check on held-out member 1000031, issue 15; not run on the family)."""
     terms = []
     for source, lead in pairs:
         base = source * (max_lag + 1)

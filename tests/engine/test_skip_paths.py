@@ -134,7 +134,8 @@ def test_before_a_gap_the_mean_path_sums_the_lead_over_the_rows_the_return_spans
         scale_heads_for_training(m, scale, zero_centre=True)
         m.eval()
         with torch.no_grad():
-            return m(torch.from_numpy(features.values)[None], torch.from_numpy(features.mask)[None]).mean[0, target, :, 0].numpy()
+            out = m(torch.from_numpy(features.values)[None], torch.from_numpy(features.mask)[None])
+            return out.mean[0, target, :, 0].numpy()
 
     torch.manual_seed(0)
     plain = HybridModel(dataclasses.replace(model.config, span_feature=None))
