@@ -58,7 +58,8 @@ def _load(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, 
     loaded = cached_panel(symbols, interval, db_path=db_path)
     run = run_on_panel(Path(run_path), loaded, lazy=True)  # torch only if the cache misses or a page runs the model
     bundle, status = load_or_compute_diagnostics(
-        lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.run_id, fingerprint=loaded.fingerprint(),
+        lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.run_id,
+        fingerprint=loaded.fingerprint(),
     )
     return loaded, run, bundle, status
 

@@ -124,8 +124,12 @@ def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel, *, lazy: bool 
     fit against the panel) is checked here either way, so a broken checkpoint is refused before any cached result
     of it is shown; tensor names and shapes that differ from the config, and feature names that differ from what
     the code computes now, are refused at the first use."""
-    manifest = read_checkpoint_unloaded(run_dir)
-    _hybrid_only(manifest, run_dir)
+    model = None
+    if lazy:  # the checks that need no model: no torch here
+        manifest = read_checkpoint_unloaded(run_dir)
+        _hybrid_only(manifest, run_dir)
+    else:  # the model now, its weights read and checked once (not a second time by the unloaded check)
+        model, manifest = load_model(run_dir)
     check_fits(manifest, symbols=loaded.symbols, interval=loaded.interval, feature_names=manifest.feature_names)
     feature_config = FeatureConfig(**manifest.training.get("config", {}).get("features", {}))
     scaler = FeatureScaler.from_dict(manifest.scaler)
@@ -139,9 +143,9 @@ def run_on_panel(run_dir: str | os.PathLike, loaded: LoadedPanel, *, lazy: bool 
         return features
 
     run = RunOnPanel(Path(run_dir), manifest, fit_rows, fit_span, walk_forward_test_spans(manifest), build_features)
-    if not lazy:  # now, as the run is handed out: the features, and the model with every weight checked
+    if model is not None:  # now, as the run is handed out: the model loaded above, and the features
+        run._once("_model", lambda: model)
         run.features  # noqa: B018
-        run.model  # noqa: B018
     return run
 
 
