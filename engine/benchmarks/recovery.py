@@ -198,7 +198,7 @@ def run_member(job: MemberJob) -> dict:
 
     recipe = {"general": general_config, "demo": demo_config}[job.recipe]
     config = settings_for_panel(panel, job.interval, n_folds=job.n_folds, recipe=recipe)
-    config = dataclasses.replace(config, device=job.device, **dict(job.overrides))
+    config = with_overrides(dataclasses.replace(config, device=job.device), job.overrides)
     out: dict = {"seed": job.seed, "kind": job.kind, "assets": list(truth.assets),
                  "leads": [[lead.target, lead.source, lead.lag_bars] for lead in truth.leads],
                  "n_regimes": len(truth.regime_names)}
@@ -407,6 +407,20 @@ def print_table(rows: list[dict], title: str) -> None:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+def with_overrides(config, overrides: tuple[tuple[str, object], ...]):
+    """`config` with each (field, value) replaced; a dotted field ("loss_weights.volatility") reaches into a nested
+    dataclass, and a nested dataclass that is None (early_stop_weights) starts from the run's loss_weights."""
+    for name, value in overrides:
+        head, _, rest = name.partition(".")
+        if rest:
+            inner = getattr(config, head)
+            if inner is None and head == "early_stop_weights":
+                inner = config.loss_weights
+            value = with_overrides(inner, ((rest, value),))
+        config = dataclasses.replace(config, **{head: value})
+    return config
+
+
 def machine() -> str:
     import torch
 
@@ -424,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--split", choices=("held_out", "validation"), default="held_out")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a TrainConfig field to change (recipe search on validation members), e.g. lr=1e-3")
+                        help="a TrainConfig field to change (recipe search on validation members), e.g. lr=1e-3 or "
+                             "loss_weights.volatility=1.0 (a nested field)")
     parser.add_argument("--recipe", choices=("general", "demo"), default="general",
                         help="general: the recipe users get; demo: the demo's own, for the before/after comparison")
     parser.add_argument("--null-leads", type=int, default=40, metavar="N",
