@@ -212,10 +212,14 @@ def _feature_config(name: str, value: Any) -> None:
     if unknown:
         raise _Invalid(name, unknown, f"are not FeatureConfig fields (known: {', '.join(defaults)})")
     for key, item in value.items():
-        if key == "names":
+        if key in ("names", "unclipped"):
+            strings = item if isinstance(item, list) and all(isinstance(v, str) for v in item) else None
+            if strings is None and key == "unclipped":
+                raise _Invalid(f"{name}.{key}", item, "must be a list of feature names")
             try:
-                FeatureConfig(names=item if isinstance(item, list) and all(isinstance(v, str) for v in item) else ())
-            except ValueError as error:
+                FeatureConfig(**({"names": strings or ()} if key == "names" else
+                                 {"names": value.get("names", FeatureConfig().names), "unclipped": strings}))
+            except (ValueError, TypeError) as error:
                 raise _Invalid(f"{name}.{key}", item, str(error)) from None
         elif key == "clip_quantile":
             if not (isinstance(item, Real) and not isinstance(item, bool) and 0 <= item < 0.5):

@@ -11,6 +11,7 @@ import pytest
 from engine.features import (
     FEATURE_NAMES,
     FEATURES,
+    FeatureConfig,
     FeatureScaler,
     build_feature_set,
     compute_raw_features,
@@ -314,3 +315,27 @@ def demo_panel(tmp_path_factory):
     for symbol, bars in market.bars.items():
         cache.upsert_bars(bars, symbol, "demo", "1d", db_path=db_path)
     return panel.read_panel(list(market.bars), "1d", db_path=db_path)
+
+
+def test_an_unclipped_feature_keeps_the_crash_and_round_trips():
+    """FeatureConfig.unclipped: standardised by the plain training mean and std, a later crash passes through whole
+    (the lead skip path reads ret_1 as a linear regressor); the others stay winsorised; JSON keeps the open bounds."""
+    panel = make_panel(300)
+    close = panel.fields["close"].copy()
+    close[280:, 0] *= 0.2
+    crashed_panel = replace(panel, fields={**panel.fields, "close": close})
+    config = FeatureConfig(unclipped=("ret_1",))
+    crashed = build_feature_set(crashed_panel, fit_rows=range(0, 200), config=config)
+    ret_1, vol = FEATURE_NAMES.index("ret_1"), FEATURE_NAMES.index("realised_vol_20")
+    scaler = crashed.scaler
+    assert np.isinf(scaler.lower[:, ret_1]).all() and np.isinf(scaler.upper[:, ret_1]).all()
+    assert np.isfinite(scaler.upper[:, vol]).all()
+    raw_move = np.log(0.2) + np.log(close[280, 0] / 0.2 / close[279, 0])
+    expected = (raw_move - scaler.mean[0, ret_1]) / scaler.std[0, ret_1]
+    assert crashed.values[0, 280, ret_1] == pytest.approx(expected, rel=1e-4)
+    assert expected < -20  # far beyond any winsorised bound
+    restored = FeatureScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
+    again = build_feature_set(crashed_panel, fit_rows=range(0, 1), scaler=restored)
+    np.testing.assert_array_equal(again.values, crashed.values)
+    with pytest.raises(ValueError, match="unclipped"):
+        FeatureConfig(unclipped=("not_a_feature",))
