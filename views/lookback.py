@@ -3,22 +3,20 @@ regime), its distribution per regime, each regime's median with an interval and 
 ranking is stated only where the test supports it), and for one picked bar which past bars the SSM state draws on.
 
 Layout only: the look-back comes from views.model_results, the per-regime table from the bundle, the intervals and
-differences from engine.diagnostics.lookback_test (cached per labels and dates), the hidden attention of the picked
-bar from engine.diagnostics.hidden_attention (cached per bar), charts from engine.figures.lookback.
+differences from engine.diagnostics.lookback_test, the hidden attention of the picked bar from
+engine.diagnostics.hidden_attention, both through engine.diagnostics.view_results (kept on disk beside the
+diagnostics; the default view's are computed ahead, so that the page's default view needs neither the model nor
+torch: only a bar picked for the first time loads it), charts from engine.figures.lookback.
 """
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from engine.diagnostics import hidden_attention
-from engine.diagnostics.hidden_attention import half_mass_lag, half_mass_lags
-from engine.diagnostics.lookback_test import LookbackTest, lookback_regime_test
-from engine.diagnostics.memory_claim import memory_verdicts
-from engine.diagnostics.regime_tests import hours_since_previous_bar
+from engine.diagnostics import view_results
+from engine.diagnostics.lookback_test import LookbackTest
 from engine.figures import lookback as charts
 from engine.figures.regimes import planted_on_clock
-from storage.panel import own_bar_log_returns
 from views.bar_picker import pick_bar
 from views.export_widgets import chart_with_downloads, report_buttons
 from views.frame import current_selection, date_span_text
@@ -36,36 +34,31 @@ bundle, symbols, synthetic, ts = view.bundle, view.bundle.symbols, selection.syn
 inference = bundle.inference
 
 
-@st.cache_data(show_spinner="Tracing which past bars the state draws on…", max_entries=64)
-def bar_attention(run_id: str, data_key: str, symbol: str, at: int, max_lag: int, _run) -> pd.DataFrame:
-    """hidden_attention of one bar; keyed by run, data, asset, bar and lags (the model is not hashed)."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def bar_attention(run_id: str, data_key: str, symbol: str, at: int, _run, _entry) -> tuple[pd.DataFrame, float]:
+    """view_results.bar_attention of one bar (its newest 501 rows, its half-mass lag); keyed by run, data, asset
+    and bar (the model is not hashed). From disk when kept there; else the model runs, loaded first if need be."""
     del run_id, data_key
-    return hidden_attention(_run.model, _run.features, symbol, at, max_lag=max_lag)
+    return view_results.bar_attention(_entry, _run, ts, symbol, at)
 
 
-@st.cache_data(show_spinner="Tracing the memory the output uses…", max_entries=16)
+@st.cache_data(show_spinner="Loading the model and tracing the memory the output uses…", max_entries=16)
 def half_mass_trace(run_id: str, data_key: str, symbol: str, rows: tuple[int, int], _run) -> pd.Series:
-    """half_mass_lags over the chosen dates; keyed by run, data, asset and dates."""
+    """half_mass_lags over the chosen dates (runs the model: torch); keyed by run, data, asset and dates."""
+    from engine.diagnostics.hidden_attention import half_mass_lags
+
     del run_id, data_key
     return half_mass_lags(_run.model, _run.features, symbol, range(*rows), window=HALF_MASS_WINDOW, n_points=40)
 
 
-@st.cache_data(show_spinner="Asking the data which memory it rewards per regime…", max_entries=16)
-def memory_lines(run_id: str, data_key: str, regime_source: str, rows: tuple[int, int], _loaded, _labels, _names,
-                 _tested) -> list[str]:
-    """memory_verdicts: does the look-back move with the memory the data rewards? Keyed like lookback_tested."""
+@st.cache_data(show_spinner="Testing the look-back's differences between regimes, and asking the data which "
+                            "memory it rewards per regime…", max_entries=16)
+def lookback_tested(run_id: str, data_key: str, regime_source: str, rows: tuple[int, int], _labels, _names,
+                    _entry) -> tuple[LookbackTest, list[str]]:
+    """view_results.lookback_per_regime (lookback_regime_test and memory_verdicts) on the shading's labels over the
+    chosen dates; keyed by run, data, labels and dates. From disk when kept there."""
     del run_id, data_key, regime_source
-    panel = _loaded.panel
-    return memory_verdicts(panel.symbols, own_bar_log_returns(panel), hours_since_previous_bar(panel),
-                           inference.mask, _labels, range(*rows), _tested, _names)
-
-
-@st.cache_data(show_spinner="Testing the look-back's differences between regimes…", max_entries=16)
-def lookback_tested(run_id: str, data_key: str, regime_source: str, rows: tuple[int, int], _labels,
-                    _names) -> LookbackTest:
-    """lookback_regime_test on the shading's labels over the chosen dates; keyed by run, data, labels and dates."""
-    del run_id, data_key, regime_source
-    return lookback_regime_test(inference.lookback_median, inference.mask, _labels, symbols, _names, range(*rows))
+    return view_results.lookback_per_regime(_entry, view.loaded, bundle, _labels, _names, range(*rows))
 
 
 controls = st.columns([1, 1, 1])
@@ -80,7 +73,7 @@ if regime_source == REGIME_SOURCES[1]:
 else:
     labels_per_asset, names, labels_arg = list(bundle.regimes.labels), None, None
 test_labels = labels_arg if labels_arg is not None else bundle.regimes.labels
-test_names = names if names is not None else [f"regime {k}" for k in range(int(bundle.regimes.labels.max()) + 1)]
+test_names = names if names is not None else view_results.found_regime_names(bundle)
 with controls[1]:
     chosen = url_widget(st.multiselect, "Assets", key="lb_assets", default=list(symbols), options=list(symbols))
 with controls[2]:
@@ -122,9 +115,13 @@ st.caption("Top: the price. Bottom: the look-back, shaded by regime: the line is
            "look-back is how fast the state could forget; the memory the output uses (the toggle above, and the "
            "bar traced below) is where the weight reaching the output sits: its half-mass lag, in own bars.")
 
+assert max(LAG_CHOICES) <= view_results.MAX_LAG_KEPT  # the rows kept of a bar's hidden attention
+tracing = ("Tracing which past bars the state draws on…" if view_results.model_is_loaded(view.run) else
+           "Loading the model (once) to trace which past bars the state draws on at this bar…")
 for symbol in chosen:
     try:
-        frame = bar_attention(view.run_id, data_key, symbol, at, None, view.run)
+        with st.spinner(tracing):  # shown only when it takes longer than half a second: a bar not traced before
+            frame, used_lag = bar_attention(view.run_id, data_key, symbol, at, view.run, view.entry)
     except ValueError as error:
         st.warning(f"No hidden attention for {symbol} at {ts[at]:%Y-%m-%d %H:%M} UTC: {error}")
         continue
@@ -132,7 +129,7 @@ for symbol in chosen:
         st.caption(f"{symbol}'s market was closed at this bar: its state is the last open bar's.")
     asset = symbols.index(symbol)
     st.caption(f"{symbol} at this bar: half of the weight reaching the output lies within the last "
-               f"{half_mass_lag(frame):.0f} own bars (the memory used); the look-back (Δ half-life, median over "
+               f"{used_lag:.0f} own bars (the memory used); the look-back (Δ half-life, median over "
                f"channels) is {inference.lookback_median[asset, at]:.1f} bars.")
     chart_with_downloads(charts.hidden_attention_chart(frame.iloc[: max_lag + 1], symbol, synthetic=synthetic),
                          key=f"lb_hidden_{symbol}", file_stem=f"hidden-attention-{symbol}")
@@ -140,10 +137,8 @@ st.caption("Bar height: how strongly each earlier bar reaches the SSM output at 
            "implicit attention). Closed bars of an equity take no step and weigh 0.")
 
 st.subheader("Look-back per regime")
-tested = lookback_tested(view.run_id, data_key, regime_source, (view.rows.start, view.rows.stop), test_labels,
-                         test_names)
-memory = memory_lines(view.run_id, data_key, regime_source, (view.rows.start, view.rows.stop), view.loaded,
-                      test_labels, test_names, tested)
+tested, memory = lookback_tested(view.run_id, data_key, regime_source, (view.rows.start, view.rows.stop),
+                                 test_labels, test_names, view.entry)
 rankings = [tested.ranking(symbol) for symbol in chosen]
 for line in [m for m in memory if m.split(":")[0] in chosen]:
     st.markdown(f"- {line}")

@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.diagnostics import DiagnosticsBundle
-from engine.diagnostics.cache import load_or_compute_diagnostics
+from engine.diagnostics.cache import entry_folder, load_or_compute_diagnostics
 from engine.diagnostics.findings import PARTS, Findings, findings_for_run
 from engine.diagnostics.for_run import RunOnPanel, run_on_panel
 from engine.model.checkpoint import CheckpointError, misfit_text
@@ -37,6 +37,7 @@ class ModelView:
     cache_status: str  # "cached" or "computed: why"
     rows: range  # the union-clock rows inside the sidebar's date range
     out_of_sample: list[tuple[pd.Timestamp, pd.Timestamp]]  # every walk-forward test span, UTC
+    entry: Path | None = None  # the diagnostics' cache folder: the pages' further results are kept there
 
     @property
     def truth(self) -> PlantedTruth | None:
@@ -57,11 +58,11 @@ def _load(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, 
     del freshness  # only keys the cache: new bars mean new results
     loaded = cached_panel(symbols, interval, db_path=db_path)
     run = run_on_panel(Path(run_path), loaded, lazy=True)  # torch only if the cache misses or a page runs the model
+    fingerprint = loaded.fingerprint()
     bundle, status = load_or_compute_diagnostics(
-        lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.run_id,
-        fingerprint=loaded.fingerprint(),
+        lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.run_id, fingerprint=fingerprint,
     )
-    return loaded, run, bundle, status
+    return loaded, run, bundle, status, entry_folder(run.manifest.run_id, fingerprint, run.fit_rows)
 
 
 def _test_spans(manifest) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
@@ -93,7 +94,7 @@ def model_view(selection: Selection) -> ModelView:
     # hostile, beyond what the app runs, another format) into a CheckpointError. Anything else is a bug to see.
     try:
         with st.spinner("Running the model over the cached history (once per checkpoint and data)…"):
-            loaded, run, bundle, status = _load(selection.checkpoint["path"], selection.db_path,
+            loaded, run, bundle, status, entry = _load(selection.checkpoint["path"], selection.db_path,
                                                 model_order(selection.checkpoint, list(selection.symbols)),
                                                 selection.interval, freshness)
     except CheckpointError as error:
@@ -112,10 +113,26 @@ def model_view(selection: Selection) -> ModelView:
         selection_prices(selection)
         st.stop()
     st.session_state[MODEL_RESULTS_CACHED] = True  # the status line: no device used means read from disk
+    st.session_state[_TO_WARM] = (entry, run, loaded, bundle)  # warm_default_views, after this run
     ts = bundle.inference.ts
     if run.span_text():  # the spans are found on this data by time (engine.diagnostics.for_run)
         st.caption(f"Model `{run.manifest.run_id}`. {run.span_text()}")
-    return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest))
+    return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest), entry)
+
+
+_TO_WARM = "_model_results_to_warm"
+
+
+def warm_default_views() -> None:
+    """After a page's run (app.py): when it showed a model's results, compute the model pages' default views ahead
+    in the background (engine.diagnostics.view_results.warm_default_views_behind: once per cache entry and process,
+    results on disk), so that a first visit of Lookback or Regimes reads them instead of running the model or the
+    tests. Started after the run, not inside it, so that it does not slow the page being drawn."""
+    if _TO_WARM not in st.session_state:
+        return
+    from engine.diagnostics.view_results import warm_default_views_behind
+
+    warm_default_views_behind(*st.session_state.pop(_TO_WARM))
 
 
 # --- no dead ends: what a model page shows when no checkpoint fits the selection ----------------------------------

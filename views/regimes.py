@@ -14,8 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.backtest.inputs import bars_per_year_of, infer_markets
-from engine.diagnostics import RegimeConfig, RegimeResult, fit_regimes
-from engine.diagnostics.findings import cluster_evidence
+from engine.diagnostics import RegimeConfig, RegimeResult, fit_regimes, view_results
 from engine.diagnostics.regimes import regime_table as per_regime_table
 from engine.figures import regimes as charts
 from engine.figures.style import red_losses
@@ -44,10 +43,12 @@ def refit_regimes(run_id: str, data_key: str, n_regimes: int, _bundle) -> Regime
 
 
 @st.cache_data(show_spinner="Testing the clusters against shifted labels…", max_entries=32)
-def clusters_tested(run_id: str, data_key: str, n_regimes: int, symbol: str, _regimes, _loaded) -> str:
-    """The regime tests on the page's clusters of one asset, in words; keyed by run, data, k and asset."""
+def clusters_tested(run_id: str, data_key: str, n_regimes: int, symbol: str, _regimes, _loaded, _entry) -> str:
+    """The regime tests on the page's clusters of one asset, in words (findings.cluster_evidence, kept on disk
+    beside the diagnostics by view_results; the shipped number of clusters' are computed ahead); keyed by run,
+    data, k and asset."""
     del run_id, data_key, n_regimes
-    return cluster_evidence(_loaded, _regimes.labels, bundle.inference.mask, symbol).text
+    return view_results.clusters_tested(_entry, _loaded, _regimes.labels, bundle.inference.mask, symbol)
 
 
 st.subheader("Are there regimes? Tested on the data")
@@ -121,7 +122,7 @@ st.caption(
 
 st.caption(f"Tested, these {n_regimes} clusters of {symbol} (not chosen on the data; not corrected over assets): "
            + clusters_tested(view.run_id, f"{selection.db_path}|{selection.last_bar}", n_regimes, symbol, regimes,
-                             view.loaded))
+                             view.loaded, view.entry))
 
 left, right = st.columns([3, 2])
 with left:

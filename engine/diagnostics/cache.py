@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,7 +177,7 @@ def load_or_compute_diagnostics(
     """
     if hasattr(features, "values"):
         _check_fingerprint(fingerprint, features)
-    key = CacheKey(run_id, fingerprint.content_hash, (fit_rows.start, fit_rows.stop), config.identity())
+    key = _key(run_id, fingerprint, fit_rows, config)
     root = resolve_cache_dir(cache_dir)
     directory = root / key.folder_name()
     root.mkdir(parents=True, exist_ok=True)
@@ -196,6 +197,88 @@ def load_or_compute_diagnostics(
     # A live update shows at once; its entry (O(history) bytes to write and hash) is written behind it.
     _write_behind(directory, bundle, key, lock_path)
     return bundle, how
+
+
+def _key(run_id: str, fingerprint: DataFingerprint, fit_rows: range, config: DiagnosticsConfig) -> CacheKey:
+    return CacheKey(run_id, fingerprint.content_hash, (fit_rows.start, fit_rows.stop), config.identity())
+
+
+def entry_folder(run_id: str, fingerprint: DataFingerprint, fit_rows: range, config: DiagnosticsConfig | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of the diagnostics entry of (run, data, fit rows, settings: default DiagnosticsConfig()), as
+    load_or_compute_diagnostics names it (it may not exist yet); the pages' further results are kept in it
+    (load_or_compute_view_result)."""
+    key = _key(run_id, fingerprint, fit_rows, DiagnosticsConfig() if config is None else config)
+    return resolve_cache_dir(cache_dir) / key.folder_name()
+
+
+# --- what the pages compute beyond the bundle, kept beside it ------------------------------------------------------
+# A page's further results on the same (run, data, settings) (a bar's hidden attention, a test on the bundle's labels)
+# are kept in the entry's folder, one .npz per result: plain arrays (allow_pickle=False) with the JSON key they were
+# computed for, which must match on the way back in; a file that does not load or match is recomputed and replaced.
+# They go with the entry: an entry computed afresh starts without them.
+VIEWS_FOLDER = "views"
+_VIEW_KEY = "__key__"
+
+
+def inputs_digest(*parts) -> str:
+    """SHA-256 of what a result is computed from: arrays (dtype, shape and bytes) and JSON-able values."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray) or (hasattr(part, "__array__") and not isinstance(part, (str, bytes))):
+            array = np.ascontiguousarray(np.asarray(part))
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes() if array.dtype != object else json.dumps(array.tolist()).encode())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def _read_view_result(path: Path, key_text: str) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if _VIEW_KEY not in stored.files or str(stored[_VIEW_KEY]) != key_text:
+                return None
+            return {name: stored[name] for name in stored.files if name != _VIEW_KEY}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, partial or edited: a miss
+        return None
+
+
+def load_or_compute_view_result(entry: Path | None, name: str, key: dict,
+                                compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays `compute` returns for `key`, read from the entry's folder when it holds them for exactly this key,
+    else computed now (once: under a file lock, so the page and a warm-up thread do not both compute it) and kept
+    there. entry None, or an entry folder that does not exist (the diagnostics were not cached): computed, not
+    kept."""
+    if entry is None or not entry.is_dir():
+        return compute()
+    key_text = json.dumps(key, sort_keys=True)
+    stem = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:60]}-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}"
+    folder = entry / VIEWS_FOLDER
+    path = folder / f"{stem}.npz"
+    found = _read_view_result(path, key_text)
+    if found is not None:
+        return found
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:  # the entry was replaced meanwhile: compute without keeping
+        return compute()
+    with FileLock(str(folder / f"{stem}.lock"), timeout=600):
+        found = _read_view_result(path, key_text)
+        if found is not None:
+            return found
+        arrays = compute()
+        staging = None
+        try:
+            handle, staging = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+            with os.fdopen(handle, "wb") as out:
+                np.savez(out, **{_VIEW_KEY: np.asarray(key_text)}, **arrays)
+            os.replace(staging, path)
+        except OSError:  # the entry was replaced meanwhile: the result stands, it is just not kept
+            if staging is not None and os.path.exists(staging):
+                os.unlink(staging)
+    return arrays
 
 
 def _check_fingerprint(fingerprint: DataFingerprint, features: FeatureSet) -> None:
