@@ -269,8 +269,12 @@ def memory_claims(truth, panel, bundle, rows: range) -> dict[str, dict]:
                                 len(truth.regime_names))
         moves = [(lookback_difference(tested, name, d.longer, d.shorter) or 0.0) > 0 for d in found.differences]
         differs = bool(tested.differences[(tested.differences["symbol"] == name)]["significant"].any())
+        medians = tested.intervals[tested.intervals["symbol"] == name]
         out[name] = {"rewarded": bool(found.differences), "moves": bool(moves) and all(moves),
-                     "lookback_differs": differs}
+                     "lookback_differs": differs,
+                     # the evidence behind the verdict: each planted regime's median look-back (bars) and interval
+                     "lookback": {str(r.regime_name): [round(float(v), 3) for v in (r.median, r.low, r.high)]
+                                  for r in medians.itertuples()}}
     return out
 
 

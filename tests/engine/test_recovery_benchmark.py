@@ -2,6 +2,7 @@
 trained null member claims nothing and a lead member is found at its planted lag."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from engine.benchmarks.recovery import (
     ols_ceiling,
     run_member,
     summarise,
+    with_overrides,
 )
 from engine.targets import compute_targets
 from storage.sources.planted_family import family_member
@@ -101,6 +103,21 @@ def test_members_cover_every_kind_and_come_from_one_split():
     assert {kind for _, kind in chosen} >= {"null", "lead", "regimes", "memory", "lead+regimes"}
     validation = {seed for seed, _ in members(8, "validation")}
     assert validation.isdisjoint(seed for seed, _ in chosen)
+
+
+def test_overrides_reach_nested_fields_and_start_an_absent_stop_mix_from_the_loss():
+    from engine.training.presets import general_config
+
+    base = general_config()
+    changed = with_overrides(base, (("decay_ssm_dynamics", False), ("loss_weights.volatility", 1.0),
+                                    ("early_stop_weights.volatility", 2.0), ("model.max_lag", 3)))
+    assert changed.decay_ssm_dynamics is False and changed.model.max_lag == 3
+    assert changed.loss_weights.volatility == 1.0 and changed.loss_weights.quantile == base.loss_weights.quantile
+    assert changed.early_stop_weights.volatility == 2.0
+    assert changed.early_stop_weights.point == base.early_stop_weights.point  # the rest of the stop's mix kept
+    plain = dataclasses.replace(base, early_stop_weights=None)
+    assert with_overrides(plain, (("early_stop_weights.point", 3.0),)).early_stop_weights == \
+        dataclasses.replace(base.loss_weights, point=3.0)
 
 
 @pytest.mark.slow
