@@ -74,9 +74,10 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED: tl.constexpr, HAS_MASK: tl.constexpr):
+def _load_delta(delta_ptr, mask_ptr, row0, offs, tok, bias, lo, hi, D, G, g, FUSED: tl.constexpr,
+                HAS_MASK: tl.constexpr, T: tl.constexpr):
     """delta (T, BD) in float32, and for the fused form the derivative d delta / d dt (else None)."""
-    raw = tl.load(delta_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
+    raw = tl.load(delta_ptr + row0 * D + offs, mask=tok[:, None], other=0.0).to(tl.float32)
     if FUSED:
         x = raw + bias[None, :]
         soft = _softplus(x)
@@ -84,7 +85,7 @@ def _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED: tl.conste
         slope = tl.where(inside, tl.sigmoid(x), 0.0)
         delta = tl.minimum(tl.maximum(soft, lo), hi)
         if HAS_MASK:
-            open_ = tl.load(mask_ptr + tg, mask=tok, other=0.0).to(tl.float32)  # (T,)
+            open_ = tl.load(mask_ptr + row0 * G + g + tl.arange(0, T) * G, mask=tok, other=0.0).to(tl.float32)
             delta = delta * open_[:, None]
             slope = slope * open_[:, None]
         delta = tl.where(tok[:, None], delta, 0.0)  # padded bars: delta 0 = the identity step
@@ -95,28 +96,32 @@ def _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED: tl.conste
 
 
 @triton.jit
-def _load_chunk(c, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, L, D, G, N,
+def _chunk_rows(c, pid_b, L, T: tl.constexpr):
+    """The first row of chunk c in a (b·L, ...) view (a scalar) and which of its T bars exist (chunk -1, the
+    backward's prefetch past the start, has none). Addresses are this scalar base plus the program's loop-invariant
+    int32 offsets: no per-element index arithmetic in the loop."""
+    rows = tl.arange(0, T)
+    tok = (rows < L - c * T) & (c >= 0)
+    return pid_b * L + c * T, tok
+
+
+@triton.jit
+def _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N,
                 FUSED: tl.constexpr, HAS_MASK: tl.constexpr, T: tl.constexpr):
-    """Chunk c's inputs in float32: delta, d delta/d dt (fused form), u (T, BD); B, C (T, NP). Past the end: zeros."""
-    t = c * T + tl.arange(0, T)
-    tok = (t >= 0) & (t < L)  # chunk -1 (the backward's prefetch past the start) reads nothing
-    td = pid_b * L * D + t[:, None] * D + d[None, :]  # (T, BD)
-    tg = (pid_b * L + t) * G + g  # (T,)
-    delta, slope = _load_delta(delta_ptr, td, tok, bias, mask_ptr, tg, lo, hi, FUSED, HAS_MASK)
-    u = tl.load(u_ptr + td, mask=tok[:, None], other=0.0).to(tl.float32)
-    tgn = tg[:, None] * N + n[None, :]
+    """A chunk's inputs in float32: delta, d delta/d dt (fused form), u (T, BD); B, C (T, NP). Past the end: zeros."""
+    delta, slope = _load_delta(delta_ptr, mask_ptr, row0, offs_td, tok, bias, lo, hi, D, G, g, FUSED, HAS_MASK, T)
+    u = tl.load(u_ptr + row0 * D + offs_td, mask=tok[:, None], other=0.0).to(tl.float32)
     tn_ok = tok[:, None] & n_ok[None, :]
-    B = tl.load(B_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
-    C = tl.load(C_ptr + tgn, mask=tn_ok, other=0.0).to(tl.float32)
+    gn = (row0 * G + g) * N
+    B = tl.load(B_ptr + gn + offs_tn, mask=tn_ok, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + gn + offs_tn, mask=tn_ok, other=0.0).to(tl.float32)
     return delta, slope, u, B, C
 
 
 @triton.jit
-def _load_bars(ptr, c, pid_b, d, L, D, T: tl.constexpr):
-    """(T, BD) of a (b, L, D) tensor at chunk c in float32; zeros past the end."""
-    t = c * T + tl.arange(0, T)
-    ok = (t >= 0) & (t < L)
-    return tl.load(ptr + pid_b * L * D + t[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+def _load_bars(ptr, row0, tok, offs_td, D):
+    """(T, BD) of a (b, L, D) tensor at a chunk in float32; zeros past the end."""
+    return tl.load(ptr + row0 * D + offs_td, mask=tok[:, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -160,38 +165,42 @@ def _scan_fwd_kernel(
     _, pid_b, d, n, n_ok, g, nd, A, state_off, carry, bias, dskip = _program_setup(
         A_ptr, h0_ptr, bias_ptr, dskip_ptr, D, N, Dg, HAS_H0, FUSED, BD, NP)
     A2 = A * LOG2E
-    delta, _, u, B, C = _load_chunk(0, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi,
-                                    L, D, G, N, FUSED, HAS_MASK, T)
+    offs_td = rows[:, None] * D + d[None, :]  # (T, BD) offsets from a chunk's first row: loop-invariant
+    offs_tn = rows[:, None] * (G * N) + n[None, :]  # (T, NP)
+    first = (rows == 0)[:, None, None]
+    row0, tok = _chunk_rows(0, pid_b, L, T)
+    delta, _, u, B, C = _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
+                                    mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
     if FUSED:
-        z = _load_bars(z_ptr, 0, pid_b, d, L, D, T)
+        z = _load_bars(z_ptr, row0, tok, offs_td, D)
     else:
         z = u
     for c in range(NC):
         # The next chunk's loads go out before this chunk's arithmetic: their latency hides behind it.
-        delta_n, _, u_n, B_n, C_n = _load_chunk(c + 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
-                                                mask_ptr, lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
+        row0_n, tok_n = _chunk_rows(c + 1, pid_b, L, T)
+        delta_n, _, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr,
+                                                B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
         if FUSED:
-            z_n = _load_bars(z_ptr, c + 1, pid_b, d, L, D, T)
+            z_n = _load_bars(z_ptr, row0_n, tok_n, offs_td, D)
         else:
             z_n = u_n
         if STORE_BOUNDS:
             tl.store(bounds_ptr + (pid_b * NC + c) * D * N + nd, carry, mask=n_ok[:, None])
-        t = c * T + rows
-        tok = t < L
-        td = pid_b * L * D + t[:, None] * D + d[None, :]  # (T, BD)
         decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
         drive = (delta * u)[:, None, :] * B[:, :, None]
-        P, Q = tl.associative_scan((decay, drive), 0, _linear)
-        h = Q + P * carry[None, :, :]
+        # The carried state enters through the first bar's drive, so the scan's output is h itself: its running
+        # product of decays (unused) is dead code when the time axis lies in one thread, as it does here.
+        drive = tl.where(first, drive + decay * carry[None, :, :], drive)
+        h = tl.associative_scan((decay, drive), 0, _linear)[1]
         y = tl.sum(h * C[:, :, None], axis=1)  # (T, BD)
         if FUSED:
             y = (y + dskip[None, :] * u) * (z * tl.sigmoid(z))
-        tl.store(y_ptr + td, y.to(y_ptr.dtype.element_ty), mask=tok[:, None])
+        tl.store(y_ptr + row0 * D + offs_td, y.to(y_ptr.dtype.element_ty), mask=tok[:, None])
         if STORE_STATES:
-            tnd = ((pid_b * L + t[:, None, None]) * D + d[None, None, :]) * N + n[None, :, None]
+            tnd = (row0 * D + offs_td[:, None, :]) * N + n[None, :, None]
             tl.store(states_ptr + tnd, h, mask=tok[:, None, None] & n_ok[None, :, None])
         carry = _row(h, rows, T - 1)  # padded bars are identity steps: this is h at the chunk's last real bar
-        delta, u, B, C, z = delta_n, u_n, B_n, C_n, z_n
+        delta, u, B, C, z, row0, tok = delta_n, u_n, B_n, C_n, z_n, row0_n, tok_n
     tl.store(last_ptr + state_off, carry, mask=n_ok[:, None])
 
 
@@ -214,46 +223,49 @@ def _scan_bwd_kernel(
     grad_A = tl.zeros((NP, BD), dtype=tl.float32)
     grad_D = tl.zeros((BD,), dtype=tl.float32)
     ones = tl.full((T, NP, BD), 1.0, tl.float32)
-    zeros = tl.zeros((T, NP, BD), dtype=tl.float32)
-    delta, slope, u, B, C = _load_chunk(NC - 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr,
-                                        lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
+    zeros = -tl.zeros((T, NP, BD), dtype=tl.float32)  # -0.0 (x + -0.0 is x exactly: the compiler drops the add)
+    first = (rows == 0)[:, None, None]
+    offs_td = rows[:, None] * D + d[None, :]  # (T, BD) offsets from a chunk's first row: loop-invariant
+    offs_tn = rows[:, None] * (G * N) + n[None, :]  # (T, NP)
+    row0, tok = _chunk_rows(NC - 1, pid_b, L, T)
+    delta, slope, u, B, C = _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
+                                        mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
     h_start = tl.load(bounds_ptr + (pid_b * NC + NC - 1) * D * N + nd, mask=n_ok[:, None], other=0.0)
     if HAS_GY:
-        gy = _load_bars(gy_ptr, NC - 1, pid_b, d, L, D, T)
+        gy = _load_bars(gy_ptr, row0, tok, offs_td, D)
     else:
         gy = tl.zeros((T, BD), dtype=tl.float32)
     if FUSED:
-        z = _load_bars(z_ptr, NC - 1, pid_b, d, L, D, T)
+        z = _load_bars(z_ptr, row0, tok, offs_td, D)
     else:
         z = gy
     for cc in range(NC):
         c = NC - 1 - cc
         # The previous chunk's loads go out first (c - 1 = -1 past the start: masked, nothing read).
-        delta_n, slope_n, u_n, B_n, C_n = _load_chunk(c - 1, pid_b, d, n, n_ok, g, bias, u_ptr, delta_ptr, B_ptr,
-                                                      C_ptr, mask_ptr, lo, hi, L, D, G, N, FUSED, HAS_MASK, T)
+        row0_n, tok_n = _chunk_rows(c - 1, pid_b, L, T)
+        delta_n, slope_n, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, offs_td, offs_tn, n_ok, g, bias, u_ptr,
+                                                      delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED,
+                                                      HAS_MASK, T)
         h_start_n = tl.load(bounds_ptr + (pid_b * NC + c - 1) * D * N + nd, mask=n_ok[:, None] & (c > 0), other=0.0)
         if HAS_GY:
-            gy_n = _load_bars(gy_ptr, c - 1, pid_b, d, L, D, T)
+            gy_n = _load_bars(gy_ptr, row0_n, tok_n, offs_td, D)
         else:
             gy_n = gy
         if FUSED:
-            z_n = _load_bars(z_ptr, c - 1, pid_b, d, L, D, T)
+            z_n = _load_bars(z_ptr, row0_n, tok_n, offs_td, D)
         else:
             z_n = z
-        t = c * T + rows
-        tok = t < L
-        td = pid_b * L * D + t[:, None] * D + d[None, :]
-        tg = (pid_b * L + t) * G + g
-        tgn = tg[:, None] * N + n[None, :]
         tn_ok = tok[:, None] & n_ok[None, :]
 
         # The chunk's states again, from the state saved at its start: h and the state before each bar.
         decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
         delta_u = delta * u
         drive = delta_u[:, None, :] * B[:, :, None]
-        P, Q, R, S = tl.associative_scan((decay, drive, ones, zeros), 0, _compose)
-        h = Q + P * h_start[None, :, :]
-        h_prev = S + R * h_start[None, :, :]
+        # The state at the chunk's start enters through the first bar (its drive, and its state before it), so the
+        # scan's outputs are h and h_prev themselves; the running products (unused) are dead code.
+        drive = tl.where(first, drive + decay * h_start[None, :, :], drive)
+        scanned = tl.associative_scan((decay, drive, ones, tl.where(first, h_start[None, :, :], zeros)), 0, _compose)
+        h, h_prev = scanned[1], scanned[3]
 
         if FUSED:  # out = (y + D·u)·silu(z): the gradient reaching y, and those of z and D
             sig = tl.sigmoid(z)
@@ -262,7 +274,7 @@ def _scan_bwd_kernel(
             y = tl.sum(h * C[:, :, None], axis=1)
             pre = y + dskip[None, :] * u
             gz = g_out * pre * sig * (1.0 + z * (1.0 - sig))
-            tl.store(gz_ptr + td, gz.to(gz_ptr.dtype.element_ty), mask=tok[:, None])
+            tl.store(gz_ptr + row0 * D + offs_td, gz.to(gz_ptr.dtype.element_ty), mask=tok[:, None])
             gy = g_out * gate
             grad_D += tl.sum(gy * u, axis=0)
 
@@ -270,14 +282,21 @@ def _scan_bwd_kernel(
         # map q -> decay·(direct + q) (q: the gradient reaching h[t] from later bars), composed from the chunk's end.
         direct = gy[:, None, :] * C[:, :, None]
         if HAS_GSTATES:
-            tnd = ((pid_b * L + t[:, None, None]) * D + d[None, None, :]) * N + n[None, :, None]
+            tnd = (row0 * D + offs_td[:, None, :]) * N + n[None, :, None]
             direct += tl.load(gstates_ptr + tnd, mask=tok[:, None, None] & n_ok[None, :, None], other=0.0)
-        gP, gQ, gR, gS = tl.associative_scan((decay, decay * direct, ones, direct), 0, _compose, reverse=True)
-        grad_h = gS + gR * carry[None, :, :]
-        carry = _row(gP * carry[None, :, :] + gQ, rows, 0)  # q at the chunk's first bar
+        # Scanned over the chunk flipped (the time axis lies in each thread's registers, so a flip is a renaming):
+        # Triton's reverse=True scan would move every element across lanes instead.
+        # The gradient from later chunks (carry) enters through the chunk's last bar; outputs: q = decay·grad_h
+        # (the gradient passed to the bar before) and grad_h.
+        decay_r = tl.flip(decay, 0)
+        direct_r = tl.where(first, tl.flip(direct, 0) + carry[None, :, :], tl.flip(direct, 0))
+        scanned = tl.associative_scan((decay_r, decay_r * direct_r, ones, direct_r), 0, _compose)
+        q_r, grad_h_r = scanned[1], scanned[3]
+        grad_h = tl.flip(grad_h_r, 0)
+        carry = _row(q_r, rows, T - 1)  # q at the chunk's first bar
 
         # Through the decay exp(delta·A) (its log's gradient) and the drive delta·u·B (whose gradient is grad_h).
-        grad_log_decay = grad_h * decay * h_prev
+        grad_log_decay = tl.flip(q_r, 0) * h_prev
         grad_A += tl.sum(grad_log_decay * delta[:, None, :], axis=0)
         grad_delta_u = tl.sum(grad_h * B[:, :, None], axis=1)  # (T, BD)
         grad_delta = tl.sum(grad_log_decay * A[None, :, :], axis=1) + grad_delta_u * u
@@ -285,19 +304,21 @@ def _scan_bwd_kernel(
         if FUSED:
             grad_u += gy * dskip[None, :]
             grad_delta = grad_delta * slope
-        tl.store(gu_ptr + td, grad_u.to(gu_ptr.dtype.element_ty), mask=tok[:, None])
-        tl.store(gdelta_ptr + td, grad_delta.to(gdelta_ptr.dtype.element_ty), mask=tok[:, None])
+        tl.store(gu_ptr + row0 * D + offs_td, grad_u.to(gu_ptr.dtype.element_ty), mask=tok[:, None])
+        tl.store(gdelta_ptr + row0 * D + offs_td, grad_delta.to(gdelta_ptr.dtype.element_ty), mask=tok[:, None])
         # Summed over the block's channels here; across channel blocks by atomics, or as partials the caller sums.
         grad_B = tl.sum(grad_h * delta_u[:, None, :], axis=2)  # (T, NP)
         grad_C = tl.sum(h * gy[:, None, :], axis=2)
         if ATOMIC:
-            tl.atomic_add(gB_ptr + tgn, grad_B, mask=tn_ok, sem="relaxed")
-            tl.atomic_add(gC_ptr + tgn, grad_C, mask=tn_ok, sem="relaxed")
+            gn = (row0 * G + g) * N
+            tl.atomic_add(gB_ptr + gn + offs_tn, grad_B, mask=tn_ok, sem="relaxed")
+            tl.atomic_add(gC_ptr + gn + offs_tn, grad_C, mask=tn_ok, sem="relaxed")
         else:
-            part = ((pid_b * L + t[:, None]) * NDB + pid_d) * N + n[None, :]
+            part = (row0 * NDB + pid_d) * N + rows[:, None] * (NDB * N) + n[None, :]
             tl.store(gB_ptr + part, grad_B, mask=tn_ok)
             tl.store(gC_ptr + part, grad_C, mask=tn_ok)
         delta, slope, u, B, C, h_start, gy, z = delta_n, slope_n, u_n, B_n, C_n, h_start_n, gy_n, z_n
+        row0, tok = row0_n, tok_n
     tl.store(gA_ptr + state_off, grad_A, mask=n_ok[:, None])  # summed over the batch by the caller
     if WANT_GH0:
         tl.store(gh0_ptr + state_off, carry, mask=n_ok[:, None])
