@@ -12,8 +12,6 @@ a page directly would then run that page without this frame (tests/app/test_layo
 """
 from __future__ import annotations
 
-import sys
-
 import streamlit as st
 
 from views.frame import finish_status_line, render_frame
@@ -48,5 +46,3 @@ try:
     navigation.run()
 finally:  # also after st.stop(): the status line then names the device the page's model ran on
     finish_status_line()
-    if "views.model_results" in sys.modules:  # a model page ran: its siblings' default views are computed behind it
-        sys.modules["views.model_results"].warm_default_views()

@@ -23,6 +23,7 @@ from engine.diagnostics import DiagnosticsBundle
 from engine.diagnostics.cache import entry_folder, load_or_compute_diagnostics
 from engine.diagnostics.findings import PARTS, Findings, findings_for_run
 from engine.diagnostics.for_run import RunOnPanel, run_on_panel
+from engine.diagnostics.view_results import start_warm_up
 from engine.model.checkpoint import CheckpointError, misfit_text
 from storage.locks import CacheBusyError
 from storage.panel import LoadedPanel, PlantedTruth, cached_panel
@@ -62,7 +63,11 @@ def _load(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, 
     bundle, status = load_or_compute_diagnostics(
         lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.run_id, fingerprint=fingerprint,
     )
-    return loaded, run, bundle, status, entry_folder(run.manifest.run_id, fingerprint, run.fit_rows)
+    entry = entry_folder(run.manifest.run_id, fingerprint, run.fit_rows)
+    # the model pages' default views (Lookback's traced bar and tests, Regimes' cluster test) computed ahead, in a
+    # low-priority process, so that their first visit reads them from disk (once per checkpoint and data)
+    start_warm_up(run_path, db_path, symbols, interval, entry)
+    return loaded, run, bundle, status, entry
 
 
 def _test_spans(manifest) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
@@ -113,26 +118,10 @@ def model_view(selection: Selection) -> ModelView:
         selection_prices(selection)
         st.stop()
     st.session_state[MODEL_RESULTS_CACHED] = True  # the status line: no device used means read from disk
-    st.session_state[_TO_WARM] = (entry, run, loaded, bundle)  # warm_default_views, after this run
     ts = bundle.inference.ts
     if run.span_text():  # the spans are found on this data by time (engine.diagnostics.for_run)
         st.caption(f"Model `{run.manifest.run_id}`. {run.span_text()}")
     return ModelView(loaded, run, bundle, status, _rows_in_range(ts, selection), _test_spans(run.manifest), entry)
-
-
-_TO_WARM = "_model_results_to_warm"
-
-
-def warm_default_views() -> None:
-    """After a page's run (app.py): when it showed a model's results, compute the model pages' default views ahead
-    in the background (engine.diagnostics.view_results.warm_default_views_behind: once per cache entry and process,
-    results on disk), so that a first visit of Lookback or Regimes reads them instead of running the model or the
-    tests. Started after the run, not inside it, so that it does not slow the page being drawn."""
-    if _TO_WARM not in st.session_state:
-        return
-    from engine.diagnostics.view_results import warm_default_views_behind
-
-    warm_default_views_behind(*st.session_state.pop(_TO_WARM))
 
 
 # --- no dead ends: what a model page shows when no checkpoint fits the selection ----------------------------------

@@ -7,8 +7,9 @@ its clusters of one asset (arch, scipy.stats). Each result is computed by the sa
 kept in the diagnostics entry's folder (engine.diagnostics.cache.load_or_compute_view_result), keyed by what it is
 computed from, so a page shows it again, after a restart too, without the model or those imports. The results of
 the pages' DEFAULT views (the last bar of the whole span, the found regimes over the whole span, the shipped number
-of clusters) are computed ahead by `warm_default_views`, which the app runs behind the first page once the
-diagnostics are on disk: a first visit then reads them, and only a user who picks another bar loads the model.
+of clusters) are computed ahead by `warm_default_views`, which the app starts in a separate process at the lowest
+CPU priority once the diagnostics are on disk (start_warm_up): a first visit then reads them, and only a user who
+picks another bar loads the model.
 
 No Streamlit here; nothing here imports torch, statsmodels or arch until a result is computed.
 """
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -181,10 +185,20 @@ def default_view_steps(entry: Path | None, run: RunOnPanel, loaded: LoadedPanel,
     return steps
 
 
+WARM_MARKER = ".warm"  # in the entry's views folder: the default views were computed ahead (or tried)
+WARM_ENV_VAR = "REGIME_WARM_VIEWS"  # "0": the app does not start the warm-up (tests that count processes or CPU)
+
+
 def warm_default_views(entry: Path | None, run: RunOnPanel, loaded: LoadedPanel, bundle: DiagnosticsBundle) -> None:
-    """Compute (or find on disk) every result default_view_steps lists."""
+    """Compute (or find on disk) every result default_view_steps lists, then leave WARM_MARKER in the entry. A step
+    that fails is left to the page, which computes it again and says why."""
     for step in default_view_steps(entry, run, loaded, bundle):
-        step()
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - the page computes it again and shows the error itself
+            _LOG.warning("a default view's result was not computed ahead", exc_info=True)
+    if entry is not None and (entry / "views").is_dir():
+        (entry / "views" / WARM_MARKER).touch()
 
 
 def warm_default_views_for_run(run_dir: str | Path, loaded: LoadedPanel, cache_dir: str | Path | None = None) -> Path:
@@ -202,38 +216,122 @@ def warm_default_views_for_run(run_dir: str | Path, loaded: LoadedPanel, cache_d
     return entry
 
 
-_warming: dict[str, threading.Thread] = {}
-_warming_lock = threading.Lock()
+def is_warm(entry: Path | None) -> bool:
+    return entry is not None and (entry / "views" / WARM_MARKER).exists()
 
 
-def warm_default_views_behind(entry: Path | None, run: RunOnPanel, loaded: LoadedPanel,
-                              bundle: DiagnosticsBundle) -> threading.Thread | None:
-    """warm_default_views in a background thread, once per entry and process (None when one already ran or runs,
-    or there is no entry to keep the results in). Not a daemon: a server told to stop finishes it first. A page
-    that asks for a result the thread is computing waits for it (the result's file lock) instead of computing it
-    twice. A step that fails is left to the page, which computes it and says why."""
-    if entry is None or not entry.is_dir():
+_started: dict[str, subprocess.Popen] = {}
+_started_lock = threading.Lock()
+
+
+def start_warm_up(run_dir: str | Path, db_path: str | Path, symbols: Sequence[str], interval: str,
+                  entry: Path | None, cache_dir: str | Path | None = None) -> subprocess.Popen | None:
+    """Compute the default views of (checkpoint, cached bars) ahead, in a separate process at the lowest CPU
+    priority (`python -m engine.diagnostics.view_results`), unless the entry holds them already, one is running
+    for it, or this process started one -> the process, or None.
+
+    A process, not a thread: it needs no share of the app's interpreter (a thread beside the page being drawn
+    slowed a first start by seconds on two cores), it runs on what CPU the app and the browser leave, and it
+    finishes after the app is stopped. A page asking for a result it is computing waits for that result (its file
+    lock) rather than computing it twice."""
+    if entry is None or is_warm(entry) or not entry.is_dir() or os.environ.get(WARM_ENV_VAR, "1") == "0":
         return None
-    with _warming_lock:
-        if str(entry) in _warming:
+    with _started_lock:
+        if str(entry) in _started:
             return None
+        if _warm_lock(entry).is_locked_elsewhere():
+            return None
+        views = entry / "views"
+        views.mkdir(exist_ok=True)
+        argv = [sys.executable, "-m", "engine.diagnostics.view_results", str(run_dir), "--db", str(db_path),
+                "--interval", interval, "--symbols", *symbols]
+        if cache_dir is not None:
+            argv += ["--cache-dir", str(cache_dir)]
+        with open(views / "warm-up.log", "ab") as log:
+            process = subprocess.Popen(argv, cwd=str(Path(__file__).resolve().parents[2]), stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        _started[str(entry)] = process
+    return process
 
-        def warm() -> None:
-            for step in default_view_steps(entry, run, loaded, bundle):
-                try:
-                    step()
-                except Exception:  # noqa: BLE001 - the page computes it again and shows the error itself
-                    _LOG.debug("a default view's result was not computed ahead", exc_info=True)
 
-        thread = threading.Thread(target=warm, name="default-views-warm-up")
-        _warming[str(entry)] = thread
-    thread.start()
-    return thread
+def wait_for_warm_ups(timeout: float | None = None) -> None:
+    """Wait for the warm-up processes this process started (tests)."""
+    with _started_lock:
+        pending = list(_started.values())
+    for process in pending:
+        process.wait(timeout)
 
 
-def wait_for_warm_ups() -> None:
-    """Block until every warm-up thread started in this process has finished (tests)."""
-    with _warming_lock:
-        pending = list(_warming.values())
-    for thread in pending:
-        thread.join()
+class _WarmLock:
+    """One warm-up per entry at a time, across processes: the warm-up holds this lock while it runs."""
+
+    def __init__(self, entry: Path):
+        from filelock import FileLock
+
+        self.lock = FileLock(str(entry / "views" / ".warm.lock"))
+
+    def is_locked_elsewhere(self) -> bool:
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:  # no views folder yet: nobody holds it
+            return False
+        self.lock.release()
+        return False
+
+
+def _warm_lock(entry: Path) -> _WarmLock:
+    return _WarmLock(entry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.diagnostics.view_results RUN_DIR --db DB --interval 1h --symbols BTC SPY AAPL`: the
+    default views of the checkpoint on the cached bars, computed into the diagnostics cache (what the app starts)."""
+    import argparse
+
+    from filelock import Timeout
+
+    from storage.panel import cached_panel
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--interval", required=True)
+    parser.add_argument("--symbols", nargs="+", required=True)
+    parser.add_argument("--cache-dir", default=None)
+    args = parser.parse_args(argv)
+    try:
+        os.nice(19)  # what the app and the browser leave
+    except (AttributeError, OSError):
+        pass
+    from engine.diagnostics.cache import entry_folder, load_or_compute_diagnostics
+    from engine.diagnostics.for_run import run_on_panel
+
+    loaded = cached_panel(tuple(args.symbols), args.interval, db_path=args.db)
+    run = run_on_panel(Path(args.run_dir), loaded, lazy=True)
+    fingerprint = loaded.fingerprint()
+    entry = entry_folder(run.manifest.run_id, fingerprint, run.fit_rows, cache_dir=args.cache_dir)
+    if is_warm(entry):
+        return 0
+    (entry / "views").mkdir(parents=True, exist_ok=True)
+    lock = _warm_lock(entry).lock
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return 0  # another process is at it
+    try:
+        bundle, _ = load_or_compute_diagnostics(lambda: run.model, lambda: run.features, run.fit_rows,
+                                                run_id=run.manifest.run_id, fingerprint=fingerprint,
+                                                cache_dir=args.cache_dir)
+        warm_default_views(entry, run, loaded, bundle)
+    finally:
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

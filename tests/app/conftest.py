@@ -18,6 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
+from engine.diagnostics.view_results import WARM_ENV_VAR
 from storage.refresh import seed_demo_if_empty
 from tests.fixtures.vendor_downloads import write_downloads
 
@@ -53,6 +54,7 @@ def seeded_db(tmp_path, seeded_cache_template, diagnostics_dir, monkeypatch) -> 
     monkeypatch.setenv("REGIME_DB", str(path))
     monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
+    monkeypatch.setenv(WARM_ENV_VAR, "0")  # no warm-up processes beside the tests (test_cached_pages_without_torch)
     _forget_cached_reads()
     return path
 
@@ -71,6 +73,7 @@ def empty_db(tmp_path, diagnostics_dir, monkeypatch) -> Path:
     monkeypatch.setenv("REGIME_DB", str(path))
     monkeypatch.setenv("REGIME_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("REGIME_DIAGNOSTICS", str(diagnostics_dir))
+    monkeypatch.setenv(WARM_ENV_VAR, "0")
     _forget_cached_reads()
     return path
 

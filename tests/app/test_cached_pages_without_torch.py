@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+from engine.diagnostics.view_results import WARM_ENV_VAR
 from tests.app.conftest import ROOT
 
 # every page that shows cached results only, in its default view (Lookback's picked bar: the last one)
@@ -46,10 +47,12 @@ def run_fresh(*pages: str) -> list[dict]:
 def warm_cache(db_path) -> None:
     """The demo checkpoint's diagnostics, every findings part and the default views' further results on the seeded
     data, in the session's shared diagnostics folder (computed once per session; the shipped findings are copied
-    when their key matches), as the app's first start leaves them."""
+    when their key matches), as the app's first start leaves them: the default views by the warm-up process the
+    app starts (views.model_results._load -> engine.diagnostics.view_results.start_warm_up)."""
+    from engine.diagnostics.cache import entry_folder
     from engine.diagnostics.findings import findings_for_run
-    from engine.diagnostics.for_run import diagnostics_for_run
-    from engine.diagnostics.view_results import warm_default_views_for_run
+    from engine.diagnostics.for_run import diagnostics_for_run, run_on_panel
+    from engine.diagnostics.view_results import is_warm, start_warm_up
     from engine.model.checkpoint import DEMO_CHECKPOINT_DIR
     from storage.panel import cached_panel
     from storage.sources.demo import DEMO_SYMBOLS
@@ -57,10 +60,16 @@ def warm_cache(db_path) -> None:
     loaded = cached_panel(DEMO_SYMBOLS, "1h", db_path=db_path)
     bundle, _ = diagnostics_for_run(DEMO_CHECKPOINT_DIR, loaded)
     findings_for_run(DEMO_CHECKPOINT_DIR, loaded, bundle)
-    warm_default_views_for_run(DEMO_CHECKPOINT_DIR, loaded)
+    run = run_on_panel(DEMO_CHECKPOINT_DIR, loaded, lazy=True)
+    entry = entry_folder(run.manifest.run_id, loaded.fingerprint(), run.fit_rows)
+    process = start_warm_up(DEMO_CHECKPOINT_DIR, db_path, DEMO_SYMBOLS, "1h", entry)
+    if process is not None:
+        assert process.wait(timeout=240) == 0, (entry / "views" / "warm-up.log").read_text()[-3000:]
+    assert is_warm(entry)
 
 
-def test_with_the_cache_warm_the_pages_render_without_torch_or_sklearn(seeded_db):
+def test_with_the_cache_warm_the_pages_render_without_torch_or_sklearn(seeded_db, monkeypatch):
+    monkeypatch.setenv(WARM_ENV_VAR, "1")  # the fixtures turn the app's warm-up off; here it is part of what is tested
     warm_cache(seeded_db)
     for result in run_fresh(*WITHOUT_MODEL):
         assert not result["exception"] and not result["errors"], result

@@ -82,6 +82,8 @@ ENTRY_POINTS = {
     "engine.bench": "python -m engine.bench: runs every benchmark below",
     "engine.benchmarks": "each benchmark has a command line and builds its own data (demo panel, synthetic universe)",
     "engine.diagnostics.planted_memory:main": "the probe's command line reads the demo market; the probe takes any panel",
+    "engine.diagnostics.view_results:main": "the app's warm-up process reads the cached bars the app showed, to compute "
+                                            "the model pages' default views ahead",
 }
 PANEL_READERS = {"read_panel", "cached_panel", "demo_panel"}
 

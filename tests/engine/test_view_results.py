@@ -8,8 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.diagnostics.cache import VIEWS_FOLDER, inputs_digest, load_or_compute_view_result
-from engine.diagnostics.view_results import clusters_tested, frame_arrays, frame_from_arrays
+from engine.diagnostics.cache import (
+    VIEWS_FOLDER,
+    inputs_digest,
+    load_or_compute_view_result,
+)
+from engine.diagnostics.view_results import (
+    clusters_tested,
+    frame_arrays,
+    frame_from_arrays,
+)
 
 
 def test_frames_come_back_exactly():
