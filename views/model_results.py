@@ -61,9 +61,9 @@ def _load(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, 
     run = run_on_panel(Path(run_path), loaded, lazy=True)  # torch only if the cache misses or a page runs the model
     fingerprint = loaded.fingerprint()
     bundle, status = load_or_compute_diagnostics(
-        lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.run_id, fingerprint=fingerprint,
+        lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.cache_id, fingerprint=fingerprint,
     )
-    entry = entry_folder(run.manifest.run_id, fingerprint, run.fit_rows)
+    entry = entry_folder(run.manifest.cache_id, fingerprint, run.fit_rows)
     # the model pages' default views (Lookback's traced bar and tests, Regimes' cluster test) computed ahead, in a
     # low-priority process, so that their first visit reads them from disk (once per checkpoint and data)
     start_warm_up(run_path, db_path, symbols, interval, entry)

@@ -206,5 +206,5 @@ def diagnostics_for_run(
 ) -> tuple[DiagnosticsBundle, str]:
     """The diagnostics of checkpoint `run_dir` on `loaded`, from the cache when sound -> (bundle, status)."""
     run = run_on_panel(Path(run_dir), loaded)
-    return load_or_compute_diagnostics(run.model, run.features, run.fit_rows, run_id=run.manifest.run_id,
+    return load_or_compute_diagnostics(run.model, run.features, run.fit_rows, run_id=run.manifest.cache_id,
                                        fingerprint=loaded.fingerprint(), config=config, cache_dir=cache_dir)

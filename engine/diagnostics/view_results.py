@@ -210,8 +210,8 @@ def warm_default_views_for_run(run_dir: str | Path, loaded: LoadedPanel, cache_d
     run = run_on_panel(Path(run_dir), loaded, lazy=True)
     fingerprint = loaded.fingerprint()
     bundle, _ = load_or_compute_diagnostics(lambda: run.model, lambda: run.features, run.fit_rows,
-                                            run_id=run.manifest.run_id, fingerprint=fingerprint, cache_dir=cache_dir)
-    entry = entry_folder(run.manifest.run_id, fingerprint, run.fit_rows, cache_dir=cache_dir)
+                                            run_id=run.manifest.cache_id, fingerprint=fingerprint, cache_dir=cache_dir)
+    entry = entry_folder(run.manifest.cache_id, fingerprint, run.fit_rows, cache_dir=cache_dir)
     warm_default_views(entry, run, loaded, bundle)
     return entry
 
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = cached_panel(tuple(args.symbols), args.interval, db_path=args.db)
     run = run_on_panel(Path(args.run_dir), loaded, lazy=True)
     fingerprint = loaded.fingerprint()
-    entry = entry_folder(run.manifest.run_id, fingerprint, run.fit_rows, cache_dir=args.cache_dir)
+    entry = entry_folder(run.manifest.cache_id, fingerprint, run.fit_rows, cache_dir=args.cache_dir)
     if is_warm(entry):
         return 0
     (entry / "views").mkdir(parents=True, exist_ok=True)
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # another process is at it
     try:
         bundle, _ = load_or_compute_diagnostics(lambda: run.model, lambda: run.features, run.fit_rows,
-                                                run_id=run.manifest.run_id, fingerprint=fingerprint,
+                                                run_id=run.manifest.cache_id, fingerprint=fingerprint,
                                                 cache_dir=args.cache_dir)
         warm_default_views(entry, run, loaded, bundle)
     finally:

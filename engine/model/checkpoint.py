@@ -101,6 +101,13 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    @property
+    def cache_id(self) -> str:
+        """What results computed from this checkpoint are cached under: the run id and when this checkpoint was
+        written. A run re-made under the same id (the demo's command, a resumed run) is another checkpoint; keyed by
+        the run id alone, its diagnostics were read from the checkpoint before it."""
+        return f"{self.run_id}@{self.created_at}"
+
     def to_json(self) -> str:
         data = asdict(self)
         return json.dumps(data, indent=1, default=_json_default, allow_nan=False)

@@ -383,6 +383,29 @@ def test_diagnostics_for_a_checkpoint_use_its_scaler_and_training_rows_and_are_c
         run_on_panel(tmp_path / "bad", loaded)
 
 
+def test_a_checkpoint_re_made_under_the_same_run_id_does_not_read_the_one_before(small_model, tmp_path):
+    """The cache key holds the checkpoint (run id and when it was written), not the run id alone: the demo's command
+    re-makes run demo-1h, and its diagnostics were read from the checkpoint before."""
+    import dataclasses
+
+    from engine.diagnostics.for_run import diagnostics_for_run
+    from engine.model.checkpoint import save_checkpoint
+
+    loaded = demo_panel("1d")
+    features = build_feature_set(loaded.panel, range(0, 700))
+    manifest = write_checkpoint(tmp_path / "run", small_model, loaded, features)
+    first, _ = diagnostics_for_run(tmp_path / "run", loaded, cache_dir=tmp_path / "cache")
+    retrained = HybridModel(small_model.config)
+    with torch.no_grad():
+        for parameter in retrained.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    save_checkpoint(tmp_path / "run", retrained.state_dict(),
+                    dataclasses.replace(manifest, created_at="2026-12-02T00:00:00Z"))
+    second, status = diagnostics_for_run(tmp_path / "run", loaded, cache_dir=tmp_path / "cache")
+    assert status.startswith("computed")
+    assert not np.allclose(second.inference.embeddings, first.inference.embeddings)
+
+
 def test_a_bundle_past_the_attention_budget_draws_windows_from_the_kept_bars(small_model, demo_features):
     from engine.diagnostics import DiagnosticsConfig
     from engine.model.inference import InferenceConfig
