@@ -171,19 +171,25 @@ def _scan_fwd_kernel(
     row0, tok = _chunk_rows(0, pid_b, L, T)
     delta, _, u, B, C = _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
                                     mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
+    row0_n, tok_n = _chunk_rows(1, pid_b, L, T)
+    delta_n, _, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr,
+                                            B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
     if FUSED:
         z = _load_bars(z_ptr, row0, tok, offs_td, D)
+        z_n = _load_bars(z_ptr, row0_n, tok_n, offs_td, D)
     else:
         z = u
+        z_n = u_n
     for c in range(NC):
-        # The next chunk's loads go out before this chunk's arithmetic: their latency hides behind it.
-        row0_n, tok_n = _chunk_rows(c + 1, pid_b, L, T)
-        delta_n, _, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr,
-                                                B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
+        # The loads two chunks ahead go out before this chunk's arithmetic: their latency hides behind two chunks.
+        row0_nn, tok_nn = _chunk_rows(c + 2, pid_b, L, T)
+        delta_nn, _, u_nn, B_nn, C_nn = _load_chunk(row0_nn, tok_nn, offs_td, offs_tn, n_ok, g, bias, u_ptr,
+                                                    delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED,
+                                                    HAS_MASK, T)
         if FUSED:
-            z_n = _load_bars(z_ptr, row0_n, tok_n, offs_td, D)
+            z_nn = _load_bars(z_ptr, row0_nn, tok_nn, offs_td, D)
         else:
-            z_n = u_n
+            z_nn = u_nn
         if STORE_BOUNDS:
             tl.store(bounds_ptr + (pid_b * NC + c) * D * N + nd, carry, mask=n_ok[:, None])
         decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
@@ -201,7 +207,76 @@ def _scan_fwd_kernel(
             tl.store(states_ptr + tnd, h, mask=tok[:, None, None] & n_ok[None, :, None])
         carry = _row(h, rows, T - 1)  # padded bars are identity steps: this is h at the chunk's last real bar
         delta, u, B, C, z, row0, tok = delta_n, u_n, B_n, C_n, z_n, row0_n, tok_n
+        delta_n, u_n, B_n, C_n, z_n, row0_n, tok_n = delta_nn, u_nn, B_nn, C_nn, z_nn, row0_nn, tok_nn
     tl.store(last_ptr + state_off, carry, mask=n_ok[:, None])
+
+
+@triton.jit
+def _row4(tile, rows, k: tl.constexpr):
+    """tile[k] of a (rows, ...) 4-d tile: a sum of that row and -0.0s, exact."""
+    return tl.sum(tl.where((rows == k)[:, None, None, None], tile, -0.0), axis=0)
+
+
+@triton.jit
+def _bwd_setup(A_ptr, carry_ptr, bias_ptr, dskip_ptr, D, N, Dg, HAS_CARRY: tl.constexpr, FUSED: tl.constexpr,
+               BD: tl.constexpr, DL: tl.constexpr, DH: tl.constexpr, NP: tl.constexpr):
+    """The backward's program: channels as (DL, DH) = d // DH, d % DH within the block (DH on the lanes, DL in
+    each thread's registers), states as (DL, NP, DH) tiles."""
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    dl = tl.arange(0, DL)
+    dh = tl.arange(0, DH)
+    d2 = pid_d * BD + dl[:, None] * DH + dh[None, :]  # (DL, DH)
+    n = tl.arange(0, NP)
+    n_ok = n < N
+    g = (pid_d * BD) // Dg
+    nd = n[None, :, None] + d2[:, None, :] * N  # (DL, NP, DH) offsets into (D, N)
+    s_ok = n_ok[None, :, None]
+    A = tl.load(A_ptr + nd, mask=s_ok, other=0.0)
+    state_off = pid_b * D * N + nd
+    if HAS_CARRY:
+        carry = tl.load(carry_ptr + state_off, mask=s_ok, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros((DL, NP, DH), dtype=tl.float32)
+    if FUSED:
+        bias = tl.load(bias_ptr + d2).to(tl.float32)
+        dskip = tl.load(dskip_ptr + d2).to(tl.float32)
+    else:
+        bias = tl.zeros((DL, DH), dtype=tl.float32)
+        dskip = bias
+    return pid_d, pid_b, d2, n, n_ok, g, nd, s_ok, A, state_off, carry, bias, dskip
+
+
+@triton.jit
+def _load_chunk3(row0, tok, offs, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N,
+                 FUSED: tl.constexpr, HAS_MASK: tl.constexpr, T: tl.constexpr):
+    """_load_chunk with the (T, DL, DH) channel layout of the backward."""
+    m3 = tok[:, None, None]
+    raw = tl.load(delta_ptr + row0 * D + offs, mask=m3, other=0.0).to(tl.float32)
+    if FUSED:
+        x = raw + bias[None, :, :]
+        soft = _softplus(x)
+        inside = (soft >= lo) & (soft <= hi)
+        slope = tl.where(inside, tl.sigmoid(x), 0.0)
+        delta = tl.minimum(tl.maximum(soft, lo), hi)
+        if HAS_MASK:
+            open_ = tl.load(mask_ptr + row0 * G + g + tl.arange(0, T) * G, mask=tok, other=0.0).to(tl.float32)
+            delta = delta * open_[:, None, None]
+            slope = slope * open_[:, None, None]
+        delta = tl.where(m3, delta, 0.0)
+        delta, slope = delta.to(tl.float32), slope.to(tl.float32)
+    else:
+        delta, slope = raw, raw
+    u = tl.load(u_ptr + row0 * D + offs, mask=m3, other=0.0).to(tl.float32)
+    tn_ok = tok[:, None] & n_ok[None, :]
+    gn = (row0 * G + g) * N
+    B = tl.load(B_ptr + gn + offs_tn, mask=tn_ok, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + gn + offs_tn, mask=tn_ok, other=0.0).to(tl.float32)
+    return delta, slope, u, B, C
+
+
+@triton.jit
+def _load_bars3(ptr, row0, tok, offs, D):
+    return tl.load(ptr + row0 * D + offs, mask=tok[:, None, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -212,103 +287,96 @@ def _scan_bwd_kernel(
     L, D, G, N, Dg, NC, NDB,
     HAS_GLAST: tl.constexpr, HAS_GSTATES: tl.constexpr, HAS_GY: tl.constexpr, WANT_GH0: tl.constexpr,
     FUSED: tl.constexpr, HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
-    T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, DL: tl.constexpr, DH: tl.constexpr,
 ):
+    # Tiles are (T, DL, NP, DH): time and DL of the block's channels in each thread's registers, the states and DH
+    # channels on the lanes (8 x 4 for N = 16, BD = 8), so that the sums over channels (dB, dC) are half in registers.
     rows = tl.arange(0, T)
-    # carry: dLoss/dh at the last bar of the chunk being walked, from everything after it (last_state's gradient
-    # enters as the gradient from after the last chunk).
-    pid_d, pid_b, d, n, n_ok, g, nd, A, state_off, carry, bias, dskip = _program_setup(
-        A_ptr, glast_ptr, bias_ptr, dskip_ptr, D, N, Dg, HAS_GLAST, FUSED, BD, NP)
+    pid_d, pid_b, d2, n, n_ok, g, nd, s_ok, A, state_off, carry, bias, dskip = _bwd_setup(
+        A_ptr, glast_ptr, bias_ptr, dskip_ptr, D, N, Dg, HAS_GLAST, FUSED, BD, DL, DH, NP)
     A2 = A * LOG2E
-    grad_A = tl.zeros((NP, BD), dtype=tl.float32)
-    grad_D = tl.zeros((BD,), dtype=tl.float32)
-    ones = tl.full((T, NP, BD), 1.0, tl.float32)
-    zeros = -tl.zeros((T, NP, BD), dtype=tl.float32)  # -0.0 (x + -0.0 is x exactly: the compiler drops the add)
-    first = (rows == 0)[:, None, None]
-    offs_td = rows[:, None] * D + d[None, :]  # (T, BD) offsets from a chunk's first row: loop-invariant
+    grad_A = tl.zeros((DL, NP, DH), dtype=tl.float32)
+    grad_D = tl.zeros((DL, DH), dtype=tl.float32)
+    ones = tl.full((T, DL, NP, DH), 1.0, tl.float32)
+    zeros = -tl.zeros((T, DL, NP, DH), dtype=tl.float32)  # -0.0 (x + -0.0 is x exactly)
+    first = (rows == 0)[:, None, None, None]
+    offs = rows[:, None, None] * D + d2[None, :, :]  # (T, DL, DH)
     offs_tn = rows[:, None] * (G * N) + n[None, :]  # (T, NP)
     row0, tok = _chunk_rows(NC - 1, pid_b, L, T)
-    delta, slope, u, B, C = _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
-                                        mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
-    h_start = tl.load(bounds_ptr + (pid_b * NC + NC - 1) * D * N + nd, mask=n_ok[:, None], other=0.0)
+    delta, slope, u, B, C = _load_chunk3(row0, tok, offs, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
+                                         mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
+    h_start = tl.load(bounds_ptr + (pid_b * NC + NC - 1) * D * N + nd, mask=s_ok, other=0.0)
     if HAS_GY:
-        gy = _load_bars(gy_ptr, row0, tok, offs_td, D)
+        gy = _load_bars3(gy_ptr, row0, tok, offs, D)
     else:
-        gy = tl.zeros((T, BD), dtype=tl.float32)
+        gy = tl.zeros((T, DL, DH), dtype=tl.float32)
     if FUSED:
-        z = _load_bars(z_ptr, row0, tok, offs_td, D)
+        z = _load_bars3(z_ptr, row0, tok, offs, D)
     else:
         z = gy
     for cc in range(NC):
         c = NC - 1 - cc
-        # The previous chunk's loads go out first (c - 1 = -1 past the start: masked, nothing read).
         row0_n, tok_n = _chunk_rows(c - 1, pid_b, L, T)
-        delta_n, slope_n, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, offs_td, offs_tn, n_ok, g, bias, u_ptr,
-                                                      delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED,
-                                                      HAS_MASK, T)
-        h_start_n = tl.load(bounds_ptr + (pid_b * NC + c - 1) * D * N + nd, mask=n_ok[:, None] & (c > 0), other=0.0)
+        delta_n, slope_n, u_n, B_n, C_n = _load_chunk3(row0_n, tok_n, offs, offs_tn, n_ok, g, bias, u_ptr,
+                                                       delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED,
+                                                       HAS_MASK, T)
+        h_start_n = tl.load(bounds_ptr + (pid_b * NC + c - 1) * D * N + nd, mask=s_ok & (c > 0), other=0.0)
         if HAS_GY:
-            gy_n = _load_bars(gy_ptr, row0_n, tok_n, offs_td, D)
+            gy_n = _load_bars3(gy_ptr, row0_n, tok_n, offs, D)
         else:
             gy_n = gy
         if FUSED:
-            z_n = _load_bars(z_ptr, row0_n, tok_n, offs_td, D)
+            z_n = _load_bars3(z_ptr, row0_n, tok_n, offs, D)
         else:
             z_n = z
         tn_ok = tok[:, None] & n_ok[None, :]
+        B4 = B[:, None, :, None]
+        C4 = C[:, None, :, None]
 
-        # The chunk's states again, from the state saved at its start: h and the state before each bar.
-        decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
+        decay = tl.exp2(delta[:, :, None, :] * A2[None, :, :, :])  # (T, DL, NP, DH)
         delta_u = delta * u
-        drive = delta_u[:, None, :] * B[:, :, None]
-        # The state at the chunk's start enters through the first bar (its drive, and its state before it), so the
-        # scan's outputs are h and h_prev themselves; the running products (unused) are dead code.
-        drive = tl.where(first, drive + decay * h_start[None, :, :], drive)
-        scanned = tl.associative_scan((decay, drive, ones, tl.where(first, h_start[None, :, :], zeros)), 0, _compose)
+        drive = delta_u[:, :, None, :] * B4
+        drive = tl.where(first, drive + decay * h_start[None, :, :, :], drive)
+        scanned = tl.associative_scan((decay, drive, ones, tl.where(first, h_start[None, :, :, :], zeros)), 0,
+                                      _compose)
         h, h_prev = scanned[1], scanned[3]
 
-        if FUSED:  # out = (y + D·u)·silu(z): the gradient reaching y, and those of z and D
+        if FUSED:
             sig = tl.sigmoid(z)
             gate = z * sig
             g_out = gy
-            y = tl.sum(h * C[:, :, None], axis=1)
-            pre = y + dskip[None, :] * u
+            y = tl.sum(h * C4, axis=2)
+            pre = y + dskip[None, :, :] * u
             gz = g_out * pre * sig * (1.0 + z * (1.0 - sig))
-            tl.store(gz_ptr + row0 * D + offs_td, gz.to(gz_ptr.dtype.element_ty), mask=tok[:, None])
+            tl.store(gz_ptr + row0 * D + offs, gz.to(gz_ptr.dtype.element_ty), mask=tok[:, None, None])
             gy = g_out * gate
             grad_D += tl.sum(gy * u, axis=0)
 
-        # dLoss/dh over the chunk by the reverse recurrence grad_h[t] = direct[t] + decay[t+1]·grad_h[t+1]: per bar the
-        # map q -> decay·(direct + q) (q: the gradient reaching h[t] from later bars), composed from the chunk's end.
-        direct = gy[:, None, :] * C[:, :, None]
+        direct = gy[:, :, None, :] * C4
         if HAS_GSTATES:
-            tnd = (row0 * D + offs_td[:, None, :]) * N + n[None, :, None]
-            direct += tl.load(gstates_ptr + tnd, mask=tok[:, None, None] & n_ok[None, :, None], other=0.0)
-        # Scanned over the chunk flipped (the time axis lies in each thread's registers, so a flip is a renaming):
-        # Triton's reverse=True scan would move every element across lanes instead.
-        # The gradient from later chunks (carry) enters through the chunk's last bar; outputs: q = decay·grad_h
-        # (the gradient passed to the bar before) and grad_h.
+            tnd = (row0 * D + offs[:, :, None, :]) * N + n[None, None, :, None]
+            direct += tl.load(gstates_ptr + tnd, mask=tok[:, None, None, None] & n_ok[None, None, :, None],
+                              other=0.0)
         decay_r = tl.flip(decay, 0)
-        direct_r = tl.where(first, tl.flip(direct, 0) + carry[None, :, :], tl.flip(direct, 0))
+        direct_r = tl.where(first, tl.flip(direct, 0) + carry[None, :, :, :], tl.flip(direct, 0))
         scanned = tl.associative_scan((decay_r, decay_r * direct_r, ones, direct_r), 0, _compose)
         q_r, grad_h_r = scanned[1], scanned[3]
         grad_h = tl.flip(grad_h_r, 0)
-        carry = _row(q_r, rows, T - 1)  # q at the chunk's first bar
+        carry = _row4(q_r, rows, T - 1)
 
-        # Through the decay exp(delta·A) (its log's gradient) and the drive delta·u·B (whose gradient is grad_h).
         grad_log_decay = tl.flip(q_r, 0) * h_prev
-        grad_A += tl.sum(grad_log_decay * delta[:, None, :], axis=0)
-        grad_delta_u = tl.sum(grad_h * B[:, :, None], axis=1)  # (T, BD)
-        grad_delta = tl.sum(grad_log_decay * A[None, :, :], axis=1) + grad_delta_u * u
+        grad_A += tl.sum(grad_log_decay * delta[:, :, None, :], axis=0)
+        grad_delta_u = tl.sum(grad_h * B4, axis=2)  # (T, DL, DH)
+        grad_delta = tl.sum(grad_log_decay * A[None, :, :, :], axis=2) + grad_delta_u * u
         grad_u = grad_delta_u * delta
         if FUSED:
-            grad_u += gy * dskip[None, :]
+            grad_u += gy * dskip[None, :, :]
             grad_delta = grad_delta * slope
-        tl.store(gu_ptr + row0 * D + offs_td, grad_u.to(gu_ptr.dtype.element_ty), mask=tok[:, None])
-        tl.store(gdelta_ptr + row0 * D + offs_td, grad_delta.to(gdelta_ptr.dtype.element_ty), mask=tok[:, None])
-        # Summed over the block's channels here; across channel blocks by atomics, or as partials the caller sums.
-        grad_B = tl.sum(grad_h * delta_u[:, None, :], axis=2)  # (T, NP)
-        grad_C = tl.sum(h * gy[:, None, :], axis=2)
+        tl.store(gu_ptr + row0 * D + offs, grad_u.to(gu_ptr.dtype.element_ty), mask=tok[:, None, None])
+        tl.store(gdelta_ptr + row0 * D + offs, grad_delta.to(gdelta_ptr.dtype.element_ty), mask=tok[:, None, None])
+        # Over the block's channels: DL in registers first, then DH across lanes.
+        grad_B = tl.sum(tl.sum(grad_h * delta_u[:, :, None, :], axis=1), axis=2)  # (T, NP)
+        grad_C = tl.sum(tl.sum(h * gy[:, :, None, :], axis=1), axis=2)
         if ATOMIC:
             gn = (row0 * G + g) * N
             tl.atomic_add(gB_ptr + gn + offs_tn, grad_B, mask=tn_ok, sem="relaxed")
@@ -319,11 +387,11 @@ def _scan_bwd_kernel(
             tl.store(gC_ptr + part, grad_C, mask=tn_ok)
         delta, slope, u, B, C, h_start, gy, z = delta_n, slope_n, u_n, B_n, C_n, h_start_n, gy_n, z_n
         row0, tok = row0_n, tok_n
-    tl.store(gA_ptr + state_off, grad_A, mask=n_ok[:, None])  # summed over the batch by the caller
+    tl.store(gA_ptr + state_off, grad_A, mask=s_ok)
     if WANT_GH0:
-        tl.store(gh0_ptr + state_off, carry, mask=n_ok[:, None])
+        tl.store(gh0_ptr + state_off, carry, mask=s_ok)
     if FUSED:
-        tl.store(gD_ptr + pid_b * D + d, grad_D)
+        tl.store(gD_ptr + pid_b * D + d2, grad_D)
 
 
 @functools.cache
@@ -431,7 +499,8 @@ class _TritonSelectiveScan(torch.autograd.Function):
             grad_D_part if fused else dummy, grad_z if fused else dummy,
             *geo.dims(), n_blocks, HAS_GLAST=grad_last is not None, HAS_GSTATES=grad_states is not None,
             HAS_GY=grad_y is not None, WANT_GH0=has_h0, FUSED=fused, HAS_MASK=open_ is not None, ATOMIC=atomic,
-            T=chunk, BD=geo.block, NP=geo.state_pad, num_warps=warps,
+            T=chunk, BD=geo.block, NP=geo.state_pad, DL=geo.block // min(4, geo.block), DH=min(4, geo.block),
+            num_warps=warps,
         )
         grad_A = grad_A_part.sum(0)
         if not atomic:
