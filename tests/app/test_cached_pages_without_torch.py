@@ -61,7 +61,7 @@ def warm_cache(db_path) -> None:
     bundle, _ = diagnostics_for_run(DEMO_CHECKPOINT_DIR, loaded)
     findings_for_run(DEMO_CHECKPOINT_DIR, loaded, bundle)
     run = run_on_panel(DEMO_CHECKPOINT_DIR, loaded, lazy=True)
-    entry = entry_folder(run.manifest.run_id, loaded.fingerprint(), run.fit_rows)
+    entry = entry_folder(run.manifest.cache_id, loaded.fingerprint(), run.fit_rows)
     process = start_warm_up(DEMO_CHECKPOINT_DIR, db_path, DEMO_SYMBOLS, "1h", entry)
     if process is not None:
         assert process.wait(timeout=240) == 0, (entry / "views" / "warm-up.log").read_text()[-3000:]
