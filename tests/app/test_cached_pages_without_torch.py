@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from engine.diagnostics.view_results import WARM_ENV_VAR
 from tests.app.conftest import ROOT
 
@@ -44,15 +46,16 @@ def run_fresh(*pages: str) -> list[dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def warm_cache(db_path) -> None:
+def warm_cache(db_path, through_the_warm_up_process: bool = False):
     """The demo checkpoint's diagnostics, every findings part and the default views' further results on the seeded
     data, in the session's shared diagnostics folder (computed once per session; the shipped findings are copied
-    when their key matches), as the app's first start leaves them: the default views by the warm-up process the
-    app starts (views.model_results._load -> engine.diagnostics.view_results.start_warm_up)."""
+    when their key matches), as the app's first start leaves them -> the diagnostics' entry folder. The default
+    views: in this process (warm_default_views), or through_the_warm_up_process that the app starts
+    (views.model_results._load -> engine.diagnostics.view_results.start_warm_up; it imports torch afresh)."""
     from engine.diagnostics.cache import entry_folder
     from engine.diagnostics.findings import findings_for_run
     from engine.diagnostics.for_run import diagnostics_for_run, run_on_panel
-    from engine.diagnostics.view_results import is_warm, start_warm_up
+    from engine.diagnostics.view_results import is_warm, start_warm_up, warm_default_views
     from engine.model.checkpoint import DEMO_CHECKPOINT_DIR
     from storage.panel import cached_panel
     from storage.sources.demo import DEMO_SYMBOLS
@@ -62,14 +65,17 @@ def warm_cache(db_path) -> None:
     findings_for_run(DEMO_CHECKPOINT_DIR, loaded, bundle)
     run = run_on_panel(DEMO_CHECKPOINT_DIR, loaded, lazy=True)
     entry = entry_folder(run.manifest.cache_id, loaded.fingerprint(), run.fit_rows)
-    process = start_warm_up(DEMO_CHECKPOINT_DIR, db_path, DEMO_SYMBOLS, "1h", entry)
-    if process is not None:
-        assert process.wait(timeout=240) == 0, (entry / "views" / "warm-up.log").read_text()[-3000:]
+    if through_the_warm_up_process:
+        process = start_warm_up(DEMO_CHECKPOINT_DIR, db_path, DEMO_SYMBOLS, "1h", entry)
+        if process is not None:
+            assert process.wait(timeout=240) == 0, (entry / "views" / "warm-up.log").read_text()[-3000:]
+    elif not is_warm(entry):
+        warm_default_views(entry, run, loaded, bundle)
     assert is_warm(entry)
+    return entry
 
 
-def test_with_the_cache_warm_the_pages_render_without_torch_or_sklearn(seeded_db, monkeypatch):
-    monkeypatch.setenv(WARM_ENV_VAR, "1")  # the fixtures turn the app's warm-up off; here it is part of what is tested
+def test_with_the_cache_warm_the_pages_render_without_torch_or_sklearn(seeded_db):
     warm_cache(seeded_db)
     for result in run_fresh(*WITHOUT_MODEL):
         assert not result["exception"] and not result["errors"], result
@@ -77,3 +83,23 @@ def test_with_the_cache_warm_the_pages_render_without_torch_or_sklearn(seeded_db
         assert result["loaded"] == [], f"{result['page']} imported {result['loaded']}"
         said = "no model on this page" if result["page"] == "views/data.py" else "model's results were read from disk"
         assert len(result["device"]) == 1 and said in result["device"][0], result  # the status line says why
+
+
+@pytest.mark.slow  # ~15 s: the warm-up process imports torch, statsmodels and arch afresh
+def test_the_warm_up_process_the_app_starts_computes_the_default_views(seeded_db, tmp_path, monkeypatch):
+    import shutil
+
+    from engine.diagnostics.view_results import WARM_MARKER
+
+    shared = warm_cache(seeded_db)  # the diagnostics entry, copied without its views into a cache of its own
+    cache = tmp_path / "diagnostics"
+    shutil.copytree(shared, cache / shared.name, ignore=shutil.ignore_patterns("views"))
+    monkeypatch.setenv("REGIME_DIAGNOSTICS", str(cache))
+    monkeypatch.setenv(WARM_ENV_VAR, "1")  # the fixtures turn the app's warm-up off; here it is what is tested
+    entry = warm_cache(seeded_db, through_the_warm_up_process=True)
+    assert entry == cache / shared.name and (entry / "views" / WARM_MARKER).exists()
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (entry / "views").glob("*.npz")) == sorted(
+        p.name.rsplit("-", 1)[0] for p in (shared / "views").glob("*.npz"))
+    for result in run_fresh("views/regimes.py", "views/lookback.py"):
+        assert not result["exception"] and not result["errors"], result
+        assert result["loaded"] == [], f"{result['page']} imported {result['loaded']}"
