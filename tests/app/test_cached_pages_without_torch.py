@@ -55,7 +55,11 @@ def warm_cache(db_path, through_the_warm_up_process: bool = False):
     from engine.diagnostics.cache import entry_folder
     from engine.diagnostics.findings import findings_for_run
     from engine.diagnostics.for_run import diagnostics_for_run, run_on_panel
-    from engine.diagnostics.view_results import is_warm, start_warm_up, warm_default_views
+    from engine.diagnostics.view_results import (
+        is_warm,
+        start_warm_up,
+        warm_default_views,
+    )
     from engine.model.checkpoint import DEMO_CHECKPOINT_DIR
     from storage.panel import cached_panel
     from storage.sources.demo import DEMO_SYMBOLS
