@@ -5,21 +5,35 @@ form for the SSM block (`selective_scan_fused`): delta = clamp(softplus(dt + dt_
 (y + D·u)·silu(z), so the block's elementwise glue costs no extra pass over memory.
 
 One program per (batch, channel block) walks the whole sequence, carrying the fp32 state h (BD channels × N states)
-across chunks of CHUNK bars in registers: per chunk it loads the chunk's inputs once, runs the recurrence over the
-chunk as a parallel scan (tl.associative_scan over a (CHUNK, BD, N) tile), folds the carried state in, writes y and
-carries the chunk's last state on. No summary or combine kernels, no second pass.
+across chunks of CHUNK bars in registers: per chunk it runs the recurrence over the chunk as a scan over a
+(CHUNK, N, BD) tile (tl.associative_scan), the carried state entering through the chunk's first bar, writes y and
+carries the chunk's last state on. The loads run two chunks ahead of the arithmetic (their latency hides behind two
+chunks of work). No summary or combine kernels, no second pass.
 
 The backward is one program per (batch, channel block) too, walking the chunks from the last to the first, each
 program owning its (d, n) states: per chunk it recomputes the forward states from the state saved at the chunk's
 start (the forward saves h at every chunk boundary when a gradient will be asked for), runs the reverse recurrence of
 dLoss/dh over the chunk with the gradient from the later chunks carried in registers, and writes du, d delta; dA is
 accumulated in registers over the whole walk, dB and dC are reduced over the block's channels in the kernel and added
-across channel blocks with atomics.
+across channel blocks with atomics. dLoss/dy is read through its strides (y.sum()'s broadcast is not copied first).
+
+Where the time goes, and the layout that follows (sm_90 SASS of the loop, per chunk of 8 bars x 8 channels x 16
+states on one warp). The time axis lies in each thread's registers, so both scans are sequential per thread and cost
+no shuffles. The reverse scan runs over the flipped chunk (tl.flip along an in-register axis is a renaming):
+Triton's reverse=True moved every element across lanes instead, 820 of the 1,044 shuffles a chunk had. The
+backward's tiles are (T, DL, NP, DH): the channel block split as DL in registers x DH = 4 on the lanes, the states
+on the other 8 lanes, so that the sums over channels (dB, dC) are half in registers: 160 shuffles a chunk against
+224 with all 8 channels on the lanes. What is left: about 1,130 instructions a chunk (about 20 floating-point
+operations per (t, n, d), 5 shuffles, one exp), 2.3 ms of issue at one instruction per clock per scheduler at (32,
+8192, 512, 16) against 4.4 ms measured: at 254 registers a thread there are 2 warps per scheduler, too few to hide
+the latencies of the sequential scans and the shuffle trees.
 
 Both scans carry a 4-tuple (P, Q, R, S) per bar so that a bar sees both its own state and the one before it without
-shifting a register tile: for the map h -> a·h + b of bar t the element is (a, b, 1, 0) and a prefix of bars composes
-to h_out = P·h_in + Q and h_before_last = R·h_in + S. Products of decays <= 1 only: nothing can overflow whatever
-delta is (no exp of a positive cumulative sum anywhere), and no state is ever recovered by division or subtraction.
+shifting a register tile: for the map h -> a·h + b of bar t the element is (a, b, 1, -0) and a prefix of bars
+composes to h_out = P·h_in + Q and h_before_last = R·h_in + S; the incoming state (or gradient) is folded into the
+first bar's element, so Q and S are the outputs and the running products P, R are dead code. Products of decays <= 1
+only: nothing can overflow whatever delta is (no exp of a positive cumulative sum anywhere), and no state is ever
+recovered by division or subtraction.
 
 Precision: inputs may be float32, bfloat16 or float16 (loaded and converted in registers), the state and every sum
 are float32, and y and the input gradients are written in their tensors' dtypes.
@@ -36,14 +50,18 @@ from torch import Tensor
 LOG2E = tl.constexpr(1.4426950408889634)
 
 # Tile sizes: CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per program, and warps per program:
-# the fastest forward and the fastest forward+backward of `python -m engine.benchmarks.scan --sweep` on an H200 at
-# (32, 8192, 512, 16) (2026-12-03: forward 1.34 ms, forward+backward 13.7 ms; 2 warps or blocks of 4 were slower).
+# the fastest forward and the fastest forward+backward measured on an H200 at (32, 8192, 512, 16) (2026-12-03,
+# L2 flushed: forward 0.99 ms; forward+backward 6.03 ms, the backward alone 4.41 ms; forward blocks of 32 tie, 8 and
+# 2 warps are slower; backward chunks of 4, blocks of 4, 16 on 2 warps and 32 on 4 warps are slower).
 FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 8, 16, 1
 BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 8, 8, 1
 # One program per (batch, channel block) leaves SMs idle when batch x channels is small (8 x 128: 64 programs for
 # 132 SMs): the block then shrinks until there are at least this many programs per SM (or the block is 2 channels).
 MIN_PROGRAMS_PER_SM = 4
-BWD_ATOMIC = True  # dB, dC across channel blocks: atomics (True) or per-block partial sums added after the kernel
+# dB, dC across channel blocks: atomics (True) or per-block partial sums added after the kernel. The atomics cost
+# nothing measurable (forward+backward 6.57 ms with dB and dC not written against 6.61 ms with them); the partials
+# cost 0.6 ms more (their buffer is 64 x dB's size at blocks of 8).
+BWD_ATOMIC = True
 
 
 @triton.jit
@@ -74,21 +92,23 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_delta(delta_ptr, mask_ptr, row0, offs, tok, bias, lo, hi, D, G, g, FUSED: tl.constexpr,
-                HAS_MASK: tl.constexpr, T: tl.constexpr):
-    """delta (T, BD) in float32, and for the fused form the derivative d delta / d dt (else None)."""
-    raw = tl.load(delta_ptr + row0 * D + offs, mask=tok[:, None], other=0.0).to(tl.float32)
+def _load_delta(delta_ptr, mask_ptr, row0, offs, ok, rows, bias, lo, hi, D, G, g, FUSED: tl.constexpr,
+                HAS_MASK: tl.constexpr):
+    """delta in float32 at the chunk's offsets `offs` ((T, BD) or (T, DL, DH)), and for the fused form the derivative
+    d delta / d dt (else raw again). ok, rows: the bars that exist and their indices, shaped (T, 1) or (T, 1, 1);
+    bias: the dt bias shaped to broadcast against offs."""
+    raw = tl.load(delta_ptr + row0 * D + offs, mask=ok, other=0.0).to(tl.float32)
     if FUSED:
-        x = raw + bias[None, :]
+        x = raw + bias
         soft = _softplus(x)
         inside = (soft >= lo) & (soft <= hi)  # torch's clamp passes the gradient at the bounds
         slope = tl.where(inside, tl.sigmoid(x), 0.0)
         delta = tl.minimum(tl.maximum(soft, lo), hi)
         if HAS_MASK:
-            open_ = tl.load(mask_ptr + row0 * G + g + tl.arange(0, T) * G, mask=tok, other=0.0).to(tl.float32)
-            delta = delta * open_[:, None]
-            slope = slope * open_[:, None]
-        delta = tl.where(tok[:, None], delta, 0.0)  # padded bars: delta 0 = the identity step
+            open_ = tl.load(mask_ptr + row0 * G + g + rows * G, mask=ok, other=0.0).to(tl.float32)
+            delta = delta * open_
+            slope = slope * open_
+        delta = tl.where(ok, delta, 0.0)  # padded bars: delta 0 = the identity step
         # float32 whatever lo and hi came as (torch.compile's wrapper passes Python floats as float64): both
         # branches must return one type. A no-op when they are float32 (a plain launch).
         return delta.to(tl.float32), slope.to(tl.float32)
@@ -106,11 +126,13 @@ def _chunk_rows(c, pid_b, L, T: tl.constexpr):
 
 
 @triton.jit
-def _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N,
-                FUSED: tl.constexpr, HAS_MASK: tl.constexpr, T: tl.constexpr):
-    """A chunk's inputs in float32: delta, d delta/d dt (fused form), u (T, BD); B, C (T, NP). Past the end: zeros."""
-    delta, slope = _load_delta(delta_ptr, mask_ptr, row0, offs_td, tok, bias, lo, hi, D, G, g, FUSED, HAS_MASK, T)
-    u = tl.load(u_ptr + row0 * D + offs_td, mask=tok[:, None], other=0.0).to(tl.float32)
+def _load_chunk(row0, tok, ok, rows, offs, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi,
+                D, G, N, FUSED: tl.constexpr, HAS_MASK: tl.constexpr):
+    """A chunk's inputs in float32: delta, d delta/d dt (fused form), u at the channel offsets `offs` ((T, BD) in the
+    forward, (T, DL, DH) in the backward; ok, rows, bias shaped to broadcast against them); B, C (T, NP). Past the
+    end: zeros."""
+    delta, slope = _load_delta(delta_ptr, mask_ptr, row0, offs, ok, rows, bias, lo, hi, D, G, g, FUSED, HAS_MASK)
+    u = tl.load(u_ptr + row0 * D + offs, mask=ok, other=0.0).to(tl.float32)
     tn_ok = tok[:, None] & n_ok[None, :]
     gn = (row0 * G + g) * N
     B = tl.load(B_ptr + gn + offs_tn, mask=tn_ok, other=0.0).to(tl.float32)
@@ -119,9 +141,9 @@ def _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_
 
 
 @triton.jit
-def _load_bars(ptr, row0, tok, offs_td, D):
-    """(T, BD) of a (b, L, D) tensor at a chunk in float32; zeros past the end."""
-    return tl.load(ptr + row0 * D + offs_td, mask=tok[:, None], other=0.0).to(tl.float32)
+def _load_bars(ptr, row0, ok, offs, D):
+    """A (b, L, D) tensor at a chunk's channel offsets in float32; zeros past the end."""
+    return tl.load(ptr + row0 * D + offs, mask=ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -169,25 +191,26 @@ def _scan_fwd_kernel(
     offs_tn = rows[:, None] * (G * N) + n[None, :]  # (T, NP)
     first = (rows == 0)[:, None, None]
     row0, tok = _chunk_rows(0, pid_b, L, T)
-    delta, _, u, B, C = _load_chunk(row0, tok, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
-                                    mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
+    delta, _, u, B, C = _load_chunk(row0, tok, tok[:, None], rows[:, None], offs_td, offs_tn, n_ok, g, bias[None, :],
+                                    u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK)
     row0_n, tok_n = _chunk_rows(1, pid_b, L, T)
-    delta_n, _, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, offs_td, offs_tn, n_ok, g, bias, u_ptr, delta_ptr,
-                                            B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
+    delta_n, _, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, tok_n[:, None], rows[:, None], offs_td, offs_tn, n_ok, g,
+                                            bias[None, :], u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N,
+                                            FUSED, HAS_MASK)
     if FUSED:
-        z = _load_bars(z_ptr, row0, tok, offs_td, D)
-        z_n = _load_bars(z_ptr, row0_n, tok_n, offs_td, D)
+        z = _load_bars(z_ptr, row0, tok[:, None], offs_td, D)
+        z_n = _load_bars(z_ptr, row0_n, tok_n[:, None], offs_td, D)
     else:
         z = u
         z_n = u_n
     for c in range(NC):
         # The loads two chunks ahead go out before this chunk's arithmetic: their latency hides behind two chunks.
         row0_nn, tok_nn = _chunk_rows(c + 2, pid_b, L, T)
-        delta_nn, _, u_nn, B_nn, C_nn = _load_chunk(row0_nn, tok_nn, offs_td, offs_tn, n_ok, g, bias, u_ptr,
-                                                    delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED,
-                                                    HAS_MASK, T)
+        delta_nn, _, u_nn, B_nn, C_nn = _load_chunk(row0_nn, tok_nn, tok_nn[:, None], rows[:, None], offs_td, offs_tn,
+                                                    n_ok, g, bias[None, :], u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr,
+                                                    lo, hi, D, G, N, FUSED, HAS_MASK)
         if FUSED:
-            z_nn = _load_bars(z_ptr, row0_nn, tok_nn, offs_td, D)
+            z_nn = _load_bars(z_ptr, row0_nn, tok_nn[:, None], offs_td, D)
         else:
             z_nn = u_nn
         if STORE_BOUNDS:
@@ -247,44 +270,11 @@ def _bwd_setup(A_ptr, carry_ptr, bias_ptr, dskip_ptr, D, N, Dg, HAS_CARRY: tl.co
 
 
 @triton.jit
-def _load_chunk3(row0, tok, offs, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N,
-                 FUSED: tl.constexpr, HAS_MASK: tl.constexpr, T: tl.constexpr):
-    """_load_chunk with the (T, DL, DH) channel layout of the backward."""
-    m3 = tok[:, None, None]
-    raw = tl.load(delta_ptr + row0 * D + offs, mask=m3, other=0.0).to(tl.float32)
-    if FUSED:
-        x = raw + bias[None, :, :]
-        soft = _softplus(x)
-        inside = (soft >= lo) & (soft <= hi)
-        slope = tl.where(inside, tl.sigmoid(x), 0.0)
-        delta = tl.minimum(tl.maximum(soft, lo), hi)
-        if HAS_MASK:
-            open_ = tl.load(mask_ptr + row0 * G + g + tl.arange(0, T) * G, mask=tok, other=0.0).to(tl.float32)
-            delta = delta * open_[:, None, None]
-            slope = slope * open_[:, None, None]
-        delta = tl.where(m3, delta, 0.0)
-        delta, slope = delta.to(tl.float32), slope.to(tl.float32)
-    else:
-        delta, slope = raw, raw
-    u = tl.load(u_ptr + row0 * D + offs, mask=m3, other=0.0).to(tl.float32)
-    tn_ok = tok[:, None] & n_ok[None, :]
-    gn = (row0 * G + g) * N
-    B = tl.load(B_ptr + gn + offs_tn, mask=tn_ok, other=0.0).to(tl.float32)
-    C = tl.load(C_ptr + gn + offs_tn, mask=tn_ok, other=0.0).to(tl.float32)
-    return delta, slope, u, B, C
-
-
-@triton.jit
-def _load_bars3(ptr, row0, tok, offs, D):
-    return tl.load(ptr + row0 * D + offs, mask=tok[:, None, None], other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bounds_ptr, gy_ptr, glast_ptr, gstates_ptr,
     bias_ptr, dskip_ptr, z_ptr, mask_ptr, lo, hi,
     gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gh0_ptr, gD_ptr, gz_ptr,
-    L, D, G, N, Dg, NC, NDB,
+    L, D, G, N, Dg, NC, NDB, gy_sb, gy_sl, gy_sd,
     HAS_GLAST: tl.constexpr, HAS_GSTATES: tl.constexpr, HAS_GY: tl.constexpr, WANT_GH0: tl.constexpr,
     FUSED: tl.constexpr, HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
     T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, DL: tl.constexpr, DH: tl.constexpr,
@@ -302,31 +292,35 @@ def _scan_bwd_kernel(
     first = (rows == 0)[:, None, None, None]
     offs = rows[:, None, None] * D + d2[None, :, :]  # (T, DL, DH)
     offs_tn = rows[:, None] * (G * N) + n[None, :]  # (T, NP)
+    # dLoss/dy is read through its strides: a broadcast upstream (y.sum()'s) is not materialised first.
+    offs_gy = rows[:, None, None] * gy_sl + d2[None, :, :] * gy_sd
     row0, tok = _chunk_rows(NC - 1, pid_b, L, T)
-    delta, slope, u, B, C = _load_chunk3(row0, tok, offs, offs_tn, n_ok, g, bias, u_ptr, delta_ptr, B_ptr, C_ptr,
-                                         mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK, T)
+    rows3 = rows[:, None, None]
+    bias3 = bias[None, :, :]
+    delta, slope, u, B, C = _load_chunk(row0, tok, tok[:, None, None], rows3, offs, offs_tn, n_ok, g, bias3, u_ptr,
+                                        delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED, HAS_MASK)
     h_start = tl.load(bounds_ptr + (pid_b * NC + NC - 1) * D * N + nd, mask=s_ok, other=0.0)
     if HAS_GY:
-        gy = _load_bars3(gy_ptr, row0, tok, offs, D)
+        gy = _load_bars(gy_ptr + pid_b * gy_sb + (NC - 1) * T * gy_sl, 0, tok[:, None, None], offs_gy, D)
     else:
         gy = tl.zeros((T, DL, DH), dtype=tl.float32)
     if FUSED:
-        z = _load_bars3(z_ptr, row0, tok, offs, D)
+        z = _load_bars(z_ptr, row0, tok[:, None, None], offs, D)
     else:
         z = gy
     for cc in range(NC):
         c = NC - 1 - cc
         row0_n, tok_n = _chunk_rows(c - 1, pid_b, L, T)
-        delta_n, slope_n, u_n, B_n, C_n = _load_chunk3(row0_n, tok_n, offs, offs_tn, n_ok, g, bias, u_ptr,
-                                                       delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G, N, FUSED,
-                                                       HAS_MASK, T)
+        delta_n, slope_n, u_n, B_n, C_n = _load_chunk(row0_n, tok_n, tok_n[:, None, None], rows3, offs, offs_tn, n_ok,
+                                                      g, bias3, u_ptr, delta_ptr, B_ptr, C_ptr, mask_ptr, lo, hi, D, G,
+                                                      N, FUSED, HAS_MASK)
         h_start_n = tl.load(bounds_ptr + (pid_b * NC + c - 1) * D * N + nd, mask=s_ok & (c > 0), other=0.0)
         if HAS_GY:
-            gy_n = _load_bars3(gy_ptr, row0_n, tok_n, offs, D)
+            gy_n = _load_bars(gy_ptr + pid_b * gy_sb + (c - 1) * T * gy_sl, 0, tok_n[:, None, None], offs_gy, D)
         else:
             gy_n = gy
         if FUSED:
-            z_n = _load_bars3(z_ptr, row0_n, tok_n, offs, D)
+            z_n = _load_bars(z_ptr, row0_n, tok_n[:, None, None], offs, D)
         else:
             z_n = z
         tn_ok = tok[:, None] & n_ok[None, :]
@@ -488,7 +482,8 @@ class _TritonSelectiveScan(torch.autograd.Function):
         grad_z = torch.empty_like(z) if fused else None
         dummy = grad_A_part
         contiguous = (lambda x: None if x is None else x.contiguous())
-        grad_y, grad_last, grad_states = contiguous(grad_y), contiguous(grad_last), contiguous(grad_states)
+        grad_last, grad_states = contiguous(grad_last), contiguous(grad_states)
+        gy_strides = grad_y.stride() if grad_y is not None else (0, 0, 0)
         _scan_bwd_kernel[geo.grid](
             u, delta, A, B, C, bounds,
             grad_y if grad_y is not None else dummy, grad_last if grad_last is not None else dummy,
@@ -497,7 +492,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             open_ if open_ is not None else dummy, lo, hi,
             grad_u, grad_delta, grad_A_part, grad_B, grad_C, grad_h0 if has_h0 else dummy,
             grad_D_part if fused else dummy, grad_z if fused else dummy,
-            *geo.dims(), n_blocks, HAS_GLAST=grad_last is not None, HAS_GSTATES=grad_states is not None,
+            *geo.dims(), n_blocks, *gy_strides, HAS_GLAST=grad_last is not None, HAS_GSTATES=grad_states is not None,
             HAS_GY=grad_y is not None, WANT_GH0=has_h0, FUSED=fused, HAS_MASK=open_ is not None, ATOMIC=atomic,
             T=chunk, BD=geo.block, NP=geo.state_pad, DL=geo.block // min(4, geo.block), DH=min(4, geo.block),
             num_warps=warps,
