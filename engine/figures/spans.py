@@ -37,10 +37,34 @@ def shade_test_spans(fig: go.Figure, spans: Iterable[tuple], times: pd.DatetimeI
     if len(times) == 0:
         return fig
     shown = visible_spans(spans, times[0], times[-1])
-    for start, end in shown:
-        fig.add_vrect(x0=start, x1=end, fillcolor=OUT_OF_SAMPLE_FILL, line_width=0, layer="below",
-                      **(dict(row="all", col="all") if on_subplots else {}))
+    del on_subplots  # add_vrect shaded every subplot with data with or without row="all", col="all"
+    axes = _shaded_axes(fig)
+    # The shapes fig.add_vrect makes (one per span and subplot with data), set at once: add_vrect re-validates
+    # every shape already there at each call (~5 ms a span and subplot, 14 ms of 16 on a chart of two rows).
+    shapes = [{"fillcolor": OUT_OF_SAMPLE_FILL, "layer": "below", "line": {"width": 0}, "type": "rect", "x0": start,
+               "x1": end, "xref": x, "y0": 0, "y1": 1, "yref": f"{y} domain"} for start, end in shown for x, y in axes]
+    if shapes:
+        fig.update_layout(shapes=[*fig.layout.shapes, *shapes])
     if shown:
         fig.add_annotation(x=shown[0][0], xref="x", y=1.0, yref="paper", yanchor="bottom", xanchor="left",
                            text="out of sample", showarrow=False, font=dict(size=10, color="#1F77B4"))
     return fig
+
+
+def _shaded_axes(fig: go.Figure) -> list[tuple[str, str]]:
+    """(x axis, y axis) of every subplot of a make_subplots figure that holds a trace, in the order add_vrect's
+    row="all", col="all" visits them (its exclude_empty_subplots); ("x", "y") for a figure without a grid."""
+    grid = getattr(fig, "_grid_ref", None)
+    if not grid:
+        return [("x", "y")]
+    used = {(trace.xaxis or "x", trace.yaxis or "y") for trace in fig.data}
+    axes = []
+    for row in grid:
+        for cell in row:
+            if not cell:
+                continue
+            refs = cell[0].trace_kwargs
+            pair = (refs.get("xaxis", "x"), refs.get("yaxis", "y"))
+            if pair in used:
+                axes.append(pair)
+    return axes
