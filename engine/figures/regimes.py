@@ -159,13 +159,13 @@ def add_regime_bands(fig: go.Figure, ts: pd.DatetimeIndex, labels: np.ndarray, n
 
     A run of rows i..j covers ts[i] to ts[j + 1] (so neighbouring runs touch). Six points per run instead of one
     per bar: 26k hourly bars in a few dozen runs cost a few hundred points, not 26k per regime."""
-    ends = list(ts[1:]) + [ts[-1]] if len(ts) else []
     by_regime: dict[int, tuple[list, list]] = {}
     for regime, first, last in regime_runs(labels):
         x, y = by_regime.setdefault(regime, ([], []))
+        end = ts[min(last + 1, len(ts) - 1)]  # the next bar's open (the last bar's own at the end): runs touch
         # A closed rectangle per run; "toself" fills each None-separated segment on its own ("tozeroy" would
         # fill across the gaps and tint the whole row).
-        x += [ts[first], ends[last], ends[last], ts[first], ts[first], None]
+        x += [ts[first], end, end, ts[first], ts[first], None]
         y += [0.0, 0.0, height, height, 0.0, None]
     for regime in sorted(by_regime):
         x, y = by_regime[regime]
