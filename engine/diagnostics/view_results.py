@@ -243,10 +243,10 @@ def start_warm_up(run_dir: str | Path, db_path: str | Path, symbols: Sequence[st
             return None
         views = entry / "views"
         views.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "engine.diagnostics.view_results", str(run_dir), "--db", str(db_path),
-                "--interval", interval, "--symbols", *symbols]
-        if cache_dir is not None:
-            argv += ["--cache-dir", str(cache_dir)]
+        # absolute paths: the process runs from the repository's root, the app from wherever it was started
+        argv = [sys.executable, "-m", "engine.diagnostics.view_results", str(Path(run_dir).resolve()),
+                "--db", str(Path(db_path).resolve()), "--interval", interval, "--symbols", *symbols,
+                "--cache-dir", str(Path(cache_dir).resolve() if cache_dir is not None else entry.parent.resolve())]
         with open(views / "warm-up.log", "ab") as log:
             process = subprocess.Popen(argv, cwd=str(Path(__file__).resolve().parents[2]), stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
