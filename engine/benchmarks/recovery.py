@@ -328,7 +328,8 @@ def summarise(results: list[dict]) -> list[dict]:
              f">= {TARGET_ARI_SHARE:.0%}", bool(ari_wins) and np.mean(ari_wins) >= TARGET_ARI_SHARE, len(ari_wins)),
         _row("look-back moves with the memory the data rewards (share of such assets)",
              np.mean(rewarded) if rewarded else math.nan, f">= {TARGET_ARI_SHARE:.0%}",
-             bool(rewarded) and np.mean(rewarded) >= TARGET_ARI_SHARE, len(rewarded)),
+             # no asset where the probe finds a rewarded memory difference: the claim has nothing to be judged on
+             np.mean(rewarded) >= TARGET_ARI_SHARE if rewarded else None, len(rewarded)),
         _row("look-back differs where no memory is rewarded (share of such assets; reported)",
              np.mean(unrewarded) if unrewarded else math.nan, "said on the page", True, len(unrewarded)),
         _row("1-bar vol QLIKE, model minus GARCH-t (mean)",
@@ -368,8 +369,10 @@ def _slack(n: int) -> float:
     return 1.645 * math.sqrt(NOMINAL * (1 - NOMINAL) / max(n, 1))
 
 
-def _row(what: str, value: float, target: str, passed: bool, n: int) -> dict:
-    return {"measure": what, "value": value, "target": target, "pass": "pass" if passed else "FAIL", "n": n}
+def _row(what: str, value: float, target: str, passed: bool | None, n: int) -> dict:
+    """passed None: nothing to judge (no asset of that kind in these members): "n/a", neither pass nor FAIL."""
+    verdict = "n/a" if passed is None else "pass" if passed else "FAIL"
+    return {"measure": what, "value": value, "target": target, "pass": verdict, "n": n}
 
 
 def member_rows(results: list[dict]) -> list[dict]:

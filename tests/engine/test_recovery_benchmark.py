@@ -90,6 +90,10 @@ def test_totals_pass_only_when_every_target_is_met():
     moves = table["look-back moves with the memory the data rewards (share of such assets)"]
     assert moves["value"] == 0.5 and moves["n"] == 2 and moves["pass"] == "FAIL"
     assert table["look-back differs where no memory is rewarded (share of such assets; reported)"]["value"] == 1.0
+    unjudged = [r for r in good if r["kind"] != "memory"]  # no asset where the data rewards a different memory
+    moves = {row["measure"]: row for row in summarise(unjudged)}[
+        "look-back moves with the memory the data rewards (share of such assets)"]
+    assert moves["pass"] == "n/a" and moves["n"] == 0 and math.isnan(moves["value"])
 
 
 def test_the_model_free_null_lead_rate_passes_at_the_nominal_rate_only():
