@@ -51,16 +51,20 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 # Tile sizes: CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per program, and warps per program:
 # the fastest forward and the fastest forward+backward measured on an H200 at (32, 8192, 512, 16) (2026-12-03,
-# L2 flushed: forward 0.99 ms; forward+backward 6.03 ms, the backward alone 4.41 ms; forward blocks of 32 tie, 8 and
-# 2 warps are slower; backward chunks of 4, blocks of 4, 16 on 2 warps and 32 on 4 warps are slower).
+# L2 flushed: forward 0.99 ms; forward+backward 5.55 ms, the backward alone 4.42 ms; forward blocks of 32 tie, 8 and
+# 2 warps are slower). Backward tiles (4, 16, 1) take the backward alone to 3.61 ms but the forward+backward only to
+# 5.54 ms: the forward then ran at the backward's chunk of 4 (and writes twice the chunk-start states). The forward
+# now keeps its chunk of 8 and stores the backward's chunk starts inside it; that pairing is not yet timed (`python -m
+# engine.benchmarks.scan --sweep`). Slower: (4, 8, 1) 6.66 ms, and on the layout before this one blocks of 4, 16 on
+# 2 warps, 32 on 4 warps.
 FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 8, 16, 1
 BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 8, 8, 1
 # One program per (batch, channel block) leaves SMs idle when batch x channels is small (8 x 128: 64 programs for
 # 132 SMs): the block then shrinks until there are at least this many programs per SM (or the block is 2 channels).
 MIN_PROGRAMS_PER_SM = 4
 # dB, dC across channel blocks: atomics (True) or per-block partial sums added after the kernel. The atomics cost
-# nothing measurable (forward+backward 6.57 ms with dB and dC not written against 6.61 ms with them); the partials
-# cost 0.6 ms more (their buffer is 64 x dB's size at blocks of 8).
+# nothing measurable (forward+backward 6.57 ms with dB and dC not written against 6.61 ms with them, measured on the
+# previous tile layout); the partials cost 0.6 ms more (their buffer is 64 x dB's size at blocks of 8).
 BWD_ATOMIC = True
 
 
@@ -176,11 +180,12 @@ def _program_setup(A_ptr, carry_ptr, bias_ptr, dskip_ptr, D, N, Dg,
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, last_ptr, states_ptr, bounds_ptr,
     bias_ptr, dskip_ptr, z_ptr, mask_ptr, lo, hi,
-    L, D, G, N, Dg, NC,
+    L, D, G, N, Dg, NC, NCB,
     HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, STORE_BOUNDS: tl.constexpr,
     FUSED: tl.constexpr, HAS_MASK: tl.constexpr,
-    T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, SUB: tl.constexpr,
 ):
+    # STORE_BOUNDS: the state at the start of each of the backward's NCB chunks, SUB of them a forward chunk.
     # Tiles are (T, NP, BD): the channels on the fastest axis, so that a warp's lanes split the channels first and
     # each thread keeps several states of its channel (the readout's sum over n stays mostly in registers).
     rows = tl.arange(0, T)
@@ -214,7 +219,7 @@ def _scan_fwd_kernel(
         else:
             z_nn = u_nn
         if STORE_BOUNDS:
-            tl.store(bounds_ptr + (pid_b * NC + c) * D * N + nd, carry, mask=n_ok[:, None])
+            tl.store(bounds_ptr + (pid_b * NCB + c * SUB) * D * N + nd, carry, mask=n_ok[:, None])
         decay = tl.exp2(delta[:, None, :] * A2[None, :, :])  # (T, NP, BD)
         drive = (delta * u)[:, None, :] * B[:, :, None]
         # The carried state enters through the first bar's drive, so the scan's output is h itself: its running
@@ -228,6 +233,10 @@ def _scan_fwd_kernel(
         if STORE_STATES:
             tnd = (row0 * D + offs_td[:, None, :]) * N + n[None, :, None]
             tl.store(states_ptr + tnd, h, mask=tok[:, None, None] & n_ok[None, :, None])
+        if STORE_BOUNDS:
+            for j in tl.static_range(1, SUB):  # the later backward chunks starting inside this one
+                tl.store(bounds_ptr + (pid_b * NCB + c * SUB + j) * D * N + nd, _row(h, rows, j * (T // SUB) - 1),
+                         mask=n_ok[:, None] & (c * SUB + j < NCB))
         carry = _row(h, rows, T - 1)  # padded bars are identity steps: this is h at the chunk's last real bar
         delta, u, B, C, z, row0, tok = delta_n, u_n, B_n, C_n, z_n, row0_n, tok_n
         delta_n, u_n, B_n, C_n, z_n, row0_n, tok_n = delta_nn, u_nn, B_nn, C_nn, z_nn, row0_nn, tok_nn
@@ -436,15 +445,18 @@ class _TritonSelectiveScan(torch.autograd.Function):
                 out_dtype):
         chunk, block, warps = TILES["fwd"]
         bchunk, bblock, bwarps = TILES["bwd"]
-        # The backward's walk restarts at the saved chunk boundaries: both passes use the backward's chunk.
-        if save_bounds:
+        # The backward's walk restarts at the states saved at its chunk starts: the forward keeps its own chunk when
+        # that is a multiple of the backward's (storing `sub` chunk starts a chunk), else runs at the backward's.
+        if save_bounds and chunk % bchunk:
             chunk = bchunk
+        sub = chunk // bchunk if save_bounds else 1
         geo = _Geometry(u, B, chunk, block)
+        n_bchunks = triton.cdiv(geo.length, bchunk)
         y = torch.empty(u.shape, device=u.device, dtype=out_dtype)
         last = u.new_empty(geo.batch, geo.channels, geo.state, dtype=torch.float32)
         states = (u.new_empty(geo.batch, geo.length, geo.channels, geo.state, dtype=torch.float32)
                   if return_states else None)
-        bounds = (u.new_empty(geo.batch, geo.n_chunks, geo.channels, geo.state, dtype=torch.float32)
+        bounds = (u.new_empty(geo.batch, n_bchunks, geo.channels, geo.state, dtype=torch.float32)
                   if save_bounds else None)
         dummy = last
         _scan_fwd_kernel[geo.grid](
@@ -452,8 +464,9 @@ class _TritonSelectiveScan(torch.autograd.Function):
             states if states is not None else dummy, bounds if bounds is not None else dummy,
             dt_bias if fused else dummy, dskip if fused else dummy, z if fused else dummy,
             open_ if open_ is not None else dummy, lo, hi,
-            *geo.dims(), HAS_H0=h0 is not None, STORE_STATES=return_states, STORE_BOUNDS=save_bounds,
-            FUSED=fused, HAS_MASK=open_ is not None, T=chunk, BD=geo.block, NP=geo.state_pad, num_warps=warps,
+            *geo.dims(), n_bchunks, HAS_H0=h0 is not None, STORE_STATES=return_states, STORE_BOUNDS=save_bounds,
+            FUSED=fused, HAS_MASK=open_ is not None, T=chunk, BD=geo.block, NP=geo.state_pad, SUB=sub,
+            num_warps=warps,
         )
         if save_bounds:
             ctx.save_for_backward(u, delta, A, B, C, bounds, dt_bias, dskip, z, open_)
