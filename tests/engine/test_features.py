@@ -11,6 +11,7 @@ import pytest
 from engine.features import (
     FEATURE_NAMES,
     FEATURES,
+    UNCLIPPED_BOUND_STDS,
     FeatureConfig,
     FeatureScaler,
     build_feature_set,
@@ -317,25 +318,29 @@ def demo_panel(tmp_path_factory):
     return panel.read_panel(list(market.bars), "1d", db_path=db_path)
 
 
-def test_an_unclipped_feature_keeps_the_crash_and_round_trips():
-    """FeatureConfig.unclipped: standardised by the plain training mean and std, a later crash passes through whole
-    (the lead skip path reads ret_1 as a linear regressor); the others stay winsorised; JSON keeps the open bounds."""
+def test_an_unclipped_feature_keeps_large_moves_and_bounds_only_a_bad_tick():
+    """FeatureConfig.unclipped: standardised by the plain training mean and std; a move far beyond the winsorising
+    bounds passes through whole (the lead skip path reads ret_1 as a linear regressor), one beyond
+    UNCLIPPED_BOUND_STDS stds is held there; the other features stay winsorised; JSON keeps the bounds."""
     panel = make_panel(300)
     close = panel.fields["close"].copy()
-    close[280:, 0] *= 0.2
-    crashed_panel = replace(panel, fields={**panel.fields, "close": close})
     config = FeatureConfig(unclipped=("ret_1",))
-    crashed = build_feature_set(crashed_panel, fit_rows=range(0, 200), config=config)
     ret_1, vol = FEATURE_NAMES.index("ret_1"), FEATURE_NAMES.index("realised_vol_20")
-    scaler = crashed.scaler
-    assert np.isinf(scaler.lower[:, ret_1]).all() and np.isinf(scaler.upper[:, ret_1]).all()
-    assert np.isfinite(scaler.upper[:, vol]).all()
-    raw_move = np.log(0.2) + np.log(close[280, 0] / 0.2 / close[279, 0])
-    expected = (raw_move - scaler.mean[0, ret_1]) / scaler.std[0, ret_1]
-    assert crashed.values[0, 280, ret_1] == pytest.approx(expected, rel=1e-4)
-    assert expected < -20  # far beyond any winsorised bound
+    scaler = build_feature_set(panel, fit_rows=range(0, 200), config=config).scaler
+    std, centre = scaler.std[0, ret_1], scaler.mean[0, ret_1]
+    close[250:, 0] *= np.exp(-12 * std)  # a 12-std drop: winsorised features hold it near 3
+    close[280:, 0] *= 0.2  # an 80% crash, a bad tick's size: hundreds of stds
+    moved = replace(panel, fields={**panel.fields, "close": close})
+    features = build_feature_set(moved, fit_rows=range(0, 1), config=config, scaler=scaler)
+    winsorised = build_feature_set(moved, fit_rows=range(0, 200))
+    drop = (np.log(close[250, 0] / close[249, 0]) - centre) / std
+    assert drop < -11
+    assert features.values[0, 250, ret_1] == pytest.approx(drop, rel=1e-4)
+    assert winsorised.values[0, 250, ret_1] > -6
+    assert features.values[0, 280, ret_1] == pytest.approx(-UNCLIPPED_BOUND_STDS, rel=1e-4)
+    assert np.isfinite(scaler.upper[:, vol]).all() and scaler.upper[0, vol] < scaler.mean[0, vol] + 10 * scaler.std[0, vol]
     restored = FeatureScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
-    again = build_feature_set(crashed_panel, fit_rows=range(0, 1), scaler=restored)
-    np.testing.assert_array_equal(again.values, crashed.values)
+    again = build_feature_set(moved, fit_rows=range(0, 1), scaler=restored)
+    np.testing.assert_array_equal(again.values, features.values)
     with pytest.raises(ValueError, match="unclipped"):
         FeatureConfig(unclipped=("not_a_feature",))
