@@ -72,9 +72,9 @@ def general_config(interval: str = "1h") -> TrainConfig:
       - the starting point competes in early stopping (validate_start), so a fold never ends worse on its
         validation span than the statistical fits it starts from; and per asset and horizon the network's part of
         the centre forecast is kept only where it lowers the validation MSE, by a one-sided test (gate_centre);
-      - ret_1 standardised but not winsorised (FeatureConfig.unclipped): the lead skip path and the lead-lag
-        attention read it as a linear regressor, and clipping a heavy-tailed leader's largest moves cut the lead's
-        forecastable part;
+      - ret_1 standardised but not winsorised (FeatureConfig.unclipped; bounded at 50 stds, against bad ticks):
+        the lead skip path and the lead-lag attention read it as a linear regressor, and clipping a heavy-tailed
+        leader's largest moves cut the lead's forecastable part;
       - attention lags 0..5 (leads of 1..6 bars), the range the findings' lead-lag test scans at least.
     """
     base = demo_config(interval if interval in ("1h", "1d") else "1h")
