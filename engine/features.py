@@ -91,8 +91,9 @@ def features_table() -> pd.DataFrame:
 
 
 # How far an unclipped feature (FeatureConfig.unclipped) may reach, in training standard deviations from its
-# training mean: beyond every move of the planted family's members (the largest is 28.5 stds, 8,760 hourly rows, the
-# first half's std) and of the demo (19.8), so it bounds only what no market produces, a bad tick.
+# training mean: beyond every move of the planted family's 32 validation and held-out members (the largest is 33.7
+# stds of any walk-forward fold's training span, at 4,380 and 8,760 hourly rows) and of the demo (19.8), so it bounds
+# only what no market produces, a bad tick.
 UNCLIPPED_BOUND_STDS = 50.0
 
 
