@@ -23,7 +23,7 @@ from views.frame import current_selection, date_span_text
 from views.model_results import asset_closes, model_view
 from views.url_state import url_widget
 
-LAG_CHOICES = (20, 50, 100, 200, 500)
+LAG_CHOICES = (20, 50, 100, 200, view_results.MAX_LAG_KEPT)  # the most: what a bar's trace keeps on disk
 HALF_MASS_WINDOW = 4096  # rows each traced bar looks back over (one batched pass; further weight is left out)
 REGIME_SOURCES = ("found in the embeddings", "planted (synthetic demo)")
 
@@ -115,7 +115,6 @@ st.caption("Top: the price. Bottom: the look-back, shaded by regime: the line is
            "look-back is how fast the state could forget; the memory the output uses (the toggle above, and the "
            "bar traced below) is where the weight reaching the output sits: its half-mass lag, in own bars.")
 
-assert max(LAG_CHOICES) <= view_results.MAX_LAG_KEPT  # the rows kept of a bar's hidden attention
 tracing = ("Tracing which past bars the state draws on…" if view_results.model_is_loaded(view.run) else
            "Loading the model (once) to trace which past bars the state draws on at this bar…")
 for symbol in chosen:
