@@ -224,6 +224,7 @@ def _html_exports(page, url: str, scratch: Path) -> dict[str, int]:
         page.goto(f"{url}/{path}")
         _idle(page, title)
         buttons = page.get_by_role("button", name="HTML", exact=True)
+        _settled_count(buttons)
         for index in range(buttons.count()):
             with page.expect_download(timeout=PAGE_TIMEOUT_MS) as info:
                 buttons.nth(index).click()
@@ -231,6 +232,18 @@ def _html_exports(page, url: str, scratch: Path) -> dict[str, int]:
             info.value.save_as(target)
             sizes[f"{title}: {info.value.suggested_filename}"] = target.stat().st_size
     return sizes
+
+
+def _settled_count(locator, quiet_s: float = 1.0, limit_s: float = 15.0) -> int:
+    """The locator's count once it has not changed for quiet_s (at most limit_s): a page opened by URL can report
+    its run finished before a fragment's elements are drawn (the Backtest page's six downloads were missed so)."""
+    deadline, count, since = time.monotonic() + limit_s, locator.count(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.1)
+        now = locator.count()
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
 
 
 def eta_row() -> dict:
