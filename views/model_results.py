@@ -20,9 +20,8 @@ import pandas as pd
 import streamlit as st
 
 from engine.diagnostics import DiagnosticsBundle
-from engine.diagnostics.cache import entry_folder, load_or_compute_diagnostics
 from engine.diagnostics.findings import PARTS, Findings, findings_for_run
-from engine.diagnostics.for_run import RunOnPanel, run_on_panel
+from engine.diagnostics.for_run import RunOnPanel, cached_diagnostics, run_on_panel
 from engine.diagnostics.view_results import start_warm_up
 from engine.model.checkpoint import CheckpointError, misfit_text
 from storage.locks import CacheBusyError
@@ -59,11 +58,7 @@ def _load(run_path: str, db_path: str, symbols: tuple[str, ...], interval: str, 
     del freshness  # only keys the cache: new bars mean new results
     loaded = cached_panel(symbols, interval, db_path=db_path)
     run = run_on_panel(Path(run_path), loaded, lazy=True)  # torch only if the cache misses or a page runs the model
-    fingerprint = loaded.fingerprint()
-    bundle, status = load_or_compute_diagnostics(
-        lambda: run.model, lambda: run.features, run.fit_rows, run_id=run.manifest.cache_id, fingerprint=fingerprint,
-    )
-    entry = entry_folder(run.manifest.cache_id, fingerprint, run.fit_rows)
+    bundle, status, entry = cached_diagnostics(run, loaded)
     # the model pages' default views (Lookback's traced bar and tests, Regimes' cluster test) computed ahead, in a
     # low-priority process, so that their first visit reads them from disk (once per checkpoint and data)
     start_warm_up(run_path, db_path, symbols, interval, entry)

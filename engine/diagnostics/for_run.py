@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from engine.diagnostics.bundle import DiagnosticsBundle, DiagnosticsConfig
-from engine.diagnostics.cache import load_or_compute_diagnostics
+from engine.diagnostics.cache import entry_folder, load_or_compute_diagnostics
 from engine.features import FeatureConfig, FeatureScaler, FeatureSet, build_feature_set
 from engine.model.checkpoint import (
     CheckpointError,
@@ -31,7 +31,7 @@ from engine.model.checkpoint import (
     read_checkpoint_unloaded,
 )
 from engine.model.config import ModelConfig
-from storage.panel import LoadedPanel
+from storage.panel import DataFingerprint, LoadedPanel
 
 if TYPE_CHECKING:  # the model (torch) is loaded on first use: cached diagnostics and findings need none
     from engine.model.hybrid import HybridModel
@@ -205,6 +205,32 @@ def diagnostics_for_run(
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[DiagnosticsBundle, str]:
     """The diagnostics of checkpoint `run_dir` on `loaded`, from the cache when sound -> (bundle, status)."""
-    run = run_on_panel(Path(run_dir), loaded)
-    return load_or_compute_diagnostics(run.model, run.features, run.fit_rows, run_id=run.manifest.cache_id,
-                                       fingerprint=loaded.fingerprint(), config=config, cache_dir=cache_dir)
+    bundle, status, _ = cached_diagnostics(run_on_panel(Path(run_dir), loaded), loaded, config, cache_dir)
+    return bundle, status
+
+
+def cached_diagnostics(
+    run: RunOnPanel,
+    loaded: LoadedPanel,
+    config: DiagnosticsConfig = DiagnosticsConfig(),
+    cache_dir: str | os.PathLike | None = None,
+    fingerprint: DataFingerprint | None = None,
+) -> tuple[DiagnosticsBundle, str, Path]:
+    """The diagnostics of an opened checkpoint on `loaded`, from the cache when sound -> (bundle, status, the cache
+    entry's folder, where the pages' further results are kept). Keyed by the checkpoint (Manifest.cache_id: a run
+    re-made under the same id is another checkpoint); the model and features are asked of `run` only on a miss, so
+    a lazily opened run loads neither when the cache holds the entry. fingerprint: loaded's, when the caller has it
+    (it hashes the whole panel)."""
+    fingerprint = loaded.fingerprint() if fingerprint is None else fingerprint
+    bundle, status = load_or_compute_diagnostics(lambda: run.model, lambda: run.features, run.fit_rows,
+                                                 run_id=run.manifest.cache_id, fingerprint=fingerprint,
+                                                 config=config, cache_dir=cache_dir)
+    return bundle, status, diagnostics_entry(run, fingerprint, config, cache_dir)
+
+
+def diagnostics_entry(run: RunOnPanel, fingerprint: DataFingerprint,
+                      config: DiagnosticsConfig = DiagnosticsConfig(),
+                      cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of the cache entry cached_diagnostics reads or writes for data with this fingerprint (it may
+    not exist yet)."""
+    return entry_folder(run.manifest.cache_id, fingerprint, run.fit_rows, config, cache_dir)

@@ -204,14 +204,10 @@ def warm_default_views(entry: Path | None, run: RunOnPanel, loaded: LoadedPanel,
 def warm_default_views_for_run(run_dir: str | Path, loaded: LoadedPanel, cache_dir: str | Path | None = None) -> Path:
     """The checkpoint's diagnostics on `loaded` (from the cache or computed, as the app reads them) and its default
     views computed ahead, in the same cache -> the entry's folder (what the app's first start leaves on disk)."""
-    from engine.diagnostics.cache import entry_folder, load_or_compute_diagnostics
-    from engine.diagnostics.for_run import run_on_panel
+    from engine.diagnostics.for_run import cached_diagnostics, run_on_panel
 
     run = run_on_panel(Path(run_dir), loaded, lazy=True)
-    fingerprint = loaded.fingerprint()
-    bundle, _ = load_or_compute_diagnostics(lambda: run.model, lambda: run.features, run.fit_rows,
-                                            run_id=run.manifest.cache_id, fingerprint=fingerprint, cache_dir=cache_dir)
-    entry = entry_folder(run.manifest.cache_id, fingerprint, run.fit_rows, cache_dir=cache_dir)
+    bundle, _, entry = cached_diagnostics(run, loaded, cache_dir=cache_dir)
     warm_default_views(entry, run, loaded, bundle)
     return entry
 
@@ -239,7 +235,7 @@ def start_warm_up(run_dir: str | Path, db_path: str | Path, symbols: Sequence[st
     with _started_lock:
         if str(entry) in _started:
             return None
-        if _warm_lock(entry).is_locked_elsewhere():
+        if _locked_elsewhere(entry):
             return None
         views = entry / "views"
         views.mkdir(exist_ok=True)
@@ -263,29 +259,26 @@ def wait_for_warm_ups(timeout: float | None = None) -> None:
         process.wait(timeout)
 
 
-class _WarmLock:
-    """One warm-up per entry at a time, across processes: the warm-up holds this lock while it runs."""
+def _warm_lock(entry: Path):
+    """One warm-up per entry at a time, across processes: the warm-up holds this file lock while it runs."""
+    from filelock import FileLock
 
-    def __init__(self, entry: Path):
-        from filelock import FileLock
+    return FileLock(str(entry / "views" / ".warm.lock"))
 
-        self.lock = FileLock(str(entry / "views" / ".warm.lock"))
 
-    def is_locked_elsewhere(self) -> bool:
-        from filelock import Timeout
+def _locked_elsewhere(entry: Path) -> bool:
+    """Whether a warm-up holds the entry's lock now (no views folder yet: nobody does)."""
+    from filelock import Timeout
 
-        try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
-            return True
-        except OSError:  # no views folder yet: nobody holds it
-            return False
-        self.lock.release()
+    lock = _warm_lock(entry)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
         return False
-
-
-def _warm_lock(entry: Path) -> _WarmLock:
-    return _WarmLock(entry)
+    lock.release()
+    return False
 
 
 def _lowest_priority() -> None:
@@ -321,25 +314,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
     _lowest_priority()
-    from engine.diagnostics.cache import entry_folder, load_or_compute_diagnostics
-    from engine.diagnostics.for_run import run_on_panel
+    from engine.diagnostics.for_run import (
+        cached_diagnostics,
+        diagnostics_entry,
+        run_on_panel,
+    )
 
     loaded = cached_panel(tuple(args.symbols), args.interval, db_path=args.db)
     run = run_on_panel(Path(args.run_dir), loaded, lazy=True)
     fingerprint = loaded.fingerprint()
-    entry = entry_folder(run.manifest.cache_id, fingerprint, run.fit_rows, cache_dir=args.cache_dir)
+    entry = diagnostics_entry(run, fingerprint, cache_dir=args.cache_dir)
     if is_warm(entry):
         return 0
     (entry / "views").mkdir(parents=True, exist_ok=True)
-    lock = _warm_lock(entry).lock
+    lock = _warm_lock(entry)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         return 0  # another process is at it
     try:
-        bundle, _ = load_or_compute_diagnostics(lambda: run.model, lambda: run.features, run.fit_rows,
-                                                run_id=run.manifest.cache_id, fingerprint=fingerprint,
-                                                cache_dir=args.cache_dir)
+        bundle, _, _ = cached_diagnostics(run, loaded, cache_dir=args.cache_dir, fingerprint=fingerprint)
         warm_default_views(entry, run, loaded, bundle)
     finally:
         lock.release()
