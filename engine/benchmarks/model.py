@@ -16,7 +16,8 @@ paired ratios, so load on a shared CPU hits both sides of a ratio alike. Each bu
 On a GPU the full model's training step is timed several ways (issue 18): eager as before the grouped per-asset
 matmuls (engine.model.ssm), eager with them, and the whole step captured as one CUDA graph
 (engine.model.hybrid.GraphedTrainingStep), the Transformer peer eager and captured alike, so each ratio compares
-like with like; `--only compile` adds the step under torch.compile (minutes of compiling, not in the default run).
+like with like; the lead-lag attention runs as the fused Triton kernel (engine.model.attention_triton) unless a row
+says "explicit attention (before)" (the torch path: key windows and a scores tensor); `--only compile` adds the step under torch.compile (minutes of compiling, not in the default run).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from importlib import metadata
 import torch
 from torch import nn
 
+import engine.model.attention as attention_module
 import engine.model.hybrid as hybrid_module
 import engine.model.ssm as ssm_module
 from engine.benchmarks._measure import (
@@ -299,10 +301,15 @@ def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
     rows = []
     for precision, tf32 in (("fp32", False), ("TF32 matmuls", True)):
         with tf32_matmuls(tf32):
+            with explicit_attention():
+                graph_before = GraphedTrainingStep(model, lambda a, b: _training_loss(model, a, b), x, mask)
             variants = {
-                "eager, plain per-asset matmuls (before)": _paths(train, False),
-                "eager, grouped per-asset matmuls": train,
-                "one CUDA graph": GraphedTrainingStep(model, lambda a, b: _training_loss(model, a, b), x, mask)}
+                "eager, plain per-asset matmuls, explicit attention (before)": _explicit(_paths(train, False)),
+                "eager, grouped per-asset matmuls, explicit attention (before)": _explicit(train),
+                "eager, grouped per-asset matmuls, fused attention": train,
+                "one CUDA graph (grouped matmuls, explicit attention) (before)": graph_before,
+                "one CUDA graph (grouped matmuls, fused attention)": GraphedTrainingStep(
+                    model, lambda a, b: _training_loss(model, a, b), x, mask)}
             for name, fn in variants.items():
                 try:
                     timing = time_on(device, fn, budget_s=budget_s, max_reps=15)
@@ -314,7 +321,7 @@ def many_assets_rows(device: torch.device, budget_s: float = 6.0) -> list[dict]:
                              "parameters": f"{model.num_parameters():,}", "fwd_bwd_ms": timing.median,
                              "fwd_bwd_spread": timing.spread(), "budget": f"<= {MANY_BUDGET_MS:.1f} ms (3x under "
                              f"{MANY_BEFORE_MS:g})", "result": verdict(timing.median, MANY_BUDGET_MS)})
-            del variants
+            del variants, graph_before
     return rows
 
 
@@ -330,6 +337,24 @@ def _training_setup(device: torch.device, assets: int, batch: int) -> tuple[Hybr
 def _training_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     output = model(x, mask)
     return output.quantiles.sum() + output.direction_logit.sum() + output.log_vol.sum()
+
+
+@contextlib.contextmanager
+def explicit_attention() -> Iterator[None]:
+    """The lead-lag attention's torch path (key windows, scores tensor) instead of the fused kernel; restored after."""
+    saved = attention_module.FUSED_ON_CUDA
+    attention_module.FUSED_ON_CUDA = False
+    try:
+        yield
+    finally:
+        attention_module.FUSED_ON_CUDA = saved
+
+
+def _explicit(fn: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        with explicit_attention():
+            fn()
+    return run
 
 
 def _paths(fn: Callable[[], object], grouped: bool) -> Callable[[], None]:
@@ -377,6 +402,14 @@ def compile_rows(device: torch.device, budget_s: float = 8.0, mode: str = "defau
              "fwd_bwd_spread": timings["graphed"].spread(), "note": note}]
 
 
+def _explicit_capture(capture: Callable[[], GraphedTrainingStep]) -> Callable[[], GraphedTrainingStep]:
+    """A capture made with the attention's torch path (the graph keeps the kernels it recorded)."""
+    def run() -> GraphedTrainingStep:
+        with explicit_attention():
+            return capture()
+    return run
+
+
 def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str = "") -> list[dict]:
     torch.manual_seed(0)
     config = ModelConfig(n_assets=MODEL_ASSETS, point_head=False, lead_path=False)
@@ -407,9 +440,12 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
     trains = {"ours": ours_train, "peer": peer_train}
     failed = {}
     if device.type == "cuda":  # the step as one CUDA graph, ours and the peer's alike; and ours before
-        trains["ours_plain"] = _paths(ours_train, False)
+        trains["ours_plain"] = _explicit(_paths(ours_train, False))
+        trains["ours_explicit"] = _explicit(ours_train)
         for key, capture in (("ours_graph", lambda: GraphedTrainingStep(
                                  model, lambda a, b: _training_loss(model, a, b), x, mask)),
+                             ("ours_graph_explicit", _explicit_capture(lambda: GraphedTrainingStep(
+                                 model, lambda a, b: _training_loss(model, a, b), x, mask))),
                              ("peer_graph", lambda: GraphedTrainingStep(peer, lambda a: peer(a).sum(), x))):
             try:
                 trains[key] = capture()
@@ -420,7 +456,7 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
     peer_name = f"{TRANSFORMER_LAYERS}-layer causal Transformer, same width, FF {FF_MULT}x"
     on_gpu = device.type == "cuda"
     rows = [
-        {"case": f"full model, {shape}" + (", eager, grouped per-asset matmuls" if on_gpu else ""),
+        {"case": f"full model, {shape}" + (", eager, grouped per-asset matmuls, fused attention" if on_gpu else ""),
              "length": MODEL_LENGTH, "parameters": f"{model.num_parameters():,}",
              "fwd_ms": forward["ours"].median, "fwd_spread": forward["ours"].spread(), "fwd_bwd_ms": train["ours"].median,
              "fwd_bwd_spread": train["ours"].spread(), "note": f"pattern {'/'.join(config.layer_pattern)}"},
@@ -430,8 +466,14 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
              "fwd_bwd_spread": train["peer"].spread(), "note": "per-asset streams, no cross-asset attention"},
     ]
     if on_gpu:
-        for key, name, n in (("ours_plain", f"full model, {shape}, eager, plain per-asset matmuls (before)", model),
-                             ("ours_graph", f"full model, {shape}, training step as one CUDA graph", model),
+        before = "explicit attention (before)"
+        for key, name, n in (("ours_plain", f"full model, {shape}, eager, plain per-asset matmuls, {before}", model),
+                             ("ours_explicit", f"full model, {shape}, eager, grouped per-asset matmuls, {before}",
+                              model),
+                             ("ours_graph_explicit", f"full model, {shape}, training step as one CUDA graph, {before}",
+                              model),
+                             ("ours_graph", f"full model, {shape}, training step as one CUDA graph, fused attention",
+                              model),
                              ("peer_graph", f"{peer_name}, {shape}, training step as one CUDA graph", peer)):
             if key in failed:
                 rows.append({"case": name, "note": failed[key]})
@@ -440,7 +482,8 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
                          "fwd_bwd_ms": train[key].median, "fwd_bwd_spread": train[key].spread()})
     pairs = [("ours", "peer", "eager / eager")]
     if on_gpu:
-        pairs += [("ours_graph", "peer_graph", "CUDA graph / CUDA graph"), ("ours_graph", "peer", "CUDA graph / eager")]
+        pairs += [("ours_graph_explicit", "peer_graph", "CUDA graph / CUDA graph, explicit attention (before)"),
+                  ("ours_graph", "peer_graph", "CUDA graph / CUDA graph"), ("ours_graph", "peer", "CUDA graph / eager")]
     pairs = [(a, b, how) for a, b, how in pairs if a in train and b in train]
     for ours_key, peer_key, how in pairs:
         ratio = paired_ratio(train[ours_key], train[peer_key])

@@ -17,9 +17,15 @@ Implementation: the last K bars are prepended (zeros, or the step state's cache)
 views of K and V; window slot w holds bar t-K+w, i.e. lag K-w. Step mode is this same forward with T=1 and the
 cache as history, so the two modes cannot drift apart. The layer keeps engine.model.layer's interface, and its
 readout is the weights (AttentionWeights).
+
+On CUDA, a forward with no state before it, none asked for, no readout and more than one bar (training, and
+inference over a window) runs the fused Triton kernel of engine.model.attention_triton instead: the same
+arithmetic without the key windows and the scores tensor (FUSED_ON_CUDA switches it off, for the benchmarks'
+before rows). The CPU path, step mode and the readout are this module's torch code.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,6 +36,20 @@ from torch import Tensor, nn
 from engine.model.config import ModelConfig
 from engine.model.layer import LayerOutput, derived_weights
 from engine.model.ssm import PerAssetRMSNorm
+
+FUSED_ON_CUDA = True  # the fused Triton attention for a CUDA forward that needs no state and no readout
+
+
+@functools.cache
+def fused_attention_available() -> bool:
+    """True when the fused kernel can run: CUDA present and triton importable (checked once per process)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import engine.model.attention_triton  # noqa: F401  (imports triton)
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass
@@ -87,7 +107,16 @@ class LeadLagAttention(nn.Module):
         """x (B, T, A, M), mask (B, T, A) bool -> (x (B, T, A, M), state or None, AttentionWeights or None)."""
         batch, length, A, M = x.shape
         H, dh, K = self.n_heads, self.head_dim, self.max_lag
-        q, k, v = self.qkv(self.norm(x)).split(M, dim=-1)  # (B, T, A, M) each
+        projected = self.qkv(self.norm(x))  # (B, T, A, 3M): queries, keys, values
+        if (state is None and not return_state and not readout and length > 1 and x.is_cuda and FUSED_ON_CUDA
+                and fused_attention_available()):
+            from engine.model.attention_triton import lead_lag_attention, supported
+
+            if supported(projected, H):
+                attended = lead_lag_attention(projected, mask, self.lag_embedding, self.source_embedding, H)
+                out = self.out_proj(attended)  # closed targets' rows are exactly 0, as below
+                return LayerOutput(x + F.dropout(out, self.dropout, self.training), None, None)
+        q, k, v = projected.split(M, dim=-1)  # (B, T, A, M) each
         if state is None:
             state = self.init_state(batch, device=x.device, dtype=k.dtype)
         keys = torch.cat([state.keys, k], dim=1)  # (B, K+T, A, M)
