@@ -41,6 +41,7 @@ from engine.benchmarks._measure import (
     time_on,
     verdict,
 )
+from engine.model.attention import LeadLagAttention
 from engine.model.config import ModelConfig
 from engine.model.hybrid import GraphedTrainingStep, HybridModel
 from engine.model.scan import selective_scan_reference
@@ -494,8 +495,38 @@ def _full_model_rows(device: torch.device, budget_s: float = 8.0, precision: str
     return rows
 
 
+def attention_rows(device: torch.device, budget_s: float = 4.0) -> list[dict]:
+    """The lead-lag attention layer alone (GPU only), training pass (forward, backward of a weighted sum), fp32, at
+    3 assets x batch 32 and 50 assets x batch 8 (512 bars, d_model 64, 4 heads, max_lag 8): the fused Triton kernel
+    against the torch path, timed interleaved."""
+    if device.type != "cuda":
+        return []
+    rows = []
+    for assets, batch in ((MODEL_ASSETS, MODEL_BATCH), (MANY_ASSETS, MANY_BATCH)):
+        torch.manual_seed(0)
+        layer = LeadLagAttention(ModelConfig(n_assets=assets)).to(device).train()
+        x = torch.randn(batch, MODEL_LENGTH, assets, D_MODEL, device=device, requires_grad=True)
+        mask = torch.rand(batch, MODEL_LENGTH, assets, device=device) > 0.05
+        upstream = torch.randn_like(x)
+
+        def train(layer=layer, x=x, mask=mask, upstream=upstream) -> None:
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            (layer(x, mask).output * upstream).sum().backward()
+
+        with tf32_matmuls(False):
+            timings = time_interleaved({"fused": train, "explicit": _explicit(train)}, device, budget_s=budget_s)
+        for key, name in (("explicit", "explicit attention (before)"), ("fused", "fused Triton attention")):
+            rows.append({"case": f"lead-lag attention layer, {assets} assets x {MODEL_LENGTH} bars x batch {batch}, "
+                                 f"fp32, {name}", "length": MODEL_LENGTH, "parameters": f"{params(layer):,}",
+                         "fwd_bwd_ms": timings[key].median, "fwd_bwd_spread": timings[key].spread()})
+        rows.append({"case": f"ratio: fused / explicit attention, {assets} assets", "length": MODEL_LENGTH,
+                     "ratio": paired_ratio(timings["fused"], timings["explicit"])})
+    return rows
+
+
 GROUPS = ("layers", "step", "model", "many")
-EXTRA_GROUPS = ("compile",)  # minutes of compiling: only when asked (--only compile)
+EXTRA_GROUPS = ("compile", "attention")  # compile: minutes of compiling; both only when asked (--only ...)
 COLUMNS = ("case", "length", "parameters", "fwd_ms", "fwd_spread", "fwd_bwd_ms", "fwd_bwd_spread", "ratio",
            "budget", "result", "note")
 
@@ -513,6 +544,8 @@ def row_groups(device: torch.device, only: tuple[str, ...] = GROUPS) -> Iterator
         yield many_assets_rows(device)
     if "compile" in only:
         yield compile_rows(device)
+    if "attention" in only:
+        yield attention_rows(device)
 
 
 def rows(device: torch.device | str) -> list[dict]:
