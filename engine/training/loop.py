@@ -84,6 +84,7 @@ from engine.training.distributed import (
     owner_of_fold,
     shard_of,
 )
+from engine.training.graphed_step import GraphedLoss, graphs_wanted
 from engine.training.head_scale import (
     bake_head_scale,
     scale_heads_for_training,
@@ -434,6 +435,10 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
     check_same_everywhere(sync, f"fold {fold.index + 1} resumes at epoch {state.next_epoch}", "the resume state")
     n_windows = windows.x.shape[0]
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
+    # On one CUDA device the step's forward and backward replay as one captured graph (engine.training.graphed_step)
+    graphed = GraphedLoss(train_model, lambda x, mask, targets: step_loss(train_model, x, mask, targets, scale_t,
+                                                                          config.loss_weights, config)
+                          ) if graphs_wanted(device, sync.active) else None
 
     def validate() -> float:
         # One pass over the history (batch 1, nothing to shard): rank 0 takes it and every rank follows its number,
@@ -466,7 +471,7 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
         model.train()
         for step, batch in enumerate(order.split(config.batch_size)):
             step_result = train_step(train_model, optimizer, windows, batch, scale_t, config.loss_weights, config,
-                                     sync, run.is_cancelled)
+                                     sync, run.is_cancelled, graphed=graphed)
             if step_result is None:
                 return None
             finite, reported = step_result
@@ -501,7 +506,8 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
                              job.skipped_before + state.skipped_steps,
                              train_loss=float(np.mean(losses)) if losses else None, val_loss=val_loss,
                              best_val_loss=_finite_or_none(state.best_val_loss),
-                             message="early stop" if stop else ""))
+                             message="; ".join(filter(None, ("early stop" if stop else "",
+                                                             graphed.take_failure() if graphed else "")))))
         if stop:
             break
     return state, steps_per_epoch
@@ -509,11 +515,12 @@ def _train_epochs(job: FoldJob, run: RunContext, model: HybridModel, train_model
 
 def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows: Windows, batch: Tensor,
                scale: Tensor, weights: LossWeights, config: TrainConfig, sync: DistContext,
-               is_cancelled: CancelCheck) -> tuple[bool, float] | None:
+               is_cancelled: CancelCheck, *, graphed: GraphedLoss | None = None) -> tuple[bool, float] | None:
     """One optimiser step on the global batch `batch` (window indices, identical on every rank); this rank takes
     its shard. -> (finite, the global batch's loss), or None when cancelled (any rank, under DDP). A non-finite
     loss or gradient leaves the weights as they were (finite False); counting those is the caller's.
-    train_model: the model, or its DistributedDataParallel wrapper; scale (A, H) the fold's target scale."""
+    train_model: the model, or its DistributedDataParallel wrapper; scale (A, H) the fold's target scale;
+    graphed: the fold's captured forward and backward (one CUDA process), replayed when the batch has its shapes."""
     if not sync.active and is_cancelled():
         return None
     device = scale.device
@@ -523,33 +530,49 @@ def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, windows
         # Fewer windows than ranks in the last batch: a stand-in window with every target masked adds nothing to
         # the loss or the gradient, but lets this rank join DDP's gradient all-reduce.
         batch_targets["valid"] = torch.zeros_like(batch_targets["valid"])
-    output = StandardisedOutput.of(train_model(x, mask), scale)  # tensors (b, A, W, H[, Q])
-    std_targets = standardised_targets(batch_targets, scale)
-    optimizer.zero_grad(set_to_none=True)
-    cost = cost_aware_term(config, scale)
-    if sync.active:
-        if cost is not None:
+    loss = graphed(x, mask, batch_targets) if graphed is not None else None
+    # A captured graph owns the gradients' memory: zero them in place, never drop them (graphed_step's doc)
+    drop_grads = graphed is None or not graphed.active
+    if loss is not None:  # replayed: the gradients are in .grad
+        finite = bool(torch.isfinite(loss))
+        reported = float(loss.detach()) if finite else math.nan
+    elif sync.active:
+        if cost_aware_term(config, scale) is not None:
             raise TrainingError("the cost-aware objective (cost_aware_weight) is not wired for torchrun yet: "
                                 "train it in one process")
-        loss, reported, not_finite, cancelled = sharded_loss(output, std_targets, weights, config.balance_assets,
-                                                             sync, is_cancelled())
+        optimizer.zero_grad(set_to_none=True)
+        output = StandardisedOutput.of(train_model(x, mask), scale)  # tensors (b, A, W, H[, Q])
+        loss, reported, not_finite, cancelled = sharded_loss(output, standardised_targets(batch_targets, scale),
+                                                             weights, config.balance_assets, sync, is_cancelled())
         if cancelled:
             return None
         finite = not not_finite
+        if finite:
+            loss.backward()
     else:
-        loss = training_loss(output, std_targets, weights, config.balance_assets, cost)
+        optimizer.zero_grad(set_to_none=drop_grads)
+        loss = step_loss(train_model, x, mask, batch_targets, scale, weights, config)
         finite = bool(torch.isfinite(loss))
         reported = float(loss.detach()) if finite else math.nan
+        if finite:
+            loss.backward()
     if finite:
-        loss.backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         finite = bool(torch.isfinite(grad_norm))
     if finite:
         optimizer.step()
     else:
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=drop_grads)
     return finite, reported
+
+
+def step_loss(train_model: nn.Module, x: Tensor, mask: Tensor, batch_targets: dict[str, Tensor], scale: Tensor,
+              weights: LossWeights, config: TrainConfig) -> Tensor:
+    """The training objective of one batch in one process: x (b, A, W, F), mask (b, A, W), targets (b, A, W, H)."""
+    output = StandardisedOutput.of(train_model(x, mask), scale)  # tensors (b, A, W, H[, Q])
+    return training_loss(output, standardised_targets(batch_targets, scale), weights, config.balance_assets,
+                         cost_aware_term(config, scale))
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
