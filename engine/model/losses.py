@@ -11,6 +11,7 @@ its gradient sees them.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,13 +50,20 @@ def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     return values.sum() / valid.sum().clamp_min(1)
 
 
+@functools.lru_cache(maxsize=16)
+def _levels(levels: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The quantile levels as a tensor, made once per (levels, dtype, device): a copy from host memory at every
+    step cannot be captured in a CUDA graph (engine.training.graphed_step), and this one never changes."""
+    return torch.as_tensor(levels, dtype=dtype, device=device)
+
+
 def pinball_loss(quantiles: Tensor, target: Tensor, levels: Sequence[float], valid: Tensor) -> Tensor:
     """Quantile (pinball) loss, summed over levels, averaged over valid entries.
 
     quantiles (..., Q), target (...), valid (...) bool. For level tau and error e = y - q the loss is
     max(tau * e, (tau - 1) * e): minimised in expectation exactly at the tau-quantile of y.
     """
-    tau = torch.as_tensor(levels, dtype=quantiles.dtype, device=quantiles.device)  # (Q,)
+    tau = _levels(tuple(levels), quantiles.dtype, quantiles.device)  # (Q,)
     error = _where_valid(target, valid).unsqueeze(-1) - quantiles  # (..., Q)
     per_level = torch.maximum(tau * error, (tau - 1) * error)
     return masked_mean(per_level.sum(dim=-1), valid)

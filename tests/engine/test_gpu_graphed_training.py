@@ -3,6 +3,7 @@
 GPU only: skipped where there is no CUDA device (CI has none; the figures in the notes come from an H200)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -42,16 +43,16 @@ def _eager_grads(model, x, mask, targets):
     model.zero_grad(set_to_none=True)
     loss = _loss(model, x, mask, targets)
     loss.backward()
-    return float(loss), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_replays_give_each_batchs_own_loss_and_gradients_and_other_shapes_fall_back():
     model = _model()
+    reference = copy.deepcopy(model)  # the eager twin: the graphed model's .grad must stay the graph's memory
     graphed = GraphedLoss(model, lambda x, m, t: _loss(model, x, m, t))
     for seed in (1, 2, 3):  # the first call captures; each later one must not accumulate the one before
         x, mask, targets = _batch(seed)
-        want_loss, want = _eager_grads(model, x, mask, targets)
-        model.zero_grad(set_to_none=not graphed.active)
+        want_loss, want = _eager_grads(reference, x, mask, targets)
         loss = graphed(x, mask, targets)
         assert loss is not None and graphed.active
         assert float(loss) == pytest.approx(want_loss, rel=1e-5)
