@@ -26,8 +26,9 @@ forward's loop) writes dq, the rows' D = rowsum(dO * O) and per-program partial 
 partial sums of the source embedding's gradient. dq, dk and dv land in one (B, T, A, 3M) gradient of qkv.
 
 Precision: qkv may be float32, bfloat16 or float16 (loaded and converted in registers); scores, the softmax and every
-sum are float32, and the products use IEEE float32 (no TF32), so a float32 forward matches the torch path to float32
-rounding. The output and the gradient of qkv come back in qkv's dtype, the embeddings' gradients in theirs.
+sum are float32. The products are float32-accurate: three TF32 tensor-core products per dot ("tf32x3": each operand
+split into a TF32 part and its remainder), or IEEE float32 products (PRECISION = "ieee"); with torch's allow_tf32
+on they are plain TF32, as the torch path's matmuls then are. The output and the gradient of qkv come back in qkv's dtype, the embeddings' gradients in theirs.
 """
 from __future__ import annotations
 
@@ -36,7 +37,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-WARPS = 4
+# Measured on an H200 (torch 2.11, Triton 3.6, 2026-12-03; the layer's training pass at 50 assets x 512 bars x
+# batch 8, L2 flushed): IEEE float32 products 15.8 ms, "tf32x3" (three TF32 products, float32's accuracy: the GPU
+# tests' 1e-5 against float64 pass) 8.4 ms, and 7.8 ms with num_stages 1; 8 warps are slower (22.5 / 16.5 ms), and
+# so are 2. When torch lets float32 matmuls use TF32 (torch.backends.cuda.matmul.allow_tf32) the torch path's
+# products are TF32, and so are the kernel's ("tf32": 5.1 ms).
+WARPS = 4  # per program at 64 rows; fewer for smaller tiles (two at 16 rows)
+PRECISION = "tf32x3"  # tl.dot's input precision when TF32 is not allowed ("ieee": plain float32 products)
+STAGES = 1  # num_stages for the kernels' lag loop (None: Triton's default)
+BARS = None  # bars per program for assets < 16 (None: the fewest that fill 16 rows)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 HEAD_DIMS = (16, 32, 64, 128)  # tl.dot needs an inner dimension of 16 at least, and powers of two
 
@@ -45,14 +54,14 @@ def tiles(assets: int) -> tuple[int, int]:
     """(AP, BT): the assets padded to a power of two, and the bars a program takes (R = AP x BT >= 16 rows: the
     fewest that tl.dot takes; each extra bar would multiply the block-diagonal tile's work)."""
     padded = triton.next_power_of_2(assets)
-    return padded, max(1, 16 // padded)
+    return padded, (BARS or max(1, 16 // padded)) if padded < 16 else 1
 
 
 @triton.jit
 def _fwd_kernel(
     qkv_ptr, mask_ptr, lag_ptr, src_ptr, out_ptr, lse_ptr,
     T, A, s_b, s_t, s_a, m_b, m_t, m_a, scale,
-    H: tl.constexpr, DH: tl.constexpr, K: tl.constexpr, AP: tl.constexpr, BT: tl.constexpr,
+    H: tl.constexpr, DH: tl.constexpr, K: tl.constexpr, AP: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
 ):
     R: tl.constexpr = BT * AP
     M: tl.constexpr = H * DH
@@ -83,14 +92,14 @@ def _fwd_kernel(
         val = tl.load(kv + 2 * M, mask=col_ok[:, None], other=0.0).to(tl.float32)
         key_open = tl.load(mask_ptr + b * m_b + ks * m_t + asset * m_a, mask=col_ok, other=0) != 0
         valid = same_bar & key_open[None, :]
-        s = tl.dot(q, tl.trans(key), input_precision="ieee")
+        s = tl.dot(q, tl.trans(key), input_precision=PREC)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, val, input_precision="ieee")
+        acc = acc * alpha[:, None] + tl.dot(p, val, input_precision=PREC)
         m_i = m_new
     live = row_ok & target_open  # an open target always has its own bar's key: l_i >= 1
     out = tl.where(live[:, None], acc / tl.where(live, l_i, 1.0)[:, None], 0.0)
@@ -104,7 +113,7 @@ def _fwd_kernel(
 def _bwd_dq_kernel(
     qkv_ptr, mask_ptr, lag_ptr, src_ptr, out_ptr, lse_ptr, dout_ptr, dqkv_ptr, delta_ptr, dlag_ptr,
     T, A, n_blocks, s_b, s_t, s_a, m_b, m_t, m_a, scale,
-    H: tl.constexpr, DH: tl.constexpr, K: tl.constexpr, AP: tl.constexpr, BT: tl.constexpr,
+    H: tl.constexpr, DH: tl.constexpr, K: tl.constexpr, AP: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
 ):
     R: tl.constexpr = BT * AP
     M: tl.constexpr = H * DH
@@ -142,11 +151,11 @@ def _bwd_dq_kernel(
         val = tl.load(kv + 2 * M, mask=col_ok[:, None], other=0.0).to(tl.float32)
         key_open = tl.load(mask_ptr + b * m_b + ks * m_t + asset * m_a, mask=col_ok, other=0) != 0
         valid = same_bar & live[:, None] & key_open[None, :]
-        s = tl.dot(q, tl.trans(key), input_precision="ieee")
+        s = tl.dot(q, tl.trans(key), input_precision=PREC)
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(dout, tl.trans(val), input_precision="ieee")
+        dp = tl.dot(dout, tl.trans(val), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds, key, input_precision="ieee")
+        dq += tl.dot(ds, key, input_precision=PREC)
         # this lag's embedding was added to every key of the tile: its gradient is the sum of their gradients
         tl.store(part + lag * DH + d, tl.sum(tl.sum(ds, axis=1)[:, None] * q, axis=0))
     dq = dq * scale
@@ -158,7 +167,7 @@ def _bwd_dq_kernel(
 def _bwd_dkv_kernel(
     qkv_ptr, mask_ptr, lag_ptr, src_ptr, lse_ptr, dout_ptr, dqkv_ptr, delta_ptr, dsrc_ptr,
     T, A, n_blocks, s_b, s_t, s_a, m_b, m_t, m_a, scale,
-    H: tl.constexpr, DH: tl.constexpr, K: tl.constexpr, AP: tl.constexpr, BT: tl.constexpr,
+    H: tl.constexpr, DH: tl.constexpr, K: tl.constexpr, AP: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
 ):
     R: tl.constexpr = BT * AP
     M: tl.constexpr = H * DH
@@ -193,12 +202,12 @@ def _bwd_dkv_kernel(
         delta = tl.load(delta_ptr + row * H + h, mask=row_ok, other=0.0)
         key = key0 + tl.load(lag_ptr + lag * M + h * DH + d)[None, :]
         valid = same_bar & (row_ok & target_open)[:, None] & key_open[None, :]
-        s = tl.dot(q, tl.trans(key), input_precision="ieee")
+        s = tl.dot(q, tl.trans(key), input_precision=PREC)
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p), dout, input_precision="ieee")
-        dp = tl.dot(dout, tl.trans(val), input_precision="ieee")
+        dv += tl.dot(tl.trans(p), dout, input_precision=PREC)
+        dp = tl.dot(dout, tl.trans(val), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds), q, input_precision="ieee")
+        dk += tl.dot(tl.trans(ds), q, input_precision=PREC)
     cell = ((b * T + ks) * A + asset)[:, None] * (3 * M) + h * DH + d[None, :]
     tl.store(dqkv_ptr + cell + M, dk.to(dqkv_ptr.dtype.element_ty), mask=col_ok[:, None])
     tl.store(dqkv_ptr + cell + 2 * M, dv.to(dqkv_ptr.dtype.element_ty), mask=col_ok[:, None])
@@ -207,6 +216,10 @@ def _bwd_dkv_kernel(
     j = tl.arange(0, AP)
     part = dsrc_ptr + ((b * n_blocks + pid_s) * H + h) * A * DH
     tl.store(part + j[:, None] * DH + d[None, :], per_source, mask=(j < A)[:, None])
+
+
+def precision() -> str:
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else PRECISION
 
 
 class _LeadLagAttention(torch.autograd.Function):
@@ -222,7 +235,10 @@ class _LeadLagAttention(torch.autograd.Function):
         n_blocks = triton.cdiv(length, BT)
         out = qkv.new_empty(batch, length, assets, M)
         lse = qkv.new_empty(batch, length, assets, heads, dtype=torch.float32)
-        meta = {"H": heads, "DH": dh, "K": K, "AP": AP, "BT": BT, "num_warps": WARPS}
+        warps = max(1, min(WARPS, AP * BT // 8))
+        meta = {"H": heads, "DH": dh, "K": K, "AP": AP, "BT": BT, "PREC": precision(), "num_warps": warps}
+        if STAGES is not None:
+            meta["num_stages"] = STAGES
         strides = (*qkv.stride()[:3], *open_bars.stride())
         _fwd_kernel[(n_blocks, batch * heads)](
             qkv, open_bars, lag, src, out, lse, length, assets, *strides, dh ** -0.5, **meta)

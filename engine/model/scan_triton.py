@@ -51,14 +51,12 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 # Tile sizes: CHUNK bars x BLOCK_D channels x the state (padded to a power of two) per program, and warps per program:
 # the fastest forward and the fastest forward+backward measured on an H200 at (32, 8192, 512, 16) (2026-12-03,
-# L2 flushed: forward 0.99 ms; forward+backward 5.55 ms, the backward alone 4.42 ms; forward blocks of 32 tie, 8 and
-# 2 warps are slower). Backward tiles (4, 16, 1) take the backward alone to 3.61 ms but the forward+backward only to
-# 5.54 ms: the forward then ran at the backward's chunk of 4 (and writes twice the chunk-start states). The forward
-# now keeps its chunk of 8 and stores the backward's chunk starts inside it; that pairing is not yet timed (`python -m
-# engine.benchmarks.scan --sweep`). Slower: (4, 8, 1) 6.66 ms, and on the layout before this one blocks of 4, 16 on
-# 2 warps, 32 on 4 warps.
+# L2 flushed: forward 0.99 ms; forward+backward 5.13 ms = 4.85x the byte floor with backward tiles (4, 16, 1), the
+# forward keeping its chunk of 8 and storing the backward's chunk starts inside it, against 5.56 ms with (8, 8, 1) in
+# the same run; `python -m engine.benchmarks.scan --sweep`). Forward blocks of 32 tie, 8 and 2 warps are slower.
+# Slower backward tiles: (4, 8, 1) 6.66 ms, and on the layout before this one blocks of 4, 16 on 2 warps, 32 on 4.
 FWD_CHUNK, FWD_BLOCK_D, FWD_WARPS = 8, 16, 1
-BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 8, 8, 1
+BWD_CHUNK, BWD_BLOCK_D, BWD_WARPS = 4, 16, 1
 # One program per (batch, channel block) leaves SMs idle when batch x channels is small (8 x 128: 64 programs for
 # 132 SMs): the block then shrinks until there are at least this many programs per SM (or the block is 2 channels).
 MIN_PROGRAMS_PER_SM = 4
