@@ -25,7 +25,6 @@ before rows). The CPU path, step mode and the readout are this module's torch co
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -35,21 +34,10 @@ from torch import Tensor, nn
 
 from engine.model.config import ModelConfig
 from engine.model.layer import LayerOutput, derived_weights
+from engine.model.scan import fused_kernel_available
 from engine.model.ssm import PerAssetRMSNorm
 
 FUSED_ON_CUDA = True  # the fused Triton attention for a CUDA forward that needs no state and no readout
-
-
-@functools.cache
-def fused_attention_available() -> bool:
-    """True when the fused kernel can run: CUDA present and triton importable (checked once per process)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import engine.model.attention_triton  # noqa: F401  (imports triton)
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass
@@ -109,7 +97,7 @@ class LeadLagAttention(nn.Module):
         H, dh, K = self.n_heads, self.head_dim, self.max_lag
         projected = self.qkv(self.norm(x))  # (B, T, A, 3M): queries, keys, values
         if (state is None and not return_state and not readout and length > 1 and x.is_cuda and FUSED_ON_CUDA
-                and fused_attention_available()):
+                and fused_kernel_available()):  # CUDA and Triton, as for the fused scan
             from engine.model.attention_triton import lead_lag_attention, supported
 
             if supported(projected, H):

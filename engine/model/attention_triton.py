@@ -58,6 +58,32 @@ def tiles(assets: int) -> tuple[int, int]:
 
 
 @triton.jit
+def _program(H: tl.constexpr, DH: tl.constexpr, AP: tl.constexpr, BT: tl.constexpr):
+    """This program's batch, head and first bar, and its tile's rows: (bar of the block, asset), and the head's dims."""
+    pid, pid_bh = tl.program_id(0), tl.program_id(1)
+    r = tl.arange(0, BT * AP)
+    return pid_bh // H, pid_bh % H, pid * BT, r // AP, r % AP, tl.arange(0, DH)
+
+
+@triton.jit
+def _tile(base, bars, asset, d, ok, s_t, s_a):
+    """(R, DH) float32: the head's slice of q, k or v (base points at it) at rows (bars, asset); 0 where not ok."""
+    return tl.load(base + bars[:, None] * s_t + asset[:, None] * s_a + d[None, :], mask=ok[:, None], other=0.0
+                   ).to(tl.float32)
+
+
+@triton.jit
+def _is_open(mask_ptr, b, bars, asset, ok, m_b, m_t, m_a):
+    return tl.load(mask_ptr + b * m_b + bars * m_t + asset * m_a, mask=ok, other=0) != 0
+
+
+@triton.jit
+def _embedding(ptr, index, ok, h, d, M: tl.constexpr, DH: tl.constexpr):
+    """(R, DH): rows `index` of an embedding laid out (n, H, DH), the head's slice; 0 where not ok."""
+    return tl.load(ptr + index[:, None] * M + h * DH + d[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
 def _fwd_kernel(
     qkv_ptr, mask_ptr, lag_ptr, src_ptr, out_ptr, lse_ptr,
     T, A, s_b, s_t, s_a, m_b, m_t, m_a, scale,
@@ -65,19 +91,13 @@ def _fwd_kernel(
 ):
     R: tl.constexpr = BT * AP
     M: tl.constexpr = H * DH
-    pid_t, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // H, pid_bh % H
-    t0 = pid_t * BT
-    r = tl.arange(0, R)
-    d = tl.arange(0, DH)
-    bar, asset = r // AP, r % AP  # rows: (bar of the block, target); columns: (bar of the block, source)
+    b, h, t0, bar, asset, d = _program(H, DH, AP, BT)  # rows (bar, target); columns (bar, source)
     t = t0 + bar
     row_ok = (t < T) & (asset < A)
     base = qkv_ptr + b * s_b + h * DH
-    q = tl.load(base + t[:, None] * s_t + asset[:, None] * s_a + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = q.to(tl.float32) * scale
-    target_open = tl.load(mask_ptr + b * m_b + t * m_t + asset * m_a, mask=row_ok, other=0) != 0
-    src = tl.load(src_ptr + asset[:, None] * M + h * DH + d[None, :], mask=(asset < A)[:, None], other=0.0)
+    q = _tile(base, t, asset, d, row_ok, s_t, s_a) * scale
+    target_open = _is_open(mask_ptr, b, t, asset, row_ok, m_b, m_t, m_a)
+    src = _embedding(src_ptr, asset, asset < A, h, d, M, DH)
     same_bar = bar[:, None] == bar[None, :]
 
     m_i = tl.full([R], float("-inf"), tl.float32)
@@ -86,12 +106,9 @@ def _fwd_kernel(
     for lag in range(K + 1):
         ks = t - lag  # the columns' key bar
         col_ok = (ks >= 0) & (t < T) & (asset < A)
-        kv = base + ks[:, None] * s_t + asset[:, None] * s_a + d[None, :]
-        key = tl.load(kv + M, mask=col_ok[:, None], other=0.0).to(tl.float32) + src
-        key += tl.load(lag_ptr + lag * M + h * DH + d)[None, :]
-        val = tl.load(kv + 2 * M, mask=col_ok[:, None], other=0.0).to(tl.float32)
-        key_open = tl.load(mask_ptr + b * m_b + ks * m_t + asset * m_a, mask=col_ok, other=0) != 0
-        valid = same_bar & key_open[None, :]
+        key = _tile(base + M, ks, asset, d, col_ok, s_t, s_a) + src + tl.load(lag_ptr + lag * M + h * DH + d)[None, :]
+        val = _tile(base + 2 * M, ks, asset, d, col_ok, s_t, s_a)
+        valid = same_bar & _is_open(mask_ptr, b, ks, asset, col_ok, m_b, m_t, m_a)[None, :]
         s = tl.dot(q, tl.trans(key), input_precision=PREC)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -117,19 +134,12 @@ def _bwd_dq_kernel(
 ):
     R: tl.constexpr = BT * AP
     M: tl.constexpr = H * DH
-    pid_t, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // H, pid_bh % H
-    t0 = pid_t * BT
-    r = tl.arange(0, R)
-    d = tl.arange(0, DH)
-    bar, asset = r // AP, r % AP
+    b, h, t0, bar, asset, d = _program(H, DH, AP, BT)
     t = t0 + bar
     row_ok = (t < T) & (asset < A)
     base = qkv_ptr + b * s_b + h * DH
-    q = tl.load(base + t[:, None] * s_t + asset[:, None] * s_a + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = q.to(tl.float32) * scale
-    target_open = tl.load(mask_ptr + b * m_b + t * m_t + asset * m_a, mask=row_ok, other=0) != 0
-    live = row_ok & target_open
+    q = _tile(base, t, asset, d, row_ok, s_t, s_a) * scale
+    live = row_ok & _is_open(mask_ptr, b, t, asset, row_ok, m_b, m_t, m_a)
     row = (b * T + t) * A + asset
     cell = row[:, None] * M + h * DH + d[None, :]
     dout = tl.load(dout_ptr + cell, mask=row_ok[:, None], other=0.0).to(tl.float32)
@@ -137,20 +147,17 @@ def _bwd_dq_kernel(
     delta = tl.sum(dout * out, axis=1)
     tl.store(delta_ptr + row * H + h, delta, mask=row_ok)
     lse = tl.load(lse_ptr + row * H + h, mask=row_ok, other=0.0)
-    src = tl.load(src_ptr + asset[:, None] * M + h * DH + d[None, :], mask=(asset < A)[:, None], other=0.0)
+    src = _embedding(src_ptr, asset, asset < A, h, d, M, DH)
     same_bar = bar[:, None] == bar[None, :]
 
     dq = tl.zeros([R, DH], tl.float32)
-    part = dlag_ptr + ((b * n_blocks + pid_t) * H + h) * (K + 1) * DH
+    part = dlag_ptr + ((b * n_blocks + t0 // BT) * H + h) * (K + 1) * DH
     for lag in range(K + 1):
         ks = t - lag
         col_ok = (ks >= 0) & (t < T) & (asset < A)
-        kv = base + ks[:, None] * s_t + asset[:, None] * s_a + d[None, :]
-        key = tl.load(kv + M, mask=col_ok[:, None], other=0.0).to(tl.float32) + src
-        key += tl.load(lag_ptr + lag * M + h * DH + d)[None, :]
-        val = tl.load(kv + 2 * M, mask=col_ok[:, None], other=0.0).to(tl.float32)
-        key_open = tl.load(mask_ptr + b * m_b + ks * m_t + asset * m_a, mask=col_ok, other=0) != 0
-        valid = same_bar & live[:, None] & key_open[None, :]
+        key = _tile(base + M, ks, asset, d, col_ok, s_t, s_a) + src + tl.load(lag_ptr + lag * M + h * DH + d)[None, :]
+        val = _tile(base + 2 * M, ks, asset, d, col_ok, s_t, s_a)
+        valid = same_bar & live[:, None] & _is_open(mask_ptr, b, ks, asset, col_ok, m_b, m_t, m_a)[None, :]
         s = tl.dot(q, tl.trans(key), input_precision=PREC)
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(dout, tl.trans(val), input_precision=PREC)
@@ -171,20 +178,13 @@ def _bwd_dkv_kernel(
 ):
     R: tl.constexpr = BT * AP
     M: tl.constexpr = H * DH
-    pid_s, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // H, pid_bh % H
-    s0 = pid_s * BT
-    r = tl.arange(0, R)
-    d = tl.arange(0, DH)
-    bar, asset = r // AP, r % AP  # columns: (bar of the block, source) = this program's keys; rows: their queries
+    b, h, s0, bar, asset, d = _program(H, DH, AP, BT)  # columns (bar, source): this program's keys; rows: queries
     ks = s0 + bar
     col_ok = (ks < T) & (asset < A)
     base = qkv_ptr + b * s_b + h * DH
-    kv = base + ks[:, None] * s_t + asset[:, None] * s_a + d[None, :]
-    src = tl.load(src_ptr + asset[:, None] * M + h * DH + d[None, :], mask=(asset < A)[:, None], other=0.0)
-    key0 = tl.load(kv + M, mask=col_ok[:, None], other=0.0).to(tl.float32) + src
-    val = tl.load(kv + 2 * M, mask=col_ok[:, None], other=0.0).to(tl.float32)
-    key_open = tl.load(mask_ptr + b * m_b + ks * m_t + asset * m_a, mask=col_ok, other=0) != 0
+    key0 = _tile(base + M, ks, asset, d, col_ok, s_t, s_a) + _embedding(src_ptr, asset, asset < A, h, d, M, DH)
+    val = _tile(base + 2 * M, ks, asset, d, col_ok, s_t, s_a)
+    key_open = _is_open(mask_ptr, b, ks, asset, col_ok, m_b, m_t, m_a)
     same_bar = bar[:, None] == bar[None, :]
 
     dk = tl.zeros([R, DH], tl.float32)
@@ -192,9 +192,8 @@ def _bwd_dkv_kernel(
     for lag in range(K + 1):
         t = ks + lag  # the rows' query bar
         row_ok = (t < T) & (asset < A)
-        q = tl.load(base + t[:, None] * s_t + asset[:, None] * s_a + d[None, :], mask=row_ok[:, None], other=0.0)
-        q = q.to(tl.float32) * scale
-        target_open = tl.load(mask_ptr + b * m_b + t * m_t + asset * m_a, mask=row_ok, other=0) != 0
+        q = _tile(base, t, asset, d, row_ok, s_t, s_a) * scale
+        target_open = _is_open(mask_ptr, b, t, asset, row_ok, m_b, m_t, m_a)
         row = (b * T + t) * A + asset
         dout = tl.load(dout_ptr + row[:, None] * M + h * DH + d[None, :], mask=row_ok[:, None], other=0.0)
         dout = dout.to(tl.float32)
@@ -214,7 +213,7 @@ def _bwd_dkv_kernel(
     # the source embedding was added to every key of its source: its gradient sums theirs (over the block's bars)
     per_source = tl.sum(tl.reshape(dk, (BT, AP, DH)), axis=0)
     j = tl.arange(0, AP)
-    part = dsrc_ptr + ((b * n_blocks + pid_s) * H + h) * A * DH
+    part = dsrc_ptr + ((b * n_blocks + s0 // BT) * H + h) * A * DH
     tl.store(part + j[:, None] * DH + d[None, :], per_source, mask=(j < A)[:, None])
 
 
