@@ -47,6 +47,7 @@ from engine.model.hybrid import GraphedTrainingStep, HybridModel
 from engine.model.scan import selective_scan_reference
 from engine.model.ssm import SelectiveSSMBlock
 from engine.runtime import configure_cpu_threads, device_label, pick_device
+from engine.training.precision import tf32_matmuls
 
 LAYER_BATCH = 8
 LAYER_LENGTHS = (1024, 4096)
@@ -266,17 +267,6 @@ class TransformerPeer(nn.Module):
         h = self.input_proj(x.reshape(batch * assets, length, features))
         causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
         return self.head(self.encoder(h, mask=causal, is_causal=True))
-
-
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    """TF32 for float32 matmuls (and convolutions) inside the block, both peers alike; restored after."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def full_model_rows(device: torch.device, budget_s: float = 8.0) -> list[dict]:

@@ -101,6 +101,7 @@ from engine.training.objective import (
     training_loss,
     validation_loss,
 )
+from engine.training.precision import precision_label, training_precision
 from engine.training.progress import (
     CancelCheck,
     ProgressCallback,
@@ -292,6 +293,7 @@ def _manifest(run: RunContext, panel: Panel, folds: list[Fold], summaries: list[
                 "skipped_steps": skipped_steps,
                 "seconds": round(time.monotonic() - run.started, 1),
                 "torch_threads": torch.get_num_threads(),
+                "float32_matmuls": precision_label(run.device),
                 "n_parameters": model.num_parameters(),
             },
     )
@@ -385,7 +387,8 @@ def _train_fold(job: FoldJob, run: RunContext) -> FoldOutcome | None:
             prediction = predictions_from_arrays({k: data[k] for k in data.files})
         return FoldOutcome(model, FoldSummary(**json.loads((finished / "summary.json").read_text())), prediction)
 
-    trained = _train_epochs(job, run, model, train_model, optimizer, scale_t)
+    with training_precision(device):  # TF32 matmuls on a GPU (engine.training.precision)
+        trained = _train_epochs(job, run, model, train_model, optimizer, scale_t)
     if trained is None:
         return None
     state, steps_per_epoch = trained

@@ -85,6 +85,7 @@ def test_the_run_keeps_every_folds_test_forecasts_and_a_plain_model_checkpoint(t
     # a plain HybridModel state dict: no training-time parametrisation left in the file
     assert set(weights(tmp_path)) == set(HybridModel(result.model.config).state_dict())
     assert not (tmp_path / RESUME_DIR).exists()
+    assert result.manifest.training["float32_matmuls"] == "float32"  # TF32 is for GPU training only
     # forecasts in raw return units: the h=1 80% interval is about as wide as the daily returns are
     spread = np.nanmedian(predictions.quantiles[1, :, 0, -2] - predictions.quantiles[1, :, 0, 1])
     assert 0.003 < spread < 0.2
