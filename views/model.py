@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from engine.device_probe import device_label_now
 from engine.model.checkpoint import (
     new_run_id,
     pin_default,
@@ -16,7 +17,6 @@ from engine.model.checkpoint import (
     resolve_runs_dir,
 )
 from engine.training.jobs import JobRegistry
-from engine.training.settings import settings_for_panel
 from storage.panel import cached_panel
 from views.frame import clear_cached_reads, current_selection, load_runs
 
@@ -24,8 +24,18 @@ JOB = "train"
 SKILL_COLUMN = "1-bar skill vs the best baseline"
 selection = current_selection()
 st.title("Model")
-st.caption(f"Training runs on **{selection.device}**. Walk-forward only: each fold trains on the past, stops early "
-           "on a later validation span, and forecasts a test span after that; the scores come from those test spans.")
+
+
+def device_caption() -> None:
+    # engine.device_probe names the device without loading torch into the page (1.5-3 s on first paint)
+    label = device_label_now()
+    shown = f"**{label}**" if label else "the GPU if torch finds one, else the CPU (checking which…)"
+    st.caption(f"Training runs on {shown}. Walk-forward only: each fold trains on the past, stops early on a later "
+               "validation span, and forecasts a test span after that; the scores come from those test spans.")
+
+
+# Until the probe answers, the caption alone reruns every second to name the device.
+st.fragment(device_caption, run_every=None if device_label_now() else 1.0)()
 
 
 @st.cache_resource
@@ -40,6 +50,7 @@ def training_work(symbols, interval, db_path, n_folds, max_epochs, seed, run_dir
         # torch and the baselines load only when a run starts
         from engine.training.progress import EtaEstimator, with_better_eta
         from engine.training.run import run_training
+        from engine.training.settings import settings_for_panel
 
 
         loaded = cached_panel(symbols, interval, db_path=db_path)

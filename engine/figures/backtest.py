@@ -17,8 +17,12 @@ from engine.backtest.sweep import SweepResult
 from engine.backtest.tearsheet import Tearsheet
 from engine.figures.style import (
     BENCHMARK_COLOUR,
+    COLORBAR_RIGHT,
     LOSS_COLOUR,
     LOSS_FILL,
+    ONE_PASS_BOTTOM,
+    ONE_PASS_LEFT,
+    ONE_PASS_RIGHT,
     OUT_OF_SAMPLE_FILL,
     STRATEGY_COLOUR,
     TIME_AXIS_TITLE,
@@ -61,6 +65,7 @@ def shade_out_of_sample(fig: go.Figure, times: pd.DatetimeIndex, out_of_sample_s
 
 def _time_chart(fig: go.Figure, title: str, y_title: str, times, out_of_sample_start, synthetic: bool) -> go.Figure:
     base_layout(fig, title)
+    fig.update_layout(margin={"l": ONE_PASS_LEFT, "b": ONE_PASS_BOTTOM})  # drawn in one pass (style.ONE_PASS_LEFT)
     fig.update_xaxes(title_text=TIME_AXIS_TITLE)
     fig.update_yaxes(title_text=y_title)
     shade_out_of_sample(fig, times, out_of_sample_start)
@@ -151,6 +156,7 @@ def monthly_returns_heatmap(result: BacktestResult, *, synthetic: bool) -> go.Fi
         hovertemplate="%{y} %{x}: %{z:.2%}<extra></extra>",
     ))
     base_layout(fig, "Monthly net returns of the strategy (UTC months)", height=max(260, 60 + 34 * len(table)))
+    fig.update_layout(margin={"l": ONE_PASS_LEFT, "r": COLORBAR_RIGHT})
     fig.update_yaxes(autorange="reversed", type="category", title_text="year")
     return label_synthetic(fig, synthetic)
 
@@ -326,7 +332,7 @@ def return_distribution_chart(sheet: Tearsheet, *, synthetic: bool) -> go.Figure
     note = "bars compounded per UTC day" if sheet.distribution_period == "day" else "one count per bar"
     base_layout(fig, f"{period} net returns<br><sup>{note}</sup>", height=380)
     # Half a page wide: the legend goes under the plot, clear of the demo stamp over its top right corner.
-    fig.update_layout(barmode="overlay", margin={"l": 50, "r": 20, "t": 70, "b": 100},
+    fig.update_layout(barmode="overlay", margin={"l": ONE_PASS_LEFT, "r": ONE_PASS_RIGHT, "t": 70, "b": 100},
                       legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0.0})
     fig.update_xaxes(title_text=f"return per {sheet.distribution_period}", tickformat=".1%")
     fig.update_yaxes(title_text=f"number of {sheet.distribution_period}s")
@@ -347,7 +353,7 @@ def yearly_returns_chart(sheet: Tearsheet, *, synthetic: bool) -> go.Figure:
     fig.add_hline(y=0.0, line_width=0.8, line_color="#999999")
     base_layout(fig, "Yearly net returns<br><sup>UTC calendar years; a losing year of the strategy in red</sup>",
                 height=380)
-    fig.update_layout(barmode="group", margin={"l": 50, "r": 20, "t": 70, "b": 100},
+    fig.update_layout(barmode="group", margin={"l": ONE_PASS_LEFT, "r": ONE_PASS_RIGHT, "t": 70, "b": 100},
                       legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0.0})
     fig.update_xaxes(title_text="year", type="category")
     fig.update_yaxes(title_text="return", tickformat=".0%")

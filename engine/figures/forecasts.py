@@ -8,6 +8,9 @@ import plotly.graph_objects as go
 from engine.evaluation.forecast_review import LatestForecast, PastForecasts
 from engine.figures.backtest import shade_out_of_sample
 from engine.figures.style import (
+    ONE_PASS_BOTTOM,
+    ONE_PASS_LEFT,
+    ONE_PASS_RIGHT,
     TIME_AXIS_TITLE,
     add_range_selector,
     asset_colour,
@@ -32,7 +35,7 @@ MIN_CALIBRATION_COUNT = 30  # a calibration bin with fewer forecasts than this i
 
 def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MAX_FAN_POINTS) -> go.Figure:
     """The h-bar log-return band (outer quantiles), the median, and the realised return at every origin bar, over
-    the whole out-of-sample history, with zoom buttons and a range slider.
+    the whole out-of-sample history, with zoom buttons (1 month, 3 months, 1 year, all; drag to zoom further).
 
     Every point is a walk-forward forecast, so the whole chart is out of sample. Beyond max_points forecasts the
     chart draws, per bucket of neighbouring bars, the ones holding the band's and the outcomes' extremes, and says
@@ -57,21 +60,22 @@ def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MA
     ))
     fig.add_trace(go.Scatter(x=times, y=values(mid), mode="lines", line={"color": colour, "width": 1.2},
                              name=f"median ({levels[len(levels) // 2]:.0%})"))
-    # WebGL for the outcomes: thousands of SVG markers (and their copy in the range slider) took seconds to draw;
-    # the range slider then shows the band and the median only
-    fig.add_trace(go.Scattergl(x=times, y=values("realised"), mode="markers",
-                               marker={"size": 3, "color": "#222222"}, name="what happened"))
+    # SVG markers, and no range slider (the zoom buttons and a drag do its job): a WebGL trace cost ~350 ms a chart
+    # to set up in chromium without a GPU, the range slider's copy of every trace doubled the SVG; 3,000 SVG markers
+    # without that copy draw in ~110 ms (chromium, this 2-core box), the page's three fans ~1.1 s -> ~0.35 s.
+    fig.add_trace(go.Scatter(x=times, y=values("realised"), mode="markers",
+                             marker={"size": 3, "color": "#222222"}, name="what happened"))
     title = f"{past.symbol} · {past.horizon}-bar log return: walk-forward forecasts vs outcome"
     if len(frame) < len(past.frame):
         title += f"<br><sup>{len(frame):,} of {len(past.frame):,} forecasts drawn (each stretch's extremes kept)</sup>"
     else:
         title += f"<br><sup>all {len(past.frame):,} out-of-sample forecasts</sup>"
     base_layout(fig, title, height=480)
-    fig.update_layout(margin={"l": 50, "r": 20, "t": 110, "b": 40},
+    fig.update_layout(margin={"l": ONE_PASS_LEFT, "r": 20, "t": 110, "b": ONE_PASS_BOTTOM},
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "xanchor": "right", "x": 1.0})
     fig.update_xaxes(title_text=TIME_AXIS_TITLE)
     fig.update_yaxes(title_text=f"{past.horizon}-bar log return")
-    add_range_selector(fig)
+    add_range_selector(fig, slider=False)
     if len(frame):
         shade_out_of_sample(fig, pd.DatetimeIndex(frame.index), frame.index[0])
     return label_synthetic(fig, synthetic)
@@ -102,7 +106,7 @@ def latest_fan_chart(latest: LatestForecast, recent: pd.Series, bar: pd.Timedelt
     # Under the plot, so the chart still reads in a narrow Overview card.
     # The time axis's ticks wrap to two lines in a narrow card: the legend sits well below its title.
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.34, "xanchor": "left", "x": 0.0},
-                      margin={"l": 50, "r": 20, "t": 70, "b": 130}, height=420)
+                      margin={"l": ONE_PASS_LEFT, "r": ONE_PASS_RIGHT, "t": 70, "b": 156}, height=420)
     fig.update_xaxes(title_text=TIME_AXIS_TITLE)
     fig.update_yaxes(title_text="price")
     return label_synthetic(fig, synthetic)
@@ -126,7 +130,7 @@ def calibration_chart(tables: dict[str, pd.DataFrame], horizon: int, *, syntheti
     title = (f"Calibration of P(up), {horizon}-bar horizon (out of sample)<br><sup>bins with fewer than {min_count} "
              "forecasts are not drawn</sup>")
     base_layout(fig, title, height=400)
-    fig.update_layout(margin={"l": 50, "r": 20, "t": 80, "b": 40})
+    fig.update_layout(margin={"l": ONE_PASS_LEFT, "r": 20, "t": 80, "b": ONE_PASS_BOTTOM})
     fig.update_xaxes(title_text="forecast P(up)", range=[0, 1])
     fig.update_yaxes(title_text="observed frequency of up", range=[0, 1])
     return label_synthetic(fig, synthetic)
