@@ -7,9 +7,9 @@ standardised multitask loss, balanced per asset when asked, plus the cost-aware 
 stays as it was: the finiteness checks on the loss and the gradient norm, clipping and AdamW's step run eagerly
 after the replay, so a non-finite step is still skipped and counted.
 
-Used when the step runs in one process on a CUDA device (train_walk_forward decides; REGIME_CUDA_GRAPHS=0 turns it
-off). One graph per fold, captured at the first batch of the full batch size; other shapes (the last, shorter batch
-of an epoch) run eagerly. When the capture fails (an op this torch build cannot capture), the fold trains eagerly
+Used when the step runs in one process on a CUDA device, in the process's main thread (graphs_wanted says why;
+REGIME_CUDA_GRAPHS=0 turns it off). One graph per fold, captured at the first batch of the full batch size; other
+shapes (the last, shorter batch of an epoch) run eagerly. When the capture fails (an op this torch build cannot capture), the fold trains eagerly
 and its first epoch's progress message says why.
 
 What a graph changes, and why it is safe:
@@ -25,6 +25,7 @@ trajectory with the eager one's (tests/engine/test_gpu_graphed_training.py).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 
 import torch
@@ -36,8 +37,15 @@ GRAPHS_ENV_VAR = "REGIME_CUDA_GRAPHS"
 
 
 def graphs_wanted(device: torch.device, distributed: bool) -> bool:
-    """Whether a fold on `device` trains through a captured graph: one process on CUDA, unless turned off."""
-    return device.type == "cuda" and not distributed and os.environ.get(GRAPHS_ENV_VAR, "1") != "0"
+    """Whether a fold on `device` trains through a captured graph: one process on CUDA, training in its main thread,
+    unless turned off.
+
+    The main thread only: a capture does not survive another thread of the process working on the same GPU meanwhile
+    (on an H200, with the model running in a second thread, the capture was invalidated, in CUDA's "global" and
+    "thread_local" capture modes alike). The app's training jobs run in a background thread of the server, beside pages that run
+    the model, so they train eagerly; `python -m engine.train` and the benchmarks train in their main thread."""
+    return (device.type == "cuda" and not distributed and os.environ.get(GRAPHS_ENV_VAR, "1") != "0"
+            and threading.current_thread() is threading.main_thread())
 
 
 class GraphedLoss:

@@ -11,7 +11,7 @@ import torch
 
 from engine.model.hybrid import HybridModel
 from engine.training.config import default_model_config
-from engine.training.graphed_step import GRAPHS_ENV_VAR, GraphedLoss, graphs_wanted
+from engine.training.graphed_step import GRAPHS_ENV_VAR, GraphedLoss
 from engine.training.loop import train_walk_forward
 from storage.panel import panel_fingerprint
 from tests.engine.test_training import small_panel, tiny_config
@@ -78,10 +78,3 @@ def test_a_fold_trained_through_the_graph_follows_the_eager_folds_losses(tmp_pat
     assert len(losses["0"]) == len(losses["1"]) > 0
     assert losses["1"] == pytest.approx(losses["0"], rel=1e-3)
 
-
-def test_graphs_are_for_one_cuda_process_and_can_be_turned_off(monkeypatch):
-    assert graphs_wanted(torch.device("cuda"), distributed=False)
-    assert not graphs_wanted(torch.device("cuda"), distributed=True)
-    assert not graphs_wanted(torch.device("cpu"), distributed=False)
-    monkeypatch.setenv(GRAPHS_ENV_VAR, "0")
-    assert not graphs_wanted(torch.device("cuda"), distributed=False)

@@ -1,9 +1,13 @@
-"""Training's float32 matmul precision (engine.training.precision): TF32 on a GPU unless turned off, never on a CPU,
-and the process's own setting restored after the block."""
+"""How training runs on a GPU: float32 matmuls as TF32 unless turned off, never on a CPU, the process's own setting
+restored after the block (engine.training.precision); the step as a CUDA graph only in one process's main thread,
+unless turned off (engine.training.graphed_step)."""
 from __future__ import annotations
+
+import threading
 
 import torch
 
+from engine.training.graphed_step import GRAPHS_ENV_VAR, graphs_wanted
 from engine.training.precision import (
     TF32_ENV_VAR,
     precision_label,
@@ -32,3 +36,18 @@ def test_the_block_sets_tf32_and_restores_what_the_process_had():
             assert not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_graphs_are_for_one_cuda_process_and_can_be_turned_off(monkeypatch):
+    monkeypatch.delenv(GRAPHS_ENV_VAR, raising=False)
+    assert graphs_wanted(torch.device("cuda"), distributed=False)
+    in_a_thread = []  # the app's training jobs: other threads of the server may be running the model on the GPU
+    thread = threading.Thread(target=lambda: in_a_thread.append(graphs_wanted(torch.device("cuda"), False)))
+    thread.start()
+    thread.join()
+    assert in_a_thread == [False]
+    assert not graphs_wanted(torch.device("cuda"), distributed=True)
+    assert not graphs_wanted(torch.device("cpu"), distributed=False)
+    monkeypatch.setenv(GRAPHS_ENV_VAR, "0")
+    assert not graphs_wanted(torch.device("cuda"), distributed=False)
+
