@@ -42,8 +42,9 @@ def graphs_wanted(device: torch.device, distributed: bool) -> bool:
 
     The main thread only: a capture does not survive another thread of the process working on the same GPU meanwhile
     (on an H200, with the model running in a second thread, the capture was invalidated, in CUDA's "global" and
-    "thread_local" capture modes alike). The app's training jobs run in a background thread of the server, beside pages that run
-    the model, so they train eagerly; `python -m engine.train` and the benchmarks train in their main thread."""
+    "thread_local" capture modes alike). The app's training jobs run in a background thread of the server, beside
+    pages that run the model, so they train eagerly; `python -m engine.train` and the benchmarks train in their main
+    thread."""
     return (device.type == "cuda" and not distributed and os.environ.get(GRAPHS_ENV_VAR, "1") != "0"
             and threading.current_thread() is threading.main_thread())
 
