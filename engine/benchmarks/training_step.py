@@ -4,10 +4,10 @@ engine.benchmarks.model times the model's forward and backward alone; this times
 step (engine.training.loop: pick the batch's windows, forward, the real multitask loss, backward, finiteness
 checks, clipping, AdamW), through train_walk_forward itself, with engine.training.graphed_step on and off
 (REGIME_CUDA_GRAPHS) and the epochs' matmuls in plain float32 or TF32 (REGIME_TF32, engine.training.precision;
-training's default on a GPU is both on). The demo's hourly panel, the default model, windows of 512 bars, batch 32, one fold of three
-epochs; a step's time is the interval between two progress events of the same epoch, the median over epochs 2-3
-(epoch 1 holds the capture and the warm-ups). Runs alternate between the four settings, twice each. CUDA only: on a CPU
-the loop never captures a graph, so there is nothing to compare.
+training's default on a GPU is both on). The demo's hourly panel, the default model, windows of 512 bars, batch 32,
+one fold of three epochs; a step's time is the interval between two progress events of the same epoch, the median
+over epochs 2-3 (epoch 1 holds the capture and the warm-ups). Runs alternate between the four settings, twice each.
+CUDA only: on a CPU the loop never captures a graph, so there is nothing to compare.
 """
 from __future__ import annotations
 

@@ -25,10 +25,11 @@ forward's loop) writes dq, the rows' D = rowsum(dO * O) and per-program partial 
 (one program per block of key bars, looping over the K+1 query bars that see them) writes dk, dv and per-program
 partial sums of the source embedding's gradient. dq, dk and dv land in one (B, T, A, 3M) gradient of qkv.
 
-Precision: qkv may be float32, bfloat16 or float16 (loaded and converted in registers); scores, the softmax and every
-sum are float32. The products are float32-accurate: three TF32 tensor-core products per dot ("tf32x3": each operand
-split into a TF32 part and its remainder), or IEEE float32 products (PRECISION = "ieee"); with torch's allow_tf32
-on they are plain TF32, as the torch path's matmuls then are. The output and the gradient of qkv come back in qkv's dtype, the embeddings' gradients in theirs.
+Precision: qkv may be float32, bfloat16 or float16 (loaded and converted in registers); scores, the softmax and
+every sum are float32. The products are float32-accurate: three TF32 tensor-core products per dot ("tf32x3": each
+operand split into a TF32 part and its remainder), or IEEE float32 products (PRECISION = "ieee"); with torch's
+allow_tf32 on they are plain TF32, as the torch path's matmuls then are. The output and the gradient of qkv come
+back in qkv's dtype, the embeddings' gradients in theirs.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ after the replay, so a non-finite step is still skipped and counted.
 
 Used when the step runs in one process on a CUDA device, in the process's main thread (graphs_wanted says why;
 REGIME_CUDA_GRAPHS=0 turns it off). One graph per fold, captured at the first batch of the full batch size; other
-shapes (the last, shorter batch of an epoch) run eagerly. When the capture fails (an op this torch build cannot capture), the fold trains eagerly
-and its first epoch's progress message says why.
+shapes (the last, shorter batch of an epoch) run eagerly. When the capture fails (an op this torch build cannot
+capture), the fold trains eagerly and its first epoch's progress message says why.
 
 What a graph changes, and why it is safe:
   * the gradients live in the graph's memory and every replay overwrites them (not accumulated); the eager steps
