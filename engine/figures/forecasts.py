@@ -27,9 +27,11 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 # Forecasts drawn per chart; beyond this each bucket keeps its band extremes and outcomes (and the title says so).
-# 3,000 points fill a chart 1,000 px wide; drawing all 8,999 hourly BTC forecasts made a 1.5 MB chart (four traces
-# and the range slider's copy) and a Forecasts page that took 7-8 s to draw in the browser.
-MAX_FAN_POINTS = 3_000
+# 1,500 rows make ~250 buckets (up to six rows each: the band's two edges and the outcome, lowest and highest) across
+# a plot ~900 px wide at 1440 px: a bucket is about one 3 px marker wide, so no visible extreme is lost. All 8,999
+# hourly BTC forecasts made a 1.5 MB chart and a Forecasts page that took 7-8 s to draw; 3,000 rows a 370 KB chart
+# of ~130 ms to draw (chromium, this box), 1,500 rows ~190 KB and ~70 ms, three of them on the page.
+MAX_FAN_POINTS = 1_500
 MIN_CALIBRATION_COUNT = 30  # a calibration bin with fewer forecasts than this is not drawn
 
 

@@ -111,10 +111,10 @@ def test_the_selected_checkpoint_drives_the_backtest_with_its_walk_forward_forec
     sharpe = next(m for m in at.metric if m.label == "Sharpe ratio")
     assert "8,760 bars/year" in sharpe.help  # hourly BTC sets the panel clock
     model_sharpe = sharpe.value
-    # hourly bars trade often: the page's table holds the newest 500 trades and says how many the CSV holds
+    # hourly bars trade often: the page's table holds the newest 100 trades and says how many the CSV holds
     shown = next(frame.value for frame in at.dataframe if "side" in frame.value.columns)
     captions = " ".join(c.value for c in at.caption)
-    assert len(shown) == 500 and "The latest 500 of " in captions, (len(shown), captions[-300:])
+    assert len(shown) == 100 and "The latest 100 of " in captions, (len(shown), captions[-300:])
     at.selectbox(key="bt_forecaster").set_value("logistic baseline").run()
     assert "logistic regression" in " ".join(c.value for c in at.caption)
     assert next(m for m in at.metric if m.label == "Sharpe ratio").value != model_sharpe
