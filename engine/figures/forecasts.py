@@ -27,10 +27,10 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 # Forecasts drawn per chart; beyond this each bucket keeps its band extremes and outcomes (and the title says so).
-# 1,500 rows make ~250 buckets (up to six rows each: the band's two edges and the outcome, lowest and highest) across
-# a plot ~900 px wide at 1440 px: a bucket is about one 3 px marker wide, so no visible extreme is lost. All 8,999
-# hourly BTC forecasts made a 1.5 MB chart and a Forecasts page that took 7-8 s to draw; 3,000 rows a 370 KB chart
-# of ~130 ms to draw (chromium, this box), 1,500 rows ~190 KB and ~70 ms, three of them on the page.
+# 1,500 rows make 250 buckets (the band's two edges, lowest and highest, and the outcome's) across a plot ~900 px
+# wide at 1440 px: a bucket is about one 3 px marker wide, so no visible extreme is lost. All 8,999 hourly BTC
+# forecasts made a 1.5 MB chart and a Forecasts page that took 7-8 s to draw; 3,000 rows, every one a marker, a
+# 370 KB chart of ~130 ms to draw (chromium, this box).
 MAX_FAN_POINTS = 1_500
 MIN_CALIBRATION_COUNT = 30  # a calibration bin with fewer forecasts than this is not drawn
 
@@ -40,18 +40,28 @@ def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MA
     the whole out-of-sample history, with zoom buttons (1 month, 3 months, 1 year, all; drag to zoom further).
 
     Every point is a walk-forward forecast, so the whole chart is out of sample. Beyond max_points forecasts the
-    chart draws, per bucket of neighbouring bars, the ones holding the band's and the outcomes' extremes, and says
-    so in its title.
+    chart draws, per bucket of neighbouring bars, the band (and its median) at the rows holding the band's lowest
+    lower and highest upper edge, and the outcomes at the rows holding their lowest and highest value: two thirds
+    of max_points for the band, one third for the outcomes, on the same buckets. The title says how many were drawn.
+    Each outcome is an SVG marker styled one by one (~45 µs each in chromium here), so the interior outcomes that
+    the band-extreme rows used to add as markers are left out.
     """
     levels = past.quantile_levels
     lo, mid, hi = f"q{levels[0]:g}", f"q{levels[len(levels) // 2]:g}", f"q{levels[-1]:g}"
-    rows = display_rows([past.frame[lo].to_numpy(), past.frame[hi].to_numpy(), past.frame["realised"].to_numpy()],
-                        max_points)
-    frame = past.frame.iloc[rows]
+    n = len(past.frame)
+    if n <= max_points:
+        band_rows = outcome_rows = np.arange(n)
+    else:  # both on max_points // 6 buckets: four band rows and two outcome rows a bucket at most
+        buckets = max(max_points // 6, 1)
+        band_rows = display_rows([past.frame[lo].to_numpy(), past.frame[hi].to_numpy()], 4 * buckets)
+        outcome_rows = display_rows([past.frame["realised"].to_numpy()], 2 * buckets)
+    band, outcomes = past.frame.iloc[band_rows], past.frame.iloc[outcome_rows]
+    drawn = len(np.union1d(band_rows, outcome_rows))
     colour = asset_colour(past.symbol)
     fig = go.Figure()
-    times = plain_times(frame.index)
-    def values(column: str) -> np.ndarray:  # float32: half the bytes, and 7 digits are more than a chart shows
+    times = plain_times(band.index)
+
+    def values(column: str, frame: pd.DataFrame = band) -> np.ndarray:  # float32: 7 digits are more than a chart shows
         return frame[column].to_numpy(np.float32)
 
     fig.add_trace(go.Scatter(x=times, y=values(hi), mode="lines", line={"width": 0}, showlegend=False,
@@ -63,13 +73,12 @@ def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MA
     fig.add_trace(go.Scatter(x=times, y=values(mid), mode="lines", line={"color": colour, "width": 1.2},
                              name=f"median ({levels[len(levels) // 2]:.0%})"))
     # SVG markers, and no range slider (the zoom buttons and a drag do its job): a WebGL trace cost ~350 ms a chart
-    # to set up in chromium without a GPU, the range slider's copy of every trace doubled the SVG; 3,000 SVG markers
-    # without that copy draw in ~110 ms (chromium, this 2-core box), the page's three fans ~1.1 s -> ~0.35 s.
-    fig.add_trace(go.Scatter(x=times, y=values("realised"), mode="markers",
+    # to set up in chromium without a GPU, and the range slider's copy of every trace doubled the SVG.
+    fig.add_trace(go.Scatter(x=plain_times(outcomes.index), y=values("realised", outcomes), mode="markers",
                              marker={"size": 3, "color": "#222222"}, name="what happened"))
     title = f"{past.symbol} · {past.horizon}-bar log return: walk-forward forecasts vs outcome"
-    if len(frame) < len(past.frame):
-        title += f"<br><sup>{len(frame):,} of {len(past.frame):,} forecasts drawn (each stretch's extremes kept)</sup>"
+    if drawn < n:
+        title += f"<br><sup>{drawn:,} of {n:,} forecasts drawn (each stretch's extremes kept)</sup>"
     else:
         title += f"<br><sup>all {len(past.frame):,} out-of-sample forecasts</sup>"
     base_layout(fig, title, height=480)
@@ -78,8 +87,8 @@ def past_fan_chart(past: PastForecasts, *, synthetic: bool, max_points: int = MA
     fig.update_xaxes(title_text=TIME_AXIS_TITLE)
     fig.update_yaxes(title_text=f"{past.horizon}-bar log return")
     add_range_selector(fig, slider=False)
-    if len(frame):
-        shade_out_of_sample(fig, pd.DatetimeIndex(frame.index), frame.index[0])
+    if n:
+        shade_out_of_sample(fig, pd.DatetimeIndex(band.index), band.index[0])
     return label_synthetic(fig, synthetic)
 
 

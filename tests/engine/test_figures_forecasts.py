@@ -1,6 +1,8 @@
 """Forecast charts and score tables: the whole out-of-sample history, honest calibration bins, readable scores."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,6 +43,30 @@ def test_a_longer_history_is_thinned_keeping_the_extremes_and_the_chart_says_so(
     assert pd.Timestamp(fig.data[3].x[-1]) == forecasts.frame.index[-1].tz_localize(None)  # and to the last
     assert f"of {n:,} forecasts drawn" in fig.layout.title.text
 
+
+def test_the_thinned_fan_keeps_every_stretchs_band_and_outcome_extremes_as_fewer_markers():
+    n, max_points = 8_999, 1_500
+    forecasts = past(n, seed=2)
+    frame = forecasts.frame
+    fig = charts.past_fan_chart(forecasts, synthetic=False, max_points=max_points)
+    upper, lower, median, realised = fig.data
+    # drawn in float32: the chart's values are the frame's to 7 digits
+    band_x = pd.DatetimeIndex(upper.x).tz_localize("UTC")
+    assert list(band_x) == list(pd.DatetimeIndex(lower.x).tz_localize("UTC"))
+    assert len(band_x) <= 2 * max_points // 3 + 2 and len(realised.x) <= max_points // 3 + 2  # fewer SVG markers
+    # every stretch of bars (the chart's buckets) keeps its highest upper edge, lowest lower edge, highest and lowest
+    # outcome, so no extreme of any stretch disappears
+    edges = np.linspace(0, n, max_points // 6 + 1).astype(int)
+    outcome_x = set(pd.DatetimeIndex(realised.x).tz_localize("UTC"))
+    band_set = set(band_x)
+    for a, b in itertools.pairwise(edges):
+        stretch = frame.iloc[a:b]
+        assert stretch["q0.9"].idxmax() in band_set and stretch["q0.1"].idxmin() in band_set
+        assert stretch["realised"].idxmax() in outcome_x and stretch["realised"].idxmin() in outcome_x
+    np.testing.assert_allclose(np.asarray(upper.y), frame.loc[band_x, "q0.9"], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(median.y), frame.loc[band_x, "q0.5"], rtol=1e-5, atol=1e-9)
+    drawn = len(band_x.union(pd.DatetimeIndex(list(outcome_x))))
+    assert f"{drawn:,} of {n:,} forecasts drawn" in fig.layout.title.text
 
 def test_calibration_leaves_out_bins_with_too_few_forecasts_and_says_the_minimum():
     table = pd.DataFrame({"mean_prob": [0.15, 0.45, 0.55, 0.85], "frequency": [0.0, 0.44, 0.57, 1.0],
