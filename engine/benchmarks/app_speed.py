@@ -131,7 +131,9 @@ def _row(what: str, seconds: list[float], budget: float, note: str = "") -> dict
             f"FAIL (+{median - budget:.1f} s, x{median / budget:.1f})", "note": note}
 
 
-def measure(repeats: int = 3, log: Callable[[str], None] = print) -> list[dict]:
+def measure(repeats: int = 3, log: Callable[[str], None] = print, quick: bool = False) -> list[dict]:
+    """quick: the cold start and the HTML exports once, untimed (the copy is seeded by it); restart, page and slider
+    rows as usual, ~40 s a repeat instead of ~70."""
     from playwright.sync_api import sync_playwright
 
     from engine.figures.export import HEADLESS_CHROMIUM_ARGS, browser_path
@@ -154,13 +156,14 @@ def measure(repeats: int = 3, log: Callable[[str], None] = print) -> list[dict]:
             cold, restart, first_visit, by_url, slider = [], [], {}, {}, []
             html_sizes: dict[str, int] = {}
             for i in range(repeats):
-                folder = scratch / f"copy-{i}"
-                folder.mkdir()
-                with Server(folder) as url:
-                    page = new_page()
-                    cold.append(_open_timed(page, url, "Overview", rendered=_overview_rendered))
-                    log(f"cold start {i}: {cold[-1]:.1f} s")
-                    page.context.close()
+                folder = scratch / f"copy-{0 if quick else i}"
+                if not quick or i == 0:
+                    folder.mkdir()
+                    with Server(folder) as url:
+                        page = new_page()
+                        cold.append(_open_timed(page, url, "Overview", rendered=_overview_rendered))
+                        log(f"cold start {i}: {cold[-1]:.1f} s")
+                        page.context.close()
                 with Server(folder) as url:  # the same copy, restarted: its cache is seeded and its diagnostics on disk
                     page = new_page()
                     restart.append(_open_timed(page, url, "Overview", rendered=_overview_rendered))
@@ -177,7 +180,7 @@ def measure(repeats: int = 3, log: Callable[[str], None] = print) -> list[dict]:
                         f"by URL {[round(v[-1], 1) for v in by_url.values()]}")
                     slider.append(_slider_move(page, url))
                     log(f"slider {i}: {slider[-1]:.2f} s")
-                    if i == 0:
+                    if i == 0 and not quick:
                         html_sizes = _html_exports(page, url, scratch)
                         log(f"html exports: {html_sizes}")
                     page.context.close()
@@ -294,13 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-eta", action="store_true", help="leave out the training ETA row (a training run)")
     parser.add_argument("--only-eta", action="store_true", help="only the training ETA row")
+    parser.add_argument("--quick", action="store_true",
+                        help="one cold start (untimed beyond its one row), no HTML export pass: to check a change")
     args = parser.parse_args(argv)
     from engine.benchmarks._measure import machine_line
 
     print(f"# app speed in a browser (chromium, 1440x900), medians of {args.repeats}\n{machine_line('cpu')}\n",
           flush=True)
     table = [] if args.only_eta else measure(args.repeats, log=lambda line: print(f"  .. {line}", file=sys.stderr,
-                                                                                flush=True))
+                                                                                flush=True), quick=args.quick)
     if not args.skip_eta:
         table.append(eta_row())
     print(format_rows(table))
