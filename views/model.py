@@ -26,16 +26,21 @@ selection = current_selection()
 st.title("Model")
 
 
+polling = device_label_now() is None
+
+
 def device_caption() -> None:
     # engine.device_probe names the device without loading torch into the page (1.5-3 s on first paint)
     label = device_label_now()
+    if label and polling:
+        st.rerun()  # once, the whole page: it then draws this caption without the one-second timer
     shown = f"**{label}**" if label else "the GPU if torch finds one, else the CPU (checking which…)"
     st.caption(f"Training runs on {shown}. Walk-forward only: each fold trains on the past, stops early on a later "
                "validation span, and forecasts a test span after that; the scores come from those test spans.")
 
 
 # Until the probe answers, the caption alone reruns every second to name the device.
-st.fragment(device_caption, run_every=None if device_label_now() else 1.0)()
+st.fragment(device_caption, run_every=1.0 if polling else None)()
 
 
 @st.cache_resource
