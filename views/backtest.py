@@ -6,6 +6,7 @@ engine.figures.backtest, the report from engine.report.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 
 import pandas as pd
@@ -52,6 +53,9 @@ LOSS_STATISTICS = ("Alpha (annual)", "Information ratio")
 # Rows of the on-page trades table (the CSV download holds every trade). Every slider move resends them, styled cell
 # by cell: 500 rows were a 122 KB message and ~0.07 s of a move (load 2, chromium); the box shows seven at a time.
 TRADES_SHOWN = 100
+# What the page draws under the sliders, one section at a time (in the URL as bt_section): a slider move redraws only
+# the open section. All three at once took 0.8-1.5 s a move in chromium on two cores, the charts alone ~0.45 s.
+SECTIONS = ("Charts", "Metrics and tearsheet", "Trades")
 
 selection = current_selection()
 st.title("Backtest")
@@ -230,82 +234,45 @@ def strategy_view() -> None:
 
     oos = forecasts.out_of_sample_start
     window = max(20, int(result.metrics.periods_per_year // 4))  # about three months of bars
-    figures = {
-        "Equity vs buy and hold": charts.equity_chart(result, oos, synthetic=synthetic),
-        "Drawdown": charts.drawdown_chart(result, oos, synthetic=synthetic),
-        "Rolling Sharpe ratio": charts.rolling_sharpe_chart(result, window, oos, synthetic=synthetic),
-        "Monthly returns": charts.monthly_returns_heatmap(result, synthetic=synthetic),
-    }
-    for name, fig in figures.items():
-        chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
-
-    # Static tables (st.table) for the short ones: they wrap their text and never scroll inside themselves.
-    st.subheader("Metrics")
-    table = charts.metrics_table(result, trials)
-    st.table(red_losses(table, columns=["strategy", "buy and hold"]).hide(axis="index"))
-
-    sheet = tearsheet_of(result)
-    st.subheader("Tearsheet")
-    st.caption(f"Against buy and hold on the same bars. Annualisation: {sheet.annualisation}.")
-    tearsheet_figures = {
-        "Return distribution": charts.return_distribution_chart(sheet, synthetic=synthetic),
-        "Yearly returns": charts.yearly_returns_chart(sheet, synthetic=synthetic),
-    }
-    chart_columns = st.columns(2)
-    for column, (name, fig) in zip(chart_columns, tearsheet_figures.items()):
-        with column:
-            chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
-    figures |= tearsheet_figures
-    relative = charts.relative_table(sheet)
-    relative_shown = relative.assign(value=[charts.format_metric(v, k) for v, k in zip(relative["value"],
-                                                                                      relative["kind"])])
-    yearly = charts.yearly_table(sheet)
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Against buy and hold**")
-        # Red only where negative is a loss (alpha, information ratio); a negative beta is no loss.
-        st.table(red_losses(relative_shown.drop(columns="kind"), columns=["value"],
-                            rows=relative_shown.index[relative_shown["statistic"].isin(LOSS_STATISTICS)])
-                 .hide(axis="index"))
-    with right:
-        st.markdown("**Yearly net returns**")
-        st.table(red_losses(yearly, columns=list(yearly.columns[1:]), percent=list(yearly.columns[1:]))
-                 .hide(axis="index"))
     zone = selection.zone  # the sidebar's "Time zone of tables"; times are kept in UTC
-    drawdowns = charts.drawdowns_table(sheet, zone)
-    st.markdown(f"**Worst drawdowns** (times in {zone})")
-    # one format call (red_losses' formats): a second Styler.format reset the depth's percentages to raw decimals
-    st.table(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing="",
-                        formats={"length (bars)": "{:,}"}).hide(axis="index"))
-    st.caption("Start: the first bar under the running peak of equity; trough: its lowest bar; recovery: the first "
-               "bar back at the peak. Length: bars (and time) from the start to the recovery, or to the last bar.")
+    sheet = functools.cache(lambda: tearsheet_of(result))
+    metrics = functools.cache(lambda: charts.metrics_table(result, trials))
+    relative = functools.cache(lambda: charts.relative_table(sheet()))
+    trades = functools.cache(lambda: charts.trades_table(result, zone))
 
-    st.subheader("Trades")
-    trades = charts.trades_table(result, zone)
-    # The page's table holds the latest trades (every slider move resends it, styled cell by cell); the CSV has all.
-    shown_trades = trades.head(TRADES_SHOWN)  # newest first
-    if len(shown_trades) < len(trades):
-        st.caption(f"The latest {len(shown_trades):,} of {len(trades):,} trades; **Trades (CSV)** below has them all.")
-    st.dataframe(red_losses(shown_trades, columns=["return"], percent=["return"], number=["size"]), hide_index=True,
-                 width="stretch", height=280, key="bt_trades_table",
-                 column_config={"return": st.column_config.Column(
-                     help="The trade's net return on its sleeve, entry and exit costs included."),
-                     "size": st.column_config.Column(help="|position| at entry, as a fraction of the sleeve.")})
+    section = url_widget(st.segmented_control, "Section", key="bt_section", default=SECTIONS[0], options=SECTIONS,
+                         help="The section drawn under the sliders; only it is redrawn when a slider moves. The "
+                              "CSV downloads and the report below hold every section.") or SECTIONS[0]
+    if section == SECTIONS[0]:
+        figures = chart_figures(result, oos, window)
+        for name, fig in figures.items():
+            chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
+        report_figures.update(figures)
+    elif section == SECTIONS[1]:
+        figures = tearsheet_section(metrics(), sheet(), relative(), zone)
+        report_figures.update(figures)
+    else:
+        trades_section(trades())
     csv_buttons({"Trades": lambda: charts.trades_csv(result), "Equity": lambda: charts.equity_csv(result),
-                 "Metrics": table, "Worst drawdowns": sheet.drawdowns, "Yearly returns": sheet.yearly.reset_index(),
-                 "Monthly returns": sheet.monthly.reset_index(), "Against buy and hold": relative},
+                 "Metrics": metrics, "Worst drawdowns": lambda: sheet().drawdowns,
+                 "Yearly returns": lambda: sheet().yearly.reset_index(),
+                 "Monthly returns": lambda: sheet().monthly.reset_index(), "Against buy and hold": relative},
                 key="bt", file_stem="backtest")
 
-    report_figures.update(figures)
     settings = {"forecaster": forecaster, "forecast horizon (bars)": horizon, **asdict(config)}
     n_trials_now = trials.n_trials
 
     def content() -> ReportContent:
-        # Built on click (on Streamlit's download thread) from the figures shown now, the sweep included.
+        # Built on click (on Streamlit's download thread): every section's charts and tables of this result, whichever
+        # is open, and the sweep when one was run.
+        figures = chart_figures(result, oos, window) | tearsheet_figures(sheet())
+        if "Parameter sweep" in report_figures:
+            figures["Parameter sweep"] = report_figures["Parameter sweep"]
         return ReportContent(
             title=f"Backtest · {', '.join(config_assets(config))} · {selection.interval}",
-            figures=dict(report_figures), tables={"Metrics": table, "Against buy and hold": relative_shown.drop(
-                columns="kind"), "Worst drawdowns": drawdowns, "Trades (latest 200)": trades.head(200)},
+            figures=figures, tables={"Metrics": metrics(), "Against buy and hold": shown_relative(relative()),
+                                     "Worst drawdowns": charts.drawdowns_table(sheet(), zone),
+                                     "Trades (latest 200)": trades().head(200)},
             settings=settings, data_spans=data_spans_table(), synthetic=synthetic,
             checkpoint_id=selection.checkpoint["run_id"] if forecaster == MODEL_FORECASTER else None,
             share_url=url, notes=[forecasts.description, f"Backtested span: {span_text}",
@@ -325,6 +292,73 @@ def strategy_view() -> None:
                                    on_click="ignore", icon=":material/picture_as_pdf:")
     else:
         buttons[1].caption(browser_unavailable_reason())
+
+
+def chart_figures(result, oos, window: int) -> dict:
+    """The Charts section's figures, by title."""
+    return {
+        "Equity, drawdown and rolling Sharpe": charts.performance_chart(result, window, oos, synthetic=synthetic),
+        "Monthly returns": charts.monthly_returns_heatmap(result, synthetic=synthetic),
+    }
+
+
+def tearsheet_figures(sheet) -> dict:
+    return {
+        "Return distribution": charts.return_distribution_chart(sheet, synthetic=synthetic),
+        "Yearly returns": charts.yearly_returns_chart(sheet, synthetic=synthetic),
+    }
+
+
+def shown_relative(relative: pd.DataFrame) -> pd.DataFrame:
+    """The against-buy-and-hold table with each value formatted by its kind (percent, number)."""
+    return relative.assign(value=[charts.format_metric(v, k) for v, k in zip(relative["value"], relative["kind"])]
+                           ).drop(columns="kind")
+
+
+def tearsheet_section(table: pd.DataFrame, sheet, relative: pd.DataFrame, zone: str) -> dict:
+    """The metrics table and the tearsheet; returns its figures (for the report)."""
+    # Static tables (st.table) for the short ones: they wrap their text and never scroll inside themselves.
+    st.subheader("Metrics")
+    st.table(red_losses(table, columns=["strategy", "buy and hold"]).hide(axis="index"))
+    st.subheader("Tearsheet")
+    st.caption(f"Against buy and hold on the same bars. Annualisation: {sheet.annualisation}.")
+    figures = tearsheet_figures(sheet)
+    for column, (name, fig) in zip(st.columns(2), figures.items()):
+        with column:
+            chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
+    shown = shown_relative(relative)
+    yearly = charts.yearly_table(sheet)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Against buy and hold**")
+        # Red only where negative is a loss (alpha, information ratio); a negative beta is no loss.
+        st.table(red_losses(shown, columns=["value"], rows=shown.index[shown["statistic"].isin(LOSS_STATISTICS)])
+                 .hide(axis="index"))
+    with right:
+        st.markdown("**Yearly net returns**")
+        st.table(red_losses(yearly, columns=list(yearly.columns[1:]), percent=list(yearly.columns[1:]))
+                 .hide(axis="index"))
+    drawdowns = charts.drawdowns_table(sheet, zone)
+    st.markdown(f"**Worst drawdowns** (times in {zone})")
+    # one format call (red_losses' formats): a second Styler.format reset the depth's percentages to raw decimals
+    st.table(red_losses(drawdowns, columns=["depth"], percent=["depth"], missing="",
+                        formats={"length (bars)": "{:,}"}).hide(axis="index"))
+    st.caption("Start: the first bar under the running peak of equity; trough: its lowest bar; recovery: the first "
+               "bar back at the peak. Length: bars (and time) from the start to the recovery, or to the last bar.")
+    return figures
+
+
+def trades_section(trades: pd.DataFrame) -> None:
+    st.subheader("Trades")
+    # The page's table holds the latest trades (every slider move resends it, styled cell by cell); the CSV has all.
+    shown_trades = trades.head(TRADES_SHOWN)  # newest first
+    if len(shown_trades) < len(trades):
+        st.caption(f"The latest {len(shown_trades):,} of {len(trades):,} trades; **Trades (CSV)** below has them all.")
+    st.dataframe(red_losses(shown_trades, columns=["return"], percent=["return"], number=["size"]), hide_index=True,
+                 width="stretch", height=280, key="bt_trades_table",
+                 column_config={"return": st.column_config.Column(
+                     help="The trade's net return on its sleeve, entry and exit costs included."),
+                     "size": st.column_config.Column(help="|position| at entry, as a fraction of the sleeve.")})
 
 
 def config_assets(config: StrategyConfig) -> list[str]:

@@ -63,42 +63,62 @@ def shade_out_of_sample(fig: go.Figure, times: pd.DatetimeIndex, out_of_sample_s
     return fig
 
 
-def _time_chart(fig: go.Figure, title: str, y_title: str, times, out_of_sample_start, synthetic: bool) -> go.Figure:
-    base_layout(fig, title)
-    fig.update_layout(margin={"l": ONE_PASS_LEFT, "b": ONE_PASS_BOTTOM})  # drawn in one pass (style.ONE_PASS_LEFT)
-    fig.update_xaxes(title_text=TIME_AXIS_TITLE)
-    fig.update_yaxes(title_text=y_title)
+# The three time panels of the Backtest page's performance chart, top to bottom: (y axis, its title, share of the
+# plot's height). One chart, not three: the panels share one time axis (a zoom moves all three), and a slider move
+# redraws one Plotly chart instead of three (~100 ms a chart in chromium on two cores, Streamlit's part included).
+PERFORMANCE_PANELS = (("y", "equity (start = 1)", 0.42), ("y2", "drawdown", 0.25), ("y3", "rolling Sharpe", 0.25))
+PANEL_GAP = 0.04  # of the plot's height, between two panels
+
+
+def _panel_domains() -> dict[str, list[float]]:
+    """y axis name -> [bottom, top] in paper units, the first panel on top."""
+    domains, top = {}, 1.0
+    for axis, _, share in PERFORMANCE_PANELS:
+        domains[axis] = [round(top - share, 6), round(top, 6)]
+        top -= share + PANEL_GAP
+    return domains
+
+
+def performance_chart(result: BacktestResult, window: int, out_of_sample_start=None, *,
+                      synthetic: bool) -> go.Figure:
+    """Equity (start = 1), drawdown and trailing-window annualised Sharpe ratio of the strategy and of buy-and-hold,
+    stacked on one time axis, the out-of-sample span shaded across all three.
+
+    Each panel's curves are thinned for display together (display_rows keeps every bucket's extremes)."""
+    times = result_times(result)
+    plain = plain_times(times)
+    year = result.metrics.periods_per_year
+    sharpe = (rolling_sharpe(result.benchmark.net_returns, window, year),
+              rolling_sharpe(result.portfolio_net_returns, window, year))
+    panels = (("y", (result.benchmark.equity, result.equity)), ("y2", (result.benchmark.drawdown, result.drawdown)),
+              ("y3", sharpe))
+    fig = go.Figure()
+    for axis, (benchmark, strategy) in panels:
+        rows = display_rows([benchmark, strategy], BACKTEST_DISPLAY_POINTS)
+        first = axis == "y"  # one legend entry per curve, from the equity panel
+        strategy_style = (dict(fill="tozeroy", fillcolor=LOSS_FILL, line=dict(color=LOSS_COLOUR, width=1.0))
+                          if axis == "y2" else dict(line=dict(color=STRATEGY_COLOUR, width=1.6 if first else 1.4)))
+        fig.add_trace(go.Scatter(x=plain[rows], y=benchmark[rows], mode="lines", name=BENCHMARK_NAME, yaxis=axis,
+                                 legendgroup="benchmark", showlegend=first,
+                                 line=dict(color=BENCHMARK_COLOUR, width=1.3 if first else 1.0)))
+        fig.add_trace(go.Scatter(x=plain[rows], y=strategy[rows], mode="lines", name=STRATEGY_NAME, yaxis=axis,
+                                 legendgroup="strategy", showlegend=first, **strategy_style))
+    title = (f"Equity, drawdown and rolling Sharpe ratio: strategy vs buy and hold · {', '.join(_selected(result))}"
+             f"<br><sup>Sharpe over a trailing {window:,}-bar window, annualised with {year:,.0f} bars/year</sup>")
+    base_layout(fig, title, height=720)
+    domains = _panel_domains()
+    fig.update_layout(
+        margin={"l": ONE_PASS_LEFT, "b": ONE_PASS_BOTTOM, "t": 80},  # drawn in one pass (style.ONE_PASS_LEFT)
+        xaxis={"title": {"text": TIME_AXIS_TITLE}, "anchor": "y3", "domain": [0.0, 1.0]},
+        **{("yaxis" if axis == "y" else f"yaxis{axis[1:]}"): {"domain": domains[axis], "title": {"text": name},
+                                                                "anchor": "x"}
+           for axis, name, _ in PERFORMANCE_PANELS},
+    )
+    fig.update_layout(yaxis2_tickformat=".0%")
+    fig.add_shape(type="line", xref="paper", yref="y3", x0=0, x1=1, y0=0.0, y1=0.0,
+                  line={"width": 0.8, "color": "#999999"})  # Sharpe 0 (add_hline, without its bookkeeping)
     shade_out_of_sample(fig, times, out_of_sample_start)
     return label_synthetic(fig, synthetic)
-
-
-def equity_chart(result: BacktestResult, out_of_sample_start=None, *, synthetic: bool) -> go.Figure:
-    """Portfolio equity (starting at 1) of the strategy and of buy-and-hold on the same bars."""
-    times = result_times(result)
-    rows = display_rows([result.benchmark.equity, result.equity], BACKTEST_DISPLAY_POINTS)
-    x = plain_times(times)[rows]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=result.benchmark.equity[rows], mode="lines", name=BENCHMARK_NAME,
-                             line=dict(color=BENCHMARK_COLOUR, width=1.3)))
-    fig.add_trace(go.Scatter(x=x, y=result.equity[rows], mode="lines", name=STRATEGY_NAME,
-                             line=dict(color=STRATEGY_COLOUR, width=1.6)))
-    title = f"Equity: strategy vs buy and hold · {', '.join(_selected(result))}"
-    return _time_chart(fig, title, "equity (start = 1)", times, out_of_sample_start, synthetic)
-
-
-def drawdown_chart(result: BacktestResult, out_of_sample_start=None, *, synthetic: bool) -> go.Figure:
-    """Drawdown from the running peak of compounded equity, strategy and buy-and-hold."""
-    times = result_times(result)
-    rows = display_rows([result.benchmark.drawdown, result.drawdown], BACKTEST_DISPLAY_POINTS)
-    x = plain_times(times)[rows]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=result.benchmark.drawdown[rows], mode="lines", name=BENCHMARK_NAME,
-                             line=dict(color=BENCHMARK_COLOUR, width=1.0)))
-    fig.add_trace(go.Scatter(x=x, y=result.drawdown[rows], mode="lines", name=STRATEGY_NAME,
-                             fill="tozeroy", line=dict(color=LOSS_COLOUR, width=1.0), fillcolor=LOSS_FILL))
-    fig = _time_chart(fig, "Drawdown", "drawdown", times, out_of_sample_start, synthetic)
-    fig.update_yaxes(tickformat=".0%")
-    return fig
 
 
 def rolling_sharpe(returns: np.ndarray, window: int, periods_per_year: float) -> np.ndarray:
@@ -112,27 +132,6 @@ def rolling_sharpe(returns: np.ndarray, window: int, periods_per_year: float) ->
     with np.errstate(divide="ignore", invalid="ignore"):
         sharpe = (mean / std.where(std > 1e-12)) * math.sqrt(periods_per_year)
     return sharpe.to_numpy()
-
-
-def rolling_sharpe_chart(
-    result: BacktestResult, window: int, out_of_sample_start=None, *, synthetic: bool
-) -> go.Figure:
-    """Trailing-window annualised Sharpe of the strategy and of buy-and-hold."""
-    times = result_times(result)
-    year = result.metrics.periods_per_year
-    benchmark = rolling_sharpe(result.benchmark.net_returns, window, year)
-    strategy = rolling_sharpe(result.portfolio_net_returns, window, year)
-    rows = display_rows([benchmark, strategy], BACKTEST_DISPLAY_POINTS)
-    x = plain_times(times)[rows]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=benchmark[rows], mode="lines", name=BENCHMARK_NAME,
-                             line=dict(color=BENCHMARK_COLOUR, width=1.0)))
-    fig.add_trace(go.Scatter(x=x, y=strategy[rows], mode="lines", name=STRATEGY_NAME,
-                             line=dict(color=STRATEGY_COLOUR, width=1.4)))
-    fig.add_shape(type="line", xref="paper", yref="y", x0=0, x1=1, y0=0.0, y1=0.0,
-                  line={"width": 0.8, "color": "#999999"})  # add_hline, without its bookkeeping
-    title = f"Rolling Sharpe ratio · {window}-bar window, annualised with {year:,.0f} bars/year"
-    return _time_chart(fig, title, "Sharpe ratio (annualised)", times, out_of_sample_start, synthetic)
 
 
 def monthly_returns(result: BacktestResult) -> pd.DataFrame:

@@ -24,8 +24,8 @@ def test_the_page_says_which_forecaster_drives_it_and_that_the_data_is_synthetic
     captions = " ".join(c.value for c in page.caption)
     assert "logistic regression" in captions and "out-of-sample" in captions
     titles = [spec["layout"]["title"]["text"] for spec in figure_specs(page)]
-    assert any(t.startswith("Equity") for t in titles) and "Drawdown" in titles
-    assert any(t.startswith("Rolling Sharpe") for t in titles) and any(t.startswith("Monthly") for t in titles)
+    assert any(t.startswith("Equity, drawdown and rolling Sharpe") for t in titles)
+    assert any(t.startswith("Monthly") for t in titles)
     for spec in figure_specs(page):
         notes = [a.get("text", "") for a in spec["layout"].get("annotations", [])]
         assert "SYNTHETIC DEMO DATA" in notes, spec["layout"]["title"]["text"]
@@ -45,21 +45,47 @@ def test_metrics_state_the_annualisation_and_count_each_distinct_setting_as_a_tr
     assert "DSR (2 trials)" in metric_values(page)
 
 
-def test_costs_lower_the_strategy_and_every_chart_has_download_buttons(page):
+def section_titles(at) -> list[str]:
+    return [spec["layout"]["title"]["text"] for spec in figure_specs(at)]
+
+
+def test_one_section_is_drawn_at_a_time_and_every_csv_stays_downloadable(page):
+    # Charts (the default): the stacked performance chart and the monthly heatmap; no tearsheet, no trades table
+    assert page.segmented_control(key="bt_section").value == "Charts"
+    assert page.query_params["bt_section"] == "Charts"  # defaults included: a link reopens the same section
+    labels = [b.label for b in page.get("download_button")]
+    assert labels.count("HTML") == 2 and "Export report (HTML)" in labels
+    assert not page.table and not any("side" in frame.value.columns for frame in page.dataframe)
+    for name in ("Trades", "Equity", "Metrics", "Worst drawdowns", "Yearly returns", "Monthly returns",
+                 "Against buy and hold"):
+        assert f"{name} (CSV)" in labels  # built on click, whichever section is open
+    page.segmented_control(key="bt_section").set_value("Metrics and tearsheet").run()
+    assert not page.exception, page.exception
+    titles = section_titles(page)
+    assert any(t.startswith("Per-bar net returns") for t in titles) and not any(t.startswith("Equity") for t in titles)
+    assert page.table and page.query_params["bt_section"] == "Metrics and tearsheet"
+    page.segmented_control(key="bt_section").set_value("Trades").run()
+    assert not figure_specs(page) and any("side" in frame.value.columns for frame in page.dataframe)
+    linked = open_page(PAGE, interval="1d", bt_section="Trades")  # the section comes back from a link
+    assert not linked.exception, linked.exception
+    assert linked.segmented_control(key="bt_section").value == "Trades"
+
+
+def test_costs_lower_the_strategy_and_every_chart_has_download_buttons(seeded_db):
+    page = open_page(PAGE, interval="1d", bt_section="Metrics and tearsheet")
     low_cost = page.table[0].value  # the metrics table
     page.slider(key="bt_commission").set_value(20.0).run()
     high_cost = page.table[0].value
     total = lambda table: float(table.set_index("metric").loc["Total return", "strategy"].rstrip("%"))
     assert total(high_cost) < total(low_cost)
     labels = [b.label for b in page.get("download_button")]
-    assert labels.count("HTML") == 6 and "Export report (HTML)" in labels  # 4 charts and the tearsheet's 2
-    for table in ("Trades", "Equity", "Metrics", "Worst drawdowns", "Yearly returns", "Monthly returns"):
-        assert f"{table} (CSV)" in labels
+    assert labels.count("HTML") == 2 and "Export report (HTML)" in labels  # the tearsheet's 2 charts
 
 
-def test_benchmark_values_carry_no_arrow_and_the_tearsheet_and_trades_follow_the_chosen_zone(page):
+def test_benchmark_values_carry_no_arrow_and_the_tearsheet_and_trades_follow_the_chosen_zone(seeded_db):
     from streamlit.proto.Metric_pb2 import Metric
 
+    page = open_page(PAGE, interval="1d", bt_section="Metrics and tearsheet")
     benchmark = [m for m in page.metric if m.proto.delta.startswith("B&H")]
     assert len(benchmark) == 3
     assert all(m.proto.direction == Metric.NONE and m.proto.color == Metric.GRAY for m in benchmark)
@@ -67,12 +93,14 @@ def test_benchmark_values_carry_no_arrow_and_the_tearsheet_and_trades_follow_the
     assert any(t.startswith("Per-bar net returns") for t in titles) and any(t.startswith("Yearly") for t in titles)
     page.sidebar.selectbox(key="tz").set_value("America/New_York").run()  # the frame's "Time zone of tables"
     assert not page.exception, page.exception
-    columns = [list(frame.value.columns) for frame in list(page.dataframe) + list(page.table)]
-    assert any("entry (America/New_York)" in c for c in columns) and any("start (America/New_York)" in c for c in columns)
+    columns = [list(table.value.columns) for table in page.table]
+    assert any("start (America/New_York)" in c for c in columns)
     # the worst drawdowns' depths are shown as percentages (a second Styler.format call once reset them to decimals)
     drawdowns = next(table for table in page.table if "depth" in table.value.columns)
     shown = displayed(drawdowns)
     assert len(shown) and all(text.endswith("%") and text.startswith(("-", "−", "+0.00")) for text in shown), shown
+    page.segmented_control(key="bt_section").set_value("Trades").run()
+    assert any("entry (America/New_York)" in list(frame.value.columns) for frame in page.dataframe)
 
 
 def displayed(table, column: str = "depth") -> list[str]:
@@ -103,7 +131,7 @@ def test_a_sweep_draws_a_heatmap_and_counts_its_cells_as_trials_in_later_session
 
 
 def test_the_selected_checkpoint_drives_the_backtest_with_its_walk_forward_forecasts(seeded_db):
-    at = open_page(PAGE, interval="1h")
+    at = open_page(PAGE, interval="1h", bt_section="Trades")
     assert not at.exception, at.exception
     assert at.selectbox(key="bt_forecaster").value == "model (walk-forward)"
     captions = " ".join(c.value for c in at.caption)

@@ -119,7 +119,9 @@ def test_the_app_in_a_browser(browser, app_dirs, capsys):
         download_info.value.save_as(report_path)
         report = report_path.read_text(encoding="utf-8")
         assert report.startswith("<!DOCTYPE html>") and "Backtest" in report
-        assert report.count('class="plotly-graph-div"') >= 4  # equity, drawdown, rolling Sharpe, monthly
+        # every section's charts, whichever is open: performance (equity, drawdown, rolling Sharpe), monthly, and the
+        # tearsheet's return distribution and yearly returns
+        assert report.count('class="plotly-graph-div"') >= 4
         assert "threshold" in report and "0.025" in report and "SYNTHETIC DEMO DATA" in report
         assert "bt_threshold=0.025" in report  # the shareable URL of this view
         context.close()

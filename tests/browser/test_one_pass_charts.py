@@ -44,17 +44,17 @@ def test_backtest_and_forecasts_charts_keep_their_margins_and_draw_once(browser,
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             page.goto(server.url)  # seeds the demo and computes the diagnostics once
             page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=FIRST_LOAD_MS)
-            for path in ("backtest", "forecasts"):
+            for path in ("backtest", "backtest?bt_section=Metrics+and+tearsheet", "forecasts"):
                 page.goto(f"{server.url}/{path}")
                 wait_until_idle(page)
                 problems += _expanded(page, f"{width}px {path}")
-                if path == "backtest":  # a slider move redraws every chart of the fragment
+                if path.startswith("backtest"):  # a slider move redraws every chart of the open section
                     thumb = page.locator('[data-testid="stSlider"]').filter(has_text="Threshold").locator(
                         'input[type="range"]').first
                     thumb.focus()
                     thumb.press("ArrowRight")
                     page.wait_for_url("**bt_threshold=0.025**")
                     wait_until_idle(page)
-                    problems += _expanded(page, f"{width}px backtest after a slider move")
+                    problems += _expanded(page, f"{width}px {path} after a slider move")
             context.close()
     assert not problems, "\n".join(problems)

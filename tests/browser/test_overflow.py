@@ -22,6 +22,7 @@ from tests.browser.conftest import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 VIEWPORTS = ((1280, 800), (1440, 900), (1920, 1080))
+BACKTEST_SECTIONS = ("Metrics+and+tearsheet", "Trades")  # views/backtest.py SECTIONS after the default
 FIRST_LOAD_MS = 240_000
 
 # Returns a list of problems on the page as it is laid out now.
@@ -90,15 +91,18 @@ def test_no_text_is_cut_or_overlapping_at_three_screen_sizes(browser, app_dirs):
         page.goto(server.url)  # seeds the demo and computes the diagnostics once
         page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=FIRST_LOAD_MS)
         wait_until_idle(page)
-        for title, url_path in app_pages():
+        # every page, and the Backtest's other sections (one is drawn at a time: bt_section)
+        views = [*app_pages(), *[("Backtest", f"backtest?bt_section={section}") for section in BACKTEST_SECTIONS]]
+        for title, url_path in views:
             if not url_path:
                 continue  # the root redirects to /overview
             page.set_viewport_size({"width": 1280, "height": 800})
             page.goto(f"{server.url}/{url_path}")
             wait_until_idle(page)
             page.wait_for_timeout(800)  # charts finish their layout after the script run
-            screenshot(page, f"1280x800-{url_path}")
-            screenshot_full_length(page, f"1280-full-{url_path}")
+            name = url_path.replace("?bt_section=", "-").replace("+", "-").lower()
+            screenshot(page, f"1280x800-{name}")
+            screenshot_full_length(page, f"1280-full-{name}")
             for width, height in VIEWPORTS:
                 page.set_viewport_size({"width": width, "height": height})
                 page.wait_for_timeout(600)  # re-layout

@@ -21,28 +21,50 @@ def notes(fig) -> list[str]:
     return [a.text for a in fig.layout.annotations]
 
 
-def test_equity_chart_draws_both_curves_and_shades_from_the_out_of_sample_start(result):
+def by_panel(fig) -> dict[tuple[str, str], object]:
+    """(y axis, curve name) -> trace of the stacked performance chart."""
+    return {(trace.yaxis, trace.name): trace for trace in fig.data}
+
+
+def test_performance_chart_stacks_equity_drawdown_and_sharpe_on_one_time_axis_shaded_out_of_sample(result):
     times = charts.result_times(result)
-    fig = charts.equity_chart(result, times[500], synthetic=True)
-    by_name = {trace.name: trace for trace in fig.data}
+    fig = charts.performance_chart(result, 500, times[500], synthetic=True)
+    traces = by_panel(fig)
+    assert set(traces) == {(axis, name) for axis in ("y", "y2", "y3")
+                           for name in (charts.STRATEGY_NAME, charts.BENCHMARK_NAME)}
+    assert all(trace.xaxis in (None, "x") for trace in fig.data)  # one time axis: a zoom moves every panel
     # Long curves are thinned for display, keeping every bucket's extremes, the first and the last bar.
-    strategy = np.asarray(by_name[charts.STRATEGY_NAME].y)
+    strategy = np.asarray(traces["y", charts.STRATEGY_NAME].y)
     assert len(strategy) <= charts.BACKTEST_DISPLAY_POINTS + 2 < len(result.equity)  # thinned
     assert strategy[0] == result.equity[0] and strategy[-1] == result.equity[-1]
     assert strategy.max() == np.nanmax(result.equity) and strategy.min() == np.nanmin(result.equity)
-    drawn_times = pd.DatetimeIndex(by_name[charts.STRATEGY_NAME].x).tz_localize("UTC")  # drawn as UTC values
+    drawn_times = pd.DatetimeIndex(traces["y", charts.STRATEGY_NAME].x).tz_localize("UTC")  # drawn as UTC values
     np.testing.assert_allclose(strategy, result.equity[times.get_indexer(drawn_times)])
-    benchmark = np.asarray(by_name[charts.BENCHMARK_NAME].y)
+    benchmark = np.asarray(traces["y", charts.BENCHMARK_NAME].y)
     np.testing.assert_allclose(benchmark, result.benchmark.equity[times.get_indexer(drawn_times)])
-    (shade,) = fig.layout.shapes
-    assert pd.Timestamp(shade.x0) == times[500] and pd.Timestamp(shade.x1) == times[-1]
+    drawdown = traces["y2", charts.STRATEGY_NAME]
+    assert np.asarray(drawdown.y).min() == np.nanmin(result.drawdown) and max(np.nanmax(t.y) for t in fig.data
+                                                                               if t.yaxis == "y2") <= 0
+    year = result.metrics.periods_per_year
+    sharpe = charts.rolling_sharpe(result.portfolio_net_returns, 500, year)
+    drawn = traces["y3", charts.STRATEGY_NAME]
+    rows = charts.result_times(result).get_indexer(pd.DatetimeIndex(drawn.x).tz_localize("UTC"))
+    np.testing.assert_allclose(np.asarray(drawn.y, dtype=float), sharpe[rows])
+    # the panels are stacked top to bottom without overlapping, the time axis under the lowest
+    domains = [fig.layout.yaxis.domain, fig.layout.yaxis2.domain, fig.layout.yaxis3.domain]
+    assert all(upper[0] > lower[1] for upper, lower in zip(domains, domains[1:]))
+    assert fig.layout.xaxis.anchor == "y3"
+    assert sum(trace.showlegend is not False for trace in fig.data) == 2  # one legend entry per curve
+    shade = next(shape for shape in fig.layout.shapes if shape.type == "rect")
+    assert pd.Timestamp(shade.x0) == times[500] and pd.Timestamp(shade.x1) == times[-1] and shade.yref == "paper"
     assert "out of sample" in notes(fig) and SYNTHETIC_NOTE.upper() in notes(fig)
+    assert "500-bar window" in fig.layout.title.text
 
 
 def test_no_shading_when_the_out_of_sample_start_is_unknown_and_no_label_on_real_data(result):
-    fig = charts.drawdown_chart(result, None, synthetic=False)
-    assert not fig.layout.shapes and SYNTHETIC_NOTE.upper() not in notes(fig)
-    assert max(np.nanmax(trace.y) for trace in fig.data) <= 0
+    fig = charts.performance_chart(result, 100, None, synthetic=False)
+    assert not [shape for shape in fig.layout.shapes if shape.type == "rect"]
+    assert SYNTHETIC_NOTE.upper() not in notes(fig)
 
 
 def test_rolling_sharpe_matches_a_direct_computation_and_is_undefined_while_flat():
@@ -107,8 +129,8 @@ def test_trades_table_names_sides_and_zone_and_lists_newest_first(result):
 def test_drawdown_is_red_and_losses_are_styled_red(result):
     from engine.figures.style import LOSS_COLOUR, red_losses
 
-    fig = charts.drawdown_chart(result, None, synthetic=False)
-    strategy = next(t for t in fig.data if t.name == charts.STRATEGY_NAME)
+    fig = charts.performance_chart(result, 100, None, synthetic=False)
+    strategy = next(t for t in fig.data if t.name == charts.STRATEGY_NAME and t.yaxis == "y2")  # the drawdown
     assert strategy.line.color == LOSS_COLOUR
     frame = pd.DataFrame({"return": [0.01, -0.02], "text": ["1.00%", "-2.00%"]})
     html = red_losses(frame, percent=["return"]).to_html()
