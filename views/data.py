@@ -16,6 +16,7 @@ from views.frame import (
     load_summary,
     show_refresh_report,
 )
+from views.url_state import url_widget
 
 selection = current_selection()
 st.title("Data")
@@ -109,7 +110,12 @@ else:
 st.subheader("Prices")
 if not selection.symbols:
     st.info("Choose one or more symbols in the sidebar.")
-for asset in selection.symbols:
+# One asset's candles at a time, as on the Overview: each candlestick chart costs the browser ~0.25 s to draw on two
+# cores, and three of them held the page's opening by URL over its 3 s budget.
+price_assets = [url_widget(st.segmented_control, "Asset", key="data_price_asset", default=selection.symbols[0],
+                           options=list(selection.symbols), help="The asset whose cached bars are drawn.")
+                or selection.symbols[0]] if selection.symbols else []
+for asset in price_assets:
     symbol = selection.stored.get(asset, asset)  # the spelling the cache holds the asset under (BTC as BTC-USD)
     rows = summary[(summary["symbol"] == symbol) & (summary["interval"] == selection.interval)] if not summary.empty else summary
     rows = rows[rows["last_ts"].notna()] if not rows.empty else rows

@@ -27,11 +27,17 @@ def test_empty_cache_is_seeded_with_the_labelled_demo(empty_db):
 
 def test_price_charts_follow_the_symbol_selection(seeded_db):
     at = open_page(DATA_PAGE)
-    titles = [spec["layout"]["title"]["text"] for spec in figure_specs(at)]
-    assert sorted(t.split(" ")[0] for t in titles) == ["AAPL", "BTC", "SPY"]
-    assert all("time (UTC)" == spec["layout"]["xaxis"]["title"]["text"] for spec in figure_specs(at))
-    # Every demo chart carries the synthetic stamp, so an exported image cannot pass for market data.
-    assert all(any("SYNTHETIC" in a["text"] for a in spec["layout"]["annotations"]) for spec in figure_specs(at))
+    assert at.segmented_control(key="data_price_asset").options == ["BTC", "SPY", "AAPL"]
+    drawn = []
+    for asset in ("BTC", "SPY", "AAPL"):  # one asset's candles at a time, each chosen in turn
+        at.segmented_control(key="data_price_asset").set_value(asset).run()
+        assert not at.exception, at.exception
+        (spec,) = figure_specs(at)
+        drawn.append(spec["layout"]["title"]["text"].split(" ")[0])
+        assert spec["layout"]["xaxis"]["title"]["text"] == "time (UTC)"
+        # Every demo chart carries the synthetic stamp, so an exported image cannot pass for market data.
+        assert any("SYNTHETIC" in a["text"] for a in spec["layout"]["annotations"])
+    assert drawn == ["BTC", "SPY", "AAPL"] and at.query_params["data_price_asset"] == "AAPL"
 
     at.sidebar.multiselect(key="symbols").set_value(["SPY"]).run()
     titles = [spec["layout"]["title"]["text"] for spec in figure_specs(at)]
