@@ -148,7 +148,8 @@ if st.session_state.get("bt_trials_key") != trials_key:  # trials count per chec
     st.session_state.pop("bt_report_figures", None)
 trials: TrialLog = st.session_state["bt_trials"]
 trials.refresh()  # another session may have tried settings since
-# The charts of the current view, shared by both fragments; the report reads it when its button is clicked.
+# The sweep's chart, shared by both fragments (a sweep reruns only its own): the report, built when its button is
+# clicked, adds it to the charts of every section.
 report_figures: dict = st.session_state.setdefault("bt_report_figures", {})
 
 
@@ -244,13 +245,10 @@ def strategy_view() -> None:
                          help="The section drawn under the sliders; only it is redrawn when a slider moves. The "
                               "CSV downloads and the report below hold every section.") or SECTIONS[0]
     if section == SECTIONS[0]:
-        figures = chart_figures(result, oos, window)
-        for name, fig in figures.items():
+        for name, fig in chart_figures(result, oos, window).items():
             chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
-        report_figures.update(figures)
     elif section == SECTIONS[1]:
-        figures = tearsheet_section(metrics(), sheet(), relative(), zone)
-        report_figures.update(figures)
+        tearsheet_section(metrics(), sheet(), relative(), zone)
     else:
         trades_section(trades())
     csv_buttons({"Trades": lambda: charts.trades_csv(result), "Equity": lambda: charts.equity_csv(result),
@@ -315,15 +313,14 @@ def shown_relative(relative: pd.DataFrame) -> pd.DataFrame:
                            ).drop(columns="kind")
 
 
-def tearsheet_section(table: pd.DataFrame, sheet, relative: pd.DataFrame, zone: str) -> dict:
-    """The metrics table and the tearsheet; returns its figures (for the report)."""
+def tearsheet_section(table: pd.DataFrame, sheet, relative: pd.DataFrame, zone: str) -> None:
+    """The metrics table and the tearsheet."""
     # Static tables (st.table) for the short ones: they wrap their text and never scroll inside themselves.
     st.subheader("Metrics")
     st.table(red_losses(table, columns=["strategy", "buy and hold"]).hide(axis="index"))
     st.subheader("Tearsheet")
     st.caption(f"Against buy and hold on the same bars. Annualisation: {sheet.annualisation}.")
-    figures = tearsheet_figures(sheet)
-    for column, (name, fig) in zip(st.columns(2), figures.items()):
+    for column, (name, fig) in zip(st.columns(2), tearsheet_figures(sheet).items()):
         with column:
             chart_with_downloads(fig, key=name, file_stem=f"backtest-{name}")
     shown = shown_relative(relative)
@@ -345,7 +342,6 @@ def tearsheet_section(table: pd.DataFrame, sheet, relative: pd.DataFrame, zone: 
                         formats={"length (bars)": "{:,}"}).hide(axis="index"))
     st.caption("Start: the first bar under the running peak of equity; trough: its lowest bar; recovery: the first "
                "bar back at the peak. Length: bars (and time) from the start to the recovery, or to the last bar.")
-    return figures
 
 
 def trades_section(trades: pd.DataFrame) -> None:
