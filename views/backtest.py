@@ -54,7 +54,7 @@ LOSS_STATISTICS = ("Alpha (annual)", "Information ratio")
 # by cell: 500 rows were a 122 KB message and ~0.07 s of a move (load 2, chromium); the box shows seven at a time.
 TRADES_SHOWN = 100
 # What the page draws under the sliders, one section at a time (in the URL as bt_section): a slider move redraws only
-# the open section. All three at once took 0.8-1.5 s a move in chromium on two cores, the charts alone ~0.45 s.
+# the open section. All three at once took 0.95-1.46 s a move (medians of 7, chromium, two cores), the charts 0.38 s.
 SECTIONS = ("Charts", "Metrics and tearsheet", "Trades")
 
 selection = current_selection()

@@ -110,8 +110,8 @@ else:
 st.subheader("Prices")
 if not selection.symbols:
     st.info("Choose one or more symbols in the sidebar.")
-# One asset's candles at a time, as on the Overview: each candlestick chart costs the browser ~0.25 s to draw on two
-# cores, and three of them held the page's opening by URL over its 3 s budget.
+# One asset's candles at a time, as on the Overview: with three candlestick charts the page opened by URL in 3.12 s
+# (budget 3 s; chromium, two cores, engine.benchmarks.app_speed), with one in 1.66-1.94 s.
 price_assets = [url_widget(st.segmented_control, "Asset", key="data_price_asset", default=selection.symbols[0],
                            options=list(selection.symbols), help="The asset whose cached bars are drawn.")
                 or selection.symbols[0]] if selection.symbols else []

@@ -89,7 +89,7 @@ st.subheader("Walk-forward forecasts against what happened")
 st.caption("Every point was forecast by a model trained only on bars before its test span (out of sample). The "
            "band should hold the outcome about as often as its nominal coverage says.")
 # One asset's walk-forward fan at a time (the coverage line of each is below it, the calibration chart has them all):
-# each fan costs the browser ~0.1-0.2 s to draw on two cores, and seven charts held the page's first visit over 2 s.
+# with seven charts the first visit took 2.18 s (budget 2 s; chromium, two cores, app_speed), with five 1.36-1.39.
 fan_symbol = url_widget(st.segmented_control, "Asset", key="fc_past_asset", default=selection.symbols[0],
                         options=list(selection.symbols),
                         help="The asset whose walk-forward forecasts are drawn against what happened.") \
